@@ -1,1 +1,23 @@
+//! The wsgiscale server. The master process runs a tokio + hyper front ([`front`]) that owns
+//! every client connection and queues complete requests in one FIFO ([`dispatch`]); each
+//! worker process has a link task ([`link`]) that writes it requests and routes its responses
+//! back. Workers are forked by a single-threaded fork server ([`zygote`]) that imported the
+//! app once, and run it on their own CPython interpreter ([`worker`]). The [`supervisor`]
+//! keeps the right number of workers alive. [`proto`] is the master <-> worker framing and
+//! [`environ`] builds the CGI environ; both are pure.
 
+pub mod admin;
+pub mod cli;
+pub mod control;
+pub mod dispatch;
+pub mod environ;
+pub mod front;
+pub mod link;
+pub mod logging;
+pub mod proto;
+pub mod python;
+pub mod server;
+pub mod supervisor;
+pub mod sys;
+pub mod worker;
+pub mod zygote;

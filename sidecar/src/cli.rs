@@ -1,0 +1,28 @@
+//! The `wsgiscale` command line.
+
+use clap::{Parser, Subcommand};
+use wsgiscale_core::config::ServeArgs;
+
+/// wsgiscale: a WSGI server with preloaded, forked, GIL-isolated CPython workers that scale
+/// with load.
+#[derive(Debug, Parser)]
+#[command(name = "wsgiscale", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a WSGI application.
+    Serve(ServeArgs),
+    /// Internal: the fork server, started by `serve`.
+    #[command(name = "__zygote", hide = true)]
+    Zygote {
+        /// The inherited control socket.
+        #[arg(long)]
+        control_fd: i32,
+    },
+}

@@ -1,0 +1,337 @@
+//! Building the CGI part of a WSGI environ from a parsed HTTP request (PEP 3333), in the
+//! master. The worker only turns these byte pairs into Python strings and adds the `wsgi.*`
+//! objects.
+//!
+//! Rules: `SCRIPT_NAME` is empty and `PATH_INFO` is the percent-decoded path (bytes, shown to
+//! Python as latin-1); `QUERY_STRING` stays raw; `CONTENT_TYPE`/`CONTENT_LENGTH` have no `HTTP_`
+//! prefix, and `CONTENT_LENGTH` is the length of the body the master received (also for chunked
+//! uploads, which it has de-chunked); other headers become `HTTP_*`, repeated ones joined with
+//! `,` (cookies with `; `); header names containing `_` are dropped, since `X_Foo` and `X-Foo`
+//! would otherwise collide in the environ (header spoofing, as nginx and gunicorn also do).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use http::{header, HeaderMap, Method, Uri, Version};
+
+use crate::proto::{self, ProtoError};
+
+/// What the master knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address (None on a unix socket).
+    pub remote: Option<SocketAddr>,
+    /// The address the client connected to (None on a unix socket).
+    pub local: Option<SocketAddr>,
+    /// `http` or `https`.
+    pub url_scheme: &'static str,
+}
+
+/// The parts of a request the environ is built from.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// Method.
+    pub method: &'a Method,
+    /// Request target.
+    pub uri: &'a Uri,
+    /// HTTP version.
+    pub version: Version,
+    /// Headers as received.
+    pub headers: &'a HeaderMap,
+    /// Length of the received body.
+    pub body_len: usize,
+}
+
+/// Calls `emit(key, value)` for every CGI environ pair of the request.
+pub fn for_each_pair(req: RequestView<'_>, conn: &ConnInfo, mut emit: impl FnMut(&[u8], &[u8])) {
+    let mut scratch = String::new();
+    emit(b"REQUEST_METHOD", req.method.as_str().as_bytes());
+    emit(b"SCRIPT_NAME", b"");
+    let path = req.uri.path();
+    let decoded = percent_encoding::percent_decode(path.as_bytes());
+    let decoded: std::borrow::Cow<'_, [u8]> = decoded.into();
+    emit(b"PATH_INFO", &decoded);
+    emit(b"QUERY_STRING", req.uri.query().unwrap_or("").as_bytes());
+    emit(
+        b"SERVER_PROTOCOL",
+        match req.version {
+            Version::HTTP_10 => b"HTTP/1.0",
+            Version::HTTP_09 => b"HTTP/0.9",
+            _ => b"HTTP/1.1",
+        },
+    );
+
+    // SERVER_NAME / SERVER_PORT: from Host when present, else the socket.
+    let default_port = if conn.url_scheme == "https" { "443" } else { "80" };
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty());
+    match host {
+        Some(h) => {
+            let (name, port) = split_host_port(h);
+            emit(b"SERVER_NAME", name.as_bytes());
+            emit(b"SERVER_PORT", port.unwrap_or(default_port).as_bytes());
+        }
+        None => match conn.local {
+            Some(local) => {
+                scratch.clear();
+                let _ = write!(scratch, "{}", local.ip());
+                emit(b"SERVER_NAME", scratch.as_bytes());
+                scratch.clear();
+                let _ = write!(scratch, "{}", local.port());
+                emit(b"SERVER_PORT", scratch.as_bytes());
+            }
+            None => {
+                emit(b"SERVER_NAME", b"localhost");
+                emit(b"SERVER_PORT", default_port.as_bytes());
+            }
+        },
+    }
+    match conn.remote {
+        Some(remote) => {
+            scratch.clear();
+            let _ = write!(scratch, "{}", remote.ip());
+            emit(b"REMOTE_ADDR", scratch.as_bytes());
+            scratch.clear();
+            let _ = write!(scratch, "{}", remote.port());
+            emit(b"REMOTE_PORT", scratch.as_bytes());
+        }
+        None => emit(b"REMOTE_ADDR", b""),
+    }
+
+    if req.body_len > 0 || req.headers.contains_key(header::CONTENT_LENGTH) {
+        scratch.clear();
+        let _ = write!(scratch, "{}", req.body_len);
+        emit(b"CONTENT_LENGTH", scratch.as_bytes());
+    }
+
+    let mut key: Vec<u8> = Vec::with_capacity(64);
+    let mut joined: Vec<u8> = Vec::new();
+    for name in req.headers.keys() {
+        if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        let n = name.as_str();
+        if n.contains('_') {
+            continue;
+        }
+        key.clear();
+        if *name == header::CONTENT_TYPE {
+            key.extend_from_slice(b"CONTENT_TYPE");
+        } else {
+            key.extend_from_slice(b"HTTP_");
+            key.extend(n.bytes().map(|b| match b {
+                b'-' => b'_',
+                b => b.to_ascii_uppercase(),
+            }));
+        }
+        let sep: &[u8] = if *name == header::COOKIE { b"; " } else { b"," };
+        let mut values = req.headers.get_all(name).iter();
+        let first = values.next().map(|v| v.as_bytes()).unwrap_or(b"");
+        match values.next() {
+            None => emit(&key, first),
+            Some(second) => {
+                joined.clear();
+                joined.extend_from_slice(first);
+                joined.extend_from_slice(sep);
+                joined.extend_from_slice(second.as_bytes());
+                for v in values {
+                    joined.extend_from_slice(sep);
+                    joined.extend_from_slice(v.as_bytes());
+                }
+                emit(&key, &joined);
+            }
+        }
+    }
+}
+
+/// Splits a Host header into name and optional port (`[::1]:8080`, `example.com:80`,
+/// `example.com`).
+fn split_host_port(host: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some(end) = rest.find(']') {
+            let name = &host[..end + 2];
+            let port = rest[end + 1..].strip_prefix(':').filter(|p| !p.is_empty());
+            return (name, port);
+        }
+        return (host, None);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (name, Some(port))
+        }
+        _ => (host, None),
+    }
+}
+
+/// Encodes the request frame (environ pairs and body) for a worker.
+pub fn encode_request(
+    req: RequestView<'_>,
+    conn: &ConnInfo,
+    body: &[u8],
+    out: &mut BytesMut,
+) -> Result<(), ProtoError> {
+    let mut enc = proto::RequestEncoder::new(out);
+    for_each_pair(req, conn, |k, v| enc.push(k, v));
+    enc.finish(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn environ(
+        method: &str,
+        target: &str,
+        version: Version,
+        headers: &[(&str, &str)],
+        body_len: usize,
+    ) -> BTreeMap<String, Vec<u8>> {
+        let method: Method = method.parse().expect("method");
+        let uri: Uri = target.parse().expect("uri");
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        let conn = ConnInfo {
+            remote: Some("10.1.2.3:5555".parse().expect("addr")),
+            local: Some("127.0.0.1:8000".parse().expect("addr")),
+            url_scheme: "http",
+        };
+        let mut out = BTreeMap::new();
+        let view = RequestView {
+            method: &method,
+            uri: &uri,
+            version,
+            headers: &map,
+            body_len,
+        };
+        for_each_pair(view, &conn, |k, v| {
+            let prev = out.insert(String::from_utf8(k.to_vec()).expect("ascii key"), v.to_vec());
+            assert!(prev.is_none(), "key emitted twice");
+        });
+        out
+    }
+
+    fn get<'a>(env: &'a BTreeMap<String, Vec<u8>>, k: &str) -> Option<&'a [u8]> {
+        env.get(k).map(|v| &v[..])
+    }
+
+    #[test]
+    fn basic_cgi_keys() {
+        let env = environ(
+            "GET",
+            "/caf%C3%A9/a%2Fb?x=%20y&z",
+            Version::HTTP_11,
+            &[("host", "example.com:8080")],
+            0,
+        );
+        assert_eq!(get(&env, "REQUEST_METHOD"), Some(&b"GET"[..]));
+        assert_eq!(get(&env, "SCRIPT_NAME"), Some(&b""[..]));
+        assert_eq!(get(&env, "PATH_INFO"), Some("/café/a/b".as_bytes()));
+        assert_eq!(get(&env, "QUERY_STRING"), Some(&b"x=%20y&z"[..]));
+        assert_eq!(get(&env, "SERVER_NAME"), Some(&b"example.com"[..]));
+        assert_eq!(get(&env, "SERVER_PORT"), Some(&b"8080"[..]));
+        assert_eq!(get(&env, "SERVER_PROTOCOL"), Some(&b"HTTP/1.1"[..]));
+        assert_eq!(get(&env, "REMOTE_ADDR"), Some(&b"10.1.2.3"[..]));
+        assert_eq!(get(&env, "REMOTE_PORT"), Some(&b"5555"[..]));
+        assert_eq!(get(&env, "HTTP_HOST"), Some(&b"example.com:8080"[..]));
+        assert_eq!(get(&env, "CONTENT_LENGTH"), None);
+    }
+
+    #[test]
+    fn content_headers_and_joining() {
+        let env = environ(
+            "POST",
+            "/",
+            Version::HTTP_10,
+            &[
+                ("content-type", "text/plain"),
+                ("content-length", "5"),
+                ("x-multi", "a"),
+                ("x-multi", "b"),
+                ("cookie", "a=1"),
+                ("cookie", "b=2"),
+                ("x_spoof", "evil"),
+                ("transfer-encoding", "chunked"),
+            ],
+            5,
+        );
+        assert_eq!(get(&env, "CONTENT_TYPE"), Some(&b"text/plain"[..]));
+        assert_eq!(get(&env, "CONTENT_LENGTH"), Some(&b"5"[..]));
+        assert_eq!(get(&env, "HTTP_CONTENT_TYPE"), None);
+        assert_eq!(get(&env, "HTTP_CONTENT_LENGTH"), None);
+        assert_eq!(get(&env, "HTTP_X_MULTI"), Some(&b"a,b"[..]));
+        assert_eq!(get(&env, "HTTP_COOKIE"), Some(&b"a=1; b=2"[..]));
+        assert_eq!(get(&env, "HTTP_X_SPOOF"), None);
+        assert_eq!(get(&env, "HTTP_TRANSFER_ENCODING"), None);
+        assert_eq!(get(&env, "SERVER_PROTOCOL"), Some(&b"HTTP/1.0"[..]));
+        // No Host: the socket's address.
+        assert_eq!(get(&env, "SERVER_NAME"), Some(&b"127.0.0.1"[..]));
+        assert_eq!(get(&env, "SERVER_PORT"), Some(&b"8000"[..]));
+    }
+
+    #[test]
+    fn host_forms() {
+        let cases = [
+            ("example.com", ("example.com", None)),
+            ("example.com:81", ("example.com", Some("81"))),
+            ("[::1]:8080", ("[::1]", Some("8080"))),
+            ("[::1]", ("[::1]", None)),
+            ("weird:", ("weird:", None)),
+        ];
+        for (host, want) in cases {
+            assert_eq!(split_host_port(host), want, "{host}");
+        }
+    }
+
+    #[test]
+    fn latin1_bytes_survive_in_path() {
+        let env = environ("GET", "/%FF%00x", Version::HTTP_11, &[], 0);
+        assert_eq!(get(&env, "PATH_INFO"), Some(&b"/\xff\x00x"[..]));
+    }
+
+    #[test]
+    fn encoded_frame_decodes_to_the_same_pairs() {
+        let method = Method::PUT;
+        let uri: Uri = "/p?q".parse().expect("uri");
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "h".parse().expect("value"));
+        let conn = ConnInfo {
+            remote: None,
+            local: None,
+            url_scheme: "https",
+        };
+        let view = RequestView {
+            method: &method,
+            uri: &uri,
+            version: Version::HTTP_11,
+            headers: &headers,
+            body_len: 3,
+        };
+        let mut buf = BytesMut::new();
+        encode_request(view, &conn, b"abc", &mut buf).expect("encodes");
+        let frame = proto::decode(&mut buf, 1 << 20)
+            .expect("valid")
+            .expect("complete");
+        let mut want = Vec::new();
+        for_each_pair(view, &conn, |k, v| want.push((k.to_vec(), v.to_vec())));
+        match frame {
+            proto::Frame::Request { env, body, .. } => {
+                let got: Vec<_> = env.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+                assert_eq!(got, want);
+                assert_eq!(&body[..], b"abc");
+                assert!(got.contains(&(b"SERVER_PORT".to_vec(), b"443".to_vec())));
+                assert!(got.contains(&(b"REMOTE_ADDR".to_vec(), b"".to_vec())));
+            }
+            other => panic!("expected request, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! The master's end of one worker's socket: a task that writes the requests the dispatcher
+//! hands it, routes the worker's response frames to the waiting clients, and notices the
+//! worker's death (every request it held gets a 502; requests it had not started are put
+//! back in the queue, so nobody else notices).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use crate::dispatch::{AfterFinish, Chunk, Dispatcher, Failure, Job, Reply, WorkerId};
+use crate::proto::{self, Frame, Kind};
+
+/// Streamed body chunks buffered per response before the worker is made to wait.
+const BODY_CHANNEL: usize = 16;
+
+/// What a link tells the supervisor.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// The worker is ready to take requests.
+    Ready {
+        /// Worker.
+        id: WorkerId,
+        /// Its pid.
+        pid: u32,
+    },
+    /// The worker's socket closed: it exited or was killed.
+    Gone {
+        /// Worker.
+        id: WorkerId,
+        /// Requests it failed (502/504).
+        failed: u32,
+        /// The worker's own last words (e.g. an import error), if any.
+        fatal: Option<String>,
+        /// Whether it had ever become ready.
+        was_ready: bool,
+    },
+    /// A request on this worker exceeded `--timeout`.
+    TimedOut {
+        /// Worker.
+        id: WorkerId,
+    },
+}
+
+/// Commands from the supervisor.
+#[derive(Debug)]
+pub enum LinkCmd {
+    /// Send `Shutdown`: the worker exits when its in-flight requests are done.
+    Shutdown,
+    /// The worker is being killed for a timeout: fail the overdue requests with 504.
+    TimedOut,
+}
+
+struct Lane {
+    reply: Option<tokio::sync::oneshot::Sender<Reply>>,
+    body: Option<mpsc::Sender<Chunk>>,
+    started: Instant,
+    cancelled: bool,
+}
+
+/// The link's fixed parameters.
+pub struct LinkParams {
+    /// Worker id.
+    pub id: WorkerId,
+    /// Threads (lanes).
+    pub threads: u32,
+    /// Largest frame accepted from the worker.
+    pub max_frame: usize,
+    /// Per-request deadline.
+    pub timeout: Option<Duration>,
+}
+
+struct Link {
+    p: LinkParams,
+    dispatcher: Arc<Dispatcher>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    wr: OwnedWriteHalf,
+    lanes: Vec<Option<Lane>>,
+    ready: bool,
+    fatal: Option<String>,
+    failed: u32,
+    shutdown_sent: bool,
+}
+
+/// Runs the link until the worker's socket closes.
+pub async fn run(
+    p: LinkParams,
+    sock: UnixStream,
+    mut inbox: mpsc::UnboundedReceiver<Job>,
+    mut cmds: mpsc::UnboundedReceiver<LinkCmd>,
+    dispatcher: Arc<Dispatcher>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) {
+    let (rd, wr) = sock.into_split();
+    let mut reader = FrameReader {
+        rd,
+        buf: BytesMut::with_capacity(64 * 1024),
+        max_frame: p.max_frame,
+    };
+    let lanes = (0..p.threads).map(|_| None).collect();
+    let mut link = Link {
+        p,
+        dispatcher,
+        events,
+        wr,
+        lanes,
+        ready: false,
+        fatal: None,
+        failed: 0,
+        shutdown_sent: false,
+    };
+    let mut timed_out_reported = false;
+    loop {
+        let deadline = link.next_deadline();
+        tokio::select! {
+            biased;
+            frame = reader.next() => match frame {
+                Ok(Some(f)) => {
+                    if let Err(e) = link.on_frame(f).await {
+                        tracing::error!(worker = link.p.id, error = %e, "worker link failed");
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(worker = link.p.id, error = %e, "bad frame from worker");
+                    break;
+                }
+            },
+            Some(cmd) = cmds.recv() => match cmd {
+                LinkCmd::Shutdown => {
+                    if link.send_shutdown().await.is_err() {
+                        break;
+                    }
+                }
+                LinkCmd::TimedOut => link.fail_overdue(),
+            },
+            Some(job) = inbox.recv() => {
+                if link.assign(job).await.is_err() {
+                    break;
+                }
+            },
+            _ = sleep_until(deadline), if deadline.is_some() && !timed_out_reported => {
+                timed_out_reported = true;
+                let _ = link.events.send(LinkEvent::TimedOut { id: link.p.id });
+            }
+        }
+    }
+    // The worker is gone. Requests it held fail; jobs not yet written go back to the queue.
+    link.fail_all(Failure::WorkerDied);
+    inbox.close();
+    let mut unstarted = Vec::new();
+    while let Ok(job) = inbox.try_recv() {
+        unstarted.push(job);
+    }
+    link.dispatcher.remove(link.p.id);
+    if !unstarted.is_empty() {
+        link.dispatcher.requeue_front(unstarted);
+    }
+    let _ = link.events.send(LinkEvent::Gone {
+        id: link.p.id,
+        failed: link.failed,
+        fatal: link.fatal.take(),
+        was_ready: link.ready,
+    });
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Link {
+    fn next_deadline(&self) -> Option<Instant> {
+        let timeout = self.p.timeout?;
+        self.lanes
+            .iter()
+            .flatten()
+            .map(|l| l.started + timeout)
+            .min()
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.wr.write_all(bytes).await
+    }
+
+    async fn send_shutdown(&mut self) -> std::io::Result<()> {
+        if self.shutdown_sent {
+            return Ok(());
+        }
+        self.shutdown_sent = true;
+        let mut f = BytesMut::new();
+        proto::encode_simple(&mut f, Kind::Shutdown, 0, b"");
+        self.write(&f).await
+    }
+
+    async fn assign(&mut self, mut job: Job) -> std::io::Result<()> {
+        loop {
+            let Some(idx) = self.lanes.iter().position(Option::is_none) else {
+                // The dispatcher never over-assigns; if it did, put the job back.
+                tracing::error!(worker = self.p.id, "job for a worker with no free lane");
+                self.dispatcher.requeue_front(vec![job]);
+                return Ok(());
+            };
+            let now = Instant::now();
+            if job.reply.is_closed() {
+                // The client left while the request waited: do not run it.
+                match self.dispatcher.finish(self.p.id, now) {
+                    AfterFinish::Next(next) => {
+                        job = next;
+                        continue;
+                    }
+                    AfterFinish::Idle => return Ok(()),
+                    AfterFinish::Drained => return self.send_shutdown().await,
+                }
+            }
+            proto::set_stream(&mut job.frame, idx as u32);
+            self.lanes[idx] = Some(Lane {
+                reply: Some(job.reply),
+                body: None,
+                started: now,
+                cancelled: false,
+            });
+            return self.write(&job.frame).await;
+        }
+    }
+
+    async fn finish_lane(&mut self, idx: usize) -> std::io::Result<()> {
+        let Some(lane) = self.lanes.get_mut(idx).and_then(Option::take) else {
+            return Ok(());
+        };
+        match self.dispatcher.finish(self.p.id, lane.started) {
+            AfterFinish::Next(job) => self.assign(job).await,
+            AfterFinish::Idle => Ok(()),
+            AfterFinish::Drained => self.send_shutdown().await,
+        }
+    }
+
+    async fn cancel(&mut self, idx: usize) -> std::io::Result<()> {
+        let Some(Some(lane)) = self.lanes.get_mut(idx) else {
+            return Ok(());
+        };
+        if lane.cancelled {
+            return Ok(());
+        }
+        lane.cancelled = true;
+        lane.body = None;
+        let mut f = BytesMut::new();
+        proto::encode_simple(&mut f, Kind::Cancel, idx as u32, b"");
+        self.write(&f).await
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> std::io::Result<()> {
+        match frame {
+            Frame::Ready { pid } => {
+                self.ready = true;
+                let _ = self.events.send(LinkEvent::Ready { id: self.p.id, pid });
+                for job in self.dispatcher.ready(self.p.id) {
+                    self.assign(job).await?;
+                }
+            }
+            Frame::Head(head) => {
+                let idx = head.stream as usize;
+                let end = head.end;
+                let Some(Some(lane)) = self.lanes.get_mut(idx) else {
+                    return Err(protocol("head for an idle stream"));
+                };
+                let (rest, tx) = if end {
+                    (None, None)
+                } else {
+                    let (tx, rx) = mpsc::channel(BODY_CHANNEL);
+                    (Some(rx), Some(tx))
+                };
+                let delivered = lane
+                    .reply
+                    .take()
+                    .map(|r| r.send(Reply::Response { head, rest }).is_ok())
+                    .unwrap_or(false);
+                if end {
+                    return self.finish_lane(idx).await;
+                }
+                lane.body = tx;
+                if !delivered {
+                    self.cancel(idx).await?;
+                }
+            }
+            Frame::Body { stream, data } => {
+                let idx = stream as usize;
+                let Some(Some(lane)) = self.lanes.get_mut(idx) else {
+                    return Err(protocol("body for an idle stream"));
+                };
+                if let Some(tx) = &lane.body {
+                    if tx.send(Chunk::Data(data)).await.is_err() {
+                        self.cancel(idx).await?;
+                    }
+                }
+            }
+            Frame::End { stream } => {
+                let idx = stream as usize;
+                if let Some(Some(lane)) = self.lanes.get_mut(idx) {
+                    if let Some(tx) = lane.body.take() {
+                        let _ = tx.send(Chunk::End).await;
+                    }
+                }
+                return self.finish_lane(idx).await;
+            }
+            Frame::Abort { stream, reason } => {
+                let idx = stream as usize;
+                tracing::warn!(
+                    worker = self.p.id,
+                    reason = %String::from_utf8_lossy(&reason),
+                    "response aborted by the app"
+                );
+                if let Some(Some(lane)) = self.lanes.get_mut(idx) {
+                    if let Some(tx) = lane.body.take() {
+                        let _ = tx.send(Chunk::Abort).await;
+                    }
+                    if let Some(r) = lane.reply.take() {
+                        let _ = r.send(Reply::Failed(Failure::WorkerDied));
+                    }
+                }
+                return self.finish_lane(idx).await;
+            }
+            Frame::Fatal { message } => {
+                self.fatal = Some(String::from_utf8_lossy(&message).into_owned());
+            }
+            Frame::Request { .. } | Frame::Cancel { .. } | Frame::Shutdown => {
+                return Err(protocol("worker sent a master-only frame"));
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_lane(lane: Lane, why: Failure) {
+        if let Some(r) = lane.reply {
+            let _ = r.send(Reply::Failed(why));
+        }
+        if let Some(tx) = lane.body {
+            let _ = tx.try_send(Chunk::Abort);
+        }
+    }
+
+    fn fail_all(&mut self, why: Failure) {
+        for lane in self.lanes.iter_mut().filter_map(Option::take) {
+            self.failed += 1;
+            Self::fail_lane(lane, why);
+        }
+    }
+
+    /// Fails the lanes past their deadline with 504 (the supervisor is killing the worker).
+    fn fail_overdue(&mut self) {
+        let Some(timeout) = self.p.timeout else { return };
+        let now = Instant::now();
+        for slot in self.lanes.iter_mut() {
+            if slot.as_ref().is_some_and(|l| now >= l.started + timeout) {
+                if let Some(lane) = slot.take() {
+                    self.failed += 1;
+                    Self::fail_lane(lane, Failure::Timeout);
+                }
+            }
+        }
+    }
+}
+
+fn protocol(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+}
+
+struct FrameReader {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    max_frame: usize,
+}
+
+impl FrameReader {
+    /// The next frame; `None` at end of stream. Cancel-safe: bytes are only consumed as whole
+    /// frames and `read_buf` loses nothing when dropped.
+    async fn next(&mut self) -> std::io::Result<Option<Frame>> {
+        loop {
+            match proto::decode(&mut self.buf, self.max_frame) {
+                Ok(Some(f)) => return Ok(Some(f)),
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            }
+            if self.buf.capacity() - self.buf.len() < 8 * 1024 {
+                self.buf.reserve(64 * 1024);
+            }
+            if self.rd.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Setting up the embedded interpreter: sys.path, the virtualenv, importing the app, and the
+//! hooks a worker needs (stack dumps on SIGUSR1, atexit on exit).
+
+use std::ffi::CString;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::control::ZygoteInit;
+use crate::worker::wsgi::format_traceback;
+
+const SETUP: &str = r#"
+import os, sys, site
+sys.argv = ["wsgiscale"]
+cwd = os.getcwd()
+for p in [cwd] + list(reversed(pythonpath)):
+    p = os.path.abspath(p)
+    if p in sys.path:
+        sys.path.remove(p)
+    sys.path.insert(0, p)
+if venv:
+    venv = os.path.abspath(venv)
+    ver = "python%d.%d" % sys.version_info[:2]
+    sp = os.path.join(venv, "lib", ver, "site-packages")
+    if not os.path.isdir(sp):
+        raise RuntimeError("virtualenv %s has no %s (was it made with this Python, %s?)" % (venv, sp, sys.version.split()[0]))
+    before = list(sys.path)
+    site.addsitedir(sp)
+    added = [p for p in sys.path if p not in before]
+    rest = [p for p in before]
+    # The app's own directories first, then the venv, then the interpreter's site-packages.
+    head = [p for p in rest if p == cwd or p in [os.path.abspath(x) for x in pythonpath]]
+    tail = [p for p in rest if p not in head]
+    sys.path[:] = head + added + tail
+    sys.prefix = sys.exec_prefix = venv
+    os.environ["VIRTUAL_ENV"] = venv
+"#;
+
+/// Applies chdir (done by the caller), pythonpath and the virtualenv to `sys`.
+pub fn setup(py: Python<'_>, init: &ZygoteInit) -> Result<(), String> {
+    let run = || -> PyResult<()> {
+        let locals = PyDict::new(py);
+        let paths: Vec<String> = init
+            .pythonpath
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        locals.set_item("pythonpath", paths)?;
+        locals.set_item("venv", init.venv.as_ref().map(|v| v.display().to_string()))?;
+        let code = CString::new(SETUP).expect("the setup script has no NUL byte");
+        py.run(&code, None, Some(&locals))
+    };
+    run().map_err(|e| format!("python setup failed:\n{}", format_traceback(py, &e)))
+}
+
+/// Imports MODULE and returns MODULE.CALLABLE, or a message with the traceback.
+pub fn import_app(py: Python<'_>, init: &ZygoteInit) -> Result<Py<PyAny>, String> {
+    let module = py.import(init.module.as_str()).map_err(|e| {
+        format!(
+            "cannot import module {:?}:\n{}",
+            init.module,
+            format_traceback(py, &e)
+        )
+    })?;
+    let app = module.getattr(init.callable.as_str()).map_err(|_| {
+        format!(
+            "module {:?} has no attribute {:?}",
+            init.module, init.callable
+        )
+    })?;
+    if !app.is_callable() {
+        return Err(format!(
+            "{}:{} is not callable (a WSGI application must be)",
+            init.module, init.callable
+        ));
+    }
+    Ok(app.unbind())
+}
+
+/// Dumps every thread's Python stack to stderr when the process gets SIGUSR1 (used before a
+/// stuck worker is killed at `--timeout`).
+pub fn enable_stack_dumps(py: Python<'_>) {
+    let result = (|| -> PyResult<()> {
+        let fh = py.import("faulthandler")?;
+        let signal = py.import("signal")?;
+        let usr1 = signal.getattr("SIGUSR1")?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("all_threads", true)?;
+        fh.call_method("register", (usr1,), Some(&kwargs))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot enable stack dumps on SIGUSR1");
+    }
+}
+
+/// Runs atexit handlers and flushes stdio before the worker exits.
+pub fn run_exit_hooks(py: Python<'_>) {
+    let _ = py
+        .import("atexit")
+        .and_then(|m| m.call_method0("_run_exitfuncs"));
+    if let Ok(sys) = py.import("sys") {
+        for name in ["stdout", "stderr"] {
+            let _ = sys.getattr(name).and_then(|s| s.call_method0("flush"));
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! The supervisor: owns the fork server and the worker processes. It spawns workers through
+//! the fork server, notices their deaths through their links, replaces them (backing off when
+//! they keep dying), kills workers stuck past `--timeout`, and stops everything in order.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::{self, ControlError, FromZygote, ToZygote, ZygoteInit, MAX_MESSAGE};
+use crate::dispatch::{Dispatcher, WorkerId};
+use crate::link::{self, LinkCmd, LinkEvent, LinkParams};
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// The fork server could not be started.
+    #[error("cannot start the fork server: {0}")]
+    StartZygote(#[source] std::io::Error),
+    /// The control channel failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The application cannot be loaded.
+    #[error("the application failed to load:\n{0}")]
+    Import(String),
+}
+
+/// The master's handle on the fork server.
+pub struct Zygote {
+    fd: AsyncFd<OwnedFd>,
+    pid: u32,
+    buf: Vec<u8>,
+}
+
+impl Zygote {
+    /// Re-executes this binary as a fork server, sends it `init` and waits until it is ready.
+    pub async fn start(init: &ZygoteInit) -> Result<Zygote, SupervisorError> {
+        let (ours, theirs) = control::pair()?;
+        crate::zygote::make_inheritable(&theirs)
+            .map_err(|e| SupervisorError::StartZygote(e.into()))?;
+        let exe = std::env::current_exe().map_err(SupervisorError::StartZygote)?;
+        let child = std::process::Command::new(exe)
+            .arg("__zygote")
+            .arg("--control-fd")
+            .arg(theirs.as_raw_fd().to_string())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(SupervisorError::StartZygote)?;
+        drop(theirs);
+        nix::fcntl::fcntl(
+            &ours,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| SupervisorError::StartZygote(e.into()))?;
+        control::send(ours.as_fd(), &ToZygote::Init(init.clone()), &[])?;
+        let mut z = Zygote {
+            fd: crate::sys::async_fd(ours).map_err(SupervisorError::StartZygote)?,
+            pid: child.id(),
+            buf: vec![0u8; MAX_MESSAGE],
+        };
+        loop {
+            match z.recv().await? {
+                FromZygote::Ready { import_ms, .. } => {
+                    tracing::info!(pid = z.pid, import_ms, preload = init.preload, "fork server ready");
+                    return Ok(z);
+                }
+                FromZygote::ImportFailed { message } => {
+                    let _ = reap_pid(z.pid, Duration::from_secs(2)).await;
+                    return Err(SupervisorError::Import(message));
+                }
+                other => tracing::warn!(message = ?other, "unexpected message from a starting fork server"),
+            }
+        }
+    }
+
+    /// The fork server's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Receives the next message.
+    pub async fn recv(&mut self) -> Result<FromZygote, ControlError> {
+        loop {
+            let mut guard = self.fd.readable().await.map_err(|e| ControlError::Io(io_errno(&e)))?;
+            let buf = &mut self.buf;
+            match guard.try_io(|fd| {
+                control::recv::<FromZygote>(fd.get_ref().as_fd(), buf).map_err(|e| match e {
+                    ControlError::Io(nix::errno::Errno::EAGAIN) => {
+                        std::io::Error::from(std::io::ErrorKind::WouldBlock)
+                    }
+                    other => std::io::Error::other(other),
+                })
+            }) {
+                Ok(Ok((msg, _fds))) => return Ok(msg),
+                Ok(Err(e)) => {
+                    return Err(match e.into_inner().map(|b| b.downcast::<ControlError>()) {
+                        Some(Ok(ce)) => *ce,
+                        _ => ControlError::Closed,
+                    })
+                }
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Asks for a worker serving on `sock`.
+    pub fn spawn(&self, worker: WorkerId, sock: &std::os::unix::net::UnixStream) -> Result<(), ControlError> {
+        control::send(
+            self.fd.get_ref().as_fd(),
+            &ToZygote::Spawn { worker },
+            &[sock.as_raw_fd()],
+        )
+    }
+
+    /// Tells the fork server to exit, then makes sure it does.
+    pub async fn stop(self) {
+        let _ = control::send(self.fd.get_ref().as_fd(), &ToZygote::Shutdown, &[]);
+        if !reap_pid(self.pid, Duration::from_secs(2)).await {
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            let _ = reap_pid(self.pid, Duration::from_secs(2)).await;
+        }
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Waits (polling) for a child of this process to exit; true when it did.
+async fn reap_pid(pid: u32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) | Err(_) => return true,
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reaps any exited children (orphaned workers are re-parented to the master, which is a
+/// child subreaper) without blocking.
+fn reap_orphans(zygote_pid: u32) -> bool {
+    let mut zygote_gone = false;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return zygote_gone,
+            Ok(status) => {
+                if status.pid().map(|p| p.as_raw() as u32) == Some(zygote_pid) {
+                    zygote_gone = true;
+                }
+            }
+        }
+    }
+}
+
+/// Why a worker is being retired (a bounded metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetireReason {
+    /// Shutting down.
+    Shutdown,
+}
+
+struct WorkerInfo {
+    pid: Option<u32>,
+    cmds: mpsc::UnboundedSender<LinkCmd>,
+    spawned_at: Instant,
+    ready_at: Option<Instant>,
+    retiring: Option<RetireReason>,
+    killing: bool,
+}
+
+/// Crash-loop backoff: a worker that dies young delays the next spawn, doubling each time.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+impl Backoff {
+    const BASE: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+    /// A worker that lived this long after becoming ready was not a crash loop.
+    const STABLE: Duration = Duration::from_secs(5);
+
+    fn record_exit(&mut self, now: Instant, lived_ready: Option<Duration>) -> Duration {
+        if lived_ready.is_some_and(|d| d >= Self::STABLE) {
+            self.failures = 0;
+            self.not_before = None;
+            return Duration::ZERO;
+        }
+        self.failures += 1;
+        let delay = Self::BASE
+            .saturating_mul(1 << (self.failures - 1).min(16))
+            .min(Self::MAX);
+        self.not_before = Some(now + delay);
+        delay
+    }
+
+    fn allows(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|t| now >= t)
+    }
+}
+
+/// Supervisor settings.
+pub struct SupervisorParams {
+    /// What the fork server needs.
+    pub init: ZygoteInit,
+    /// Workers to keep running.
+    pub workers: u32,
+    /// Per-request deadline.
+    pub timeout: Option<Duration>,
+}
+
+/// The supervisor.
+pub struct Supervisor {
+    p: SupervisorParams,
+    dispatcher: Arc<Dispatcher>,
+    zygote: Option<Zygote>,
+    workers: HashMap<WorkerId, WorkerInfo>,
+    next_id: WorkerId,
+    events_tx: mpsc::UnboundedSender<LinkEvent>,
+    events_rx: mpsc::UnboundedReceiver<LinkEvent>,
+    backoff: Backoff,
+    ever_ready: bool,
+}
+
+impl Supervisor {
+    /// Creates a supervisor around a started fork server.
+    pub fn new(p: SupervisorParams, dispatcher: Arc<Dispatcher>, zygote: Zygote) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Supervisor {
+            p,
+            dispatcher,
+            zygote: Some(zygote),
+            workers: HashMap::new(),
+            next_id: 1,
+            events_tx,
+            events_rx,
+            backoff: Backoff::default(),
+            ever_ready: false,
+        }
+    }
+
+    fn active(&self) -> u32 {
+        self.workers.values().filter(|w| w.retiring.is_none()).count() as u32
+    }
+
+    fn spawn_worker(&mut self) -> Result<(), ControlError> {
+        let Some(zygote) = &self.zygote else {
+            return Ok(());
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| ControlError::Io(io_errno(&e)))?;
+        zygote.spawn(id, &theirs)?;
+        drop(theirs);
+        ours.set_nonblocking(true)
+            .map_err(|e| ControlError::Io(io_errno(&e)))?;
+        let sock = tokio::net::UnixStream::from_std(ours).map_err(|e| ControlError::Io(io_errno(&e)))?;
+        let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        self.dispatcher.register(id, self.p.init.threads, inbox_tx);
+        let params = LinkParams {
+            id,
+            threads: self.p.init.threads,
+            max_frame: self.p.init.max_frame,
+            timeout: self.p.timeout,
+        };
+        tokio::spawn(link::run(
+            params,
+            sock,
+            inbox_rx,
+            cmd_rx,
+            self.dispatcher.clone(),
+            self.events_tx.clone(),
+        ));
+        self.workers.insert(
+            id,
+            WorkerInfo {
+                pid: None,
+                cmds: cmd_tx,
+                spawned_at: Instant::now(),
+                ready_at: None,
+                retiring: None,
+                killing: false,
+            },
+        );
+        tracing::debug!(worker = id, "spawn requested");
+        Ok(())
+    }
+
+    /// Spawns until the target count is running, unless backing off.
+    fn top_up(&mut self) {
+        let now = Instant::now();
+        while self.active() < self.p.workers && self.backoff.allows(now) && self.zygote.is_some() {
+            if let Err(e) = self.spawn_worker() {
+                tracing::error!(error = %e, "cannot spawn a worker");
+                self.backoff.record_exit(now, None);
+                break;
+            }
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops the workers and the fork server.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), SupervisorError> {
+        self.top_up();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                msg = recv_zygote(&mut self.zygote) => self.on_zygote(msg),
+                Some(ev) = self.events_rx.recv() => {
+                    if let Err(e) = self.on_event(ev) {
+                        break Err(e);
+                    }
+                }
+                _ = tick.tick() => self.on_tick().await,
+            }
+        };
+        self.stop_all().await;
+        result
+    }
+
+    fn on_zygote(&mut self, msg: Result<FromZygote, ControlError>) {
+        match msg {
+            Ok(FromZygote::Spawned { worker, pid }) => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.pid = Some(pid);
+                    tracing::debug!(worker, pid, "worker forked");
+                } else {
+                    tracing::warn!(worker, pid, "fork server spawned an unknown worker; killing it");
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
+            Ok(FromZygote::SpawnFailed { worker, error }) => {
+                tracing::error!(worker, error, "fork failed");
+                self.backoff.record_exit(Instant::now(), None);
+                // Its link sees the socket close when the fork server dropped it.
+            }
+            Ok(FromZygote::Exited { pid, code, signal }) => {
+                tracing::debug!(pid, code, signal, "worker process reaped");
+            }
+            Ok(other) => tracing::warn!(message = ?other, "unexpected message from the fork server"),
+            Err(e) => {
+                tracing::error!(error = %e, "fork server lost; workers keep serving, restarting it");
+                if let Some(z) = self.zygote.take() {
+                    tokio::spawn(async move {
+                        let _ = reap_pid(z.pid, Duration::from_secs(1)).await;
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: LinkEvent) -> Result<(), SupervisorError> {
+        match ev {
+            LinkEvent::Ready { id, pid } => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    let now = Instant::now();
+                    w.ready_at = Some(now);
+                    w.pid = Some(pid);
+                    let fork_to_ready_ms = now.duration_since(w.spawned_at).as_secs_f64() * 1000.0;
+                    tracing::info!(worker = id, pid, fork_to_ready_ms = format!("{fork_to_ready_ms:.1}"), "worker ready");
+                    self.ever_ready = true;
+                }
+            }
+            LinkEvent::Gone { id, failed, fatal, was_ready } => {
+                let Some(w) = self.workers.remove(&id) else { return Ok(()) };
+                let now = Instant::now();
+                if let Some(msg) = &fatal {
+                    if !self.ever_ready && !self.p.init.preload {
+                        return Err(SupervisorError::Import(msg.clone()));
+                    }
+                    tracing::error!(worker = id, "worker cannot serve:\n{msg}");
+                }
+                if w.retiring.is_some() {
+                    tracing::info!(worker = id, pid = w.pid, "worker retired");
+                } else {
+                    let lived = w.ready_at.map(|r| now.duration_since(r));
+                    let delay = self.backoff.record_exit(now, lived.filter(|_| was_ready));
+                    if w.killing {
+                        tracing::warn!(worker = id, pid = w.pid, failed, "worker killed after --timeout");
+                    } else {
+                        tracing::warn!(
+                            worker = id,
+                            pid = w.pid,
+                            failed,
+                            respawn_in_ms = delay.as_millis() as u64,
+                            "worker died"
+                        );
+                    }
+                }
+                self.top_up();
+            }
+            LinkEvent::TimedOut { id } => self.kill_stuck(id),
+        }
+        Ok(())
+    }
+
+    /// Logs the stuck worker's Python stack (SIGUSR1 -> faulthandler), fails its overdue
+    /// requests with 504 and kills it.
+    fn kill_stuck(&mut self, id: WorkerId) {
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        if w.killing {
+            return;
+        }
+        w.killing = true;
+        let Some(pid) = w.pid else { return };
+        tracing::error!(worker = id, pid, "request exceeded --timeout; dumping its Python stack and killing the worker");
+        let pid = Pid::from_raw(pid as i32);
+        let _ = kill(pid, Signal::SIGUSR1);
+        let cmds = w.cmds.clone();
+        tokio::spawn(async move {
+            // Give faulthandler a moment to write the stack.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = cmds.send(LinkCmd::TimedOut);
+            let _ = kill(pid, Signal::SIGKILL);
+        });
+    }
+
+    async fn on_tick(&mut self) {
+        if let Some(z) = &self.zygote {
+            if reap_orphans(z.pid()) {
+                tracing::error!("fork server exited; restarting it");
+                self.zygote = None;
+            }
+        } else {
+            let _ = reap_orphans(0);
+            if self.backoff.allows(Instant::now()) {
+                match Zygote::start(&self.p.init).await {
+                    Ok(z) => self.zygote = Some(z),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot restart the fork server");
+                        self.backoff.record_exit(Instant::now(), None);
+                    }
+                }
+            }
+        }
+        for (id, w) in &self.workers {
+            if let Some(pid) = w.pid {
+                self.dispatcher.set_rss(*id, read_rss(pid));
+            }
+        }
+        self.top_up();
+    }
+
+    /// Retires every worker (they finish what they run), kills what is left after a grace
+    /// period, and stops the fork server.
+    async fn stop_all(&mut self) {
+        for (id, w) in self.workers.iter_mut() {
+            w.retiring = Some(RetireReason::Shutdown);
+            if self.dispatcher.retire(*id) {
+                let _ = w.cmds.send(LinkCmd::Shutdown);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.workers.is_empty() && Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline.into(), self.events_rx.recv()).await {
+                Ok(Some(LinkEvent::Gone { id, .. })) => {
+                    self.workers.remove(&id);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        for w in self.workers.values() {
+            if let Some(pid) = w.pid {
+                tracing::warn!(pid, "worker did not exit in time; killing it");
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+        if let Some(z) = self.zygote.take() {
+            z.stop().await;
+        }
+        let _ = reap_orphans(0);
+    }
+}
+
+async fn recv_zygote(z: &mut Option<Zygote>) -> Result<FromZygote, ControlError> {
+    match z {
+        Some(z) => z.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resident set size of a process from /proc/PID/statm.
+pub fn read_rss(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    Some(pages * page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_resets_after_a_stable_worker() {
+        let mut b = Backoff::default();
+        let t = Instant::now();
+        assert!(b.allows(t));
+        assert_eq!(b.record_exit(t, None), Duration::from_millis(100));
+        assert_eq!(b.record_exit(t, Some(Duration::from_secs(1))), Duration::from_millis(200));
+        assert_eq!(b.record_exit(t, None), Duration::from_millis(400));
+        assert!(!b.allows(t));
+        assert!(b.allows(t + Duration::from_millis(400)));
+        for _ in 0..20 {
+            b.record_exit(t, None);
+        }
+        assert_eq!(b.record_exit(t, None), Backoff::MAX);
+        assert_eq!(b.record_exit(t, Some(Duration::from_secs(60))), Duration::ZERO);
+        assert!(b.allows(t));
+    }
+}

@@ -1,0 +1,207 @@
+//! A worker process: one CPython interpreter with its own GIL, forked from the fork server.
+//! It reads request frames from the master, runs them through the app on one thread or on
+//! `--threads` Python threads, and streams the responses back.
+
+mod conn;
+pub mod wsgi;
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use pyo3::prelude::*;
+
+use crate::control::ZygoteInit;
+use crate::proto::{self, Frame, Kind};
+use crate::python;
+use conn::{Reader, Writer};
+use wsgi::{Ctx, Outcome};
+
+/// Exit code of a worker whose app failed to import (no preload).
+pub const EXIT_IMPORT_FAILED: i32 = 3;
+/// Exit code of a worker that lost its master or broke the protocol.
+pub const EXIT_MASTER_LOST: i32 = 4;
+
+/// Runs the worker until the master tells it to stop; returns the process exit code.
+pub fn run(py: Python<'_>, init: &ZygoteInit, sock: OwnedFd, preloaded: Option<Py<PyAny>>) -> i32 {
+    let sock = UnixStream::from(sock);
+    let writer = match sock.try_clone() {
+        Ok(w) => Arc::new(Writer::new(w)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot duplicate the master socket");
+            return EXIT_MASTER_LOST;
+        }
+    };
+    let mut reader = Reader::new(sock, init.max_frame);
+    let app = match preloaded {
+        Some(app) => app,
+        None => match python::import_app(py, init) {
+            Ok(app) => app,
+            Err(message) => {
+                tracing::error!("{message}");
+                let mut frame = BytesMut::new();
+                proto::encode_simple(&mut frame, Kind::Fatal, 0, message.as_bytes());
+                let _ = writer.send(&frame);
+                return EXIT_IMPORT_FAILED;
+            }
+        },
+    };
+    python::enable_stack_dumps(py);
+    let ctx = match Ctx::new(py, app, init.threads, writer.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(traceback = %wsgi::format_traceback(py, &e), "worker setup failed");
+            return EXIT_IMPORT_FAILED;
+        }
+    };
+    let mut ready = BytesMut::new();
+    proto::encode_ready(&mut ready, std::process::id());
+    if writer.send(&ready).is_err() {
+        return EXIT_MASTER_LOST;
+    }
+    let code = if init.threads <= 1 {
+        serve_single(py, ctx, reader)
+    } else {
+        let ctx = Arc::new(ctx);
+        py.detach(|| serve_threaded(&ctx, &mut reader, init.threads))
+    };
+    python::run_exit_hooks(py);
+    code
+}
+
+fn set_cancel(ctx: &Ctx, stream: u32, value: bool) {
+    if let Some(c) = ctx.cancel.get(stream as usize) {
+        c.store(value, Ordering::Relaxed);
+    }
+}
+
+/// One thread: read a frame, run it, repeat. Between chunks of a streamed response the
+/// socket is polled for `Cancel` frames.
+fn serve_single(py: Python<'_>, mut ctx: Ctx, reader: Reader) -> i32 {
+    struct Inbox {
+        reader: Reader,
+        pending: VecDeque<Frame>,
+        scratch: Vec<Frame>,
+    }
+    let inbox = Arc::new(Mutex::new(Inbox {
+        reader,
+        pending: VecDeque::new(),
+        scratch: Vec::new(),
+    }));
+    let cancel_flags = ctx.cancel_flags();
+    let poll_inbox = inbox.clone();
+    ctx.poll_cancel = Some(Box::new(move || {
+        let mut ib = poll_inbox.lock().unwrap_or_else(|p| p.into_inner());
+        let ib = &mut *ib;
+        if ib.reader.try_drain(&mut ib.scratch).is_err() {
+            return;
+        }
+        for f in ib.scratch.drain(..) {
+            match f {
+                Frame::Cancel { stream } => {
+                    if let Some(c) = cancel_flags.get(stream as usize) {
+                        c.store(true, Ordering::Relaxed);
+                    }
+                }
+                other => ib.pending.push_back(other),
+            }
+        }
+    }));
+    let ctx = Arc::new(ctx);
+    loop {
+        let next = {
+            let mut ib = inbox.lock().unwrap_or_else(|p| p.into_inner());
+            match ib.pending.pop_front() {
+                Some(f) => Ok(Some(f)),
+                None => {
+                    let reader = &mut ib.reader;
+                    py.detach(|| reader.next())
+                }
+            }
+        };
+        match next {
+            Ok(Some(Frame::Request { stream, env, body })) => {
+                set_cancel(&ctx, stream, false);
+                if let Outcome::Broken = wsgi::handle(py, &ctx, stream, &env, body) {
+                    return EXIT_MASTER_LOST;
+                }
+            }
+            Ok(Some(Frame::Cancel { stream })) => set_cancel(&ctx, stream, true),
+            Ok(Some(Frame::Shutdown)) | Ok(None) => return 0,
+            Ok(Some(other)) => {
+                tracing::error!(frame = ?other, "unexpected frame from the master");
+                return EXIT_MASTER_LOST;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading from the master failed");
+                return EXIT_MASTER_LOST;
+            }
+        }
+    }
+}
+
+type Job = (u32, Vec<(Bytes, Bytes)>, Bytes);
+
+/// `threads` Python threads take requests from a queue fed by this (GIL-free) reader thread.
+fn serve_threaded(ctx: &Arc<Ctx>, reader: &mut Reader, threads: u32) -> i32 {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    let mut handles = Vec::new();
+    for i in 0..threads {
+        let rx = rx.clone();
+        let ctx = ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("wsgi-{i}"))
+            .spawn(move || loop {
+                let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok((stream, env, body)) = job else { return };
+                let outcome = Python::attach(|py| wsgi::handle(py, &ctx, stream, &env, body));
+                if let Outcome::Broken = outcome {
+                    return;
+                }
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a worker thread");
+                return EXIT_MASTER_LOST;
+            }
+        }
+    }
+    let mut code = 0;
+    loop {
+        if ctx.broken.load(Ordering::Relaxed) {
+            code = EXIT_MASTER_LOST;
+            break;
+        }
+        match reader.next() {
+            Ok(Some(Frame::Request { stream, env, body })) => {
+                set_cancel(ctx, stream, false);
+                if tx.send((stream, env, body)).is_err() {
+                    code = EXIT_MASTER_LOST;
+                    break;
+                }
+            }
+            Ok(Some(Frame::Cancel { stream })) => set_cancel(ctx, stream, true),
+            Ok(Some(Frame::Shutdown)) | Ok(None) => break,
+            Ok(Some(other)) => {
+                tracing::error!(frame = ?other, "unexpected frame from the master");
+                code = EXIT_MASTER_LOST;
+                break;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading from the master failed");
+                code = EXIT_MASTER_LOST;
+                break;
+            }
+        }
+    }
+    drop(tx);
+    for h in handles {
+        let _ = h.join();
+    }
+    code
+}

@@ -1,0 +1,671 @@
+//! PEP 3333 inside a worker: the environ dict, `wsgi.input`, `start_response` with its
+//! `write()` callable, `wsgi.file_wrapper`, and running one request through the app.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use pyo3::exceptions::{PyAssertionError, PyOSError, PyStopIteration, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
+use pyo3::intern;
+
+use super::conn::Writer;
+use crate::proto::{self, Kind};
+
+/// Most distinct environ keys kept as interned Python strings.
+const KEY_CACHE_LIMIT: usize = 512;
+/// Block size for sending a file from `wsgi.file_wrapper`.
+const FILE_BLOCK: usize = 256 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means a panic elsewhere; the data (plain buffers) is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Everything a worker keeps between requests.
+pub struct Ctx {
+    app: Py<PyAny>,
+    version: Py<PyTuple>,
+    errors: Py<PyAny>,
+    file_wrapper: Py<PyType>,
+    multithread: bool,
+    keys: Mutex<HashMap<Bytes, Py<PyString>>>,
+    /// Shared writer to the master.
+    pub out: Arc<Writer>,
+    /// One flag per lane: the client of the request on that lane is gone.
+    pub cancel: Arc<[AtomicBool]>,
+    /// Polls the master socket for `Cancel` frames (single-threaded workers have no reader
+    /// thread to do it).
+    pub poll_cancel: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Set when the master socket failed: the worker must exit.
+    pub broken: AtomicBool,
+}
+
+impl Ctx {
+    /// Prepares the per-worker Python objects.
+    pub fn new(
+        py: Python<'_>,
+        app: Py<PyAny>,
+        threads: u32,
+        out: Arc<Writer>,
+    ) -> PyResult<Ctx> {
+        let sys = py.import("sys")?;
+        Ok(Ctx {
+            app,
+            version: PyTuple::new(py, [1u8, 0u8])?.unbind(),
+            errors: sys.getattr("stderr")?.unbind(),
+            file_wrapper: py.get_type::<FileWrapper>().unbind(),
+            multithread: threads > 1,
+            keys: Mutex::new(HashMap::new()),
+            out,
+            cancel: (0..threads).map(|_| AtomicBool::new(false)).collect::<Vec<_>>().into(),
+            poll_cancel: None,
+            broken: AtomicBool::new(false),
+        })
+    }
+
+    /// The per-lane cancel flags, shared with whoever reads `Cancel` frames.
+    pub fn cancel_flags(&self) -> Arc<[AtomicBool]> {
+        self.cancel.clone()
+    }
+
+    fn key<'py>(&self, py: Python<'py>, k: &Bytes) -> Bound<'py, PyString> {
+        let mut keys = lock(&self.keys);
+        if let Some(s) = keys.get(k) {
+            return s.bind(py).clone();
+        }
+        let s = latin1(py, k);
+        if keys.len() < KEY_CACHE_LIMIT {
+            keys.insert(k.clone(), s.clone().unbind());
+        }
+        s
+    }
+
+    fn cancelled(&self, stream: u32) -> bool {
+        if let Some(poll) = &self.poll_cancel {
+            poll();
+        }
+        self.cancel
+            .get(stream as usize)
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// Sends a frame, releasing the GIL while writing.
+    fn send(&self, py: Python<'_>, frame: &[u8]) -> PyResult<()> {
+        let out = &self.out;
+        match py.detach(|| out.send(frame)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.broken.store(true, Ordering::Relaxed);
+                Err(PyOSError::new_err(format!("connection to the master lost: {e}")))
+            }
+        }
+    }
+}
+
+/// Decodes latin-1 bytes into a Python str (each byte is one code point).
+fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
+    match std::str::from_utf8(b) {
+        Ok(s) if b.is_ascii() => PyString::new(py, s),
+        _ => {
+            let s: String = b.iter().map(|&c| c as char).collect();
+            PyString::new(py, &s)
+        }
+    }
+}
+
+/// Encodes a Python str as latin-1 bytes; code points above 255 are an error.
+fn to_latin1(s: &Bound<'_, PyString>, what: &str) -> PyResult<Vec<u8>> {
+    let text = s.to_str()?;
+    if text.is_ascii() {
+        return Ok(text.as_bytes().to_vec());
+    }
+    text.chars()
+        .map(|c| {
+            u8::try_from(u32::from(c)).map_err(|_| {
+                PyValueError::new_err(format!("{what} {text:?} is not latin-1 encodable"))
+            })
+        })
+        .collect()
+}
+
+/// `wsgi.input`: the request body, already complete in memory. Reads never go past it.
+#[pyclass(module = "wsgiscale", frozen)]
+pub struct Input {
+    state: Mutex<(Bytes, usize)>,
+}
+
+impl Input {
+    fn take(&self, limit: Option<usize>, line: bool) -> Bytes {
+        let mut st = lock(&self.state);
+        let (data, pos) = &mut *st;
+        let rest = &data[*pos..];
+        let mut n = limit.unwrap_or(rest.len()).min(rest.len());
+        if line {
+            if let Some(i) = rest[..n].iter().position(|&b| b == b'\n') {
+                n = i + 1;
+            }
+        }
+        let out = data.slice(*pos..*pos + n);
+        *pos += n;
+        out
+    }
+}
+
+fn size_arg(size: Option<isize>) -> Option<usize> {
+    size.and_then(|s| usize::try_from(s).ok())
+}
+
+#[pymethods]
+impl Input {
+    /// read(size=-1)
+    #[pyo3(signature = (size=None))]
+    fn read<'py>(&self, py: Python<'py>, size: Option<isize>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.take(size_arg(size), false))
+    }
+
+    /// readline(size=-1)
+    #[pyo3(signature = (size=None))]
+    fn readline<'py>(&self, py: Python<'py>, size: Option<isize>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.take(size_arg(size), true))
+    }
+
+    /// readlines(hint=-1)
+    #[pyo3(signature = (hint=None))]
+    fn readlines<'py>(&self, py: Python<'py>, hint: Option<isize>) -> PyResult<Bound<'py, PyList>> {
+        let hint = size_arg(hint).filter(|h| *h > 0);
+        let list = PyList::empty(py);
+        let mut total = 0;
+        loop {
+            let line = self.take(None, true);
+            if line.is_empty() {
+                break;
+            }
+            total += line.len();
+            list.append(PyBytes::new(py, &line))?;
+            if hint.is_some_and(|h| total >= h) {
+                break;
+            }
+        }
+        Ok(list)
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        let line = self.take(None, true);
+        (!line.is_empty()).then(|| PyBytes::new(py, &line))
+    }
+}
+
+/// `wsgi.file_wrapper(filelike, blksize=8192)`: iterates the file in blocks; when the app
+/// returns it, the worker reads the file itself in large blocks without holding the GIL.
+#[pyclass(module = "wsgiscale", frozen)]
+pub struct FileWrapper {
+    filelike: Py<PyAny>,
+    blksize: usize,
+}
+
+#[pymethods]
+impl FileWrapper {
+    #[new]
+    #[pyo3(signature = (filelike, blksize=8192))]
+    fn new(filelike: Py<PyAny>, blksize: usize) -> Self {
+        FileWrapper {
+            filelike,
+            blksize: blksize.max(1),
+        }
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let data = self
+            .filelike
+            .bind(py)
+            .call_method1(intern!(py, "read"), (self.blksize,))?;
+        if data.len()? == 0 {
+            return Err(PyStopIteration::new_err(()));
+        }
+        Ok(data)
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let f = self.filelike.bind(py);
+        if f.hasattr(intern!(py, "close"))? {
+            f.call_method0(intern!(py, "close"))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct ResponseState {
+    status: Option<(u16, Vec<u8>)>,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    head_sent: bool,
+}
+
+/// The `start_response` callable for one request; `write` is its `write()` callable.
+#[pyclass(module = "wsgiscale", frozen)]
+pub struct StartResponse {
+    stream: u32,
+    ctx: Arc<CtxRef>,
+    state: Mutex<ResponseState>,
+}
+
+/// A `Send + Sync` pointer to the worker context for the duration of a request.
+pub struct CtxRef(pub Arc<Ctx>);
+
+const HOP_BY_HOP: [&[u8]; 5] = [
+    b"transfer-encoding",
+    b"keep-alive",
+    b"upgrade",
+    b"proxy-connection",
+    b"te",
+];
+
+fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<(u16, Vec<u8>)> {
+    let s = status
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err("status must be a str such as '200 OK'"))?;
+    let bytes = to_latin1(s, "status")?;
+    let valid = bytes.len() >= 4
+        && bytes[..3].iter().all(u8::is_ascii_digit)
+        && bytes[3] == b' '
+        && bytes[0] != b'0'
+        && !bytes.iter().any(|b| b.is_ascii_control());
+    if !valid {
+        return Err(PyValueError::new_err(format!(
+            "status {:?} is not 'NNN reason'",
+            String::from_utf8_lossy(&bytes)
+        )));
+    }
+    let code = (bytes[0] - b'0') as u16 * 100 + (bytes[1] - b'0') as u16 * 10 + (bytes[2] - b'0') as u16;
+    Ok((code, bytes[4..].to_vec()))
+}
+
+fn is_token(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.iter().all(|&b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let list = headers
+        .cast::<PyList>()
+        .map_err(|_| PyTypeError::new_err("response headers must be a list of (name, value) tuples"))?;
+    let mut out = Vec::with_capacity(list.len());
+    for item in list.iter() {
+        let pair = item.cast::<PyTuple>().map_err(|_| {
+            PyTypeError::new_err("each response header must be a (name, value) tuple")
+        })?;
+        if pair.len() != 2 {
+            return Err(PyTypeError::new_err("each response header must be a (name, value) tuple"));
+        }
+        let name = pair.get_item(0)?;
+        let value = pair.get_item(1)?;
+        let name = name
+            .cast::<PyString>()
+            .map_err(|_| PyTypeError::new_err("header names must be str"))?;
+        let value = value
+            .cast::<PyString>()
+            .map_err(|_| PyTypeError::new_err("header values must be str"))?;
+        let name = to_latin1(name, "header name")?;
+        let value = to_latin1(value, "header value")?;
+        if !is_token(&name) {
+            return Err(PyValueError::new_err(format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(PyValueError::new_err(format!(
+                "header {:?} has a control character in its value",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            tracing::debug!(header = %String::from_utf8_lossy(&name), "dropped hop-by-hop header set by the app");
+            continue;
+        }
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+impl StartResponse {
+    fn ctx(&self) -> &Ctx {
+        &self.ctx.0
+    }
+
+    fn head_sent(&self) -> bool {
+        lock(&self.state).head_sent
+    }
+
+    /// Sends the head, with `body` and `end` as given. Fails if start_response was not called.
+    fn send_head(&self, py: Python<'_>, body: &[&[u8]], end: bool) -> PyResult<()> {
+        let mut frame = BytesMut::with_capacity(256 + body.iter().map(|b| b.len()).sum::<usize>());
+        {
+            let mut st = lock(&self.state);
+            let (code, reason) = st.status.as_ref().ok_or_else(|| {
+                PyAssertionError::new_err("the app returned a body before calling start_response")
+            })?;
+            proto::encode_head(
+                &mut frame,
+                self.stream,
+                end,
+                *code,
+                reason,
+                st.headers.iter().map(|(k, v)| (&k[..], &v[..])).collect::<Vec<_>>().into_iter(),
+                body,
+            )
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            st.head_sent = true;
+        }
+        self.ctx().send(py, &frame)
+    }
+
+    fn send_chunk(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        if !self.head_sent() {
+            return self.send_head(py, &[data], false);
+        }
+        let mut frame = BytesMut::with_capacity(proto::HEADER_LEN + data.len());
+        proto::encode_simple(&mut frame, Kind::Body, self.stream, data);
+        self.ctx().send(py, &frame)
+    }
+
+    fn finish(&self, py: Python<'_>) -> PyResult<()> {
+        if !self.head_sent() {
+            return self.send_head(py, &[], true);
+        }
+        let mut frame = BytesMut::with_capacity(proto::HEADER_LEN);
+        proto::encode_simple(&mut frame, Kind::End, self.stream, b"");
+        self.ctx().send(py, &frame)
+    }
+}
+
+#[pymethods]
+impl StartResponse {
+    #[pyo3(signature = (status, headers, exc_info=None))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        status: &Bound<'py, PyAny>,
+        headers: &Bound<'py, PyAny>,
+        exc_info: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let me = slf.get();
+        let exc_info = exc_info.filter(|e| !e.is_none());
+        {
+            let st = lock(&me.state);
+            match exc_info {
+                Some(info) if st.head_sent => {
+                    // PEP 3333: too late to change the response; re-raise the app's error.
+                    drop(st);
+                    let value = info.get_item(1)?;
+                    return Err(PyErr::from_value(value));
+                }
+                None if st.status.is_some() => {
+                    return Err(PyAssertionError::new_err(
+                        "start_response called a second time without exc_info",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let parsed_status = parse_status(status)?;
+        let parsed_headers = parse_headers(headers)?;
+        let mut st = lock(&me.state);
+        st.status = Some(parsed_status);
+        st.headers = parsed_headers;
+        drop(st);
+        slf.getattr(intern!(py, "write"))
+    }
+
+    /// The `write()` callable returned by start_response: sends `data` at once.
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let b = data
+            .cast::<PyBytes>()
+            .map_err(|_| PyTypeError::new_err("write() takes bytes"))?;
+        if b.as_bytes().is_empty() && self.head_sent() {
+            return Ok(());
+        }
+        self.send_chunk(py, b.as_bytes())
+    }
+}
+
+/// Outcome of one request, for the worker loop.
+pub enum Outcome {
+    /// Served (whatever the status).
+    Done,
+    /// The master socket failed: exit.
+    Broken,
+}
+
+/// Runs one request through the app and sends its response.
+pub fn handle(
+    py: Python<'_>,
+    ctx: &Arc<Ctx>,
+    stream: u32,
+    env: &[(Bytes, Bytes)],
+    body: Bytes,
+) -> Outcome {
+    let result = run(py, ctx, stream, env, body);
+    if ctx.broken.load(Ordering::Relaxed) {
+        return Outcome::Broken;
+    }
+    if let Err(e) = result {
+        tracing::error!(traceback = %format_traceback(py, &e), "request failed inside the app");
+    }
+    if ctx.broken.load(Ordering::Relaxed) {
+        Outcome::Broken
+    } else {
+        Outcome::Done
+    }
+}
+
+fn run(
+    py: Python<'_>,
+    ctx: &Arc<Ctx>,
+    stream: u32,
+    env: &[(Bytes, Bytes)],
+    body: Bytes,
+) -> PyResult<()> {
+    let environ = PyDict::new(py);
+    for (k, v) in env {
+        environ.set_item(ctx.key(py, k), latin1(py, v))?;
+    }
+    environ.set_item(intern!(py, "wsgi.version"), ctx.version.bind(py))?;
+    environ.set_item(
+        intern!(py, "wsgi.input"),
+        Bound::new(
+            py,
+            Input {
+                state: Mutex::new((body, 0)),
+            },
+        )?,
+    )?;
+    environ.set_item(intern!(py, "wsgi.errors"), ctx.errors.bind(py))?;
+    environ.set_item(intern!(py, "wsgi.multithread"), ctx.multithread)?;
+    environ.set_item(intern!(py, "wsgi.multiprocess"), true)?;
+    environ.set_item(intern!(py, "wsgi.run_once"), false)?;
+    environ.set_item(intern!(py, "wsgi.input_terminated"), true)?;
+    environ.set_item(intern!(py, "wsgi.file_wrapper"), ctx.file_wrapper.bind(py))?;
+
+    let sr = Bound::new(
+        py,
+        StartResponse {
+            stream,
+            ctx: Arc::new(CtxRef(ctx.clone())),
+            state: Mutex::new(ResponseState::default()),
+        },
+    )?;
+    let app = ctx.app.bind(py);
+    let result = match app.call1((environ, sr.clone())) {
+        Ok(r) => r,
+        Err(e) => return fail(py, sr.get(), e),
+    };
+    let sent = send_body(py, ctx, sr.get(), &result);
+    let closed = close_iterable(py, &result);
+    match (sent, closed) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), _) => fail(py, sr.get(), e),
+        (Ok(()), Err(e)) => {
+            // The response is complete; a failing close() is only logged.
+            Err(e)
+        }
+    }
+}
+
+fn close_iterable(py: Python<'_>, result: &Bound<'_, PyAny>) -> PyResult<()> {
+    if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() {
+        return Ok(());
+    }
+    match result.getattr(intern!(py, "close")) {
+        Ok(close) => close.call0().map(|_| ()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Reports an app error: a 500 if nothing was sent yet, else an aborted response.
+fn fail(py: Python<'_>, sr: &StartResponse, err: PyErr) -> PyResult<()> {
+    if sr.ctx().broken.load(Ordering::Relaxed) {
+        return Err(err);
+    }
+    let mut frame = BytesMut::new();
+    if sr.head_sent() {
+        proto::encode_simple(&mut frame, Kind::Abort, sr.stream, b"exception after the response head was sent");
+    } else {
+        let body: &[u8] = b"Internal Server Error\n";
+        let len = body.len().to_string();
+        let headers: [(&[u8], &[u8]); 2] = [
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Content-Length", len.as_bytes()),
+        ];
+        proto::encode_head(&mut frame, sr.stream, true, 500, b"Internal Server Error", headers.into_iter(), &[body])
+            .expect("a fixed small head encodes");
+        lock(&sr.state).head_sent = true;
+    }
+    let _ = sr.ctx().send(py, &frame);
+    Err(err)
+}
+
+fn as_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a [u8]> {
+    item.cast::<PyBytes>()
+        .map(|b| b.as_bytes())
+        .map_err(|_| {
+            let ty = item
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "?".into());
+            PyTypeError::new_err(format!("response body items must be bytes, not {ty}"))
+        })
+}
+
+fn send_body(
+    py: Python<'_>,
+    ctx: &Arc<Ctx>,
+    sr: &StartResponse,
+    result: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    // Fast path: a list or tuple, nothing written yet: one frame with the whole response.
+    if !sr.head_sent() {
+        let items: Option<Vec<Bound<'_, PyAny>>> = if let Ok(l) = result.cast_exact::<PyList>() {
+            Some(l.iter().collect())
+        } else if let Ok(t) = result.cast_exact::<PyTuple>() {
+            Some(t.iter().collect())
+        } else {
+            None
+        };
+        if let Some(items) = items {
+            let parts = items.iter().map(as_bytes).collect::<PyResult<Vec<&[u8]>>>()?;
+            return sr.send_head(py, &parts, true);
+        }
+        if let Ok(fw) = result.cast_exact::<FileWrapper>() {
+            if let Some(file) = open_wrapped_file(py, fw.get())? {
+                return send_file(py, ctx, sr, file);
+            }
+        }
+    }
+    for item in result.try_iter()? {
+        let item = item?;
+        let data = as_bytes(&item)?;
+        if data.is_empty() {
+            continue;
+        }
+        sr.send_chunk(py, data)?;
+        if ctx.cancelled(sr.stream) {
+            tracing::debug!("client went away; stopping the response iterator");
+            break;
+        }
+    }
+    sr.finish(py)
+}
+
+/// For a file wrapper around a real file, a duplicate of its descriptor positioned where the
+/// Python file object is.
+fn open_wrapped_file(py: Python<'_>, fw: &FileWrapper) -> PyResult<Option<std::fs::File>> {
+    let f = fw.filelike.bind(py);
+    let fileno = match f.call_method0(intern!(py, "fileno")) {
+        Ok(n) => n.extract::<i32>()?,
+        Err(_) => return Ok(None),
+    };
+    let pos: u64 = match f.call_method0(intern!(py, "tell")) {
+        Ok(p) => p.extract()?,
+        Err(_) => return Ok(None),
+    };
+    let dup = match crate::sys::dup_python_fd(fileno) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(_) => return Ok(None),
+    };
+    if !dup.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        return Ok(None);
+    }
+    use std::io::Seek;
+    let mut dup = dup;
+    dup.seek(std::io::SeekFrom::Start(pos))
+        .map_err(|e| PyOSError::new_err(e.to_string()))?;
+    Ok(Some(dup))
+}
+
+fn send_file(py: Python<'_>, ctx: &Arc<Ctx>, sr: &StartResponse, mut file: std::fs::File) -> PyResult<()> {
+    let mut buf = vec![0u8; FILE_BLOCK];
+    loop {
+        let n = py
+            .detach(|| file.read(&mut buf))
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        sr.send_chunk(py, &buf[..n])?;
+        if ctx.cancelled(sr.stream) {
+            break;
+        }
+    }
+    sr.finish(py)
+}
+
+/// Formats an exception with its traceback, as Python would print it.
+pub fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
+    let formatted = (|| -> PyResult<String> {
+        let tb = py.import("traceback")?;
+        let lines = tb.call_method1(
+            "format_exception",
+            (err.get_type(py), err.value(py), err.traceback(py)),
+        )?;
+        let joined = PyString::new(py, "").call_method1("join", (lines,))?;
+        Ok(joined.extract::<String>()?.trim_end().to_string())
+    })();
+    formatted.unwrap_or_else(|_| err.to_string())
+}
+
