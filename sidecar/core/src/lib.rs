@@ -1,8 +1,12 @@
 //! What the wsgiscale server and operator share, without linking Python: the server's command
-//! line and config file ([`config`]), the load report it serves ([`load`]), the scoreboard
-//! snapshot of its workers ([`scoreboard`]) and the sizes/durations parser ([`units`]).
+//! line and config file ([`config`]), the load report it serves ([`load`]) and the tracker
+//! that computes it ([`loadtrack`]), the scoreboard snapshot of its workers ([`scoreboard`]),
+//! the worker-count algorithms and their driver ([`scaling`]) and the sizes/durations parser
+//! ([`units`]).
 
 pub mod config;
 pub mod load;
+pub mod loadtrack;
+pub mod scaling;
 pub mod scoreboard;
 pub mod units;

@@ -93,7 +93,11 @@ mod tests {
         ];
         for (states, queue, want) in cases {
             let mut a = Cheaper::new(&cfg(Algorithm::Backlog), &limits(2, 8));
-            assert_eq!(a.decide(&board(1, *queue, states)), *want, "{states:?} q={queue}");
+            assert_eq!(
+                a.decide(&board(1, *queue, states)),
+                *want,
+                "{states:?} q={queue}"
+            );
         }
     }
 

@@ -390,7 +390,14 @@ mod tests {
         // Retirement at 42; then a steady 50% load (no low windows) for 40 checks; then a
         // spawn 42 checks after the retirement, beyond its 30-check wait: no penalty, so the
         // next retirement after the load ends waits 30 checks, not 36.
-        let demand = [vec![3; 12], vec![0; 30], vec![1; 40], vec![3; 6], vec![0; 40]].concat();
+        let demand = [
+            vec![3; 12],
+            vec![0; 30],
+            vec![1; 40],
+            vec![3; 6],
+            vec![0; 40],
+        ]
+        .concat();
         let trace = Trace {
             demand,
             ..Trace::new(cfg(Algorithm::Busyness), limits(1, 3))
@@ -460,7 +467,10 @@ mod tests {
             })
             .map(|v| v.decision)
             .collect();
-        assert_eq!(got, vec![Decision::Hold, Decision::Hold, Decision::Spawn(1)]);
+        assert_eq!(
+            got,
+            vec![Decision::Hold, Decision::Hold, Decision::Spawn(1)]
+        );
         assert_eq!(b.last_busyness(), Some(100.0));
     }
 
@@ -485,6 +495,28 @@ mod tests {
     }
 
     #[test]
+    fn retiring_and_exited_workers_leave_the_average() {
+        // Worker 1 fully busy; worker 2 idle until it is chosen to retire mid-window, worker
+        // 3 exits: only worker 1 is measured, 100% > 50%, spawn. Counting worker 2 at 0%
+        // would read 50% and hold.
+        let mut b = busyness(1, 8);
+        let mut sb = board(0, 0, &[Busy, Idle, Idle]);
+        for now in 1..=3u64 {
+            sb.now = Duration::from_secs(now);
+            sb.workers[0].busy_time = Duration::from_secs(now);
+            if now == 2 {
+                sb.workers[1].state = Retiring;
+                sb.workers.truncate(2);
+            }
+            let d = b.decide(&sb).decision;
+            if now == 3 {
+                assert_eq!(d, Decision::Spawn(1));
+            }
+        }
+        assert_eq!(b.tracks.keys().copied().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
     fn threads_divide_the_busy_time() {
         // 4 threads, 2 thread-seconds a second: 50%, not above the 50% threshold.
         let mut b = busyness(1, 8);
@@ -501,7 +533,10 @@ mod tests {
     #[test]
     fn emergency_queue_spawns_at_once_minus_starting_capacity() {
         let mut b = busyness(1, 8);
-        assert_eq!(b.decide(&board(1, 40, &[Busy])).decision, Decision::Spawn(1));
+        assert_eq!(
+            b.decide(&board(1, 40, &[Busy])).decision,
+            Decision::Spawn(1)
+        );
         let mut b = busyness(1, 8);
         let v = b.decide(&board(1, 34, &[Busy, Starting, Starting]));
         assert_eq!(v.decision, Decision::Hold, "{}", v.why);
@@ -512,7 +547,10 @@ mod tests {
             },
             &limits(1, 8),
         );
-        assert_eq!(disabled.decide(&board(1, 0, &[Idle])).decision, Decision::Hold);
+        assert_eq!(
+            disabled.decide(&board(1, 0, &[Idle])).decision,
+            Decision::Hold
+        );
     }
 
     #[test]
@@ -544,14 +582,15 @@ mod tests {
             let mut t = 0u64;
             let mut out = vec![];
             for busy in pattern {
-                for _ in 0..3 {
+                // Windows close on every third check: record the decision of each.
+                for check in 1..=3 {
                     t += 1;
                     sb.now = Duration::from_secs(t);
                     for w in &mut sb.workers {
                         w.busy_time += Duration::from_secs_f64(busy / 3.0);
                     }
                     let d = b.decide(&sb).decision;
-                    if t % 3 == 0 {
+                    if check == 3 {
                         out.push(d);
                     }
                 }

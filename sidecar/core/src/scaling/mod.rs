@@ -29,7 +29,10 @@ use std::fmt;
 
 pub use backlog::Backlog;
 pub use busyness::Busyness;
-pub use driver::{drive, DriveInputs, MemoryBudget, MemoryRoom, Plan, Reason, Refusal};
+pub use driver::{
+    drive, is_retirable, median_worker_rss, DriveInputs, MemoryBudget, MemoryRoom, Plan, Reason,
+    Refusal,
+};
 pub use spare::Spare;
 pub use spare2::Spare2;
 

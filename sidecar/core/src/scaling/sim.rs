@@ -136,7 +136,10 @@ pub struct Outcome {
 /// Runs `trace` the way the master runs a tick: advance one second, decide, drive, apply.
 pub fn run(trace: &Trace) -> Outcome {
     let mut sb = Scoreboard::default();
-    let initial = trace.limits.initial.clamp(trace.limits.min, trace.limits.max);
+    let initial = trace
+        .limits
+        .initial
+        .clamp(trace.limits.min, trace.limits.max);
     for id in 1..=u64::from(initial) {
         sb.workers
             .push(new_slot(id, SlotState::Idle, trace.threads, Duration::ZERO));
@@ -179,7 +182,11 @@ mod tests {
         sb.workers[2].spawned_at = Duration::ZERO;
         advance(&mut sb, Duration::from_secs(1), 5, Duration::from_secs(5));
         // The retiring worker left, the starting one is not ready yet; 3 threads for 5.
-        let states: Vec<_> = sb.workers.iter().map(|w| (w.id, w.state, w.busy_threads)).collect();
+        let states: Vec<_> = sb
+            .workers
+            .iter()
+            .map(|w| (w.id, w.state, w.busy_threads))
+            .collect();
         assert_eq!(states, vec![(1, Busy, 2), (2, Busy, 1), (3, Starting, 0)]);
         assert_eq!(sb.queue_depth, 2);
         assert_eq!(sb.workers[0].busy_time, Duration::from_secs(2));
@@ -197,11 +204,11 @@ mod tests {
         );
         let mut next = 10;
         apply_plan(&mut sb, &plan, &mut next, 2);
-        assert_eq!(sb.workers.iter().map(|w| w.id).collect::<Vec<_>>(), vec![2, 3]);
-        let spawn = Plan {
-            spawn: 2,
-            ..plan
-        };
+        assert_eq!(
+            sb.workers.iter().map(|w| w.id).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        let spawn = Plan { spawn: 2, ..plan };
         apply_plan(&mut sb, &spawn, &mut next, 2);
         assert_eq!(next, 12);
         assert_eq!(sb.count(Starting), 2);

@@ -133,7 +133,11 @@ mod tests {
             let mut a = spare(2, 8);
             let sb = board(1, *queue, states);
             let got: Vec<_> = (0..3).map(|_| a.decide(&sb)).collect();
-            assert_eq!(got[..2], [Decision::Hold, Decision::Hold], "{states:?} q={queue}");
+            assert_eq!(
+                got[..2],
+                [Decision::Hold, Decision::Hold],
+                "{states:?} q={queue}"
+            );
             assert_eq!(got[2], *want, "{states:?} q={queue}");
         }
     }

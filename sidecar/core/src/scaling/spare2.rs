@@ -95,7 +95,11 @@ mod tests {
     fn table_of_first_checks() {
         let cases: &[(ScalingConfig, &[crate::scoreboard::SlotState], Decision)] = &[
             // The defaults resolve() applies (step 1): spawns, unlike uWSGI without a step.
-            (cfg(Algorithm::Spare2), &[Busy, Busy, Busy], Decision::Spawn(1)),
+            (
+                cfg(Algorithm::Spare2),
+                &[Busy, Busy, Busy],
+                Decision::Spawn(1),
+            ),
             (
                 ScalingConfig {
                     step: 4,
@@ -113,7 +117,11 @@ mod tests {
                 Decision::Spawn(1),
             ),
             // A starting worker is an idle one soon.
-            (cfg(Algorithm::Spare2), &[Busy, Starting, Idle], Decision::Hold),
+            (
+                cfg(Algorithm::Spare2),
+                &[Busy, Starting, Idle],
+                Decision::Hold,
+            ),
             (cfg(Algorithm::Spare2), &[Busy, Idle, Idle], Decision::Hold),
             // Surplus: retirement waits for `idle` checks.
             (cfg(Algorithm::Spare2), &[Idle, Idle, Idle], Decision::Hold),
@@ -135,10 +143,12 @@ mod tests {
         );
         let surplus = board(1, 0, &[Idle, Idle, Idle, Busy]);
         let balanced = board(1, 0, &[Idle, Idle, Busy, Busy]);
-        let got: Vec<_> = [&surplus, &surplus, &balanced, &surplus, &surplus, &surplus, &surplus]
-            .into_iter()
-            .map(|sb| a.decide(sb))
-            .collect();
+        let got: Vec<_> = [
+            &surplus, &surplus, &balanced, &surplus, &surplus, &surplus, &surplus,
+        ]
+        .into_iter()
+        .map(|sb| a.decide(sb))
+        .collect();
         let hold = Decision::Hold;
         assert_eq!(
             got,
@@ -156,7 +166,8 @@ mod tests {
         };
         let active = run(&trace).active;
         assert_eq!(active[..6], [3, 4, 5, 6, 6, 6]);
-        let first_at = |n: u32| active.iter().position(|a| *a == n).map(|i| i + 1);
+        // The tick at which the count first drops to `n` once the load is gone.
+        let first_at = |n: u32| active[6..].iter().position(|a| *a == n).map(|i| i + 7);
         assert_eq!(first_at(5), Some(6 + 10));
         assert_eq!(first_at(4), Some(6 + 20));
         assert_eq!(first_at(3), Some(6 + 30));
