@@ -1,0 +1,892 @@
+//! The `WsgiApp` custom resource (`wsgiscale.dev/v1alpha1`): its spec, its status and the
+//! generated CustomResourceDefinition.
+//!
+//! Every field's `///` comment is what `kubectl explain wsgiapp.spec...` shows, so each one says
+//! its unit and its default. Defaults are not written into the schema: [`crate::validate`]
+//! resolves them, so the stored object is exactly what the user applied (GitOps tools see no
+//! drift) and the defaults live in one place.
+//!
+//! What the OpenAPI schema cannot say is checked by CEL rules (`x-kubernetes-validations`), so a
+//! bad resource is refused at `kubectl apply` with a clear message. The same rules are evaluated
+//! locally in the tests against `tests/manifests/`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+    TopologySpreadConstraint, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the resource.
+pub const GROUP: &str = "wsgiscale.dev";
+/// API version of the resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// CEL: a size the server's parser reads (`512Mi`, `1Gi`, `300M`, `1048576`).
+const SIZE_RULE: &str = "self.matches('^[0-9]+(\\\\.[0-9]+)?(Ki|Mi|Gi|K|M|G)?$')";
+const SIZE_MESSAGE: &str =
+    "must be a size in bytes with an optional K, M, G (powers of 1000) or Ki, Mi, Gi (powers of 1024) suffix, e.g. 512Mi";
+
+/// The WSGI application to run: an image, a `MODULE:CALLABLE`, the worker limits of the server
+/// inside each pod (uWSGI "cheaper" style) and the bounds on the number of pods.
+///
+/// The operator runs it as a Deployment whose container runs `wsgiscale serve`, a ConfigMap with
+/// the server's live-reloadable settings (worker limits, algorithm, lifecycle), a Service and,
+/// when `replicas.min` is above 1, a PodDisruptionBudget.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "wsgiscale.dev",
+    version = "v1alpha1",
+    kind = "WsgiApp",
+    plural = "wsgiapps",
+    singular = "wsgiapp",
+    shortname = "wsgi",
+    namespaced,
+    status = "WsgiAppStatus",
+    derive = "PartialEq",
+    doc = "A WSGI application served by `wsgiscale serve`, with adaptive workers inside each pod and bounded pods.",
+    scale(
+        spec_replicas_path = ".spec.replicas.desired",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Pods ready to serve"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas",
+        description = "Pods the operator wants"
+    ),
+    printcolumn(
+        name = "Busy",
+        type_ = "integer",
+        json_path = ".status.load.busyWorkers",
+        description = "Busy workers in the pods last scraped"
+    ),
+    printcolumn(
+        name = "Workers",
+        type_ = "integer",
+        json_path = ".status.load.totalWorkers",
+        description = "Worker processes in the pods last scraped"
+    ),
+    printcolumn(
+        name = "Queue",
+        type_ = "integer",
+        json_path = ".status.load.queueDepth",
+        description = "Requests waiting for a worker in the pods last scraped"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Reason of the Ready condition"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, at most 63 characters): it names the Service and labels the pods")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.app.matches('^[A-Za-z_][A-Za-z0-9_]*(\\\\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$')")
+        .message("app must be MODULE:CALLABLE with dotted Python identifiers, e.g. myproject.wsgi:application")
+        .field_path(".app"),
+    validation = Rule::new("(has(self.port) ? self.port : 8000) != (has(self.adminPort) ? self.adminPort : 9191)")
+        .message("port and adminPort must differ")
+        .field_path(".adminPort"),
+    validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.enabled) || !self.autoscaling.enabled || (has(self.replicas) && has(self.replicas.max))")
+        .message("autoscaling.enabled needs replicas.max: the operator never scales beyond it")
+        .field_path(".replicas"),
+)]
+pub struct WsgiAppSpec {
+    /// Container image holding the Python application and the `wsgiscale` binary (see
+    /// examples/Dockerfile). Required. Changing it rolls the pods.
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: String,
+
+    /// When the kubelet pulls the image: Always, IfNotPresent or Never. Default: Kubernetes'
+    /// own (Always for a `:latest` tag, IfNotPresent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+
+    /// Secrets in the WsgiApp's namespace used to pull the image. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// The WSGI application as MODULE:CALLABLE (dotted Python identifiers), e.g.
+    /// `myproject.wsgi:application`. Required. Changing it rolls the pods.
+    #[schemars(length(min = 3, max = 256))]
+    pub app: String,
+
+    /// Directory the server changes into before importing the application. Default: the
+    /// image's working directory. Changing it rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub chdir: Option<String>,
+
+    /// Directories prepended to Python's sys.path, in order; a path must not contain ':'.
+    /// Default: none. Changing it rolls the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(p, p.size() <= 1024 && p.size() > 0 && !p.contains(':'))").message("pythonpath entries must be non-empty paths of at most 1024 characters without ':'"))]
+    pub pythonpath: Vec<String>,
+
+    /// Virtualenv whose site-packages the application uses. Default: the image's
+    /// `VIRTUAL_ENV` environment variable, if any. Changing it rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub venv: Option<String>,
+
+    /// Import the application once in the server's fork server so workers share its memory
+    /// copy-on-write (true), or in every worker (false: needed by apps that open connections
+    /// or threads at import time). Default: true. Changing it rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preload: Option<bool>,
+
+    /// The program that runs the server, for images where `wsgiscale` is not on the PATH, e.g.
+    /// `["/opt/venv/bin/wsgiscale"]`. The operator appends `serve` and its flags as the
+    /// container's arguments. Default: `["wsgiscale"]`. Changing it rolls the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub command: Vec<String>,
+
+    /// Environment variables of the server container (the standard Kubernetes EnvVar list).
+    /// Names starting with `WSGISCALE_` are refused: they would override the settings of this
+    /// resource. Default: none. Changing it rolls the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("self.all(e, !e.name.startsWith('WSGISCALE_'))").message("env must not set WSGISCALE_* variables: they override the WsgiApp's fields; set the fields instead"))]
+    pub env: Vec<EnvVar>,
+
+    /// Sources of environment variables (ConfigMaps, Secrets) for the server container.
+    /// Default: none. Changing it rolls the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub env_from: Vec<EnvFromSource>,
+
+    /// Container port the server serves HTTP on (bound on all interfaces). Default: 8000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+
+    /// Container port of the server's admin endpoints: /healthz (liveness), /readyz
+    /// (readiness), /metrics (Prometheus) and /load (the load report). Not exposed by the
+    /// Service. Default: 9191.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub admin_port: Option<i32>,
+
+    /// The Service in front of the pods. Default: a ClusterIP Service on port 80.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSpec>,
+
+    /// Worker processes inside each pod and how their number adapts to load (uWSGI's
+    /// "cheaper" subsystem). Changes reach running servers through the mounted ConfigMap
+    /// without restarting the pods, except `threads`. Default: a fixed 2 workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<WorkersSpec>,
+
+    /// Worker recycling, request deadlines and shutdown. Changes reach running servers
+    /// without a restart, except `gracefulTimeoutSeconds` and `preStopDelaySeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleSpec>,
+
+    /// Limits and timeouts of the server's HTTP front. Changing them rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSpec>,
+
+    /// Log format and level of the server. Changing them rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<LoggingSpec>,
+
+    /// Bounds on the number of pods, and the count that `kubectl scale`, an HPA or KEDA set
+    /// through the scale subresource when `autoscaling.enabled` is false. Default: 1 pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<ReplicasSpec>,
+
+    /// The operator's own pod autoscaling from the servers' load reports. While enabled the
+    /// operator alone sets the Deployment's replicas (within replicas.min..replicas.max) and
+    /// ignores replicas.desired. Default: disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+
+    /// Compute resources of the server container (the standard requests and limits). Memory
+    /// not given here is derived from `memorySizing` when that is set. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Sizes the pod's memory from the worker count: requests.memory and limits.memory
+    /// become `overhead + workers.max x perWorker` (unless set in `resources`), and workers
+    /// whose memory grows beyond `perWorker` are recycled (unless `lifecycle.maxRss` is set).
+    /// Default: not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_sizing: Option<MemorySizing>,
+
+    /// Settings of the pods beyond the server itself: scheduling, extra volumes, labels,
+    /// annotations, identity. Changing them rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodOverrides>,
+}
+
+/// `imagePullPolicy` values.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(transform = no_description)]
+pub enum PullPolicy {
+    /// Pull on every pod start.
+    Always,
+    /// Pull when the image is not on the node.
+    IfNotPresent,
+    /// Never pull; the image must be on the node.
+    Never,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// The Service in front of the pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type: ClusterIP, NodePort or LoadBalancer. Default: ClusterIP.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<ServiceType>,
+
+    /// Port the Service listens on; it forwards to the container's `port`. Default: 80.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+
+    /// Annotations of the Service, e.g. for a cloud load balancer. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// Extra labels of the Service. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Service types the operator renders.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(transform = no_description)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    ClusterIP,
+    /// Also on a port of every node.
+    NodePort,
+    /// Also through a cloud load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Worker processes inside each pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.max) || (has(self.min) ? self.min : 2) <= self.max")
+        .message("workers.min must be at most workers.max (min defaults to 2)")
+        .field_path(".min"),
+    validation = Rule::new("!has(self.initial) || ((has(self.min) ? self.min : 2) <= self.initial && self.initial <= (has(self.max) ? self.max : (has(self.min) ? self.min : 2)))")
+        .message("workers.initial must be within workers.min..workers.max")
+        .field_path(".initial"),
+)]
+pub struct WorkersSpec {
+    /// Fewest worker processes kept running in each pod (uWSGI `cheaper`). Default: 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub min: Option<i32>,
+
+    /// Most worker processes in each pod (uWSGI `workers`). Default: `min` (a fixed count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max: Option<i32>,
+
+    /// Workers started when a server boots, within min..max (uWSGI `cheaper-initial`).
+    /// Default: `min`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub initial: Option<i32>,
+
+    /// Python threads per worker, so requests one worker runs at once. Default: 1.
+    /// Changing it rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub threads: Option<i32>,
+
+    /// Workers spawned at most per scaling decision (uWSGI `cheaper-step`). Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub step: Option<i32>,
+
+    /// How the worker count follows load: spare, spare2, backlog, busyness or manual (see
+    /// docs/operator.md). Default: spare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<WorkerAlgorithm>,
+
+    /// Checks (one per second) of sustained overload or idleness before the spare algorithm
+    /// acts; the busyness algorithm's window (uWSGI `cheaper-overload`). Default: 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub overload_checks: Option<i32>,
+
+    /// spare2: checks with surplus idle workers before one is retired (uWSGI `cheaper-idle`).
+    /// Default: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub idle_checks: Option<i32>,
+
+    /// backlog: queued requests above which workers are spawned. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub backlog: Option<i32>,
+
+    /// Knobs of the busyness algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busyness: Option<BusynessSpec>,
+}
+
+/// The worker-count algorithms of the server.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(transform = no_description)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerAlgorithm {
+    /// Spawn `step` workers after `overloadChecks` checks with every worker busy; retire one
+    /// idle worker every `overloadChecks` checks while more than one is idle.
+    Spare,
+    /// Keep `min` idle workers: spawn the shortfall at once (up to `step`), retire one after
+    /// `idleChecks` checks of surplus.
+    Spare2,
+    /// Spawn while more than `backlog` requests wait for a worker; retire below it.
+    Backlog,
+    /// Average busy percentage over a window against `busyness.minPercent`/`maxPercent`,
+    /// with an anti-flap penalty.
+    Busyness,
+    /// Keep `initial` workers; only a new config changes the count.
+    Manual,
+}
+
+/// Knobs of the busyness algorithm.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("(has(self.minPercent) ? self.minPercent : 25) < (has(self.maxPercent) ? self.maxPercent : 50)")
+        .message("busyness.minPercent must be below busyness.maxPercent (defaults 25 and 50)")
+        .field_path(".minPercent"),
+)]
+pub struct BusynessSpec {
+    /// Average busy percentage below which a worker is retired. Default: 25.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 99))]
+    pub min_percent: Option<i32>,
+
+    /// Average busy percentage above which workers are spawned. Default: 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_percent: Option<i32>,
+
+    /// Retirement waits `overloadChecks x multiplier` checks of low busyness. Default: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub multiplier: Option<i32>,
+
+    /// Added to the multiplier each time a retired worker is needed again soon after
+    /// (anti-flap). Default: 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub penalty: Option<i32>,
+
+    /// Queued requests that trigger emergency spawns regardless of the window. Default: 33.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub backlog: Option<i32>,
+}
+
+/// Worker recycling, request deadlines and shutdown.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.maxRequestsJitter) || self.maxRequestsJitter == 0 || (has(self.maxRequests) && self.maxRequests > 0)")
+        .message("maxRequestsJitter needs maxRequests above 0")
+        .field_path(".maxRequestsJitter"),
+)]
+pub struct LifecycleSpec {
+    /// Per-request deadline in seconds: a worker still busy after it has its Python stack
+    /// logged, is killed and replaced, and the client gets 504. 0 or unset: no deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub timeout_seconds: Option<i32>,
+
+    /// Recycle a worker after this many requests. 0 or unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_requests: Option<i64>,
+
+    /// Up to this many extra requests per worker (random) before recycling, so workers do
+    /// not recycle together. Default: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_requests_jitter: Option<i64>,
+
+    /// Recycle a worker after it has lived this many seconds. 0 or unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_lifetime_seconds: Option<i64>,
+
+    /// Recycle a worker after a request when its resident memory is above this size, e.g.
+    /// `512Mi`. Default: `memorySizing.perWorker` when set, else never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new(SIZE_RULE).message(SIZE_MESSAGE))]
+    pub max_rss: Option<String>,
+
+    /// On shutdown, seconds in-flight requests get to finish before the workers are
+    /// stopped. The pod's terminationGracePeriodSeconds is derived from it
+    /// (preStopDelaySeconds + this + 5). Default: 25. Changing it rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub graceful_timeout_seconds: Option<i32>,
+
+    /// Seconds the pod keeps serving after it is told to stop, before the server gets
+    /// SIGTERM, so that load balancers and kube-proxy stop sending it traffic first (a preStop
+    /// sleep; needs Kubernetes 1.30 or later when above 0). Default: 5. Changing it rolls the
+    /// pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 120))]
+    pub pre_stop_delay_seconds: Option<i32>,
+}
+
+/// Limits and timeouts of the server's HTTP front.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSpec {
+    /// Largest request body accepted, e.g. `64Mi`; larger ones get 413. Default: 64Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new(SIZE_RULE).message(SIZE_MESSAGE))]
+    pub max_body_size: Option<String>,
+
+    /// Requests waiting for a worker beyond this get 503 with Retry-After. Default: 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub max_queue: Option<i32>,
+
+    /// Seconds an idle keep-alive connection may stay open. Keep it above your load
+    /// balancer's idle timeout. Default: 75.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub keepalive_timeout_seconds: Option<i32>,
+
+    /// Seconds a client may take to send a request body; then 408. Default: 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub body_timeout_seconds: Option<i32>,
+
+    /// Log one line per request (method, path, status, bytes, duration). Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<bool>,
+}
+
+/// Log format and level of the server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggingSpec {
+    /// plain (human-readable lines) or json (one object per line). Default: plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<LogFormat>,
+
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `wsgiscale=debug`.
+    /// Default: info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub level: Option<String>,
+}
+
+/// Log line formats of the server.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(transform = no_description)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Bounds on the number of pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.max) || (has(self.min) ? self.min : 1) <= self.max")
+        .message("replicas.min must be at most replicas.max (min defaults to 1)")
+        .field_path(".min"),
+)]
+pub struct ReplicasSpec {
+    /// Fewest pods, whoever sets the count. Above 1 the operator also keeps a
+    /// PodDisruptionBudget allowing one pod down at a time. 0 allows scaling to zero.
+    /// Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub min: Option<i32>,
+
+    /// Most pods, whoever sets the count. Required when autoscaling is enabled. Default:
+    /// unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub max: Option<i32>,
+
+    /// The pod count while `autoscaling.enabled` is false; this is the field `kubectl scale`,
+    /// an HPA or KEDA write through the scale subresource. Kept within min..max. Ignored
+    /// while autoscaling is enabled. Leave it out of GitOps manifests when something else
+    /// scales the app. Default: min.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub desired: Option<i32>,
+}
+
+/// The operator's pod autoscaling (Knative-style: a stable and a panic window over the pods'
+/// load reports). Validated now; applied by the operator's autoscaler.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("(has(self.panicWindowSeconds) ? self.panicWindowSeconds : 6) <= (has(self.stableWindowSeconds) ? self.stableWindowSeconds : 60)")
+        .message("panicWindowSeconds must be at most stableWindowSeconds (defaults 6 and 60)")
+        .field_path(".panicWindowSeconds"),
+    validation = Rule::new("(has(self.tickSeconds) ? self.tickSeconds : 2) <= (has(self.panicWindowSeconds) ? self.panicWindowSeconds : 6)")
+        .message("tickSeconds must be at most panicWindowSeconds (defaults 2 and 6)")
+        .field_path(".tickSeconds"),
+)]
+pub struct AutoscalingSpec {
+    /// Let the operator set the pod count from load. Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+
+    /// Busy share of all worker threads (at workers.max) the autoscaler aims for, in percent.
+    /// Default: 70.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_utilization_percent: Option<i32>,
+
+    /// Seconds of load averaged for normal decisions. Default: 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub stable_window_seconds: Option<i32>,
+
+    /// Seconds of load averaged to detect a burst. Default: 6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub panic_window_seconds: Option<i32>,
+
+    /// Panic mode starts when the panic window's estimate needs this percentage of the ready
+    /// pods; in panic mode the autoscaler only scales up. Default: 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 110, max = 1000))]
+    pub panic_threshold_percent: Option<i32>,
+
+    /// Most the pod count may grow in one decision, as a multiple of the ready pods.
+    /// Default: 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 10000))]
+    pub max_scale_up_rate: Option<i32>,
+
+    /// Most the pod count may shrink in one decision, as a divisor of the ready pods (2: to
+    /// half). Default: 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 10000))]
+    pub max_scale_down_rate: Option<i32>,
+
+    /// Seconds a lower pod count must stay recommended before the operator scales down.
+    /// Default: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_delay_seconds: Option<i32>,
+
+    /// Changes within this percentage of the current pod count are ignored. Default: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 50))]
+    pub tolerance_percent: Option<i32>,
+
+    /// Seconds between two decisions (and load scrapes). Default: 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 60))]
+    pub tick_seconds: Option<i32>,
+
+    /// Most pods scraped per decision; with more ready pods a random sample of this size is
+    /// scraped and extrapolated. Default: 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_pods_scraped: Option<i32>,
+}
+
+/// Memory sizing from the worker count.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MemorySizing {
+    /// Memory one worker needs at its largest, e.g. `200Mi`. Required.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new(SIZE_RULE).message(SIZE_MESSAGE))]
+    pub per_worker: String,
+
+    /// Memory of the server itself (master, fork server, preloaded app) beyond the workers.
+    /// Default: 128Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new(SIZE_RULE).message(SIZE_MESSAGE))]
+    pub overhead: Option<String>,
+}
+
+/// Settings of the pods beyond the server itself.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    /// ServiceAccount the pods run as. Default: the namespace's `default` account, with no
+    /// API token mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+
+    /// Node labels a node must have to run the pods. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints the pods tolerate. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub tolerations: Vec<Toleration>,
+
+    /// Node and pod (anti-)affinity rules. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// How the pods spread over zones or nodes. A constraint without a labelSelector gets
+    /// the app's own pod selector. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+
+    /// Extra volumes of the pods. Names starting with `wsgiscale-` are reserved. Default:
+    /// none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(v, !v.name.startsWith('wsgiscale-'))").message("volume names starting with wsgiscale- are reserved for the operator"))]
+    pub volumes: Vec<Volume>,
+
+    /// Extra mounts in the server container (of `volumes`). /etc/wsgiscale (the server's
+    /// config) and /tmp (a writable emptyDir) are taken. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(m, m.mountPath != '/etc/wsgiscale' && m.mountPath != '/tmp')").message("/etc/wsgiscale and /tmp are mounted by the operator"))]
+    pub volume_mounts: Vec<VolumeMount>,
+
+    /// Extra labels of the pods. `wsgiscale.dev/app` is reserved: it selects the pods.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("!('wsgiscale.dev/app' in self)").message("the pod label wsgiscale.dev/app is reserved: the operator selects the pods with it"))]
+    pub labels: BTreeMap<String, String>,
+
+    /// Extra annotations of the pods. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// PriorityClass of the pods. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+
+    /// User ID the server runs as. The pods always run as non-root; set this when the image's
+    /// USER is a name or root. Default: the image's USER.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub run_as_user: Option<i64>,
+
+    /// Group ID the server runs as. Default: the image's group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub run_as_group: Option<i64>,
+
+    /// Group that owns the pods' volumes. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub fs_group: Option<i64>,
+}
+
+/// What the operator last observed and did. Fields under `load` and `autoscaler` are written by
+/// the operator's autoscaler with its own field manager; the rest by the reconciler.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WsgiAppStatus {
+    /// The metadata.generation of the WsgiApp the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready (the app runs all desired pods, up to date and ready), Progressing (a rollout or
+    /// scaling is under way) and Degraded (the spec is invalid, the API server refused an
+    /// object, or the rollout is stuck), each with a reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// Pods of the Deployment (all revisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Pods passing their readiness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+
+    /// Pods running the current pod template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_replicas: Option<i32>,
+
+    /// Pods the operator asked the Deployment for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+
+    /// The pods' label selector, for the scale subresource (HPA, KEDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// The servers' load as last scraped by the autoscaler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadSummary>,
+
+    /// The autoscaler's state and last decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// The servers' load, summed over the pods scraped.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadSummary {
+    /// When the pods were scraped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+
+    /// Pods whose load report was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_scraped: Option<i32>,
+
+    /// Ready pods at the time (more than scraped when sampling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_ready: Option<i32>,
+
+    /// Workers running a request, in the pods scraped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_workers: Option<i32>,
+
+    /// Worker processes, in the pods scraped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_workers: Option<i32>,
+
+    /// Requests waiting for a worker, in the pods scraped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<i32>,
+
+    /// Busy share of the worker threads over the stable window, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_percent: Option<i32>,
+}
+
+/// The autoscaler's state and last decision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerStatus {
+    /// The pod count the autoscaler recommends; the reconciler applies it within
+    /// replicas.min..replicas.max.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommended_replicas: Option<i32>,
+
+    /// True while the panic window's load is above the panic threshold (scale up only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic_mode: Option<bool>,
+
+    /// When the autoscaler last changed its recommendation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+
+    /// Why, in a short sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
+}
+
+/// Drops an enum type's own description from its schema: kube hoists the enum's schema into
+/// the field's, and the field's `///` text (which lists the values) is what `kubectl explain`
+/// should show.
+fn no_description(schema: &mut schemars::Schema) {
+    schema.remove("description");
+}
+
+/// The CustomResourceDefinition of [`WsgiApp`].
+pub fn crd(
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    WsgiApp::crd()
+}
+
+/// The CRD as the YAML in `crds/wsgiapp.yaml` (what `wsgiscale-operator crd` prints).
+pub fn crd_yaml() -> String {
+    let header = "# GENERATED from operator/src/crd.rs by `wsgiscale-operator crd`: do not edit.\n";
+    let body = serde_yaml::to_string(&crd())
+        .expect("the CRD serializes: it is built from plain Rust values");
+    format!("{header}{body}")
+}
+
+/// The CRD as the Helm template `charts/wsgiscale/templates/crds.yaml`: the same generated
+/// spec, installed when `crds.install` is true and kept on uninstall when `crds.keep` is true
+/// (so that removing the chart does not delete every WsgiApp).
+pub fn crd_helm_template() -> String {
+    let crd = crd();
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    let spec = serde_yaml::to_string(&crd.spec)
+        .expect("the CRD spec serializes: it is built from plain Rust values");
+    let mut out = String::new();
+    out.push_str("{{- /* GENERATED from operator/src/crd.rs by `wsgiscale-operator crd --helm-template`: do not edit. */}}\n");
+    out.push_str("{{- if .Values.crds.install }}\n");
+    out.push_str("apiVersion: apiextensions.k8s.io/v1\n");
+    out.push_str("kind: CustomResourceDefinition\n");
+    out.push_str("metadata:\n");
+    out.push_str(&format!("  name: {name}\n"));
+    out.push_str("  labels:\n");
+    out.push_str("    {{- include \"wsgiscale.labels\" . | nindent 4 }}\n");
+    out.push_str("  {{- if .Values.crds.keep }}\n");
+    out.push_str("  annotations:\n");
+    out.push_str("    helm.sh/resource-policy: keep\n");
+    out.push_str("  {{- end }}\n");
+    out.push_str("spec:\n");
+    for line in spec.lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("{{- end }}\n");
+    out
+}

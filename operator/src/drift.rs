@@ -1,0 +1,241 @@
+//! Whether a child object already is what the operator would apply, so that a steady-state
+//! reconcile writes nothing.
+//!
+//! Two checks, both needed:
+//! * the child carries the hash of the desired object the operator last applied
+//!   ([`DESIRED_HASH_ANNOTATION`]): when the desired object changes, even by losing a field,
+//!   the hash changes and the operator applies (server-side apply then removes what it no
+//!   longer sets);
+//! * every field the operator sets has that value in the observed object ([`is_subset`]): when
+//!   someone else edits a field the operator owns (`kubectl edit`, `kubectl scale` on the
+//!   Deployment), the operator applies again and takes it back.
+//!
+//! The observed object has more than the desired one (defaults, status, fields of other
+//! managers) and the API server normalises some values (quantities, omitted zero values); the
+//! comparison allows for exactly that.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use kube::Resource;
+
+/// Annotation carrying the hash of the desired object last applied.
+pub const DESIRED_HASH_ANNOTATION: &str = "wsgiscale.dev/desired-hash";
+
+/// FNV-1a, 64 bits: stable across Rust releases and platforms, unlike `DefaultHasher`.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The hash of an object's JSON form, as 16 hex digits.
+pub fn compute_hash<K: Serialize>(obj: &K) -> String {
+    let text = serde_json::to_string(obj).expect("k8s objects serialize to JSON");
+    format!("{:016x}", fnv1a64(text.as_bytes()))
+}
+
+/// Stamps `obj` with the hash of itself (computed without the stamp).
+pub fn stamp_hash<K: Resource + Serialize>(mut obj: K) -> K {
+    if let Some(a) = obj.meta_mut().annotations.as_mut() {
+        a.remove(DESIRED_HASH_ANNOTATION);
+    }
+    let hash = compute_hash(&obj);
+    obj.meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(DESIRED_HASH_ANNOTATION.into(), hash);
+    obj
+}
+
+/// Whether `observed` already is the stamped `desired` object: same hash, and every field of
+/// `desired` present with the same value.
+pub fn is_applied<K: Resource + Serialize>(desired: &K, observed: &K) -> bool {
+    let hash = |k: &K| {
+        k.meta()
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DESIRED_HASH_ANNOTATION).cloned())
+    };
+    match (hash(desired), hash(observed)) {
+        (Some(d), Some(o)) if d == o => {}
+        _ => return false,
+    }
+    let d = serde_json::to_value(desired).expect("k8s objects serialize to JSON");
+    let o = serde_json::to_value(observed).expect("k8s objects serialize to JSON");
+    is_subset(&d, &o, false)
+}
+
+/// A value the API server drops when it serializes (Go's `omitempty`): absent in `observed`
+/// means the same.
+fn is_empty_value(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
+/// Keys whose values (or map values) are resource quantities, normalised by the API server
+/// (`1024Mi` is stored as `1Gi`, `0.5` as `500m`).
+fn holds_quantities(key: &str) -> bool {
+    matches!(key, "requests" | "limits" | "sizeLimit")
+}
+
+/// Whether every field set in `desired` has the same value in `observed`. Lists must have the
+/// same length and match item by item; `quantities` compares strings as quantities.
+pub fn is_subset(desired: &Value, observed: &Value, quantities: bool) -> bool {
+    match (desired, observed) {
+        (Value::Object(d), Value::Object(o)) => d.iter().all(|(k, dv)| match o.get(k) {
+            Some(ov) => is_subset(dv, ov, quantities || holds_quantities(k)),
+            None => is_empty_value(dv),
+        }),
+        (Value::Array(d), Value::Array(o)) => {
+            d.len() == o.len() && d.iter().zip(o).all(|(dv, ov)| is_subset(dv, ov, quantities))
+        }
+        (Value::Number(d), Value::Number(o)) => d.as_f64() == o.as_f64(),
+        (Value::String(d), Value::String(o)) if quantities => {
+            d == o
+                || matches!((parse_quantity(d), parse_quantity(o)), (Some(a), Some(b)) if (a - b).abs() <= f64::EPSILON * a.abs().max(b.abs()) * 4.0)
+        }
+        (d, Value::Null) => is_empty_value(d),
+        (d, o) => d == o,
+    }
+}
+
+/// Parses a Kubernetes quantity (`500m`, `1.5Gi`, `2e3`, `128M`) into its value.
+pub fn parse_quantity(text: &str) -> Option<f64> {
+    let t = text.trim();
+    let end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(t.len());
+    let (num, suffix) = t.split_at(end);
+    let value: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(value * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde_json::json;
+
+    use super::*;
+
+    fn cm(data: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("shop-config".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some([("config.yaml".to_string(), data.to_string())].into()),
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn stamped_object_is_applied_to_its_server_copy() {
+        let desired = stamp_hash(cm("workers: 2:8\n"));
+        let mut observed = desired.clone();
+        observed.metadata.uid = Some("u".into());
+        observed.metadata.resource_version = Some("7".into());
+        observed
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("other/annotation".into(), "x".into());
+        assert!(is_applied(&desired, &observed));
+    }
+
+    #[test]
+    fn a_changed_desired_object_or_an_edited_child_is_not_applied() {
+        let old = stamp_hash(cm("workers: 2:8\n"));
+        let new = stamp_hash(cm("workers: 2:16\n"));
+        assert_ne!(
+            old.metadata.annotations.as_ref().map(|a| &a[DESIRED_HASH_ANNOTATION]),
+            new.metadata.annotations.as_ref().map(|a| &a[DESIRED_HASH_ANNOTATION])
+        );
+        assert!(!is_applied(&new, &old));
+
+        let mut edited = old.clone();
+        edited.data = Some([("config.yaml".to_string(), "workers: 1\n".to_string())].into());
+        assert!(!is_applied(&old, &edited), "someone else's edit is drift");
+
+        let mut unstamped = old.clone();
+        unstamped.metadata.annotations = None;
+        assert!(!is_applied(&old, &unstamped));
+    }
+
+    #[test]
+    fn hashes_are_stable() {
+        // A fixed value: changing the hash function rolls out an apply on every child.
+        assert_eq!(compute_hash(&json!({"a": 1})), format!("{:016x}", fnv1a64(b"{\"a\":1}")));
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn subset_allows_server_defaults_and_normalisation() {
+        let cases = [
+            (json!({"a": 1}), json!({"a": 1, "b": 2}), true),
+            (json!({"a": 1}), json!({"a": 2}), false),
+            (json!({"a": [1, 2]}), json!({"a": [1, 2, 3]}), false),
+            (json!({"a": [{"x": 1}]}), json!({"a": [{"x": 1, "y": 0}]}), true),
+            (json!({"readOnly": false}), json!({}), true),
+            (json!({"readOnly": true}), json!({}), false),
+            (json!({"list": []}), json!({}), true),
+            (json!({"n": 0}), json!({}), true),
+            (json!({"limits": {"memory": "1024Mi"}}), json!({"limits": {"memory": "1Gi"}}), true),
+            (json!({"requests": {"cpu": "0.5"}}), json!({"requests": {"cpu": "500m"}}), true),
+            (json!({"requests": {"cpu": "1"}}), json!({"requests": {"cpu": "500m"}}), false),
+            (json!({"image": "1024Mi"}), json!({"image": "1Gi"}), false),
+            (json!({"n": 1}), json!({"n": 1.0}), true),
+        ];
+        for (d, o, want) in cases {
+            assert_eq!(is_subset(&d, &o, false), want, "{d} <= {o}");
+        }
+    }
+
+    #[test]
+    fn quantities_parse() {
+        let cases = [
+            ("128Mi", Some(134_217_728.0)),
+            ("1.5Gi", Some(1_610_612_736.0)),
+            ("500m", Some(0.5)),
+            ("2", Some(2.0)),
+            ("1e3", Some(1000.0)),
+            ("300M", Some(3e8)),
+            ("12X", None),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_quantity(text), want, "{text}");
+        }
+    }
+}

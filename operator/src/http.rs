@@ -1,0 +1,170 @@
+//! The operator's small HTTP server: `/healthz` (liveness), `/readyz` (readiness) and
+//! `/metrics` (Prometheus).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+
+/// What the probes report.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+}
+
+impl Health {
+    /// Marks the operator ready (connected to the API server, CRD found) or not (shutting
+    /// down).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Whether the operator is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// The content type of the OpenMetrics text format that prometheus-client writes.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// Answers one request (pure over the shared state, so it is tested without a socket).
+pub fn route(method: &Method, path: &str, health: &Health, metrics: &Metrics) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if method != Method::GET && method != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "method not allowed\n");
+    }
+    match path {
+        "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
+        "/readyz" if health.is_ready() => text(StatusCode::OK, PLAIN, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n"),
+        "/metrics" => text(StatusCode::OK, OPENMETRICS, metrics.encode()),
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n"),
+    }
+}
+
+/// Serves on `listener` until `shutdown`, then lets open connections finish.
+pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving /healthz, /readyz and /metrics");
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning, never exit.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (health, metrics) = (health.clone(), metrics.clone());
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let resp = route(req.method(), req.uri().path(), &health, &metrics);
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+    }
+}
+
+/// Binds `addr`.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let health = Health::default();
+        let metrics = Metrics::default();
+        let get = |p: &str| route(&Method::GET, p, &health, &metrics).status();
+        assert_eq!(get("/healthz"), StatusCode::OK);
+        assert_eq!(get("/readyz"), StatusCode::SERVICE_UNAVAILABLE);
+        health.set_ready(true);
+        assert_eq!(get("/readyz"), StatusCode::OK);
+        assert_eq!(get("/metrics"), StatusCode::OK);
+        assert_eq!(get("/nope"), StatusCode::NOT_FOUND);
+        assert_eq!(
+            route(&Method::POST, "/healthz", &health, &metrics).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_over_tcp_and_stops_on_shutdown() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let health = Arc::new(Health::default());
+        let metrics = Arc::new(Metrics::default());
+        metrics.count_write("Deployment");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, health, metrics, shutdown.clone()));
+
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::get("/metrics")
+            .header("host", "localhost")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("response");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let body = String::from_utf8(body.to_vec()).expect("utf-8");
+        assert!(body.contains("wsgiscale_operator_writes_total{kind=\"Deployment\"} 1"), "{body}");
+        drop(sender);
+
+        shutdown.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(10), server)
+            .await
+            .expect("the server stops after shutdown")
+            .expect("no panic");
+    }
+}

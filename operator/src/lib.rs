@@ -1,0 +1,30 @@
+//! The wsgiscale Kubernetes operator: turns a `WsgiApp` (group `wsgiscale.dev`) into running
+//! pods whose server is `wsgiscale serve`, with the app's worker limits in a live-reloaded
+//! ConfigMap.
+//!
+//! The reconcile is a chain of pure steps and one thin I/O step:
+//! [`validate`] (WsgiApp -> ValidatedApp, defaults resolved) -> [`render`] (ValidatedApp ->
+//! ConfigMap, Deployment, Service, PodDisruptionBudget) -> [`reconcile`] (server-side apply of
+//! what [`drift`] says changed) -> [`status`] (observed -> status and conditions).
+//!
+//! The process around it: [`cli`] (flags with env twins), [`run`] (client, controllers,
+//! shutdown), [`leader`] (Lease-based leader election), [`http`] and [`metrics`] (`/healthz`,
+//! `/readyz`, `/metrics`), [`telemetry`] (logs). [`crd`] holds the resource's types and
+//! generates the CRD. It depends on `wsgiscale-core` for the server's command line and config
+//! file, never on the server itself, so it does not link libpython.
+
+pub mod cli;
+pub mod crd;
+pub mod drift;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod render;
+pub mod run;
+pub mod status;
+pub mod telemetry;
+pub mod validate;
+
+#[cfg(test)]
+mod fixtures;

@@ -1,0 +1,471 @@
+//! The reconcile loop's I/O: read the children, apply what [`crate::render`] wants with
+//! server-side apply, patch the status, publish events. Every decision is made by the pure
+//! functions of [`crate::validate`], [`crate::render`], [`crate::status`] and
+//! [`crate::drift`]; this module only carries them out.
+//!
+//! * Invalid spec (permanent): `Ready=False` with the reason, a Warning event, no child
+//!   touched, wait for the next change.
+//! * Object refused by the API server (400/422) or a name taken by an object this app does not
+//!   own (permanent until the spec changes): the same, retried after the resync period.
+//! * API or network error (transient): the error goes back to the controller, which retries
+//!   with a per-object exponential backoff ([`compute_backoff`]).
+//! * Steady state: every child is already what would be applied and the status is unchanged,
+//!   so the reconcile reads and writes nothing.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::crd::WsgiApp;
+use crate::drift::{is_applied, stamp_hash};
+use crate::metrics::Metrics;
+use crate::render::{config_map_name, render_children};
+use crate::status::{
+    compute_replicas, compute_status, degraded_transition, ready_transition, reconciler_fields,
+    Outcome,
+};
+use crate::validate::{validate_app, ValidatedApp, ValidationError};
+
+/// The one field manager of every write the reconciler makes.
+pub const FIELD_MANAGER: &str = "wsgiscale-operator";
+
+/// Why a reconcile failed and will be retried.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The WsgiApp lacks metadata only the API server sets.
+    #[error("{0}")]
+    Metadata(#[source] ValidationError),
+    /// Reading a child failed.
+    #[error("get {kind} {name}: {source}")]
+    GetObject {
+        /// Kind of the child.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Applying a child failed.
+    #[error("apply {kind} {name}: {source}")]
+    ApplyObject {
+        /// Kind of the child.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Deleting a child failed.
+    #[error("delete {kind} {name}: {source}")]
+    DeleteObject {
+        /// Kind of the child.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the WsgiApp's status failed.
+    #[error("patch status of WsgiApp {name}: {source}")]
+    PatchStatus {
+        /// The WsgiApp.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// A fixed label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Metadata(_) => "metadata",
+            Error::GetObject { .. } => "get_object",
+            Error::ApplyObject { .. } => "apply_object",
+            Error::DeleteObject { .. } => "delete_object",
+            Error::PatchStatus { .. } => "patch_status",
+        }
+    }
+
+    /// The kind and the API server's message when it refused an applied object for good
+    /// (400 Bad Request, 422 Invalid): retrying the same object cannot succeed.
+    fn rejection(&self) -> Option<(&'static str, String)> {
+        match self {
+            Error::ApplyObject {
+                kind,
+                source: kube::Error::Api(status),
+                ..
+            } if status.code == 400 || status.code == 422 => Some((kind, status.message.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes events on WsgiApps.
+    pub recorder: Recorder,
+    /// The operator's metrics.
+    pub metrics: Arc<Metrics>,
+    /// How often a healthy app is reconciled without a change (drift repair).
+    pub resync: Duration,
+    /// Consecutive failures per object, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context for `client`; `instance` names this operator replica in events.
+    pub fn new(client: Client, instance: Option<String>, metrics: Arc<Metrics>, resync: Duration) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            resync,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failure_count(&self, key: &str, failed: bool) -> u32 {
+        // A poisoned lock only means another reconcile panicked; the counts are still usable.
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failed {
+            let n = map.entry(key.to_string()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        } else {
+            map.remove(key);
+            0
+        }
+    }
+}
+
+/// The retry delay after `attempt` consecutive failures: 1 s doubling up to 5 minutes.
+pub fn compute_backoff(attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(16);
+    Duration::from_secs((1u64 << exp).min(300))
+}
+
+fn object_key(app: &WsgiApp) -> String {
+    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
+}
+
+/// The controller's reconcile function.
+pub async fn reconcile(app: Arc<WsgiApp>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!(
+        "reconcile",
+        namespace = app.namespace().unwrap_or_default(),
+        name = %app.name_any(),
+        generation = app.metadata.generation.unwrap_or(0),
+    );
+    let start = Instant::now();
+    let result = reconcile_app(&app, &ctx).instrument(span).await;
+    let label = match &result {
+        Ok((_, label)) => label,
+        Err(_) => "error",
+    };
+    ctx.metrics.observe_reconcile(label, start.elapsed());
+    if result.is_ok() {
+        ctx.failure_count(&object_key(&app), false);
+    }
+    result.map(|(action, _)| action)
+}
+
+/// The controller's error policy: count, log, retry with backoff.
+pub fn error_policy(app: Arc<WsgiApp>, error: &Error, ctx: Arc<Context>) -> Action {
+    let attempt = ctx.failure_count(&object_key(&app), true);
+    ctx.metrics.count_error(error.metric_label());
+    let delay = compute_backoff(attempt);
+    warn!(
+        namespace = app.namespace().unwrap_or_default(),
+        name = %app.name_any(),
+        error = %error,
+        attempt,
+        retry_in_seconds = delay.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+async fn reconcile_app(app: &WsgiApp, ctx: &Context) -> Result<(Action, &'static str), Error> {
+    let validated = match validate_app(app) {
+        Ok(v) => v,
+        Err(e @ ValidationError::MissingMetadata(_)) => return Err(Error::Metadata(e)),
+        Err(e) => {
+            info!(error = %e, "invalid spec");
+            let status = compute_status(app, Outcome::Invalid(&e), now());
+            publish_status(ctx, app, status).await?;
+            return Ok((Action::await_change(), "invalid"));
+        }
+    };
+    match apply_children(ctx, app, &validated).await {
+        Ok(()) => Ok((Action::requeue(ctx.resync), "ok")),
+        Err(Refusal::Api(e)) => {
+            let Some((kind, message)) = e.rejection() else {
+                return Err(e);
+            };
+            ctx.metrics.count_error("object_rejected");
+            let status = compute_status(app, Outcome::Rejected { kind, message: &message }, now());
+            publish_status(ctx, app, status).await?;
+            Ok((Action::requeue(ctx.resync), "rejected"))
+        }
+        Err(Refusal::Conflict { kind, name }) => {
+            ctx.metrics.count_error("name_conflict");
+            let message = format!("{kind} {name} exists and is not controlled by this WsgiApp");
+            let status = compute_status(app, Outcome::Rejected { kind, message: &message }, now());
+            publish_status(ctx, app, status).await?;
+            Ok((Action::requeue(ctx.resync), "rejected"))
+        }
+    }
+}
+
+/// Why the children could not be applied.
+enum Refusal {
+    /// An API error (maybe a permanent refusal, see [`Error::rejection`]).
+    Api(Error),
+    /// A child's name is taken by an object this app does not control.
+    Conflict {
+        kind: &'static str,
+        name: String,
+    },
+}
+
+impl From<Error> for Refusal {
+    fn from(e: Error) -> Self {
+        Refusal::Api(e)
+    }
+}
+
+fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    api.get_opt(name).await.map_err(|source| Error::GetObject {
+        kind: kind_of::<K>(),
+        name: name.to_string(),
+        source,
+    })
+}
+
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    // The four kinds the operator writes; `K::kind` borrows from a temporary.
+    match K::kind(&()).as_ref() {
+        "ConfigMap" => "ConfigMap",
+        "Deployment" => "Deployment",
+        "Service" => "Service",
+        "PodDisruptionBudget" => "PodDisruptionBudget",
+        "WsgiApp" => "WsgiApp",
+        _ => "object",
+    }
+}
+
+/// Applies `desired` unless `observed` already is it; returns the object as it now is.
+async fn ensure<K>(
+    ctx: &Context,
+    app: &WsgiApp,
+    api: &Api<K>,
+    desired: K,
+    observed: Option<K>,
+) -> Result<K, Refusal>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let kind = kind_of::<K>();
+    let name = desired.name_any();
+    let desired = stamp_hash(desired);
+    if let Some(observed) = observed {
+        if !controlled_by(observed.meta(), &app.uid().unwrap_or_default()) {
+            return Err(Refusal::Conflict { kind, name });
+        }
+        if is_applied(&desired, &observed) {
+            debug!(kind, name, "unchanged");
+            return Ok(observed);
+        }
+        return apply(ctx, app, api, &desired, "Updated").await;
+    }
+    apply(ctx, app, api, &desired, "Created").await
+}
+
+async fn apply<K>(ctx: &Context, app: &WsgiApp, api: &Api<K>, desired: &K, verb: &str) -> Result<K, Refusal>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let kind = kind_of::<K>();
+    let name = desired.name_any();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = api
+        .patch(&name, &params, &Patch::Apply(desired))
+        .await
+        .map_err(|source| Error::ApplyObject {
+            kind,
+            name: name.clone(),
+            source,
+        })?;
+    ctx.metrics.count_write(kind);
+    info!(kind, name, verb, "applied");
+    let note = if kind == "ConfigMap" {
+        format!("{verb} {kind} {name}: running servers reload it without a restart")
+    } else {
+        format!("{verb} {kind} {name}")
+    };
+    let related = applied.object_ref(&());
+    publish_event(ctx, app, EventType::Normal, verb, "Apply", note, Some(related)).await;
+    Ok(applied)
+}
+
+async fn apply_children(ctx: &Context, app: &WsgiApp, v: &ValidatedApp) -> Result<(), Refusal> {
+    let client = &ctx.client;
+    let ns = &v.namespace;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+
+    let observed_cm = get(&config_maps, &config_map_name(&v.name)).await?;
+    let observed_dep = get(&deployments, &v.name).await?;
+    let observed_svc = get(&services, &v.name).await?;
+    let observed_pdb = get(&pdbs, &v.name).await?;
+
+    let recommended = app
+        .status
+        .as_ref()
+        .and_then(|s| s.autoscaler.as_ref())
+        .and_then(|a| a.recommended_replicas);
+    let current = observed_dep
+        .as_ref()
+        .and_then(|d| d.spec.replicas);
+    let replicas = compute_replicas(v, recommended, current);
+    let children = render_children(v, replicas);
+
+    // The ConfigMap first: new pods mount it.
+    ensure(ctx, app, &config_maps, children.config_map, observed_cm).await?;
+    let deployment = ensure(ctx, app, &deployments, children.deployment, observed_dep).await?;
+    ensure(ctx, app, &services, children.service, observed_svc).await?;
+    match (children.pdb, observed_pdb) {
+        (Some(pdb), observed) => {
+            ensure(ctx, app, &pdbs, pdb, observed).await?;
+        }
+        (None, Some(stale)) if controlled_by(&stale.metadata, &v.owner.uid) => {
+            let name = stale.name_any();
+            pdbs.delete(&name, &DeleteParams::default())
+                .await
+                .map_err(|source| Error::DeleteObject {
+                    kind: "PodDisruptionBudget",
+                    name: name.clone(),
+                    source,
+                })?;
+            ctx.metrics.count_write("PodDisruptionBudget");
+            info!(name, "deleted PodDisruptionBudget: replicas.min is 1 or less");
+            let note = format!("Deleted PodDisruptionBudget {name}: replicas.min is 1 or less");
+            let related = stale.object_ref(&());
+            publish_event(ctx, app, EventType::Normal, "Deleted", "Delete", note, Some(related)).await;
+        }
+        (None, _) => {}
+    }
+
+    let status = compute_status(
+        app,
+        Outcome::Applied {
+            app: v,
+            deployment: Some(&deployment),
+            desired: replicas,
+        },
+        now(),
+    );
+    publish_status(ctx, app, status).await?;
+    Ok(())
+}
+
+/// Writes `status` when it differs from what the WsgiApp has, and publishes the events of its
+/// transitions. An unchanged status writes nothing.
+async fn publish_status(ctx: &Context, app: &WsgiApp, status: crate::crd::WsgiAppStatus) -> Result<(), Error> {
+    let old = app.status.as_ref();
+    if old.map(reconciler_fields).as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let name = app.name_any();
+    let api: Api<WsgiApp> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": WsgiApp::api_version(&()),
+        "kind": WsgiApp::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|source| Error::PatchStatus {
+            name: name.clone(),
+            source,
+        })?;
+    if let Some((reason, message)) = degraded_transition(old, &status) {
+        warn!(reason, message, "degraded");
+        publish_event(ctx, app, EventType::Warning, &reason, "Reconcile", message, None).await;
+    }
+    if let Some((reason, message)) = ready_transition(old, &status) {
+        info!(reason, message, "ready");
+        publish_event(ctx, app, EventType::Normal, &reason, "Reconcile", message, None).await;
+    }
+    Ok(())
+}
+
+/// Events are best effort: a failure is logged and counted, never fails the reconcile.
+/// `related` is the child the event is about: the recorder folds repeats of the same event
+/// into a series, and the child tells "Created ConfigMap" from "Created Deployment".
+async fn publish_event(
+    ctx: &Context,
+    app: &WsgiApp,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        // The Events API caps notes at 1 kB.
+        note: Some(note.chars().take(1000).collect()),
+        action: action.to_string(),
+        secondary: related,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &app.object_ref(&())).await {
+        ctx.metrics.count_error("publish_event");
+        warn!(error = %e, reason, "cannot publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests;

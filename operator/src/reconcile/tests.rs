@@ -1,0 +1,531 @@
+//! Reconcile against a scripted API server (kube-rs controller-rs's Scenario pattern): each
+//! test lists the exact requests the reconciler must make, in order, and what the server
+//! answers; a request that is not in the script fails the test, and so does a script step the
+//! reconciler never reached.
+
+use std::task::Poll;
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::crd::{WsgiAppStatus, WorkersSpec};
+use crate::drift::DESIRED_HASH_ANNOTATION;
+use crate::fixtures::{mk_app, UID};
+use crate::status::{condition, reasons, DEGRADED, READY};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+const CM: &str = "/api/v1/namespaces/default/configmaps/shop-config";
+const DEP: &str = "/apis/apps/v1/namespaces/default/deployments/shop";
+const SVC: &str = "/api/v1/namespaces/default/services/shop";
+const PDB: &str = "/apis/policy/v1/namespaces/default/poddisruptionbudgets/shop";
+const STATUS: &str = "/apis/wsgiscale.dev/v1alpha1/namespaces/default/wsgiapps/shop/status";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+
+/// The scripted API server.
+struct ApiServer {
+    handle: Handle,
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).expect("json")))
+        .expect("response")
+}
+
+fn api_status(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code,
+    })
+}
+
+/// What the API server adds to an object it stores.
+fn stored(mut obj: Value, resource_version: u64) -> Value {
+    let meta = obj["metadata"].as_object_mut().expect("metadata");
+    meta.insert("uid".into(), json!(format!("uid-{resource_version}")));
+    meta.insert("resourceVersion".into(), json!(resource_version.to_string()));
+    meta.insert("creationTimestamp".into(), json!("2026-01-01T00:00:00Z"));
+    meta.insert("generation".into(), json!(1));
+    meta.insert(
+        "managedFields".into(),
+        json!([{"manager": FIELD_MANAGER, "operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {}}]),
+    );
+    obj
+}
+
+impl ApiServer {
+    async fn next(&mut self) -> (Request<Body>, tower_test::mock::SendResponse<Response<Body>>) {
+        tokio::time::timeout(std::time::Duration::from_secs(5), self.handle.next_request())
+            .await
+            .expect("the reconciler made the next request in time")
+            .expect("the client is still alive")
+    }
+
+    async fn expect(&mut self, method: Method, path: &str) -> (Request<Body>, tower_test::mock::SendResponse<Response<Body>>) {
+        let (req, send) = self.next().await;
+        assert_eq!(
+            (req.method().clone(), req.uri().path().to_string()),
+            (method, path.to_string()),
+            "unexpected request {}",
+            req.uri()
+        );
+        (req, send)
+    }
+
+    async fn get_missing(&mut self, path: &str) {
+        let (_, send) = self.expect(Method::GET, path).await;
+        send.send_response(json_response(StatusCode::NOT_FOUND, &api_status(404, "NotFound", "not found")));
+    }
+
+    async fn get(&mut self, path: &str, obj: &Value) {
+        let (_, send) = self.expect(Method::GET, path).await;
+        send.send_response(json_response(StatusCode::OK, obj));
+    }
+
+    async fn get_error(&mut self, path: &str) {
+        let (_, send) = self.expect(Method::GET, path).await;
+        send.send_response(json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &api_status(500, "InternalError", "etcd leader changed"),
+        ));
+    }
+
+    /// A server-side apply with our field manager, forced; answers with the stored object.
+    async fn apply(&mut self, path: &str) -> Value {
+        let (req, send) = self.expect(Method::PATCH, path).await;
+        let query: Vec<(String, String)> = url_pairs(req.uri().query().unwrap_or_default());
+        assert!(query.contains(&("fieldManager".into(), FIELD_MANAGER.into())), "{query:?}");
+        assert!(query.contains(&("force".into(), "true".into())), "{query:?}");
+        assert_eq!(
+            req.headers().get("content-type").map(|v| v.to_str().expect("ascii")),
+            Some("application/apply-patch+yaml")
+        );
+        let body: Value = serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json body");
+        send.send_response(json_response(StatusCode::OK, &stored(body.clone(), 200)));
+        body
+    }
+
+    async fn apply_rejected(&mut self, path: &str, message: &str) {
+        let (_, send) = self.expect(Method::PATCH, path).await;
+        send.send_response(json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &api_status(422, "Invalid", message),
+        ));
+    }
+
+    async fn delete(&mut self, path: &str) {
+        let (_, send) = self.expect(Method::DELETE, path).await;
+        send.send_response(json_response(StatusCode::OK, &api_status(200, "", "")));
+    }
+
+    /// An event of `type_` and `reason` about the WsgiApp.
+    async fn event(&mut self, type_: &str, reason: &str) -> Value {
+        let (req, send) = self.expect(Method::POST, EVENTS).await;
+        let body: Value = serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json body");
+        assert_eq!((body["type"].as_str(), body["reason"].as_str()), (Some(type_), Some(reason)), "{body}");
+        assert_eq!(body["regarding"]["kind"], "WsgiApp");
+        assert_eq!(body["regarding"]["name"], "shop");
+        assert_eq!(body["reportingController"], FIELD_MANAGER);
+        send.send_response(json_response(StatusCode::OK, &body));
+        body
+    }
+
+    /// The status apply; returns the status sent.
+    async fn status(&mut self) -> WsgiAppStatus {
+        let (req, send) = self.expect(Method::PATCH, STATUS).await;
+        let query = url_pairs(req.uri().query().unwrap_or_default());
+        assert!(query.contains(&("fieldManager".into(), FIELD_MANAGER.into())), "{query:?}");
+        assert!(query.contains(&("force".into(), "true".into())), "{query:?}");
+        let body: Value = serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json body");
+        assert_eq!(body["apiVersion"], "wsgiscale.dev/v1alpha1");
+        assert_eq!(body["kind"], "WsgiApp");
+        assert!(body.get("spec").is_none(), "a status apply must not carry the spec");
+        let status: WsgiAppStatus = serde_json::from_value(body["status"].clone()).expect("status");
+        let mut app = serde_json::to_value(mk_app("shop")).expect("json");
+        app["status"] = body["status"].clone();
+        send.send_response(json_response(StatusCode::OK, &app));
+        status
+    }
+
+    /// Nothing else was asked: the reconciler has returned, so no request can still come.
+    fn assert_idle(&mut self) {
+        assert!(
+            matches!(self.handle.poll_request(), Poll::Pending),
+            "the reconciler made a request the script does not expect"
+        );
+    }
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn test_context() -> (Arc<Context>, ApiServer) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let ctx = Context::new(client, Some("test".into()), Arc::default(), Duration::from_secs(300));
+    (Arc::new(ctx), ApiServer { handle })
+}
+
+/// Runs one reconcile against `script`; returns its result and the server for more checks.
+async fn run<F, Fut>(app: WsgiApp, script: F) -> (Result<Action, Error>, Arc<Context>)
+where
+    F: FnOnce(ApiServer) -> Fut,
+    Fut: std::future::Future<Output = ApiServer> + Send + 'static,
+{
+    let (ctx, server) = test_context();
+    let scenario = tokio::spawn(script(server));
+    let result = reconcile(Arc::new(app), ctx.clone()).await;
+    let mut server = tokio::time::timeout(std::time::Duration::from_secs(5), scenario)
+        .await
+        .expect("the script finished")
+        .expect("the script's assertions held");
+    server.assert_idle();
+    (result, ctx)
+}
+
+fn owner_of(obj: &Value) -> &Value {
+    &obj["metadata"]["ownerReferences"][0]
+}
+
+/// What a fresh app's first reconcile applies: (config map, deployment, service, pdb, status).
+async fn first_reconcile(app: WsgiApp) -> (Value, Value, Value, Value, WsgiAppStatus) {
+    let captured = Arc::new(Mutex::new(None));
+    let out = captured.clone();
+    let (result, _) = run(app, |mut s| async move {
+        s.get_missing(CM).await;
+        s.get_missing(DEP).await;
+        s.get_missing(SVC).await;
+        s.get_missing(PDB).await;
+        let cm = s.apply(CM).await;
+        s.event("Normal", "Created").await;
+        let dep = s.apply(DEP).await;
+        s.event("Normal", "Created").await;
+        let svc = s.apply(SVC).await;
+        s.event("Normal", "Created").await;
+        let pdb = s.apply(PDB).await;
+        s.event("Normal", "Created").await;
+        let status = s.status().await;
+        *out.lock().expect("lock") = Some((cm, dep, svc, pdb, status));
+        s
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    let taken = captured.lock().expect("lock").take();
+    taken.expect("captured")
+}
+
+fn scaled_app() -> WsgiApp {
+    mk_app("shop").with_workers(2, Some(8)).with_replicas(2, Some(6)).map(|a| {
+        a.spec.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+            requests: Some([("cpu".to_string(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("0.5".into()))].into()),
+            ..Default::default()
+        })
+    })
+}
+
+#[tokio::test]
+async fn first_reconcile_applies_every_child_owned_with_one_field_manager() {
+    let (cm, dep, svc, pdb, status) = first_reconcile(scaled_app()).await;
+    for (obj, kind) in [(&cm, "ConfigMap"), (&dep, "Deployment"), (&svc, "Service"), (&pdb, "PodDisruptionBudget")] {
+        assert_eq!(obj["kind"], kind);
+        let owner = owner_of(obj);
+        assert_eq!(owner["apiVersion"], "wsgiscale.dev/v1alpha1");
+        assert_eq!(owner["kind"], "WsgiApp");
+        assert_eq!(owner["name"], "shop");
+        assert_eq!(owner["uid"], UID);
+        assert_eq!(owner["controller"], true);
+        assert_eq!(owner["blockOwnerDeletion"], true);
+        assert!(obj["metadata"]["annotations"][DESIRED_HASH_ANNOTATION].is_string());
+        assert_eq!(obj["metadata"]["labels"]["wsgiscale.dev/app"], "shop");
+    }
+    assert!(cm["data"]["config.yaml"].as_str().expect("file").contains("workers: 2:8"));
+    assert_eq!(dep["spec"]["replicas"], 2);
+    let args = dep["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert_eq!(args[0], "serve");
+    assert_eq!(args[1], "shop.wsgi:application");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+
+    // The Deployment controller has not seen it yet: not ready, rolling out.
+    let ready = condition(&status, READY).expect("Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reasons::ROLLING_OUT));
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.desired_replicas, Some(2));
+    assert_eq!(status.selector.as_deref(), Some("wsgiscale.dev/app=shop"));
+}
+
+/// Turns what the reconciler applied into what a GET returns once the controllers ran: server
+/// fields, defaults, normalised quantities, a Deployment whose pods are all ready.
+fn as_served(mut obj: Value, ready_replicas: i64) -> Value {
+    obj = stored(obj, 300);
+    if obj["kind"] == "Deployment" {
+        let spec = &mut obj["spec"];
+        spec["progressDeadlineSeconds"] = json!(600);
+        spec["revisionHistoryLimit"] = json!(10);
+        let pod = &mut spec["template"]["spec"];
+        pod["dnsPolicy"] = json!("ClusterFirst");
+        pod["restartPolicy"] = json!("Always");
+        pod["schedulerName"] = json!("default-scheduler");
+        pod["volumes"][0]["configMap"]["defaultMode"] = json!(420);
+        let c = &mut pod["containers"][0];
+        c["terminationMessagePath"] = json!("/dev/termination-log");
+        c["imagePullPolicy"] = json!("IfNotPresent");
+        c["livenessProbe"]["httpGet"]["scheme"] = json!("HTTP");
+        c["livenessProbe"]["successThreshold"] = json!(1);
+        // The API server stores quantities in canonical form.
+        if c["resources"]["requests"]["cpu"] == json!("0.5") {
+            c["resources"]["requests"]["cpu"] = json!("500m");
+        }
+        obj["status"] = json!({
+            "observedGeneration": 1,
+            "replicas": ready_replicas, "updatedReplicas": ready_replicas,
+            "readyReplicas": ready_replicas, "availableReplicas": ready_replicas,
+        });
+    }
+    if obj["kind"] == "Service" {
+        obj["spec"]["clusterIP"] = json!("10.96.0.42");
+        obj["spec"]["clusterIPs"] = json!(["10.96.0.42"]);
+        obj["spec"]["sessionAffinity"] = json!("None");
+        obj["spec"]["ipFamilies"] = json!(["IPv4"]);
+    }
+    obj
+}
+
+#[tokio::test]
+async fn steady_state_writes_nothing() {
+    let app = scaled_app();
+    let (cm, dep, svc, pdb, status) = first_reconcile(app.clone()).await;
+    let (cm, dep, svc, pdb) = (as_served(cm, 2), as_served(dep, 2), as_served(svc, 2), as_served(pdb, 2));
+
+    // The pods became ready: the status says so once, with an event.
+    let app = app.with_status(status);
+    let (c2, d2, s2, p2) = (cm.clone(), dep.clone(), svc.clone(), pdb.clone());
+    let captured = Arc::new(Mutex::new(None));
+    let out = captured.clone();
+    let (result, _) = run(app.clone(), |mut s| async move {
+        s.get(CM, &c2).await;
+        s.get(DEP, &d2).await;
+        s.get(SVC, &s2).await;
+        s.get(PDB, &p2).await;
+        let status = s.status().await;
+        s.event("Normal", reasons::AVAILABLE).await;
+        *out.lock().expect("lock") = Some(status);
+        s
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    let status = captured.lock().expect("lock").take().expect("status");
+    let ready = condition(&status, READY).expect("Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", reasons::AVAILABLE));
+    assert_eq!(status.ready_replicas, Some(2));
+
+    // And then, nothing changes: reads only, no apply, no status patch, no event.
+    let app = app.with_status(status);
+    let (result, _) = run(app, |mut s| async move {
+        s.get(CM, &cm).await;
+        s.get(DEP, &dep).await;
+        s.get(SVC, &svc).await;
+        s.get(PDB, &pdb).await;
+        s
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_worker_limit_change_updates_only_the_config_map() {
+    let app = scaled_app();
+    let (cm, dep, svc, pdb, status) = first_reconcile(app.clone()).await;
+    let (cm, dep, svc, pdb) = (as_served(cm, 2), as_served(dep, 2), as_served(svc, 2), as_served(pdb, 2));
+    let app = app.with_generation(2).with_status(status).map(|a| {
+        a.spec.workers = Some(WorkersSpec {
+            min: Some(2),
+            max: Some(16),
+            ..WorkersSpec::default()
+        })
+    });
+    let captured = Arc::new(Mutex::new(None));
+    let out = captured.clone();
+    let (result, _) = run(app, |mut s| async move {
+        s.get(CM, &cm).await;
+        s.get(DEP, &dep).await;
+        s.get(SVC, &svc).await;
+        s.get(PDB, &pdb).await;
+        let applied = s.apply(CM).await;
+        let event = s.event("Normal", "Updated").await;
+        assert!(event["note"].as_str().expect("note").contains("reload"));
+        let status = s.status().await;
+        s.event("Normal", reasons::AVAILABLE).await;
+        *out.lock().expect("lock") = Some((applied, status));
+        s
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    let (applied, status) = captured.lock().expect("lock").take().expect("captured");
+    assert!(applied["data"]["config.yaml"].as_str().expect("file").contains("workers: 2:16"));
+    assert_eq!(status.observed_generation, Some(2));
+}
+
+#[tokio::test]
+async fn an_edited_deployment_is_taken_back() {
+    let app = scaled_app();
+    let (cm, dep, svc, pdb, status) = first_reconcile(app.clone()).await;
+    let (cm, mut dep, svc, pdb) = (as_served(cm, 2), as_served(dep, 2), as_served(svc, 2), as_served(pdb, 2));
+    dep["spec"]["replicas"] = json!(5); // kubectl scale deployment shop --replicas=5
+    let app = app.with_status(status);
+    let (result, _) = run(app, |mut s| async move {
+        s.get(CM, &cm).await;
+        s.get(DEP, &dep).await;
+        s.get(SVC, &svc).await;
+        s.get(PDB, &pdb).await;
+        let applied = s.apply(DEP).await;
+        assert_eq!(applied["spec"]["replicas"], 2);
+        s.event("Normal", "Updated").await;
+        // The answer to the apply has no rollout status yet, as after the first reconcile:
+        // the status is unchanged and not written.
+        s
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn the_pdb_goes_when_min_drops_to_one() {
+    let app = scaled_app();
+    let (cm, dep, svc, pdb, status) = first_reconcile(app.clone()).await;
+    let (cm, dep, svc, pdb) = (as_served(cm, 2), as_served(dep, 2), as_served(svc, 2), as_served(pdb, 2));
+    let app = app.with_generation(2).with_status(status).with_replicas(1, Some(6));
+    let (result, _) = run(app, |mut s| async move {
+        s.get(CM, &cm).await;
+        s.get(DEP, &dep).await;
+        s.get(SVC, &svc).await;
+        s.get(PDB, &pdb).await;
+        // With no replicas.desired the pod count is replicas.min: the Deployment goes to 1.
+        let applied = s.apply(DEP).await;
+        assert_eq!(applied["spec"]["replicas"], 1);
+        s.event("Normal", "Updated").await;
+        s.delete(PDB).await;
+        s.event("Normal", "Deleted").await;
+        s.status().await;
+        s
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_and_touches_nothing() {
+    let app = mk_app("shop").with_workers(4, Some(2));
+    let captured = Arc::new(Mutex::new(None));
+    let out = captured.clone();
+    let (result, _) = run(app.clone(), |mut s| async move {
+        let status = s.status().await;
+        let event = s.event("Warning", reasons::INVALID_SPEC).await;
+        assert!(event["note"].as_str().expect("note").contains("spec.workers.min"));
+        *out.lock().expect("lock") = Some(status);
+        s
+    })
+    .await;
+    assert!(result.is_ok(), "an invalid spec is not retried: {result:?}");
+    let status = captured.lock().expect("lock").take().expect("status");
+    let ready = condition(&status, READY).expect("Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reasons::INVALID_SPEC));
+    assert_eq!(condition(&status, DEGRADED).expect("Degraded").status, "True");
+
+    // Reconciled again while still invalid: no status patch, no second event.
+    let (result, ctx) = run(app.with_status(status), |s| async move { s }).await;
+    assert!(result.is_ok());
+    assert!(ctx.metrics.encode().contains("wsgiscale_operator_reconciles_total{result=\"invalid\"} 1"));
+}
+
+#[tokio::test]
+async fn an_object_the_api_server_refuses_is_reported_not_retried_hot() {
+    let app = mk_app("shop");
+    let captured = Arc::new(Mutex::new(None));
+    let out = captured.clone();
+    let (result, ctx) = run(app, |mut s| async move {
+        s.get_missing(CM).await;
+        s.get_missing(DEP).await;
+        s.get_missing(SVC).await;
+        s.get_missing(PDB).await;
+        s.apply(CM).await;
+        s.event("Normal", "Created").await;
+        s.apply_rejected(DEP, "Deployment.apps \"shop\" is invalid: spec.template.spec.volumes[2].name: Duplicate value").await;
+        let status = s.status().await;
+        s.event("Warning", reasons::APPLY_REJECTED).await;
+        *out.lock().expect("lock") = Some(status);
+        s
+    })
+    .await;
+    let action = result.expect("a refusal is reported in the status, not retried with backoff");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let status = captured.lock().expect("lock").take().expect("status");
+    let ready = condition(&status, READY).expect("Ready");
+    assert_eq!(ready.reason, reasons::APPLY_REJECTED);
+    assert!(ready.message.contains("Duplicate value"));
+    assert!(ctx.metrics.encode().contains("reason=\"object_rejected\""));
+}
+
+#[tokio::test]
+async fn a_foreign_object_with_our_name_is_left_alone() {
+    let app = mk_app("shop");
+    let foreign = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "shop", "namespace": "default", "uid": "someone-else", "resourceVersion": "5"},
+        "spec": {"ports": [{"port": 80}]},
+    });
+    let (result, _) = run(app, |mut s| async move {
+        s.get_missing(CM).await;
+        s.get_missing(DEP).await;
+        s.get(SVC, &foreign).await;
+        s.get_missing(PDB).await;
+        s.apply(CM).await;
+        s.event("Normal", "Created").await;
+        s.apply(DEP).await;
+        s.event("Normal", "Created").await;
+        let status = s.status().await;
+        let ready = condition(&status, READY).expect("Ready");
+        assert!(ready.message.contains("Service shop exists and is not controlled by this WsgiApp"), "{}", ready.message);
+        s.event("Warning", reasons::APPLY_REJECTED).await;
+        s
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn transient_errors_back_off_exponentially() {
+    let app = Arc::new(mk_app("shop"));
+    let (ctx, mut server) = test_context();
+    let scenario = tokio::spawn(async move {
+        server.get_error(CM).await;
+        server.get_error(CM).await;
+        server
+    });
+    let err = reconcile(app.clone(), ctx.clone()).await.expect_err("a 500 fails the reconcile");
+    assert_eq!(err.metric_label(), "get_object");
+    assert_eq!(error_policy(app.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(1)));
+    let err = reconcile(app.clone(), ctx.clone()).await.expect_err("a 500 fails the reconcile");
+    assert_eq!(error_policy(app.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(2)));
+    let mut server = scenario.await.expect("script");
+    server.assert_idle();
+    let metrics = ctx.metrics.encode();
+    assert!(metrics.contains("wsgiscale_operator_errors_total{reason=\"get_object\"} 2"), "{metrics}");
+    assert!(metrics.contains("wsgiscale_operator_reconciles_total{result=\"error\"} 2"), "{metrics}");
+}
+
+#[test]
+fn backoff_doubles_and_caps() {
+    let secs: Vec<u64> = [1, 2, 3, 4, 9, 10, 50].iter().map(|n| compute_backoff(*n).as_secs()).collect();
+    assert_eq!(secs, vec![1, 2, 4, 8, 256, 300, 300]);
+}

@@ -1,0 +1,806 @@
+//! `render`: a [`ValidatedApp`] -> the objects that run it. Pure: no client, no clock.
+//!
+//! The contract with the server is split in two, by what a change needs:
+//!
+//! * [`render_serve_args`] builds `wsgiscale serve`'s command line: the application, the
+//!   listeners and everything that needs a new process (threads, paths, HTTP limits, logging).
+//!   It is the container's `args`, so a change to it changes the pod template and rolls the
+//!   Deployment, like a change of image or environment does.
+//! * [`render_config_file`] builds the server's config file with the settings it re-reads live
+//!   (worker limits, algorithm and its knobs, lifecycle). It is a ConfigMap mounted as a
+//!   directory (not a subPath, so the kubelet updates it in place) and is not part of the pod
+//!   template: changing `workers.max` updates the file and the running servers reload it,
+//!   without a restart.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    HTTPGetAction, Lifecycle as ContainerLifecycle, LifecycleHandler, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service as KubeService, ServicePort,
+    ServiceSpec as KubeServiceSpec, SleepAction, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use wsgiscale_core::config::{
+    duration_scalar, parse_serve_argv, resolve, ConfigError, FileConfig, LogFormat, Scalar,
+    ServerConfig, WorkerRange,
+};
+use wsgiscale_core::units::format_duration;
+
+use crate::validate::{ValidatedApp, APP_LABEL, CONFIG_DIR, TMP_DIR};
+
+/// The name of the server container.
+pub const CONTAINER_NAME: &str = "app";
+/// The config file's key in the ConfigMap (and so its file name in [`CONFIG_DIR`]).
+pub const CONFIG_KEY: &str = "config.yaml";
+/// Volume holding the ConfigMap.
+pub const CONFIG_VOLUME: &str = "wsgiscale-config";
+/// Volume backing /tmp.
+pub const TMP_VOLUME: &str = "wsgiscale-tmp";
+/// Name of the HTTP container port (the Service targets it by name).
+pub const HTTP_PORT_NAME: &str = "http";
+/// Name of the admin container port (probes and scraping use it by name).
+pub const ADMIN_PORT_NAME: &str = "admin";
+/// Value of `app.kubernetes.io/managed-by` on every child.
+pub const MANAGED_BY: &str = "wsgiscale-operator";
+
+/// Everything one WsgiApp runs on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    /// The server's live-reloadable config file.
+    pub config_map: ConfigMap,
+    /// The pods.
+    pub deployment: Deployment,
+    /// The Service in front of them.
+    pub service: KubeService,
+    /// One pod down at a time, when replicas.min is above 1.
+    pub pdb: Option<PodDisruptionBudget>,
+}
+
+/// The ConfigMap's name for the app `name`.
+pub fn config_map_name(name: &str) -> String {
+    format!("{name}-config")
+}
+
+/// Labels that select the app's pods (Deployment selector, Service, PDB, /scale).
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    [(APP_LABEL.to_string(), name.to_string())].into()
+}
+
+/// The selector as the string the scale subresource reports.
+pub fn selector_string(name: &str) -> String {
+    selector_labels(name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Labels on every child object.
+pub fn common_labels(name: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(name);
+    labels.insert("app.kubernetes.io/name".into(), name.to_string());
+    labels.insert("app.kubernetes.io/managed-by".into(), MANAGED_BY.into());
+    labels
+}
+
+fn metadata(app: &ValidatedApp, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(app.namespace.clone()),
+        labels: Some(common_labels(&app.name)),
+        owner_references: Some(vec![app.owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// `wsgiscale serve`'s arguments (after the program name): the one place the operator renders
+/// the server's command line. Worker limits and lifecycle are not here: they are in the config
+/// file (see [`render_config_file`]), because flags would override the file and defeat its live
+/// reload.
+pub fn render_serve_args(app: &ValidatedApp) -> Vec<String> {
+    let mut args: Vec<String> = vec!["serve".into(), app.app.to_string()];
+    let mut flag = |name: &str, value: String| {
+        args.push(format!("--{name}"));
+        args.push(value);
+    };
+    flag("config", format!("{CONFIG_DIR}/{CONFIG_KEY}"));
+    flag("bind", format!("0.0.0.0:{}", app.port));
+    flag("admin-bind", format!("0.0.0.0:{}", app.admin_port));
+    flag("threads", app.workers.threads.to_string());
+    if let Some(dir) = &app.chdir {
+        flag("chdir", dir.clone());
+    }
+    for dir in &app.pythonpath {
+        flag("pythonpath", dir.clone());
+    }
+    if let Some(venv) = &app.venv {
+        flag("venv", venv.clone());
+    }
+    flag("max-body", app.http.max_body.to_string());
+    flag("max-queue", app.http.max_queue.to_string());
+    flag("keepalive-timeout", format_duration(app.http.keepalive_timeout));
+    flag("body-timeout", format_duration(app.http.body_timeout));
+    flag(
+        "graceful-timeout",
+        format_duration(app.lifecycle.graceful_timeout),
+    );
+    flag(
+        "log-format",
+        match app.log_format {
+            LogFormat::Plain => "plain",
+            LogFormat::Json => "json",
+        }
+        .into(),
+    );
+    flag("log-level", app.log_level.clone());
+    if !app.preload {
+        args.push("--no-preload".into());
+    }
+    if app.http.access_log {
+        args.push("--access-log".into());
+    }
+    args
+}
+
+/// The server's config file: only the settings it applies live (its `LiveConfig`), every one
+/// written out so the operator's defaults, not the server's, are in force.
+pub fn render_config_file(app: &ValidatedApp) -> FileConfig {
+    let w = &app.workers;
+    let l = &app.lifecycle;
+    FileConfig {
+        workers: Some(Scalar::Text(
+            WorkerRange {
+                min: w.min,
+                max: w.max,
+            }
+            .to_string(),
+        )),
+        workers_initial: Some(w.initial),
+        cheaper_algo: Some(w.algorithm),
+        cheaper_step: Some(w.step),
+        cheaper_overload: Some(w.overload_checks),
+        cheaper_idle: Some(w.idle_checks),
+        cheaper_backlog: Some(w.backlog),
+        cheaper_busyness_min: Some(w.busyness_min_percent),
+        cheaper_busyness_max: Some(w.busyness_max_percent),
+        cheaper_busyness_multiplier: Some(w.busyness_multiplier),
+        cheaper_busyness_penalty: Some(w.busyness_penalty),
+        cheaper_busyness_backlog: Some(w.busyness_backlog),
+        timeout: l.timeout.map(duration_scalar),
+        max_requests: Some(l.max_requests),
+        max_requests_jitter: Some(l.max_requests_jitter),
+        max_lifetime: l.max_lifetime.map(duration_scalar),
+        max_rss: l.max_rss.map(Scalar::Int),
+        ..FileConfig::default()
+    }
+}
+
+/// Parses what the operator renders with the server's own parser: the container's command line
+/// and the mounted config file, resolved as the server will resolve them at start.
+///
+/// Like the server, this reads `WSGISCALE_*` variables from the process environment for any
+/// flag not on the command line; the operator's own variables are `WSGISCALE_OPERATOR_*`,
+/// which the server does not read.
+pub fn check_with_server(app: &ValidatedApp) -> Result<ServerConfig, ConfigError> {
+    let argv = std::iter::once("wsgiscale".to_string()).chain(render_serve_args(app));
+    let args = parse_serve_argv(argv).map_err(|e| ConfigError::Invalid {
+        key: "command line",
+        reason: e.to_string(),
+    })?;
+    let file = FileConfig::from_yaml(&render_config_file(app).to_yaml())?;
+    resolve(&args, &file, None)
+}
+
+/// The ConfigMap holding the server's config file.
+pub fn render_config_map(app: &ValidatedApp) -> ConfigMap {
+    ConfigMap {
+        metadata: metadata(app, config_map_name(&app.name)),
+        data: Some([(CONFIG_KEY.to_string(), render_config_file(app).to_yaml())].into()),
+        ..ConfigMap::default()
+    }
+}
+
+fn http_get(path: &str) -> Option<HTTPGetAction> {
+    Some(HTTPGetAction {
+        path: Some(path.into()),
+        port: IntOrString::String(ADMIN_PORT_NAME.into()),
+        ..HTTPGetAction::default()
+    })
+}
+
+fn render_container(app: &ValidatedApp) -> Container {
+    let mut mounts = vec![
+        VolumeMount {
+            name: CONFIG_VOLUME.into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: TMP_VOLUME.into(),
+            mount_path: TMP_DIR.into(),
+            ..VolumeMount::default()
+        },
+    ];
+    mounts.extend(app.pod.volume_mounts.iter().cloned());
+    let pre_stop = app.lifecycle.pre_stop_delay.as_secs();
+    Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(app.image.clone()),
+        image_pull_policy: app.image_pull_policy.map(|p| p.as_str().to_string()),
+        command: Some(app.command.clone()),
+        args: Some(render_serve_args(app)),
+        env: (!app.env.is_empty()).then(|| app.env.clone()),
+        env_from: (!app.env_from.is_empty()).then(|| app.env_from.clone()),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(HTTP_PORT_NAME.into()),
+                container_port: app.port,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some(ADMIN_PORT_NAME.into()),
+                container_port: app.admin_port,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
+        resources: app.resources.clone(),
+        volume_mounts: Some(mounts),
+        liveness_probe: Some(Probe {
+            http_get: http_get("/healthz"),
+            period_seconds: Some(10),
+            timeout_seconds: Some(2),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        readiness_probe: Some(Probe {
+            http_get: http_get("/readyz"),
+            period_seconds: Some(5),
+            timeout_seconds: Some(2),
+            failure_threshold: Some(2),
+            ..Probe::default()
+        }),
+        lifecycle: (pre_stop > 0).then(|| ContainerLifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: pre_stop as i64,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..ContainerLifecycle::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    }
+}
+
+fn render_pod_template(app: &ValidatedApp) -> PodTemplateSpec {
+    let pod = &app.pod;
+    // Our labels, then the user's on top, then the selector label (reserved by validation).
+    let mut labels = common_labels(&app.name);
+    labels.extend(pod.labels.clone());
+    labels.extend(selector_labels(&app.name));
+    let mut annotations = pod.annotations.clone();
+    annotations.insert(
+        "kubectl.kubernetes.io/default-container".into(),
+        CONTAINER_NAME.into(),
+    );
+
+    let mut volumes = vec![
+        Volume {
+            name: CONFIG_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(&app.name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: TMP_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
+    volumes.extend(pod.volumes.iter().cloned());
+
+    let spread: Vec<_> = pod
+        .topology_spread_constraints
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            if c.label_selector.is_none() {
+                c.label_selector = Some(LabelSelector {
+                    match_labels: Some(selector_labels(&app.name)),
+                    ..LabelSelector::default()
+                });
+            }
+            c
+        })
+        .collect();
+
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![render_container(app)],
+            volumes: Some(volumes),
+            service_account_name: pod.service_account_name.clone(),
+            // No API token unless the app asked for an identity of its own.
+            automount_service_account_token: Some(pod.service_account_name.is_some()),
+            enable_service_links: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: pod.run_as_user,
+                run_as_group: pod.run_as_group,
+                fs_group: pod.fs_group,
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            termination_grace_period_seconds: Some(
+                app.lifecycle.termination_grace_period_seconds(),
+            ),
+            image_pull_secrets: (!app.image_pull_secrets.is_empty())
+                .then(|| app.image_pull_secrets.clone()),
+            node_selector: (!pod.node_selector.is_empty()).then(|| pod.node_selector.clone()),
+            tolerations: (!pod.tolerations.is_empty()).then(|| pod.tolerations.clone()),
+            affinity: pod.affinity.clone(),
+            topology_spread_constraints: (!spread.is_empty()).then_some(spread),
+            priority_class_name: pod.priority_class_name.clone(),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+/// The Deployment running `replicas` pods of the server.
+pub fn render_deployment(app: &ValidatedApp, replicas: i32) -> Deployment {
+    Deployment {
+        metadata: metadata(app, app.name.clone()),
+        spec: DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&app.name)),
+                ..LabelSelector::default()
+            },
+            // Start a new pod before stopping an old one: no capacity lost during a rollout.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: render_pod_template(app),
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+/// The Service in front of the pods (HTTP only; the admin port stays pod-local).
+pub fn render_service(app: &ValidatedApp) -> KubeService {
+    let mut meta = metadata(app, app.name.clone());
+    if let Some(labels) = meta.labels.as_mut() {
+        let mut merged = app.service.labels.clone();
+        merged.extend(std::mem::take(labels));
+        *labels = merged;
+    }
+    if !app.service.annotations.is_empty() {
+        meta.annotations = Some(app.service.annotations.clone());
+    }
+    KubeService {
+        metadata: meta,
+        spec: Some(KubeServiceSpec {
+            type_: Some(app.service.type_.as_str().into()),
+            selector: Some(selector_labels(&app.name)),
+            ports: Some(vec![ServicePort {
+                name: Some(HTTP_PORT_NAME.into()),
+                port: app.service.port,
+                target_port: Some(IntOrString::String(HTTP_PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..KubeServiceSpec::default()
+        }),
+        ..KubeService::default()
+    }
+}
+
+/// A PodDisruptionBudget allowing one pod down at a time, when `replicas.min` is above 1.
+pub fn render_pdb(app: &ValidatedApp) -> Option<PodDisruptionBudget> {
+    (app.replicas.min > 1).then(|| PodDisruptionBudget {
+        metadata: metadata(app, app.name.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&app.name)),
+                ..LabelSelector::default()
+            }),
+            // A crash-looping pod must not block node drains.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}
+
+/// Every child of the app, the Deployment sized to `replicas`.
+pub fn render_children(app: &ValidatedApp, replicas: i32) -> Children {
+    Children {
+        config_map: render_config_map(app),
+        deployment: render_deployment(app, replicas),
+        service: render_service(app),
+        pdb: render_pdb(app),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::EnvVar;
+    use proptest::prelude::*;
+    use wsgiscale_core::config::{Algorithm, BindAddr, WorkerLimits};
+
+    use super::*;
+    use crate::crd::{
+        BusynessSpec, HttpSpec, LifecycleSpec, LoggingSpec, PodOverrides, WorkerAlgorithm,
+        WorkersSpec, WsgiApp,
+    };
+    use crate::fixtures::mk_app;
+    use crate::validate::validate_app;
+
+    fn valid(app: &WsgiApp) -> ValidatedApp {
+        validate_app(app).expect("fixture is valid")
+    }
+
+    /// Parses the rendered container back with the server's parser, as the server will.
+    fn parse_back(app: &ValidatedApp) -> ServerConfig {
+        let dep = render_deployment(app, 1);
+        let c = &dep.spec.template.spec.expect("pod").containers[0];
+        let mut argv = vec!["wsgiscale".to_string()];
+        argv.extend(c.args.clone().expect("args"));
+        let args = parse_serve_argv(argv).expect("the server parses the rendered args");
+        let cm = render_config_map(app);
+        let text = &cm.data.expect("data")[CONFIG_KEY];
+        let file = FileConfig::from_yaml(text).expect("the server parses the rendered file");
+        assert_eq!(
+            args.config.as_deref(),
+            Some(std::path::Path::new("/etc/wsgiscale/config.yaml"))
+        );
+        resolve(&args, &file, None).expect("the server accepts the rendered config")
+    }
+
+    #[test]
+    fn rendered_command_line_and_file_round_trip_through_the_server_parser() {
+        let app = mk_app("shop").map(|a| {
+            a.spec.app = "shop.wsgi:application".into();
+            a.spec.port = Some(8080);
+            a.spec.admin_port = Some(9000);
+            a.spec.chdir = Some("/srv/app".into());
+            a.spec.pythonpath = vec!["/srv/lib".into(), "/srv/vendor".into()];
+            a.spec.venv = Some("/opt/venv".into());
+            a.spec.preload = Some(false);
+            a.spec.workers = Some(WorkersSpec {
+                min: Some(2),
+                max: Some(12),
+                initial: Some(4),
+                threads: Some(3),
+                step: Some(2),
+                algorithm: Some(WorkerAlgorithm::Busyness),
+                overload_checks: Some(5),
+                idle_checks: Some(7),
+                backlog: Some(9),
+                busyness: Some(BusynessSpec {
+                    min_percent: Some(20),
+                    max_percent: Some(60),
+                    multiplier: Some(8),
+                    penalty: Some(3),
+                    backlog: Some(40),
+                }),
+            });
+            a.spec.lifecycle = Some(LifecycleSpec {
+                timeout_seconds: Some(30),
+                max_requests: Some(5000),
+                max_requests_jitter: Some(500),
+                max_lifetime_seconds: Some(3600),
+                max_rss: Some("300Mi".into()),
+                graceful_timeout_seconds: Some(40),
+                pre_stop_delay_seconds: Some(3),
+            });
+            a.spec.http = Some(HttpSpec {
+                max_body_size: Some("10Mi".into()),
+                max_queue: Some(256),
+                keepalive_timeout_seconds: Some(120),
+                body_timeout_seconds: Some(30),
+                access_log: Some(true),
+            });
+            a.spec.logging = Some(LoggingSpec {
+                format: Some(crate::crd::LogFormat::Json),
+                level: Some("wsgiscale=debug".into()),
+            });
+        });
+        let cfg = parse_back(&valid(&app));
+
+        assert_eq!(cfg.binds, vec![BindAddr::Tcp("0.0.0.0:8080".parse().expect("addr"))]);
+        assert_eq!(cfg.admin_bind, BindAddr::Tcp("0.0.0.0:9000".parse().expect("addr")));
+        assert_eq!(cfg.python.app.to_string(), "shop.wsgi:application");
+        assert_eq!(cfg.python.chdir.as_deref(), Some(std::path::Path::new("/srv/app")));
+        assert_eq!(
+            cfg.python.pythonpath,
+            vec![std::path::PathBuf::from("/srv/lib"), "/srv/vendor".into()]
+        );
+        assert_eq!(cfg.python.venv.as_deref(), Some(std::path::Path::new("/opt/venv")));
+        assert!(!cfg.python.preload);
+        assert_eq!(cfg.python.threads, 3);
+        assert_eq!(cfg.live.workers, WorkerLimits { min: 2, max: 12, initial: 4 });
+        let s = cfg.live.scaling;
+        assert_eq!(s.algo, Algorithm::Busyness);
+        assert_eq!((s.step, s.overload, s.idle, s.backlog), (2, 5, 7, 9));
+        assert_eq!(
+            (s.busyness_min, s.busyness_max, s.busyness_multiplier, s.busyness_penalty, s.busyness_backlog),
+            (20, 60, 8, 3, 40)
+        );
+        let l = cfg.live.lifecycle;
+        assert_eq!(l.timeout, Some(Duration::from_secs(30)));
+        assert_eq!((l.max_requests, l.max_requests_jitter), (5000, 500));
+        assert_eq!(l.max_lifetime, Some(Duration::from_secs(3600)));
+        assert_eq!(l.max_rss, Some(300 << 20));
+        assert_eq!(cfg.http.max_body, 10 << 20);
+        assert_eq!(cfg.http.max_queue, 256);
+        assert_eq!(cfg.http.keepalive_timeout, Duration::from_secs(120));
+        assert_eq!(cfg.http.body_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.http.graceful_timeout, Duration::from_secs(40));
+        assert!(cfg.http.access_log);
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        assert_eq!(cfg.log.level, "wsgiscale=debug");
+    }
+
+    #[test]
+    fn defaults_round_trip_and_lifecycle_off_stays_off() {
+        let cfg = parse_back(&valid(&mk_app("shop")));
+        assert_eq!(cfg.live.workers, WorkerLimits { min: 2, max: 2, initial: 2 });
+        assert_eq!(cfg.live.lifecycle.timeout, None);
+        assert_eq!(cfg.live.lifecycle.max_lifetime, None);
+        assert_eq!(cfg.live.lifecycle.max_rss, None);
+        assert_eq!(cfg.live.lifecycle.max_requests, 0);
+        assert!(cfg.python.preload);
+        assert_eq!(cfg.http.graceful_timeout, Duration::from_secs(25));
+        assert_eq!(cfg.admin_bind, BindAddr::Tcp("0.0.0.0:9191".parse().expect("addr")));
+    }
+
+    #[test]
+    fn config_file_holds_only_live_settings() {
+        // Resolving with and without the file must agree on everything the server does not
+        // reload live: otherwise a ConfigMap change would need a restart to take effect.
+        let app = valid(&mk_app("shop").with_workers(2, Some(9)));
+        let argv = std::iter::once("wsgiscale".to_string()).chain(render_serve_args(&app));
+        let args = parse_serve_argv(argv).expect("parses");
+        let with_file = resolve(&args, &render_config_file(&app), None).expect("valid");
+        let without = resolve(&args, &FileConfig::default(), None).expect("valid");
+        assert_ne!(with_file.live, without.live);
+        assert_eq!(
+            ServerConfig { live: without.live, ..with_file.clone() },
+            without
+        );
+        let file = render_config_file(&app);
+        assert_eq!(file.app, None);
+        assert!(file.bind.is_empty());
+        assert_eq!(file.threads, None);
+    }
+
+    #[test]
+    fn live_changes_touch_only_the_config_map_and_others_roll_the_pods() {
+        let base = mk_app("shop").with_workers(2, Some(4));
+        let before = render_children(&valid(&base), 2);
+
+        let more_workers = base.clone().with_workers(2, Some(16));
+        let after = render_children(&valid(&more_workers), 2);
+        assert_eq!(before.deployment, after.deployment, "pod template must not change");
+        assert_ne!(before.config_map, after.config_map);
+
+        let lifecycle = base.clone().map(|a| {
+            a.spec.lifecycle = Some(LifecycleSpec {
+                max_requests: Some(1000),
+                ..LifecycleSpec::default()
+            })
+        });
+        let after = render_children(&valid(&lifecycle), 2);
+        assert_eq!(before.deployment, after.deployment);
+        assert_ne!(before.config_map, after.config_map);
+
+        let template = |c: &Children| c.deployment.spec.template.clone();
+        for changed in [
+            base.clone().map(|a| a.spec.image = "registry.example.com/shop:2.0".into()),
+            base.clone().with_app("shop.other:app"),
+            base.clone().map(|a| {
+                a.spec.env = vec![EnvVar {
+                    name: "DJANGO_SETTINGS_MODULE".into(),
+                    value: Some("shop.settings".into()),
+                    ..EnvVar::default()
+                }]
+            }),
+            base.clone().map(|a| a.spec.workers.get_or_insert_with(Default::default).threads = Some(4)),
+        ] {
+            let after = render_children(&valid(&changed), 2);
+            assert_ne!(template(&before), template(&after), "{:?}", changed.spec);
+            assert_eq!(before.config_map, after.config_map);
+        }
+    }
+
+    #[test]
+    fn pods_are_hardened_and_probed_on_the_admin_port() {
+        let app = valid(&mk_app("shop"));
+        let dep = render_deployment(&app, 3);
+        let spec = dep.spec;
+        assert_eq!(spec.replicas, Some(3));
+        let pod = spec.template.spec.expect("pod");
+        let psc = pod.security_context.expect("pod security context");
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.seccomp_profile.expect("seccomp").type_, "RuntimeDefault");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.termination_grace_period_seconds, Some(35));
+        let c = &pod.containers[0];
+        let sc = c.security_context.clone().expect("container security context");
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.capabilities.expect("caps").drop, Some(vec!["ALL".to_string()]));
+        let live = c.liveness_probe.clone().expect("liveness").http_get.expect("http");
+        assert_eq!(live.path.as_deref(), Some("/healthz"));
+        assert_eq!(live.port, IntOrString::String("admin".into()));
+        let ready = c.readiness_probe.clone().expect("readiness").http_get.expect("http");
+        assert_eq!(ready.path.as_deref(), Some("/readyz"));
+        let sleep = c
+            .lifecycle
+            .clone()
+            .and_then(|l| l.pre_stop)
+            .and_then(|h| h.sleep)
+            .expect("preStop sleep");
+        assert_eq!(sleep.seconds, 5);
+        let mounts = c.volume_mounts.clone().expect("mounts");
+        assert!(mounts.iter().any(|m| m.mount_path == "/tmp" && m.read_only.is_none()));
+        assert!(mounts
+            .iter()
+            .any(|m| m.mount_path == "/etc/wsgiscale" && m.read_only == Some(true) && m.sub_path.is_none()));
+        let ports = c.ports.clone().expect("ports");
+        assert_eq!(ports[0].container_port, 8000);
+        assert_eq!(ports[1].container_port, 9191);
+        assert_eq!(c.command, Some(vec!["wsgiscale".to_string()]));
+    }
+
+    #[test]
+    fn grace_period_follows_the_graceful_timeout() {
+        let app = mk_app("shop").map(|a| {
+            a.spec.lifecycle = Some(LifecycleSpec {
+                graceful_timeout_seconds: Some(60),
+                pre_stop_delay_seconds: Some(0),
+                ..LifecycleSpec::default()
+            })
+        });
+        let v = valid(&app);
+        let pod = render_deployment(&v, 1).spec.template.spec.expect("pod");
+        assert_eq!(pod.termination_grace_period_seconds, Some(65));
+        assert_eq!(pod.containers[0].lifecycle, None, "no preStop when the delay is 0");
+        let cfg = check_with_server(&v).expect("valid");
+        let grace = Duration::from_secs(pod.termination_grace_period_seconds.expect("set") as u64);
+        assert!(cfg.http.graceful_timeout < grace);
+    }
+
+    #[test]
+    fn every_child_is_owned_labelled_and_selects_the_pods() {
+        let app = valid(&mk_app("shop").with_replicas(2, Some(6)));
+        let c = render_children(&app, 2);
+        let pdb = c.pdb.clone().expect("min > 1 renders a PDB");
+        let metas = [
+            &c.config_map.metadata,
+            &c.deployment.metadata,
+            &c.service.metadata,
+            &pdb.metadata,
+        ];
+        for meta in metas {
+            let owners = meta.owner_references.clone().expect("owner");
+            assert_eq!(owners.len(), 1);
+            assert_eq!(owners[0].uid, "5f1a2b3c-0000-4000-8000-000000000001");
+            assert_eq!(owners[0].controller, Some(true));
+            assert_eq!(owners[0].block_owner_deletion, Some(true));
+            assert_eq!(meta.namespace.as_deref(), Some("default"));
+            assert_eq!(meta.labels.clone().expect("labels")[APP_LABEL], "shop");
+        }
+        let selector = selector_labels("shop");
+        let dep = c.deployment.spec;
+        assert_eq!(dep.selector.match_labels.as_ref(), Some(&selector));
+        let pod_labels = dep.template.metadata.expect("meta").labels.expect("labels");
+        assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+        assert_eq!(c.service.spec.expect("spec").selector, Some(selector.clone()));
+        assert_eq!(
+            pdb.spec.expect("spec").selector.expect("selector").match_labels,
+            Some(selector)
+        );
+        assert!(render_children(&valid(&mk_app("shop")), 1).pdb.is_none());
+        assert_eq!(selector_string("shop"), "wsgiscale.dev/app=shop");
+    }
+
+    #[test]
+    fn user_pod_settings_are_carried_and_spread_gets_our_selector() {
+        use k8s_openapi::api::core::v1::TopologySpreadConstraint;
+        let app = mk_app("shop").map(|a| {
+            a.spec.pod = Some(PodOverrides {
+                labels: [("team".to_string(), "web".to_string())].into(),
+                annotations: [("a".to_string(), "b".to_string())].into(),
+                topology_spread_constraints: vec![TopologySpreadConstraint {
+                    max_skew: 1,
+                    topology_key: "topology.kubernetes.io/zone".into(),
+                    when_unsatisfiable: "ScheduleAnyway".into(),
+                    ..TopologySpreadConstraint::default()
+                }],
+                service_account_name: Some("shop".into()),
+                ..PodOverrides::default()
+            })
+        });
+        let tpl = render_deployment(&valid(&app), 1).spec.template;
+        let meta = tpl.metadata.expect("meta");
+        assert_eq!(meta.labels.expect("labels")["team"], "web");
+        assert_eq!(meta.annotations.expect("annotations")["a"], "b");
+        let pod = tpl.spec.expect("pod");
+        let spread = pod.topology_spread_constraints.expect("spread");
+        assert_eq!(
+            spread[0].label_selector.clone().and_then(|s| s.match_labels),
+            Some(selector_labels("shop"))
+        );
+        assert_eq!(pod.service_account_name.as_deref(), Some("shop"));
+        assert_eq!(pod.automount_service_account_token, Some(true));
+    }
+
+    proptest! {
+        /// Any worker range and lifecycle the CRD admits renders to something the server
+        /// accepts with the same values.
+        #[test]
+        fn any_valid_worker_range_round_trips(
+            min in 1i32..64, extra in 0i32..64, initial_off in 0i32..64,
+            timeout in 0i32..600, max_requests in 0i64..100_000,
+        ) {
+            let max = min + extra;
+            let initial = min + initial_off % (extra + 1);
+            let app = mk_app("shop").map(|a| {
+                a.spec.workers = Some(WorkersSpec {
+                    min: Some(min), max: Some(max), initial: Some(initial),
+                    ..WorkersSpec::default()
+                });
+                a.spec.lifecycle = Some(LifecycleSpec {
+                    timeout_seconds: Some(timeout),
+                    max_requests: Some(max_requests),
+                    ..LifecycleSpec::default()
+                });
+            });
+            let cfg = parse_back(&valid(&app));
+            prop_assert_eq!(cfg.live.workers, WorkerLimits {
+                min: min as u32, max: max as u32, initial: initial as u32,
+            });
+            prop_assert_eq!(cfg.live.lifecycle.timeout, (timeout > 0).then(|| Duration::from_secs(timeout as u64)));
+            prop_assert_eq!(cfg.live.lifecycle.max_requests, max_requests as u64);
+        }
+    }
+}

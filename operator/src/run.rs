@@ -1,0 +1,202 @@
+//! `wsgiscale-operator run`: wires the client, the HTTP server, leader election and one
+//! controller per watched namespace, and shuts them all down on SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::watcher;
+use kube::Client;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::cli::RunArgs;
+use crate::crd::WsgiApp;
+use crate::http::{self, Health};
+use crate::leader::{LeaderElector, LeaseTiming};
+use crate::metrics::Metrics;
+use crate::reconcile::{error_policy, reconcile, Context};
+
+/// Why the operator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No kubeconfig and not in a cluster.
+    #[error("cannot configure the Kubernetes client (KUBECONFIG or in-cluster): {0}")]
+    Client(#[source] kube::Error),
+    /// The HTTP server's address is taken.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The WsgiApp CRD is not installed (or not readable).
+    #[error("cannot list WsgiApps; is the CRD installed (`wsgiscale-operator crd | kubectl apply --server-side -f -`)? {0}")]
+    Crd(#[source] kube::Error),
+    /// A signal handler could not be installed.
+    #[error("cannot install the signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+/// Runs the operator until SIGTERM or SIGINT; returns Ok on a graceful shutdown.
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let RunArgs {
+        namespaces,
+        http_bind,
+        leader_election,
+        lease_name,
+        lease_namespace,
+        lease_duration_seconds,
+        identity,
+        resync_seconds,
+        concurrency,
+        log_format: _,
+        log_level: _,
+    } = args;
+
+    // Installed before anything else, so a SIGTERM during startup is not lost.
+    let shutdown = CancellationToken::new();
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM: shutting down"),
+                _ = int.recv() => info!("SIGINT: shutting down"),
+            }
+            shutdown.cancel();
+        });
+    }
+
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let listener = http::bind(http_bind)
+        .await
+        .map_err(|source| RunError::Bind { addr: http_bind, source })?;
+    let http_task = tokio::spawn(http::serve(listener, health.clone(), metrics.clone(), shutdown.clone()));
+
+    // Fail fast, with a hint, when the CRD is missing.
+    let probe: Api<WsgiApp> = match namespaces.first() {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    probe.list(&ListParams::default().limit(1)).await.map_err(RunError::Crd)?;
+    health.set_ready(true);
+
+    let identity = identity
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("wsgiscale-operator-{}", std::process::id()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Some(identity.clone()),
+        metrics.clone(),
+        Duration::from_secs(resync_seconds),
+    ));
+
+    let (leading_tx, mut leading) = watch::channel(!leader_election);
+    let elector = if leader_election {
+        let ns = lease_namespace.unwrap_or_else(|| client.default_namespace().to_string());
+        let api: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        let timing = LeaseTiming::from_lease_duration(Duration::from_secs(lease_duration_seconds));
+        info!(lease = %lease_name, namespace = %ns, identity = %identity, "campaigning for the leader lease");
+        let elector = LeaderElector::new(api, lease_name, identity, timing);
+        Some(tokio::spawn(elector.run(leading_tx, shutdown.clone())))
+    } else {
+        drop(leading_tx);
+        None
+    };
+
+    'outer: loop {
+        // Standby until we lead.
+        while !*leading.borrow_and_update() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'outer,
+                changed = leading.changed() => if changed.is_err() { break 'outer },
+            }
+        }
+        metrics.leader.set(1);
+        info!("leading: starting the controllers");
+        let stop = shutdown.child_token();
+        let lost = {
+            let stop = stop.clone();
+            let mut leading = leading.clone();
+            tokio::spawn(async move {
+                // Sender dropped means leader election is off: we lead until shutdown.
+                while leading.changed().await.is_ok() {
+                    if !*leading.borrow() {
+                        stop.cancel();
+                        return;
+                    }
+                }
+            })
+        };
+        run_controllers(&ctx, &namespaces, concurrency, stop.clone()).await;
+        lost.abort();
+        metrics.leader.set(0);
+        if shutdown.is_cancelled() {
+            break;
+        }
+        warn!("lost leadership: controllers stopped, back to standby");
+    }
+
+    health.set_ready(false);
+    shutdown.cancel();
+    if let Some(elector) = elector {
+        if let Err(e) = elector.await {
+            error!(error = %e, "leader election task failed");
+        }
+    }
+    let _ = http_task.await;
+    info!("stopped");
+    Ok(())
+}
+
+/// One controller per namespace (or one for all), until `stop`; in-flight reconciles finish.
+async fn run_controllers(ctx: &Arc<Context>, namespaces: &[String], concurrency: u16, stop: CancellationToken) {
+    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    let controllers = scopes.into_iter().map(|ns| {
+        let client = ctx.client.clone();
+        fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+        where
+            K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+        {
+            match ns {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            }
+        }
+        let stop = stop.clone();
+        let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=wsgiscale-operator");
+        Controller::new(api::<WsgiApp>(&client, ns), watcher::Config::default().any_semantic())
+            .with_config(ControllerConfig::default().concurrency(concurrency))
+            .owns(api::<ConfigMap>(&client, ns), owned.clone())
+            .owns(api::<Deployment>(&client, ns), owned.clone())
+            .owns(api::<Service>(&client, ns), owned.clone())
+            .owns(api::<PodDisruptionBudget>(&client, ns), owned)
+            .graceful_shutdown_on(async move { stop.cancelled().await })
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((obj, _)) => tracing::debug!(name = %obj.name, "reconciled"),
+                    Err(e) => tracing::debug!(error = %e, "reconcile error"),
+                }
+            })
+    });
+    futures::future::join_all(controllers).await;
+}

@@ -1,0 +1,480 @@
+//! `status`: what the reconciler observed -> the WsgiApp's status and conditions. Pure: the
+//! time is an argument.
+//!
+//! Conditions follow metav1.Condition: `lastTransitionTime` changes only when a condition's
+//! status changes, and messages hold no timestamps or counters that change without the state
+//! changing, so an unchanged world computes an identical status and nothing is written.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::{WsgiApp, WsgiAppStatus};
+use crate::render::selector_string;
+use crate::validate::{ValidatedApp, ValidationError};
+
+/// Condition type: the app runs every desired pod, up to date and ready.
+pub const READY: &str = "Ready";
+/// Condition type: a rollout or a scaling is under way.
+pub const PROGRESSING: &str = "Progressing";
+/// Condition type: something needs a human: an invalid spec, an object the API server
+/// refused, a stuck rollout or pods that cannot be created.
+pub const DEGRADED: &str = "Degraded";
+
+/// Condition reasons, machine-readable (CamelCase).
+pub mod reasons {
+    /// Every desired pod is up to date and ready.
+    pub const AVAILABLE: &str = "Available";
+    /// No pods requested (replicas 0).
+    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
+    /// A new pod template is being rolled out.
+    pub const ROLLING_OUT: &str = "RollingOut";
+    /// The pod count is changing.
+    pub const SCALING: &str = "Scaling";
+    /// Pods are up to date but not all ready.
+    pub const PODS_NOT_READY: &str = "PodsNotReady";
+    /// Nothing is changing.
+    pub const COMPLETE: &str = "Complete";
+    /// The spec breaks a rule; nothing was changed.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The API server refused an object the operator rendered.
+    pub const APPLY_REJECTED: &str = "ApplyRejected";
+    /// The Deployment made no progress within its deadline.
+    pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+    /// Pods could not be created (quota, admission policy...).
+    pub const REPLICA_FAILURE: &str = "ReplicaFailure";
+    /// Nothing is wrong.
+    pub const AS_EXPECTED: &str = "AsExpected";
+}
+
+/// What the reconciler got to.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    /// The spec is invalid: nothing was rendered or applied.
+    Invalid(&'a ValidationError),
+    /// The API server refused `kind`'s object with `message`.
+    Rejected {
+        /// The kind of the refused object.
+        kind: &'static str,
+        /// The API server's message.
+        message: &'a str,
+    },
+    /// Every child is applied; the Deployment as last seen, and the pods asked of it.
+    Applied {
+        /// The app, validated.
+        app: &'a ValidatedApp,
+        /// The Deployment, as returned by the apply or read before it.
+        deployment: Option<&'a Deployment>,
+        /// The replicas the Deployment was given.
+        desired: i32,
+    },
+}
+
+/// The status fields the reconciler owns (the autoscaler owns `load` and `autoscaler`).
+pub fn reconciler_fields(status: &WsgiAppStatus) -> WsgiAppStatus {
+    WsgiAppStatus {
+        load: None,
+        autoscaler: None,
+        ..status.clone()
+    }
+}
+
+/// Builds the conditions, keeping each one's lastTransitionTime when its status is unchanged.
+struct Conditions<'a> {
+    previous: &'a [Condition],
+    generation: Option<i64>,
+    now: Time,
+    out: Vec<Condition>,
+}
+
+impl Conditions<'_> {
+    fn set(&mut self, type_: &str, status: bool, reason: &str, message: String) {
+        let status = if status { "True" } else { "False" };
+        let last_transition_time = self
+            .previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| self.now.clone());
+        self.out.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: self.generation,
+            last_transition_time,
+        });
+    }
+}
+
+/// The Deployment's progress, from its status.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Rollout {
+    replicas: i32,
+    updated: i32,
+    ready: i32,
+    /// The Deployment controller has seen the latest spec.
+    seen: bool,
+    deadline_exceeded: Option<String>,
+    replica_failure: Option<String>,
+}
+
+fn rollout(dep: Option<&Deployment>) -> Rollout {
+    let Some(dep) = dep else {
+        return Rollout::default();
+    };
+    let st = dep.status.clone().unwrap_or_default();
+    let seen = match (st.observed_generation, dep.metadata.generation) {
+        (Some(o), Some(g)) => o >= g,
+        _ => false,
+    };
+    let conds = st.conditions.unwrap_or_default();
+    let find = |t: &str, s: &str| {
+        conds
+            .iter()
+            .find(|c| c.type_.as_deref() == Some(t) && c.status.as_deref() == Some(s))
+    };
+    Rollout {
+        replicas: st.replicas.unwrap_or(0),
+        updated: st.updated_replicas.unwrap_or(0),
+        ready: st.ready_replicas.unwrap_or(0),
+        seen,
+        deadline_exceeded: find("Progressing", "False")
+            .filter(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+            .map(|c| c.message.clone().unwrap_or_default()),
+        replica_failure: find("ReplicaFailure", "True")
+            .map(|c| c.message.clone().unwrap_or_else(|| "pods cannot be created".into())),
+    }
+}
+
+/// The status for `app` after the reconcile reached `outcome`, at `now`. Fields the reconciler
+/// does not own are left out (see [`reconciler_fields`]).
+pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiAppStatus {
+    let previous = app.status.clone().unwrap_or_default();
+    let generation = app.metadata.generation;
+    let mut c = Conditions {
+        previous: &previous.conditions,
+        generation,
+        now,
+        out: Vec::with_capacity(3),
+    };
+    let mut status = WsgiAppStatus {
+        observed_generation: generation,
+        ..reconciler_fields(&previous)
+    };
+    match outcome {
+        Outcome::Invalid(err) => {
+            let msg = err.to_string();
+            c.set(READY, false, reasons::INVALID_SPEC, msg.clone());
+            c.set(PROGRESSING, false, reasons::INVALID_SPEC, "waiting for a valid spec".into());
+            c.set(DEGRADED, true, reasons::INVALID_SPEC, msg);
+        }
+        Outcome::Rejected { kind, message } => {
+            let msg = format!("the API server refused the {kind}: {message}");
+            c.set(READY, false, reasons::APPLY_REJECTED, msg.clone());
+            c.set(
+                PROGRESSING,
+                false,
+                reasons::APPLY_REJECTED,
+                "waiting for a spec the API server accepts".into(),
+            );
+            c.set(DEGRADED, true, reasons::APPLY_REJECTED, msg);
+        }
+        Outcome::Applied {
+            app: v,
+            deployment,
+            desired,
+        } => {
+            let r = rollout(deployment);
+            status.replicas = Some(r.replicas);
+            status.ready_replicas = Some(r.ready);
+            status.updated_replicas = Some(r.updated);
+            status.desired_replicas = Some(desired);
+            status.selector = Some(selector_string(&v.name));
+
+            // Old pods still running, or the Deployment controller has not caught up.
+            let rolling = !r.seen || r.updated < r.replicas;
+            let scaling = !rolling && r.replicas != desired;
+            let complete = r.seen && r.updated == desired && r.replicas == desired;
+
+            let (ready, reason, msg) = if complete && r.ready >= desired {
+                if desired == 0 {
+                    (true, reasons::SCALED_TO_ZERO, "no pods requested".to_string())
+                } else {
+                    let msg = format!("{} of {desired} pods ready", r.ready);
+                    (true, reasons::AVAILABLE, msg)
+                }
+            } else if let Some(m) = &r.deadline_exceeded {
+                (false, reasons::PROGRESS_DEADLINE_EXCEEDED, m.clone())
+            } else if !r.seen {
+                let msg = "waiting for the Deployment controller".to_string();
+                (false, reasons::ROLLING_OUT, msg)
+            } else if rolling {
+                let msg = format!("{} of {} pods updated, {} ready", r.updated, r.replicas, r.ready);
+                (false, reasons::ROLLING_OUT, msg)
+            } else if scaling {
+                let msg = format!("{} of {desired} pods, {} ready", r.replicas, r.ready);
+                (false, reasons::SCALING, msg)
+            } else {
+                let msg = format!("{} of {desired} pods ready", r.ready);
+                (false, reasons::PODS_NOT_READY, msg)
+            };
+            c.set(READY, ready, reason, msg);
+
+            let (progressing, reason, msg) = if let Some(m) = &r.deadline_exceeded {
+                (false, reasons::PROGRESS_DEADLINE_EXCEEDED, m.clone())
+            } else if rolling {
+                let msg = format!("rolling out generation {}", generation.unwrap_or(0));
+                (true, reasons::ROLLING_OUT, msg)
+            } else if scaling {
+                let msg = format!("scaling from {} to {desired} pods", r.replicas);
+                (true, reasons::SCALING, msg)
+            } else {
+                let msg = "every pod runs the current spec".to_string();
+                (false, reasons::COMPLETE, msg)
+            };
+            c.set(PROGRESSING, progressing, reason, msg);
+
+            let (degraded, reason, msg) = if let Some(m) = &r.deadline_exceeded {
+                (true, reasons::PROGRESS_DEADLINE_EXCEEDED, m.clone())
+            } else if let Some(m) = &r.replica_failure {
+                (true, reasons::REPLICA_FAILURE, m.clone())
+            } else {
+                let msg = "nothing needs attention".to_string();
+                (false, reasons::AS_EXPECTED, msg)
+            };
+            c.set(DEGRADED, degraded, reason, msg);
+        }
+    }
+    status.conditions = c.out;
+    status
+}
+
+/// The Deployment's replica count: the scale subresource's `replicas.desired` while the
+/// operator's autoscaling is off, the autoscaler's recommendation while it is on; before the
+/// autoscaler has recommended anything the current count is kept. Always within
+/// replicas.min..replicas.max.
+pub fn compute_replicas(app: &ValidatedApp, recommended: Option<i32>, current: Option<i32>) -> i32 {
+    let r = &app.replicas;
+    let wanted = if app.autoscaling.enabled {
+        recommended.or(current).unwrap_or(r.min)
+    } else {
+        r.desired.unwrap_or(r.min)
+    };
+    r.clamp(wanted)
+}
+
+/// The condition of `type_`, if set.
+pub fn condition<'a>(status: &'a WsgiAppStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// A Warning event worth publishing when `new` turned Degraded (or changed why) compared to
+/// `old`: (reason, message).
+pub fn degraded_transition(old: Option<&WsgiAppStatus>, new: &WsgiAppStatus) -> Option<(String, String)> {
+    let now = condition(new, DEGRADED).filter(|c| c.status == "True")?;
+    let before = old.and_then(|o| condition(o, DEGRADED));
+    let same = before.is_some_and(|b| b.status == now.status && b.reason == now.reason && b.message == now.message);
+    (!same).then(|| (now.reason.clone(), now.message.clone()))
+}
+
+/// A Normal event worth publishing when `new` became Ready compared to `old`.
+pub fn ready_transition(old: Option<&WsgiAppStatus>, new: &WsgiAppStatus) -> Option<(String, String)> {
+    let now = condition(new, READY).filter(|c| c.status == "True")?;
+    let was = old.and_then(|o| condition(o, READY)).is_some_and(|b| b.status == "True");
+    (!was).then(|| (now.reason.clone(), now.message.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::crd::AutoscalingSpec;
+    use crate::fixtures::mk_app;
+    use crate::validate::{validate_app, FieldError};
+
+    fn t(s: &str) -> Time {
+        Time(s.parse::<Timestamp>().expect("test timestamp"))
+    }
+
+    fn dep(generation: i64, observed: i64, replicas: i32, updated: i32, ready: i32) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                generation: Some(generation),
+                ..ObjectMeta::default()
+            },
+            status: Some(DeploymentStatus {
+                observed_generation: Some(observed),
+                replicas: Some(replicas),
+                updated_replicas: Some(updated),
+                ready_replicas: Some(ready),
+                ..DeploymentStatus::default()
+            }),
+            ..Deployment::default()
+        }
+    }
+
+    fn cond(s: &WsgiAppStatus, type_: &str) -> (String, String) {
+        let c = condition(s, type_).expect("condition set");
+        (c.status.clone(), c.reason.clone())
+    }
+
+    fn applied(app: &WsgiApp, d: &Deployment, desired: i32) -> WsgiAppStatus {
+        let v = validate_app(app).expect("valid");
+        compute_status(app, Outcome::Applied { app: &v, deployment: Some(d), desired }, t("2026-01-01T00:00:00Z"))
+    }
+
+    #[test]
+    fn conditions_follow_the_deployment() {
+        let app = mk_app("shop");
+        let yes = |r: &str| ("True".to_string(), r.to_string());
+        let no = |r: &str| ("False".to_string(), r.to_string());
+        let cases = [
+            // generation, observed, replicas, updated, ready, desired -> Ready, Progressing
+            ((2, 1, 2, 2, 2, 2), no(reasons::ROLLING_OUT), yes(reasons::ROLLING_OUT)),
+            ((2, 2, 3, 1, 2, 2), no(reasons::ROLLING_OUT), yes(reasons::ROLLING_OUT)),
+            ((2, 2, 2, 2, 2, 2), yes(reasons::AVAILABLE), no(reasons::COMPLETE)),
+            ((2, 2, 2, 2, 1, 2), no(reasons::PODS_NOT_READY), no(reasons::COMPLETE)),
+            ((2, 2, 2, 2, 2, 4), no(reasons::SCALING), yes(reasons::SCALING)),
+            ((2, 2, 4, 4, 4, 2), no(reasons::SCALING), yes(reasons::SCALING)),
+            ((2, 2, 0, 0, 0, 0), yes(reasons::SCALED_TO_ZERO), no(reasons::COMPLETE)),
+        ];
+        for ((g, o, rep, upd, rdy, desired), ready, progressing) in cases {
+            let s = applied(&app, &dep(g, o, rep, upd, rdy), desired);
+            assert_eq!(cond(&s, READY), ready, "{g} {o} {rep} {upd} {rdy} {desired}");
+            assert_eq!(cond(&s, PROGRESSING), progressing, "{g} {o} {rep} {upd} {rdy} {desired}");
+            assert_eq!(cond(&s, DEGRADED), no(reasons::AS_EXPECTED));
+            assert_eq!(s.desired_replicas, Some(desired));
+            assert_eq!(s.selector.as_deref(), Some("wsgiscale.dev/app=shop"));
+            assert_eq!(s.observed_generation, Some(1));
+        }
+    }
+
+    #[test]
+    fn stuck_rollouts_and_failed_pods_are_degraded() {
+        let app = mk_app("shop");
+        let mut d = dep(2, 2, 2, 1, 1);
+        d.status.as_mut().expect("status").conditions = Some(vec![
+            DeploymentCondition {
+                type_: Some("Progressing".into()),
+                status: Some("False".into()),
+                reason: Some("ProgressDeadlineExceeded".into()),
+                message: Some("ReplicaSet \"shop-1\" has timed out progressing.".into()),
+                ..DeploymentCondition::default()
+            },
+            DeploymentCondition {
+                type_: Some("ReplicaFailure".into()),
+                status: Some("True".into()),
+                reason: Some("FailedCreate".into()),
+                message: Some("exceeded quota".into()),
+                ..DeploymentCondition::default()
+            },
+        ]);
+        let s = applied(&app, &d, 2);
+        assert_eq!(cond(&s, READY), ("False".into(), reasons::PROGRESS_DEADLINE_EXCEEDED.into()));
+        assert_eq!(cond(&s, DEGRADED), ("True".into(), reasons::PROGRESS_DEADLINE_EXCEEDED.into()));
+        d.status.as_mut().expect("status").conditions.as_mut().expect("conds").remove(0);
+        let s = applied(&app, &d, 2);
+        assert_eq!(cond(&s, DEGRADED), ("True".into(), reasons::REPLICA_FAILURE.into()));
+        assert_eq!(condition(&s, DEGRADED).expect("set").message, "exceeded quota");
+    }
+
+    #[test]
+    fn invalid_spec_is_ready_false_and_keeps_the_last_counts() {
+        let err = ValidationError::InvalidSpec(vec![FieldError {
+            field: "spec.workers.min".into(),
+            reason: "4 is greater than workers.max 2".into(),
+        }]);
+        let app = mk_app("shop").with_generation(3).with_status(WsgiAppStatus {
+            ready_replicas: Some(2),
+            ..WsgiAppStatus::default()
+        });
+        let s = compute_status(&app, Outcome::Invalid(&err), t("2026-01-01T00:00:00Z"));
+        assert_eq!(cond(&s, READY), ("False".into(), reasons::INVALID_SPEC.into()));
+        assert_eq!(cond(&s, DEGRADED), ("True".into(), reasons::INVALID_SPEC.into()));
+        assert!(condition(&s, READY).expect("set").message.contains("spec.workers.min"));
+        assert_eq!(s.ready_replicas, Some(2));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(condition(&s, READY).expect("set").observed_generation, Some(3));
+    }
+
+    #[test]
+    fn transition_times_move_only_when_a_status_changes() {
+        let app = mk_app("shop");
+        let d = dep(1, 1, 1, 1, 1);
+        let v = validate_app(&app).expect("valid");
+        let first = compute_status(&app, Outcome::Applied { app: &v, deployment: Some(&d), desired: 1 }, t("2026-01-01T00:00:00Z"));
+        let again = compute_status(
+            &app.clone().with_status(first.clone()),
+            Outcome::Applied { app: &v, deployment: Some(&d), desired: 1 },
+            t("2026-01-01T01:00:00Z"),
+        );
+        assert_eq!(first, again, "same world, same status: nothing to write");
+
+        let not_ready = dep(1, 1, 1, 1, 0);
+        let later = compute_status(
+            &app.clone().with_status(first.clone()),
+            Outcome::Applied { app: &v, deployment: Some(&not_ready), desired: 1 },
+            t("2026-01-01T02:00:00Z"),
+        );
+        let time = |s: &WsgiAppStatus, ty: &str| condition(s, ty).expect("set").last_transition_time.clone();
+        assert_eq!(time(&later, READY), t("2026-01-01T02:00:00Z"));
+        assert_eq!(time(&later, DEGRADED), t("2026-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn the_autoscalers_fields_are_not_the_reconcilers() {
+        let app = mk_app("shop").with_status(WsgiAppStatus {
+            load: Some(crate::crd::LoadSummary {
+                busy_workers: Some(3),
+                ..Default::default()
+            }),
+            ..WsgiAppStatus::default()
+        });
+        let v = validate_app(&app).expect("valid");
+        let s = compute_status(&app, Outcome::Applied { app: &v, deployment: None, desired: 1 }, t("2026-01-01T00:00:00Z"));
+        assert_eq!(s.load, None);
+        assert_eq!(s.autoscaler, None);
+    }
+
+    #[test]
+    fn replicas_follow_scale_or_autoscaler_within_bounds() {
+        let manual = validate_app(&mk_app("shop").with_replicas(2, Some(5)).map(|a| {
+            a.spec.replicas.as_mut().expect("set").desired = Some(9)
+        }))
+        .expect("valid");
+        assert_eq!(compute_replicas(&manual, Some(4), Some(3)), 5, "desired clamped to max; recommendation ignored");
+        let unset = validate_app(&mk_app("shop").with_replicas(2, None)).expect("valid");
+        assert_eq!(compute_replicas(&unset, None, Some(7)), 2, "no desired: min");
+
+        let auto = validate_app(&mk_app("shop").with_replicas(2, Some(10)).map(|a| {
+            a.spec.autoscaling = Some(AutoscalingSpec {
+                enabled: Some(true),
+                ..AutoscalingSpec::default()
+            });
+            a.spec.replicas.as_mut().expect("set").desired = Some(1);
+        }))
+        .expect("valid");
+        assert_eq!(compute_replicas(&auto, Some(4), Some(3)), 4, "the autoscaler decides");
+        assert_eq!(compute_replicas(&auto, Some(40), None), 10);
+        assert_eq!(compute_replicas(&auto, None, Some(3)), 3, "kept until a recommendation");
+        assert_eq!(compute_replicas(&auto, None, None), 2);
+    }
+
+    #[test]
+    fn events_fire_on_transitions_only() {
+        let app = mk_app("shop");
+        let err = ValidationError::InvalidSpec(vec![]);
+        let bad = compute_status(&app, Outcome::Invalid(&err), t("2026-01-01T00:00:00Z"));
+        assert!(degraded_transition(None, &bad).is_some());
+        assert!(degraded_transition(Some(&bad), &bad).is_none());
+        let v = validate_app(&app).expect("valid");
+        let d = dep(1, 1, 1, 1, 1);
+        let good = compute_status(&app, Outcome::Applied { app: &v, deployment: Some(&d), desired: 1 }, t("2026-01-01T00:00:00Z"));
+        assert!(degraded_transition(Some(&bad), &good).is_none());
+        assert_eq!(ready_transition(Some(&bad), &good).map(|r| r.0), Some(reasons::AVAILABLE.to_string()));
+        assert!(ready_transition(Some(&good), &good).is_none());
+    }
+}

@@ -1,0 +1,1110 @@
+//! `validate`: a [`WsgiApp`] as stored in the cluster -> a [`ValidatedApp`] with every default
+//! resolved and every rule checked, or the list of what is wrong with it.
+//!
+//! The CRD's CEL rules refuse most bad specs at `kubectl apply`; this is the second line for the
+//! ones that got past admission (an older CRD, a rule the schema cannot express, a size that
+//! overflows). Its last check renders the server's command line and config file and resolves
+//! them with the server's own parser, so a spec that validates is one the server accepts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+use wsgiscale_core::config::{AppSpec, Algorithm, LogFormat};
+use wsgiscale_core::units::parse_size;
+
+use crate::crd::{
+    AutoscalingSpec, BusynessSpec, HttpSpec, LifecycleSpec, LoggingSpec, PodOverrides,
+    PullPolicy, ReplicasSpec, ServiceSpec, ServiceType, WorkerAlgorithm, WorkersSpec, WsgiApp,
+};
+
+/// The pod label that selects an app's pods; reserved in `spec.pod.labels`.
+pub const APP_LABEL: &str = "wsgiscale.dev/app";
+/// Prefix of volume names the operator reserves.
+pub const RESERVED_VOLUME_PREFIX: &str = "wsgiscale-";
+/// Where the server's config file is mounted.
+pub const CONFIG_DIR: &str = "/etc/wsgiscale";
+/// The writable emptyDir for the read-only root filesystem.
+pub const TMP_DIR: &str = "/tmp";
+
+/// The defaults of every optional field, in one place (the CRD's doc comments repeat them).
+pub mod defaults {
+    /// Worker processes per pod (min, and so max and initial).
+    pub const WORKERS_MIN: i32 = 2;
+    /// Threads per worker.
+    pub const THREADS: i32 = 1;
+    /// Workers spawned per decision.
+    pub const STEP: i32 = 1;
+    /// spare/busyness checks.
+    pub const OVERLOAD_CHECKS: i32 = 3;
+    /// spare2 checks.
+    pub const IDLE_CHECKS: i32 = 10;
+    /// backlog threshold.
+    pub const BACKLOG: i32 = 1;
+    /// busyness lower threshold, percent.
+    pub const BUSYNESS_MIN_PERCENT: i32 = 25;
+    /// busyness upper threshold, percent.
+    pub const BUSYNESS_MAX_PERCENT: i32 = 50;
+    /// busyness retirement multiplier.
+    pub const BUSYNESS_MULTIPLIER: i32 = 10;
+    /// busyness anti-flap penalty.
+    pub const BUSYNESS_PENALTY: i32 = 2;
+    /// busyness emergency queue threshold.
+    pub const BUSYNESS_BACKLOG: i32 = 33;
+    /// HTTP container port.
+    pub const PORT: i32 = 8000;
+    /// Admin container port.
+    pub const ADMIN_PORT: i32 = 9191;
+    /// Service port.
+    pub const SERVICE_PORT: i32 = 80;
+    /// Graceful shutdown deadline, seconds.
+    pub const GRACEFUL_TIMEOUT_SECONDS: i32 = 25;
+    /// preStop sleep, seconds.
+    pub const PRE_STOP_DELAY_SECONDS: i32 = 5;
+    /// Seconds added to preStop + graceful timeout for terminationGracePeriodSeconds: the time
+    /// the server needs after the drain deadline to stop its workers (TERM, wait, KILL).
+    pub const TERMINATION_MARGIN_SECONDS: i64 = 5;
+    /// Largest request body.
+    pub const MAX_BODY: &str = "64Mi";
+    /// Request queue bound.
+    pub const MAX_QUEUE: i32 = 1024;
+    /// Keep-alive timeout, seconds.
+    pub const KEEPALIVE_TIMEOUT_SECONDS: i32 = 75;
+    /// Body timeout, seconds.
+    pub const BODY_TIMEOUT_SECONDS: i32 = 60;
+    /// Log filter.
+    pub const LOG_LEVEL: &str = "info";
+    /// Fewest pods.
+    pub const REPLICAS_MIN: i32 = 1;
+    /// The program that runs the server.
+    pub const COMMAND: &str = "wsgiscale";
+    /// Memory of the server beyond its workers.
+    pub const MEMORY_OVERHEAD: &str = "128Mi";
+    /// Autoscaler target utilization, percent.
+    pub const TARGET_UTILIZATION_PERCENT: i32 = 70;
+    /// Autoscaler stable window, seconds.
+    pub const STABLE_WINDOW_SECONDS: i32 = 60;
+    /// Autoscaler panic window, seconds.
+    pub const PANIC_WINDOW_SECONDS: i32 = 6;
+    /// Autoscaler panic threshold, percent of ready pods.
+    pub const PANIC_THRESHOLD_PERCENT: i32 = 200;
+    /// Autoscaler most growth per decision, multiple of ready pods.
+    pub const MAX_SCALE_UP_RATE: i32 = 1000;
+    /// Autoscaler most shrink per decision, divisor of ready pods.
+    pub const MAX_SCALE_DOWN_RATE: i32 = 2;
+    /// Autoscaler scale-down delay, seconds.
+    pub const SCALE_DOWN_DELAY_SECONDS: i32 = 0;
+    /// Autoscaler tolerance, percent.
+    pub const TOLERANCE_PERCENT: i32 = 10;
+    /// Autoscaler tick, seconds.
+    pub const TICK_SECONDS: i32 = 2;
+    /// Autoscaler most pods scraped per decision.
+    pub const MAX_PODS_SCRAPED: i32 = 16;
+}
+
+/// One thing wrong with a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field at fault, e.g. `spec.workers.initial`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// Why a WsgiApp cannot be turned into objects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// The object has no namespace or uid: it did not come from the API server.
+    #[error("the WsgiApp has no {0}: only objects read from the API server can be reconciled")]
+    MissingMetadata(&'static str),
+    /// The spec breaks one or more rules.
+    #[error("invalid spec: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidSpec(Vec<FieldError>),
+}
+
+/// The Service, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// ClusterIP, NodePort or LoadBalancer.
+    pub type_: ServiceType,
+    /// Service port.
+    pub port: i32,
+    /// Service annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Extra Service labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Worker limits and algorithm knobs, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workers {
+    /// Fewest workers.
+    pub min: u32,
+    /// Most workers.
+    pub max: u32,
+    /// Workers at boot.
+    pub initial: u32,
+    /// Threads per worker.
+    pub threads: u32,
+    /// Workers spawned per decision.
+    pub step: u32,
+    /// The algorithm.
+    pub algorithm: Algorithm,
+    /// spare/busyness checks.
+    pub overload_checks: u32,
+    /// spare2 checks.
+    pub idle_checks: u32,
+    /// backlog threshold.
+    pub backlog: u32,
+    /// busyness lower threshold, percent.
+    pub busyness_min_percent: u32,
+    /// busyness upper threshold, percent.
+    pub busyness_max_percent: u32,
+    /// busyness multiplier.
+    pub busyness_multiplier: u32,
+    /// busyness penalty.
+    pub busyness_penalty: u32,
+    /// busyness emergency backlog.
+    pub busyness_backlog: u32,
+}
+
+/// Lifecycle rules, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Per-request deadline.
+    pub timeout: Option<Duration>,
+    /// Requests before recycling (0: never).
+    pub max_requests: u64,
+    /// Extra random requests per worker.
+    pub max_requests_jitter: u64,
+    /// Age before recycling.
+    pub max_lifetime: Option<Duration>,
+    /// RSS before recycling, bytes.
+    pub max_rss: Option<u64>,
+    /// Drain deadline on shutdown.
+    pub graceful_timeout: Duration,
+    /// preStop sleep.
+    pub pre_stop_delay: Duration,
+}
+
+impl Lifecycle {
+    /// The pod's terminationGracePeriodSeconds: the preStop sleep, then the server's drain
+    /// deadline, then the margin it needs to stop its workers.
+    pub fn termination_grace_period_seconds(&self) -> i64 {
+        self.pre_stop_delay.as_secs() as i64
+            + self.graceful_timeout.as_secs() as i64
+            + defaults::TERMINATION_MARGIN_SECONDS
+    }
+}
+
+/// HTTP front, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http {
+    /// Largest request body, bytes.
+    pub max_body: u64,
+    /// Queue bound.
+    pub max_queue: u32,
+    /// Keep-alive timeout.
+    pub keepalive_timeout: Duration,
+    /// Body timeout.
+    pub body_timeout: Duration,
+    /// One log line per request.
+    pub access_log: bool,
+}
+
+/// Replica bounds, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replicas {
+    /// Fewest pods.
+    pub min: i32,
+    /// Most pods, if bounded.
+    pub max: Option<i32>,
+    /// The scale subresource's count, if set.
+    pub desired: Option<i32>,
+}
+
+impl Replicas {
+    /// `n` kept within min..max.
+    pub fn clamp(&self, n: i32) -> i32 {
+        let n = n.max(self.min);
+        match self.max {
+            Some(max) => n.min(max),
+            None => n,
+        }
+    }
+}
+
+/// Autoscaling policy, resolved (used by the autoscaler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Autoscaling {
+    /// The operator sets the pod count from load.
+    pub enabled: bool,
+    /// Target busy share, percent.
+    pub target_utilization_percent: u32,
+    /// Stable window.
+    pub stable_window: Duration,
+    /// Panic window.
+    pub panic_window: Duration,
+    /// Panic threshold, percent of ready pods.
+    pub panic_threshold_percent: u32,
+    /// Most growth per decision, multiple of ready pods.
+    pub max_scale_up_rate: u32,
+    /// Most shrink per decision, divisor of ready pods.
+    pub max_scale_down_rate: u32,
+    /// Delay before scaling down.
+    pub scale_down_delay: Duration,
+    /// Ignored relative change, percent.
+    pub tolerance_percent: u32,
+    /// Time between decisions.
+    pub tick: Duration,
+    /// Most pods scraped per decision.
+    pub max_pods_scraped: u32,
+}
+
+/// A WsgiApp with every default resolved and every rule checked: what `render` needs, and
+/// nothing optional that has a default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedApp {
+    /// metadata.name.
+    pub name: String,
+    /// metadata.namespace.
+    pub namespace: String,
+    /// The owner reference every child carries (controller, blockOwnerDeletion).
+    pub owner: OwnerReference,
+    /// metadata.generation.
+    pub generation: Option<i64>,
+    /// Container image.
+    pub image: String,
+    /// Pull policy, if set.
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Pull secrets.
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// MODULE:CALLABLE.
+    pub app: AppSpec,
+    /// Directory to change into.
+    pub chdir: Option<String>,
+    /// sys.path additions.
+    pub pythonpath: Vec<String>,
+    /// Virtualenv.
+    pub venv: Option<String>,
+    /// Import in the fork server.
+    pub preload: bool,
+    /// Program running the server.
+    pub command: Vec<String>,
+    /// Container environment.
+    pub env: Vec<EnvVar>,
+    /// Container environment sources.
+    pub env_from: Vec<EnvFromSource>,
+    /// HTTP port.
+    pub port: i32,
+    /// Admin port.
+    pub admin_port: i32,
+    /// The Service.
+    pub service: Service,
+    /// Worker limits.
+    pub workers: Workers,
+    /// Lifecycle rules.
+    pub lifecycle: Lifecycle,
+    /// HTTP front.
+    pub http: Http,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+    /// Replica bounds.
+    pub replicas: Replicas,
+    /// Autoscaling policy.
+    pub autoscaling: Autoscaling,
+    /// Container resources, with memory sizing applied.
+    pub resources: Option<ResourceRequirements>,
+    /// Pod settings.
+    pub pod: PodOverrides,
+}
+
+/// Collects field errors while the spec is resolved.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, field: &str, reason: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.to_string(),
+            reason: reason.into(),
+        });
+    }
+
+    /// `value` (or `default`) checked against `lo..=hi`.
+    fn int(&mut self, field: &str, value: Option<i32>, default: i32, lo: i32, hi: i32) -> i32 {
+        let v = value.unwrap_or(default);
+        if v < lo || v > hi {
+            self.push(field, format!("{v} is outside {lo}..={hi}"));
+            return default;
+        }
+        v
+    }
+
+    /// A non-negative count.
+    fn count(&mut self, field: &str, value: Option<i64>) -> u64 {
+        match value {
+            None => 0,
+            Some(v) if v < 0 => {
+                self.push(field, format!("{v} is negative"));
+                0
+            }
+            Some(v) => v as u64,
+        }
+    }
+
+    fn size(&mut self, field: &str, value: &str) -> Option<u64> {
+        match parse_size(value) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.push(field, e.to_string());
+                None
+            }
+        }
+    }
+}
+
+fn seconds(s: i32) -> Duration {
+    Duration::from_secs(s.max(0) as u64)
+}
+
+/// Whether `name` is a DNS-1035 label (what a Service name must be).
+fn is_dns1035_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// Checks `app` and resolves its defaults.
+pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
+    let namespace = app
+        .namespace()
+        .ok_or(ValidationError::MissingMetadata("namespace"))?;
+    let mut owner = app
+        .controller_owner_ref(&())
+        .ok_or(ValidationError::MissingMetadata("uid"))?;
+    // Foreground deletion of the WsgiApp waits for its children.
+    owner.block_owner_deletion = Some(true);
+    let name = app.name_any();
+    let spec = &app.spec;
+    let mut errs = Errors::default();
+
+    if !is_dns1035_label(&name) {
+        errs.push(
+            "metadata.name",
+            "must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, at most 63 characters)",
+        );
+    }
+    if spec.image.trim().is_empty() {
+        errs.push("spec.image", "must not be empty");
+    }
+    let app_spec = match spec.app.parse::<AppSpec>() {
+        Ok(a) => Some(a),
+        Err(e) => {
+            errs.push("spec.app", e);
+            None
+        }
+    };
+    for (i, p) in spec.pythonpath.iter().enumerate() {
+        if p.is_empty() || p.contains(':') {
+            errs.push(
+                &format!("spec.pythonpath[{i}]"),
+                "must be a non-empty path without ':'",
+            );
+        }
+    }
+    for (i, e) in spec.env.iter().enumerate() {
+        if e.name.starts_with("WSGISCALE_") {
+            errs.push(
+                &format!("spec.env[{i}].name"),
+                format!("{} would override the WsgiApp's fields", e.name),
+            );
+        }
+    }
+    if spec.command.iter().any(|c| c.is_empty()) {
+        errs.push("spec.command", "must not contain empty strings");
+    }
+
+    let port = errs.int("spec.port", spec.port, defaults::PORT, 1, 65535);
+    let admin_port = errs.int("spec.adminPort", spec.admin_port, defaults::ADMIN_PORT, 1, 65535);
+    if port == admin_port {
+        errs.push("spec.adminPort", "must differ from spec.port");
+    }
+
+    let service = resolve_service(spec.service.as_ref(), &mut errs);
+    let workers = resolve_workers(spec.workers.as_ref(), &mut errs);
+    let lifecycle_spec = spec.lifecycle.clone().unwrap_or_default();
+    let http = resolve_http(spec.http.as_ref(), &mut errs);
+    let LoggingSpec { format, level } = spec.logging.clone().unwrap_or_default();
+    let replicas = resolve_replicas(spec.replicas.as_ref(), &mut errs);
+    let autoscaling = resolve_autoscaling(spec.autoscaling.as_ref(), &mut errs);
+    if autoscaling.enabled && replicas.max.is_none() {
+        errs.push("spec.replicas.max", "is required when autoscaling.enabled is true");
+    }
+
+    // Memory sizing: overhead + max x perWorker, also the default per-worker RSS limit.
+    let mut per_worker = None;
+    let mut sized_memory = None;
+    if let Some(sizing) = &spec.memory_sizing {
+        let pw = errs.size("spec.memorySizing.perWorker", &sizing.per_worker);
+        let oh = errs.size(
+            "spec.memorySizing.overhead",
+            sizing.overhead.as_deref().unwrap_or(defaults::MEMORY_OVERHEAD),
+        );
+        if let (Some(pw), Some(oh)) = (pw, oh) {
+            if pw == 0 {
+                errs.push("spec.memorySizing.perWorker", "must be above zero");
+            }
+            match pw
+                .checked_mul(u64::from(workers.max))
+                .and_then(|w| w.checked_add(oh))
+                .filter(|total| *total <= i64::MAX as u64)
+            {
+                Some(total) => sized_memory = Some(total),
+                None => errs.push("spec.memorySizing", "overhead + workers.max x perWorker overflows"),
+            }
+            per_worker = Some(pw);
+        }
+    }
+    let lifecycle = resolve_lifecycle(&lifecycle_spec, per_worker, &mut errs);
+    let resources = apply_memory_sizing(spec.resources.clone(), sized_memory);
+
+    let pod = spec.pod.clone().unwrap_or_default();
+    check_pod(&pod, &mut errs);
+
+    let command = if spec.command.is_empty() {
+        vec![defaults::COMMAND.to_string()]
+    } else {
+        spec.command.clone()
+    };
+
+    let Some(app_spec) = app_spec else {
+        return Err(ValidationError::InvalidSpec(errs.0));
+    };
+    if !errs.0.is_empty() {
+        return Err(ValidationError::InvalidSpec(errs.0));
+    }
+
+    let validated = ValidatedApp {
+        name,
+        namespace,
+        owner,
+        generation: app.meta().generation,
+        image: spec.image.clone(),
+        image_pull_policy: spec.image_pull_policy,
+        image_pull_secrets: spec.image_pull_secrets.clone(),
+        app: app_spec,
+        chdir: spec.chdir.clone(),
+        pythonpath: spec.pythonpath.clone(),
+        venv: spec.venv.clone(),
+        preload: spec.preload.unwrap_or(true),
+        command,
+        env: spec.env.clone(),
+        env_from: spec.env_from.clone(),
+        port,
+        admin_port,
+        service,
+        workers,
+        lifecycle,
+        http,
+        log_format: match format {
+            None | Some(crate::crd::LogFormat::Plain) => LogFormat::Plain,
+            Some(crate::crd::LogFormat::Json) => LogFormat::Json,
+        },
+        log_level: level.unwrap_or_else(|| defaults::LOG_LEVEL.to_string()),
+        replicas,
+        autoscaling,
+        resources,
+        pod,
+    };
+
+    // The last word is the server's: what we render must resolve with its own parser.
+    crate::render::check_with_server(&validated).map_err(|e| {
+        ValidationError::InvalidSpec(vec![FieldError {
+            field: "spec".into(),
+            reason: format!("the server refuses the rendered configuration: {e}"),
+        }])
+    })?;
+    Ok(validated)
+}
+
+fn resolve_service(spec: Option<&ServiceSpec>, errs: &mut Errors) -> Service {
+    let spec = spec.cloned().unwrap_or_default();
+    Service {
+        type_: spec.type_.unwrap_or(ServiceType::ClusterIP),
+        port: errs.int("spec.service.port", spec.port, defaults::SERVICE_PORT, 1, 65535),
+        annotations: spec.annotations,
+        labels: spec.labels,
+    }
+}
+
+fn resolve_workers(spec: Option<&WorkersSpec>, errs: &mut Errors) -> Workers {
+    let spec = spec.cloned().unwrap_or_default();
+    let limit = wsgiscale_core::config::defaults::WORKERS_LIMIT as i32;
+    let min = errs.int("spec.workers.min", spec.min, defaults::WORKERS_MIN, 1, limit);
+    let max = errs.int("spec.workers.max", spec.max, min, 1, limit);
+    if min > max {
+        errs.push(
+            "spec.workers.min",
+            format!("{min} is greater than workers.max {max}"),
+        );
+    }
+    let initial = errs.int("spec.workers.initial", spec.initial, min, 1, limit);
+    if initial < min || initial > max {
+        errs.push(
+            "spec.workers.initial",
+            format!("{initial} is outside workers.min..workers.max ({min}..={max})"),
+        );
+    }
+    let threads_limit = wsgiscale_core::config::defaults::THREADS_LIMIT as i32;
+    let threads = errs.int("spec.workers.threads", spec.threads, defaults::THREADS, 1, threads_limit);
+    let step = errs.int("spec.workers.step", spec.step, defaults::STEP, 1, limit);
+    let overload = errs.int(
+        "spec.workers.overloadChecks",
+        spec.overload_checks,
+        defaults::OVERLOAD_CHECKS,
+        1,
+        3600,
+    );
+    let idle = errs.int(
+        "spec.workers.idleChecks",
+        spec.idle_checks,
+        defaults::IDLE_CHECKS,
+        1,
+        3600,
+    );
+    let backlog = errs.int("spec.workers.backlog", spec.backlog, defaults::BACKLOG, 0, 100_000);
+    let b: BusynessSpec = spec.busyness.unwrap_or_default();
+    let bmin = errs.int(
+        "spec.workers.busyness.minPercent",
+        b.min_percent,
+        defaults::BUSYNESS_MIN_PERCENT,
+        0,
+        99,
+    );
+    let bmax = errs.int(
+        "spec.workers.busyness.maxPercent",
+        b.max_percent,
+        defaults::BUSYNESS_MAX_PERCENT,
+        1,
+        100,
+    );
+    if bmin >= bmax {
+        errs.push(
+            "spec.workers.busyness.minPercent",
+            format!("{bmin} is not below busyness.maxPercent {bmax}"),
+        );
+    }
+    let multiplier = errs.int(
+        "spec.workers.busyness.multiplier",
+        b.multiplier,
+        defaults::BUSYNESS_MULTIPLIER,
+        1,
+        1000,
+    );
+    let penalty = errs.int(
+        "spec.workers.busyness.penalty",
+        b.penalty,
+        defaults::BUSYNESS_PENALTY,
+        0,
+        1000,
+    );
+    let bbacklog = errs.int(
+        "spec.workers.busyness.backlog",
+        b.backlog,
+        defaults::BUSYNESS_BACKLOG,
+        1,
+        100_000,
+    );
+    let algorithm = match spec.algorithm {
+        None | Some(WorkerAlgorithm::Spare) => Algorithm::Spare,
+        Some(WorkerAlgorithm::Spare2) => Algorithm::Spare2,
+        Some(WorkerAlgorithm::Backlog) => Algorithm::Backlog,
+        Some(WorkerAlgorithm::Busyness) => Algorithm::Busyness,
+        Some(WorkerAlgorithm::Manual) => Algorithm::Manual,
+    };
+    // Every value above was checked to be non-negative.
+    let u = |v: i32| v as u32;
+    Workers {
+        min: u(min),
+        max: u(max),
+        initial: u(initial),
+        threads: u(threads),
+        step: u(step),
+        algorithm,
+        overload_checks: u(overload),
+        idle_checks: u(idle),
+        backlog: u(backlog),
+        busyness_min_percent: u(bmin),
+        busyness_max_percent: u(bmax),
+        busyness_multiplier: u(multiplier),
+        busyness_penalty: u(penalty),
+        busyness_backlog: u(bbacklog),
+    }
+}
+
+fn resolve_lifecycle(spec: &LifecycleSpec, per_worker: Option<u64>, errs: &mut Errors) -> Lifecycle {
+    let timeout = errs.int("spec.lifecycle.timeoutSeconds", spec.timeout_seconds, 0, 0, 86_400);
+    let max_requests = errs.count("spec.lifecycle.maxRequests", spec.max_requests);
+    let jitter = errs.count("spec.lifecycle.maxRequestsJitter", spec.max_requests_jitter);
+    if jitter > 0 && max_requests == 0 {
+        errs.push(
+            "spec.lifecycle.maxRequestsJitter",
+            "needs lifecycle.maxRequests above 0",
+        );
+    }
+    let lifetime = errs.count("spec.lifecycle.maxLifetimeSeconds", spec.max_lifetime_seconds);
+    let max_rss = match &spec.max_rss {
+        Some(text) => errs.size("spec.lifecycle.maxRss", text),
+        None => per_worker,
+    };
+    let graceful = errs.int(
+        "spec.lifecycle.gracefulTimeoutSeconds",
+        spec.graceful_timeout_seconds,
+        defaults::GRACEFUL_TIMEOUT_SECONDS,
+        0,
+        3600,
+    );
+    let pre_stop = errs.int(
+        "spec.lifecycle.preStopDelaySeconds",
+        spec.pre_stop_delay_seconds,
+        defaults::PRE_STOP_DELAY_SECONDS,
+        0,
+        120,
+    );
+    Lifecycle {
+        timeout: (timeout > 0).then(|| seconds(timeout)),
+        max_requests,
+        max_requests_jitter: jitter,
+        max_lifetime: (lifetime > 0).then(|| Duration::from_secs(lifetime)),
+        max_rss: max_rss.filter(|b| *b > 0),
+        graceful_timeout: seconds(graceful),
+        pre_stop_delay: seconds(pre_stop),
+    }
+}
+
+fn resolve_http(spec: Option<&HttpSpec>, errs: &mut Errors) -> Http {
+    let spec = spec.cloned().unwrap_or_default();
+    let max_body = errs
+        .size(
+            "spec.http.maxBodySize",
+            spec.max_body_size.as_deref().unwrap_or(defaults::MAX_BODY),
+        )
+        .unwrap_or(0);
+    let max_queue = errs.int("spec.http.maxQueue", spec.max_queue, defaults::MAX_QUEUE, 0, 1_000_000);
+    let keepalive = errs.int(
+        "spec.http.keepaliveTimeoutSeconds",
+        spec.keepalive_timeout_seconds,
+        defaults::KEEPALIVE_TIMEOUT_SECONDS,
+        1,
+        86_400,
+    );
+    let body = errs.int(
+        "spec.http.bodyTimeoutSeconds",
+        spec.body_timeout_seconds,
+        defaults::BODY_TIMEOUT_SECONDS,
+        1,
+        86_400,
+    );
+    Http {
+        max_body,
+        max_queue: max_queue as u32,
+        keepalive_timeout: seconds(keepalive),
+        body_timeout: seconds(body),
+        access_log: spec.access_log.unwrap_or(false),
+    }
+}
+
+fn resolve_replicas(spec: Option<&ReplicasSpec>, errs: &mut Errors) -> Replicas {
+    let spec = spec.cloned().unwrap_or_default();
+    let min = errs.int("spec.replicas.min", spec.min, defaults::REPLICAS_MIN, 0, 10_000);
+    let max = spec
+        .max
+        .map(|m| errs.int("spec.replicas.max", Some(m), min, 0, 10_000));
+    if let Some(max) = max {
+        if min > max {
+            errs.push(
+                "spec.replicas.min",
+                format!("{min} is greater than replicas.max {max}"),
+            );
+        }
+    }
+    let desired = spec
+        .desired
+        .map(|d| errs.int("spec.replicas.desired", Some(d), min, 0, 10_000));
+    Replicas { min, max, desired }
+}
+
+fn resolve_autoscaling(spec: Option<&AutoscalingSpec>, errs: &mut Errors) -> Autoscaling {
+    let spec = spec.cloned().unwrap_or_default();
+    let f = "spec.autoscaling.";
+    let mut int = |key: &str, v: Option<i32>, d: i32, lo: i32, hi: i32| {
+        errs.int(&format!("{f}{key}"), v, d, lo, hi)
+    };
+    let target = int(
+        "targetUtilizationPercent",
+        spec.target_utilization_percent,
+        defaults::TARGET_UTILIZATION_PERCENT,
+        1,
+        100,
+    );
+    let stable = int(
+        "stableWindowSeconds",
+        spec.stable_window_seconds,
+        defaults::STABLE_WINDOW_SECONDS,
+        1,
+        3600,
+    );
+    let panic = int(
+        "panicWindowSeconds",
+        spec.panic_window_seconds,
+        defaults::PANIC_WINDOW_SECONDS,
+        1,
+        3600,
+    );
+    let threshold = int(
+        "panicThresholdPercent",
+        spec.panic_threshold_percent,
+        defaults::PANIC_THRESHOLD_PERCENT,
+        110,
+        1000,
+    );
+    let up = int(
+        "maxScaleUpRate",
+        spec.max_scale_up_rate,
+        defaults::MAX_SCALE_UP_RATE,
+        2,
+        10_000,
+    );
+    let down = int(
+        "maxScaleDownRate",
+        spec.max_scale_down_rate,
+        defaults::MAX_SCALE_DOWN_RATE,
+        2,
+        10_000,
+    );
+    let delay = int(
+        "scaleDownDelaySeconds",
+        spec.scale_down_delay_seconds,
+        defaults::SCALE_DOWN_DELAY_SECONDS,
+        0,
+        3600,
+    );
+    let tolerance = int(
+        "tolerancePercent",
+        spec.tolerance_percent,
+        defaults::TOLERANCE_PERCENT,
+        0,
+        50,
+    );
+    let tick = int("tickSeconds", spec.tick_seconds, defaults::TICK_SECONDS, 1, 60);
+    let scraped = int(
+        "maxPodsScraped",
+        spec.max_pods_scraped,
+        defaults::MAX_PODS_SCRAPED,
+        1,
+        1000,
+    );
+    if panic > stable {
+        errs.push(
+            "spec.autoscaling.panicWindowSeconds",
+            format!("{panic} is above stableWindowSeconds {stable}"),
+        );
+    }
+    if tick > panic {
+        errs.push(
+            "spec.autoscaling.tickSeconds",
+            format!("{tick} is above panicWindowSeconds {panic}"),
+        );
+    }
+    // Every value above was checked to be within a non-negative range.
+    Autoscaling {
+        enabled: spec.enabled.unwrap_or(false),
+        target_utilization_percent: target as u32,
+        stable_window: seconds(stable),
+        panic_window: seconds(panic),
+        panic_threshold_percent: threshold as u32,
+        max_scale_up_rate: up as u32,
+        max_scale_down_rate: down as u32,
+        scale_down_delay: seconds(delay),
+        tolerance_percent: tolerance as u32,
+        tick: seconds(tick),
+        max_pods_scraped: scraped as u32,
+    }
+}
+
+fn check_pod(pod: &PodOverrides, errs: &mut Errors) {
+    if pod.labels.contains_key(APP_LABEL) {
+        errs.push(
+            "spec.pod.labels",
+            format!("{APP_LABEL} is reserved: the operator selects the pods with it"),
+        );
+    }
+    for (i, v) in pod.volumes.iter().enumerate() {
+        if v.name.starts_with(RESERVED_VOLUME_PREFIX) {
+            errs.push(
+                &format!("spec.pod.volumes[{i}].name"),
+                format!("names starting with {RESERVED_VOLUME_PREFIX} are reserved"),
+            );
+        }
+    }
+    for (i, m) in pod.volume_mounts.iter().enumerate() {
+        if m.mount_path == CONFIG_DIR || m.mount_path == TMP_DIR {
+            errs.push(
+                &format!("spec.pod.volumeMounts[{i}].mountPath"),
+                format!("{} is mounted by the operator", m.mount_path),
+            );
+        }
+    }
+}
+
+/// Formats a byte count as a Kubernetes quantity, with the largest binary suffix that keeps it
+/// whole (`1536Mi`, `2Gi`), or plain bytes.
+pub fn format_bytes(bytes: u64) -> String {
+    const KI: u64 = 1 << 10;
+    const MI: u64 = 1 << 20;
+    const GI: u64 = 1 << 30;
+    const TI: u64 = 1 << 40;
+    match bytes {
+        0 => "0".to_string(),
+        b if b % TI == 0 => format!("{}Ti", b / TI),
+        b if b % GI == 0 => format!("{}Gi", b / GI),
+        b if b % MI == 0 => format!("{}Mi", b / MI),
+        b if b % KI == 0 => format!("{}Ki", b / KI),
+        b => b.to_string(),
+    }
+}
+
+/// Fills requests.memory and limits.memory from the sized total where the user left them out.
+fn apply_memory_sizing(
+    resources: Option<ResourceRequirements>,
+    sized: Option<u64>,
+) -> Option<ResourceRequirements> {
+    let Some(total) = sized else {
+        return resources;
+    };
+    let mut r = resources.unwrap_or_default();
+    let q = Quantity(format_bytes(total));
+    r.requests
+        .get_or_insert_with(BTreeMap::new)
+        .entry("memory".into())
+        .or_insert_with(|| q.clone());
+    r.limits
+        .get_or_insert_with(BTreeMap::new)
+        .entry("memory".into())
+        .or_insert(q);
+    Some(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::mk_app;
+
+    fn invalid_fields(app: &WsgiApp) -> Vec<String> {
+        match validate_app(app) {
+            Err(ValidationError::InvalidSpec(errs)) => errs.into_iter().map(|e| e.field).collect(),
+            other => panic!("expected an invalid spec, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_resolved() {
+        let v = validate_app(&mk_app("shop")).expect("valid");
+        assert_eq!(v.workers.min, 2);
+        assert_eq!(v.workers.max, 2);
+        assert_eq!(v.workers.initial, 2);
+        assert_eq!(v.workers.algorithm, Algorithm::Spare);
+        assert_eq!(v.port, 8000);
+        assert_eq!(v.admin_port, 9191);
+        assert_eq!(v.service.port, 80);
+        assert_eq!(v.service.type_, ServiceType::ClusterIP);
+        assert_eq!(v.replicas, Replicas { min: 1, max: None, desired: None });
+        assert_eq!(v.command, vec!["wsgiscale".to_string()]);
+        assert_eq!(v.lifecycle.graceful_timeout, Duration::from_secs(25));
+        assert_eq!(v.lifecycle.termination_grace_period_seconds(), 35);
+        assert_eq!(v.http.max_body, 64 << 20);
+        assert!(v.preload);
+        assert!(!v.autoscaling.enabled);
+        assert_eq!(v.autoscaling.target_utilization_percent, 70);
+        assert_eq!(v.autoscaling.stable_window, Duration::from_secs(60));
+        assert_eq!(v.autoscaling.panic_window, Duration::from_secs(6));
+        assert_eq!(v.autoscaling.panic_threshold_percent, 200);
+        assert_eq!(v.autoscaling.tick, Duration::from_secs(2));
+        assert_eq!(v.autoscaling.max_pods_scraped, 16);
+        assert_eq!(v.owner.kind, "WsgiApp");
+        assert_eq!(v.owner.controller, Some(true));
+        assert_eq!(v.resources, None);
+    }
+
+    #[test]
+    fn max_defaults_to_min_and_initial_to_min() {
+        let v = validate_app(&mk_app("shop").with_workers(3, None)).expect("valid");
+        assert_eq!((v.workers.min, v.workers.max, v.workers.initial), (3, 3, 3));
+        let v = validate_app(&mk_app("shop").with_workers(2, Some(8))).expect("valid");
+        assert_eq!((v.workers.min, v.workers.max, v.workers.initial), (2, 8, 2));
+    }
+
+    #[test]
+    fn invalid_specs_name_their_fields() {
+        let cases: Vec<(WsgiApp, &str)> = vec![
+            (mk_app("shop").with_workers(4, Some(2)), "spec.workers.min"),
+            (
+                mk_app("shop")
+                    .with_workers(1, None)
+                    .map(|a| a.spec.workers.get_or_insert_with(Default::default).initial = Some(5)),
+                "spec.workers.initial",
+            ),
+            (mk_app("shop").with_app("not-a-callable"), "spec.app"),
+            (mk_app("shop").with_replicas(3, Some(2)), "spec.replicas.min"),
+            (mk_app("Shop"), "metadata.name"),
+            (
+                mk_app("shop").map(|a| a.spec.admin_port = Some(8000)),
+                "spec.adminPort",
+            ),
+            (
+                mk_app("shop").map(|a| a.spec.pythonpath = vec!["/a:/b".into()]),
+                "spec.pythonpath[0]",
+            ),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.env = vec![EnvVar {
+                        name: "WSGISCALE_WORKERS".into(),
+                        value: Some("9".into()),
+                        ..EnvVar::default()
+                    }]
+                }),
+                "spec.env[0].name",
+            ),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.autoscaling = Some(AutoscalingSpec {
+                        enabled: Some(true),
+                        ..AutoscalingSpec::default()
+                    })
+                }),
+                "spec.replicas.max",
+            ),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.lifecycle = Some(LifecycleSpec {
+                        max_requests_jitter: Some(10),
+                        ..LifecycleSpec::default()
+                    })
+                }),
+                "spec.lifecycle.maxRequestsJitter",
+            ),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.lifecycle = Some(LifecycleSpec {
+                        max_rss: Some("lots".into()),
+                        ..LifecycleSpec::default()
+                    })
+                }),
+                "spec.lifecycle.maxRss",
+            ),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.pod = Some(PodOverrides {
+                        labels: [(APP_LABEL.to_string(), "x".to_string())].into(),
+                        ..PodOverrides::default()
+                    })
+                }),
+                "spec.pod.labels",
+            ),
+        ];
+        for (app, field) in cases {
+            let fields = invalid_fields(&app);
+            assert!(fields.iter().any(|f| f == field), "{field} not in {fields:?}");
+        }
+    }
+
+    #[test]
+    fn objects_not_from_the_api_server_are_refused() {
+        let mut app = mk_app("shop");
+        app.metadata.uid = None;
+        assert_eq!(
+            validate_app(&app),
+            Err(ValidationError::MissingMetadata("uid"))
+        );
+    }
+
+    #[test]
+    fn memory_sizing_fills_only_what_is_missing() {
+        let app = mk_app("shop").with_workers(2, Some(8)).map(|a| {
+            a.spec.memory_sizing = Some(crate::crd::MemorySizing {
+                per_worker: "200Mi".into(),
+                overhead: None,
+            })
+        });
+        let v = validate_app(&app).expect("valid");
+        let r = v.resources.expect("sized");
+        // 128Mi + 8 x 200Mi = 1728Mi
+        assert_eq!(r.requests.expect("requests")["memory"], Quantity("1728Mi".into()));
+        assert_eq!(r.limits.expect("limits")["memory"], Quantity("1728Mi".into()));
+        assert_eq!(v.lifecycle.max_rss, Some(200 << 20));
+
+        let explicit = app.map(|a| {
+            a.spec.resources = Some(ResourceRequirements {
+                limits: Some([("memory".to_string(), Quantity("4Gi".into()))].into()),
+                ..ResourceRequirements::default()
+            });
+            a.spec.lifecycle = Some(LifecycleSpec {
+                max_rss: Some("300Mi".into()),
+                ..LifecycleSpec::default()
+            });
+        });
+        let v = validate_app(&explicit).expect("valid");
+        let r = v.resources.expect("sized");
+        assert_eq!(r.limits.expect("limits")["memory"], Quantity("4Gi".into()));
+        assert_eq!(r.requests.expect("requests")["memory"], Quantity("1728Mi".into()));
+        assert_eq!(v.lifecycle.max_rss, Some(300 << 20));
+    }
+
+    #[test]
+    fn bytes_format_as_whole_binary_quantities() {
+        assert_eq!(format_bytes(0), "0");
+        assert_eq!(format_bytes(1 << 30), "1Gi");
+        assert_eq!(format_bytes(1536 << 20), "1536Mi");
+        assert_eq!(format_bytes(1000), "1000");
+        assert_eq!(format_bytes(3 << 10), "3Ki");
+    }
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "shop", "shop-2", &"a".repeat(63)] {
+            assert!(is_dns1035_label(ok), "{ok}");
+        }
+        for bad in ["", "Shop", "2shop", "shop-", "sh.op", &"a".repeat(64)] {
+            assert!(!is_dns1035_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn clamp_keeps_counts_in_bounds() {
+        let r = Replicas { min: 2, max: Some(5), desired: None };
+        assert_eq!(r.clamp(0), 2);
+        assert_eq!(r.clamp(3), 3);
+        assert_eq!(r.clamp(9), 5);
+        let open = Replicas { min: 0, max: None, desired: None };
+        assert_eq!(open.clamp(1000), 1000);
+    }
+}
