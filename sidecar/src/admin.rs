@@ -48,9 +48,16 @@ async fn accept(l: &Listener) -> std::io::Result<TokioIo<Stream>> {
     })
 }
 
-async fn route(req: Request<Incoming>, ctx: Arc<FrontCtx>) -> Result<Response<RespBody>, Infallible> {
+async fn route(
+    req: Request<Incoming>,
+    ctx: Arc<FrontCtx>,
+) -> Result<Response<RespBody>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n", false));
+        return Ok(plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n",
+            false,
+        ));
     }
     Ok(match req.uri().path() {
         "/healthz" => plain(StatusCode::OK, "ok\n", false),

@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a WSGI application.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Internal: the fork server, started by `serve`.
     #[command(name = "__zygote", hide = true)]
     Zygote {

@@ -128,7 +128,9 @@ impl Dispatcher {
         let mut st = self.state.lock();
         let st = &mut *st;
         while let Some(id) = st.idle.pop() {
-            let Some(slot) = st.workers.get_mut(&id) else { continue };
+            let Some(slot) = st.workers.get_mut(&id) else {
+                continue;
+            };
             if slot.retiring || !slot.ready || slot.busy >= slot.threads {
                 continue;
             }
@@ -180,7 +182,9 @@ impl Dispatcher {
     pub fn ready(&self, id: WorkerId) -> Vec<Job> {
         let mut st = self.state.lock();
         let st = &mut *st;
-        let Some(slot) = st.workers.get_mut(&id) else { return Vec::new() };
+        let Some(slot) = st.workers.get_mut(&id) else {
+            return Vec::new();
+        };
         slot.ready = true;
         let mut jobs = Vec::new();
         if slot.retiring {
@@ -205,7 +209,9 @@ impl Dispatcher {
         let mut st = self.state.lock();
         let st = &mut *st;
         st.completed += 1;
-        let Some(slot) = st.workers.get_mut(&id) else { return AfterFinish::Drained };
+        let Some(slot) = st.workers.get_mut(&id) else {
+            return AfterFinish::Drained;
+        };
         slot.requests += 1;
         slot.busy_time += now.saturating_duration_since(started);
         if let Some(i) = slot.in_flight_since.iter().position(|t| *t == started) {
@@ -266,7 +272,9 @@ impl Dispatcher {
         // Offer them to free lanes.
         let mut pending = Vec::new();
         while let Some(id) = st.idle.last().copied() {
-            let Some(job) = st.queue.pop_front() else { break };
+            let Some(job) = st.queue.pop_front() else {
+                break;
+            };
             st.idle.pop();
             pending.push((id, job));
         }
@@ -418,7 +426,10 @@ mod tests {
         let first = d.ready(1);
         assert_eq!(first.len(), 1, "one lane takes one job");
         assert_eq!(d.queue_depth(), 1);
-        assert!(inbox.try_recv().is_err(), "ready() returns jobs, it does not send them");
+        assert!(
+            inbox.try_recv().is_err(),
+            "ready() returns jobs, it does not send them"
+        );
         match d.finish(1, Instant::now()) {
             AfterFinish::Next(_) => {}
             other => panic!("expected the queued job, got {other:?}"),
@@ -426,7 +437,10 @@ mod tests {
         assert!(matches!(d.finish(1, Instant::now()), AfterFinish::Idle));
         let (c, _rc) = job();
         d.submit(c).expect("dispatched");
-        assert!(inbox.try_recv().is_ok(), "a free lane gets the job directly");
+        assert!(
+            inbox.try_recv().is_ok(),
+            "a free lane gets the job directly"
+        );
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub fn for_each_pair(req: RequestView<'_>, conn: &ConnInfo, mut emit: impl FnMut
     let decoded: std::borrow::Cow<'_, [u8]> = decoded.into();
     emit(b"PATH_INFO", &decoded);
     emit(b"QUERY_STRING", req.uri.query().unwrap_or("").as_bytes());
+    emit(b"wsgi.url_scheme", conn.url_scheme.as_bytes());
     emit(
         b"SERVER_PROTOCOL",
         match req.version {
@@ -63,7 +64,11 @@ pub fn for_each_pair(req: RequestView<'_>, conn: &ConnInfo, mut emit: impl FnMut
     );
 
     // SERVER_NAME / SERVER_PORT: from Host when present, else the socket.
-    let default_port = if conn.url_scheme == "https" { "443" } else { "80" };
+    let default_port = if conn.url_scheme == "https" {
+        "443"
+    } else {
+        "80"
+    };
     let host = req
         .headers
         .get(header::HOST)
@@ -214,7 +219,10 @@ mod tests {
             body_len,
         };
         for_each_pair(view, &conn, |k, v| {
-            let prev = out.insert(String::from_utf8(k.to_vec()).expect("ascii key"), v.to_vec());
+            let prev = out.insert(
+                String::from_utf8(k.to_vec()).expect("ascii key"),
+                v.to_vec(),
+            );
             assert!(prev.is_none(), "key emitted twice");
         });
         out
@@ -244,6 +252,7 @@ mod tests {
         assert_eq!(get(&env, "REMOTE_PORT"), Some(&b"5555"[..]));
         assert_eq!(get(&env, "HTTP_HOST"), Some(&b"example.com:8080"[..]));
         assert_eq!(get(&env, "CONTENT_LENGTH"), None);
+        assert_eq!(get(&env, "wsgi.url_scheme"), Some(&b"http"[..]));
     }
 
     #[test]

@@ -59,7 +59,8 @@ pub fn bind(addr: &BindAddr) -> io::Result<Listener> {
     match addr {
         BindAddr::Tcp(sa) => {
             let domain = socket2::Domain::for_address(*sa);
-            let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+            let s =
+                socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
             s.set_reuse_address(true)?;
             if sa.is_ipv6() {
                 let _ = s.set_only_v6(false);
@@ -111,8 +112,7 @@ pub async fn accept_loop(listener: Listener, ctx: Arc<FrontCtx>, stop: Cancellat
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.http.keepalive_timeout)
-        .max_buf_size(MAX_BUF)
-        .pipeline_flush(true);
+        .max_buf_size(MAX_BUF);
     let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {
@@ -175,7 +175,11 @@ impl tokio::io::AsyncRead for Stream {
 }
 
 impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -242,7 +246,10 @@ pub fn plain(status: StatusCode, text: &str, close: bool) -> Response<RespBody> 
     let mut r = Response::new(RespBody::full(Bytes::copy_from_slice(text.as_bytes())));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
     if close {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -310,15 +317,24 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &FrontCtx) -> Res
     }
     let (parts, body) = req.into_parts();
     let limit = usize::try_from(ctx.http.max_body).unwrap_or(usize::MAX);
-    let body = match tokio::time::timeout(ctx.http.body_timeout, Limited::new(body, limit).collect())
-        .await
+    let body = match tokio::time::timeout(
+        ctx.http.body_timeout,
+        Limited::new(body, limit).collect(),
+    )
+    .await
     {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n", true);
             }
-            return plain(StatusCode::BAD_REQUEST, "Bad Request: could not read the body\n", true);
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: could not read the body\n",
+                true,
+            );
         }
         Err(_) => return plain(StatusCode::REQUEST_TIMEOUT, "Request Timeout\n", true),
     };
@@ -341,7 +357,11 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &FrontCtx) -> Res
         enqueued: Instant::now(),
     };
     if ctx.dispatcher.submit(job).is_err() {
-        let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable: queue full\n", false);
+        let mut r = plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable: queue full\n",
+            false,
+        );
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
@@ -353,9 +373,11 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &FrontCtx) -> Res
         Ok(Reply::Failed(Failure::Timeout)) => {
             plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n", false)
         }
-        Ok(Reply::Failed(Failure::WorkerDied)) | Err(_) => {
-            plain(StatusCode::BAD_GATEWAY, "Bad Gateway: the worker died\n", false)
-        }
+        Ok(Reply::Failed(Failure::WorkerDied)) | Err(_) => plain(
+            StatusCode::BAD_GATEWAY,
+            "Bad Gateway: the worker died\n",
+            false,
+        ),
     }
 }
 
@@ -375,18 +397,28 @@ fn build_response(
     } = head;
     let Ok(status) = StatusCode::from_u16(status) else {
         tracing::error!(status, "app returned an invalid status code");
-        return plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n", false);
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error\n",
+            false,
+        );
     };
     let mut content_length = None;
     let mut map = http::HeaderMap::with_capacity(headers.len() + 1);
     for (k, v) in headers {
-        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(&k), HeaderValue::from_maybe_shared(v))
-        else {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&k),
+            HeaderValue::from_maybe_shared(v),
+        ) else {
             tracing::warn!(header = %String::from_utf8_lossy(&k), "dropped an invalid response header");
             continue;
         };
         if name == header::CONTENT_LENGTH {
-            match value.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            match value
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            {
                 Some(n) if content_length.is_none() => content_length = Some(n),
                 _ => {
                     tracing::warn!("dropped an invalid or repeated Content-Length from the app");
@@ -400,7 +432,11 @@ fn build_response(
         content_length = Some(body.len() as u64);
         map.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
-    let mut r = Response::new(RespBody::new(body, rest, if is_head { None } else { content_length }));
+    let mut r = Response::new(RespBody::new(
+        body,
+        rest,
+        if is_head { None } else { content_length },
+    ));
     *r.status_mut() = status;
     *r.headers_mut() = map;
     if status.canonical_reason().map(str::as_bytes) != Some(&reason[..]) && !reason.is_empty() {
@@ -510,7 +546,8 @@ impl Body for RespBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || (self.first.is_none() && self.rest.is_none() && self.remaining.unwrap_or(0) == 0)
+        self.done
+            || (self.first.is_none() && self.rest.is_none() && self.remaining.unwrap_or(0) == 0)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -355,7 +355,9 @@ impl Link {
 
     /// Fails the lanes past their deadline with 504 (the supervisor is killing the worker).
     fn fail_overdue(&mut self) {
-        let Some(timeout) = self.p.timeout else { return };
+        let Some(timeout) = self.p.timeout else {
+            return;
+        };
         let now = Instant::now();
         for slot in self.lanes.iter_mut() {
             if slot.as_ref().is_some_and(|l| now >= l.started + timeout) {

@@ -16,7 +16,11 @@ pub fn init(format: LogFormat, level: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Plain => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
     };
     if let Some(e) = bad {
         tracing::warn!(filter = level, error = %e, "invalid log filter, using info");

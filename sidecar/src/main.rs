@@ -9,8 +9,10 @@ use wsgiscale_sidecar::{logging, server, zygote};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Zygote { control_fd } => ExitCode::from(zygote::main(control_fd).clamp(0, 255) as u8),
-        Command::Serve(args) => serve(args),
+        Command::Zygote { control_fd } => {
+            ExitCode::from(zygote::main(control_fd).clamp(0, 255) as u8)
+        }
+        Command::Serve(args) => serve(*args),
     }
 }
 
@@ -52,7 +54,6 @@ fn serve(args: wsgiscale_core::config::ServeArgs) -> ExitCode {
         }
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("wsgiscale: {e}");
             ExitCode::FAILURE
         }
     }

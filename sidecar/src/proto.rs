@@ -342,7 +342,8 @@ pub fn set_stream(frame: &mut [u8], stream: u32) {
 pub fn encode_simple(out: &mut BytesMut, kind: Kind, stream: u32, payload: &[u8]) {
     let mut f = FrameBuf::begin(out, kind, stream);
     f.put(payload);
-    f.finish().expect("simple frames are small or were bounded by the caller");
+    f.finish()
+        .expect("simple frames are small or were bounded by the caller");
 }
 
 /// Encodes a `Ready` frame.
@@ -456,7 +457,10 @@ mod tests {
             vec![Frame::Request {
                 stream: 3,
                 env: vec![
-                    (Bytes::from_static(b"REQUEST_METHOD"), Bytes::from_static(b"POST")),
+                    (
+                        Bytes::from_static(b"REQUEST_METHOD"),
+                        Bytes::from_static(b"POST")
+                    ),
                     (Bytes::from_static(b"PATH_INFO"), Bytes::from_static(b"/x")),
                 ],
                 body: Bytes::from_static(b"hello"),
@@ -468,8 +472,16 @@ mod tests {
     fn head_body_end_back_to_back() {
         let mut buf = BytesMut::new();
         let hdrs: Vec<(&[u8], &[u8])> = vec![(b"Content-Type", b"text/plain")];
-        encode_head(&mut buf, 1, false, 200, b"OK", hdrs.into_iter(), &[b"ab", b"c"])
-            .expect("encodes");
+        encode_head(
+            &mut buf,
+            1,
+            false,
+            200,
+            b"OK",
+            hdrs.into_iter(),
+            &[b"ab", b"c"],
+        )
+        .expect("encodes");
         encode_simple(&mut buf, Kind::Body, 1, b"more");
         encode_simple(&mut buf, Kind::End, 1, b"");
         encode_ready(&mut buf, 42);
@@ -509,7 +521,10 @@ mod tests {
     #[test]
     fn bad_frames_are_errors() {
         let mut big = BytesMut::from(&(MAX as u32 + 1).to_le_bytes()[..]);
-        assert!(matches!(decode(&mut big, MAX), Err(ProtoError::TooLarge { .. })));
+        assert!(matches!(
+            decode(&mut big, MAX),
+            Err(ProtoError::TooLarge { .. })
+        ));
         let mut short = BytesMut::from(&[1u8, 0, 0, 0, 0][..]);
         assert_eq!(decode(&mut short, MAX), Err(ProtoError::TooShort(1)));
         let mut unknown = BytesMut::new();

@@ -48,7 +48,7 @@ pub fn setup(py: Python<'_>, init: &ZygoteInit) -> Result<(), String> {
         locals.set_item("pythonpath", paths)?;
         locals.set_item("venv", init.venv.as_ref().map(|v| v.display().to_string()))?;
         let code = CString::new(SETUP).expect("the setup script has no NUL byte");
-        py.run(&code, None, Some(&locals))
+        py.run(&code, Some(&locals), None)
     };
     run().map_err(|e| format!("python setup failed:\n{}", format_traceback(py, &e)))
 }

@@ -41,14 +41,16 @@ pub fn load_config_file(path: &Path) -> Result<FileConfig, String> {
     FileConfig::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// What the fork server and the workers are told.
+/// What the fork server and the workers are told. Relative paths are made absolute against
+/// the directory the server was started in (the fork server changes into `--chdir` first).
 pub fn zygote_init(cfg: &ServerConfig) -> ZygoteInit {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     ZygoteInit {
         module: cfg.python.app.module.clone(),
         callable: cfg.python.app.callable.clone(),
-        chdir: cfg.python.chdir.clone(),
-        pythonpath: cfg.python.pythonpath.clone(),
-        venv: cfg.python.venv.clone(),
+        chdir: cfg.python.chdir.as_deref().map(abs),
+        pythonpath: cfg.python.pythonpath.iter().map(|p| abs(p)).collect(),
+        venv: cfg.python.venv.as_deref().map(abs),
         preload: cfg.python.preload,
         threads: cfg.python.threads,
         max_frame: usize::try_from(cfg.http.max_body)
@@ -105,11 +107,19 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     let mut fronts = Vec::new();
     for l in listeners {
         tracing::info!(addr = %l.describe(), app = %cfg.python.app, "listening");
-        fronts.push(tokio::spawn(front::accept_loop(l, ctx.clone(), stop_accepting.clone())));
+        fronts.push(tokio::spawn(front::accept_loop(
+            l,
+            ctx.clone(),
+            stop_accepting.clone(),
+        )));
     }
     tracing::info!(addr = %admin_listener.describe(), "admin listening");
     let stop_admin = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(admin_listener, ctx.clone(), stop_admin.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        ctx.clone(),
+        stop_admin.clone(),
+    ));
 
     let early = tokio::select! {
         _ = sigterm.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); None }

@@ -68,14 +68,21 @@ impl Zygote {
         loop {
             match z.recv().await? {
                 FromZygote::Ready { import_ms, .. } => {
-                    tracing::info!(pid = z.pid, import_ms, preload = init.preload, "fork server ready");
+                    tracing::info!(
+                        pid = z.pid,
+                        import_ms,
+                        preload = init.preload,
+                        "fork server ready"
+                    );
                     return Ok(z);
                 }
                 FromZygote::ImportFailed { message } => {
                     let _ = reap_pid(z.pid, Duration::from_secs(2)).await;
                     return Err(SupervisorError::Import(message));
                 }
-                other => tracing::warn!(message = ?other, "unexpected message from a starting fork server"),
+                other => {
+                    tracing::warn!(message = ?other, "unexpected message from a starting fork server")
+                }
             }
         }
     }
@@ -88,7 +95,11 @@ impl Zygote {
     /// Receives the next message.
     pub async fn recv(&mut self) -> Result<FromZygote, ControlError> {
         loop {
-            let mut guard = self.fd.readable().await.map_err(|e| ControlError::Io(io_errno(&e)))?;
+            let mut guard = self
+                .fd
+                .readable()
+                .await
+                .map_err(|e| ControlError::Io(io_errno(&e)))?;
             let buf = &mut self.buf;
             match guard.try_io(|fd| {
                 control::recv::<FromZygote>(fd.get_ref().as_fd(), buf).map_err(|e| match e {
@@ -111,7 +122,11 @@ impl Zygote {
     }
 
     /// Asks for a worker serving on `sock`.
-    pub fn spawn(&self, worker: WorkerId, sock: &std::os::unix::net::UnixStream) -> Result<(), ControlError> {
+    pub fn spawn(
+        &self,
+        worker: WorkerId,
+        sock: &std::os::unix::net::UnixStream,
+    ) -> Result<(), ControlError> {
         control::send(
             self.fd.get_ref().as_fd(),
             &ToZygote::Spawn { worker },
@@ -253,7 +268,10 @@ impl Supervisor {
     }
 
     fn active(&self) -> u32 {
-        self.workers.values().filter(|w| w.retiring.is_none()).count() as u32
+        self.workers
+            .values()
+            .filter(|w| w.retiring.is_none())
+            .count() as u32
     }
 
     fn spawn_worker(&mut self) -> Result<(), ControlError> {
@@ -262,13 +280,14 @@ impl Supervisor {
         };
         let id = self.next_id;
         self.next_id += 1;
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| ControlError::Io(io_errno(&e)))?;
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| ControlError::Io(io_errno(&e)))?;
         zygote.spawn(id, &theirs)?;
         drop(theirs);
         ours.set_nonblocking(true)
             .map_err(|e| ControlError::Io(io_errno(&e)))?;
-        let sock = tokio::net::UnixStream::from_std(ours).map_err(|e| ControlError::Io(io_errno(&e)))?;
+        let sock =
+            tokio::net::UnixStream::from_std(ours).map_err(|e| ControlError::Io(io_errno(&e)))?;
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         self.dispatcher.register(id, self.p.init.threads, inbox_tx);
@@ -341,7 +360,11 @@ impl Supervisor {
                     w.pid = Some(pid);
                     tracing::debug!(worker, pid, "worker forked");
                 } else {
-                    tracing::warn!(worker, pid, "fork server spawned an unknown worker; killing it");
+                    tracing::warn!(
+                        worker,
+                        pid,
+                        "fork server spawned an unknown worker; killing it"
+                    );
                     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 }
             }
@@ -353,7 +376,9 @@ impl Supervisor {
             Ok(FromZygote::Exited { pid, code, signal }) => {
                 tracing::debug!(pid, code, signal, "worker process reaped");
             }
-            Ok(other) => tracing::warn!(message = ?other, "unexpected message from the fork server"),
+            Ok(other) => {
+                tracing::warn!(message = ?other, "unexpected message from the fork server")
+            }
             Err(e) => {
                 tracing::error!(error = %e, "fork server lost; workers keep serving, restarting it");
                 if let Some(z) = self.zygote.take() {
@@ -373,12 +398,24 @@ impl Supervisor {
                     w.ready_at = Some(now);
                     w.pid = Some(pid);
                     let fork_to_ready_ms = now.duration_since(w.spawned_at).as_secs_f64() * 1000.0;
-                    tracing::info!(worker = id, pid, fork_to_ready_ms = format!("{fork_to_ready_ms:.1}"), "worker ready");
+                    tracing::info!(
+                        worker = id,
+                        pid,
+                        fork_to_ready_ms = format!("{fork_to_ready_ms:.1}"),
+                        "worker ready"
+                    );
                     self.ever_ready = true;
                 }
             }
-            LinkEvent::Gone { id, failed, fatal, was_ready } => {
-                let Some(w) = self.workers.remove(&id) else { return Ok(()) };
+            LinkEvent::Gone {
+                id,
+                failed,
+                fatal,
+                was_ready,
+            } => {
+                let Some(w) = self.workers.remove(&id) else {
+                    return Ok(());
+                };
                 let now = Instant::now();
                 if let Some(msg) = &fatal {
                     if !self.ever_ready && !self.p.init.preload {
@@ -392,7 +429,12 @@ impl Supervisor {
                     let lived = w.ready_at.map(|r| now.duration_since(r));
                     let delay = self.backoff.record_exit(now, lived.filter(|_| was_ready));
                     if w.killing {
-                        tracing::warn!(worker = id, pid = w.pid, failed, "worker killed after --timeout");
+                        tracing::warn!(
+                            worker = id,
+                            pid = w.pid,
+                            failed,
+                            "worker killed after --timeout"
+                        );
                     } else {
                         tracing::warn!(
                             worker = id,
@@ -413,13 +455,19 @@ impl Supervisor {
     /// Logs the stuck worker's Python stack (SIGUSR1 -> faulthandler), fails its overdue
     /// requests with 504 and kills it.
     fn kill_stuck(&mut self, id: WorkerId) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
         if w.killing {
             return;
         }
         w.killing = true;
         let Some(pid) = w.pid else { return };
-        tracing::error!(worker = id, pid, "request exceeded --timeout; dumping its Python stack and killing the worker");
+        tracing::error!(
+            worker = id,
+            pid,
+            "request exceeded --timeout; dumping its Python stack and killing the worker"
+        );
         let pid = Pid::from_raw(pid as i32);
         let _ = kill(pid, Signal::SIGUSR1);
         let cmds = w.cmds.clone();
@@ -517,7 +565,10 @@ mod tests {
         let t = Instant::now();
         assert!(b.allows(t));
         assert_eq!(b.record_exit(t, None), Duration::from_millis(100));
-        assert_eq!(b.record_exit(t, Some(Duration::from_secs(1))), Duration::from_millis(200));
+        assert_eq!(
+            b.record_exit(t, Some(Duration::from_secs(1))),
+            Duration::from_millis(200)
+        );
         assert_eq!(b.record_exit(t, None), Duration::from_millis(400));
         assert!(!b.allows(t));
         assert!(b.allows(t + Duration::from_millis(400)));
@@ -525,7 +576,10 @@ mod tests {
             b.record_exit(t, None);
         }
         assert_eq!(b.record_exit(t, None), Backoff::MAX);
-        assert_eq!(b.record_exit(t, Some(Duration::from_secs(60))), Duration::ZERO);
+        assert_eq!(
+            b.record_exit(t, Some(Duration::from_secs(60))),
+            Duration::ZERO
+        );
         assert!(b.allows(t));
     }
 }

@@ -48,7 +48,11 @@ pub fn dup_python_fd(fd: RawFd) -> std::io::Result<OwnedFd> {
 /// Receives from a socket straight into the spare capacity of `buf` (at least 16 KiB is made
 /// available), without zero-filling it first. With `nonblocking`, returns `WouldBlock` instead
 /// of waiting.
-pub fn recv_into(fd: RawFd, buf: &mut bytes::BytesMut, nonblocking: bool) -> std::io::Result<usize> {
+pub fn recv_into(
+    fd: RawFd,
+    buf: &mut bytes::BytesMut,
+    nonblocking: bool,
+) -> std::io::Result<usize> {
     use bytes::BufMut;
     if buf.capacity() - buf.len() < 16 * 1024 {
         buf.reserve(64 * 1024);

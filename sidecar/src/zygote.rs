@@ -108,9 +108,11 @@ fn serve(py: Python<'_>, init: &ZygoteInit, control: OwnedFd, buf: &mut [u8]) ->
                 match sys::fork_with_python(py) {
                     Ok(ForkResult::Child) => {
                         drop(control);
-                        let span = tracing::info_span!("worker", id = worker, pid = std::process::id());
+                        let span =
+                            tracing::info_span!("worker", id = worker, pid = std::process::id());
                         let _enter = span.enter();
-                        let code = worker::run(py, init, sock, app.as_ref().map(|a| a.clone_ref(py)));
+                        let code =
+                            worker::run(py, init, sock, app.as_ref().map(|a| a.clone_ref(py)));
                         std::process::exit(code);
                     }
                     Ok(ForkResult::Parent { child }) => {
@@ -174,4 +176,3 @@ pub fn make_inheritable(fd: &OwnedFd) -> nix::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map(|_| ())
 }
-

@@ -207,7 +207,12 @@ pub struct ServeArgs {
 
     /// Address to serve HTTP on: `host:port` or `unix:/path`. Repeatable; comma-separated in
     /// the environment. [default: 127.0.0.1:8000]
-    #[arg(long, env = "WSGISCALE_BIND", value_name = "ADDR", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "WSGISCALE_BIND",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
     pub bind: Vec<BindAddr>,
 
     /// Address of the admin server (/healthz, /readyz, /metrics, /load).
@@ -264,7 +269,11 @@ pub struct ServeArgs {
 
     /// busyness: queued requests that trigger emergency spawns regardless of the window.
     /// [default: 33]
-    #[arg(long, env = "WSGISCALE_CHEAPER_BUSYNESS_BACKLOG", value_name = "REQUESTS")]
+    #[arg(
+        long,
+        env = "WSGISCALE_CHEAPER_BUSYNESS_BACKLOG",
+        value_name = "REQUESTS"
+    )]
     pub cheaper_busyness_backlog: Option<u32>,
 
     /// Python threads per worker; the master dispatches up to this many requests to a worker
@@ -277,7 +286,12 @@ pub struct ServeArgs {
     pub chdir: Option<PathBuf>,
 
     /// Directory prepended to sys.path. Repeatable; colon-separated in the environment.
-    #[arg(long, env = "WSGISCALE_PYTHONPATH", value_name = "DIR", value_delimiter = ':')]
+    #[arg(
+        long,
+        env = "WSGISCALE_PYTHONPATH",
+        value_name = "DIR",
+        value_delimiter = ':'
+    )]
     pub pythonpath: Vec<PathBuf>,
 
     /// Virtualenv whose site-packages the application uses. [default: $VIRTUAL_ENV]
@@ -724,9 +738,13 @@ pub fn resolve(
             .parse()
             .expect("default admin bind parses"),
     };
+    let ephemeral = matches!(&admin_bind, BindAddr::Tcp(a) if a.port() == 0);
     for b in &binds {
-        if *b == admin_bind {
-            return Err(invalid("admin-bind", format!("{b} is also a --bind address")));
+        if *b == admin_bind && !ephemeral {
+            return Err(invalid(
+                "admin-bind",
+                format!("{b} is also a --bind address"),
+            ));
         }
     }
 
@@ -752,7 +770,9 @@ pub fn resolve(
             format!("MAX {} is above {}", range.max, defaults::WORKERS_LIMIT),
         ));
     }
-    let initial = workers_initial.or(file.workers_initial).unwrap_or(range.min);
+    let initial = workers_initial
+        .or(file.workers_initial)
+        .unwrap_or(range.min);
     if initial < range.min || initial > range.max {
         return Err(invalid(
             "workers-initial",
@@ -760,7 +780,8 @@ pub fn resolve(
         ));
     }
 
-    let pick = |flag: &Option<u32>, file: Option<u32>, default: u32| flag.or(file).unwrap_or(default);
+    let pick =
+        |flag: &Option<u32>, file: Option<u32>, default: u32| flag.or(file).unwrap_or(default);
     let scaling = ScalingConfig {
         algo: cheaper_algo.or(file.cheaper_algo).unwrap_or_default(),
         step: pick(cheaper_step, file.cheaper_step, 1),
@@ -822,13 +843,17 @@ pub fn resolve(
             .unwrap_or(defaults::MAX_BODY),
     };
     let max_queue = max_queue.or(file.max_queue).unwrap_or(defaults::MAX_QUEUE) as usize;
-    let keepalive_timeout = dur("keepalive-timeout", keepalive_timeout, &file.keepalive_timeout)?
-        .unwrap_or(defaults::KEEPALIVE_TIMEOUT);
+    let keepalive_timeout = dur(
+        "keepalive-timeout",
+        keepalive_timeout,
+        &file.keepalive_timeout,
+    )?
+    .unwrap_or(defaults::KEEPALIVE_TIMEOUT);
     if keepalive_timeout.is_zero() {
         return Err(invalid("keepalive-timeout", "must be above zero"));
     }
-    let body_timeout = dur("body-timeout", body_timeout, &file.body_timeout)?
-        .unwrap_or(defaults::BODY_TIMEOUT);
+    let body_timeout =
+        dur("body-timeout", body_timeout, &file.body_timeout)?.unwrap_or(defaults::BODY_TIMEOUT);
     if body_timeout.is_zero() {
         return Err(invalid("body-timeout", "must be above zero"));
     }
@@ -838,7 +863,9 @@ pub fn resolve(
     let lifecycle = LifecycleConfig {
         timeout: nonzero(dur("timeout", timeout, &file.timeout)?),
         max_requests: max_requests.or(file.max_requests).unwrap_or(0),
-        max_requests_jitter: max_requests_jitter.or(file.max_requests_jitter).unwrap_or(0),
+        max_requests_jitter: max_requests_jitter
+            .or(file.max_requests_jitter)
+            .unwrap_or(0),
         max_lifetime: nonzero(dur("max-lifetime", max_lifetime, &file.max_lifetime)?),
         max_rss: match max_rss {
             Some(b) => Some(b.0),
@@ -950,9 +977,22 @@ mod tests {
     #[test]
     fn defaults_apply() {
         let cfg = resolve_argv(&["app:application"]).expect("valid");
-        assert_eq!(cfg.binds, vec![BindAddr::Tcp("127.0.0.1:8000".parse().unwrap())]);
-        assert_eq!(cfg.admin_bind, BindAddr::Tcp("127.0.0.1:9191".parse().unwrap()));
-        assert_eq!(cfg.live.workers, WorkerLimits { min: 2, max: 2, initial: 2 });
+        assert_eq!(
+            cfg.binds,
+            vec![BindAddr::Tcp("127.0.0.1:8000".parse().unwrap())]
+        );
+        assert_eq!(
+            cfg.admin_bind,
+            BindAddr::Tcp("127.0.0.1:9191".parse().unwrap())
+        );
+        assert_eq!(
+            cfg.live.workers,
+            WorkerLimits {
+                min: 2,
+                max: 2,
+                initial: 2
+            }
+        );
         assert_eq!(cfg.live.scaling.algo, Algorithm::Spare);
         assert_eq!(cfg.live.scaling.step, 1);
         assert!(cfg.python.preload);
@@ -964,11 +1004,23 @@ mod tests {
     #[test]
     fn bind_forms() {
         let cases = [
-            ("127.0.0.1:0", Some(BindAddr::Tcp("127.0.0.1:0".parse().unwrap()))),
+            (
+                "127.0.0.1:0",
+                Some(BindAddr::Tcp("127.0.0.1:0".parse().unwrap())),
+            ),
             ("[::1]:80", Some(BindAddr::Tcp("[::1]:80".parse().unwrap()))),
-            (":8000", Some(BindAddr::Tcp("0.0.0.0:8000".parse().unwrap()))),
-            ("localhost:81", Some(BindAddr::Tcp("127.0.0.1:81".parse().unwrap()))),
-            ("unix:/tmp/s.sock", Some(BindAddr::Unix("/tmp/s.sock".into()))),
+            (
+                ":8000",
+                Some(BindAddr::Tcp("0.0.0.0:8000".parse().unwrap())),
+            ),
+            (
+                "localhost:81",
+                Some(BindAddr::Tcp("127.0.0.1:81".parse().unwrap())),
+            ),
+            (
+                "unix:/tmp/s.sock",
+                Some(BindAddr::Unix("/tmp/s.sock".into())),
+            ),
             ("unix:", None),
             ("example.com:80", None),
             ("8000", None),
@@ -991,11 +1043,20 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&["app:x", "--workers", "4:2"], "workers"),
             (&["app:x", "--workers", "0"], "workers"),
-            (&["app:x", "--workers", "2:4", "--workers-initial", "5"], "workers-initial"),
+            (
+                &["app:x", "--workers", "2:4", "--workers-initial", "5"],
+                "workers-initial",
+            ),
             (&["app:x", "--threads", "0"], "threads"),
             (&["app:x", "--cheaper-step", "0"], "cheaper-step"),
             (
-                &["app:x", "--cheaper-busyness-min", "60", "--cheaper-busyness-max", "50"],
+                &[
+                    "app:x",
+                    "--cheaper-busyness-min",
+                    "60",
+                    "--cheaper-busyness-max",
+                    "50",
+                ],
                 "cheaper-busyness-min",
             ),
             (&["app:x", "--bind", "127.0.0.1:9191"], "admin-bind"),
@@ -1030,7 +1091,14 @@ mod tests {
         .expect("valid yaml");
         let cfg = resolve(&args(&["--workers", "3:6"]), &file, None).expect("valid");
         assert_eq!(cfg.python.app.module, "fromfile");
-        assert_eq!(cfg.live.workers, WorkerLimits { min: 3, max: 6, initial: 3 });
+        assert_eq!(
+            cfg.live.workers,
+            WorkerLimits {
+                min: 3,
+                max: 6,
+                initial: 3
+            }
+        );
         assert_eq!(cfg.live.scaling.algo, Algorithm::Busyness);
         assert_eq!(cfg.live.lifecycle.max_rss, Some(512 << 20));
         assert_eq!(cfg.live.lifecycle.timeout, Some(Duration::from_secs(30)));
@@ -1046,8 +1114,12 @@ mod tests {
 
     #[test]
     fn venv_falls_back_to_virtual_env() {
-        let cfg = resolve(&args(&["a:b"]), &FileConfig::default(), Some("/venv".into()))
-            .expect("valid");
+        let cfg = resolve(
+            &args(&["a:b"]),
+            &FileConfig::default(),
+            Some("/venv".into()),
+        )
+        .expect("valid");
         assert_eq!(cfg.python.venv, Some(PathBuf::from("/venv")));
     }
 

@@ -19,7 +19,9 @@ pub enum UnitError {
 pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     let t = text.trim();
     let err = || UnitError::Size(text.to_string());
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, suffix) = t.split_at(split);
     let mult: u64 = match suffix {
         "" | "B" => 1,
@@ -46,7 +48,9 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
 pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let t = text.trim();
     let err = || UnitError::Duration(text.to_string());
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, suffix) = t.split_at(split);
     let scale = match suffix {
         "" | "s" => 1.0,
@@ -63,7 +67,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
 pub fn format_duration(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
-    } else if d.as_nanos() % 1_000_000 == 0 {
+    } else if d.as_nanos().is_multiple_of(1_000_000) {
         format!("{}ms", d.as_millis())
     } else {
         format!("{}s", d.as_secs_f64())

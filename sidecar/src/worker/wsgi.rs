@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyStopIteration, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
-use pyo3::intern;
 
 use super::conn::Writer;
 use crate::proto::{self, Kind};
@@ -46,12 +46,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// Prepares the per-worker Python objects.
-    pub fn new(
-        py: Python<'_>,
-        app: Py<PyAny>,
-        threads: u32,
-        out: Arc<Writer>,
-    ) -> PyResult<Ctx> {
+    pub fn new(py: Python<'_>, app: Py<PyAny>, threads: u32, out: Arc<Writer>) -> PyResult<Ctx> {
         let sys = py.import("sys")?;
         Ok(Ctx {
             app,
@@ -61,7 +56,10 @@ impl Ctx {
             multithread: threads > 1,
             keys: Mutex::new(HashMap::new()),
             out,
-            cancel: (0..threads).map(|_| AtomicBool::new(false)).collect::<Vec<_>>().into(),
+            cancel: (0..threads)
+                .map(|_| AtomicBool::new(false))
+                .collect::<Vec<_>>()
+                .into(),
             poll_cancel: None,
             broken: AtomicBool::new(false),
         })
@@ -100,7 +98,9 @@ impl Ctx {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.broken.store(true, Ordering::Relaxed);
-                Err(PyOSError::new_err(format!("connection to the master lost: {e}")))
+                Err(PyOSError::new_err(format!(
+                    "connection to the master lost: {e}"
+                )))
             }
         }
     }
@@ -288,28 +288,31 @@ fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<(u16, Vec<u8>)> {
             String::from_utf8_lossy(&bytes)
         )));
     }
-    let code = (bytes[0] - b'0') as u16 * 100 + (bytes[1] - b'0') as u16 * 10 + (bytes[2] - b'0') as u16;
+    let code =
+        (bytes[0] - b'0') as u16 * 100 + (bytes[1] - b'0') as u16 * 10 + (bytes[2] - b'0') as u16;
     Ok((code, bytes[4..].to_vec()))
 }
 
 fn is_token(name: &[u8]) -> bool {
     !name.is_empty()
-        && name.iter().all(|&b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
-    let list = headers
-        .cast::<PyList>()
-        .map_err(|_| PyTypeError::new_err("response headers must be a list of (name, value) tuples"))?;
+    let list = headers.cast::<PyList>().map_err(|_| {
+        PyTypeError::new_err("response headers must be a list of (name, value) tuples")
+    })?;
     let mut out = Vec::with_capacity(list.len());
     for item in list.iter() {
         let pair = item.cast::<PyTuple>().map_err(|_| {
             PyTypeError::new_err("each response header must be a (name, value) tuple")
         })?;
         if pair.len() != 2 {
-            return Err(PyTypeError::new_err("each response header must be a (name, value) tuple"));
+            return Err(PyTypeError::new_err(
+                "each response header must be a (name, value) tuple",
+            ));
         }
         let name = pair.get_item(0)?;
         let value = pair.get_item(1)?;
@@ -365,7 +368,11 @@ impl StartResponse {
                 end,
                 *code,
                 reason,
-                st.headers.iter().map(|(k, v)| (&k[..], &v[..])).collect::<Vec<_>>().into_iter(),
+                st.headers
+                    .iter()
+                    .map(|(k, v)| (&k[..], &v[..]))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
                 body,
             )
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
@@ -543,7 +550,12 @@ fn fail(py: Python<'_>, sr: &StartResponse, err: PyErr) -> PyResult<()> {
     }
     let mut frame = BytesMut::new();
     if sr.head_sent() {
-        proto::encode_simple(&mut frame, Kind::Abort, sr.stream, b"exception after the response head was sent");
+        proto::encode_simple(
+            &mut frame,
+            Kind::Abort,
+            sr.stream,
+            b"exception after the response head was sent",
+        );
     } else {
         let body: &[u8] = b"Internal Server Error\n";
         let len = body.len().to_string();
@@ -551,8 +563,16 @@ fn fail(py: Python<'_>, sr: &StartResponse, err: PyErr) -> PyResult<()> {
             (b"Content-Type", b"text/plain; charset=utf-8"),
             (b"Content-Length", len.as_bytes()),
         ];
-        proto::encode_head(&mut frame, sr.stream, true, 500, b"Internal Server Error", headers.into_iter(), &[body])
-            .expect("a fixed small head encodes");
+        proto::encode_head(
+            &mut frame,
+            sr.stream,
+            true,
+            500,
+            b"Internal Server Error",
+            headers.into_iter(),
+            &[body],
+        )
+        .expect("a fixed small head encodes");
         lock(&sr.state).head_sent = true;
     }
     let _ = sr.ctx().send(py, &frame);
@@ -560,16 +580,14 @@ fn fail(py: Python<'_>, sr: &StartResponse, err: PyErr) -> PyResult<()> {
 }
 
 fn as_bytes<'a, 'py>(item: &'a Bound<'py, PyAny>) -> PyResult<&'a [u8]> {
-    item.cast::<PyBytes>()
-        .map(|b| b.as_bytes())
-        .map_err(|_| {
-            let ty = item
-                .get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|_| "?".into());
-            PyTypeError::new_err(format!("response body items must be bytes, not {ty}"))
-        })
+    item.cast::<PyBytes>().map(|b| b.as_bytes()).map_err(|_| {
+        let ty = item
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        PyTypeError::new_err(format!("response body items must be bytes, not {ty}"))
+    })
 }
 
 fn send_body(
@@ -588,7 +606,10 @@ fn send_body(
             None
         };
         if let Some(items) = items {
-            let parts = items.iter().map(as_bytes).collect::<PyResult<Vec<&[u8]>>>()?;
+            let parts = items
+                .iter()
+                .map(as_bytes)
+                .collect::<PyResult<Vec<&[u8]>>>()?;
             return sr.send_head(py, &parts, true);
         }
         if let Ok(fw) = result.cast_exact::<FileWrapper>() {
@@ -638,7 +659,12 @@ fn open_wrapped_file(py: Python<'_>, fw: &FileWrapper) -> PyResult<Option<std::f
     Ok(Some(dup))
 }
 
-fn send_file(py: Python<'_>, ctx: &Arc<Ctx>, sr: &StartResponse, mut file: std::fs::File) -> PyResult<()> {
+fn send_file(
+    py: Python<'_>,
+    ctx: &Arc<Ctx>,
+    sr: &StartResponse,
+    mut file: std::fs::File,
+) -> PyResult<()> {
     let mut buf = vec![0u8; FILE_BLOCK];
     loop {
         let n = py
@@ -668,4 +694,3 @@ pub fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
     })();
     formatted.unwrap_or_else(|_| err.to_string())
 }
-

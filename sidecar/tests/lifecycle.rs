@@ -1,0 +1,99 @@
+//! Process lifecycle through the real binary: dead workers, failed imports, shutdown.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{start_failing, Server};
+
+const APP: &str = "pep3333:application";
+
+#[test]
+fn sigkilled_worker_fails_only_its_request_and_is_replaced() {
+    let s = Server::start(APP, &["--workers", "1"]);
+    let pid = s.get("/pid").json()["pid"].as_u64().unwrap() as i32;
+    let addr = s.addr;
+    let victim = std::thread::spawn(move || support::get(addr, "/sleep?3000").unwrap().status);
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert_eq!(victim.join().unwrap(), 502);
+    // The replacement serves, with a new pid.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = s.get("/pid");
+        if r.status == 200 {
+            assert_ne!(r.json()["pid"].as_u64().unwrap() as i32, pid);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no replacement worker");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(s.log_text().contains("worker died"), "{}", s.log_text());
+}
+
+#[test]
+fn failed_import_is_a_clear_error_and_nonzero_exit() {
+    for extra in [&[][..], &["--no-preload"][..]] {
+        let (status, log) = start_failing("broken:application", extra);
+        assert!(!status.success(), "{extra:?}: exit {status:?}");
+        assert!(
+            log.contains("this_module_does_not_exist"),
+            "{extra:?}: {log}"
+        );
+        assert!(log.contains("ModuleNotFoundError"), "{extra:?}: {log}");
+    }
+    let (status, log) = start_failing("pep3333:no_such_callable", &[]);
+    assert!(!status.success());
+    assert!(log.contains("no_such_callable"), "{log}");
+}
+
+#[test]
+fn bad_flags_are_rejected_before_starting() {
+    let (status, _) = start_failing(APP, &["--workers", "5:2"]);
+    assert_eq!(status.code(), Some(2));
+    let (status, _) = start_failing(APP, &["--cheaper-algo", "sparse"]);
+    assert_eq!(status.code(), Some(2));
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let s = Server::start(APP, &["--workers", "1", "--graceful-timeout", "10"]);
+    let addr = s.addr;
+    let in_flight = std::thread::spawn(move || support::get(addr, "/sleep?1000").unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let status = s.terminate();
+    assert!(status.success(), "{status:?}");
+    let r = in_flight.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["slept_ms"], 1000);
+}
+
+#[test]
+fn no_preload_imports_in_each_worker() {
+    let s = Server::start(APP, &["--workers", "2", "--no-preload"]);
+    assert_eq!(s.get("/pid").status, 200);
+    assert!(
+        s.log_text().contains("\"preload\":false"),
+        "{}",
+        s.log_text()
+    );
+}
+
+#[test]
+fn readiness_fails_while_draining() {
+    let s = Server::start(APP, &["--workers", "1", "--graceful-timeout", "10"]);
+    let addr = s.addr;
+    let admin = s.admin;
+    let in_flight = std::thread::spawn(move || support::get(addr, "/sleep?1500").unwrap().status);
+    std::thread::sleep(Duration::from_millis(300));
+    s.signal(nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    let r = support::get(admin, "/readyz").unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(in_flight.join().unwrap(), 200);
+}

@@ -1,0 +1,346 @@
+//! Test support: start the real `wsgiscale` binary on 127.0.0.1:0 and talk to it.
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn apps() -> PathBuf {
+    repo().join("tests/apps")
+}
+
+/// The test virtualenv with Flask and Django, made by `make test` (or `make venv`).
+pub fn venv() -> PathBuf {
+    let v = repo().join(".venv");
+    assert!(
+        v.join("bin/python").exists(),
+        "{} is missing: run `make test` (it creates it from tests/requirements.txt)",
+        v.display()
+    );
+    v
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+type Spawned = (
+    Child,
+    Arc<Mutex<Vec<String>>>,
+    mpsc::Receiver<(String, String)>,
+);
+
+fn spawn(app: &str, extra: &[&str]) -> Spawned {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgiscale"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--admin-bind",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json", "--chdir"])
+        .arg(apps())
+        .args(extra)
+        .arg(app)
+        .env_remove("VIRTUAL_ENV")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the wsgiscale binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if let (Some(msg), Some(addr)) = (v["message"].as_str(), v["addr"].as_str()) {
+                    let _ = tx.send((msg.to_string(), addr.to_string()));
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (child, log, rx)
+}
+
+impl Server {
+    /// Starts `app` with extra flags and waits until it is ready.
+    pub fn start(app: &str, extra: &[&str]) -> Server {
+        let (child, log, rx) = spawn(app, extra);
+        let mut addr = None;
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while addr.is_none() || admin.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((msg, a)) if msg == "listening" => addr = addr.or(a.parse().ok()),
+                Ok((msg, a)) if msg == "admin listening" => admin = a.parse().ok(),
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "server did not start; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                ),
+            }
+        }
+        let s = Server {
+            child: Some(child),
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+            log,
+        };
+        s.wait_ready();
+        s
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = get(self.admin, "/readyz") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never ready; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        get(self.addr, path).unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        wait_exit(self.child.as_mut().unwrap(), Duration::from_secs(60))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a server that must fail to start; returns its exit status and log.
+pub fn start_failing(app: &str, extra: &[&str]) -> (ExitStatus, String) {
+    let (mut child, log, _rx) = spawn(app, extra);
+    let st = wait_exit(&mut child, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(100));
+    let text = log.lock().unwrap().join("\n");
+    (st, text)
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn to_resp(mut r: ureq::http::Response<ureq::Body>) -> Result<Resp, ureq::Error> {
+    let status = r.status().as_u16();
+    let headers = r
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = r.body_mut().with_config().limit(64 << 20).read_to_vec()?;
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// GET with a real HTTP client.
+pub fn get(addr: SocketAddr, path: &str) -> Result<Resp, ureq::Error> {
+    to_resp(agent().get(format!("http://{addr}{path}")).call()?)
+}
+
+/// POST with a real HTTP client.
+pub fn post(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Resp, ureq::Error> {
+    to_resp(
+        agent()
+            .post(format!("http://{addr}{path}"))
+            .header("Content-Type", content_type)
+            .send(body)?,
+    )
+}
+
+/// Writes raw bytes and reads until the server closes the connection (or `within` passes).
+pub fn raw(addr: SocketAddr, bytes: &[u8], within: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(within)).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Parses consecutive HTTP/1.x responses with Content-Length or chunked bodies from `data`;
+/// a trailing close-delimited body takes the rest.
+pub fn parse_responses(mut data: &[u8]) -> Vec<Resp> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+            break;
+        };
+        let head = String::from_utf8_lossy(&data[..end]).into_owned();
+        data = &data[end + 4..];
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let find = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let body;
+        if status == 100 {
+            out.push(Resp {
+                status,
+                headers,
+                body: Vec::new(),
+            });
+            continue;
+        }
+        if let Some(cl) = find("content-length") {
+            let n: usize = cl.parse().unwrap();
+            let n = n.min(data.len());
+            body = data[..n].to_vec();
+            data = &data[n..];
+        } else if find("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+            let mut b = Vec::new();
+            loop {
+                let Some(le) = data.windows(2).position(|w| w == b"\r\n") else {
+                    data = &[];
+                    break;
+                };
+                let size = usize::from_str_radix(String::from_utf8_lossy(&data[..le]).trim(), 16)
+                    .unwrap_or(0);
+                data = &data[le + 2..];
+                if size == 0 {
+                    data = data.get(2..).unwrap_or(&[]);
+                    break;
+                }
+                let size = size.min(data.len());
+                b.extend_from_slice(&data[..size]);
+                data = data.get(size + 2..).unwrap_or(&[]);
+            }
+            body = b;
+        } else {
+            body = data.to_vec();
+            data = &[];
+        }
+        out.push(Resp {
+            status,
+            headers,
+            body,
+        });
+    }
+    out
+}
