@@ -36,11 +36,21 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Namespaces to watch, comma-separated; empty: all namespaces.
-    #[arg(long = "namespace", env = "WSGISCALE_OPERATOR_NAMESPACES", value_delimiter = ',', value_name = "NS")]
+    #[arg(
+        long = "namespace",
+        env = "WSGISCALE_OPERATOR_NAMESPACES",
+        value_delimiter = ',',
+        value_name = "NS"
+    )]
     pub namespaces: Vec<String>,
 
     /// Address of the /healthz, /readyz and /metrics server.
-    #[arg(long, env = "WSGISCALE_OPERATOR_HTTP_BIND", default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "WSGISCALE_OPERATOR_HTTP_BIND",
+        default_value = "0.0.0.0:8080",
+        value_name = "ADDR"
+    )]
     pub http_bind: SocketAddr,
 
     /// Elect one active replica through a Lease; turn off only when running a single replica.
@@ -48,7 +58,12 @@ pub struct RunArgs {
     pub leader_election: bool,
 
     /// Name of the leader election Lease.
-    #[arg(long, env = "WSGISCALE_OPERATOR_LEASE_NAME", default_value = "wsgiscale-operator", value_name = "NAME")]
+    #[arg(
+        long,
+        env = "WSGISCALE_OPERATOR_LEASE_NAME",
+        default_value = "wsgiscale-operator",
+        value_name = "NAME"
+    )]
     pub lease_name: String,
 
     /// Namespace of the Lease. [default: the namespace of the kubeconfig context, or the pod's]
@@ -76,7 +91,12 @@ pub struct RunArgs {
     pub log_format: LogFormat,
 
     /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `wsgiscale_operator=debug,kube=info`.
-    #[arg(long, env = "WSGISCALE_OPERATOR_LOG_LEVEL", default_value = "info", value_name = "FILTER")]
+    #[arg(
+        long,
+        env = "WSGISCALE_OPERATOR_LOG_LEVEL",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
     pub log_level: String,
 }
 
@@ -104,8 +124,14 @@ mod tests {
         assert_eq!(args.lease_duration_seconds, 15);
 
         let cli = Cli::try_parse_from([
-            "wsgiscale-operator", "run", "--namespace", "a,b", "--leader-election", "false",
-            "--log-format", "json",
+            "wsgiscale-operator",
+            "run",
+            "--namespace",
+            "a,b",
+            "--leader-election",
+            "false",
+            "--log-format",
+            "json",
         ])
         .expect("parses");
         let Command::Run(args) = cli.command else {
@@ -115,7 +141,13 @@ mod tests {
         assert!(!args.leader_election);
         assert_eq!(args.log_format, LogFormat::Json);
 
-        assert!(Cli::try_parse_from(["wsgiscale-operator", "run", "--lease-duration-seconds", "1"]).is_err());
+        assert!(Cli::try_parse_from([
+            "wsgiscale-operator",
+            "run",
+            "--lease-duration-seconds",
+            "1"
+        ])
+        .is_err());
         assert!(Cli::try_parse_from(["wsgiscale-operator", "run", "--http-bind", "nope"]).is_err());
     }
 }

@@ -26,8 +26,9 @@ pub const GROUP: &str = "wsgiscale.dev";
 /// API version of the resource.
 pub const VERSION: &str = "v1alpha1";
 
-/// CEL: a size the server's parser reads (`512Mi`, `1Gi`, `300M`, `1048576`).
-const SIZE_RULE: &str = "self.matches('^[0-9]+(\\\\.[0-9]+)?(Ki|Mi|Gi|K|M|G)?$')";
+/// CEL: a size the server's parser reads (`512Mi`, `1Gi`, `300M`, `1048576`), no more.
+const SIZE_RULE: &str =
+    "self.matches('^[0-9]+(\\\\.[0-9]+)?(B|K|k|KB|M|MB|G|GB|Ki|KiB|Mi|MiB|Gi|GiB)?$')";
 const SIZE_MESSAGE: &str =
     "must be a size in bytes with an optional K, M, G (powers of 1000) or Ki, Mi, Gi (powers of 1024) suffix, e.g. 512Mi";
 

@@ -97,7 +97,10 @@ pub fn is_subset(desired: &Value, observed: &Value, quantities: bool) -> bool {
             None => is_empty_value(dv),
         }),
         (Value::Array(d), Value::Array(o)) => {
-            d.len() == o.len() && d.iter().zip(o).all(|(dv, ov)| is_subset(dv, ov, quantities))
+            d.len() == o.len()
+                && d.iter()
+                    .zip(o)
+                    .all(|(dv, ov)| is_subset(dv, ov, quantities))
         }
         (Value::Number(d), Value::Number(o)) => d.as_f64() == o.as_f64(),
         (Value::String(d), Value::String(o)) if quantities => {
@@ -178,8 +181,14 @@ mod tests {
         let old = stamp_hash(cm("workers: 2:8\n"));
         let new = stamp_hash(cm("workers: 2:16\n"));
         assert_ne!(
-            old.metadata.annotations.as_ref().map(|a| &a[DESIRED_HASH_ANNOTATION]),
-            new.metadata.annotations.as_ref().map(|a| &a[DESIRED_HASH_ANNOTATION])
+            old.metadata
+                .annotations
+                .as_ref()
+                .map(|a| &a[DESIRED_HASH_ANNOTATION]),
+            new.metadata
+                .annotations
+                .as_ref()
+                .map(|a| &a[DESIRED_HASH_ANNOTATION])
         );
         assert!(!is_applied(&new, &old));
 
@@ -195,7 +204,10 @@ mod tests {
     #[test]
     fn hashes_are_stable() {
         // A fixed value: changing the hash function rolls out an apply on every child.
-        assert_eq!(compute_hash(&json!({"a": 1})), format!("{:016x}", fnv1a64(b"{\"a\":1}")));
+        assert_eq!(
+            compute_hash(&json!({"a": 1})),
+            format!("{:016x}", fnv1a64(b"{\"a\":1}"))
+        );
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
@@ -206,14 +218,30 @@ mod tests {
             (json!({"a": 1}), json!({"a": 1, "b": 2}), true),
             (json!({"a": 1}), json!({"a": 2}), false),
             (json!({"a": [1, 2]}), json!({"a": [1, 2, 3]}), false),
-            (json!({"a": [{"x": 1}]}), json!({"a": [{"x": 1, "y": 0}]}), true),
+            (
+                json!({"a": [{"x": 1}]}),
+                json!({"a": [{"x": 1, "y": 0}]}),
+                true,
+            ),
             (json!({"readOnly": false}), json!({}), true),
             (json!({"readOnly": true}), json!({}), false),
             (json!({"list": []}), json!({}), true),
             (json!({"n": 0}), json!({}), true),
-            (json!({"limits": {"memory": "1024Mi"}}), json!({"limits": {"memory": "1Gi"}}), true),
-            (json!({"requests": {"cpu": "0.5"}}), json!({"requests": {"cpu": "500m"}}), true),
-            (json!({"requests": {"cpu": "1"}}), json!({"requests": {"cpu": "500m"}}), false),
+            (
+                json!({"limits": {"memory": "1024Mi"}}),
+                json!({"limits": {"memory": "1Gi"}}),
+                true,
+            ),
+            (
+                json!({"requests": {"cpu": "0.5"}}),
+                json!({"requests": {"cpu": "500m"}}),
+                true,
+            ),
+            (
+                json!({"requests": {"cpu": "1"}}),
+                json!({"requests": {"cpu": "500m"}}),
+                false,
+            ),
             (json!({"image": "1024Mi"}), json!({"image": "1Gi"}), false),
             (json!({"n": 1}), json!({"n": 1.0}), true),
         ];

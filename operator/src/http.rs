@@ -50,10 +50,19 @@ fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
 }
 
 /// Answers one request (pure over the shared state, so it is tested without a socket).
-pub fn route(method: &Method, path: &str, health: &Health, metrics: &Metrics) -> Response<Full<Bytes>> {
+pub fn route(
+    method: &Method,
+    path: &str,
+    health: &Health,
+    metrics: &Metrics,
+) -> Response<Full<Bytes>> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     if method != Method::GET && method != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "method not allowed\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            PLAIN,
+            "method not allowed\n",
+        );
     }
     match path {
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
@@ -65,7 +74,12 @@ pub fn route(method: &Method, path: &str, health: &Health, metrics: &Metrics) ->
 }
 
 /// Serves on `listener` until `shutdown`, then lets open connections finish.
-pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let graceful = GracefulShutdown::new();
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "serving /healthz, /readyz and /metrics");
@@ -137,7 +151,9 @@ mod tests {
 
     #[tokio::test]
     async fn serves_metrics_over_tcp_and_stops_on_shutdown() {
-        let listener = bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let health = Arc::new(Health::default());
         let metrics = Arc::new(Metrics::default());
@@ -158,7 +174,10 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::OK);
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         let body = String::from_utf8(body.to_vec()).expect("utf-8");
-        assert!(body.contains("wsgiscale_operator_writes_total{kind=\"Deployment\"} 1"), "{body}");
+        assert!(
+            body.contains("wsgiscale_operator_writes_total{kind=\"Deployment\"} 1"),
+            "{body}"
+        );
         drop(sender);
 
         shutdown.cancel();

@@ -61,7 +61,12 @@ pub enum Decision {
 
 /// Decides from the lease's spec (None: no lease), our identity and how long the lease's record
 /// has been unchanged as we observed it.
-pub fn decide(spec: Option<&LeaseSpec>, me: &str, unchanged_for: Duration, default_duration: Duration) -> Decision {
+pub fn decide(
+    spec: Option<&LeaseSpec>,
+    me: &str,
+    unchanged_for: Duration,
+    default_duration: Duration,
+) -> Decision {
     let Some(spec) = spec else {
         return Decision::Create;
     };
@@ -87,7 +92,13 @@ pub fn decide(spec: Option<&LeaseSpec>, me: &str, unchanged_for: Duration, defau
 }
 
 /// The lease spec to write for `decision` (Create, Renew or Acquire), at `now`.
-pub fn build_spec(previous: Option<&LeaseSpec>, decision: &Decision, me: &str, now: Timestamp, lease_duration: Duration) -> LeaseSpec {
+pub fn build_spec(
+    previous: Option<&LeaseSpec>,
+    decision: &Decision,
+    me: &str,
+    now: Timestamp,
+    lease_duration: Duration,
+) -> LeaseSpec {
     let prev = previous.cloned().unwrap_or_default();
     let transitions = prev.lease_transitions.unwrap_or(0);
     let taking_over = matches!(decision, Decision::Acquire | Decision::Create);
@@ -108,9 +119,18 @@ pub fn build_spec(previous: Option<&LeaseSpec>, decision: &Decision, me: &str, n
     }
 }
 
-/// What identifies one version of the lease's record, to tell whether it changed.
-fn record_key(spec: Option<&LeaseSpec>) -> Option<(Option<String>, Option<MicroTime>, Option<i32>)> {
-    spec.map(|s| (s.holder_identity.clone(), s.renew_time.clone(), s.lease_transitions))
+/// What identifies one version of the lease's record (holder, renew time, transitions), to
+/// tell whether it changed.
+type RecordKey = Option<(Option<String>, Option<MicroTime>, Option<i32>)>;
+
+fn record_key(spec: Option<&LeaseSpec>) -> RecordKey {
+    spec.map(|s| {
+        (
+            s.holder_identity.clone(),
+            s.renew_time.clone(),
+            s.lease_transitions,
+        )
+    })
 }
 
 /// Runs the election for one identity.
@@ -119,7 +139,7 @@ pub struct LeaderElector {
     name: String,
     identity: String,
     timing: LeaseTiming,
-    observed: Option<(Option<(Option<String>, Option<MicroTime>, Option<i32>)>, Instant)>,
+    observed: Option<(RecordKey, Instant)>,
     last_renewal: Option<Instant>,
 }
 
@@ -149,12 +169,23 @@ impl LeaderElector {
                 Duration::ZERO
             }
         };
-        let decision = decide(spec, &self.identity, unchanged_for, self.timing.lease_duration);
+        let decision = decide(
+            spec,
+            &self.identity,
+            unchanged_for,
+            self.timing.lease_duration,
+        );
         if let Decision::Follow { holder } = &decision {
             tracing::debug!(holder, "following");
             return Ok(false);
         }
-        let new_spec = build_spec(spec, &decision, &self.identity, Timestamp::now(), self.timing.lease_duration);
+        let new_spec = build_spec(
+            spec,
+            &decision,
+            &self.identity,
+            Timestamp::now(),
+            self.timing.lease_duration,
+        );
         let result = match lease {
             None => {
                 let lease = Lease {
@@ -169,7 +200,9 @@ impl LeaderElector {
             Some(mut lease) => {
                 // Keeps metadata.resourceVersion: a concurrent writer makes this a 409.
                 lease.spec = Some(new_spec);
-                self.api.replace(&self.name, &PostParams::default(), &lease).await
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
             }
         };
         match result {
@@ -232,7 +265,9 @@ impl LeaderElector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
-        self.api.replace(&self.name, &PostParams::default(), &lease).await?;
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await?;
         Ok(())
     }
 }
@@ -268,7 +303,11 @@ mod tests {
             (Some(spec(Some("other"), 0)), s(15), Decision::Acquire),
         ];
         for (lease, unchanged, want) in cases {
-            assert_eq!(decide(lease.as_ref(), "me", unchanged, D), want, "{lease:?} {unchanged:?}");
+            assert_eq!(
+                decide(lease.as_ref(), "me", unchanged, D),
+                want,
+                "{lease:?} {unchanged:?}"
+            );
         }
     }
 
@@ -276,7 +315,13 @@ mod tests {
     fn acquiring_counts_a_transition_and_renewing_keeps_the_acquire_time() {
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
         let t1: Timestamp = "2026-01-01T00:00:10Z".parse().expect("time");
-        let taken = build_spec(Some(&spec(Some("other"), 15)), &Decision::Acquire, "me", t0, D);
+        let taken = build_spec(
+            Some(&spec(Some("other"), 15)),
+            &Decision::Acquire,
+            "me",
+            t0,
+            D,
+        );
         assert_eq!(taken.holder_identity.as_deref(), Some("me"));
         assert_eq!(taken.lease_transitions, Some(4));
         assert_eq!(taken.acquire_time, Some(MicroTime(t0)));

@@ -94,7 +94,9 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts one reconcile that took `elapsed` and ended with `result`.
     pub fn observe_reconcile(&self, result: &'static str, elapsed: Duration) {
-        self.reconciles.get_or_create(&ResultLabels { result }).inc();
+        self.reconciles
+            .get_or_create(&ResultLabels { result })
+            .inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
 

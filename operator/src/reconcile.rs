@@ -135,7 +135,12 @@ pub struct Context {
 
 impl Context {
     /// A context for `client`; `instance` names this operator replica in events.
-    pub fn new(client: Client, instance: Option<String>, metrics: Arc<Metrics>, resync: Duration) -> Self {
+    pub fn new(
+        client: Client,
+        instance: Option<String>,
+        metrics: Arc<Metrics>,
+        resync: Duration,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance,
@@ -232,14 +237,28 @@ async fn reconcile_app(app: &WsgiApp, ctx: &Context) -> Result<(Action, &'static
                 return Err(e);
             };
             ctx.metrics.count_error("object_rejected");
-            let status = compute_status(app, Outcome::Rejected { kind, message: &message }, now());
+            let status = compute_status(
+                app,
+                Outcome::Rejected {
+                    kind,
+                    message: &message,
+                },
+                now(),
+            );
             publish_status(ctx, app, status).await?;
             Ok((Action::requeue(ctx.resync), "rejected"))
         }
         Err(Refusal::Conflict { kind, name }) => {
             ctx.metrics.count_error("name_conflict");
             let message = format!("{kind} {name} exists and is not controlled by this WsgiApp");
-            let status = compute_status(app, Outcome::Rejected { kind, message: &message }, now());
+            let status = compute_status(
+                app,
+                Outcome::Rejected {
+                    kind,
+                    message: &message,
+                },
+                now(),
+            );
             publish_status(ctx, app, status).await?;
             Ok((Action::requeue(ctx.resync), "rejected"))
         }
@@ -251,10 +270,7 @@ enum Refusal {
     /// An API error (maybe a permanent refusal, see [`Error::rejection`]).
     Api(Error),
     /// A child's name is taken by an object this app does not control.
-    Conflict {
-        kind: &'static str,
-        name: String,
-    },
+    Conflict { kind: &'static str, name: String },
 }
 
 impl From<Error> for Refusal {
@@ -320,7 +336,13 @@ where
     apply(ctx, app, api, &desired, "Created").await
 }
 
-async fn apply<K>(ctx: &Context, app: &WsgiApp, api: &Api<K>, desired: &K, verb: &str) -> Result<K, Refusal>
+async fn apply<K>(
+    ctx: &Context,
+    app: &WsgiApp,
+    api: &Api<K>,
+    desired: &K,
+    verb: &str,
+) -> Result<K, Refusal>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
@@ -343,7 +365,16 @@ where
         format!("{verb} {kind} {name}")
     };
     let related = applied.object_ref(&());
-    publish_event(ctx, app, EventType::Normal, verb, "Apply", note, Some(related)).await;
+    publish_event(
+        ctx,
+        app,
+        EventType::Normal,
+        verb,
+        "Apply",
+        note,
+        Some(related),
+    )
+    .await;
     Ok(applied)
 }
 
@@ -365,9 +396,7 @@ async fn apply_children(ctx: &Context, app: &WsgiApp, v: &ValidatedApp) -> Resul
         .as_ref()
         .and_then(|s| s.autoscaler.as_ref())
         .and_then(|a| a.recommended_replicas);
-    let current = observed_dep
-        .as_ref()
-        .and_then(|d| d.spec.replicas);
+    let current = observed_dep.as_ref().and_then(|d| d.spec.replicas);
     let replicas = compute_replicas(v, recommended, current);
     let children = render_children(v, replicas);
 
@@ -389,10 +418,22 @@ async fn apply_children(ctx: &Context, app: &WsgiApp, v: &ValidatedApp) -> Resul
                     source,
                 })?;
             ctx.metrics.count_write("PodDisruptionBudget");
-            info!(name, "deleted PodDisruptionBudget: replicas.min is 1 or less");
+            info!(
+                name,
+                "deleted PodDisruptionBudget: replicas.min is 1 or less"
+            );
             let note = format!("Deleted PodDisruptionBudget {name}: replicas.min is 1 or less");
             let related = stale.object_ref(&());
-            publish_event(ctx, app, EventType::Normal, "Deleted", "Delete", note, Some(related)).await;
+            publish_event(
+                ctx,
+                app,
+                EventType::Normal,
+                "Deleted",
+                "Delete",
+                note,
+                Some(related),
+            )
+            .await;
         }
         (None, _) => {}
     }
@@ -412,31 +453,58 @@ async fn apply_children(ctx: &Context, app: &WsgiApp, v: &ValidatedApp) -> Resul
 
 /// Writes `status` when it differs from what the WsgiApp has, and publishes the events of its
 /// transitions. An unchanged status writes nothing.
-async fn publish_status(ctx: &Context, app: &WsgiApp, status: crate::crd::WsgiAppStatus) -> Result<(), Error> {
+async fn publish_status(
+    ctx: &Context,
+    app: &WsgiApp,
+    status: crate::crd::WsgiAppStatus,
+) -> Result<(), Error> {
     let old = app.status.as_ref();
     if old.map(reconciler_fields).as_ref() == Some(&status) {
         return Ok(());
     }
     let name = app.name_any();
-    let api: Api<WsgiApp> = Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let api: Api<WsgiApp> =
+        Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": WsgiApp::api_version(&()),
         "kind": WsgiApp::kind(&()),
         "status": status,
     });
-    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(|source| Error::PatchStatus {
-            name: name.clone(),
-            source,
-        })?;
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::PatchStatus {
+        name: name.clone(),
+        source,
+    })?;
     if let Some((reason, message)) = degraded_transition(old, &status) {
         warn!(reason, message, "degraded");
-        publish_event(ctx, app, EventType::Warning, &reason, "Reconcile", message, None).await;
+        publish_event(
+            ctx,
+            app,
+            EventType::Warning,
+            &reason,
+            "Reconcile",
+            message,
+            None,
+        )
+        .await;
     }
     if let Some((reason, message)) = ready_transition(old, &status) {
         info!(reason, message, "ready");
-        publish_event(ctx, app, EventType::Normal, &reason, "Reconcile", message, None).await;
+        publish_event(
+            ctx,
+            app,
+            EventType::Normal,
+            &reason,
+            "Reconcile",
+            message,
+            None,
+        )
+        .await;
     }
     Ok(())
 }

@@ -124,7 +124,10 @@ pub fn render_serve_args(app: &ValidatedApp) -> Vec<String> {
     }
     flag("max-body", app.http.max_body.to_string());
     flag("max-queue", app.http.max_queue.to_string());
-    flag("keepalive-timeout", format_duration(app.http.keepalive_timeout));
+    flag(
+        "keepalive-timeout",
+        format_duration(app.http.keepalive_timeout),
+    );
     flag("body-timeout", format_duration(app.http.body_timeout));
     flag(
         "graceful-timeout",
@@ -545,23 +548,48 @@ mod tests {
         });
         let cfg = parse_back(&valid(&app));
 
-        assert_eq!(cfg.binds, vec![BindAddr::Tcp("0.0.0.0:8080".parse().expect("addr"))]);
-        assert_eq!(cfg.admin_bind, BindAddr::Tcp("0.0.0.0:9000".parse().expect("addr")));
+        assert_eq!(
+            cfg.binds,
+            vec![BindAddr::Tcp("0.0.0.0:8080".parse().expect("addr"))]
+        );
+        assert_eq!(
+            cfg.admin_bind,
+            BindAddr::Tcp("0.0.0.0:9000".parse().expect("addr"))
+        );
         assert_eq!(cfg.python.app.to_string(), "shop.wsgi:application");
-        assert_eq!(cfg.python.chdir.as_deref(), Some(std::path::Path::new("/srv/app")));
+        assert_eq!(
+            cfg.python.chdir.as_deref(),
+            Some(std::path::Path::new("/srv/app"))
+        );
         assert_eq!(
             cfg.python.pythonpath,
             vec![std::path::PathBuf::from("/srv/lib"), "/srv/vendor".into()]
         );
-        assert_eq!(cfg.python.venv.as_deref(), Some(std::path::Path::new("/opt/venv")));
+        assert_eq!(
+            cfg.python.venv.as_deref(),
+            Some(std::path::Path::new("/opt/venv"))
+        );
         assert!(!cfg.python.preload);
         assert_eq!(cfg.python.threads, 3);
-        assert_eq!(cfg.live.workers, WorkerLimits { min: 2, max: 12, initial: 4 });
+        assert_eq!(
+            cfg.live.workers,
+            WorkerLimits {
+                min: 2,
+                max: 12,
+                initial: 4
+            }
+        );
         let s = cfg.live.scaling;
         assert_eq!(s.algo, Algorithm::Busyness);
         assert_eq!((s.step, s.overload, s.idle, s.backlog), (2, 5, 7, 9));
         assert_eq!(
-            (s.busyness_min, s.busyness_max, s.busyness_multiplier, s.busyness_penalty, s.busyness_backlog),
+            (
+                s.busyness_min,
+                s.busyness_max,
+                s.busyness_multiplier,
+                s.busyness_penalty,
+                s.busyness_backlog
+            ),
             (20, 60, 8, 3, 40)
         );
         let l = cfg.live.lifecycle;
@@ -582,14 +610,24 @@ mod tests {
     #[test]
     fn defaults_round_trip_and_lifecycle_off_stays_off() {
         let cfg = parse_back(&valid(&mk_app("shop")));
-        assert_eq!(cfg.live.workers, WorkerLimits { min: 2, max: 2, initial: 2 });
+        assert_eq!(
+            cfg.live.workers,
+            WorkerLimits {
+                min: 2,
+                max: 2,
+                initial: 2
+            }
+        );
         assert_eq!(cfg.live.lifecycle.timeout, None);
         assert_eq!(cfg.live.lifecycle.max_lifetime, None);
         assert_eq!(cfg.live.lifecycle.max_rss, None);
         assert_eq!(cfg.live.lifecycle.max_requests, 0);
         assert!(cfg.python.preload);
         assert_eq!(cfg.http.graceful_timeout, Duration::from_secs(25));
-        assert_eq!(cfg.admin_bind, BindAddr::Tcp("0.0.0.0:9191".parse().expect("addr")));
+        assert_eq!(
+            cfg.admin_bind,
+            BindAddr::Tcp("0.0.0.0:9191".parse().expect("addr"))
+        );
     }
 
     #[test]
@@ -603,7 +641,10 @@ mod tests {
         let without = resolve(&args, &FileConfig::default(), None).expect("valid");
         assert_ne!(with_file.live, without.live);
         assert_eq!(
-            ServerConfig { live: without.live, ..with_file.clone() },
+            ServerConfig {
+                live: without.live,
+                ..with_file.clone()
+            },
             without
         );
         let file = render_config_file(&app);
@@ -619,7 +660,10 @@ mod tests {
 
         let more_workers = base.clone().with_workers(2, Some(16));
         let after = render_children(&valid(&more_workers), 2);
-        assert_eq!(before.deployment, after.deployment, "pod template must not change");
+        assert_eq!(
+            before.deployment, after.deployment,
+            "pod template must not change"
+        );
         assert_ne!(before.config_map, after.config_map);
 
         let lifecycle = base.clone().map(|a| {
@@ -634,7 +678,8 @@ mod tests {
 
         let template = |c: &Children| c.deployment.spec.template.clone();
         for changed in [
-            base.clone().map(|a| a.spec.image = "registry.example.com/shop:2.0".into()),
+            base.clone()
+                .map(|a| a.spec.image = "registry.example.com/shop:2.0".into()),
             base.clone().with_app("shop.other:app"),
             base.clone().map(|a| {
                 a.spec.env = vec![EnvVar {
@@ -643,7 +688,8 @@ mod tests {
                     ..EnvVar::default()
                 }]
             }),
-            base.clone().map(|a| a.spec.workers.get_or_insert_with(Default::default).threads = Some(4)),
+            base.clone()
+                .map(|a| a.spec.workers.get_or_insert_with(Default::default).threads = Some(4)),
         ] {
             let after = render_children(&valid(&changed), 2);
             assert_ne!(template(&before), template(&after), "{:?}", changed.spec);
@@ -660,18 +706,37 @@ mod tests {
         let pod = spec.template.spec.expect("pod");
         let psc = pod.security_context.expect("pod security context");
         assert_eq!(psc.run_as_non_root, Some(true));
-        assert_eq!(psc.seccomp_profile.expect("seccomp").type_, "RuntimeDefault");
+        assert_eq!(
+            psc.seccomp_profile.expect("seccomp").type_,
+            "RuntimeDefault"
+        );
         assert_eq!(pod.automount_service_account_token, Some(false));
         assert_eq!(pod.termination_grace_period_seconds, Some(35));
         let c = &pod.containers[0];
-        let sc = c.security_context.clone().expect("container security context");
+        let sc = c
+            .security_context
+            .clone()
+            .expect("container security context");
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
-        assert_eq!(sc.capabilities.expect("caps").drop, Some(vec!["ALL".to_string()]));
-        let live = c.liveness_probe.clone().expect("liveness").http_get.expect("http");
+        assert_eq!(
+            sc.capabilities.expect("caps").drop,
+            Some(vec!["ALL".to_string()])
+        );
+        let live = c
+            .liveness_probe
+            .clone()
+            .expect("liveness")
+            .http_get
+            .expect("http");
         assert_eq!(live.path.as_deref(), Some("/healthz"));
         assert_eq!(live.port, IntOrString::String("admin".into()));
-        let ready = c.readiness_probe.clone().expect("readiness").http_get.expect("http");
+        let ready = c
+            .readiness_probe
+            .clone()
+            .expect("readiness")
+            .http_get
+            .expect("http");
         assert_eq!(ready.path.as_deref(), Some("/readyz"));
         let sleep = c
             .lifecycle
@@ -681,10 +746,12 @@ mod tests {
             .expect("preStop sleep");
         assert_eq!(sleep.seconds, 5);
         let mounts = c.volume_mounts.clone().expect("mounts");
-        assert!(mounts.iter().any(|m| m.mount_path == "/tmp" && m.read_only.is_none()));
         assert!(mounts
             .iter()
-            .any(|m| m.mount_path == "/etc/wsgiscale" && m.read_only == Some(true) && m.sub_path.is_none()));
+            .any(|m| m.mount_path == "/tmp" && m.read_only.is_none()));
+        assert!(mounts.iter().any(|m| m.mount_path == "/etc/wsgiscale"
+            && m.read_only == Some(true)
+            && m.sub_path.is_none()));
         let ports = c.ports.clone().expect("ports");
         assert_eq!(ports[0].container_port, 8000);
         assert_eq!(ports[1].container_port, 9191);
@@ -703,7 +770,10 @@ mod tests {
         let v = valid(&app);
         let pod = render_deployment(&v, 1).spec.template.spec.expect("pod");
         assert_eq!(pod.termination_grace_period_seconds, Some(65));
-        assert_eq!(pod.containers[0].lifecycle, None, "no preStop when the delay is 0");
+        assert_eq!(
+            pod.containers[0].lifecycle, None,
+            "no preStop when the delay is 0"
+        );
         let cfg = check_with_server(&v).expect("valid");
         let grace = Duration::from_secs(pod.termination_grace_period_seconds.expect("set") as u64);
         assert!(cfg.http.graceful_timeout < grace);
@@ -734,9 +804,16 @@ mod tests {
         assert_eq!(dep.selector.match_labels.as_ref(), Some(&selector));
         let pod_labels = dep.template.metadata.expect("meta").labels.expect("labels");
         assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
-        assert_eq!(c.service.spec.expect("spec").selector, Some(selector.clone()));
         assert_eq!(
-            pdb.spec.expect("spec").selector.expect("selector").match_labels,
+            c.service.spec.expect("spec").selector,
+            Some(selector.clone())
+        );
+        assert_eq!(
+            pdb.spec
+                .expect("spec")
+                .selector
+                .expect("selector")
+                .match_labels,
             Some(selector)
         );
         assert!(render_children(&valid(&mk_app("shop")), 1).pdb.is_none());
@@ -767,7 +844,10 @@ mod tests {
         let pod = tpl.spec.expect("pod");
         let spread = pod.topology_spread_constraints.expect("spread");
         assert_eq!(
-            spread[0].label_selector.clone().and_then(|s| s.match_labels),
+            spread[0]
+                .label_selector
+                .clone()
+                .and_then(|s| s.match_labels),
             Some(selector_labels("shop"))
         );
         assert_eq!(pod.service_account_name.as_deref(), Some("shop"));

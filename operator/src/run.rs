@@ -84,15 +84,26 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let health = Arc::new(Health::default());
     let listener = http::bind(http_bind)
         .await
-        .map_err(|source| RunError::Bind { addr: http_bind, source })?;
-    let http_task = tokio::spawn(http::serve(listener, health.clone(), metrics.clone(), shutdown.clone()));
+        .map_err(|source| RunError::Bind {
+            addr: http_bind,
+            source,
+        })?;
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        health.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
 
     // Fail fast, with a hint, when the CRD is missing.
     let probe: Api<WsgiApp> = match namespaces.first() {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    probe.list(&ListParams::default().limit(1)).await.map_err(RunError::Crd)?;
+    probe
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(RunError::Crd)?;
     health.set_ready(true);
 
     let identity = identity
@@ -164,7 +175,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 }
 
 /// One controller per namespace (or one for all), until `stop`; in-flight reconciles finish.
-async fn run_controllers(ctx: &Arc<Context>, namespaces: &[String], concurrency: u16, stop: CancellationToken) {
+async fn run_controllers(
+    ctx: &Arc<Context>,
+    namespaces: &[String],
+    concurrency: u16,
+    stop: CancellationToken,
+) {
     let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
         vec![None]
     } else {
@@ -182,21 +198,25 @@ async fn run_controllers(ctx: &Arc<Context>, namespaces: &[String], concurrency:
             }
         }
         let stop = stop.clone();
-        let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=wsgiscale-operator");
-        Controller::new(api::<WsgiApp>(&client, ns), watcher::Config::default().any_semantic())
-            .with_config(ControllerConfig::default().concurrency(concurrency))
-            .owns(api::<ConfigMap>(&client, ns), owned.clone())
-            .owns(api::<Deployment>(&client, ns), owned.clone())
-            .owns(api::<Service>(&client, ns), owned.clone())
-            .owns(api::<PodDisruptionBudget>(&client, ns), owned)
-            .graceful_shutdown_on(async move { stop.cancelled().await })
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                match result {
-                    Ok((obj, _)) => tracing::debug!(name = %obj.name, "reconciled"),
-                    Err(e) => tracing::debug!(error = %e, "reconcile error"),
-                }
-            })
+        let owned =
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=wsgiscale-operator");
+        Controller::new(
+            api::<WsgiApp>(&client, ns),
+            watcher::Config::default().any_semantic(),
+        )
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .owns(api::<ConfigMap>(&client, ns), owned.clone())
+        .owns(api::<Deployment>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, ns), owned)
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(name = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
     });
     futures::future::join_all(controllers).await;
 }

@@ -141,8 +141,11 @@ fn rollout(dep: Option<&Deployment>) -> Rollout {
         deadline_exceeded: find("Progressing", "False")
             .filter(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
             .map(|c| c.message.clone().unwrap_or_default()),
-        replica_failure: find("ReplicaFailure", "True")
-            .map(|c| c.message.clone().unwrap_or_else(|| "pods cannot be created".into())),
+        replica_failure: find("ReplicaFailure", "True").map(|c| {
+            c.message
+                .clone()
+                .unwrap_or_else(|| "pods cannot be created".into())
+        }),
     }
 }
 
@@ -165,7 +168,12 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
         Outcome::Invalid(err) => {
             let msg = err.to_string();
             c.set(READY, false, reasons::INVALID_SPEC, msg.clone());
-            c.set(PROGRESSING, false, reasons::INVALID_SPEC, "waiting for a valid spec".into());
+            c.set(
+                PROGRESSING,
+                false,
+                reasons::INVALID_SPEC,
+                "waiting for a valid spec".into(),
+            );
             c.set(DEGRADED, true, reasons::INVALID_SPEC, msg);
         }
         Outcome::Rejected { kind, message } => {
@@ -198,7 +206,11 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
 
             let (ready, reason, msg) = if complete && r.ready >= desired {
                 if desired == 0 {
-                    (true, reasons::SCALED_TO_ZERO, "no pods requested".to_string())
+                    (
+                        true,
+                        reasons::SCALED_TO_ZERO,
+                        "no pods requested".to_string(),
+                    )
                 } else {
                     let msg = format!("{} of {desired} pods ready", r.ready);
                     (true, reasons::AVAILABLE, msg)
@@ -209,7 +221,10 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
                 let msg = "waiting for the Deployment controller".to_string();
                 (false, reasons::ROLLING_OUT, msg)
             } else if rolling {
-                let msg = format!("{} of {} pods updated, {} ready", r.updated, r.replicas, r.ready);
+                let msg = format!(
+                    "{} of {} pods updated, {} ready",
+                    r.updated, r.replicas, r.ready
+                );
                 (false, reasons::ROLLING_OUT, msg)
             } else if scaling {
                 let msg = format!("{} of {desired} pods, {} ready", r.replicas, r.ready);
@@ -270,17 +285,27 @@ pub fn condition<'a>(status: &'a WsgiAppStatus, type_: &str) -> Option<&'a Condi
 
 /// A Warning event worth publishing when `new` turned Degraded (or changed why) compared to
 /// `old`: (reason, message).
-pub fn degraded_transition(old: Option<&WsgiAppStatus>, new: &WsgiAppStatus) -> Option<(String, String)> {
+pub fn degraded_transition(
+    old: Option<&WsgiAppStatus>,
+    new: &WsgiAppStatus,
+) -> Option<(String, String)> {
     let now = condition(new, DEGRADED).filter(|c| c.status == "True")?;
     let before = old.and_then(|o| condition(o, DEGRADED));
-    let same = before.is_some_and(|b| b.status == now.status && b.reason == now.reason && b.message == now.message);
+    let same = before.is_some_and(|b| {
+        b.status == now.status && b.reason == now.reason && b.message == now.message
+    });
     (!same).then(|| (now.reason.clone(), now.message.clone()))
 }
 
 /// A Normal event worth publishing when `new` became Ready compared to `old`.
-pub fn ready_transition(old: Option<&WsgiAppStatus>, new: &WsgiAppStatus) -> Option<(String, String)> {
+pub fn ready_transition(
+    old: Option<&WsgiAppStatus>,
+    new: &WsgiAppStatus,
+) -> Option<(String, String)> {
     let now = condition(new, READY).filter(|c| c.status == "True")?;
-    let was = old.and_then(|o| condition(o, READY)).is_some_and(|b| b.status == "True");
+    let was = old
+        .and_then(|o| condition(o, READY))
+        .is_some_and(|b| b.status == "True");
     (!was).then(|| (now.reason.clone(), now.message.clone()))
 }
 
@@ -323,7 +348,15 @@ mod tests {
 
     fn applied(app: &WsgiApp, d: &Deployment, desired: i32) -> WsgiAppStatus {
         let v = validate_app(app).expect("valid");
-        compute_status(app, Outcome::Applied { app: &v, deployment: Some(d), desired }, t("2026-01-01T00:00:00Z"))
+        compute_status(
+            app,
+            Outcome::Applied {
+                app: &v,
+                deployment: Some(d),
+                desired,
+            },
+            t("2026-01-01T00:00:00Z"),
+        )
     }
 
     #[test]
@@ -333,18 +366,54 @@ mod tests {
         let no = |r: &str| ("False".to_string(), r.to_string());
         let cases = [
             // generation, observed, replicas, updated, ready, desired -> Ready, Progressing
-            ((2, 1, 2, 2, 2, 2), no(reasons::ROLLING_OUT), yes(reasons::ROLLING_OUT)),
-            ((2, 2, 3, 1, 2, 2), no(reasons::ROLLING_OUT), yes(reasons::ROLLING_OUT)),
-            ((2, 2, 2, 2, 2, 2), yes(reasons::AVAILABLE), no(reasons::COMPLETE)),
-            ((2, 2, 2, 2, 1, 2), no(reasons::PODS_NOT_READY), no(reasons::COMPLETE)),
-            ((2, 2, 2, 2, 2, 4), no(reasons::SCALING), yes(reasons::SCALING)),
-            ((2, 2, 4, 4, 4, 2), no(reasons::SCALING), yes(reasons::SCALING)),
-            ((2, 2, 0, 0, 0, 0), yes(reasons::SCALED_TO_ZERO), no(reasons::COMPLETE)),
+            (
+                (2, 1, 2, 2, 2, 2),
+                no(reasons::ROLLING_OUT),
+                yes(reasons::ROLLING_OUT),
+            ),
+            (
+                (2, 2, 3, 1, 2, 2),
+                no(reasons::ROLLING_OUT),
+                yes(reasons::ROLLING_OUT),
+            ),
+            (
+                (2, 2, 2, 2, 2, 2),
+                yes(reasons::AVAILABLE),
+                no(reasons::COMPLETE),
+            ),
+            (
+                (2, 2, 2, 2, 1, 2),
+                no(reasons::PODS_NOT_READY),
+                no(reasons::COMPLETE),
+            ),
+            (
+                (2, 2, 2, 2, 2, 4),
+                no(reasons::SCALING),
+                yes(reasons::SCALING),
+            ),
+            (
+                (2, 2, 4, 4, 4, 2),
+                no(reasons::SCALING),
+                yes(reasons::SCALING),
+            ),
+            (
+                (2, 2, 0, 0, 0, 0),
+                yes(reasons::SCALED_TO_ZERO),
+                no(reasons::COMPLETE),
+            ),
         ];
         for ((g, o, rep, upd, rdy, desired), ready, progressing) in cases {
             let s = applied(&app, &dep(g, o, rep, upd, rdy), desired);
-            assert_eq!(cond(&s, READY), ready, "{g} {o} {rep} {upd} {rdy} {desired}");
-            assert_eq!(cond(&s, PROGRESSING), progressing, "{g} {o} {rep} {upd} {rdy} {desired}");
+            assert_eq!(
+                cond(&s, READY),
+                ready,
+                "{g} {o} {rep} {upd} {rdy} {desired}"
+            );
+            assert_eq!(
+                cond(&s, PROGRESSING),
+                progressing,
+                "{g} {o} {rep} {upd} {rdy} {desired}"
+            );
             assert_eq!(cond(&s, DEGRADED), no(reasons::AS_EXPECTED));
             assert_eq!(s.desired_replicas, Some(desired));
             assert_eq!(s.selector.as_deref(), Some("wsgiscale.dev/app=shop"));
@@ -373,12 +442,30 @@ mod tests {
             },
         ]);
         let s = applied(&app, &d, 2);
-        assert_eq!(cond(&s, READY), ("False".into(), reasons::PROGRESS_DEADLINE_EXCEEDED.into()));
-        assert_eq!(cond(&s, DEGRADED), ("True".into(), reasons::PROGRESS_DEADLINE_EXCEEDED.into()));
-        d.status.as_mut().expect("status").conditions.as_mut().expect("conds").remove(0);
+        assert_eq!(
+            cond(&s, READY),
+            ("False".into(), reasons::PROGRESS_DEADLINE_EXCEEDED.into())
+        );
+        assert_eq!(
+            cond(&s, DEGRADED),
+            ("True".into(), reasons::PROGRESS_DEADLINE_EXCEEDED.into())
+        );
+        d.status
+            .as_mut()
+            .expect("status")
+            .conditions
+            .as_mut()
+            .expect("conds")
+            .remove(0);
         let s = applied(&app, &d, 2);
-        assert_eq!(cond(&s, DEGRADED), ("True".into(), reasons::REPLICA_FAILURE.into()));
-        assert_eq!(condition(&s, DEGRADED).expect("set").message, "exceeded quota");
+        assert_eq!(
+            cond(&s, DEGRADED),
+            ("True".into(), reasons::REPLICA_FAILURE.into())
+        );
+        assert_eq!(
+            condition(&s, DEGRADED).expect("set").message,
+            "exceeded quota"
+        );
     }
 
     #[test]
@@ -387,17 +474,31 @@ mod tests {
             field: "spec.workers.min".into(),
             reason: "4 is greater than workers.max 2".into(),
         }]);
-        let app = mk_app("shop").with_generation(3).with_status(WsgiAppStatus {
-            ready_replicas: Some(2),
-            ..WsgiAppStatus::default()
-        });
+        let app = mk_app("shop")
+            .with_generation(3)
+            .with_status(WsgiAppStatus {
+                ready_replicas: Some(2),
+                ..WsgiAppStatus::default()
+            });
         let s = compute_status(&app, Outcome::Invalid(&err), t("2026-01-01T00:00:00Z"));
-        assert_eq!(cond(&s, READY), ("False".into(), reasons::INVALID_SPEC.into()));
-        assert_eq!(cond(&s, DEGRADED), ("True".into(), reasons::INVALID_SPEC.into()));
-        assert!(condition(&s, READY).expect("set").message.contains("spec.workers.min"));
+        assert_eq!(
+            cond(&s, READY),
+            ("False".into(), reasons::INVALID_SPEC.into())
+        );
+        assert_eq!(
+            cond(&s, DEGRADED),
+            ("True".into(), reasons::INVALID_SPEC.into())
+        );
+        assert!(condition(&s, READY)
+            .expect("set")
+            .message
+            .contains("spec.workers.min"));
         assert_eq!(s.ready_replicas, Some(2));
         assert_eq!(s.observed_generation, Some(3));
-        assert_eq!(condition(&s, READY).expect("set").observed_generation, Some(3));
+        assert_eq!(
+            condition(&s, READY).expect("set").observed_generation,
+            Some(3)
+        );
     }
 
     #[test]
@@ -405,10 +506,22 @@ mod tests {
         let app = mk_app("shop");
         let d = dep(1, 1, 1, 1, 1);
         let v = validate_app(&app).expect("valid");
-        let first = compute_status(&app, Outcome::Applied { app: &v, deployment: Some(&d), desired: 1 }, t("2026-01-01T00:00:00Z"));
+        let first = compute_status(
+            &app,
+            Outcome::Applied {
+                app: &v,
+                deployment: Some(&d),
+                desired: 1,
+            },
+            t("2026-01-01T00:00:00Z"),
+        );
         let again = compute_status(
             &app.clone().with_status(first.clone()),
-            Outcome::Applied { app: &v, deployment: Some(&d), desired: 1 },
+            Outcome::Applied {
+                app: &v,
+                deployment: Some(&d),
+                desired: 1,
+            },
             t("2026-01-01T01:00:00Z"),
         );
         assert_eq!(first, again, "same world, same status: nothing to write");
@@ -416,10 +529,16 @@ mod tests {
         let not_ready = dep(1, 1, 1, 1, 0);
         let later = compute_status(
             &app.clone().with_status(first.clone()),
-            Outcome::Applied { app: &v, deployment: Some(&not_ready), desired: 1 },
+            Outcome::Applied {
+                app: &v,
+                deployment: Some(&not_ready),
+                desired: 1,
+            },
             t("2026-01-01T02:00:00Z"),
         );
-        let time = |s: &WsgiAppStatus, ty: &str| condition(s, ty).expect("set").last_transition_time.clone();
+        let time = |s: &WsgiAppStatus, ty: &str| {
+            condition(s, ty).expect("set").last_transition_time.clone()
+        };
         assert_eq!(time(&later, READY), t("2026-01-01T02:00:00Z"));
         assert_eq!(time(&later, DEGRADED), t("2026-01-01T00:00:00Z"));
     }
@@ -434,20 +553,38 @@ mod tests {
             ..WsgiAppStatus::default()
         });
         let v = validate_app(&app).expect("valid");
-        let s = compute_status(&app, Outcome::Applied { app: &v, deployment: None, desired: 1 }, t("2026-01-01T00:00:00Z"));
+        let s = compute_status(
+            &app,
+            Outcome::Applied {
+                app: &v,
+                deployment: None,
+                desired: 1,
+            },
+            t("2026-01-01T00:00:00Z"),
+        );
         assert_eq!(s.load, None);
         assert_eq!(s.autoscaler, None);
     }
 
     #[test]
     fn replicas_follow_scale_or_autoscaler_within_bounds() {
-        let manual = validate_app(&mk_app("shop").with_replicas(2, Some(5)).map(|a| {
-            a.spec.replicas.as_mut().expect("set").desired = Some(9)
-        }))
+        let manual = validate_app(
+            &mk_app("shop")
+                .with_replicas(2, Some(5))
+                .map(|a| a.spec.replicas.as_mut().expect("set").desired = Some(9)),
+        )
         .expect("valid");
-        assert_eq!(compute_replicas(&manual, Some(4), Some(3)), 5, "desired clamped to max; recommendation ignored");
+        assert_eq!(
+            compute_replicas(&manual, Some(4), Some(3)),
+            5,
+            "desired clamped to max; recommendation ignored"
+        );
         let unset = validate_app(&mk_app("shop").with_replicas(2, None)).expect("valid");
-        assert_eq!(compute_replicas(&unset, None, Some(7)), 2, "no desired: min");
+        assert_eq!(
+            compute_replicas(&unset, None, Some(7)),
+            2,
+            "no desired: min"
+        );
 
         let auto = validate_app(&mk_app("shop").with_replicas(2, Some(10)).map(|a| {
             a.spec.autoscaling = Some(AutoscalingSpec {
@@ -457,9 +594,17 @@ mod tests {
             a.spec.replicas.as_mut().expect("set").desired = Some(1);
         }))
         .expect("valid");
-        assert_eq!(compute_replicas(&auto, Some(4), Some(3)), 4, "the autoscaler decides");
+        assert_eq!(
+            compute_replicas(&auto, Some(4), Some(3)),
+            4,
+            "the autoscaler decides"
+        );
         assert_eq!(compute_replicas(&auto, Some(40), None), 10);
-        assert_eq!(compute_replicas(&auto, None, Some(3)), 3, "kept until a recommendation");
+        assert_eq!(
+            compute_replicas(&auto, None, Some(3)),
+            3,
+            "kept until a recommendation"
+        );
         assert_eq!(compute_replicas(&auto, None, None), 2);
     }
 
@@ -472,9 +617,20 @@ mod tests {
         assert!(degraded_transition(Some(&bad), &bad).is_none());
         let v = validate_app(&app).expect("valid");
         let d = dep(1, 1, 1, 1, 1);
-        let good = compute_status(&app, Outcome::Applied { app: &v, deployment: Some(&d), desired: 1 }, t("2026-01-01T00:00:00Z"));
+        let good = compute_status(
+            &app,
+            Outcome::Applied {
+                app: &v,
+                deployment: Some(&d),
+                desired: 1,
+            },
+            t("2026-01-01T00:00:00Z"),
+        );
         assert!(degraded_transition(Some(&bad), &good).is_none());
-        assert_eq!(ready_transition(Some(&bad), &good).map(|r| r.0), Some(reasons::AVAILABLE.to_string()));
+        assert_eq!(
+            ready_transition(Some(&bad), &good).map(|r| r.0),
+            Some(reasons::AVAILABLE.to_string())
+        );
         assert!(ready_transition(Some(&good), &good).is_none());
     }
 }

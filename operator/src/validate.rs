@@ -15,12 +15,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
-use wsgiscale_core::config::{AppSpec, Algorithm, LogFormat};
+use wsgiscale_core::config::{Algorithm, AppSpec, LogFormat};
 use wsgiscale_core::units::parse_size;
 
 use crate::crd::{
-    AutoscalingSpec, BusynessSpec, HttpSpec, LifecycleSpec, LoggingSpec, PodOverrides,
-    PullPolicy, ReplicasSpec, ServiceSpec, ServiceType, WorkerAlgorithm, WorkersSpec, WsgiApp,
+    AutoscalingSpec, BusynessSpec, HttpSpec, LifecycleSpec, LoggingSpec, PodOverrides, PullPolicy,
+    ReplicasSpec, ServiceSpec, ServiceType, WorkerAlgorithm, WorkersSpec, WsgiApp,
 };
 
 /// The pod label that selects an app's pods; reserved in `spec.pod.labels`.
@@ -444,7 +444,13 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
     }
 
     let port = errs.int("spec.port", spec.port, defaults::PORT, 1, 65535);
-    let admin_port = errs.int("spec.adminPort", spec.admin_port, defaults::ADMIN_PORT, 1, 65535);
+    let admin_port = errs.int(
+        "spec.adminPort",
+        spec.admin_port,
+        defaults::ADMIN_PORT,
+        1,
+        65535,
+    );
     if port == admin_port {
         errs.push("spec.adminPort", "must differ from spec.port");
     }
@@ -457,7 +463,10 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
     let replicas = resolve_replicas(spec.replicas.as_ref(), &mut errs);
     let autoscaling = resolve_autoscaling(spec.autoscaling.as_ref(), &mut errs);
     if autoscaling.enabled && replicas.max.is_none() {
-        errs.push("spec.replicas.max", "is required when autoscaling.enabled is true");
+        errs.push(
+            "spec.replicas.max",
+            "is required when autoscaling.enabled is true",
+        );
     }
 
     // Memory sizing: overhead + max x perWorker, also the default per-worker RSS limit.
@@ -467,7 +476,10 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
         let pw = errs.size("spec.memorySizing.perWorker", &sizing.per_worker);
         let oh = errs.size(
             "spec.memorySizing.overhead",
-            sizing.overhead.as_deref().unwrap_or(defaults::MEMORY_OVERHEAD),
+            sizing
+                .overhead
+                .as_deref()
+                .unwrap_or(defaults::MEMORY_OVERHEAD),
         );
         if let (Some(pw), Some(oh)) = (pw, oh) {
             if pw == 0 {
@@ -479,7 +491,10 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
                 .filter(|total| *total <= i64::MAX as u64)
             {
                 Some(total) => sized_memory = Some(total),
-                None => errs.push("spec.memorySizing", "overhead + workers.max x perWorker overflows"),
+                None => errs.push(
+                    "spec.memorySizing",
+                    "overhead + workers.max x perWorker overflows",
+                ),
             }
             per_worker = Some(pw);
         }
@@ -550,7 +565,13 @@ fn resolve_service(spec: Option<&ServiceSpec>, errs: &mut Errors) -> Service {
     let spec = spec.cloned().unwrap_or_default();
     Service {
         type_: spec.type_.unwrap_or(ServiceType::ClusterIP),
-        port: errs.int("spec.service.port", spec.port, defaults::SERVICE_PORT, 1, 65535),
+        port: errs.int(
+            "spec.service.port",
+            spec.port,
+            defaults::SERVICE_PORT,
+            1,
+            65535,
+        ),
         annotations: spec.annotations,
         labels: spec.labels,
     }
@@ -559,7 +580,13 @@ fn resolve_service(spec: Option<&ServiceSpec>, errs: &mut Errors) -> Service {
 fn resolve_workers(spec: Option<&WorkersSpec>, errs: &mut Errors) -> Workers {
     let spec = spec.cloned().unwrap_or_default();
     let limit = wsgiscale_core::config::defaults::WORKERS_LIMIT as i32;
-    let min = errs.int("spec.workers.min", spec.min, defaults::WORKERS_MIN, 1, limit);
+    let min = errs.int(
+        "spec.workers.min",
+        spec.min,
+        defaults::WORKERS_MIN,
+        1,
+        limit,
+    );
     let max = errs.int("spec.workers.max", spec.max, min, 1, limit);
     if min > max {
         errs.push(
@@ -575,7 +602,13 @@ fn resolve_workers(spec: Option<&WorkersSpec>, errs: &mut Errors) -> Workers {
         );
     }
     let threads_limit = wsgiscale_core::config::defaults::THREADS_LIMIT as i32;
-    let threads = errs.int("spec.workers.threads", spec.threads, defaults::THREADS, 1, threads_limit);
+    let threads = errs.int(
+        "spec.workers.threads",
+        spec.threads,
+        defaults::THREADS,
+        1,
+        threads_limit,
+    );
     let step = errs.int("spec.workers.step", spec.step, defaults::STEP, 1, limit);
     let overload = errs.int(
         "spec.workers.overloadChecks",
@@ -591,7 +624,13 @@ fn resolve_workers(spec: Option<&WorkersSpec>, errs: &mut Errors) -> Workers {
         1,
         3600,
     );
-    let backlog = errs.int("spec.workers.backlog", spec.backlog, defaults::BACKLOG, 0, 100_000);
+    let backlog = errs.int(
+        "spec.workers.backlog",
+        spec.backlog,
+        defaults::BACKLOG,
+        0,
+        100_000,
+    );
     let b: BusynessSpec = spec.busyness.unwrap_or_default();
     let bmin = errs.int(
         "spec.workers.busyness.minPercent",
@@ -661,8 +700,18 @@ fn resolve_workers(spec: Option<&WorkersSpec>, errs: &mut Errors) -> Workers {
     }
 }
 
-fn resolve_lifecycle(spec: &LifecycleSpec, per_worker: Option<u64>, errs: &mut Errors) -> Lifecycle {
-    let timeout = errs.int("spec.lifecycle.timeoutSeconds", spec.timeout_seconds, 0, 0, 86_400);
+fn resolve_lifecycle(
+    spec: &LifecycleSpec,
+    per_worker: Option<u64>,
+    errs: &mut Errors,
+) -> Lifecycle {
+    let timeout = errs.int(
+        "spec.lifecycle.timeoutSeconds",
+        spec.timeout_seconds,
+        0,
+        0,
+        86_400,
+    );
     let max_requests = errs.count("spec.lifecycle.maxRequests", spec.max_requests);
     let jitter = errs.count("spec.lifecycle.maxRequestsJitter", spec.max_requests_jitter);
     if jitter > 0 && max_requests == 0 {
@@ -671,7 +720,10 @@ fn resolve_lifecycle(spec: &LifecycleSpec, per_worker: Option<u64>, errs: &mut E
             "needs lifecycle.maxRequests above 0",
         );
     }
-    let lifetime = errs.count("spec.lifecycle.maxLifetimeSeconds", spec.max_lifetime_seconds);
+    let lifetime = errs.count(
+        "spec.lifecycle.maxLifetimeSeconds",
+        spec.max_lifetime_seconds,
+    );
     let max_rss = match &spec.max_rss {
         Some(text) => errs.size("spec.lifecycle.maxRss", text),
         None => per_worker,
@@ -709,7 +761,13 @@ fn resolve_http(spec: Option<&HttpSpec>, errs: &mut Errors) -> Http {
             spec.max_body_size.as_deref().unwrap_or(defaults::MAX_BODY),
         )
         .unwrap_or(0);
-    let max_queue = errs.int("spec.http.maxQueue", spec.max_queue, defaults::MAX_QUEUE, 0, 1_000_000);
+    let max_queue = errs.int(
+        "spec.http.maxQueue",
+        spec.max_queue,
+        defaults::MAX_QUEUE,
+        0,
+        1_000_000,
+    );
     let keepalive = errs.int(
         "spec.http.keepaliveTimeoutSeconds",
         spec.keepalive_timeout_seconds,
@@ -735,7 +793,13 @@ fn resolve_http(spec: Option<&HttpSpec>, errs: &mut Errors) -> Http {
 
 fn resolve_replicas(spec: Option<&ReplicasSpec>, errs: &mut Errors) -> Replicas {
     let spec = spec.cloned().unwrap_or_default();
-    let min = errs.int("spec.replicas.min", spec.min, defaults::REPLICAS_MIN, 0, 10_000);
+    let min = errs.int(
+        "spec.replicas.min",
+        spec.min,
+        defaults::REPLICAS_MIN,
+        0,
+        10_000,
+    );
     let max = spec
         .max
         .map(|m| errs.int("spec.replicas.max", Some(m), min, 0, 10_000));
@@ -815,7 +879,13 @@ fn resolve_autoscaling(spec: Option<&AutoscalingSpec>, errs: &mut Errors) -> Aut
         0,
         50,
     );
-    let tick = int("tickSeconds", spec.tick_seconds, defaults::TICK_SECONDS, 1, 60);
+    let tick = int(
+        "tickSeconds",
+        spec.tick_seconds,
+        defaults::TICK_SECONDS,
+        1,
+        60,
+    );
     let scraped = int(
         "maxPodsScraped",
         spec.max_pods_scraped,
@@ -937,7 +1007,14 @@ mod tests {
         assert_eq!(v.admin_port, 9191);
         assert_eq!(v.service.port, 80);
         assert_eq!(v.service.type_, ServiceType::ClusterIP);
-        assert_eq!(v.replicas, Replicas { min: 1, max: None, desired: None });
+        assert_eq!(
+            v.replicas,
+            Replicas {
+                min: 1,
+                max: None,
+                desired: None
+            }
+        );
         assert_eq!(v.command, vec!["wsgiscale".to_string()]);
         assert_eq!(v.lifecycle.graceful_timeout, Duration::from_secs(25));
         assert_eq!(v.lifecycle.termination_grace_period_seconds(), 35);
@@ -974,7 +1051,10 @@ mod tests {
                 "spec.workers.initial",
             ),
             (mk_app("shop").with_app("not-a-callable"), "spec.app"),
-            (mk_app("shop").with_replicas(3, Some(2)), "spec.replicas.min"),
+            (
+                mk_app("shop").with_replicas(3, Some(2)),
+                "spec.replicas.min",
+            ),
             (mk_app("Shop"), "metadata.name"),
             (
                 mk_app("shop").map(|a| a.spec.admin_port = Some(8000)),
@@ -1033,7 +1113,10 @@ mod tests {
         ];
         for (app, field) in cases {
             let fields = invalid_fields(&app);
-            assert!(fields.iter().any(|f| f == field), "{field} not in {fields:?}");
+            assert!(
+                fields.iter().any(|f| f == field),
+                "{field} not in {fields:?}"
+            );
         }
     }
 
@@ -1058,8 +1141,14 @@ mod tests {
         let v = validate_app(&app).expect("valid");
         let r = v.resources.expect("sized");
         // 128Mi + 8 x 200Mi = 1728Mi
-        assert_eq!(r.requests.expect("requests")["memory"], Quantity("1728Mi".into()));
-        assert_eq!(r.limits.expect("limits")["memory"], Quantity("1728Mi".into()));
+        assert_eq!(
+            r.requests.expect("requests")["memory"],
+            Quantity("1728Mi".into())
+        );
+        assert_eq!(
+            r.limits.expect("limits")["memory"],
+            Quantity("1728Mi".into())
+        );
         assert_eq!(v.lifecycle.max_rss, Some(200 << 20));
 
         let explicit = app.map(|a| {
@@ -1075,7 +1164,10 @@ mod tests {
         let v = validate_app(&explicit).expect("valid");
         let r = v.resources.expect("sized");
         assert_eq!(r.limits.expect("limits")["memory"], Quantity("4Gi".into()));
-        assert_eq!(r.requests.expect("requests")["memory"], Quantity("1728Mi".into()));
+        assert_eq!(
+            r.requests.expect("requests")["memory"],
+            Quantity("1728Mi".into())
+        );
         assert_eq!(v.lifecycle.max_rss, Some(300 << 20));
     }
 
@@ -1100,11 +1192,19 @@ mod tests {
 
     #[test]
     fn clamp_keeps_counts_in_bounds() {
-        let r = Replicas { min: 2, max: Some(5), desired: None };
+        let r = Replicas {
+            min: 2,
+            max: Some(5),
+            desired: None,
+        };
         assert_eq!(r.clamp(0), 2);
         assert_eq!(r.clamp(3), 3);
         assert_eq!(r.clamp(9), 5);
-        let open = Replicas { min: 0, max: None, desired: None };
+        let open = Replicas {
+            min: 0,
+            max: None,
+            desired: None,
+        };
         assert_eq!(open.clamp(1000), 1000);
     }
 }

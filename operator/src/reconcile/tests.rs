@@ -10,7 +10,7 @@ use kube::client::Body;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::crd::{WsgiAppStatus, WorkersSpec};
+use crate::crd::{WorkersSpec, WsgiAppStatus};
 use crate::drift::DESIRED_HASH_ANNOTATION;
 use crate::fixtures::{mk_app, UID};
 use crate::status::{condition, reasons, DEGRADED, READY};
@@ -48,7 +48,10 @@ fn api_status(code: u16, reason: &str, message: &str) -> Value {
 fn stored(mut obj: Value, resource_version: u64) -> Value {
     let meta = obj["metadata"].as_object_mut().expect("metadata");
     meta.insert("uid".into(), json!(format!("uid-{resource_version}")));
-    meta.insert("resourceVersion".into(), json!(resource_version.to_string()));
+    meta.insert(
+        "resourceVersion".into(),
+        json!(resource_version.to_string()),
+    );
     meta.insert("creationTimestamp".into(), json!("2026-01-01T00:00:00Z"));
     meta.insert("generation".into(), json!(1));
     meta.insert(
@@ -59,14 +62,29 @@ fn stored(mut obj: Value, resource_version: u64) -> Value {
 }
 
 impl ApiServer {
-    async fn next(&mut self) -> (Request<Body>, tower_test::mock::SendResponse<Response<Body>>) {
-        tokio::time::timeout(std::time::Duration::from_secs(5), self.handle.next_request())
-            .await
-            .expect("the reconciler made the next request in time")
-            .expect("the client is still alive")
+    async fn next(
+        &mut self,
+    ) -> (
+        Request<Body>,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.handle.next_request(),
+        )
+        .await
+        .expect("the reconciler made the next request in time")
+        .expect("the client is still alive")
     }
 
-    async fn expect(&mut self, method: Method, path: &str) -> (Request<Body>, tower_test::mock::SendResponse<Response<Body>>) {
+    async fn expect(
+        &mut self,
+        method: Method,
+        path: &str,
+    ) -> (
+        Request<Body>,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
         let (req, send) = self.next().await;
         assert_eq!(
             (req.method().clone(), req.uri().path().to_string()),
@@ -79,7 +97,10 @@ impl ApiServer {
 
     async fn get_missing(&mut self, path: &str) {
         let (_, send) = self.expect(Method::GET, path).await;
-        send.send_response(json_response(StatusCode::NOT_FOUND, &api_status(404, "NotFound", "not found")));
+        send.send_response(json_response(
+            StatusCode::NOT_FOUND,
+            &api_status(404, "NotFound", "not found"),
+        ));
     }
 
     async fn get(&mut self, path: &str, obj: &Value) {
@@ -99,13 +120,23 @@ impl ApiServer {
     async fn apply(&mut self, path: &str) -> Value {
         let (req, send) = self.expect(Method::PATCH, path).await;
         let query: Vec<(String, String)> = url_pairs(req.uri().query().unwrap_or_default());
-        assert!(query.contains(&("fieldManager".into(), FIELD_MANAGER.into())), "{query:?}");
-        assert!(query.contains(&("force".into(), "true".into())), "{query:?}");
+        assert!(
+            query.contains(&("fieldManager".into(), FIELD_MANAGER.into())),
+            "{query:?}"
+        );
+        assert!(
+            query.contains(&("force".into(), "true".into())),
+            "{query:?}"
+        );
         assert_eq!(
-            req.headers().get("content-type").map(|v| v.to_str().expect("ascii")),
+            req.headers()
+                .get("content-type")
+                .map(|v| v.to_str().expect("ascii")),
             Some("application/apply-patch+yaml")
         );
-        let body: Value = serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json body");
+        let body: Value =
+            serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body"))
+                .expect("json body");
         send.send_response(json_response(StatusCode::OK, &stored(body.clone(), 200)));
         body
     }
@@ -126,8 +157,14 @@ impl ApiServer {
     /// An event of `type_` and `reason` about the WsgiApp.
     async fn event(&mut self, type_: &str, reason: &str) -> Value {
         let (req, send) = self.expect(Method::POST, EVENTS).await;
-        let body: Value = serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json body");
-        assert_eq!((body["type"].as_str(), body["reason"].as_str()), (Some(type_), Some(reason)), "{body}");
+        let body: Value =
+            serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body"))
+                .expect("json body");
+        assert_eq!(
+            (body["type"].as_str(), body["reason"].as_str()),
+            (Some(type_), Some(reason)),
+            "{body}"
+        );
         assert_eq!(body["regarding"]["kind"], "WsgiApp");
         assert_eq!(body["regarding"]["name"], "shop");
         assert_eq!(body["reportingController"], FIELD_MANAGER);
@@ -139,12 +176,23 @@ impl ApiServer {
     async fn status(&mut self) -> WsgiAppStatus {
         let (req, send) = self.expect(Method::PATCH, STATUS).await;
         let query = url_pairs(req.uri().query().unwrap_or_default());
-        assert!(query.contains(&("fieldManager".into(), FIELD_MANAGER.into())), "{query:?}");
-        assert!(query.contains(&("force".into(), "true".into())), "{query:?}");
-        let body: Value = serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json body");
+        assert!(
+            query.contains(&("fieldManager".into(), FIELD_MANAGER.into())),
+            "{query:?}"
+        );
+        assert!(
+            query.contains(&("force".into(), "true".into())),
+            "{query:?}"
+        );
+        let body: Value =
+            serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body"))
+                .expect("json body");
         assert_eq!(body["apiVersion"], "wsgiscale.dev/v1alpha1");
         assert_eq!(body["kind"], "WsgiApp");
-        assert!(body.get("spec").is_none(), "a status apply must not carry the spec");
+        assert!(
+            body.get("spec").is_none(),
+            "a status apply must not carry the spec"
+        );
         let status: WsgiAppStatus = serde_json::from_value(body["status"].clone()).expect("status");
         let mut app = serde_json::to_value(mk_app("shop")).expect("json");
         app["status"] = body["status"].clone();
@@ -173,7 +221,12 @@ fn url_pairs(query: &str) -> Vec<(String, String)> {
 fn test_context() -> (Arc<Context>, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let ctx = Context::new(client, Some("test".into()), Arc::default(), Duration::from_secs(300));
+    let ctx = Context::new(
+        client,
+        Some("test".into()),
+        Arc::default(),
+        Duration::from_secs(300),
+    );
     (Arc::new(ctx), ApiServer { handle })
 }
 
@@ -226,18 +279,32 @@ async fn first_reconcile(app: WsgiApp) -> (Value, Value, Value, Value, WsgiAppSt
 }
 
 fn scaled_app() -> WsgiApp {
-    mk_app("shop").with_workers(2, Some(8)).with_replicas(2, Some(6)).map(|a| {
-        a.spec.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
-            requests: Some([("cpu".to_string(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("0.5".into()))].into()),
-            ..Default::default()
+    mk_app("shop")
+        .with_workers(2, Some(8))
+        .with_replicas(2, Some(6))
+        .map(|a| {
+            a.spec.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+                requests: Some(
+                    [(
+                        "cpu".to_string(),
+                        k8s_openapi::apimachinery::pkg::api::resource::Quantity("0.5".into()),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            })
         })
-    })
 }
 
 #[tokio::test]
 async fn first_reconcile_applies_every_child_owned_with_one_field_manager() {
     let (cm, dep, svc, pdb, status) = first_reconcile(scaled_app()).await;
-    for (obj, kind) in [(&cm, "ConfigMap"), (&dep, "Deployment"), (&svc, "Service"), (&pdb, "PodDisruptionBudget")] {
+    for (obj, kind) in [
+        (&cm, "ConfigMap"),
+        (&dep, "Deployment"),
+        (&svc, "Service"),
+        (&pdb, "PodDisruptionBudget"),
+    ] {
         assert_eq!(obj["kind"], kind);
         let owner = owner_of(obj);
         assert_eq!(owner["apiVersion"], "wsgiscale.dev/v1alpha1");
@@ -249,7 +316,10 @@ async fn first_reconcile_applies_every_child_owned_with_one_field_manager() {
         assert!(obj["metadata"]["annotations"][DESIRED_HASH_ANNOTATION].is_string());
         assert_eq!(obj["metadata"]["labels"]["wsgiscale.dev/app"], "shop");
     }
-    assert!(cm["data"]["config.yaml"].as_str().expect("file").contains("workers: 2:8"));
+    assert!(cm["data"]["config.yaml"]
+        .as_str()
+        .expect("file")
+        .contains("workers: 2:8"));
     assert_eq!(dep["spec"]["replicas"], 2);
     let args = dep["spec"]["template"]["spec"]["containers"][0]["args"].clone();
     assert_eq!(args[0], "serve");
@@ -258,7 +328,10 @@ async fn first_reconcile_applies_every_child_owned_with_one_field_manager() {
 
     // The Deployment controller has not seen it yet: not ready, rolling out.
     let ready = condition(&status, READY).expect("Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reasons::ROLLING_OUT));
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::ROLLING_OUT)
+    );
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(status.desired_replicas, Some(2));
     assert_eq!(status.selector.as_deref(), Some("wsgiscale.dev/app=shop"));
@@ -305,7 +378,12 @@ fn as_served(mut obj: Value, ready_replicas: i64) -> Value {
 async fn steady_state_writes_nothing() {
     let app = scaled_app();
     let (cm, dep, svc, pdb, status) = first_reconcile(app.clone()).await;
-    let (cm, dep, svc, pdb) = (as_served(cm, 2), as_served(dep, 2), as_served(svc, 2), as_served(pdb, 2));
+    let (cm, dep, svc, pdb) = (
+        as_served(cm, 2),
+        as_served(dep, 2),
+        as_served(svc, 2),
+        as_served(pdb, 2),
+    );
 
     // The pods became ready: the status says so once, with an event.
     let app = app.with_status(status);
@@ -326,7 +404,10 @@ async fn steady_state_writes_nothing() {
     assert!(result.is_ok(), "{result:?}");
     let status = captured.lock().expect("lock").take().expect("status");
     let ready = condition(&status, READY).expect("Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", reasons::AVAILABLE));
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", reasons::AVAILABLE)
+    );
     assert_eq!(status.ready_replicas, Some(2));
 
     // And then, nothing changes: reads only, no apply, no status patch, no event.
@@ -346,7 +427,12 @@ async fn steady_state_writes_nothing() {
 async fn a_worker_limit_change_updates_only_the_config_map() {
     let app = scaled_app();
     let (cm, dep, svc, pdb, status) = first_reconcile(app.clone()).await;
-    let (cm, dep, svc, pdb) = (as_served(cm, 2), as_served(dep, 2), as_served(svc, 2), as_served(pdb, 2));
+    let (cm, dep, svc, pdb) = (
+        as_served(cm, 2),
+        as_served(dep, 2),
+        as_served(svc, 2),
+        as_served(pdb, 2),
+    );
     let app = app.with_generation(2).with_status(status).map(|a| {
         a.spec.workers = Some(WorkersSpec {
             min: Some(2),
@@ -372,7 +458,10 @@ async fn a_worker_limit_change_updates_only_the_config_map() {
     .await;
     assert!(result.is_ok(), "{result:?}");
     let (applied, status) = captured.lock().expect("lock").take().expect("captured");
-    assert!(applied["data"]["config.yaml"].as_str().expect("file").contains("workers: 2:16"));
+    assert!(applied["data"]["config.yaml"]
+        .as_str()
+        .expect("file")
+        .contains("workers: 2:16"));
     assert_eq!(status.observed_generation, Some(2));
 }
 
@@ -380,7 +469,12 @@ async fn a_worker_limit_change_updates_only_the_config_map() {
 async fn an_edited_deployment_is_taken_back() {
     let app = scaled_app();
     let (cm, dep, svc, pdb, status) = first_reconcile(app.clone()).await;
-    let (cm, mut dep, svc, pdb) = (as_served(cm, 2), as_served(dep, 2), as_served(svc, 2), as_served(pdb, 2));
+    let (cm, mut dep, svc, pdb) = (
+        as_served(cm, 2),
+        as_served(dep, 2),
+        as_served(svc, 2),
+        as_served(pdb, 2),
+    );
     dep["spec"]["replicas"] = json!(5); // kubectl scale deployment shop --replicas=5
     let app = app.with_status(status);
     let (result, _) = run(app, |mut s| async move {
@@ -403,8 +497,16 @@ async fn an_edited_deployment_is_taken_back() {
 async fn the_pdb_goes_when_min_drops_to_one() {
     let app = scaled_app();
     let (cm, dep, svc, pdb, status) = first_reconcile(app.clone()).await;
-    let (cm, dep, svc, pdb) = (as_served(cm, 2), as_served(dep, 2), as_served(svc, 2), as_served(pdb, 2));
-    let app = app.with_generation(2).with_status(status).with_replicas(1, Some(6));
+    let (cm, dep, svc, pdb) = (
+        as_served(cm, 2),
+        as_served(dep, 2),
+        as_served(svc, 2),
+        as_served(pdb, 2),
+    );
+    let app = app
+        .with_generation(2)
+        .with_status(status)
+        .with_replicas(1, Some(6));
     let (result, _) = run(app, |mut s| async move {
         s.get(CM, &cm).await;
         s.get(DEP, &dep).await;
@@ -431,7 +533,10 @@ async fn an_invalid_spec_is_reported_and_touches_nothing() {
     let (result, _) = run(app.clone(), |mut s| async move {
         let status = s.status().await;
         let event = s.event("Warning", reasons::INVALID_SPEC).await;
-        assert!(event["note"].as_str().expect("note").contains("spec.workers.min"));
+        assert!(event["note"]
+            .as_str()
+            .expect("note")
+            .contains("spec.workers.min"));
         *out.lock().expect("lock") = Some(status);
         s
     })
@@ -439,13 +544,22 @@ async fn an_invalid_spec_is_reported_and_touches_nothing() {
     assert!(result.is_ok(), "an invalid spec is not retried: {result:?}");
     let status = captured.lock().expect("lock").take().expect("status");
     let ready = condition(&status, READY).expect("Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reasons::INVALID_SPEC));
-    assert_eq!(condition(&status, DEGRADED).expect("Degraded").status, "True");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::INVALID_SPEC)
+    );
+    assert_eq!(
+        condition(&status, DEGRADED).expect("Degraded").status,
+        "True"
+    );
 
     // Reconciled again while still invalid: no status patch, no second event.
     let (result, ctx) = run(app.with_status(status), |s| async move { s }).await;
     assert!(result.is_ok());
-    assert!(ctx.metrics.encode().contains("wsgiscale_operator_reconciles_total{result=\"invalid\"} 1"));
+    assert!(ctx
+        .metrics
+        .encode()
+        .contains("wsgiscale_operator_reconciles_total{result=\"invalid\"} 1"));
 }
 
 #[tokio::test]
@@ -495,7 +609,13 @@ async fn a_foreign_object_with_our_name_is_left_alone() {
         s.event("Normal", "Created").await;
         let status = s.status().await;
         let ready = condition(&status, READY).expect("Ready");
-        assert!(ready.message.contains("Service shop exists and is not controlled by this WsgiApp"), "{}", ready.message);
+        assert!(
+            ready
+                .message
+                .contains("Service shop exists and is not controlled by this WsgiApp"),
+            "{}",
+            ready.message
+        );
         s.event("Warning", reasons::APPLY_REJECTED).await;
         s
     })
@@ -512,20 +632,39 @@ async fn transient_errors_back_off_exponentially() {
         server.get_error(CM).await;
         server
     });
-    let err = reconcile(app.clone(), ctx.clone()).await.expect_err("a 500 fails the reconcile");
+    let err = reconcile(app.clone(), ctx.clone())
+        .await
+        .expect_err("a 500 fails the reconcile");
     assert_eq!(err.metric_label(), "get_object");
-    assert_eq!(error_policy(app.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(1)));
-    let err = reconcile(app.clone(), ctx.clone()).await.expect_err("a 500 fails the reconcile");
-    assert_eq!(error_policy(app.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(2)));
+    assert_eq!(
+        error_policy(app.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(1))
+    );
+    let err = reconcile(app.clone(), ctx.clone())
+        .await
+        .expect_err("a 500 fails the reconcile");
+    assert_eq!(
+        error_policy(app.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(2))
+    );
     let mut server = scenario.await.expect("script");
     server.assert_idle();
     let metrics = ctx.metrics.encode();
-    assert!(metrics.contains("wsgiscale_operator_errors_total{reason=\"get_object\"} 2"), "{metrics}");
-    assert!(metrics.contains("wsgiscale_operator_reconciles_total{result=\"error\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("wsgiscale_operator_errors_total{reason=\"get_object\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wsgiscale_operator_reconciles_total{result=\"error\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[test]
 fn backoff_doubles_and_caps() {
-    let secs: Vec<u64> = [1, 2, 3, 4, 9, 10, 50].iter().map(|n| compute_backoff(*n).as_secs()).collect();
+    let secs: Vec<u64> = [1, 2, 3, 4, 9, 10, 50]
+        .iter()
+        .map(|n| compute_backoff(*n).as_secs())
+        .collect();
     assert_eq!(secs, vec![1, 2, 4, 8, 256, 300, 300]);
 }
