@@ -1,7 +1,7 @@
-//! The admin server: liveness (`/healthz`) and readiness (`/readyz`) for Kubernetes probes.
+//! The admin server: liveness (`/healthz`) and readiness (`/readyz`) for Kubernetes probes,
+//! Prometheus metrics (`/metrics`) and the load report for the operator (`/load`).
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
@@ -11,10 +11,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
-use crate::front::{plain, FrontCtx, Listener, RespBody, Stream};
+use crate::front::{plain, Listener, RespBody, Stream};
+use crate::state::Shared;
 
 /// Serves the admin endpoints until `stop`.
-pub async fn serve(listener: Listener, ctx: Arc<FrontCtx>, stop: CancellationToken) {
+pub async fn serve(listener: Listener, ctx: Arc<Shared>, stop: CancellationToken) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -48,10 +49,7 @@ async fn accept(l: &Listener) -> std::io::Result<TokioIo<Stream>> {
     })
 }
 
-async fn route(
-    req: Request<Incoming>,
-    ctx: Arc<FrontCtx>,
-) -> Result<Response<RespBody>, Infallible> {
+async fn route(req: Request<Incoming>, ctx: Arc<Shared>) -> Result<Response<RespBody>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(plain(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -62,13 +60,31 @@ async fn route(
     Ok(match req.uri().path() {
         "/healthz" => plain(StatusCode::OK, "ok\n", false),
         "/readyz" => {
-            if ctx.draining.load(Ordering::Relaxed) {
+            if ctx.is_draining() {
                 plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n", false)
             } else if !ctx.dispatcher.any_ready() {
                 plain(StatusCode::SERVICE_UNAVAILABLE, "no worker ready\n", false)
             } else {
                 plain(StatusCode::OK, "ready\n", false)
             }
+        }
+        "/metrics" => {
+            let mut r = plain(StatusCode::OK, &ctx.metrics.render(), false);
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/load" => {
+            let report = ctx.load_report();
+            let body = serde_json::to_string(&report).unwrap_or_else(|_| "{}".into());
+            let mut r = plain(StatusCode::OK, &body, false);
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
         }
         _ => plain(StatusCode::NOT_FOUND, "not found\n", false),
     })

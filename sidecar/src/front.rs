@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -23,11 +22,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use wsgiscale_core::config::{BindAddr, HttpConfig};
+use wsgiscale_core::config::BindAddr;
 
-use crate::dispatch::{Chunk, Dispatcher, Failure, Job, Reply};
+use crate::dispatch::{Chunk, Failure, Job, Reply};
 use crate::environ::{self, ConnInfo, RequestView};
 use crate::proto::Head;
+use crate::state::Shared;
 
 /// Longest request target (path and query) accepted; longer gets 414.
 pub const MAX_REQUEST_TARGET: usize = 8190;
@@ -35,16 +35,6 @@ pub const MAX_REQUEST_TARGET: usize = 8190;
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// hyper's read buffer: large enough that our own limits above decide, not hyper's.
 const MAX_BUF: usize = 256 * 1024;
-
-/// Shared by every connection.
-pub struct FrontCtx {
-    /// The queue and workers.
-    pub dispatcher: Arc<Dispatcher>,
-    /// Limits and timeouts.
-    pub http: HttpConfig,
-    /// Set on SIGTERM: readiness fails and connections close after their current request.
-    pub draining: AtomicBool,
-}
 
 /// A bound listener.
 pub enum Listener {
@@ -106,7 +96,7 @@ fn is_resource_error(e: &io::Error) -> bool {
 
 /// Accepts connections until `stop`, then waits (at most the graceful timeout) for open
 /// connections to finish their current request.
-pub async fn accept_loop(listener: Listener, ctx: Arc<FrontCtx>, stop: CancellationToken) {
+pub async fn accept_loop(listener: Listener, ctx: Arc<Shared>, stop: CancellationToken) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -133,12 +123,16 @@ pub async fn accept_loop(listener: Listener, ctx: Arc<FrontCtx>, stop: Cancellat
         };
         let conn = Arc::new(conn);
         let ctx = ctx.clone();
-        let service = service_fn(move |req| handle(req, conn.clone(), ctx.clone()));
+        ctx.metrics.connections_accepted.inc();
+        ctx.metrics.connections.inc();
+        let service_ctx = ctx.clone();
+        let service = service_fn(move |req| handle(req, conn.clone(), service_ctx.clone()));
         let watched = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(e) = watched.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            ctx.metrics.connections.dec();
         });
     }
     if let Listener::Unix(_, path) = &listener {
@@ -260,13 +254,17 @@ pub fn plain(status: StatusCode, text: &str, close: bool) -> Response<RespBody> 
 async fn handle(
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
-    ctx: Arc<FrontCtx>,
+    ctx: Arc<Shared>,
 ) -> Result<Response<RespBody>, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
     let target = ctx.http.access_log.then(|| req.uri().to_string());
     let mut resp = respond(req, &conn, &ctx).await;
-    if ctx.draining.load(Ordering::Relaxed) {
+    ctx.metrics.count_status(resp.status().as_u16());
+    ctx.metrics
+        .request_duration
+        .observe(started.elapsed().as_secs_f64());
+    if ctx.is_draining() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -291,7 +289,7 @@ fn header_bytes(req: &Request<Incoming>) -> usize {
         .sum()
 }
 
-async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &FrontCtx) -> Response<RespBody> {
+async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Response<RespBody> {
     let target_len = req
         .uri()
         .path_and_query()

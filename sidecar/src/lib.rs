@@ -7,6 +7,7 @@
 //! [`environ`] builds the CGI environ; both are pure.
 
 pub mod admin;
+pub mod cgroup;
 pub mod cli;
 pub mod control;
 pub mod dispatch;
@@ -14,9 +15,11 @@ pub mod environ;
 pub mod front;
 pub mod link;
 pub mod logging;
+pub mod metrics;
 pub mod proto;
 pub mod python;
 pub mod server;
+pub mod state;
 pub mod supervisor;
 pub mod sys;
 pub mod worker;

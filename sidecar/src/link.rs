@@ -4,7 +4,7 @@
 //! back in the queue, so nobody else notices).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::dispatch::{AfterFinish, Chunk, Dispatcher, Failure, Job, Reply, WorkerId};
 use crate::proto::{self, Frame, Kind};
+use crate::state::Shared;
 
 /// Streamed body chunks buffered per response before the worker is made to wait.
 const BODY_CHANNEL: usize = 16;
@@ -70,13 +71,12 @@ pub struct LinkParams {
     pub threads: u32,
     /// Largest frame accepted from the worker.
     pub max_frame: usize,
-    /// Per-request deadline.
-    pub timeout: Option<Duration>,
 }
 
 struct Link {
     p: LinkParams,
     dispatcher: Arc<Dispatcher>,
+    shared: Arc<Shared>,
     events: mpsc::UnboundedSender<LinkEvent>,
     wr: OwnedWriteHalf,
     lanes: Vec<Option<Lane>>,
@@ -92,9 +92,10 @@ pub async fn run(
     sock: UnixStream,
     mut inbox: mpsc::UnboundedReceiver<Job>,
     mut cmds: mpsc::UnboundedReceiver<LinkCmd>,
-    dispatcher: Arc<Dispatcher>,
+    shared: Arc<Shared>,
     events: mpsc::UnboundedSender<LinkEvent>,
 ) {
+    let dispatcher = shared.dispatcher.clone();
     let (rd, wr) = sock.into_split();
     let mut reader = FrameReader {
         rd,
@@ -105,6 +106,7 @@ pub async fn run(
     let mut link = Link {
         p,
         dispatcher,
+        shared,
         events,
         wr,
         lanes,
@@ -178,7 +180,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 impl Link {
     fn next_deadline(&self) -> Option<Instant> {
-        let timeout = self.p.timeout?;
+        let timeout = self.shared.timeout()?;
         self.lanes
             .iter()
             .flatten()
@@ -220,6 +222,10 @@ impl Link {
                     AfterFinish::Drained => return self.send_shutdown().await,
                 }
             }
+            self.shared
+                .metrics
+                .queue_wait
+                .observe(now.saturating_duration_since(job.enqueued).as_secs_f64());
             proto::set_stream(&mut job.frame, idx as u32);
             self.lanes[idx] = Some(Lane {
                 reply: Some(job.reply),
@@ -355,7 +361,7 @@ impl Link {
 
     /// Fails the lanes past their deadline with 504 (the supervisor is killing the worker).
     fn fail_overdue(&mut self) {
-        let Some(timeout) = self.p.timeout else {
+        let Some(timeout) = self.shared.timeout() else {
             return;
         };
         let now = Instant::now();

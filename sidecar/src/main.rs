@@ -47,7 +47,7 @@ fn serve(args: wsgiscale_core::config::ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(server::run(cfg)) {
+    match runtime.block_on(server::run(args, cfg)) {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

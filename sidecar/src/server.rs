@@ -2,17 +2,21 @@
 //! admin server, and the shutdown order on SIGTERM/SIGINT.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wsgiscale_core::config::{FileConfig, ServerConfig};
+use wsgiscale_core::config::{resolve, FileConfig, ServeArgs, ServerConfig};
 
 use crate::control::ZygoteInit;
 use crate::dispatch::Dispatcher;
-use crate::front::{self, FrontCtx};
-use crate::supervisor::{Supervisor, SupervisorError, SupervisorParams, Zygote};
+use crate::front;
+use crate::metrics::ReasonLabel;
+use crate::state::Shared;
+use crate::supervisor::{Supervisor, SupervisorCmd, SupervisorError, SupervisorParams, Zygote};
 use crate::{admin, proto};
 
 /// Why the server stopped with an error.
@@ -61,13 +65,105 @@ pub fn zygote_init(cfg: &ServerConfig) -> ZygoteInit {
     }
 }
 
-/// Runs the server until SIGTERM/SIGINT (exit status 0) or a fatal error.
-pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
+/// Re-reads the config file and resolves it with the original flags.
+fn reread(args: &ServeArgs, path: &Path) -> Result<ServerConfig, String> {
+    let file = load_config_file(path)?;
+    let venv = std::env::var_os("VIRTUAL_ENV").map(Into::into);
+    resolve(args, &file, venv).map_err(|e| e.to_string())
+}
+
+/// Names the settings of `new` that differ from `old` but only apply on restart.
+fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if old.binds != new.binds {
+        v.push("bind");
+    }
+    if old.admin_bind != new.admin_bind {
+        v.push("admin-bind");
+    }
+    if old.python != new.python {
+        v.push("app/python settings");
+    }
+    if old.http != new.http {
+        v.push("http limits");
+    }
+    if old.log != new.log {
+        v.push("logging");
+    }
+    v
+}
+
+/// Applies a re-read config: live settings go to the supervisor, the rest is reported.
+fn apply_reread(
+    args: &ServeArgs,
+    path: &Path,
+    base: &ServerConfig,
+    shared: &Shared,
+    cmds: &mpsc::UnboundedSender<SupervisorCmd>,
+) {
+    match reread(args, path) {
+        Ok(new) => {
+            let later = restart_only_changes(base, &new);
+            if !later.is_empty() {
+                tracing::warn!(settings = ?later, "config changes that need a restart were not applied");
+            }
+            shared
+                .metrics
+                .config_reloads
+                .get_or_create(&ReasonLabel { reason: "applied" })
+                .inc();
+            tracing::info!(file = %path.display(), "config file re-read");
+            let _ = cmds.send(SupervisorCmd::Live(new.live));
+        }
+        Err(e) => {
+            shared
+                .metrics
+                .config_reloads
+                .get_or_create(&ReasonLabel { reason: "rejected" })
+                .inc();
+            tracing::error!(error = %e, "new config rejected; the current settings stay");
+        }
+    }
+}
+
+/// Polls the config file (it may be a ConfigMap volume, updated by a symlink swap that
+/// file-change notifications miss) and applies it when its content changes.
+async fn watch_config(
+    args: ServeArgs,
+    path: std::path::PathBuf,
+    base: ServerConfig,
+    shared: Arc<Shared>,
+    cmds: mpsc::UnboundedSender<SupervisorCmd>,
+    every: Duration,
+) {
+    let mut last = std::fs::read(&path).ok();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = std::fs::read(&path).ok();
+        if now.is_some() && now != last {
+            last = now;
+            apply_reread(&args, &path, &base, &shared, &cmds);
+        }
+    }
+}
+
+/// How often the config file is checked for changes.
+pub const CONFIG_POLL: Duration = Duration::from_secs(2);
+
+/// Runs the server until SIGTERM/SIGINT (exit status 0) or a fatal error. `args` are the
+/// original flags, used again when the config file is re-read.
+pub async fn run(args: ServeArgs, cfg: ServerConfig) -> Result<(), ServerError> {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!(error = %e, "cannot become a child subreaper");
     }
-    let mut sigterm = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
+    let sig = |k| signal(k).map_err(ServerError::Signals);
+    let mut sigterm = sig(SignalKind::terminate())?;
+    let mut sigint = sig(SignalKind::interrupt())?;
+    let mut sighup = sig(SignalKind::hangup())?;
+    let mut sigttin = sig(SignalKind::from_raw(libc::SIGTTIN))?;
+    let mut sigttou = sig(SignalKind::from_raw(libc::SIGTTOU))?;
 
     let mut listeners = Vec::new();
     for addr in &cfg.binds {
@@ -85,20 +181,22 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     let init = zygote_init(&cfg);
     let zygote = Zygote::start(&init).await?;
     let dispatcher = Arc::new(Dispatcher::new(cfg.http.max_queue));
-    let ctx = Arc::new(FrontCtx {
-        dispatcher: dispatcher.clone(),
-        http: cfg.http.clone(),
-        draining: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(
+        dispatcher,
+        cfg.http.clone(),
+        cfg.python.threads,
+        cfg.live,
+    ));
 
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let supervisor = Supervisor::new(
         SupervisorParams {
             init,
-            workers: cfg.live.workers.initial,
-            timeout: cfg.live.lifecycle.timeout,
+            live: cfg.live,
         },
-        dispatcher.clone(),
+        shared.clone(),
         zygote,
+        cmd_rx,
     );
     let stop_workers = CancellationToken::new();
     let mut supervisor_task = tokio::spawn(supervisor.run(stop_workers.clone()));
@@ -109,7 +207,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         tracing::info!(addr = %l.describe(), app = %cfg.python.app, "listening");
         fronts.push(tokio::spawn(front::accept_loop(
             l,
-            ctx.clone(),
+            shared.clone(),
             stop_accepting.clone(),
         )));
     }
@@ -117,16 +215,40 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     let stop_admin = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
-        ctx.clone(),
+        shared.clone(),
         stop_admin.clone(),
     ));
+    let watcher = cfg.config_file.clone().map(|path| {
+        tokio::spawn(watch_config(
+            args.clone(),
+            path,
+            cfg.clone(),
+            shared.clone(),
+            cmd_tx.clone(),
+            CONFIG_POLL,
+        ))
+    });
 
-    let early = tokio::select! {
-        _ = sigterm.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); None }
-        _ = sigint.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); None }
-        r = &mut supervisor_task => Some(r),
+    let early = loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); break None }
+            _ = sigint.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); break None }
+            _ = sighup.recv() => {
+                tracing::info!(signal = "SIGHUP", "reloading");
+                if let Some(path) = &cfg.config_file {
+                    apply_reread(&args, path, &cfg, &shared, &cmd_tx);
+                }
+                let _ = cmd_tx.send(SupervisorCmd::Reload);
+            }
+            _ = sigttin.recv() => { let _ = cmd_tx.send(SupervisorCmd::Manual(1)); }
+            _ = sigttou.recv() => { let _ = cmd_tx.send(SupervisorCmd::Manual(-1)); }
+            r = &mut supervisor_task => break Some(r),
+        }
     };
-    ctx.draining.store(true, Ordering::Relaxed);
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    shared.draining.store(true, Ordering::Relaxed);
     stop_accepting.cancel();
     for f in fronts {
         let _ = f.await;

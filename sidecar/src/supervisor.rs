@@ -14,9 +14,17 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use wsgiscale_core::config::LiveConfig;
+use wsgiscale_core::loadtrack::LoadSample;
+use wsgiscale_core::scaling::{drive, Cheaper, DriveInputs, MemoryBudget, Refusal};
+use wsgiscale_core::scoreboard::Scoreboard;
+
+use crate::cgroup;
 use crate::control::{self, ControlError, FromZygote, ToZygote, ZygoteInit, MAX_MESSAGE};
 use crate::dispatch::{Dispatcher, WorkerId};
 use crate::link::{self, LinkCmd, LinkEvent, LinkParams};
+use crate::metrics::{DecisionLabel, ReasonLabel};
+use crate::state::Shared;
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -179,11 +187,68 @@ fn reap_orphans(zygote_pid: u32) -> bool {
     }
 }
 
+/// Why a worker is spawned (a bounded metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnReason {
+    /// At start-up.
+    Initial,
+    /// The scaling driver asked for it (algorithm, manual, min).
+    Scale(&'static str),
+    /// Replacing a worker that died.
+    Replace,
+    /// Replacing a worker being recycled.
+    Recycle(RetireReason),
+    /// A rolling reload.
+    Reload,
+}
+
+impl SpawnReason {
+    fn label(self) -> &'static str {
+        match self {
+            SpawnReason::Initial => "initial",
+            SpawnReason::Scale(r) => r,
+            SpawnReason::Replace => "replace",
+            SpawnReason::Recycle(r) => r.label(),
+            SpawnReason::Reload => "reload",
+        }
+    }
+}
+
 /// Why a worker is being retired (a bounded metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetireReason {
+    /// The scaling driver asked for it.
+    Scale(&'static str),
+    /// `--max-requests` reached.
+    MaxRequests,
+    /// `--max-lifetime` reached.
+    Lifetime,
+    /// `--max-rss` exceeded.
+    Rss,
+    /// Replaced by a worker of a reloaded app.
+    Reload,
     /// Shutting down.
     Shutdown,
+}
+
+impl RetireReason {
+    fn label(self) -> &'static str {
+        match self {
+            RetireReason::Scale(r) => r,
+            RetireReason::MaxRequests => "max-requests",
+            RetireReason::Lifetime => "lifetime",
+            RetireReason::Rss => "rss",
+            RetireReason::Reload => "reload",
+            RetireReason::Shutdown => "shutdown",
+        }
+    }
+
+    fn is_recycle(self) -> bool {
+        matches!(
+            self,
+            RetireReason::MaxRequests | RetireReason::Lifetime | RetireReason::Rss
+        )
+    }
 }
 
 struct WorkerInfo {
@@ -193,6 +258,9 @@ struct WorkerInfo {
     ready_at: Option<Instant>,
     retiring: Option<RetireReason>,
     killing: bool,
+    generation: u64,
+    /// `--max-requests` plus this worker's jitter (0: never).
+    request_limit: u64,
 }
 
 /// Crash-loop backoff: a worker that dies young delays the next spawn, doubling each time.
@@ -227,44 +295,86 @@ impl Backoff {
     }
 }
 
+/// Requests to the supervisor from signal handlers and the config watcher.
+#[derive(Debug)]
+pub enum SupervisorCmd {
+    /// SIGTTIN (+1) / SIGTTOU (-1).
+    Manual(i32),
+    /// New live settings (config file changed or SIGHUP).
+    Live(LiveConfig),
+    /// SIGHUP: re-import the app in a new fork server and replace every worker.
+    Reload,
+}
+
 /// Supervisor settings.
 pub struct SupervisorParams {
     /// What the fork server needs.
     pub init: ZygoteInit,
-    /// Workers to keep running.
-    pub workers: u32,
-    /// Per-request deadline.
-    pub timeout: Option<Duration>,
+    /// The live settings at start.
+    pub live: LiveConfig,
 }
+
+/// How often the scaling algorithm runs (uWSGI's master cycle).
+const SCALE_EVERY: Duration = Duration::from_secs(1);
 
 /// The supervisor.
 pub struct Supervisor {
     p: SupervisorParams,
-    dispatcher: Arc<Dispatcher>,
+    shared: Arc<Shared>,
     zygote: Option<Zygote>,
+    old_zygotes: Vec<(u64, Zygote)>,
+    pending_zygote: Option<tokio::task::JoinHandle<Result<Zygote, SupervisorError>>>,
+    generation: u64,
     workers: HashMap<WorkerId, WorkerInfo>,
+    /// Reload: new worker -> the old worker it replaces once ready.
+    replacing: HashMap<WorkerId, WorkerId>,
     next_id: WorkerId,
     events_tx: mpsc::UnboundedSender<LinkEvent>,
     events_rx: mpsc::UnboundedReceiver<LinkEvent>,
+    cmds: mpsc::UnboundedReceiver<SupervisorCmd>,
     backoff: Backoff,
     ever_ready: bool,
+    cheaper: Cheaper,
+    target: u32,
+    manual_delta: i32,
+    last_scale: Instant,
 }
 
 impl Supervisor {
-    /// Creates a supervisor around a started fork server.
-    pub fn new(p: SupervisorParams, dispatcher: Arc<Dispatcher>, zygote: Zygote) -> Self {
+    /// Creates a supervisor around a started fork server; `cmds` carries signals and config.
+    pub fn new(
+        p: SupervisorParams,
+        shared: Arc<Shared>,
+        zygote: Zygote,
+        cmds: mpsc::UnboundedReceiver<SupervisorCmd>,
+    ) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let cheaper = Cheaper::new(&p.live.scaling, &p.live.workers);
+        let target = p.live.workers.initial;
         Supervisor {
             p,
-            dispatcher,
+            shared,
             zygote: Some(zygote),
+            old_zygotes: Vec::new(),
+            pending_zygote: None,
+            generation: 0,
             workers: HashMap::new(),
+            replacing: HashMap::new(),
             next_id: 1,
             events_tx,
             events_rx,
+            cmds,
             backoff: Backoff::default(),
             ever_ready: false,
+            cheaper,
+            target,
+            manual_delta: 0,
+            last_scale: Instant::now(),
         }
+    }
+
+    fn dispatcher(&self) -> &Dispatcher {
+        &self.shared.dispatcher
     }
 
     fn active(&self) -> u32 {
@@ -274,9 +384,9 @@ impl Supervisor {
             .count() as u32
     }
 
-    fn spawn_worker(&mut self) -> Result<(), ControlError> {
+    fn spawn_worker(&mut self, reason: SpawnReason) -> Result<WorkerId, ControlError> {
         let Some(zygote) = &self.zygote else {
-            return Ok(());
+            return Err(ControlError::Closed);
         };
         let id = self.next_id;
         self.next_id += 1;
@@ -290,21 +400,27 @@ impl Supervisor {
             tokio::net::UnixStream::from_std(ours).map_err(|e| ControlError::Io(io_errno(&e)))?;
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        self.dispatcher.register(id, self.p.init.threads, inbox_tx);
+        self.dispatcher()
+            .register(id, self.p.init.threads, inbox_tx);
         let params = LinkParams {
             id,
             threads: self.p.init.threads,
             max_frame: self.p.init.max_frame,
-            timeout: self.p.timeout,
         };
         tokio::spawn(link::run(
             params,
             sock,
             inbox_rx,
             cmd_rx,
-            self.dispatcher.clone(),
+            self.shared.clone(),
             self.events_tx.clone(),
         ));
+        let lifecycle = self.p.live.lifecycle;
+        let request_limit = if lifecycle.max_requests == 0 {
+            0
+        } else {
+            lifecycle.max_requests + rand::random_range(0..=lifecycle.max_requests_jitter)
+        };
         self.workers.insert(
             id,
             WorkerInfo {
@@ -314,17 +430,52 @@ impl Supervisor {
                 ready_at: None,
                 retiring: None,
                 killing: false,
+                generation: self.generation,
+                request_limit,
             },
         );
-        tracing::debug!(worker = id, "spawn requested");
-        Ok(())
+        self.shared
+            .metrics
+            .spawns
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
+        tracing::debug!(worker = id, reason = reason.label(), "spawn requested");
+        Ok(id)
+    }
+
+    /// Takes a worker out of dispatch; it exits once its in-flight requests are done.
+    fn retire(&mut self, id: WorkerId, reason: RetireReason) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if w.retiring.is_some() {
+            return;
+        }
+        w.retiring = Some(reason);
+        if self.shared.dispatcher.retire(id) {
+            let _ = w.cmds.send(LinkCmd::Shutdown);
+        }
+        self.shared
+            .metrics
+            .retirements
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
     }
 
     /// Spawns until the target count is running, unless backing off.
     fn top_up(&mut self) {
         let now = Instant::now();
-        while self.active() < self.p.workers && self.backoff.allows(now) && self.zygote.is_some() {
-            if let Err(e) = self.spawn_worker() {
+        while self.active() < self.target && self.backoff.allows(now) && self.zygote.is_some() {
+            let reason = if self.ever_ready {
+                SpawnReason::Replace
+            } else {
+                SpawnReason::Initial
+            };
+            if let Err(e) = self.spawn_worker(reason) {
                 tracing::error!(error = %e, "cannot spawn a worker");
                 self.backoff.record_exit(now, None);
                 break;
@@ -346,11 +497,80 @@ impl Supervisor {
                         break Err(e);
                     }
                 }
+                Some(cmd) = self.cmds.recv() => self.on_cmd(cmd),
+                started = wait_pending(&mut self.pending_zygote) => self.on_new_zygote(started),
                 _ = tick.tick() => self.on_tick().await,
             }
         };
         self.stop_all().await;
         result
+    }
+
+    fn on_cmd(&mut self, cmd: SupervisorCmd) {
+        match cmd {
+            SupervisorCmd::Manual(delta) => {
+                self.manual_delta += delta;
+                tracing::info!(delta, "manual worker adjustment");
+            }
+            SupervisorCmd::Live(live) => self.apply_live(live),
+            SupervisorCmd::Reload => {
+                if self.pending_zygote.is_some() || !self.replacing.is_empty() {
+                    tracing::warn!("reload already in progress; ignoring SIGHUP");
+                    return;
+                }
+                tracing::info!("reloading: importing the app in a new fork server");
+                let init = self.p.init.clone();
+                self.pending_zygote = Some(tokio::spawn(async move { Zygote::start(&init).await }));
+            }
+        }
+    }
+
+    fn apply_live(&mut self, live: LiveConfig) {
+        if live == self.p.live {
+            return;
+        }
+        tracing::info!(
+            workers = format!("{}:{}", live.workers.min, live.workers.max),
+            algorithm = live.scaling.algo.as_str(),
+            "applying new live settings"
+        );
+        self.cheaper.reconfigure(&live.scaling, &live.workers);
+        self.target = self.target.clamp(live.workers.min, live.workers.max);
+        self.p.live = live;
+        self.shared.set_live(live);
+    }
+
+    fn on_new_zygote(&mut self, started: Result<Zygote, SupervisorError>) {
+        let z = match started {
+            Ok(z) => z,
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; the current workers keep serving");
+                return;
+            }
+        };
+        if let Some(old) = self.zygote.replace(z) {
+            self.old_zygotes.push((self.generation, old));
+        }
+        self.generation += 1;
+        let old: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.retiring.is_none() && w.generation < self.generation)
+            .map(|(id, _)| *id)
+            .collect();
+        tracing::info!(
+            replacing = old.len(),
+            generation = self.generation,
+            "new fork server ready; rolling the workers"
+        );
+        for old_id in old {
+            match self.spawn_worker(SpawnReason::Reload) {
+                Ok(new_id) => {
+                    self.replacing.insert(new_id, old_id);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot spawn a reloaded worker"),
+            }
+        }
     }
 
     fn on_zygote(&mut self, msg: Result<FromZygote, ControlError>) {
@@ -371,7 +591,6 @@ impl Supervisor {
             Ok(FromZygote::SpawnFailed { worker, error }) => {
                 tracing::error!(worker, error, "fork failed");
                 self.backoff.record_exit(Instant::now(), None);
-                // Its link sees the socket close when the fork server dropped it.
             }
             Ok(FromZygote::Exited { pid, code, signal }) => {
                 tracing::debug!(pid, code, signal, "worker process reaped");
@@ -406,6 +625,12 @@ impl Supervisor {
                     );
                     self.ever_ready = true;
                 }
+                if let Some(old) = self.replacing.remove(&id) {
+                    self.retire(old, RetireReason::Reload);
+                    if self.replacing.is_empty() {
+                        tracing::info!(generation = self.generation, "reload complete");
+                    }
+                }
             }
             LinkEvent::Gone {
                 id,
@@ -416,6 +641,7 @@ impl Supervisor {
                 let Some(w) = self.workers.remove(&id) else {
                     return Ok(());
                 };
+                self.replacing.remove(&id);
                 let now = Instant::now();
                 if let Some(msg) = &fatal {
                     if !self.ever_ready && !self.p.init.preload {
@@ -423,11 +649,22 @@ impl Supervisor {
                     }
                     tracing::error!(worker = id, "worker cannot serve:\n{msg}");
                 }
-                if w.retiring.is_some() {
-                    tracing::info!(worker = id, pid = w.pid, "worker retired");
+                if let Some(reason) = w.retiring {
+                    tracing::info!(
+                        worker = id,
+                        pid = w.pid,
+                        reason = reason.label(),
+                        "worker retired"
+                    );
                 } else {
                     let lived = w.ready_at.map(|r| now.duration_since(r));
                     let delay = self.backoff.record_exit(now, lived.filter(|_| was_ready));
+                    let reason = if w.killing { "timeout" } else { "crash" };
+                    self.shared
+                        .metrics
+                        .deaths
+                        .get_or_create(&ReasonLabel { reason })
+                        .inc();
                     if w.killing {
                         tracing::warn!(
                             worker = id,
@@ -445,11 +682,26 @@ impl Supervisor {
                         );
                     }
                 }
+                self.stop_idle_zygotes();
                 self.top_up();
             }
             LinkEvent::TimedOut { id } => self.kill_stuck(id),
         }
         Ok(())
+    }
+
+    /// Stops fork servers of past generations once none of their workers is left.
+    fn stop_idle_zygotes(&mut self) {
+        let live_gens: std::collections::HashSet<u64> =
+            self.workers.values().map(|w| w.generation).collect();
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.old_zygotes)
+            .into_iter()
+            .partition(|(g, _)| !live_gens.contains(g));
+        self.old_zygotes = keep;
+        for (g, z) in done {
+            tracing::debug!(generation = g, "stopping an old fork server");
+            tokio::spawn(z.stop());
+        }
     }
 
     /// Logs the stuck worker's Python stack (SIGUSR1 -> faulthandler), fails its overdue
@@ -497,22 +749,153 @@ impl Supervisor {
                 }
             }
         }
+        self.top_up();
+        let now = Instant::now();
+        if now.duration_since(self.last_scale) >= SCALE_EVERY {
+            self.last_scale = now;
+            self.scale_tick();
+        }
+    }
+
+    /// Once a second: memory, recycling, the scaling algorithm and the load sample.
+    fn scale_tick(&mut self) {
         for (id, w) in &self.workers {
             if let Some(pid) = w.pid {
-                self.dispatcher.set_rss(*id, read_rss(pid));
+                self.shared.dispatcher.set_rss(*id, read_rss(pid));
             }
         }
-        self.top_up();
+        let sb = self.shared.dispatcher.snapshot();
+        self.shared.metrics.observe_scoreboard(&sb);
+        let (completed, busy) = self.shared.dispatcher.totals();
+        self.shared
+            .load
+            .lock()
+            .record(LoadSample::observe(&sb, completed, busy));
+        self.recycle(&sb);
+        if !self.replacing.is_empty() {
+            // A rolling reload owns the worker count until it completes.
+            return;
+        }
+        let verdict = self.cheaper.decide_explained(&sb);
+        let algorithm = verdict.algorithm.as_str();
+        let mem = cgroup::read_memory();
+        let inputs = DriveInputs {
+            manual_delta: std::mem::take(&mut self.manual_delta),
+            memory: MemoryBudget::cgroup(mem.limit, mem.current),
+        };
+        let plan = drive(verdict, &sb, &self.p.live.workers, &inputs);
+        if let Some(refusal) = &plan.refused {
+            self.shared
+                .metrics
+                .refusals
+                .get_or_create(&ReasonLabel {
+                    reason: refusal.as_str(),
+                })
+                .inc();
+            if matches!(refusal, Refusal::Memory { .. }) {
+                tracing::warn!(plan = %plan, "spawn refused: the container is near its memory limit");
+            }
+        }
+        if plan.spawn == 0 && plan.retire.is_empty() {
+            return;
+        }
+        tracing::info!(
+            algorithm,
+            before = plan.before,
+            after = plan.after,
+            reason = plan.reason.as_str(),
+            "scaling: {plan}"
+        );
+        let label = plan.reason.as_str();
+        let direction = if plan.spawn > 0 { "up" } else { "down" };
+        self.shared
+            .metrics
+            .decisions
+            .get_or_create(&DecisionLabel {
+                algorithm,
+                direction,
+            })
+            .inc();
+        for _ in 0..plan.spawn {
+            match self.spawn_worker(SpawnReason::Scale(label)) {
+                Ok(_) => self.target += 1,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot spawn a worker");
+                    break;
+                }
+            }
+        }
+        for id in plan.retire {
+            if self.workers.get(&id).is_some_and(|w| w.retiring.is_none()) {
+                self.retire(id, RetireReason::Scale(label));
+                self.target = self.target.saturating_sub(1);
+            }
+        }
+        self.target = self
+            .target
+            .clamp(self.p.live.workers.min, self.p.live.workers.max);
+    }
+
+    /// Recycles workers past max-requests, max-lifetime or max-rss: the replacement is spawned
+    /// at once and the old worker finishes its current request. At most a quarter of the
+    /// workers (at least one) recycle at a time.
+    fn recycle(&mut self, sb: &Scoreboard) {
+        let lc = self.p.live.lifecycle;
+        let now = Instant::now();
+        let in_progress = self
+            .workers
+            .values()
+            .filter(|w| w.retiring.is_some_and(RetireReason::is_recycle))
+            .count() as u32;
+        let allowed = (self.active() / 4).max(1).saturating_sub(in_progress);
+        let mut due = Vec::new();
+        for slot in &sb.workers {
+            let Some(w) = self.workers.get(&slot.id) else {
+                continue;
+            };
+            if w.retiring.is_some() || w.ready_at.is_none() {
+                continue;
+            }
+            let reason = if w.request_limit > 0 && slot.requests >= w.request_limit {
+                Some(RetireReason::MaxRequests)
+            } else if lc
+                .max_lifetime
+                .is_some_and(|l| now.duration_since(w.spawned_at) >= l)
+            {
+                Some(RetireReason::Lifetime)
+            } else if lc
+                .max_rss
+                .is_some_and(|m| slot.rss_bytes.is_some_and(|r| r > m))
+            {
+                Some(RetireReason::Rss)
+            } else {
+                None
+            };
+            if let Some(r) = reason {
+                due.push((slot.id, r, slot.requests, slot.rss_bytes));
+            }
+        }
+        for (id, reason, requests, rss) in due.into_iter().take(allowed as usize) {
+            tracing::info!(
+                worker = id,
+                reason = reason.label(),
+                requests,
+                rss_bytes = rss,
+                "recycling worker"
+            );
+            self.retire(id, reason);
+            if let Err(e) = self.spawn_worker(SpawnReason::Recycle(reason)) {
+                tracing::error!(error = %e, "cannot spawn a replacement worker");
+            }
+        }
     }
 
     /// Retires every worker (they finish what they run), kills what is left after a grace
-    /// period, and stops the fork server.
+    /// period, and stops the fork servers.
     async fn stop_all(&mut self) {
-        for (id, w) in self.workers.iter_mut() {
-            w.retiring = Some(RetireReason::Shutdown);
-            if self.dispatcher.retire(*id) {
-                let _ = w.cmds.send(LinkCmd::Shutdown);
-            }
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            self.retire(id, RetireReason::Shutdown);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while !self.workers.is_empty() && Instant::now() < deadline {
@@ -533,8 +916,32 @@ impl Supervisor {
         if let Some(z) = self.zygote.take() {
             z.stop().await;
         }
+        for (_, z) in std::mem::take(&mut self.old_zygotes) {
+            z.stop().await;
+        }
+        if let Some(pending) = self.pending_zygote.take() {
+            if let Ok(Ok(z)) = pending.await {
+                z.stop().await;
+            }
+        }
         let _ = reap_orphans(0);
     }
+}
+
+async fn wait_pending(
+    p: &mut Option<tokio::task::JoinHandle<Result<Zygote, SupervisorError>>>,
+) -> Result<Zygote, SupervisorError> {
+    let Some(handle) = p else {
+        return std::future::pending().await;
+    };
+    let r = match handle.await {
+        Ok(r) => r,
+        Err(e) => Err(SupervisorError::StartZygote(std::io::Error::other(
+            e.to_string(),
+        ))),
+    };
+    *p = None;
+    r
 }
 
 async fn recv_zygote(z: &mut Option<Zygote>) -> Result<FromZygote, ControlError> {

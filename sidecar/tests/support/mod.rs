@@ -344,3 +344,71 @@ pub fn parse_responses(mut data: &[u8]) -> Vec<Resp> {
     }
     out
 }
+
+/// A closed-loop load generator: `clients` threads send GET `path` until stopped, counting
+/// every status (connection errors count as status 0).
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<u16>>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, path: &str, clients: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                let path = path.to_string();
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        seen.push(get(addr, &path).map(|r| r.status).unwrap_or(0));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    /// Stops and returns (total, failed) requests.
+    pub fn finish(self) -> (usize, Vec<u16>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let all: Vec<u16> = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let failed = all.iter().copied().filter(|s| *s != 200).collect();
+        (all.len(), failed)
+    }
+}
+
+impl Server {
+    /// The `/load` document.
+    pub fn load(&self) -> serde_json::Value {
+        get(self.admin, "/load").unwrap().json()
+    }
+
+    /// Polls `/load` until `pred` holds; returns the document, or panics after `within`.
+    pub fn wait_load(
+        &self,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let l = self.load();
+            if pred(&l) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last /load: {l}\nlog:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -230,8 +230,11 @@ impl fmt::Display for Plan {
 /// and otherwise the verdict stands. Spawns stop at MAX and at what fits in memory; below MIN
 /// the count is always topped up to MIN, memory or not (the floor is the user's promise; a pod
 /// that cannot hold MIN workers is misconfigured and the OOM killer says so). Retirements stop
-/// at MIN and take the oldest idle workers (smallest `spawned_at`) with no busy thread:
-/// never a busy, partly busy, starting or already retiring one.
+/// at MIN. The algorithms' retirements take the oldest idle workers (smallest `spawned_at`)
+/// with no busy thread: never a busy, partly busy, starting or already retiring one. Explicit
+/// commands (SIGTTOU, a lowered MAX) must take effect under full load too, so when no worker
+/// is idle they drain the least busy ready worker: it receives nothing new and exits after its
+/// in-flight requests, so no request fails either way.
 pub fn drive(
     verdict: Verdict,
     sb: &Scoreboard,
@@ -253,7 +256,7 @@ pub fn drive(
 
     if before > max {
         let excess = before - max;
-        plan.retire = pick_victims(sb, excess);
+        plan.retire = pick_drain_victims(sb, excess);
         plan.reason = Reason::Max;
         plan.why = format!("max: {before} active > {max}");
         if (plan.retire.len() as u32) < excess {
@@ -308,7 +311,11 @@ pub fn drive(
         }
         Decision::Retire(n) => {
             let allowed = n.min(before - min);
-            plan.retire = pick_victims(sb, allowed);
+            plan.retire = if plan.reason == Reason::Manual {
+                pick_drain_victims(sb, allowed)
+            } else {
+                pick_victims(sb, allowed)
+            };
             if (plan.retire.len() as u32) < allowed {
                 plan.refused = Some(Refusal::NoIdleWorker);
             } else if allowed < n {
@@ -339,6 +346,18 @@ fn pick_victims(sb: &Scoreboard, n: u32) -> Vec<u64> {
     idle.iter().take(n as usize).map(|w| w.id).collect()
 }
 
+/// Up to `n` workers to drain for an explicit command: idle ones first (oldest first), then
+/// ready workers with the fewest busy threads (oldest first). Never a starting or retiring one.
+fn pick_drain_victims(sb: &Scoreboard, n: u32) -> Vec<u64> {
+    let mut ready: Vec<&WorkerSlot> = sb
+        .workers
+        .iter()
+        .filter(|w| matches!(w.state, SlotState::Idle | SlotState::Busy))
+        .collect();
+    ready.sort_by_key(|w| (w.busy_threads, w.spawned_at, w.id));
+    ready.iter().take(n as usize).map(|w| w.id).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -346,7 +365,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::testkit::*;
-    use super::super::Census;
     use super::*;
     use crate::scoreboard::SlotState::*;
 
@@ -422,15 +440,37 @@ mod tests {
     }
 
     #[test]
-    fn above_max_sheds_idle_workers_only() {
-        // MAX lowered from 5 to 2 by a reload.
+    fn above_max_drains_idle_then_least_busy_ready_workers() {
+        // MAX lowered from 5 to 2 by a reload: idle workers first, then the oldest busy one;
+        // never the starting one.
         let sb = board(1, 0, &[Busy, Idle, Busy, Idle, Starting]);
         let p = plan(Decision::Spawn(1), &sb, 1, 2);
-        assert_eq!(p.retire, vec![2, 4]);
+        assert_eq!(p.retire, vec![2, 4, 1]);
         assert_eq!(p.spawn, 0);
         assert_eq!(p.reason, Reason::Max);
-        assert_eq!(p.refused, Some(Refusal::NoIdleWorker));
-        assert_eq!(p.after, 3);
+        assert_eq!(p.refused, None);
+        assert_eq!(p.after, 2);
+        // Only starting workers left over MAX: nothing to drain yet.
+        let sb = board(1, 0, &[Starting, Starting, Starting]);
+        let p = plan(Decision::Hold, &sb, 1, 2);
+        assert_eq!(
+            (p.retire.len(), p.refused),
+            (0, Some(Refusal::NoIdleWorker))
+        );
+    }
+
+    #[test]
+    fn manual_retire_drains_a_busy_worker_when_none_is_idle() {
+        let sb = board(1, 4, &[Busy, Busy, Busy]);
+        let inputs = DriveInputs {
+            manual_delta: -1,
+            ..DriveInputs::default()
+        };
+        let p = drive(v(Decision::Hold), &sb, &limits(1, 4), &inputs);
+        assert_eq!((p.retire, p.reason), (vec![1], Reason::Manual));
+        // The algorithms never do.
+        let p = plan(Decision::Retire(1), &sb, 1, 4);
+        assert!(p.retire.is_empty());
     }
 
     #[test]
@@ -653,14 +693,21 @@ mod tests {
             prop_assert_eq!(p.after, before + p.spawn - p.retire.len() as u32);
             prop_assert!(p.spawn == 0 || p.retire.is_empty());
 
-            // Victims: distinct, present, idle with no busy thread.
+            // Victims: distinct, present; the algorithms' are idle with no busy thread, and
+            // explicit commands (manual, a lowered MAX) drain ready workers only, never a
+            // starting or retiring one.
             let mut ids = p.retire.clone();
             ids.sort_unstable();
             ids.dedup();
             prop_assert_eq!(ids.len(), p.retire.len());
+            let explicit = matches!(p.reason, Reason::Manual | Reason::Max);
             for id in &p.retire {
                 let w = sb.workers.iter().find(|w| w.id == *id);
-                prop_assert!(w.is_some_and(|w| w.state == Idle && w.busy_threads == 0), "{:?}", w);
+                if explicit {
+                    prop_assert!(w.is_some_and(|w| w.state == Idle || w.state == Busy), "{:?}", w);
+                } else {
+                    prop_assert!(w.is_some_and(|w| w.state == Idle && w.busy_threads == 0), "{:?}", w);
+                }
             }
 
             // The count stays within [MIN, MAX], or moves towards it.
@@ -669,8 +716,9 @@ mod tests {
                 prop_assert!(l.min <= p.after && p.after <= l.max, "{} -> {}", before, p.after);
                 prop_assert!(p.after == l.min || p.reason != Reason::Min);
             } else if before > l.max {
-                // Only idle workers can go: the rest leave on later ticks.
-                prop_assert_eq!(p.after, l.max.max(before - Census::of(&sb).free));
+                // Ready workers drain; starting ones leave on later ticks.
+                let ready = sb.workers.iter().filter(|w| matches!(w.state, Idle | Busy)).count() as u32;
+                prop_assert_eq!(p.after, l.max.max(before - ready));
                 prop_assert_eq!(p.spawn, 0);
             } else {
                 prop_assert!(l.min <= p.after && p.after <= l.max, "{} -> {}", before, p.after);

@@ -1,0 +1,268 @@
+//! Prometheus metrics of the server (`/metrics` on the admin port), via prometheus-client.
+//! Names are `wsgiscale_*` with unit suffixes; label values come from fixed sets.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use wsgiscale_core::scoreboard::{Scoreboard, SlotState};
+
+/// `state` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// starting, idle, busy or retiring.
+    pub state: &'static str,
+}
+
+/// `class` label: 1xx..5xx, or the failure kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    /// Status class.
+    pub class: &'static str,
+}
+
+/// `reason` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why (a fixed string per variant).
+    pub reason: &'static str,
+}
+
+/// Scaling decision labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabel {
+    /// spare, spare2, backlog, busyness, manual.
+    pub algorithm: &'static str,
+    /// up or down.
+    pub direction: &'static str,
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Workers by state.
+    pub workers: Family<StateLabel, Gauge>,
+    /// Requests waiting for a worker.
+    pub queue_depth: Gauge,
+    /// Time requests waited in the queue.
+    pub queue_wait: Histogram,
+    /// Time from a complete request to the response head.
+    pub request_duration: Histogram,
+    /// Requests answered, by status class.
+    pub requests: Family<ClassLabel, Counter>,
+    /// Worker spawns by reason.
+    pub spawns: Family<ReasonLabel, Counter>,
+    /// Worker retirements by reason.
+    pub retirements: Family<ReasonLabel, Counter>,
+    /// Worker deaths that were not asked for (crash, timeout kill).
+    pub deaths: Family<ReasonLabel, Counter>,
+    /// Scaling decisions that changed the worker count.
+    pub decisions: Family<DecisionLabel, Counter>,
+    /// Spawns the driver refused, by reason (at_max, memory, ...).
+    pub refusals: Family<ReasonLabel, Counter>,
+    /// Resident memory of all workers.
+    pub workers_rss: Gauge,
+    /// Largest worker's resident memory.
+    pub worker_rss_max: Gauge,
+    /// Open client connections.
+    pub connections: Gauge,
+    /// Accepted client connections.
+    pub connections_accepted: Counter,
+    /// Config reloads by outcome.
+    pub config_reloads: Family<ReasonLabel, Counter>,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        let workers = Family::<StateLabel, Gauge>::default();
+        r.register(
+            "wsgiscale_workers",
+            "Worker processes by state",
+            workers.clone(),
+        );
+        let queue_depth = Gauge::default();
+        r.register(
+            "wsgiscale_queue_depth",
+            "Requests waiting for a worker",
+            queue_depth.clone(),
+        );
+        let queue_wait = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        r.register(
+            "wsgiscale_queue_wait_seconds",
+            "Time requests waited for a worker",
+            queue_wait.clone(),
+        );
+        let request_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 18));
+        r.register(
+            "wsgiscale_request_duration_seconds",
+            "Time from a complete request to its response head, queueing included",
+            request_duration.clone(),
+        );
+        let requests = Family::<ClassLabel, Counter>::default();
+        r.register(
+            "wsgiscale_requests",
+            "Requests answered, by status class",
+            requests.clone(),
+        );
+        let spawns = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "wsgiscale_worker_spawns",
+            "Worker spawns by reason",
+            spawns.clone(),
+        );
+        let retirements = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "wsgiscale_worker_retirements",
+            "Graceful worker retirements by reason",
+            retirements.clone(),
+        );
+        let deaths = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "wsgiscale_worker_deaths",
+            "Worker exits nobody asked for, by reason",
+            deaths.clone(),
+        );
+        let decisions = Family::<DecisionLabel, Counter>::default();
+        r.register(
+            "wsgiscale_scaling_decisions",
+            "Scaling decisions that changed the worker count, by algorithm and direction",
+            decisions.clone(),
+        );
+        let refusals = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "wsgiscale_scaling_refusals",
+            "Spawns or retirements the driver refused, by reason",
+            refusals.clone(),
+        );
+        let workers_rss = Gauge::default();
+        r.register(
+            "wsgiscale_workers_resident_memory_bytes",
+            "Resident memory of all workers",
+            workers_rss.clone(),
+        );
+        let worker_rss_max = Gauge::default();
+        r.register(
+            "wsgiscale_worker_resident_memory_max_bytes",
+            "Resident memory of the largest worker",
+            worker_rss_max.clone(),
+        );
+        let connections = Gauge::default();
+        r.register(
+            "wsgiscale_connections",
+            "Open client connections",
+            connections.clone(),
+        );
+        let connections_accepted = Counter::default();
+        r.register(
+            "wsgiscale_connections_accepted",
+            "Client connections accepted",
+            connections_accepted.clone(),
+        );
+        let config_reloads = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "wsgiscale_config_reloads",
+            "Config file reloads by outcome (applied, rejected)",
+            config_reloads.clone(),
+        );
+        Metrics {
+            registry: r,
+            workers,
+            queue_depth,
+            queue_wait,
+            request_duration,
+            requests,
+            spawns,
+            retirements,
+            deaths,
+            decisions,
+            refusals,
+            workers_rss,
+            worker_rss_max,
+            connections,
+            connections_accepted,
+            config_reloads,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn count_status(&self, status: u16) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests.get_or_create(&ClassLabel { class }).inc();
+    }
+
+    /// Updates the gauges that mirror the scoreboard.
+    pub fn observe_scoreboard(&self, sb: &Scoreboard) {
+        for (state, name) in [
+            (SlotState::Starting, "starting"),
+            (SlotState::Idle, "idle"),
+            (SlotState::Busy, "busy"),
+            (SlotState::Retiring, "retiring"),
+        ] {
+            self.workers
+                .get_or_create(&StateLabel { state: name })
+                .set(i64::from(sb.count(state)));
+        }
+        self.queue_depth.set(i64::from(sb.queue_depth));
+        let rss: Vec<u64> = sb.workers.iter().filter_map(|w| w.rss_bytes).collect();
+        self.workers_rss.set(rss.iter().sum::<u64>() as i64);
+        self.worker_rss_max
+            .set(rss.iter().copied().max().unwrap_or(0) as i64);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_with_unit_suffixes() {
+        let m = Metrics::new();
+        m.count_status(204);
+        m.spawns
+            .get_or_create(&ReasonLabel { reason: "initial" })
+            .inc();
+        m.queue_wait.observe(0.002);
+        let text = m.render();
+        assert!(
+            text.contains("wsgiscale_requests_total{class=\"2xx\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wsgiscale_worker_spawns_total{reason=\"initial\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE wsgiscale_queue_wait_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wsgiscale_queue_wait_seconds_bucket{le=\"+Inf\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "Prometheus text, not OpenMetrics");
+    }
+}
