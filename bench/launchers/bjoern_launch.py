@@ -1,0 +1,102 @@
+"""Run bjoern with N worker processes forked on one listening socket, with a supervisor.
+
+bjoern itself is a single-process, single-threaded server; its documented way to use several
+cores is to bind once and fork. This launcher does that, and respawns a worker that dies
+(like gunicorn's arbiter does), so the new-worker timing works too.
+
+    python bjoern_launch.py --bind 127.0.0.1:8000 --workers 2 [--no-preload] --chdir DIR MOD:APP
+
+With preload (the default) the app is imported in the parent before forking; with
+--no-preload each worker imports it after the fork.
+"""
+import argparse
+import importlib
+import os
+import signal
+import sys
+import time
+
+
+def load(spec):
+    mod, _, attr = spec.partition(":")
+    obj = importlib.import_module(mod)
+    for part in (attr or "application").split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bind", default="127.0.0.1:8000")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--chdir")
+    ap.add_argument("--no-preload", action="store_true")
+    ap.add_argument("--backlog", type=int, default=1024)
+    ap.add_argument("app")
+    a = ap.parse_args()
+    if a.chdir:
+        os.chdir(a.chdir)
+        sys.path.insert(0, a.chdir)
+    import bjoern
+
+    host, _, port = a.bind.rpartition(":")
+    app = None if a.no_preload else load(a.app)
+    sock = bjoern.bind_and_listen(host, int(port), listen_backlog=a.backlog)
+    print(f"bjoern launcher: listening on http://{a.bind} with {a.workers} workers "
+          f"({'no ' if a.no_preload else ''}preload)", file=sys.stderr, flush=True)
+
+    children = set()
+    stopping = False
+
+    def spawn():
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            try:
+                wsgi = app if app is not None else load(a.app)
+                bjoern.server_run(sock, wsgi)
+            finally:
+                os._exit(0)
+        children.add(pid)
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in range(a.workers):
+        spawn()
+    deadline = None
+    while children:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        children.discard(pid)
+        if stopping:
+            if deadline is None:
+                deadline = time.monotonic() + 3
+            continue
+        print(f"bjoern launcher: worker {pid} exited ({status}), respawning",
+              file=sys.stderr, flush=True)
+        spawn()
+    # any straggler gets SIGKILL
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+if __name__ == "__main__":
+    main()

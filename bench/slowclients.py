@@ -1,0 +1,114 @@
+"""Slow clients: hold N connections to a server and trickle request header bytes slowly.
+
+Each client opens a connection and sends "GET / HTTP/1.1" plus headers one byte at a time,
+one byte every --interval seconds (jittered), for --duration seconds, then stops by itself.
+A connection the server closes is counted and reopened, so the pressure stays at N. Prints
+one JSON line of counters at the end. stdlib only; traffic goes to the given loopback address.
+
+    python slowclients.py --host 127.0.0.1 --port 8000 --conns 200 --interval 1.5 --duration 30
+"""
+import argparse
+import asyncio
+import json
+import random
+import signal
+import sys
+import time
+
+
+async def client(i, a, stats, ctl, ready):
+    req = (f"GET /?slow={i} HTTP/1.1\r\nHost: {a.host}:{a.port}\r\n"
+           f"User-Agent: slowclient\r\nX-Padding: {'p' * 64}\r\n\r\n").encode()
+    first = True
+    while time.monotonic() < ctl['stop_at']:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(a.host, a.port), timeout=5)
+        except (OSError, asyncio.TimeoutError) as e:
+            stats["connect_errors"] += 1
+            stats["last_error"] = repr(e)
+            await asyncio.sleep(0.5)
+            continue
+        stats["opened"] += 1
+        stats["open_now"] += 1
+        if first:
+            first = False
+            ready.append(i)
+        closed_by_server = False
+        try:
+            pos = 0
+            while time.monotonic() < ctl['stop_at']:
+                writer.write(req[pos:pos + 1])
+                await writer.drain()
+                stats["bytes_sent"] += 1
+                pos += 1
+                if pos == len(req):
+                    # a whole request went out (after a very long time); answers are read below
+                    stats["requests_sent"] += 1
+                    pos = 0
+                try:
+                    data = await asyncio.wait_for(
+                        reader.read(65536),
+                        timeout=a.interval * random.uniform(0.67, 1.33))
+                    if not data:
+                        closed_by_server = True
+                        break
+                    stats["bytes_received"] += len(data)
+                    if data.startswith(b"HTTP/1.") and b" 408 " in data[:16]:
+                        stats["timeouts_408"] += 1
+                except asyncio.TimeoutError:
+                    pass
+        except (ConnectionError, OSError):
+            closed_by_server = True
+        finally:
+            stats["open_now"] -= 1
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), timeout=1)
+            except Exception:
+                pass
+        if closed_by_server:
+            stats["closed_by_server"] += 1
+
+
+async def main(a):
+    stats = dict(opened=0, open_now=0, connect_errors=0, closed_by_server=0, bytes_sent=0,
+                 bytes_received=0, requests_sent=0, timeouts_408=0, last_error=None)
+    ready = []
+    ctl = {"stop_at": time.monotonic() + a.duration}
+    # SIGTERM ends the run early (the counters are still printed)
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGTERM, lambda: ctl.update(stop_at=0.0))
+    tasks = []
+    for i in range(a.conns):
+        tasks.append(asyncio.create_task(client(i, a, stats, ctl, ready)))
+        await asyncio.sleep(a.ramp / a.conns)
+    announced = False
+    t0 = time.monotonic()
+    while time.monotonic() < ctl["stop_at"]:
+        if not announced and (len(ready) == a.conns or time.monotonic() - t0 > 5):
+            print(json.dumps({"event": "connected", "open_now": stats["open_now"],
+                              "connect_errors": stats["connect_errors"]}), flush=True)
+            announced = True
+        await asyncio.sleep(0.05)
+    # clients notice the stop within one read timeout (<= 1.33 x interval)
+    await asyncio.wait(tasks, timeout=a.interval * 1.5 + 2)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    stats["event"] = "done"
+    print(json.dumps(stats), flush=True)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--conns", type=int, default=200)
+    ap.add_argument("--interval", type=float, default=1.5, help="seconds between bytes")
+    ap.add_argument("--duration", type=float, default=30)
+    ap.add_argument("--ramp", type=float, default=0.5, help="seconds to open all connections")
+    a = ap.parse_args()
+    if a.host not in ("127.0.0.1", "localhost", "::1"):
+        sys.exit("slowclients: loopback only")
+    asyncio.run(main(a))
