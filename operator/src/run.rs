@@ -64,6 +64,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     } = args;
 
     // Installed before anything else, so a SIGTERM during startup is not lost.
+    // An empty WSGISCALE_OPERATOR_NAMESPACES means all namespaces, not the namespace "".
+    let namespaces: Vec<String> = namespaces
+        .into_iter()
+        .filter(|n| !n.trim().is_empty())
+        .collect();
     let shutdown = CancellationToken::new();
     {
         use tokio::signal::unix::{signal, SignalKind};
