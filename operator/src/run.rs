@@ -180,7 +180,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 }
 
 /// One controller per namespace (or one for all), until `stop`; in-flight reconciles finish.
-async fn run_controllers(
+pub async fn run_controllers(
     ctx: &Arc<Context>,
     namespaces: &[String],
     concurrency: u16,

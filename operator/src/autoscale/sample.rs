@@ -1,0 +1,416 @@
+//! From what the pods reported in one tick to one [`TickSample`]: the demand (requests in the
+//! servers), extrapolated to every ready pod when only a sample was scraped, once counting the
+//! pods that did not answer as idle (for scaling up) and once as fully loaded (for scaling
+//! down), as the HPA does.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use wsgiscale_core::load::LoadReport;
+
+use super::Policy;
+
+/// What one pod's load report says, reduced to the numbers the autoscaler uses.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PodLoad {
+    /// Requests in the server: running plus queued, averaged over the last second
+    /// (`rates.1s.concurrency`, which is `in_flight + queue.depth` averaged rather than read at
+    /// one instant), and never below what is queued right now.
+    pub concurrency: f64,
+    /// Requests running now.
+    pub in_flight: u32,
+    /// Requests waiting for a worker now.
+    pub queue_depth: u32,
+    /// Workers with every thread busy.
+    pub busy_workers: u32,
+    /// Live worker processes.
+    pub total_workers: u32,
+    /// The server's workers.max.
+    pub max_workers: u32,
+    /// Threads per worker.
+    pub threads: u32,
+    /// At workers.max, every worker busy, and requests queueing: the pod cannot grow by itself.
+    pub saturated: bool,
+}
+
+impl PodLoad {
+    /// The numbers of a load report.
+    pub fn from_report(report: &LoadReport) -> Self {
+        let instant = f64::from(report.in_flight) + f64::from(report.queue.depth);
+        let averaged = report.rates.s1.concurrency;
+        let concurrency = if averaged.is_finite() && averaged >= 0.0 {
+            // The queue right now is demand whatever the average says (a burst that arrived
+            // within the last second).
+            averaged.max(f64::from(report.queue.depth))
+        } else {
+            instant
+        };
+        PodLoad {
+            concurrency,
+            in_flight: report.in_flight,
+            queue_depth: report.queue.depth,
+            busy_workers: report.workers.busy,
+            total_workers: report.workers.total,
+            max_workers: report.workers.max,
+            threads: report.workers.threads.max(1),
+            saturated: report.saturated,
+        }
+    }
+}
+
+/// One ready pod in one tick: its age and its load, or `None` when it did not answer (timeout,
+/// refused, bad report).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PodSample {
+    /// Time since the pod started (its container's start, or its creation).
+    pub age: Duration,
+    /// Its load report, if it answered.
+    pub load: Option<PodLoad>,
+}
+
+/// The demand and the workers of every ready pod in one tick.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TickSample {
+    /// When the pods were scraped (monotonic).
+    pub at: Duration,
+    /// Ready pods at the time.
+    pub ready_pods: u32,
+    /// Pods asked for their load (all the ready ones, or a random sample of them).
+    pub scraped: u32,
+    /// Pods that answered.
+    pub answered: u32,
+    /// Requests in all the ready pods, pods that did not answer counted as idle.
+    pub demand_up: f64,
+    /// Requests in all the ready pods, pods that did not answer counted as fully loaded
+    /// (every thread of workers.max busy).
+    pub demand_down: f64,
+    /// Requests running, in the pods that answered.
+    pub in_flight: u32,
+    /// Threads of the live workers, in the pods that answered.
+    pub threads: u32,
+    /// Busy workers, in the pods that answered.
+    pub busy_workers: u32,
+    /// Live workers, in the pods that answered.
+    pub total_workers: u32,
+    /// Queued requests, in the pods that answered.
+    pub queue_depth: u32,
+    /// Pods that answered saturated (at workers.max, all busy, queueing).
+    pub saturated_pods: u32,
+}
+
+/// How much a pod of age `age` counts in the averages that extrapolate a sample: its age over
+/// the start-up period, at least 0.1, at most 1. A pod that just became ready still has its
+/// initial workers and a share of the traffic that is growing; what it reports says little
+/// about the others.
+pub fn compute_weight(age: Duration, startup: Duration) -> f64 {
+    if startup.is_zero() {
+        return 1.0;
+    }
+    (age.as_secs_f64() / startup.as_secs_f64()).clamp(0.1, 1.0)
+}
+
+/// One tick's [`TickSample`] from the pods scraped (`pods`) out of `ready_pods`.
+///
+/// With every ready pod scraped, the demand is the sum of what they report (a young pod's
+/// requests are as real as any). With a sample, the demand is `ready_pods` times the sample's
+/// mean, weighted by [`compute_weight`]. A pod that did not answer adds nothing to
+/// `demand_up` and a full pod (`policy.pod_capacity`) to `demand_down`.
+pub fn compute_tick(
+    at: Duration,
+    ready_pods: u32,
+    pods: &[PodSample],
+    policy: &Policy,
+) -> TickSample {
+    let mut t = TickSample {
+        at,
+        ready_pods,
+        scraped: pods.len() as u32,
+        ..TickSample::default()
+    };
+    let full = policy.pod_capacity;
+    let (mut sum_up, mut sum_down) = (0.0, 0.0);
+    let (mut wsum, mut wup, mut wdown) = (0.0, 0.0, 0.0);
+    for p in pods {
+        let w = compute_weight(p.age, policy.startup_period);
+        wsum += w;
+        match &p.load {
+            Some(l) => {
+                t.answered += 1;
+                t.in_flight = t.in_flight.saturating_add(l.in_flight);
+                t.threads = t
+                    .threads
+                    .saturating_add(l.total_workers.saturating_mul(l.threads));
+                t.busy_workers = t.busy_workers.saturating_add(l.busy_workers);
+                t.total_workers = t.total_workers.saturating_add(l.total_workers);
+                t.queue_depth = t.queue_depth.saturating_add(l.queue_depth);
+                t.saturated_pods += u32::from(l.saturated);
+                sum_up += l.concurrency;
+                sum_down += l.concurrency;
+                wup += w * l.concurrency;
+                wdown += w * l.concurrency;
+            }
+            None => {
+                sum_down += full;
+                wdown += w * full;
+            }
+        }
+    }
+    if pods.is_empty() {
+        return t;
+    }
+    if pods.len() as u32 >= ready_pods {
+        t.demand_up = sum_up;
+        t.demand_down = sum_down;
+    } else {
+        let n = f64::from(ready_pods);
+        t.demand_up = n * wup / wsum;
+        t.demand_down = n * wdown / wsum;
+    }
+    t
+}
+
+/// The ticks of the last stable window, oldest first.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Samples {
+    ticks: VecDeque<TickSample>,
+}
+
+/// Averages of the ticks within one window.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct WindowAverage {
+    /// Ticks averaged.
+    pub ticks: u32,
+    /// Mean [`TickSample::demand_up`].
+    pub demand_up: f64,
+    /// Mean [`TickSample::demand_down`].
+    pub demand_down: f64,
+    /// Running requests over live threads, in the pods that answered (0 to 1).
+    pub utilization: f64,
+}
+
+impl Samples {
+    /// No ticks yet.
+    pub fn new() -> Self {
+        Samples::default()
+    }
+
+    /// Adds a tick and forgets the ticks older than `keep` before it. A tick not newer than the
+    /// last one replaces it.
+    pub fn push(&mut self, tick: TickSample, keep: Duration) {
+        while self.ticks.back().is_some_and(|b| b.at >= tick.at) {
+            self.ticks.pop_back();
+        }
+        self.ticks.push_back(tick);
+        while self.ticks.len() > 1 && self.ticks.front().is_some_and(|f| f.at + keep <= tick.at) {
+            self.ticks.pop_front();
+        }
+    }
+
+    /// The newest tick.
+    pub fn latest(&self) -> Option<&TickSample> {
+        self.ticks.back()
+    }
+
+    /// Ticks held.
+    pub fn len(&self) -> usize {
+        self.ticks.len()
+    }
+
+    /// True before the first tick.
+    pub fn is_empty(&self) -> bool {
+        self.ticks.is_empty()
+    }
+
+    /// The ticks, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &TickSample> {
+        self.ticks.iter()
+    }
+
+    /// Averages over the ticks newer than `now - span` (the newest always counts).
+    pub fn average(&self, now: Duration, span: Duration) -> WindowAverage {
+        let mut a = WindowAverage::default();
+        let (mut busy, mut threads) = (0u64, 0u64);
+        for (i, t) in self.ticks.iter().enumerate().rev() {
+            let newest = i + 1 == self.ticks.len();
+            if !newest && t.at + span <= now {
+                break;
+            }
+            a.ticks += 1;
+            a.demand_up += t.demand_up;
+            a.demand_down += t.demand_down;
+            busy += u64::from(t.in_flight);
+            threads += u64::from(t.threads);
+        }
+        if a.ticks > 0 {
+            a.demand_up /= f64::from(a.ticks);
+            a.demand_down /= f64::from(a.ticks);
+        }
+        if threads > 0 {
+            a.utilization = (busy as f64 / threads as f64).min(1.0);
+        }
+        a
+    }
+}
+
+/// Which of `count` pods to scrape when at most `max` may be: all of them in order when
+/// `count <= max`, else `max` distinct indices chosen at random from `seed` (a partial
+/// Fisher-Yates shuffle on SplitMix64), sorted.
+pub fn pick_sample(count: usize, max: usize, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..count).collect();
+    if count <= max {
+        return idx;
+    }
+    let mut rng = SplitMix64(seed);
+    for i in 0..max {
+        let j = i + (rng.next() % (count - i) as u64) as usize;
+        idx.swap(i, j);
+    }
+    idx.truncate(max);
+    idx.sort_unstable();
+    idx
+}
+
+/// A tiny deterministic random generator (SplitMix64), the same on every platform and version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform number in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoscale::testkit::policy;
+
+    fn load(concurrency: f64) -> Option<PodLoad> {
+        Some(PodLoad {
+            concurrency,
+            in_flight: concurrency as u32,
+            total_workers: 4,
+            max_workers: 4,
+            threads: 1,
+            ..PodLoad::default()
+        })
+    }
+
+    fn pod(age: u64, l: Option<PodLoad>) -> PodSample {
+        PodSample {
+            age: Duration::from_secs(age),
+            load: l,
+        }
+    }
+
+    #[test]
+    fn every_pod_scraped_sums_and_missing_pods_count_both_ways() {
+        let p = policy();
+        let pods = [pod(100, load(3.0)), pod(1, load(1.0)), pod(100, None)];
+        let t = compute_tick(Duration::from_secs(10), 3, &pods, &p);
+        assert_eq!((t.scraped, t.answered), (3, 2));
+        // The young pod's requests count in full; the silent pod is idle going up...
+        assert_eq!(t.demand_up, 4.0);
+        // ...and fully loaded (4 workers x 1 thread) going down.
+        assert_eq!(t.demand_down, 8.0);
+        assert_eq!(t.total_workers, 8);
+    }
+
+    #[test]
+    fn a_sample_is_extrapolated_with_young_pods_weighing_less() {
+        let p = policy();
+        // 10 ready pods, 2 scraped: an old one with 4 in flight, a brand-new one with 0.
+        let pods = [pod(300, load(4.0)), pod(0, load(0.0))];
+        let t = compute_tick(Duration::from_secs(10), 10, &pods, &p);
+        // Weighted mean (1 x 4 + 0.1 x 0) / 1.1, times 10 pods.
+        assert!((t.demand_up - 40.0 / 1.1).abs() < 1e-9, "{}", t.demand_up);
+        // Equal weights would have said 20.
+        assert!(t.demand_up > 36.0);
+    }
+
+    #[test]
+    fn report_concurrency_is_the_averaged_in_system_count_at_least_the_queue() {
+        let mut r = LoadReport {
+            version: 1,
+            time_unix_ms: 0,
+            workers: wsgiscale_core::load::WorkerCounts {
+                max: 4,
+                total: 4,
+                busy: 4,
+                threads: 2,
+                ..Default::default()
+            },
+            queue: wsgiscale_core::load::QueueStats {
+                depth: 7,
+                ..Default::default()
+            },
+            in_flight: 8,
+            rates: Default::default(),
+            saturated: true,
+            draining: false,
+        };
+        r.rates.s1.concurrency = 12.5;
+        let l = PodLoad::from_report(&r);
+        assert_eq!(l.concurrency, 12.5);
+        assert!(l.saturated);
+        r.rates.s1.concurrency = 3.0;
+        assert_eq!(PodLoad::from_report(&r).concurrency, 7.0);
+        r.rates.s1.concurrency = f64::NAN;
+        assert_eq!(PodLoad::from_report(&r).concurrency, 15.0);
+    }
+
+    #[test]
+    fn samples_keep_a_window_and_average_the_span() {
+        let mut s = Samples::new();
+        for i in 0..40u64 {
+            let t = TickSample {
+                at: Duration::from_secs(2 * i),
+                demand_up: i as f64,
+                demand_down: i as f64,
+                ..TickSample::default()
+            };
+            s.push(t, Duration::from_secs(60));
+        }
+        // 60 s at one tick per 2 s: 30 ticks (at 20..78 s).
+        assert_eq!(s.len(), 30);
+        let now = Duration::from_secs(78);
+        let panic = s.average(now, Duration::from_secs(6));
+        assert_eq!(panic.ticks, 3);
+        assert_eq!(panic.demand_up, 38.0);
+        assert_eq!(s.average(now, Duration::from_secs(60)).ticks, 30);
+        // A zero span still sees the newest tick.
+        assert_eq!(s.average(now, Duration::ZERO).ticks, 1);
+    }
+
+    #[test]
+    fn pick_sample_is_all_or_a_distinct_random_subset() {
+        assert_eq!(pick_sample(3, 16, 1), vec![0, 1, 2]);
+        let s = pick_sample(100, 16, 42);
+        assert_eq!(s.len(), 16);
+        let mut d = s.clone();
+        d.dedup();
+        assert_eq!(d.len(), 16);
+        assert!(s.iter().all(|&i| i < 100));
+        assert_eq!(s, pick_sample(100, 16, 42), "deterministic for a seed");
+        assert_ne!(s, pick_sample(100, 16, 43));
+    }
+
+    #[test]
+    fn weights_grow_with_age() {
+        let s = Duration::from_secs(30);
+        assert_eq!(compute_weight(Duration::ZERO, s), 0.1);
+        assert_eq!(compute_weight(Duration::from_secs(15), s), 0.5);
+        assert_eq!(compute_weight(Duration::from_secs(90), s), 1.0);
+        assert_eq!(compute_weight(Duration::ZERO, Duration::ZERO), 1.0);
+    }
+}

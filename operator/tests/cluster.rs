@@ -1,0 +1,295 @@
+//! Against a real API server (kind, or any cluster in KUBECONFIG); `#[ignore]`d because none
+//! runs here. Run with:
+//!
+//! ```text
+//! KUBECONFIG=~/.kube/config cargo test -p wsgiscale-operator --test cluster -- --ignored --test-threads=1
+//! ```
+//!
+//! Each test installs the CRD (server-side apply), runs the controllers in-process, works in a
+//! namespace of its own and deletes it at the end. The pods need not become ready (the example
+//! image may not be pullable from the cluster): the tests look at the objects and the status.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::{Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use wsgiscale_operator::crd::{crd, WsgiApp};
+use wsgiscale_operator::metrics::Metrics;
+use wsgiscale_operator::reconcile::Context;
+use wsgiscale_operator::run::run_controllers;
+
+const MANAGER: &str = "wsgiscale-cluster-test";
+
+/// Polls `f` every half second until it returns Some, for at most `secs` seconds.
+async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = crd();
+    let name = crd.name_any();
+    crds.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply the CRD");
+    eventually("the CRD to be established", 60, || {
+        let crds = crds.clone();
+        let name = name.clone();
+        async move {
+            let c = crds.get(&name).await.ok()?;
+            let established = c
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        }
+    })
+    .await;
+}
+
+/// The WsgiApp of examples/wsgiapp.yaml, moved to `ns`.
+fn example_app(ns: &str) -> WsgiApp {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/wsgiapp.yaml");
+    let text = std::fs::read_to_string(path).expect("examples/wsgiapp.yaml");
+    let doc = text
+        .split("\n---")
+        .find(|d| d.contains("kind: WsgiApp"))
+        .expect("the example holds a WsgiApp");
+    let mut app: WsgiApp = serde_yaml::from_str(doc).expect("the example parses");
+    app.metadata.namespace = Some(ns.to_string());
+    app
+}
+
+struct Env {
+    client: Client,
+    ns: String,
+    stop: CancellationToken,
+    controllers: tokio::task::JoinHandle<()>,
+}
+
+async fn setup(tag: &str) -> Env {
+    let client = Client::try_default()
+        .await
+        .expect("KUBECONFIG or in-cluster config");
+    install_crd(&client).await;
+    let ns = format!("wsgiscale-test-{tag}-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(ns.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("create the test namespace");
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Some("cluster-test".into()),
+        Arc::new(Metrics::default()),
+        Duration::from_secs(60),
+    ));
+    let stop = CancellationToken::new();
+    let controllers = {
+        let (ns, stop) = (ns.clone(), stop.clone());
+        tokio::spawn(async move { run_controllers(&ctx, &[ns], 2, stop).await })
+    };
+    Env {
+        client,
+        ns,
+        stop,
+        controllers,
+    }
+}
+
+async fn teardown(env: Env) {
+    env.stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), env.controllers).await;
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    let _ = namespaces.delete(&env.ns, &DeleteParams::default()).await;
+}
+
+fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster in KUBECONFIG"]
+async fn example_runs_reloads_limits_live_and_is_collected() {
+    let env = setup("lifecycle").await;
+    let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
+    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
+
+    // kubectl apply -f examples/wsgiapp.yaml
+    let app = example_app(&env.ns);
+    let created = apps
+        .patch("shop", &PatchParams::apply(MANAGER), &Patch::Apply(&app))
+        .await
+        .expect("apply the example");
+    let uid = created.uid().expect("uid");
+
+    // The children appear, owned by the WsgiApp.
+    let dep = eventually("the Deployment", 60, || {
+        let d = deployments.clone();
+        async move { d.get_opt("shop").await.ok().flatten() }
+    })
+    .await;
+    assert!(owned_by(&dep.metadata, &uid));
+    let svc = services.get("shop").await.expect("the Service");
+    assert!(owned_by(&svc.metadata, &uid));
+    let cm = config_maps.get("shop-config").await.expect("the ConfigMap");
+    assert!(owned_by(&cm.metadata, &uid));
+    assert!(cm.data.as_ref().expect("data")["config.yaml"].contains("workers: 2:8"));
+    let args = dep.spec.template.spec.as_ref().expect("pod").containers[0]
+        .args
+        .clone()
+        .expect("args");
+    assert_eq!(&args[..2], ["serve", "demo:application"]);
+
+    // The status reports the three conditions for the current generation.
+    let status = eventually("the status", 60, || {
+        let apps = apps.clone();
+        async move {
+            let s = apps.get_status("shop").await.ok()?.status?;
+            (s.observed_generation == Some(1) && s.conditions.len() == 3).then_some(s)
+        }
+    })
+    .await;
+    let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(types, ["Ready", "Progressing", "Degraded"]);
+    assert_eq!(status.selector.as_deref(), Some("wsgiscale.dev/app=shop"));
+
+    // workers.max changes: the ConfigMap follows, the pod template (and so the pods) does not.
+    let template_before = serde_json::to_value(&dep.spec.template).expect("json");
+    let generation_before = dep.metadata.generation;
+    let mut changed = app.clone();
+    changed.spec.workers.as_mut().expect("workers").max = Some(12);
+    apps.patch(
+        "shop",
+        &PatchParams::apply(MANAGER),
+        &Patch::Apply(&changed),
+    )
+    .await
+    .expect("apply the change");
+    eventually("the ConfigMap to carry workers.max 12", 60, || {
+        let c = config_maps.clone();
+        async move {
+            let cm = c.get("shop-config").await.ok()?;
+            cm.data?
+                .get("config.yaml")?
+                .contains("workers: 2:12")
+                .then_some(())
+        }
+    })
+    .await;
+    let dep_after = deployments.get("shop").await.expect("the Deployment");
+    assert_eq!(
+        serde_json::to_value(&dep_after.spec.template).expect("json"),
+        template_before
+    );
+    assert_eq!(
+        dep_after.metadata.generation, generation_before,
+        "the Deployment was not touched"
+    );
+
+    // Deleting the WsgiApp collects its children.
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Foreground),
+        ..DeleteParams::default()
+    };
+    apps.delete("shop", &dp).await.expect("delete");
+    eventually("the children to be collected", 120, || {
+        let (d, s, c) = (deployments.clone(), services.clone(), config_maps.clone());
+        async move {
+            let gone = d.get_opt("shop").await.ok()?.is_none()
+                && s.get_opt("shop").await.ok()?.is_none()
+                && c.get_opt("shop-config").await.ok()?.is_none();
+            gone.then_some(())
+        }
+    })
+    .await;
+    teardown(env).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster in KUBECONFIG"]
+async fn the_api_server_refuses_what_the_cel_rules_refuse() {
+    let env = setup("cel").await;
+    let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
+    let mut app = example_app(&env.ns);
+    let workers = app.spec.workers.as_mut().expect("workers");
+    workers.min = Some(8);
+    workers.max = Some(4);
+    let err = apps
+        .patch("shop", &PatchParams::apply(MANAGER), &Patch::Apply(&app))
+        .await
+        .expect_err("the CEL rule refuses min > max");
+    assert!(
+        err.to_string()
+            .contains("workers.min must be at most workers.max"),
+        "{err}"
+    );
+    teardown(env).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster in KUBECONFIG"]
+async fn steady_state_leaves_resource_versions_alone() {
+    let env = setup("steady").await;
+    let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
+    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
+    apps.patch(
+        "shop",
+        &PatchParams::apply(MANAGER),
+        &Patch::Apply(&example_app(&env.ns)),
+    )
+    .await
+    .expect("apply the example");
+    let versions = || {
+        let (c, s) = (config_maps.clone(), services.clone());
+        async move {
+            let cm = c.get_opt("shop-config").await.ok()??;
+            let svc = s.get_opt("shop").await.ok()??;
+            Some((cm.resource_version()?, svc.resource_version()?))
+        }
+    };
+    let first = eventually("the children", 60, versions).await;
+    // Several resyncs and watch events later, nothing was rewritten.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let later = versions().await.expect("children still there");
+    assert_eq!(first, later);
+    teardown(env).await;
+}
