@@ -36,11 +36,16 @@ fn serve(args: wsgiscale_core::config::ServeArgs) -> ExitCode {
         }
     };
     logging::init(cfg.log.format, &cfg.log.level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("wsgiscale")
-        .build()
-    {
+    // One front thread is fastest when the workers need the other cores (the usual case: the
+    // front does little per request and cross-thread wake-ups cost more than they save).
+    let mut builder = if cfg.front_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cfg.front_threads as usize);
+        b
+    };
+    let runtime = match builder.enable_all().thread_name("wsgiscale").build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wsgiscale: cannot start the runtime: {e}");

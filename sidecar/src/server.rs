@@ -87,6 +87,9 @@ fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static 
     if old.http != new.http {
         v.push("http limits");
     }
+    if old.front_threads != new.front_threads {
+        v.push("front-threads");
+    }
     if old.log != new.log {
         v.push("logging");
     }

@@ -281,6 +281,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WSGISCALE_THREADS", value_name = "N")]
     pub threads: Option<u32>,
 
+    /// Threads of the HTTP front (the master's event loop). One is fastest unless the machine
+    /// has cores to spare beyond the workers'. [default: 1]
+    #[arg(long, env = "WSGISCALE_FRONT_THREADS", value_name = "N")]
+    pub front_threads: Option<u32>,
+
     /// Directory to change into before importing the application.
     #[arg(long, env = "WSGISCALE_CHDIR", value_name = "DIR")]
     pub chdir: Option<PathBuf>,
@@ -398,6 +403,8 @@ pub struct FileConfig {
     pub cheaper_busyness_backlog: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front_threads: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chdir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -633,6 +640,8 @@ pub struct ServerConfig {
     pub log: LogConfig,
     /// The config file, if one was given (watched for changes).
     pub config_file: Option<PathBuf>,
+    /// Threads of the HTTP front's event loop.
+    pub front_threads: u32,
 }
 
 /// Defaults, in one place (the `[default: ...]` texts of the flags repeat them).
@@ -696,6 +705,7 @@ pub fn resolve(
         cheaper_busyness_penalty,
         cheaper_busyness_backlog,
         threads,
+        front_threads,
         chdir,
         pythonpath,
         venv,
@@ -820,6 +830,13 @@ pub fn resolve(
         ));
     }
 
+    let front_threads = front_threads.or(file.front_threads).unwrap_or(1);
+    if front_threads == 0 || front_threads > defaults::THREADS_LIMIT {
+        return Err(invalid(
+            "front-threads",
+            format!("{front_threads} is outside 1..={}", defaults::THREADS_LIMIT),
+        ));
+    }
     let threads = threads.or(file.threads).unwrap_or(1);
     if threads == 0 || threads > defaults::THREADS_LIMIT {
         return Err(invalid(
@@ -924,6 +941,7 @@ pub fn resolve(
                 .unwrap_or_else(|| "info".into()),
         },
         config_file: config.clone(),
+        front_threads,
     })
 }
 
