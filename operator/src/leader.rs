@@ -341,4 +341,90 @@ mod tests {
         assert_eq!(t.retry_period, Duration::from_secs(2));
         assert!(t.renew_deadline < t.lease_duration);
     }
+
+    mod io {
+        use http::{Method, Request, Response, StatusCode};
+        use kube::client::Body;
+        use kube::Client;
+        use serde_json::json;
+
+        use super::*;
+
+        type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+        const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/op";
+
+        fn elector() -> (LeaderElector, Handle) {
+            let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let api = Api::namespaced(Client::new(service, "ops"), "ops");
+            let timing = LeaseTiming::from_lease_duration(D);
+            (
+                LeaderElector::new(api, "op".into(), "me".into(), timing),
+                handle,
+            )
+        }
+
+        fn lease(holder: &str) -> serde_json::Value {
+            json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "op", "namespace": "ops", "resourceVersion": "7"},
+                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "leaseTransitions": 2},
+            })
+        }
+
+        fn respond(code: StatusCode, body: &serde_json::Value) -> Response<Body> {
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(body).expect("json")))
+                .expect("response")
+        }
+
+        #[tokio::test]
+        async fn a_fresh_lease_of_another_holder_is_left_alone() {
+            let (mut e, mut handle) = elector();
+            let server = tokio::spawn(async move {
+                let (req, send) = handle.next_request().await.expect("request");
+                assert_eq!((req.method(), req.uri().path()), (&Method::GET, PATH));
+                send.send_response(respond(StatusCode::OK, &lease("other")));
+                handle
+            });
+            assert!(!e.try_acquire_or_renew().await.expect("round"));
+            let mut handle = server.await.expect("server");
+            assert!(
+                matches!(handle.poll_request(), std::task::Poll::Pending),
+                "no write"
+            );
+        }
+
+        #[tokio::test]
+        async fn renewal_keeps_the_resource_version_and_a_conflict_loses() {
+            let (mut e, mut handle) = elector();
+            let server = tokio::spawn(async move {
+                let (_, send) = handle.next_request().await.expect("get");
+                send.send_response(respond(StatusCode::OK, &lease("me")));
+                let (req, send) = handle.next_request().await.expect("put");
+                assert_eq!((req.method(), req.uri().path()), (&Method::PUT, PATH));
+                let body: serde_json::Value =
+                    serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body"))
+                        .expect("json");
+                assert_eq!(
+                    body["metadata"]["resourceVersion"], "7",
+                    "optimistic concurrency"
+                );
+                assert_eq!(body["spec"]["holderIdentity"], "me");
+                assert_eq!(body["spec"]["leaseTransitions"], 2);
+                assert!(body["spec"]["renewTime"].is_string());
+                // Someone else wrote the lease in between.
+                send.send_response(respond(
+                    StatusCode::CONFLICT,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409}),
+                ));
+            });
+            assert!(!e
+                .try_acquire_or_renew()
+                .await
+                .expect("a conflict is not an error"));
+            server.await.expect("server");
+        }
+    }
 }
