@@ -105,3 +105,12 @@ pub fn run_exit_hooks(py: Python<'_>) {
         }
     }
 }
+
+/// Moves every object that exists now into the GC's permanent generation, so that garbage
+/// collections in the forked workers do not write to (and so copy) the pages they share with
+/// the fork server.
+pub fn freeze_for_fork(py: Python<'_>) {
+    if let Err(e) = py.import("gc").and_then(|gc| gc.call_method0("freeze")) {
+        tracing::warn!(error = %e, "gc.freeze() failed; workers will share less memory");
+    }
+}

@@ -77,6 +77,7 @@ fn serve(py: Python<'_>, init: &ZygoteInit, control: OwnedFd, buf: &mut [u8]) ->
             return EXIT_IMPORT_FAILED;
         }
     };
+    python::freeze_for_fork(py);
     let import_ms = started.elapsed().as_millis() as u64;
     if !reply(
         &control,
