@@ -220,6 +220,12 @@ fn now() -> Time {
 }
 
 async fn reconcile_app(app: &WsgiApp, ctx: &Context) -> Result<(Action, &'static str), Error> {
+    if app.metadata.deletion_timestamp.is_some() {
+        // Being deleted: the garbage collector removes the children; applying them again
+        // would only race it (and recreate them during a foreground deletion).
+        debug!("being deleted");
+        return Ok((Action::await_change(), "deleting"));
+    }
     let validated = match validate_app(app) {
         Ok(v) => v,
         Err(e @ ValidationError::MissingMetadata(_)) => return Err(Error::Metadata(e)),

@@ -660,6 +660,16 @@ async fn transient_errors_back_off_exponentially() {
     );
 }
 
+#[tokio::test]
+async fn an_app_being_deleted_is_left_to_the_garbage_collector() {
+    let app = scaled_app().map(|a| {
+        let t: k8s_openapi::jiff::Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+        a.metadata.deletion_timestamp = Some(Time(t));
+    });
+    let (result, _) = run(app, |s| async move { s }).await;
+    assert_eq!(result.expect("ok"), Action::await_change());
+}
+
 #[test]
 fn backoff_doubles_and_caps() {
     let secs: Vec<u64> = [1, 2, 3, 4, 9, 10, 50]
