@@ -45,6 +45,14 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+# Regenerates the CRD (crds/ and the chart's copy) from the operator's Rust types.
+generate:
+	bash operator/generate.sh
+
+# Cluster tests (#[ignore]d in `make test`): need KUBECONFIG pointing at kind or a real cluster.
+e2e: build
+	$(CARGO) test --workspace -- --ignored
+
 bench: build
 	bash bench/setup.sh
 	bench/.venv/bin/python bench/run.py $(BENCH_ARGS)
