@@ -13,6 +13,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+/// Largest frame the master accepts from a worker: a head with up to 1 MiB of body and its
+/// headers, or a body piece (workers split larger bodies).
+pub const MAX_RESPONSE_FRAME: usize = 4 << 20;
+
 /// Bytes before the payload: length, kind, stream.
 pub const HEADER_LEN: usize = 9;
 /// Offset of the stream id within a frame, for [`set_stream`].

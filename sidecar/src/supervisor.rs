@@ -405,7 +405,7 @@ impl Supervisor {
         let params = LinkParams {
             id,
             threads: self.p.init.threads,
-            max_frame: self.p.init.max_frame,
+            max_frame: crate::proto::MAX_RESPONSE_FRAME,
         };
         tokio::spawn(link::run(
             params,

@@ -397,3 +397,28 @@ fn unix_socket_bind_serves() {
     drop(s);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn large_bodies_cross_in_pieces() {
+    let s = Server::start(APP, &["--workers", "1"]);
+    let n = 9 * 1024 * 1024 + 7;
+    let r = s.get(&format!("/big?{n}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), n + 10);
+    assert_eq!(
+        r.header("content-length"),
+        None,
+        "streamed, not buffered whole"
+    );
+    assert!(r.body[..n].iter().all(|b| *b == b'x') && r.body.ends_with(b"yyyyyyyyyy"));
+    let r = s.get(&format!("/big_gen?{n}"));
+    assert_eq!((r.status, r.body.len()), (200, n));
+    let r = support::post(
+        s.addr,
+        "/input",
+        "application/octet-stream",
+        &vec![b'q'; 3 << 20],
+    )
+    .unwrap();
+    assert_eq!(r.json()["len"], 3 << 20);
+}

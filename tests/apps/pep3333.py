@@ -219,6 +219,25 @@ def max_concurrency_app(environ, start_response):
     return _json(start_response, {"max": _CONC["max"]})
 
 
+def big_app(environ, start_response):
+    n = int(environ.get("QUERY_STRING") or "0")
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return [b"x" * n, b"y" * 10]
+
+
+def big_gen_app(environ, start_response):
+    n = int(environ.get("QUERY_STRING") or "0")
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+
+    def gen():
+        yield b"z" * n
+    return gen()
+
+
+ROUTES["/big"] = big_app
+ROUTES["/big_gen"] = big_gen_app
+VALIDATED["/big"] = validator(big_app)
+VALIDATED["/big_gen"] = validator(big_gen_app)
 ROUTES["/track"] = track_app
 ROUTES["/maxconc"] = max_concurrency_app
 VALIDATED["/track"] = validator(track_app)

@@ -19,6 +19,9 @@ use crate::proto::{self, Kind};
 const KEY_CACHE_LIMIT: usize = 512;
 /// Block size for sending a file from `wsgi.file_wrapper`.
 const FILE_BLOCK: usize = 256 * 1024;
+/// Most body bytes in one frame; larger bodies are sent in pieces (the master bounds the
+/// frames it accepts, see [`crate::proto::MAX_RESPONSE_FRAME`]).
+pub const MAX_PIECE: usize = 1 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means a panic elsewhere; the data (plain buffers) is still usable.
@@ -382,12 +385,16 @@ impl StartResponse {
     }
 
     fn send_chunk(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
-        if !self.head_sent() {
-            return self.send_head(py, &[data], false);
+        for piece in data.chunks(MAX_PIECE) {
+            if !self.head_sent() {
+                self.send_head(py, &[piece], false)?;
+                continue;
+            }
+            let mut frame = BytesMut::with_capacity(proto::HEADER_LEN + piece.len());
+            proto::encode_simple(&mut frame, Kind::Body, self.stream, piece);
+            self.ctx().send(py, &frame)?;
         }
-        let mut frame = BytesMut::with_capacity(proto::HEADER_LEN + data.len());
-        proto::encode_simple(&mut frame, Kind::Body, self.stream, data);
-        self.ctx().send(py, &frame)
+        Ok(())
     }
 
     fn finish(&self, py: Python<'_>) -> PyResult<()> {
