@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -130,6 +131,53 @@ def mem_of(pids):
         except OSError:
             pass
     return rss, pss, n, threads
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_busy_s():
+    """Machine-wide busy CPU seconds (all cores) from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (v + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def tree_cpu_s(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                s = f.read()
+        except OSError:
+            continue
+        rest = s[s.rfind(b")") + 2:].split()
+        total += int(rest[11]) + int(rest[12])
+    return total / CLK_TCK
+
+
+class CpuAccount:
+    """CPU used during a measured run by the server tree, by wrk (a reaped child) and by
+    everything else on the machine ('other': a busy machine shows here)."""
+
+    def __init__(self, root):
+        self.root = root
+        self.t0 = time.monotonic()
+        self.busy0 = cpu_busy_s()
+        self.srv0 = tree_cpu_s(tree(root))
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.kids0 = ru.ru_utime + ru.ru_stime
+
+    def finish(self):
+        wall = time.monotonic() - self.t0
+        busy = cpu_busy_s() - self.busy0
+        srv = tree_cpu_s(tree(self.root)) - self.srv0
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wrk = ru.ru_utime + ru.ru_stime - self.kids0
+        other = max(0.0, busy - srv - wrk)
+        return {"server_cores": round(srv / wall, 2), "wrk_cores": round(wrk / wall, 2),
+                "other_cores": round(other / wall, 2), "wall_s": round(wall, 2)}
 
 
 class MemSampler(threading.Thread):
@@ -760,7 +808,9 @@ def measure(scn, entry, rnd, args, logdir):
             time.sleep(1.0)
         sampler = MemSampler(p.pid)
         sampler.start()
+        acct = CpuAccount(p.pid)
         w, out = run_wrk(cmd, args.duration)
+        res["cpu"] = acct.finish()
         rss, pss, nprocs, nthreads = sampler.finish()
         res.update(w)
         res["wrk_out"] = out
@@ -1135,6 +1185,9 @@ def summarize(runs):
              "stop_problems": sorted({p for r in rs for p in r.get("stop_problems", [])})}
         for k in ("rps", "p50_ms", "p99_ms", "rss_mib", "pss_mib", "nprocs"):
             s[k] = med([r.get(k) for r in good])
+        s["other_cores_max"] = max([(r.get("cpu") or {}).get("other_cores", 0) for r in good],
+                                   default=None)
+        s["server_cores"] = med([(r.get("cpu") or {}).get("server_cores") for r in good])
         s["errors"] = sum(r.get("errors", 0) for r in good)
         s["read"] = sum(r.get("read", 0) for r in good)
         s["requests"] = sum(r.get("requests", 0) for r in good)
@@ -1228,7 +1281,7 @@ def scenario_section(scn_name, title, measures, summ, notes_for):
     for label, s in summ.items():
         if not s["ok_rounds"]:
             rows.append([label, "FAILED: " + ", ".join(s["statuses"])] +
-                        ["-"] * (8 if slow else 7))
+                        ["-"] * (9 if slow else 8))
             continue
         row = [label]
         if slow:
@@ -1239,7 +1292,8 @@ def scenario_section(scn_name, title, measures, summ, notes_for):
         row += [fmt(s["p50_ms"], 2), fmt(s["p99_ms"], 2), fmt(s["errors"], 0),
                 fmt(s["read"], 0) + (" (closes)" if SERVERS[s["key"]].closes_per_response
                                      and s["read"] else ""),
-                fmt(s["rss_mib"], 1), fmt(s["pss_mib"], 1)]
+                fmt(s["rss_mib"], 1), fmt(s["pss_mib"], 1),
+                f"{fmt(s.get('server_cores'), 2)} / {fmt(s.get('other_cores_max'), 2)}"]
         if slow:
             row += [f"{fmt(s.get('slow_open'), 0)} / {fmt(s.get('slow_closed'), 0)}"]
         else:
@@ -1247,10 +1301,11 @@ def scenario_section(scn_name, title, measures, summ, notes_for):
         rows.append(row)
     if slow:
         header = ["server", "clean req/s", "with slow req/s", "share", "p50 ms", "p99 ms",
-                  "errors", "wrk read errs", "RSS MiB", "PSS MiB", "slow held / closed"]
+                  "errors", "wrk read errs", "RSS MiB", "PSS MiB", "CPU server / other",
+                  "slow held / closed"]
     else:
         header = ["server", "req/s", "p50 ms", "p99 ms", "errors", "wrk read errs",
-                  "RSS MiB", "PSS MiB", "wsgiscale ÷ server"]
+                  "RSS MiB", "PSS MiB", "CPU server / other", "wsgiscale ÷ server"]
     out.append(md_table(header, rows))
     out.append("")
     wrk = next((s["wrk_cmd"] for s in summ.values() if s.get("wrk_cmd")), None)
@@ -1454,7 +1509,9 @@ def write_report(args, meta, runs_by_scn, newworker, ceiling, stamp, outdir):
         "read, except for uWSGI --http-socket, which closes after every response so wrk counts "
         "one harmless read error per request: shown apart). RSS/PSS: the whole process tree, "
         "sampled at the end of the measured run (PSS splits shared pages fairly; RSS "
-        "double-counts them).",
+        "double-counts them). CPU server / other: cores used during the measured run by the "
+        "server's process tree, and (worst round) by everything except the server and wrk: "
+        "above ~0.1 something else was running and that figure is suspect.",
         "",
     ]
     for key, srv in SERVERS.items():
@@ -1463,6 +1520,14 @@ def write_report(args, meta, runs_by_scn, newworker, ceiling, stamp, outdir):
     lines.append("")
     if meta.get("skipped"):
         lines += ["Skipped servers:", ""] + [f"- {k}: {why}" for k, why in meta["skipped"]] + [""]
+    noisy = [(name, r["server"], r["round"], r["cpu"]["other_cores"])
+             for name, rs in runs_by_scn.items() for r in rs
+             if r.get("cpu") and r["cpu"]["other_cores"] > 0.1]
+    if noisy:
+        lines += [f"**Noise: {len(noisy)} measured run(s) shared the CPU with other work "
+                  f"(> 0.1 core used by neither the server nor wrk):** "
+                  + ", ".join(f"{n}/{sv}/r{rd} {c:.2f}" for n, sv, rd, c in noisy[:30])
+                  + (" ..." if len(noisy) > 30 else ""), ""]
     lines += ["## Targets (wsgiscale against the peers, this run)", "",
               targets_section(summaries, newworker, ceiling), ""]
     for scn in SCENARIOS:
