@@ -772,7 +772,7 @@ def measure(scn, entry, rnd, args, logdir):
     p = spawn(argv, srv.env(), log_path)
     slow_proc = None
     try:
-        ok, why = wait_ready(p, entry, port, aport, "/" if scn.method == "GET" else "/")
+        ok, why = wait_ready(p, entry, port, aport, "/")
         res["startup_s"] = round(time.monotonic() - t_start, 3)
         if not ok:
             res["status"] = "failed-start"
