@@ -39,6 +39,8 @@ pub enum LinkEvent {
         fatal: Option<String>,
         /// Whether it had ever become ready.
         was_ready: bool,
+        /// Requests it completed.
+        served: u64,
     },
     /// A request on this worker exceeded `--timeout`.
     TimedOut {
@@ -83,6 +85,7 @@ struct Link {
     ready: bool,
     fatal: Option<String>,
     failed: u32,
+    served: u64,
     shutdown_sent: bool,
 }
 
@@ -113,6 +116,7 @@ pub async fn run(
         ready: false,
         fatal: None,
         failed: 0,
+        served: 0,
         shutdown_sent: false,
     };
     let mut timed_out_reported = false;
@@ -168,6 +172,7 @@ pub async fn run(
         failed: link.failed,
         fatal: link.fatal.take(),
         was_ready: link.ready,
+        served: link.served,
     });
 }
 
@@ -241,6 +246,7 @@ impl Link {
         let Some(lane) = self.lanes.get_mut(idx).and_then(Option::take) else {
             return Ok(());
         };
+        self.served += 1;
         match self.dispatcher.finish(self.p.id, lane.started) {
             AfterFinish::Next(job) => self.assign(job).await,
             AfterFinish::Idle => Ok(()),

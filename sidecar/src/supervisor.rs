@@ -276,6 +276,10 @@ impl Backoff {
     /// A worker that lived this long after becoming ready was not a crash loop.
     const STABLE: Duration = Duration::from_secs(5);
 
+    /// Records a worker exit and returns how long to wait before the next spawn. A worker that
+    /// was healthy (it served requests, or lived `STABLE` after becoming ready) resets the count;
+    /// the first young death respawns at once (a single kill or OOM is not a loop), and each
+    /// further one doubles the wait.
     fn record_exit(&mut self, now: Instant, lived_ready: Option<Duration>) -> Duration {
         if lived_ready.is_some_and(|d| d >= Self::STABLE) {
             self.failures = 0;
@@ -283,8 +287,12 @@ impl Backoff {
             return Duration::ZERO;
         }
         self.failures += 1;
+        if self.failures == 1 {
+            self.not_before = None;
+            return Duration::ZERO;
+        }
         let delay = Self::BASE
-            .saturating_mul(1 << (self.failures - 1).min(16))
+            .saturating_mul(1 << (self.failures - 2).min(16))
             .min(Self::MAX);
         self.not_before = Some(now + delay);
         delay
@@ -637,6 +645,7 @@ impl Supervisor {
                 failed,
                 fatal,
                 was_ready,
+                served,
             } => {
                 let Some(w) = self.workers.remove(&id) else {
                     return Ok(());
@@ -657,8 +666,15 @@ impl Supervisor {
                         "worker retired"
                     );
                 } else {
-                    let lived = w.ready_at.map(|r| now.duration_since(r));
-                    let delay = self.backoff.record_exit(now, lived.filter(|_| was_ready));
+                    // A worker that completed requests was healthy: its death is not a loop.
+                    let lived = if served > 0 {
+                        Some(Backoff::STABLE)
+                    } else {
+                        w.ready_at
+                            .map(|r| now.duration_since(r))
+                            .filter(|_| was_ready)
+                    };
+                    let delay = self.backoff.record_exit(now, lived);
                     let reason = if w.killing { "timeout" } else { "crash" };
                     self.shared
                         .metrics
@@ -971,6 +987,12 @@ mod tests {
         let mut b = Backoff::default();
         let t = Instant::now();
         assert!(b.allows(t));
+        assert_eq!(
+            b.record_exit(t, None),
+            Duration::ZERO,
+            "one death is not a loop"
+        );
+        assert!(b.allows(t));
         assert_eq!(b.record_exit(t, None), Duration::from_millis(100));
         assert_eq!(
             b.record_exit(t, Some(Duration::from_secs(1))),
@@ -988,5 +1010,10 @@ mod tests {
             Duration::ZERO
         );
         assert!(b.allows(t));
+        assert_eq!(
+            b.record_exit(t, None),
+            Duration::ZERO,
+            "the count was reset"
+        );
     }
 }
