@@ -141,7 +141,7 @@ pub struct WsgiAppSpec {
     /// Directories prepended to Python's sys.path, in order; a path must not contain ':'.
     /// Default: none. Changing it rolls the pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 1024)))]
     #[x_kube(validation = Rule::new("self.all(p, p.size() <= 1024 && p.size() > 0 && !p.contains(':'))").message("pythonpath entries must be non-empty paths of at most 1024 characters without ':'"))]
     pub pythonpath: Vec<String>,
 
@@ -161,7 +161,7 @@ pub struct WsgiAppSpec {
     /// `["/opt/venv/bin/wsgiscale"]`. The operator appends `serve` and its flags as the
     /// container's arguments. Default: `["wsgiscale"]`. Changing it rolls the pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 4096)))]
     pub command: Vec<String>,
 
     /// Environment variables of the server container (the standard Kubernetes EnvVar list).
@@ -703,9 +703,12 @@ pub struct PodOverrides {
 
     /// Extra mounts in the server container (of `volumes`). /etc/wsgiscale (the server's
     /// config) and /tmp (a writable emptyDir) are taken. Default: none.
+    //
+    // The rule compares with size() and startsWith() rather than ==: mountPath has no
+    // maxLength, and the API server prices `==` on an unbounded string by its possible length.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(m, m.mountPath != '/etc/wsgiscale' && m.mountPath != '/tmp')").message("/etc/wsgiscale and /tmp are mounted by the operator"))]
+    #[x_kube(validation = Rule::new("self.all(m, !(m.mountPath.size() == 14 && m.mountPath.startsWith('/etc/wsgiscale')) && !(m.mountPath.size() == 4 && m.mountPath.startsWith('/tmp')))").message("/etc/wsgiscale and /tmp are mounted by the operator"))]
     pub volume_mounts: Vec<VolumeMount>,
 
     /// Extra labels of the pods. `wsgiscale.dev/app` is reserved: it selects the pods.
