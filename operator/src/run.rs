@@ -24,6 +24,9 @@ use crate::leader::{LeaderElector, LeaseTiming};
 use crate::metrics::Metrics;
 use crate::reconcile::{error_policy, reconcile, Context};
 
+/// Two-second attempts at listing WsgiApps before giving up at startup.
+const CRD_WAIT_ATTEMPTS: u32 = 30;
+
 /// Why the operator could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -100,15 +103,27 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         shutdown.clone(),
     ));
 
-    // Fail fast, with a hint, when the CRD is missing.
+    // The CRD may be installed together with the operator and not be served yet: wait a
+    // little for it, then fail with a hint.
     let probe: Api<WsgiApp> = match namespaces.first() {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    probe
-        .list(&ListParams::default().limit(1))
-        .await
-        .map_err(RunError::Crd)?;
+    let mut attempt = 0u32;
+    loop {
+        match probe.list(&ListParams::default().limit(1)).await {
+            Ok(_) => break,
+            Err(e) if attempt < CRD_WAIT_ATTEMPTS && !shutdown.is_cancelled() => {
+                attempt += 1;
+                warn!(error = %e, attempt, "cannot list WsgiApps yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+            Err(e) => return Err(RunError::Crd(e)),
+        }
+    }
     health.set_ready(true);
 
     let identity = identity
