@@ -1,0 +1,537 @@
+//! Pod autoscaling, the pure decision: a window of load samples, the policy and the
+//! autoscaler's state in, the desired replica count, the reason in words and numbers and the
+//! new state out. No clock, no client, no randomness: the caller scrapes ([`crate::scrape`]),
+//! builds a [`TickSample`] with [`compute_tick`], pushes it into [`Samples`], and calls
+//! [`decide`]. The simulator ([`crate::simulate`]) calls the very same functions.
+//!
+//! The policy, in short (docs/autoscaling.md has the reasoning and a worked example):
+//!
+//! * **Demand** is the requests in the servers, running plus queued (concurrency), summed over
+//!   the ready pods (extrapolated from a sample above `max_pods_scraped`).
+//! * **Capacity** of a pod is `workers.max x threads x target utilization`: the worker level
+//!   inside each pod (uWSGI "cheaper") grows and shrinks its workers between workers.min and
+//!   workers.max by itself, so the pod level sizes for what a pod carries at its max workers,
+//!   and a pod with few busy workers below its max is not "full".
+//! * **Desired pods** = ceil(demand / capacity), from the stable window (60 s), or from the
+//!   panic window (6 s) in panic mode. Panic starts when the panic window needs at least
+//!   `panic_threshold x ready pods`; it never scales down and ends after a full stable window
+//!   below the threshold (Knative's rule).
+//! * **Scaling up** needs the stable demand above the current capacity by more than the
+//!   tolerance (or panic); pods that did not answer count as idle (the HPA's rule).
+//! * **Scaling down** needs the demand of both windows, with silent pods counted as fully
+//!   loaded, to fit the remaining pods below the target utilization at their max workers, no
+//!   pod saturated (at workers.max and queueing), no panic, and the lower count recommended for
+//!   the whole scale-down delay.
+//! * Rate limits per decision, then [min, max].
+
+pub mod sample;
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+pub use sample::{
+    compute_tick, compute_weight, pick_sample, PodLoad, PodSample, Samples, SplitMix64, TickSample,
+    WindowAverage,
+};
+
+use crate::validate::ValidatedApp;
+
+/// How long a new pod weighs less in the extrapolation of a sample, unless the policy says
+/// otherwise: about the time a Python server takes to import its app and grow its workers.
+pub const DEFAULT_STARTUP_PERIOD: Duration = Duration::from_secs(30);
+
+/// The autoscaling policy with every default resolved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    /// Fewest pods.
+    pub min_replicas: u32,
+    /// Most pods.
+    pub max_replicas: u32,
+    /// Requests one pod runs at once at its max workers: workers.max x threads.
+    pub pod_capacity: f64,
+    /// Busy share of the threads at workers.max aimed for, 0 to 1 (0.7).
+    pub target_utilization: f64,
+    /// Window of normal decisions (60 s).
+    pub stable_window: Duration,
+    /// Window of burst detection (6 s).
+    pub panic_window: Duration,
+    /// Panic when the panic window needs this many times the ready pods (2.0).
+    pub panic_threshold: f64,
+    /// Most growth per decision, as a multiple of the ready pods (1000).
+    pub max_scale_up_rate: f64,
+    /// Most shrink per decision, as a divisor of the ready pods (2).
+    pub max_scale_down_rate: f64,
+    /// A lower count must be recommended for this long before it is applied (0).
+    pub scale_down_delay: Duration,
+    /// Relative changes of demand within this share of the current capacity are ignored (0.1).
+    pub tolerance: f64,
+    /// Time between decisions (2 s).
+    pub tick: Duration,
+    /// Most pods scraped per tick (16).
+    pub max_pods_scraped: u32,
+    /// Pods younger than this weigh less when a sample is extrapolated.
+    pub startup_period: Duration,
+}
+
+impl Policy {
+    /// The policy of a validated WsgiApp.
+    pub fn from_app(app: &ValidatedApp) -> Self {
+        let a = &app.autoscaling;
+        let r = &app.replicas;
+        let min = u32::try_from(r.min).unwrap_or(0);
+        // Validation makes replicas.max required when autoscaling is on; 10000 is the CRD's
+        // bound otherwise.
+        let max = r
+            .max
+            .and_then(|m| u32::try_from(m).ok())
+            .unwrap_or(10_000)
+            .max(min);
+        Policy {
+            min_replicas: min,
+            max_replicas: max,
+            pod_capacity: f64::from(app.workers.max.max(1)) * f64::from(app.workers.threads.max(1)),
+            target_utilization: f64::from(a.target_utilization_percent) / 100.0,
+            stable_window: a.stable_window,
+            panic_window: a.panic_window,
+            panic_threshold: f64::from(a.panic_threshold_percent) / 100.0,
+            max_scale_up_rate: f64::from(a.max_scale_up_rate),
+            max_scale_down_rate: f64::from(a.max_scale_down_rate),
+            scale_down_delay: a.scale_down_delay,
+            tolerance: f64::from(a.tolerance_percent) / 100.0,
+            tick: a.tick,
+            max_pods_scraped: a.max_pods_scraped,
+            startup_period: DEFAULT_STARTUP_PERIOD,
+        }
+    }
+
+    /// Requests one pod should carry: `pod_capacity x target_utilization`.
+    pub fn target_per_pod(&self) -> f64 {
+        (self.pod_capacity * self.target_utilization).max(f64::MIN_POSITIVE)
+    }
+
+    /// `n` within [min, max].
+    pub fn clamp(&self, n: u32) -> u32 {
+        n.clamp(self.min_replicas, self.max_replicas.max(self.min_replicas))
+    }
+}
+
+/// What the autoscaler remembers between decisions.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct State {
+    /// The replica count in force (the Deployment's).
+    pub current: u32,
+    /// When panic mode started, while in it.
+    pub panic_since: Option<Duration>,
+    /// The last tick whose panic window was above the threshold, while in panic mode.
+    pub panic_last_over: Option<Duration>,
+    /// When the count last changed.
+    pub last_scale_time: Option<Duration>,
+    /// Why it last changed.
+    pub last_scale_reason: Option<String>,
+    /// Recent recommendations, for the scale-down delay (oldest first).
+    pub recommendations: VecDeque<(Duration, u32)>,
+}
+
+impl State {
+    /// A fresh state with `current` replicas.
+    pub fn new(current: u32) -> Self {
+        State {
+            current,
+            ..State::default()
+        }
+    }
+
+    /// True in panic mode.
+    pub fn in_panic(&self) -> bool {
+        self.panic_since.is_some()
+    }
+}
+
+/// Which way a decision went; bounded, for metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// No change.
+    Hold,
+    /// More pods.
+    ScaleUp,
+    /// Fewer pods.
+    ScaleDown,
+}
+
+impl Action {
+    /// A fixed label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Hold => "hold",
+            Action::ScaleUp => "scale_up",
+            Action::ScaleDown => "scale_down",
+        }
+    }
+}
+
+/// The numbers behind a decision, for the status and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Figures {
+    /// Demand over the stable window, silent pods idle.
+    pub stable_demand: f64,
+    /// Demand over the panic window, silent pods idle.
+    pub panic_demand: f64,
+    /// The larger of both windows' demand, silent pods fully loaded (what scale-down checks).
+    pub down_demand: f64,
+    /// Requests one pod should carry.
+    pub target_per_pod: f64,
+    /// Pods the stable window needs.
+    pub stable_pods: u32,
+    /// Pods the panic window needs.
+    pub panic_pods: u32,
+    /// Running requests over live threads over the stable window, 0 to 1.
+    pub utilization: f64,
+}
+
+/// The outcome of one [`decide`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Pods wanted, within [min, max].
+    pub desired: u32,
+    /// Which way.
+    pub action: Action,
+    /// Why, in words and numbers, e.g. `demand 37.0 in flight over 60 s, capacity 2.8/pod ->
+    /// 14 pods`.
+    pub reason: String,
+    /// In panic mode after this decision.
+    pub panic: bool,
+    /// The numbers behind it.
+    pub figures: Figures,
+    /// The state to keep for the next decision (`current` is `desired`).
+    pub state: State,
+}
+
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+fn pods_for(demand: f64, per_pod: f64) -> u32 {
+    let n = (demand / per_pod - 1e-9).ceil();
+    if n.is_finite() && n > 0.0 {
+        n.min(f64::from(u32::MAX)) as u32
+    } else {
+        0
+    }
+}
+
+/// One decision at `now` (the time of the newest tick) from the ticks in `samples`.
+///
+/// Pure: the same inputs give the same outputs. See the module docs for the policy.
+pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) -> Decision {
+    let mut st = state.clone();
+    let current = st.current;
+    let per_pod = policy.target_per_pod();
+    let Some(latest) = samples.latest() else {
+        return hold_or_bounds(
+            policy,
+            st,
+            "no load samples yet".into(),
+            Figures::default(),
+            now,
+        );
+    };
+    let ready = latest.ready_pods;
+    let stable = samples.average(now, policy.stable_window);
+    let panic = samples.average(now, policy.panic_window);
+    let down_demand = stable.demand_down.max(panic.demand_down);
+    let fig = Figures {
+        stable_demand: stable.demand_up,
+        panic_demand: panic.demand_up,
+        down_demand,
+        target_per_pod: per_pod,
+        stable_pods: pods_for(stable.demand_up, per_pod),
+        panic_pods: pods_for(panic.demand_up, per_pod),
+        utilization: stable.utilization,
+    };
+    if ready == 0 || latest.answered == 0 {
+        let why = if ready == 0 {
+            "no ready pod to measure"
+        } else {
+            "no pod answered"
+        };
+        return hold_or_bounds(policy, st, why.into(), fig, now);
+    }
+
+    // Panic mode (Knative): enter when the short window needs threshold x the ready pods,
+    // stay while it does, leave after a full stable window below it.
+    // Compared unrounded: with one pod, ceil() would call any second above target a burst.
+    let over = panic.demand_up / per_pod >= policy.panic_threshold * f64::from(ready);
+    if over {
+        st.panic_since.get_or_insert(now);
+        st.panic_last_over = Some(now);
+    } else if st
+        .panic_last_over
+        .is_some_and(|last| now.saturating_sub(last) >= policy.stable_window)
+    {
+        st.panic_since = None;
+        st.panic_last_over = None;
+    }
+    let panicking = st.in_panic();
+
+    let cur = f64::from(current) * per_pod;
+    // The short window raises the count only while the burst is on; during the rest of panic
+    // mode the stable window does, and nothing lowers it.
+    let up_wanted = if over {
+        fig.stable_pods.max(fig.panic_pods)
+    } else {
+        fig.stable_pods
+    };
+    // Hysteresis: pods go only while the remaining ones stay below the target by the
+    // tolerance too, so a load near a boundary does not add a pod and take it back.
+    let down_pods = pods_for(down_demand * (1.0 + policy.tolerance), per_pod);
+    let mut why = String::new();
+    let mut raw = current;
+    if up_wanted > current && (over || stable.demand_up > cur * (1.0 + policy.tolerance)) {
+        raw = up_wanted;
+        if over {
+            let _ = write!(
+                why,
+                "panic: demand {:.1} in flight over {} needs {} pods >= {:.1} x {} ready; capacity {:.1}/pod -> {} pods",
+                panic.demand_up.max(stable.demand_up),
+                secs(policy.panic_window),
+                fig.panic_pods,
+                policy.panic_threshold,
+                ready,
+                per_pod,
+                raw
+            );
+        } else {
+            let _ = write!(
+                why,
+                "demand {:.1} in flight over {}, capacity {:.1}/pod -> {} pods",
+                stable.demand_up,
+                secs(policy.stable_window),
+                per_pod,
+                raw
+            );
+        }
+    } else if down_pods < current {
+        let base = format!(
+            "demand {:.1} in flight over {} (silent pods counted full), capacity {:.1}/pod with {:.0}% headroom -> {} pods",
+            down_demand,
+            secs(policy.stable_window),
+            per_pod,
+            policy.tolerance * 100.0,
+            down_pods
+        );
+        if panicking {
+            let _ = write!(why, "{base}; held at {current}: panic mode");
+        } else if latest.saturated_pods > 0 {
+            let _ = write!(
+                why,
+                "{base}; held at {current}: {} pods saturated (at workers.max and queueing)",
+                latest.saturated_pods
+            );
+        } else if down_demand >= cur * (1.0 - policy.tolerance) {
+            let _ = write!(
+                why,
+                "{base}; held at {current}: within {:.0}% tolerance",
+                policy.tolerance * 100.0
+            );
+        } else {
+            raw = down_pods;
+            why = base;
+        }
+    } else {
+        let _ = write!(
+            why,
+            "demand {:.1} in flight over {}, capacity {:.1}/pod -> {} pods",
+            stable.demand_up,
+            secs(policy.stable_window),
+            per_pod,
+            fig.stable_pods.max(down_pods.min(current))
+        );
+        if fig.stable_pods > current {
+            let _ = write!(
+                why,
+                "; held at {current}: within {:.0}% tolerance",
+                policy.tolerance * 100.0
+            );
+        }
+    }
+
+    // Rate limits, relative to the ready pods (Knative).
+    let base = f64::from(ready.max(1));
+    let max_up = (base * policy.max_scale_up_rate)
+        .ceil()
+        .min(f64::from(u32::MAX)) as u32;
+    let min_down = (f64::from(ready) / policy.max_scale_down_rate).floor() as u32;
+    if raw > current && raw > max_up {
+        raw = max_up.max(current);
+        let _ = write!(
+            why,
+            "; limited to {raw} by maxScaleUpRate {}",
+            policy.max_scale_up_rate
+        );
+    }
+    if raw < current && raw < min_down {
+        raw = min_down;
+        let _ = write!(
+            why,
+            "; limited to {raw} by maxScaleDownRate {}",
+            policy.max_scale_down_rate
+        );
+    }
+
+    // The scale-down delay: the highest recommendation of the delay window wins.
+    st.recommendations.push_back((now, raw));
+    while st
+        .recommendations
+        .front()
+        .is_some_and(|(t, _)| t.saturating_add(policy.scale_down_delay) < now)
+        && st.recommendations.len() > 1
+    {
+        st.recommendations.pop_front();
+    }
+    let delayed = st
+        .recommendations
+        .iter()
+        .map(|(_, r)| *r)
+        .max()
+        .unwrap_or(raw);
+    if delayed > raw && raw < current {
+        let _ = write!(
+            why,
+            "; held at {} by the {} scale-down delay",
+            delayed.min(current),
+            secs(policy.scale_down_delay)
+        );
+        raw = delayed.min(current);
+    }
+    if panicking && raw < current {
+        raw = current;
+    }
+    finish(policy, st, raw, why, panicking, fig, now)
+}
+
+fn hold_or_bounds(
+    policy: &Policy,
+    st: State,
+    why: String,
+    fig: Figures,
+    now: Duration,
+) -> Decision {
+    // Without a measurement only the bounds move the count, and panic mode stays as it was.
+    let panicking = st.in_panic();
+    let current = st.current;
+    finish(policy, st, current, why, panicking, fig, now)
+}
+
+fn finish(
+    policy: &Policy,
+    mut st: State,
+    raw: u32,
+    mut why: String,
+    panic: bool,
+    figures: Figures,
+    now: Duration,
+) -> Decision {
+    let current = st.current;
+    let desired = policy.clamp(raw);
+    if desired != raw {
+        let bound = if desired > raw {
+            format!("replicas.min {}", policy.min_replicas)
+        } else {
+            format!("replicas.max {}", policy.max_replicas)
+        };
+        let _ = write!(why, "; {desired} by {bound}");
+    }
+    let action = match desired.cmp(&current) {
+        std::cmp::Ordering::Greater => Action::ScaleUp,
+        std::cmp::Ordering::Less => Action::ScaleDown,
+        std::cmp::Ordering::Equal => Action::Hold,
+    };
+    if action != Action::Hold {
+        st.last_scale_time = Some(now);
+        st.last_scale_reason = Some(why.clone());
+    }
+    st.current = desired;
+    Decision {
+        desired,
+        action,
+        reason: why,
+        panic,
+        figures,
+        state: st,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testkit {
+    //! Fixtures for the autoscaler tests.
+
+    use super::*;
+
+    /// The defaults of the CRD with 4 single-threaded workers per pod and 1..50 pods.
+    pub fn policy() -> Policy {
+        Policy {
+            min_replicas: 1,
+            max_replicas: 50,
+            pod_capacity: 4.0,
+            target_utilization: 0.7,
+            stable_window: Duration::from_secs(60),
+            panic_window: Duration::from_secs(6),
+            panic_threshold: 2.0,
+            max_scale_up_rate: 1000.0,
+            max_scale_down_rate: 2.0,
+            scale_down_delay: Duration::ZERO,
+            tolerance: 0.1,
+            tick: Duration::from_secs(2),
+            max_pods_scraped: 16,
+            startup_period: DEFAULT_STARTUP_PERIOD,
+        }
+    }
+
+    /// A tick at `at` seconds: `ready` pods all answering, `demand` requests in them.
+    pub fn tick(at: u64, ready: u32, demand: f64) -> TickSample {
+        TickSample {
+            at: Duration::from_secs(at),
+            ready_pods: ready,
+            scraped: ready,
+            answered: ready,
+            demand_up: demand,
+            demand_down: demand,
+            in_flight: demand.min(f64::from(ready) * 4.0) as u32,
+            threads: ready * 4,
+            busy_workers: 0,
+            total_workers: ready * 4,
+            queue_depth: 0,
+            saturated_pods: 0,
+        }
+    }
+
+    /// Runs a closed loop where replicas are ready at once: `demand(tick index)` each tick,
+    /// starting at `start` replicas; returns the decisions.
+    pub fn run_loop(
+        p: &Policy,
+        start: u32,
+        ticks: usize,
+        mut demand: impl FnMut(usize) -> f64,
+    ) -> Vec<Decision> {
+        let mut samples = Samples::new();
+        let mut state = State::new(start);
+        let mut out = Vec::with_capacity(ticks);
+        for i in 0..ticks {
+            let at = 2 * i as u64;
+            samples.push(tick(at, state.current, demand(i)), p.stable_window);
+            let d = decide(p, &samples, &state, Duration::from_secs(at));
+            state = d.state.clone();
+            out.push(d);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
