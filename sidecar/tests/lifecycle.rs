@@ -97,3 +97,29 @@ fn readiness_fails_while_draining() {
     assert_eq!(r.status, 503);
     assert_eq!(in_flight.join().unwrap(), 200);
 }
+
+#[test]
+fn environment_twins_configure_the_server() {
+    let s = Server::start_env(
+        "",
+        &[],
+        &[
+            ("WSGISCALE_APP", APP),
+            ("WSGISCALE_WORKERS", "3"),
+            ("WSGISCALE_MAX_QUEUE", "42"),
+            ("WSGISCALE_THREADS", "2"),
+            ("WSGISCALE_ACCESS_LOG", "true"),
+        ],
+    );
+    let l = s.wait_load(Duration::from_secs(10), "3 workers", |l| {
+        l["workers"]["total"] == 3
+    });
+    assert_eq!(l["queue"]["max"], 42);
+    assert_eq!(l["workers"]["threads"], 2);
+    assert_eq!(s.get("/environ").json()["wsgi.multithread"], true);
+    assert!(
+        s.wait_log("\"path\":\"/environ\"", Duration::from_secs(5)),
+        "access log line:\n{}",
+        s.log_text()
+    );
+}

@@ -41,7 +41,12 @@ type Spawned = (
 );
 
 fn spawn(app: &str, extra: &[&str]) -> Spawned {
+    spawn_env(app, extra, &[])
+}
+
+fn spawn_env(app: &str, extra: &[&str], envs: &[(&str, &str)]) -> Spawned {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wsgiscale"))
+        .envs(envs.iter().copied())
         .args([
             "serve",
             "--bind",
@@ -52,7 +57,7 @@ fn spawn(app: &str, extra: &[&str]) -> Spawned {
         .args(["--log-format", "json", "--chdir"])
         .arg(apps())
         .args(extra)
-        .arg(app)
+        .args((!app.is_empty()).then_some(app))
         .env_remove("VIRTUAL_ENV")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -80,7 +85,12 @@ fn spawn(app: &str, extra: &[&str]) -> Spawned {
 impl Server {
     /// Starts `app` with extra flags and waits until it is ready.
     pub fn start(app: &str, extra: &[&str]) -> Server {
-        let (child, log, rx) = spawn(app, extra);
+        Server::start_env(app, extra, &[])
+    }
+
+    /// Starts `app` with extra flags and environment variables and waits until it is ready.
+    pub fn start_env(app: &str, extra: &[&str], envs: &[(&str, &str)]) -> Server {
+        let (child, log, rx) = spawn_env(app, extra, envs);
         let mut addr = None;
         let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(60);
