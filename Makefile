@@ -8,7 +8,7 @@ BIN := target/release/wsgiscale
 PORT ?= 8000
 ADMIN_PORT ?= 9191
 
-.PHONY: all build run test test-rust test-chart venv lint fmt generate bench e2e clean
+.PHONY: all build run test test-rust test-chart venv lint fmt generate bench e2e fuzz clean
 
 all: build
 
@@ -56,6 +56,10 @@ e2e: build
 bench: build
 	bash bench/setup.sh
 	bench/.venv/bin/python bench/run.py $(BENCH_ARGS)
+
+# Fuzzes the master <-> worker frame decoder (needs the nightly toolchain and cargo-fuzz).
+fuzz:
+	cd sidecar/fuzz && cargo +nightly fuzz run frames -- -max_total_time=$${FUZZ_SECONDS:-60}
 
 clean:
 	$(CARGO) clean
