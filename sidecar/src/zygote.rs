@@ -24,6 +24,7 @@ pub fn main(control_fd: RawFd) -> i32 {
     // workers in order.
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    set_name(c"wsgiscale-fork");
     let mut buf = vec![0u8; MAX_MESSAGE];
     let init = match control::recv::<ToZygote>(control.as_fd(), &mut buf) {
         Ok((ToZygote::Init(init), _)) => init,
@@ -109,6 +110,7 @@ fn serve(py: Python<'_>, init: &ZygoteInit, control: OwnedFd, buf: &mut [u8]) ->
                 match sys::fork_with_python(py) {
                     Ok(ForkResult::Child) => {
                         drop(control);
+                        set_name(c"wsgiscale-work");
                         let span =
                             tracing::info_span!("worker", id = worker, pid = std::process::id());
                         let _enter = span.enter();
@@ -170,6 +172,11 @@ fn reap(control: &OwnedFd) -> bool {
             Ok(_) => continue,
         }
     }
+}
+
+/// Names the process (as `ps -o comm` and top show it) so forks are told apart.
+fn set_name(name: &std::ffi::CStr) {
+    let _ = nix::sys::prctl::set_name(name);
 }
 
 /// Marks `fd` inheritable so the re-executed fork server receives it.

@@ -91,6 +91,13 @@ impl Server {
     /// Starts `app` with extra flags and environment variables and waits until it is ready.
     pub fn start_env(app: &str, extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let (child, log, rx) = spawn_env(app, extra, envs);
+        // Owned by a Server from here on, so that a failed start still kills the process.
+        let mut guard = Server {
+            child: Some(child),
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log: log.clone(),
+        };
         let mut addr = None;
         let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -106,14 +113,10 @@ impl Server {
                 ),
             }
         }
-        let s = Server {
-            child: Some(child),
-            addr: addr.unwrap(),
-            admin: admin.unwrap(),
-            log,
-        };
-        s.wait_ready();
-        s
+        guard.addr = addr.unwrap();
+        guard.admin = admin.unwrap();
+        guard.wait_ready();
+        guard
     }
 
     pub fn wait_ready(&self) {
