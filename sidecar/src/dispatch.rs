@@ -240,6 +240,7 @@ impl Dispatcher {
     /// (shut it down now); otherwise its last `finish` returns `Drained`.
     pub fn retire(&self, id: WorkerId) -> bool {
         let mut st = self.state.lock();
+        st.idle.retain(|w| *w != id);
         match st.workers.get_mut(&id) {
             Some(slot) => {
                 slot.retiring = true;
@@ -258,6 +259,7 @@ impl Dispatcher {
     /// Forgets a worker that exited.
     pub fn remove(&self, id: WorkerId) {
         let mut st = self.state.lock();
+        st.idle.retain(|w| *w != id);
         if let Some(slot) = st.workers.remove(&id) {
             st.busy_time_retired += slot.busy_time;
         }
@@ -495,6 +497,20 @@ mod tests {
         let (c, _rc) = job();
         d.submit(c).expect("queued");
         assert_eq!(d.snapshot().queue_depth, 1);
+    }
+
+    #[test]
+    fn retired_and_removed_workers_leave_no_idle_entries() {
+        let d = Dispatcher::new(10);
+        let _a = worker(&d, 1, 4);
+        let _b = worker(&d, 2, 4);
+        d.ready(1);
+        d.ready(2);
+        assert_eq!(d.state.lock().idle.len(), 8);
+        assert!(d.retire(1));
+        d.remove(1);
+        d.remove(2);
+        assert!(d.state.lock().idle.is_empty());
     }
 
     #[test]
