@@ -21,6 +21,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print the WsgiApp CustomResourceDefinition as YAML.
     Crd(CrdArgs),
+    /// Replay a load trace through a model of the pods and the pod autoscaler.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 /// Log line formats.

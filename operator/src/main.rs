@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use wsgiscale_operator::cli::{Cli, Command};
-use wsgiscale_operator::{crd, run, telemetry};
+use wsgiscale_operator::{crd, run, simulate, telemetry};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -15,6 +15,11 @@ fn main() -> anyhow::Result<()> {
             };
             use std::io::Write;
             std::io::stdout().write_all(text.as_bytes())?;
+            Ok(())
+        }
+        Command::Simulate(args) => {
+            let mut out = std::io::stdout().lock();
+            simulate::run_cli(&args, &mut out)?;
             Ok(())
         }
         Command::Run(args) => {

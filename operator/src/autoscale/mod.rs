@@ -16,12 +16,14 @@
 //!   panic window (6 s) in panic mode. Panic starts when the panic window needs at least
 //!   `panic_threshold x ready pods`; it never scales down and ends after a full stable window
 //!   below the threshold (Knative's rule).
-//! * **Scaling up** needs the stable demand above the current capacity by more than the
-//!   tolerance (or panic); pods that did not answer count as idle (the HPA's rule).
+//! * **Scaling up** follows the stable window (or the panic window while a burst is on);
+//!   changes of at most `tolerance` x the current pods are ignored (one pod always counts);
+//!   pods that did not answer count as idle (the HPA's rule).
 //! * **Scaling down** needs the demand of both windows, with silent pods counted as fully
-//!   loaded, to fit the remaining pods below the target utilization at their max workers, no
-//!   pod saturated (at workers.max and queueing), no panic, and the lower count recommended for
-//!   the whole scale-down delay.
+//!   loaded, to fit the remaining pods below the target utilization (less the tolerance) at
+//!   their max workers, no pod saturated (at workers.max and queueing), the load not rising
+//!   (the panic window not above the stable one by more than the tolerance), no panic, and the
+//!   lower count recommended for the whole scale-down delay.
 //! * Rate limits per decision, then [min, max].
 
 pub mod sample;
@@ -31,8 +33,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 pub use sample::{
-    compute_tick, compute_weight, pick_sample, PodLoad, PodSample, Samples, SplitMix64, TickSample,
-    WindowAverage,
+    compute_pod_demand, compute_tick, compute_weight, pick_sample, PodLoad, PodSample, Samples,
+    SplitMix64, TickSample, WindowAverage,
 };
 
 use crate::validate::ValidatedApp;
@@ -279,7 +281,18 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
     }
     let panicking = st.in_panic();
 
-    let cur = f64::from(current) * per_pod;
+    // After a (re)start the stable window holds few ticks and its average is noise: normal
+    // decisions wait for half a window of history; a burst still panics.
+    let history = policy.tick.mul_f64(f64::from(stable.ticks));
+    if !over && !panicking && history < policy.stable_window / 2 {
+        let why = format!(
+            "warming up: {} of load history, normal decisions after {}",
+            secs(history),
+            secs(policy.stable_window / 2)
+        );
+        return finish(policy, st, current, why, false, fig, now);
+    }
+
     // The short window raises the count only while the burst is on; during the rest of panic
     // mode the stable window does, and nothing lowers it.
     let up_wanted = if over {
@@ -292,7 +305,12 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
     let down_pods = pods_for(down_demand * (1.0 + policy.tolerance), per_pod);
     let mut why = String::new();
     let mut raw = current;
-    if up_wanted > current && (over || stable.demand_up > cur * (1.0 + policy.tolerance)) {
+    // The tolerance is on the pod count (the CRD's tolerancePercent): a change of at most
+    // that share of the current pods is ignored (always allowed: a change of one pod).
+    let beyond = |n: u32| {
+        f64::from(n.abs_diff(current)) > (policy.tolerance * f64::from(current)).max(0.999)
+    };
+    if up_wanted > current && (over || beyond(up_wanted)) {
         raw = up_wanted;
         if over {
             let _ = write!(
@@ -333,7 +351,15 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
                 "{base}; held at {current}: {} pods saturated (at workers.max and queueing)",
                 latest.saturated_pods
             );
-        } else if down_demand >= cur * (1.0 - policy.tolerance) {
+        } else if panic.demand_up > stable.demand_up * (1.0 + policy.tolerance) {
+            let _ = write!(
+                why,
+                "{base}; held at {current}: load rising ({:.1} over {} against {:.1})",
+                panic.demand_up,
+                secs(policy.panic_window),
+                stable.demand_up
+            );
+        } else if !beyond(down_pods) {
             let _ = write!(
                 why,
                 "{base}; held at {current}: within {:.0}% tolerance",
@@ -352,7 +378,7 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
             per_pod,
             fig.stable_pods.max(down_pods.min(current))
         );
-        if fig.stable_pods > current {
+        if fig.stable_pods > current && !over {
             let _ = write!(
                 why,
                 "; held at {current}: within {:.0}% tolerance",

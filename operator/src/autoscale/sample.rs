@@ -13,10 +13,14 @@ use super::Policy;
 /// What one pod's load report says, reduced to the numbers the autoscaler uses.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PodLoad {
-    /// Requests in the server: running plus queued, averaged over the last second
-    /// (`rates.1s.concurrency`, which is `in_flight + queue.depth` averaged rather than read at
-    /// one instant), and never below what is queued right now.
+    /// Requests in the server, running plus queued, averaged over the last second
+    /// (`rates.1s.concurrency`: `in_flight + queue.depth` averaged rather than read at one
+    /// instant), and never below what is queued right now.
     pub concurrency: f64,
+    /// Requests running: `concurrency` less what is queued now.
+    pub running: f64,
+    /// Requests waiting for a worker now.
+    pub queued: f64,
     /// Requests running now.
     pub in_flight: u32,
     /// Requests waiting for a worker now.
@@ -36,23 +40,29 @@ pub struct PodLoad {
 impl PodLoad {
     /// The numbers of a load report.
     pub fn from_report(report: &LoadReport) -> Self {
-        let instant = f64::from(report.in_flight) + f64::from(report.queue.depth);
+        let threads = report.workers.threads.max(1);
+        let queued = f64::from(report.queue.depth);
         let averaged = report.rates.s1.concurrency;
-        let concurrency = if averaged.is_finite() && averaged >= 0.0 {
-            // The queue right now is demand whatever the average says (a burst that arrived
-            // within the last second).
-            averaged.max(f64::from(report.queue.depth))
+        let (concurrency, running) = if averaged.is_finite() && averaged >= 0.0 {
+            // The one-second average is far less noisy than one instant (a tick every 2 s
+            // would sample in-flight counts with Poisson noise); what is queued now is taken
+            // as the queued part of it.
+            let c = averaged.max(queued);
+            (c, c - queued)
         } else {
-            instant
+            let running = f64::from(report.in_flight);
+            (running + queued, running)
         };
         PodLoad {
             concurrency,
+            running,
+            queued,
             in_flight: report.in_flight,
             queue_depth: report.queue.depth,
             busy_workers: report.workers.busy,
             total_workers: report.workers.total,
             max_workers: report.workers.max,
-            threads: report.workers.threads.max(1),
+            threads,
             saturated: report.saturated,
         }
     }
@@ -109,10 +119,32 @@ pub fn compute_weight(age: Duration, startup: Duration) -> f64 {
     (age.as_secs_f64() / startup.as_secs_f64()).clamp(0.1, 1.0)
 }
 
+/// The requests a pod of weight `weight` ([`compute_weight`]) counts for, `full` being the
+/// threads it runs at workers.max. This is where the two levels meet:
+///
+/// * Requests running count in full: on average they are arrivals x service time whatever
+///   the number of pods, so removing a pod does not raise them (queues would: counting every
+///   queued request makes concurrency grow when capacity shrinks, and a load near a pod
+///   boundary flaps).
+/// * Requests queued in a pod that can still add threads (below workers.max) are the worker
+///   level's business up to that headroom: its own algorithm spawns workers for them within
+///   seconds. Only what queues beyond the headroom counts, and all of it once the pod is
+///   saturated (at workers.max and queueing).
+/// * A young pod (weight below 1) that is not saturated is still growing from workers.initial
+///   while it takes its full share of the traffic: its excess counts only by its weight.
+pub fn compute_pod_demand(load: &PodLoad, weight: f64, full: f64) -> f64 {
+    if load.saturated {
+        return load.running + load.queued;
+    }
+    let headroom = (full - load.running).max(0.0);
+    let excess = (load.queued - headroom).max(0.0);
+    load.running + weight.clamp(0.0, 1.0) * excess
+}
+
 /// One tick's [`TickSample`] from the pods scraped (`pods`) out of `ready_pods`.
 ///
-/// With every ready pod scraped, the demand is the sum of what they report (a young pod's
-/// requests are as real as any). With a sample, the demand is `ready_pods` times the sample's
+/// With every ready pod scraped, the demand is the sum of what they count for
+/// ([`compute_pod_demand`]). With a sample, the demand is `ready_pods` times the sample's
 /// mean, weighted by [`compute_weight`]. A pod that did not answer adds nothing to
 /// `demand_up` and a full pod (`policy.pod_capacity`) to `demand_down`.
 pub fn compute_tick(
@@ -136,6 +168,7 @@ pub fn compute_tick(
         match &p.load {
             Some(l) => {
                 t.answered += 1;
+                let c = compute_pod_demand(l, w, full);
                 t.in_flight = t.in_flight.saturating_add(l.in_flight);
                 t.threads = t
                     .threads
@@ -144,10 +177,10 @@ pub fn compute_tick(
                 t.total_workers = t.total_workers.saturating_add(l.total_workers);
                 t.queue_depth = t.queue_depth.saturating_add(l.queue_depth);
                 t.saturated_pods += u32::from(l.saturated);
-                sum_up += l.concurrency;
-                sum_down += l.concurrency;
-                wup += w * l.concurrency;
-                wdown += w * l.concurrency;
+                sum_up += c;
+                sum_down += c;
+                wup += w * c;
+                wdown += w * c;
             }
             None => {
                 sum_down += full;
@@ -298,6 +331,7 @@ mod tests {
     fn load(concurrency: f64) -> Option<PodLoad> {
         Some(PodLoad {
             concurrency,
+            running: concurrency,
             in_flight: concurrency as u32,
             total_workers: 4,
             max_workers: 4,
@@ -339,7 +373,7 @@ mod tests {
     }
 
     #[test]
-    fn report_concurrency_is_the_averaged_in_system_count_at_least_the_queue() {
+    fn report_numbers_split_running_and_queued_from_the_one_second_averages() {
         let mut r = LoadReport {
             version: 1,
             time_unix_ms: 0,
@@ -361,8 +395,9 @@ mod tests {
         };
         r.rates.s1.concurrency = 12.5;
         let l = PodLoad::from_report(&r);
-        assert_eq!(l.concurrency, 12.5);
+        assert_eq!((l.running, l.queued, l.concurrency), (5.5, 7.0, 12.5));
         assert!(l.saturated);
+        // The average is never below what is queued now.
         r.rates.s1.concurrency = 3.0;
         assert_eq!(PodLoad::from_report(&r).concurrency, 7.0);
         r.rates.s1.concurrency = f64::NAN;
@@ -403,6 +438,25 @@ mod tests {
         assert!(s.iter().all(|&i| i < 100));
         assert_eq!(s, pick_sample(100, 16, 42), "deterministic for a seed");
         assert_ne!(s, pick_sample(100, 16, 43));
+    }
+
+    #[test]
+    fn queues_count_beyond_the_worker_levels_headroom() {
+        let l = |running: f64, queued: f64, saturated: bool| PodLoad {
+            concurrency: running + queued,
+            running,
+            queued,
+            saturated,
+            ..PodLoad::default()
+        };
+        // 2 running of 4 at max, 1 queued: the worker level takes it, 2 count.
+        assert_eq!(compute_pod_demand(&l(2.0, 1.0, false), 1.0, 4.0), 2.0);
+        // 40 queued: 2 of them fit the headroom, 38 count.
+        assert_eq!(compute_pod_demand(&l(2.0, 40.0, false), 1.0, 4.0), 40.0);
+        // A brand-new pod: a tenth of the excess.
+        assert!((compute_pod_demand(&l(2.0, 40.0, false), 0.1, 4.0) - 5.8).abs() < 1e-9);
+        // Saturated: everything, young or not.
+        assert_eq!(compute_pod_demand(&l(4.0, 3.0, true), 0.1, 4.0), 7.0);
     }
 
     #[test]

@@ -47,13 +47,28 @@ fn table() {
         ("at target", 5, 14.0, 5, Action::Hold, "-> 5 pods"),
         (
             "within tolerance going up",
-            5,
-            15.0,
-            5,
+            30,
+            86.0,
+            30,
             Action::Hold,
             "within 10% tolerance",
         ),
-        ("above tolerance", 5, 15.5, 6, Action::ScaleUp, "-> 6 pods"),
+        (
+            "above tolerance",
+            30,
+            95.0,
+            34,
+            Action::ScaleUp,
+            "-> 34 pods",
+        ),
+        (
+            "one pod is never within tolerance",
+            5,
+            15.0,
+            6,
+            Action::ScaleUp,
+            "-> 6 pods",
+        ),
         (
             "down to what carries the demand",
             6,
@@ -368,7 +383,7 @@ proptest! {
 
     /// A constant load with up to +-20% noise per tick, once the windows are full and from a
     /// count off by -3..+3 pods (short of a burst): replicas never change direction (no
-    /// flapping), and they do not change at all when the start count already fits.
+    /// flapping), and from the count that fits they move at most once.
     #[test]
     fn no_flapping_on_a_constant_noisy_load(
         mean in 1.0f64..80.0,
@@ -402,7 +417,8 @@ proptest! {
         let downs = changes.iter().any(|c| *c < 0);
         prop_assert!(!(ups && downs), "flapped: {:?}", changes);
         if offset == 0 {
-            prop_assert!(changes.is_empty(), "moved from a count that fits: {:?}", changes);
+            // A mean right at a pod boundary may add one pod, never more.
+            prop_assert!(changes.len() <= 1, "moved from a count that fits: {:?}", changes);
         }
     }
 
@@ -431,9 +447,10 @@ proptest! {
             let d = decide(&p, &samples, &state, s(at));
             state = d.state;
             // Done when the count is what the step needs, or (outside panic) when the demand
-            // is within the tolerance of what the count carries.
-            let carried = f64::from(state.current) * p.target_per_pod() * (1.0 + p.tolerance);
-            if state.current >= needed || (!panic_step && carried >= high) {
+            // is within the tolerance of the count (the tolerance is on pods).
+            let within = f64::from(needed.saturating_sub(state.current))
+                <= (p.tolerance * f64::from(state.current)).max(0.999);
+            if state.current >= needed || (!panic_step && within) {
                 reached = Some(k);
                 break;
             }

@@ -1,0 +1,355 @@
+//! The model of one pod: its server's workers (each with its threads), its FIFO queue, its
+//! load tracker, and the server's real worker-count algorithm and driver from
+//! `wsgiscale_core::scaling`, run once a second as the server's master does.
+//!
+//! Requests are exact events: a request waits in the pod's queue until the earliest free
+//! thread of a ready worker takes it, so its wait is exact, not rounded to a step. The worker
+//! set changes only at the once-a-second checks and when a forked worker becomes ready, and
+//! every pod is advanced to a check's time before the check runs.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use wsgiscale_core::config::{ScalingConfig, WorkerLimits};
+use wsgiscale_core::load::LoadReport;
+use wsgiscale_core::loadtrack::{LoadSample, LoadTracker};
+use wsgiscale_core::scaling::{drive, Cheaper, DriveInputs};
+use wsgiscale_core::scoreboard::{Scoreboard, SlotState, WorkerSlot};
+
+/// One worker process.
+#[derive(Debug, Clone)]
+struct Worker {
+    id: u64,
+    /// When it was forked.
+    spawned_at: f64,
+    /// When it can take requests.
+    ready_at: f64,
+    /// Per thread: when its current request ends (in the past when idle).
+    busy_until: Vec<f64>,
+    /// Service time of every request it was given.
+    assigned_busy: f64,
+    /// Requests it was given.
+    assigned: u64,
+}
+
+impl Worker {
+    fn in_progress(&self, t: f64) -> (u32, f64) {
+        let mut n = 0;
+        let mut left = 0.0;
+        for &b in &self.busy_until {
+            if b > t {
+                n += 1;
+                left += b - t;
+            }
+        }
+        (n, left)
+    }
+}
+
+/// How a pod's server is configured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerModel {
+    /// Worker algorithm and knobs.
+    pub scaling: ScalingConfig,
+    /// Worker limits.
+    pub limits: WorkerLimits,
+    /// Threads per worker.
+    pub threads: u32,
+    /// Seconds from fork to a worker ready to serve.
+    pub worker_startup: f64,
+    /// The request queue bound; beyond it requests are refused (503).
+    pub max_queue: u32,
+}
+
+/// One pod.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// Creation time, seconds.
+    pub created: f64,
+    /// When it becomes ready (its initial workers are up), seconds.
+    pub ready_at: f64,
+    /// Taken out of the Service: finishes its queue and in-flight requests, then goes.
+    pub terminating: bool,
+    workers: Vec<Worker>,
+    queue: VecDeque<(f64, f64)>,
+    cheaper: Cheaper,
+    tracker: LoadTracker,
+    next_id: u64,
+    /// Busy time and requests of the workers that have exited.
+    gone_busy: f64,
+    gone_requests: u64,
+    model: ServerModel,
+}
+
+impl Pod {
+    /// A pod created at `now` that is ready `startup` seconds later with its initial workers.
+    pub fn new(now: f64, startup: f64, model: ServerModel) -> Self {
+        let ready_at = now + startup;
+        let initial = model
+            .limits
+            .initial
+            .clamp(model.limits.min, model.limits.max);
+        let workers = (1..=u64::from(initial))
+            .map(|id| Worker {
+                id,
+                spawned_at: ready_at,
+                ready_at,
+                busy_until: vec![0.0; model.threads.max(1) as usize],
+                assigned_busy: 0.0,
+                assigned: 0,
+            })
+            .collect();
+        Pod {
+            created: now,
+            ready_at,
+            terminating: false,
+            workers,
+            queue: VecDeque::new(),
+            cheaper: Cheaper::new(&model.scaling, &model.limits),
+            tracker: LoadTracker::new(),
+            next_id: u64::from(initial) + 1,
+            gone_busy: 0.0,
+            gone_requests: 0,
+            model,
+        }
+    }
+
+    /// True when it is in the Service at `t`.
+    pub fn is_ready(&self, t: f64) -> bool {
+        !self.terminating && self.ready_at <= t
+    }
+
+    /// Requests waiting.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Queues a request that arrived at `at` needing `service` seconds; false when the queue
+    /// is full (the server answers 503).
+    pub fn offer(&mut self, at: f64, service: f64) -> bool {
+        if self.queue.len() >= self.model.max_queue as usize {
+            return false;
+        }
+        self.queue.push_back((at, service));
+        true
+    }
+
+    /// Starts every queued request that a thread can take by `t`, oldest first, on the
+    /// earliest free thread; pushes each one's wait (seconds) into `waits`.
+    pub fn advance(&mut self, t: f64, waits: &mut Vec<f32>) {
+        while let Some(&(arrival, service)) = self.queue.front() {
+            let mut best: Option<(usize, usize, f64)> = None;
+            for (wi, w) in self.workers.iter().enumerate() {
+                for (ti, &b) in w.busy_until.iter().enumerate() {
+                    let free = b.max(w.ready_at);
+                    if best.is_none_or(|(_, _, f)| free < f) {
+                        best = Some((wi, ti, free));
+                    }
+                }
+            }
+            let Some((wi, ti, free)) = best else { break };
+            let start = free.max(arrival);
+            if start > t {
+                break;
+            }
+            self.queue.pop_front();
+            waits.push((start - arrival) as f32);
+            let w = &mut self.workers[wi];
+            w.busy_until[ti] = start + service;
+            w.assigned_busy += service;
+            w.assigned += 1;
+        }
+    }
+
+    /// True when nothing is queued or running at `t` (a terminating pod can go).
+    pub fn is_drained(&self, t: f64) -> bool {
+        self.queue.is_empty() && self.workers.iter().all(|w| w.in_progress(t).0 == 0)
+    }
+
+    /// Live worker processes.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Requests running at `t`.
+    pub fn in_flight(&self, t: f64) -> u32 {
+        self.workers.iter().map(|w| w.in_progress(t).0).sum()
+    }
+
+    /// The master's view at `t`, with the lifetime counters (completed requests, busy time).
+    fn scoreboard(&self, t: f64) -> (Scoreboard, u64, f64) {
+        let mut completed = self.gone_requests;
+        let mut busy = self.gone_busy;
+        let workers = self
+            .workers
+            .iter()
+            .map(|w| {
+                let (n, left) = w.in_progress(t);
+                let threads = w.busy_until.len() as u32;
+                let done = w.assigned.saturating_sub(u64::from(n));
+                let busy_time = (w.assigned_busy - left).max(0.0);
+                completed += done;
+                busy += busy_time;
+                let state = if w.ready_at > t {
+                    SlotState::Starting
+                } else if n >= threads {
+                    SlotState::Busy
+                } else {
+                    SlotState::Idle
+                };
+                WorkerSlot {
+                    id: w.id,
+                    state,
+                    busy_threads: n,
+                    threads,
+                    busy_time: Duration::from_secs_f64(busy_time),
+                    spawned_at: Duration::from_secs_f64(w.spawned_at.max(0.0)),
+                    requests: done,
+                    rss_bytes: None,
+                }
+            })
+            .collect();
+        let oldest = self.queue.front().map_or(0.0, |(a, _)| (t - a).max(0.0));
+        let sb = Scoreboard {
+            now: Duration::from_secs_f64(t.max(0.0)),
+            queue_depth: self.queue.len() as u32,
+            oldest_wait: Duration::from_secs_f64(oldest),
+            workers,
+        };
+        (sb, completed, busy)
+    }
+
+    /// The master's once-a-second check at `t` (after [`Pod::advance`] to `t`): records the
+    /// load sample, asks the algorithm, lets the driver apply the limits, and carries out the
+    /// plan (victims are free workers: they leave at once; new workers are ready after the
+    /// fork delay). Returns workers spawned minus retired.
+    pub fn check(&mut self, t: f64) -> i64 {
+        let (sb, completed, busy) = self.scoreboard(t);
+        self.tracker.record(LoadSample::observe(
+            &sb,
+            completed,
+            Duration::from_secs_f64(busy),
+        ));
+        if self.terminating || self.ready_at > t {
+            return 0;
+        }
+        let verdict = self.cheaper.decide_explained(&sb);
+        let plan = drive(verdict, &sb, &self.model.limits, &DriveInputs::default());
+        let mut delta = 0i64;
+        let (mut gone_busy, mut gone_requests) = (0.0, 0u64);
+        self.workers.retain(|w| {
+            if !plan.retire.contains(&w.id) {
+                return true;
+            }
+            // Victims had no busy thread at the snapshot, which is now.
+            gone_busy += w.assigned_busy;
+            gone_requests += w.assigned;
+            delta -= 1;
+            false
+        });
+        self.gone_busy += gone_busy;
+        self.gone_requests += gone_requests;
+        for _ in 0..plan.spawn {
+            self.workers.push(Worker {
+                id: self.next_id,
+                spawned_at: t,
+                ready_at: t + self.model.worker_startup,
+                busy_until: vec![0.0; self.model.threads.max(1) as usize],
+                assigned_busy: 0.0,
+                assigned: 0,
+            });
+            self.next_id += 1;
+            delta += 1;
+        }
+        delta
+    }
+
+    /// The load report the server would serve at `t`.
+    pub fn report(&self, t: f64) -> LoadReport {
+        let (sb, _, _) = self.scoreboard(t);
+        self.tracker.report(
+            &sb,
+            &self.model.limits,
+            self.model.threads,
+            self.model.max_queue,
+            self.terminating,
+            (t.max(0.0) * 1000.0) as u64,
+        )
+    }
+
+    /// Busy share of the threads over the last `span` (the CPU-like metric of the HPA model).
+    pub fn utilization(&self, span: Duration) -> f64 {
+        self.tracker.window(span).utilization
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wsgiscale_core::config::Algorithm;
+
+    use super::*;
+
+    fn model(min: u32, max: u32, algo: Algorithm) -> ServerModel {
+        ServerModel {
+            scaling: ScalingConfig {
+                algo,
+                step: 1,
+                overload: 3,
+                idle: 10,
+                backlog: 1,
+                busyness_min: 25,
+                busyness_max: 50,
+                busyness_multiplier: 10,
+                busyness_penalty: 2,
+                busyness_backlog: 33,
+            },
+            limits: WorkerLimits {
+                min,
+                max,
+                initial: min,
+            },
+            threads: 1,
+            worker_startup: 1.0,
+            max_queue: 3,
+        }
+    }
+
+    #[test]
+    fn fifo_waits_are_exact() {
+        let mut pod = Pod::new(0.0, 0.0, model(1, 1, Algorithm::Manual));
+        let mut waits = vec![];
+        // Three requests of 1 s at 0, 0.5, 0.6 on one thread: waits 0, 0.5, 1.4.
+        assert!(pod.offer(0.0, 1.0));
+        assert!(pod.offer(0.5, 1.0));
+        assert!(pod.offer(0.6, 1.0));
+        assert!(!pod.offer(0.7, 1.0), "the queue bound refuses the fourth");
+        pod.advance(10.0, &mut waits);
+        let w: Vec<f32> = waits.iter().map(|w| (w * 10.0).round() / 10.0).collect();
+        assert_eq!(w, vec![0.0, 0.5, 1.4]);
+        assert_eq!(pod.in_flight(2.5), 1);
+        assert!(pod.is_drained(3.0));
+    }
+
+    #[test]
+    fn the_real_algorithm_grows_and_shrinks_the_workers() {
+        let mut pod = Pod::new(0.0, 0.0, model(1, 4, Algorithm::Spare));
+        let mut waits = vec![];
+        let mut peak = 0;
+        for s in 1..=60u32 {
+            let t = f64::from(s);
+            if s <= 30 {
+                // Ten 1-second requests a second: everything busy.
+                for k in 0..10 {
+                    pod.offer(t - 1.0 + f64::from(k) * 0.1, 1.0);
+                }
+            }
+            pod.advance(t, &mut waits);
+            pod.check(t);
+            peak = peak.max(pod.workers());
+        }
+        assert_eq!(peak, 4);
+        assert!(pod.workers() < 4, "idle workers were retired");
+        let r = pod.report(60.0);
+        assert_eq!(r.workers.max, 4);
+    }
+}
