@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod render;
 pub mod run;
+pub mod scrape;
 pub mod simulate;
 pub mod status;
 pub mod telemetry;

@@ -35,6 +35,13 @@ pub struct WriteLabels {
     pub kind: &'static str,
 }
 
+/// Labels of the autoscaler's counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AutoscaleLabels {
+    /// `scale_up`/`scale_down` for decisions; `ok`, `draining` or an error kind for scrapes.
+    pub result: &'static str,
+}
+
 /// Every metric of the operator, and the registry that encodes them.
 pub struct Metrics {
     registry: Registry,
@@ -48,6 +55,10 @@ pub struct Metrics {
     pub duration: Histogram,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge<i64, AtomicI64>,
+    /// Changes of the autoscaler's recommendation, by direction.
+    pub scale_decisions: Family<AutoscaleLabels, Counter>,
+    /// Load report reads, by result.
+    pub load_scrapes: Family<AutoscaleLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,7 +91,21 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let scale_decisions = Family::<AutoscaleLabels, Counter>::default();
+        registry.register(
+            "autoscale_decisions",
+            "Changes of the pod count the autoscaler recommends, by direction",
+            scale_decisions.clone(),
+        );
+        let load_scrapes = Family::<AutoscaleLabels, Counter>::default();
+        registry.register(
+            "load_scrapes",
+            "Reads of the servers' /load report, by result",
+            load_scrapes.clone(),
+        );
         Metrics {
+            scale_decisions,
+            load_scrapes,
             registry,
             reconciles,
             errors,
@@ -108,6 +133,20 @@ impl Metrics {
     /// Counts one write of a `kind` object.
     pub fn count_write(&self, kind: &'static str) {
         self.writes.get_or_create(&WriteLabels { kind }).inc();
+    }
+
+    /// Counts one change of the autoscaler's recommendation (`scale_up` or `scale_down`).
+    pub fn count_scale(&self, result: &'static str) {
+        self.scale_decisions
+            .get_or_create(&AutoscaleLabels { result })
+            .inc();
+    }
+
+    /// Counts one load report read with `result`.
+    pub fn count_scrape(&self, result: &'static str) {
+        self.load_scrapes
+            .get_or_create(&AutoscaleLabels { result })
+            .inc();
     }
 
     /// The metrics in the Prometheus text format.

@@ -23,6 +23,7 @@ use crate::http::{self, Health};
 use crate::leader::{LeaderElector, LeaseTiming};
 use crate::metrics::Metrics;
 use crate::reconcile::{error_policy, reconcile, Context};
+use crate::scrape::{run_autoscaler, Autoscaler};
 
 /// Two-second attempts at listing WsgiApps before giving up at startup.
 const CRD_WAIT_ATTEMPTS: u32 = 30;
@@ -206,37 +207,55 @@ pub async fn run_controllers(
     } else {
         namespaces.iter().map(|n| Some(n.as_str())).collect()
     };
-    let controllers = scopes.into_iter().map(|ns| {
-        let client = ctx.client.clone();
-        fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
-        where
-            K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-        {
-            match ns {
-                Some(ns) => Api::namespaced(client.clone(), ns),
-                None => Api::all(client.clone()),
+    let mut stores = Vec::new();
+    let controllers: Vec<_> = scopes
+        .into_iter()
+        .map(|ns| {
+            let client = ctx.client.clone();
+            fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+            where
+                K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+            {
+                match ns {
+                    Some(ns) => Api::namespaced(client.clone(), ns),
+                    None => Api::all(client.clone()),
+                }
             }
-        }
-        let stop = stop.clone();
-        let owned =
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=wsgiscale-operator");
-        Controller::new(
-            api::<WsgiApp>(&client, ns),
-            watcher::Config::default().any_semantic(),
-        )
-        .with_config(ControllerConfig::default().concurrency(concurrency))
-        .owns(api::<ConfigMap>(&client, ns), owned.clone())
-        .owns(api::<Deployment>(&client, ns), owned.clone())
-        .owns(api::<Service>(&client, ns), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), owned)
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(name = %obj.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile error"),
-            }
+            let stop = stop.clone();
+            let owned = watcher::Config::default()
+                .labels("app.kubernetes.io/managed-by=wsgiscale-operator");
+            let controller = Controller::new(
+                api::<WsgiApp>(&client, ns),
+                watcher::Config::default().any_semantic(),
+            )
+            .with_config(ControllerConfig::default().concurrency(concurrency))
+            .owns(api::<ConfigMap>(&client, ns), owned.clone())
+            .owns(api::<Deployment>(&client, ns), owned.clone())
+            .owns(api::<Service>(&client, ns), owned.clone())
+            .owns(api::<PodDisruptionBudget>(&client, ns), owned);
+            // The autoscaler reads the WsgiApps from the controllers' caches.
+            stores.push(controller.store());
+            controller
+                .graceful_shutdown_on(async move { stop.cancelled().await })
+                .run(reconcile, error_policy, ctx.clone())
+                .for_each(|result| async move {
+                    match result {
+                        Ok((obj, _)) => tracing::debug!(name = %obj.name, "reconciled"),
+                        Err(e) => tracing::debug!(error = %e, "reconcile error"),
+                    }
+                })
         })
-    });
-    futures::future::join_all(controllers).await;
+        .collect();
+    // Pod autoscaling from the servers' load reports, for the apps that enable it. It writes
+    // only its recommendation to the status; the reconcilers apply it to the Deployments.
+    let autoscaler = Arc::new(Autoscaler::new(
+        ctx.client.clone(),
+        std::env::var("HOSTNAME").ok(),
+        ctx.metrics.clone(),
+    ));
+    futures::future::join(
+        futures::future::join_all(controllers),
+        run_autoscaler(autoscaler, stores, stop),
+    )
+    .await;
 }

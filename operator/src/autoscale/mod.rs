@@ -536,27 +536,6 @@ pub(crate) mod testkit {
             saturated_pods: 0,
         }
     }
-
-    /// Runs a closed loop where replicas are ready at once: `demand(tick index)` each tick,
-    /// starting at `start` replicas; returns the decisions.
-    pub fn run_loop(
-        p: &Policy,
-        start: u32,
-        ticks: usize,
-        mut demand: impl FnMut(usize) -> f64,
-    ) -> Vec<Decision> {
-        let mut samples = Samples::new();
-        let mut state = State::new(start);
-        let mut out = Vec::with_capacity(ticks);
-        for i in 0..ticks {
-            let at = 2 * i as u64;
-            samples.push(tick(at, state.current, demand(i)), p.stable_window);
-            let d = decide(p, &samples, &state, Duration::from_secs(at));
-            state = d.state.clone();
-            out.push(d);
-        }
-        out
-    }
 }
 
 #[cfg(test)]

@@ -295,7 +295,7 @@ pub fn pick_sample(count: usize, max: usize, seed: u64) -> Vec<usize> {
     }
     let mut rng = SplitMix64(seed);
     for i in 0..max {
-        let j = i + (rng.next() % (count - i) as u64) as usize;
+        let j = i + (rng.next_u64() % (count - i) as u64) as usize;
         idx.swap(i, j);
     }
     idx.truncate(max);
@@ -309,7 +309,7 @@ pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -319,7 +319,7 @@ impl SplitMix64 {
 
     /// A uniform number in [0, 1).
     pub fn next_f64(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

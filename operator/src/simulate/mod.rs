@@ -409,7 +409,7 @@ pub fn run(trace: &Trace, cfg: &SimConfig, kind: PolicyKind) -> Outcome {
             let (desired, reason) = match &mut scaler {
                 Scaler::Wsgiscale { samples, state } => {
                     let pick =
-                        pick_sample(ready_idx.len(), p.max_pods_scraped as usize, rng.next());
+                        pick_sample(ready_idx.len(), p.max_pods_scraped as usize, rng.next_u64());
                     let sampled: Vec<PodSample> = pick
                         .iter()
                         .map(|&k| {
