@@ -53,11 +53,11 @@ def main():
                 plot = None
             _, s = simulate(args.bin, trace, kind, policy, plot)
             rows.append((trace, label, s))
-    print("| trace | policy | worker-seconds (cost) | p99 queue wait (ms) | p50 (ms) | scale events | max pods | pod-seconds | rejected |")
+    print("| trace | policy | worker-seconds (cost) | p99 queue wait (ms) | mean wait (ms) | scale events | max pods | pod-seconds | rejected (503) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for trace, label, s in rows:
         print(f"| {trace} | {label} | {s['worker_seconds']:.0f} | {s['p99_queue_wait_ms']:.1f} | "
-              f"{s['p50_queue_wait_ms']:.1f} | {s['scale_events']} | {s['max_replicas']} | "
+              f"{s['mean_queue_wait_ms']:.1f} | {s['scale_events']} | {s['max_replicas']} | "
               f"{s['pod_seconds']:.0f} | {s['rejected']} |")
     return 0
 

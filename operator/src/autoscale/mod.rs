@@ -19,8 +19,9 @@
 //! * **Scaling up** follows the stable window (or the panic window while a burst is on);
 //!   changes of at most `tolerance` x the current pods are ignored (one pod always counts);
 //!   pods that did not answer count as idle (the HPA's rule).
-//! * **Scaling down** needs the demand of both windows, with silent pods counted as fully
-//!   loaded, to fit the remaining pods below the target utilization (less the tolerance) at
+//! * **Scaling down** needs the demand of both windows and of the stable window's trend
+//!   (least squares, at its end), with silent pods counted as fully loaded, to fit the
+//!   remaining pods below the target utilization (less the tolerance) at
 //!   their max workers, no pod saturated (at workers.max and queueing), the load not rising
 //!   (the panic window not above the stable one by more than the tolerance), no panic, and the
 //!   lower count recommended for the whole scale-down delay.
@@ -179,7 +180,8 @@ pub struct Figures {
     pub stable_demand: f64,
     /// Demand over the panic window, silent pods idle.
     pub panic_demand: f64,
-    /// The larger of both windows' demand, silent pods fully loaded (what scale-down checks).
+    /// The largest of both windows' demand and the stable window's trend, silent pods fully
+    /// loaded (what scale-down checks).
     pub down_demand: f64,
     /// Requests one pod should carry.
     pub target_per_pod: f64,
@@ -246,7 +248,12 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
     let ready = latest.ready_pods;
     let stable = samples.average(now, policy.stable_window);
     let panic = samples.average(now, policy.panic_window);
-    let down_demand = stable.demand_down.max(panic.demand_down);
+    // Scale-down looks at the highest of: the stable window, the panic window, and where the
+    // stable window's trend is now (on a ramp the mean lags by half a window).
+    let down_demand = stable
+        .demand_down
+        .max(panic.demand_down)
+        .max(stable.trend_down);
     let fig = Figures {
         stable_demand: stable.demand_up,
         panic_demand: panic.demand_up,

@@ -219,6 +219,11 @@ pub struct WindowAverage {
     pub demand_down: f64,
     /// Running requests over live threads, in the pods that answered (0 to 1).
     pub utilization: f64,
+    /// `demand_up` where the window's least-squares line is at its end (the mean with fewer
+    /// than 3 ticks): the trend of a ramp, which the mean lags by half a window.
+    pub trend_up: f64,
+    /// The same for `demand_down`.
+    pub trend_down: f64,
 }
 
 impl Samples {
@@ -263,11 +268,13 @@ impl Samples {
     pub fn average(&self, now: Duration, span: Duration) -> WindowAverage {
         let mut a = WindowAverage::default();
         let (mut busy, mut threads) = (0u64, 0u64);
+        let mut points: Vec<(f64, f64, f64)> = Vec::new();
         for (i, t) in self.ticks.iter().enumerate().rev() {
             let newest = i + 1 == self.ticks.len();
             if !newest && t.at + span <= now {
                 break;
             }
+            points.push((t.at.as_secs_f64(), t.demand_up, t.demand_down));
             a.ticks += 1;
             a.demand_up += t.demand_up;
             a.demand_down += t.demand_down;
@@ -280,6 +287,26 @@ impl Samples {
         }
         if threads > 0 {
             a.utilization = (busy as f64 / threads as f64).min(1.0);
+        }
+        a.trend_up = a.demand_up;
+        a.trend_down = a.demand_down;
+        if points.len() >= 3 {
+            let n = points.len() as f64;
+            let xm = points.iter().map(|p| p.0).sum::<f64>() / n;
+            let sxx: f64 = points.iter().map(|p| (p.0 - xm).powi(2)).sum();
+            if sxx > 0.0 {
+                let end = now.as_secs_f64() - xm;
+                let sup: f64 = points
+                    .iter()
+                    .map(|p| (p.0 - xm) * (p.1 - a.demand_up))
+                    .sum();
+                let sdown: f64 = points
+                    .iter()
+                    .map(|p| (p.0 - xm) * (p.2 - a.demand_down))
+                    .sum();
+                a.trend_up = (a.demand_up + sup / sxx * end).max(0.0);
+                a.trend_down = (a.demand_down + sdown / sxx * end).max(0.0);
+            }
         }
         a
     }
@@ -425,6 +452,27 @@ mod tests {
         assert_eq!(s.average(now, Duration::from_secs(60)).ticks, 30);
         // A zero span still sees the newest tick.
         assert_eq!(s.average(now, Duration::ZERO).ticks, 1);
+    }
+
+    #[test]
+    fn the_trend_is_the_least_squares_line_at_the_end() {
+        let mut s = Samples::new();
+        for i in 0..30u64 {
+            let t = TickSample {
+                at: Duration::from_secs(2 * i),
+                demand_up: i as f64,
+                demand_down: 100.0 - i as f64,
+                ..TickSample::default()
+            };
+            s.push(t, Duration::from_secs(60));
+        }
+        let a = s.average(Duration::from_secs(58), Duration::from_secs(60));
+        assert!((a.demand_up - 14.5).abs() < 1e-9);
+        assert!((a.trend_up - 29.0).abs() < 1e-9, "{a:?}");
+        assert!((a.trend_down - 71.0).abs() < 1e-9, "{a:?}");
+        // Two ticks: no line, the mean.
+        let b = s.average(Duration::from_secs(58), Duration::from_secs(3));
+        assert_eq!((b.ticks, b.trend_up), (2, b.demand_up));
     }
 
     #[test]

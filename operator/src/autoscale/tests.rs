@@ -138,6 +138,26 @@ fn a_recent_burst_blocks_scale_down_even_when_the_minute_is_quiet() {
 }
 
 #[test]
+fn a_ramp_is_not_scaled_down_on_its_lagging_mean() {
+    let p = policy();
+    // 5 pods; the demand climbed from 2 to 10 over the minute, and the last three ticks dip to
+    // 6 (noise). The minute's mean (about 6) would leave 3 pods and the panic window does not
+    // see the climb; the trend, at about 10 now, keeps 4.
+    let mut samples = Samples::new();
+    for k in 0..27u64 {
+        samples.push(tick(60 + 2 * k, 5, 2.0 + 8.0 * k as f64 / 29.0), s(60));
+    }
+    for at in [114, 116, 118] {
+        samples.push(tick(at, 5, 6.0), s(60));
+    }
+    let d = decide(&p, &samples, &State::new(5), s(118));
+    let stable = samples.average(s(118), s(60));
+    assert!(stable.demand_down * 1.1 / 2.8 <= 3.0, "{stable:?}");
+    assert!(stable.trend_down > 8.5, "{stable:?}");
+    assert_eq!(d.desired, 4, "{}", d.reason);
+}
+
+#[test]
 fn silent_pods_are_idle_going_up_and_full_going_down() {
     let p = policy();
     let mut samples = Samples::new();

@@ -243,7 +243,9 @@ pub struct Summary {
     pub final_replicas: u32,
     /// Changes of the replica count.
     pub scale_events: u32,
-    /// Median wait in a queue before a worker took the request, ms.
+    /// Mean wait in a queue before a worker took the request, ms.
+    pub mean_queue_wait_ms: f64,
+    /// Median wait, ms.
     pub p50_queue_wait_ms: f64,
     /// 99th percentile of the wait, ms.
     pub p99_queue_wait_ms: f64,
@@ -483,6 +485,12 @@ pub fn run(trace: &Trace, cfg: &SimConfig, kind: PolicyKind) -> Outcome {
         });
     }
 
+    let mean_ms = if waits.is_empty() {
+        0.0
+    } else {
+        let total: f64 = waits.iter().map(|w| f64::from(*w)).sum();
+        (total / waits.len() as f64 * 1000.0 * 10.0).round() / 10.0
+    };
     let mut sorted = waits;
     sorted.sort_unstable_by(f32::total_cmp);
     let pct = |q: f64| -> f64 {
@@ -500,6 +508,7 @@ pub fn run(trace: &Trace, cfg: &SimConfig, kind: PolicyKind) -> Outcome {
         max_replicas,
         final_replicas: replicas,
         scale_events: events.len() as u32,
+        mean_queue_wait_ms: mean_ms,
         p50_queue_wait_ms: pct(0.5),
         p99_queue_wait_ms: pct(0.99),
         max_queue_wait_ms: pct(1.0),
@@ -611,9 +620,9 @@ pub fn run_cli(args: &SimulateArgs, out: &mut impl std::io::Write) -> Result<Sum
     let m = &outcome.summary;
     writeln!(
         out,
-        "{name} under {}: {} requests ({} rejected), pods max {} final {}, {} scale events, queue wait p50 {:.1} ms p99 {:.1} ms max {:.1} ms, {:.0} worker-seconds, {:.0} pod-seconds",
+        "{name} under {}: {} requests ({} rejected), pods max {} final {}, {} scale events, queue wait mean {:.1} ms p50 {:.1} ms p99 {:.1} ms max {:.1} ms, {:.0} worker-seconds, {:.0} pod-seconds",
         m.policy.as_str(), m.requests, m.rejected, m.max_replicas, m.final_replicas, m.scale_events,
-        m.p50_queue_wait_ms, m.p99_queue_wait_ms, m.max_queue_wait_ms, m.worker_seconds, m.pod_seconds
+        m.mean_queue_wait_ms, m.p50_queue_wait_ms, m.p99_queue_wait_ms, m.max_queue_wait_ms, m.worker_seconds, m.pod_seconds
     )
     .map_err(io)?;
     if let Some(path) = &args.plot {
