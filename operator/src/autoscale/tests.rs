@@ -40,6 +40,33 @@ fn the_issue_example_demand_37_gives_14_pods() {
 }
 
 #[test]
+fn the_worked_example_of_the_docs() {
+    let p = Policy {
+        max_replicas: 20,
+        ..policy()
+    };
+    // 2. A burst on 14 pods: the panic window needs 40, replicas.max says 20.
+    let mut samples = flat(180, 60, 14, 37.0);
+    for at in [182, 184, 186] {
+        samples.push(tick(at, 14, 110.0), s(60));
+    }
+    let d = decide(&p, &samples, &State::new(14), s(186));
+    assert_eq!(
+        d.reason,
+        "panic: demand 110.0 in flight over 6 s needs 40 pods >= 2.0 x 14 ready; capacity 2.8/pod -> 40 pods; 20 by replicas.max 20"
+    );
+    assert_eq!(d.desired, 20);
+    // 3. Later, 20 in flight on 20 pods, out of panic: halve, then 8.
+    let d = decide(&p, &flat(400, 60, 20, 20.0), &State::new(20), s(400));
+    assert_eq!(
+        d.reason,
+        "demand 20.0 in flight over 60 s (silent pods counted full), capacity 2.8/pod with 10% headroom -> 8 pods; limited to 10 by maxScaleDownRate 2"
+    );
+    let d = decide(&p, &flat(402, 60, 10, 20.0), &d.state, s(402));
+    assert_eq!(d.desired, 8, "{}", d.reason);
+}
+
+#[test]
 fn table() {
     let p = policy();
     // (name, ready/current, demand, desired, action, reason fragment)
