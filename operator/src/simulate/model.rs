@@ -293,15 +293,7 @@ mod tests {
         ServerModel {
             scaling: ScalingConfig {
                 algo,
-                step: 1,
-                overload: 3,
-                idle: 10,
-                backlog: 1,
-                busyness_min: 25,
-                busyness_max: 50,
-                busyness_multiplier: 10,
-                busyness_penalty: 2,
-                busyness_backlog: 33,
+                ..ScalingConfig::default()
             },
             limits: WorkerLimits {
                 min,

@@ -587,6 +587,24 @@ pub struct ScalingConfig {
     pub busyness_backlog: u32,
 }
 
+impl Default for ScalingConfig {
+    /// The defaults of the `--cheaper-*` flags.
+    fn default() -> Self {
+        ScalingConfig {
+            algo: Algorithm::default(),
+            step: 1,
+            overload: 3,
+            idle: 10,
+            backlog: 1,
+            busyness_min: 25,
+            busyness_max: 50,
+            busyness_multiplier: 10,
+            busyness_penalty: 2,
+            busyness_backlog: 33,
+        }
+    }
+}
+
 /// Worker lifecycle rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LifecycleConfig {
@@ -792,21 +810,38 @@ pub fn resolve(
 
     let pick =
         |flag: &Option<u32>, file: Option<u32>, default: u32| flag.or(file).unwrap_or(default);
+    let d = ScalingConfig::default();
     let scaling = ScalingConfig {
-        algo: cheaper_algo.or(file.cheaper_algo).unwrap_or_default(),
-        step: pick(cheaper_step, file.cheaper_step, 1),
-        overload: pick(cheaper_overload, file.cheaper_overload, 3),
-        idle: pick(cheaper_idle, file.cheaper_idle, 10),
-        backlog: pick(cheaper_backlog, file.cheaper_backlog, 1),
-        busyness_min: pick(cheaper_busyness_min, file.cheaper_busyness_min, 25),
-        busyness_max: pick(cheaper_busyness_max, file.cheaper_busyness_max, 50),
+        algo: cheaper_algo.or(file.cheaper_algo).unwrap_or(d.algo),
+        step: pick(cheaper_step, file.cheaper_step, d.step),
+        overload: pick(cheaper_overload, file.cheaper_overload, d.overload),
+        idle: pick(cheaper_idle, file.cheaper_idle, d.idle),
+        backlog: pick(cheaper_backlog, file.cheaper_backlog, d.backlog),
+        busyness_min: pick(
+            cheaper_busyness_min,
+            file.cheaper_busyness_min,
+            d.busyness_min,
+        ),
+        busyness_max: pick(
+            cheaper_busyness_max,
+            file.cheaper_busyness_max,
+            d.busyness_max,
+        ),
         busyness_multiplier: pick(
             cheaper_busyness_multiplier,
             file.cheaper_busyness_multiplier,
-            10,
+            d.busyness_multiplier,
         ),
-        busyness_penalty: pick(cheaper_busyness_penalty, file.cheaper_busyness_penalty, 2),
-        busyness_backlog: pick(cheaper_busyness_backlog, file.cheaper_busyness_backlog, 33),
+        busyness_penalty: pick(
+            cheaper_busyness_penalty,
+            file.cheaper_busyness_penalty,
+            d.busyness_penalty,
+        ),
+        busyness_backlog: pick(
+            cheaper_busyness_backlog,
+            file.cheaper_busyness_backlog,
+            d.busyness_backlog,
+        ),
     };
     if scaling.step == 0 {
         return Err(invalid("cheaper-step", "must be at least 1"));

@@ -219,15 +219,7 @@ pub(crate) mod testkit {
     pub fn cfg(algo: Algorithm) -> ScalingConfig {
         ScalingConfig {
             algo,
-            step: 1,
-            overload: 3,
-            idle: 10,
-            backlog: 1,
-            busyness_min: 25,
-            busyness_max: 50,
-            busyness_multiplier: 10,
-            busyness_penalty: 2,
-            busyness_backlog: 33,
+            ..ScalingConfig::default()
         }
     }
 
