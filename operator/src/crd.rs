@@ -86,6 +86,18 @@ const SIZE_MESSAGE: &str =
         description = "Requests waiting for a worker in the pods last scraped"
     ),
     printcolumn(
+        name = "Util%",
+        type_ = "integer",
+        json_path = ".status.load.utilizationPercent",
+        description = "Busy share of the worker threads over the stable window, in percent"
+    ),
+    printcolumn(
+        name = "Panic",
+        type_ = "boolean",
+        json_path = ".status.autoscaler.panicMode",
+        description = "Autoscaler in panic mode (scale up only)"
+    ),
+    printcolumn(
         name = "Status",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
@@ -95,6 +107,13 @@ const SIZE_MESSAGE: &str =
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Last Scale",
+        type_ = "string",
+        json_path = ".status.autoscaler.lastScaleReason",
+        description = "Why the autoscaler last changed its recommendation",
+        priority = "1"
     ),
     validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
         .message("metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, at most 63 characters): it names the Service and labels the pods")

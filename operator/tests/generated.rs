@@ -65,8 +65,28 @@ fn crd_keeps_subresources_columns_and_short_name() {
         .collect();
     assert_eq!(
         columns,
-        ["Ready", "Desired", "Busy", "Workers", "Queue", "Status", "Age"]
+        [
+            "Ready",
+            "Desired",
+            "Busy",
+            "Workers",
+            "Queue",
+            "Util%",
+            "Panic",
+            "Status",
+            "Age",
+            "Last Scale"
+        ]
     );
+    // The long reason only in `-o wide`.
+    let wide: Vec<&str> = v
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .filter(|c| c.priority.unwrap_or(0) > 0)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(wide, ["Last Scale"]);
 
     // Every field of the spec is documented: that text is what `kubectl explain` shows.
     fn undocumented(path: &str, v: &serde_json::Value, out: &mut Vec<String>) {
