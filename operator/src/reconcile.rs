@@ -236,39 +236,31 @@ async fn reconcile_app(app: &WsgiApp, ctx: &Context) -> Result<(Action, &'static
             return Ok((Action::await_change(), "invalid"));
         }
     };
-    match apply_children(ctx, app, &validated).await {
-        Ok(()) => Ok((Action::requeue(ctx.resync), "ok")),
+    let (error_reason, kind, message) = match apply_children(ctx, app, &validated).await {
+        Ok(()) => return Ok((Action::requeue(ctx.resync), "ok")),
         Err(Refusal::Api(e)) => {
             let Some((kind, message)) = e.rejection() else {
                 return Err(e);
             };
-            ctx.metrics.count_error("object_rejected");
-            let status = compute_status(
-                app,
-                Outcome::Rejected {
-                    kind,
-                    message: &message,
-                },
-                now(),
-            );
-            publish_status(ctx, app, status).await?;
-            Ok((Action::requeue(ctx.resync), "rejected"))
+            ("object_rejected", kind, message)
         }
-        Err(Refusal::Conflict { kind, name }) => {
-            ctx.metrics.count_error("name_conflict");
-            let message = format!("{kind} {name} exists and is not controlled by this WsgiApp");
-            let status = compute_status(
-                app,
-                Outcome::Rejected {
-                    kind,
-                    message: &message,
-                },
-                now(),
-            );
-            publish_status(ctx, app, status).await?;
-            Ok((Action::requeue(ctx.resync), "rejected"))
-        }
-    }
+        Err(Refusal::Conflict { kind, name }) => (
+            "name_conflict",
+            kind,
+            format!("{kind} {name} exists and is not controlled by this WsgiApp"),
+        ),
+    };
+    ctx.metrics.count_error(error_reason);
+    let status = compute_status(
+        app,
+        Outcome::Rejected {
+            kind,
+            message: &message,
+        },
+        now(),
+    );
+    publish_status(ctx, app, status).await?;
+    Ok((Action::requeue(ctx.resync), "rejected"))
 }
 
 /// Why the children could not be applied.

@@ -312,6 +312,15 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
     let down_pods = pods_for(down_demand * (1.0 + policy.tolerance), per_pod);
     let mut why = String::new();
     let mut raw = current;
+    let stable_text = |pods: u32| {
+        format!(
+            "demand {:.1} in flight over {}, capacity {:.1}/pod -> {} pods",
+            stable.demand_up,
+            secs(policy.stable_window),
+            per_pod,
+            pods
+        )
+    };
     // The tolerance is on the pod count (the CRD's tolerancePercent): a change of at most
     // that share of the current pods is ignored (always allowed: a change of one pod).
     let beyond = |n: u32| {
@@ -332,14 +341,7 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
                 raw
             );
         } else {
-            let _ = write!(
-                why,
-                "demand {:.1} in flight over {}, capacity {:.1}/pod -> {} pods",
-                stable.demand_up,
-                secs(policy.stable_window),
-                per_pod,
-                raw
-            );
+            why = stable_text(raw);
         }
     } else if down_pods < current {
         let base = format!(
@@ -377,14 +379,7 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
             why = base;
         }
     } else {
-        let _ = write!(
-            why,
-            "demand {:.1} in flight over {}, capacity {:.1}/pod -> {} pods",
-            stable.demand_up,
-            secs(policy.stable_window),
-            per_pod,
-            fig.stable_pods.max(down_pods.min(current))
-        );
+        why = stable_text(fig.stable_pods.max(down_pods.min(current)));
         if fig.stable_pods > current && !over {
             let _ = write!(
                 why,
