@@ -1,6 +1,12 @@
-//! Test fixtures: WsgiApp builders (`mk_app("shop").with_workers(2, Some(8))`).
+//! Test fixtures: WsgiApp builders (`mk_app("shop").with_workers(2, Some(8))`) and the
+//! helpers of the scripted mock API server (tower-test) the reconcile and autoscale tests use.
 
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::client::Body;
+use serde_json::Value;
 
 use crate::crd::{ReplicasSpec, WorkersSpec, WsgiApp, WsgiAppSpec, WsgiAppStatus};
 
@@ -67,4 +73,27 @@ impl WsgiApp {
         f(&mut self);
         self
     }
+}
+
+/// The test's end of the mock API server.
+pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// Where the mock API server sends the answer to one request.
+pub type Responder = tower_test::mock::SendResponse<Response<Body>>;
+
+/// A JSON answer of the mock API server.
+pub fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).expect("json")))
+        .expect("response")
+}
+
+/// The next request the code under test makes; fails the test after 5 s without one.
+pub async fn next_request(handle: &mut Handle) -> (Request<Body>, Responder) {
+    tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .expect("the code under test made the next request in time")
+        .expect("the client is still alive")
 }

@@ -12,10 +12,8 @@ use serde_json::{json, Value};
 use super::*;
 use crate::crd::{WorkersSpec, WsgiAppStatus};
 use crate::drift::DESIRED_HASH_ANNOTATION;
-use crate::fixtures::{mk_app, UID};
+use crate::fixtures::{json_response, mk_app, next_request, Handle, Responder, UID};
 use crate::status::{condition, reasons, DEGRADED, READY};
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 const CM: &str = "/api/v1/namespaces/default/configmaps/shop-config";
 const DEP: &str = "/apis/apps/v1/namespaces/default/deployments/shop";
@@ -27,14 +25,6 @@ const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 /// The scripted API server.
 struct ApiServer {
     handle: Handle,
-}
-
-fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).expect("json")))
-        .expect("response")
 }
 
 fn api_status(code: u16, reason: &str, message: &str) -> Value {
@@ -62,30 +52,8 @@ fn stored(mut obj: Value, resource_version: u64) -> Value {
 }
 
 impl ApiServer {
-    async fn next(
-        &mut self,
-    ) -> (
-        Request<Body>,
-        tower_test::mock::SendResponse<Response<Body>>,
-    ) {
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            self.handle.next_request(),
-        )
-        .await
-        .expect("the reconciler made the next request in time")
-        .expect("the client is still alive")
-    }
-
-    async fn expect(
-        &mut self,
-        method: Method,
-        path: &str,
-    ) -> (
-        Request<Body>,
-        tower_test::mock::SendResponse<Response<Body>>,
-    ) {
-        let (req, send) = self.next().await;
+    async fn expect(&mut self, method: Method, path: &str) -> (Request<Body>, Responder) {
+        let (req, send) = next_request(&mut self.handle).await;
         assert_eq!(
             (req.method().clone(), req.uri().path().to_string()),
             (method, path.to_string()),
@@ -374,27 +342,50 @@ fn as_served(mut obj: Value, ready_replicas: i64) -> Value {
     obj
 }
 
+/// The children of an app as the API server holds them once its pods are ready.
+#[derive(Clone)]
+struct Served {
+    cm: Value,
+    dep: Value,
+    svc: Value,
+    pdb: Value,
+}
+
+/// A fresh app's first reconcile; returns its children as served with 2 ready pods, and the
+/// status that reconcile wrote.
+async fn served_children(app: WsgiApp) -> (Served, WsgiAppStatus) {
+    let (cm, dep, svc, pdb, status) = first_reconcile(app).await;
+    let served = Served {
+        cm: as_served(cm, 2),
+        dep: as_served(dep, 2),
+        svc: as_served(svc, 2),
+        pdb: as_served(pdb, 2),
+    };
+    (served, status)
+}
+
+impl ApiServer {
+    /// Answers the reconciler's reads of the four children.
+    async fn get_children(&mut self, c: &Served) {
+        self.get(CM, &c.cm).await;
+        self.get(DEP, &c.dep).await;
+        self.get(SVC, &c.svc).await;
+        self.get(PDB, &c.pdb).await;
+    }
+}
+
 #[tokio::test]
 async fn steady_state_writes_nothing() {
     let app = scaled_app();
-    let (cm, dep, svc, pdb, status) = first_reconcile(app.clone()).await;
-    let (cm, dep, svc, pdb) = (
-        as_served(cm, 2),
-        as_served(dep, 2),
-        as_served(svc, 2),
-        as_served(pdb, 2),
-    );
+    let (served, status) = served_children(app.clone()).await;
 
     // The pods became ready: the status says so once, with an event.
     let app = app.with_status(status);
-    let (c2, d2, s2, p2) = (cm.clone(), dep.clone(), svc.clone(), pdb.clone());
+    let served2 = served.clone();
     let captured = Arc::new(Mutex::new(None));
     let out = captured.clone();
     let (result, _) = run(app.clone(), |mut s| async move {
-        s.get(CM, &c2).await;
-        s.get(DEP, &d2).await;
-        s.get(SVC, &s2).await;
-        s.get(PDB, &p2).await;
+        s.get_children(&served2).await;
         let status = s.status().await;
         s.event("Normal", reasons::AVAILABLE).await;
         *out.lock().expect("lock") = Some(status);
@@ -413,10 +404,7 @@ async fn steady_state_writes_nothing() {
     // And then, nothing changes: reads only, no apply, no status patch, no event.
     let app = app.with_status(status);
     let (result, _) = run(app, |mut s| async move {
-        s.get(CM, &cm).await;
-        s.get(DEP, &dep).await;
-        s.get(SVC, &svc).await;
-        s.get(PDB, &pdb).await;
+        s.get_children(&served).await;
         s
     })
     .await;
@@ -426,13 +414,7 @@ async fn steady_state_writes_nothing() {
 #[tokio::test]
 async fn a_worker_limit_change_updates_only_the_config_map() {
     let app = scaled_app();
-    let (cm, dep, svc, pdb, status) = first_reconcile(app.clone()).await;
-    let (cm, dep, svc, pdb) = (
-        as_served(cm, 2),
-        as_served(dep, 2),
-        as_served(svc, 2),
-        as_served(pdb, 2),
-    );
+    let (served, status) = served_children(app.clone()).await;
     let app = app.with_generation(2).with_status(status).map(|a| {
         a.spec.workers = Some(WorkersSpec {
             min: Some(2),
@@ -443,10 +425,7 @@ async fn a_worker_limit_change_updates_only_the_config_map() {
     let captured = Arc::new(Mutex::new(None));
     let out = captured.clone();
     let (result, _) = run(app, |mut s| async move {
-        s.get(CM, &cm).await;
-        s.get(DEP, &dep).await;
-        s.get(SVC, &svc).await;
-        s.get(PDB, &pdb).await;
+        s.get_children(&served).await;
         let applied = s.apply(CM).await;
         let event = s.event("Normal", "Updated").await;
         assert!(event["note"].as_str().expect("note").contains("reload"));
@@ -468,20 +447,11 @@ async fn a_worker_limit_change_updates_only_the_config_map() {
 #[tokio::test]
 async fn an_edited_deployment_is_taken_back() {
     let app = scaled_app();
-    let (cm, dep, svc, pdb, status) = first_reconcile(app.clone()).await;
-    let (cm, mut dep, svc, pdb) = (
-        as_served(cm, 2),
-        as_served(dep, 2),
-        as_served(svc, 2),
-        as_served(pdb, 2),
-    );
-    dep["spec"]["replicas"] = json!(5); // kubectl scale deployment shop --replicas=5
+    let (mut served, status) = served_children(app.clone()).await;
+    served.dep["spec"]["replicas"] = json!(5); // kubectl scale deployment shop --replicas=5
     let app = app.with_status(status);
     let (result, _) = run(app, |mut s| async move {
-        s.get(CM, &cm).await;
-        s.get(DEP, &dep).await;
-        s.get(SVC, &svc).await;
-        s.get(PDB, &pdb).await;
+        s.get_children(&served).await;
         let applied = s.apply(DEP).await;
         assert_eq!(applied["spec"]["replicas"], 2);
         s.event("Normal", "Updated").await;
@@ -496,22 +466,13 @@ async fn an_edited_deployment_is_taken_back() {
 #[tokio::test]
 async fn the_pdb_goes_when_min_drops_to_one() {
     let app = scaled_app();
-    let (cm, dep, svc, pdb, status) = first_reconcile(app.clone()).await;
-    let (cm, dep, svc, pdb) = (
-        as_served(cm, 2),
-        as_served(dep, 2),
-        as_served(svc, 2),
-        as_served(pdb, 2),
-    );
+    let (served, status) = served_children(app.clone()).await;
     let app = app
         .with_generation(2)
         .with_status(status)
         .with_replicas(1, Some(6));
     let (result, _) = run(app, |mut s| async move {
-        s.get(CM, &cm).await;
-        s.get(DEP, &dep).await;
-        s.get(SVC, &svc).await;
-        s.get(PDB, &pdb).await;
+        s.get_children(&served).await;
         // With no replicas.desired the pod count is replicas.min: the Deployment goes to 1.
         let applied = s.apply(DEP).await;
         assert_eq!(applied["spec"]["replicas"], 1);

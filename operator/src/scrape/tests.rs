@@ -14,7 +14,7 @@ use wsgiscale_core::load::{QueueStats, WorkerCounts, LOAD_REPORT_VERSION};
 
 use super::*;
 use crate::crd::{AutoscalingSpec, WsgiAppStatus};
-use crate::fixtures::mk_app;
+use crate::fixtures::{json_response, mk_app, next_request};
 
 fn report(in_flight: u32, queue: u32, saturated: bool) -> LoadReport {
     let mut r = LoadReport {
@@ -240,28 +240,6 @@ fn status_is_written_on_change_or_every_refresh() {
     ));
 }
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).expect("json")))
-        .expect("response")
-}
-
-async fn next(
-    handle: &mut Handle,
-) -> (
-    Request<Body>,
-    tower_test::mock::SendResponse<Response<Body>>,
-) {
-    tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .expect("the autoscaler made the next request in time")
-        .expect("the client is alive")
-}
-
 async fn body_of(req: Request<Body>) -> Value {
     serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json")
 }
@@ -308,7 +286,7 @@ async fn a_tick_lists_scrapes_decides_and_publishes() {
     let now = Instant::now();
 
     let script = async {
-        let (req, send) = next(&mut handle).await;
+        let (req, send) = next_request(&mut handle).await;
         assert_eq!(req.method(), Method::GET);
         assert_eq!(req.uri().path(), "/api/v1/namespaces/default/pods");
         assert!(
@@ -329,7 +307,7 @@ async fn a_tick_lists_scrapes_decides_and_publishes() {
         });
         send.send_response(json_response(StatusCode::OK, &pods));
 
-        let (req, send) = next(&mut handle).await;
+        let (req, send) = next_request(&mut handle).await;
         assert_eq!(req.method(), Method::POST);
         assert_eq!(
             req.uri().path(),
@@ -345,7 +323,7 @@ async fn a_tick_lists_scrapes_decides_and_publishes() {
         );
         send.send_response(json_response(StatusCode::OK, &event));
 
-        let (req, send) = next(&mut handle).await;
+        let (req, send) = next_request(&mut handle).await;
         assert_eq!(req.method(), Method::PATCH);
         assert_eq!(
             req.uri().path(),
@@ -397,7 +375,7 @@ async fn a_tick_lists_scrapes_decides_and_publishes() {
         ..WsgiAppStatus::default()
     });
     let script = async {
-        let (req, send) = next(&mut handle).await;
+        let (req, send) = next_request(&mut handle).await;
         assert_eq!(req.uri().path(), "/api/v1/namespaces/default/pods");
         let pods = json!({
             "apiVersion": "v1", "kind": "PodList", "metadata": {},
