@@ -19,9 +19,9 @@ if str(BENCH) not in sys.path:
 
 import run as R  # noqa: E402  (run.py defines everything at import; main() only runs as a script)
 from run import (APPS, BENCH as _B, CLK_TCK, HOST, LIVE, REPO, VBIN, VENV,  # noqa: E402,F401
-                 WSGISCALE_BIN, _cleanup_all, base_env, cpu_busy_s, fmt, free_port,
-                 http_request, log_tail, md_table, placeholder_cmd, proc_table, read_stat,
-                 spawn, stop, tree, tree_cpu_s, versions, machine)
+                 WSGISCALE_BIN, _cleanup_all, base_env, cpu_busy_s, failure_line, fmt,
+                 free_port, http_request, log_tail, md_table, placeholder_cmd, proc_table,
+                 read_stat, rel, spawn, stop, tree, tree_cpu_s, versions, machine)
 
 NOISE_CORES = 0.1  # same threshold as run.py: CPU used by neither the server nor the client
 
@@ -37,32 +37,12 @@ def _proc_cpu_table():
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                s = f.read()
-        except OSError:
+        st = R.stat_fields(int(name))
+        if st is None:
             continue
-        l, r = s.find(b"("), s.rfind(b")")
-        comm = s[l + 1:r].decode(errors="replace")
-        rest = s[r + 2:].split()
+        comm, rest = st
         out[int(name)] = (comm, int(rest[11]) + int(rest[12]), int(rest[19]))
     return out
-
-
-def tree_cpu_reaped_s(pids):
-    """CPU seconds of pids including their reaped children (utime + stime + cutime +
-    cstime): a worker retired during a run moves its CPU into its parent's cutime, so the
-    difference of this sum over a run counts it."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                s = f.read()
-        except OSError:
-            continue
-        rest = s[s.rfind(b")") + 2:].split()
-        total += int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
-    return total / CLK_TCK
 
 
 class MachineAccount:
@@ -86,7 +66,7 @@ class MachineAccount:
         self.load0 = loadavg()
         self.busy0 = cpu_busy_s()
         self.srv_pids0 = tree(root) if root else {}
-        self.srv0 = tree_cpu_reaped_s(self.srv_pids0)
+        self.srv0 = tree_cpu_s(self.srv_pids0, reaped=True)
         ru_c = resource.getrusage(resource.RUSAGE_CHILDREN)
         ru_s = resource.getrusage(resource.RUSAGE_SELF)
         self.kids0 = ru_c.ru_utime + ru_c.ru_stime
@@ -97,7 +77,7 @@ class MachineAccount:
         wall = time.monotonic() - self.t0
         busy = cpu_busy_s() - self.busy0
         srv_pids = tree(self.root) if self.root else {}
-        srv_d = tree_cpu_reaped_s(srv_pids) - self.srv0
+        srv_d = tree_cpu_s(srv_pids, reaped=True) - self.srv0
         ru_c = resource.getrusage(resource.RUSAGE_CHILDREN)
         ru_s = resource.getrusage(resource.RUSAGE_SELF)
         client = (ru_c.ru_utime + ru_c.ru_stime - self.kids0
@@ -181,9 +161,3 @@ def wait_http(port, path="/", timeout=60.0, proc=None, expect=None):
             last = repr(e)
         time.sleep(0.05)
     return False, f"not ready after {timeout:.0f}s ({last})"
-
-
-def rel(path):
-    """A path relative to the repository when inside it."""
-    s = str(path)
-    return s.replace(str(REPO) + "/", "")

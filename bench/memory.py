@@ -434,7 +434,7 @@ def main():
                                   f"{', '.join(f_mib(w['uss']) for w in r['worker_mem'])}",
                                   file=sys.stderr, flush=True)
                         else:
-                            print(f"{r['status']}: {(r.get('detail') or '').splitlines()[:1]}",
+                            print(C.failure_line(r),
                                   file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("[memory] interrupted: writing what was measured", file=sys.stderr)

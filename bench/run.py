@@ -71,14 +71,24 @@ def _on_signal(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def read_stat(pid):
-    """(ppid, starttime) from /proc/PID/stat, or None."""
+def stat_fields(pid):
+    """(comm, fields after the command name) from /proc/PID/stat, or None when it is gone.
+    fields[1] is ppid, [11]/[12] utime/stime, [13]/[14] cutime/cstime, [19] starttime."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             s = f.read()
     except OSError:
         return None
-    rest = s[s.rfind(b")") + 2:].split()
+    l, r = s.find(b"("), s.rfind(b")")
+    return s[l + 1:r].decode(errors="replace"), s[r + 2:].split()
+
+
+def read_stat(pid):
+    """(ppid, starttime) from /proc/PID/stat, or None."""
+    st = stat_fields(pid)
+    if st is None:
+        return None
+    rest = st[1]
     return int(rest[1]), int(rest[19])
 
 
@@ -144,16 +154,16 @@ def cpu_busy_s():
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
-def tree_cpu_s(pids):
+def tree_cpu_s(pids, reaped=False):
+    """CPU seconds (utime + stime) of pids; with reaped, also of their reaped children
+    (cutime + cstime): a worker retired during a run moves its CPU into its parent's cutime,
+    so the difference of that sum over a run still counts it."""
+    fields = (11, 12, 13, 14) if reaped else (11, 12)
     total = 0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                s = f.read()
-        except OSError:
-            continue
-        rest = s[s.rfind(b")") + 2:].split()
-        total += int(rest[11]) + int(rest[12])
+        st = stat_fields(pid)
+        if st is not None:
+            total += sum(int(st[1][i]) for i in fields)
     return total / CLK_TCK
 
 
@@ -378,6 +388,27 @@ class Server:
         return None  # optional admin readiness URL path
 
 
+def rel(path):
+    """A path relative to the repository when inside it, else as it is."""
+    s = str(path)
+    return s.replace(str(REPO) + "/", "")
+
+
+def failure_line(r):
+    """A failed run's status and the first line of its detail, for the progress output."""
+    return f"{r['status']}: {(r.get('detail') or '').splitlines()[:1]}"
+
+
+def _venv_imports(module, hint):
+    """(True, "") when the venv's Python imports module, else (False, why)."""
+    try:
+        r = subprocess.run([str(VBIN / "python"), "-c", f"import {module}"],
+                           capture_output=True, timeout=30)
+    except Exception as e:
+        return False, f"{module}: {e}"
+    return r.returncode == 0, f"{module} does not import: {hint}"
+
+
 def _venv_tool(name):
     p = VBIN / name
     if p.exists():
@@ -508,13 +539,7 @@ class Bjoern(Server):
             "(app preloaded in the parent; respawns dead workers)")
 
     def available(self):
-        try:
-            r = subprocess.run([str(VBIN / "python"), "-c", "import bjoern"],
-                               capture_output=True, timeout=30)
-        except Exception as e:
-            return False, f"bjoern: {e}"
-        return (r.returncode == 0,
-                "bjoern does not import: run bench/setup.sh (needs libev-dev)")
+        return _venv_imports("bjoern", "run bench/setup.sh (needs libev-dev)")
 
     def argv(self, app, port, aport, workers=2, threads=None, preload=None, respawn=False):
         a = [str(VBIN / "python"), str(BENCH / "launchers" / "bjoern_launch.py"),
@@ -532,12 +557,7 @@ class Cheroot(Server):
             "request_queue_size (listen backlog) raised from 5 to 1024")
 
     def available(self):
-        try:
-            r = subprocess.run([str(VBIN / "python"), "-c", "import cheroot"],
-                               capture_output=True, timeout=30)
-        except Exception as e:
-            return False, f"cheroot: {e}"
-        return r.returncode == 0, "cheroot does not import: run bench/setup.sh"
+        return _venv_imports("cheroot", "run bench/setup.sh")
 
     def argv(self, app, port, aport, workers=2, threads=None, preload=None, respawn=False):
         a = [str(VBIN / "python"), str(BENCH / "launchers" / "cheroot_launch.py"),
@@ -766,7 +786,7 @@ def measure(scn, entry, rnd, args, logdir):
     argv = srv.argv(scn.app, port, aport, **entry.opts)
     log_path = logdir / f"{scn.name}-{entry.slug}-r{rnd}.log"
     res = {"scenario": scn.name, "server": entry.label, "key": entry.key, "round": rnd,
-           "cmd": placeholder_cmd(argv, port, aport), "log": str(log_path.relative_to(BENCH)),
+           "cmd": placeholder_cmd(argv, port, aport), "log": rel(log_path),
            "status": "ok"}
     t_start = time.monotonic()
     p = spawn(argv, srv.env(), log_path)
@@ -1084,7 +1104,7 @@ def newworker_run(entry, app_name, app_spec, rnd, args, logdir):
     log_path = logdir / f"newworker-{app_name}-{entry.slug}-r{rnd}.log"
     res = {"scenario": "newworker", "app": app_name, "server": entry.label, "key": entry.key,
            "round": rnd, "cmd": placeholder_cmd(argv, port, aport),
-           "log": str(log_path.relative_to(BENCH)), "kills": [], "status": "ok"}
+           "log": rel(log_path), "kills": [], "status": "ok"}
     p = spawn(argv, srv.env(), log_path)
     try:
         ok, why = wait_ready(p, entry, port, aport, "/pid")
@@ -1620,7 +1640,7 @@ def main():
                               f"errors {r['errors']}, read {r['read']}, RSS {r['rss_mib']} MiB",
                               file=sys.stderr, flush=True)
                     else:
-                        print(f"{r['status']}: {(r.get('detail') or '').splitlines()[:1]}",
+                        print(failure_line(r),
                               file=sys.stderr, flush=True)
         if "newworker" in only:
             entries = [e for e in newworker_entries() if e.key in usable]

@@ -751,7 +751,7 @@ def main():
                           f"other CPU {r['machine']['other_cores']:.2f}",
                           file=sys.stderr, flush=True)
                 else:
-                    print(f"{r['status']}: {(r.get('detail') or '').splitlines()[:1]}",
+                    print(C.failure_line(r),
                           file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("[step] interrupted: writing what was measured", file=sys.stderr)

@@ -10,19 +10,12 @@ With preload (the default) the app is imported in the parent before forking; wit
 --no-preload each worker imports it after the fork.
 """
 import argparse
-import importlib
 import os
 import signal
 import sys
 import time
 
-
-def load(spec):
-    mod, _, attr = spec.partition(":")
-    obj = importlib.import_module(mod)
-    for part in (attr or "application").split("."):
-        obj = getattr(obj, part)
-    return obj
+from _launch import enter, load
 
 
 def main():
@@ -34,9 +27,7 @@ def main():
     ap.add_argument("--backlog", type=int, default=1024)
     ap.add_argument("app")
     a = ap.parse_args()
-    if a.chdir:
-        os.chdir(a.chdir)
-        sys.path.insert(0, a.chdir)
+    enter(a.chdir)
     import bjoern
 
     host, _, port = a.bind.rpartition(":")

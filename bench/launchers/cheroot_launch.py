@@ -7,18 +7,11 @@ which drops connections under c64; it is raised to 1024 like the other servers' 
     python cheroot_launch.py --bind 127.0.0.1:8000 [--threads N] --chdir DIR MOD:APP
 """
 import argparse
-import importlib
 import os
 import signal
 import sys
 
-
-def load(spec):
-    mod, _, attr = spec.partition(":")
-    obj = importlib.import_module(mod)
-    for part in (attr or "application").split("."):
-        obj = getattr(obj, part)
-    return obj
+from _launch import enter, load
 
 
 def main():
@@ -29,9 +22,7 @@ def main():
     ap.add_argument("--chdir")
     ap.add_argument("app")
     a = ap.parse_args()
-    if a.chdir:
-        os.chdir(a.chdir)
-        sys.path.insert(0, a.chdir)
+    enter(a.chdir)
     from cheroot import wsgi
 
     app = load(a.app)
