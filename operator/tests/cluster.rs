@@ -1,28 +1,31 @@
-//! Against a real API server (kind, or any cluster in KUBECONFIG); `#[ignore]`d because none
-//! runs here. Run with:
+//! Against a real API server: the envtest control plane of `wsgiscale-envtest` (started from
+//! `KUBEBUILDER_ASSETS` or `../shared/envtest`), or with `USE_EXISTING_CLUSTER=true` the
+//! cluster of `KUBECONFIG` (kind, or a real one). Without either they skip with one line.
 //!
 //! ```text
-//! KUBECONFIG=~/.kube/config cargo test -p wsgiscale-operator --test cluster -- --ignored --test-threads=1
+//! cargo test -p wsgiscale-operator --test cluster
+//! USE_EXISTING_CLUSTER=true KUBECONFIG=~/.kube/config cargo test -p wsgiscale-operator --test cluster
 //! ```
 //!
 //! Each test installs the CRD (server-side apply), runs the controllers in-process, works in a
-//! namespace of its own and deletes it at the end. The pods need not become ready (the example
-//! image may not be pullable from the cluster): the tests look at the objects and the status.
+//! namespace of its own, deleted when the test ends (also when it fails). The pods need not
+//! become ready (there is no kubelet): the tests look at the objects and the status.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use wsgiscale_operator::crd::{crd, WsgiApp};
 use wsgiscale_operator::metrics::Metrics;
 use wsgiscale_operator::reconcile::Context;
 use wsgiscale_operator::run::run_controllers;
+use wsgiscale_envtest::TestNamespace;
 
 const MANAGER: &str = "wsgiscale-cluster-test";
 
@@ -90,26 +93,16 @@ struct Env {
     ns: String,
     stop: CancellationToken,
     controllers: tokio::task::JoinHandle<()>,
+    _namespace: TestNamespace,
 }
 
-async fn setup(tag: &str) -> Env {
-    let client = Client::try_default()
-        .await
-        .expect("KUBECONFIG or in-cluster config");
+/// The CRD, a namespace and the controllers; `None` when there is no cluster to test against.
+async fn setup(tag: &str) -> Option<Env> {
+    let cluster = wsgiscale_envtest::shared()?;
+    let client = cluster.client().await;
     install_crd(&client).await;
-    let ns = format!("wsgiscale-test-{tag}-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace = Namespace {
-        metadata: kube::api::ObjectMeta {
-            name: Some(ns.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    namespaces
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("create the test namespace");
+    let namespace = TestNamespace::create(cluster, tag).await;
+    let ns = namespace.name.clone();
     let ctx = Arc::new(Context::new(
         client.clone(),
         Some("cluster-test".into()),
@@ -121,19 +114,19 @@ async fn setup(tag: &str) -> Env {
         let (ns, stop) = (ns.clone(), stop.clone());
         tokio::spawn(async move { run_controllers(&ctx, &[ns], 2, stop).await })
     };
-    Env {
+    Some(Env {
         client,
         ns,
         stop,
         controllers,
-    }
+        _namespace: namespace,
+    })
 }
 
+/// Stops the controllers; the namespace goes when `env` drops.
 async fn teardown(env: Env) {
     env.stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), env.controllers).await;
-    let namespaces: Api<Namespace> = Api::all(env.client.clone());
-    let _ = namespaces.delete(&env.ns, &DeleteParams::default()).await;
 }
 
 fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
@@ -144,9 +137,10 @@ fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster in KUBECONFIG"]
 async fn example_runs_reloads_limits_live_and_is_collected() {
-    let env = setup("lifecycle").await;
+    let Some(env) = setup("lifecycle").await else {
+        return;
+    };
     let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
     let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
     let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
@@ -244,9 +238,10 @@ async fn example_runs_reloads_limits_live_and_is_collected() {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster in KUBECONFIG"]
 async fn the_api_server_refuses_what_the_cel_rules_refuse() {
-    let env = setup("cel").await;
+    let Some(env) = setup("cel").await else {
+        return;
+    };
     let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
     let mut app = example_app(&env.ns);
     let workers = app.spec.workers.as_mut().expect("workers");
@@ -265,9 +260,10 @@ async fn the_api_server_refuses_what_the_cel_rules_refuse() {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster in KUBECONFIG"]
 async fn steady_state_leaves_resource_versions_alone() {
-    let env = setup("steady").await;
+    let Some(env) = setup("steady").await else {
+        return;
+    };
     let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
     let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
