@@ -1,9 +1,11 @@
 //! The operator's small HTTP server: `/healthz` (liveness), `/readyz` (readiness) and
 //! `/metrics` (Prometheus).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -18,22 +20,88 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 
-/// What the probes report.
+/// What the probes report: the operator is ready once it has started (connected, CRD found)
+/// and while every source it depends on can reach the API server: each watch of each
+/// controller, and the leader lease's renewals. A source that fails (a watch cut by an API
+/// server outage) makes it unready until that source succeeds again (the watch is back).
 #[derive(Debug, Default)]
 pub struct Health {
-    ready: AtomicBool,
+    started: AtomicBool,
+    sources: Mutex<BTreeMap<String, Option<(String, Instant)>>>,
+}
+
+/// Whether the operator is ready, and why not: the failing sources, `name: error` each.
+/// Pure, for the table test.
+pub fn compute_readiness<'a, E: std::fmt::Display + 'a>(
+    started: bool,
+    sources: impl IntoIterator<Item = (&'a String, Option<&'a E>)>,
+) -> Result<(), Vec<String>> {
+    let failing: Vec<String> = sources
+        .into_iter()
+        .filter_map(|(name, err)| err.map(|e| format!("{name}: {e}")))
+        .collect();
+    match (started, failing.is_empty()) {
+        (true, true) => Ok(()),
+        (false, _) => Err(vec!["starting".into()]),
+        (true, false) => Err(failing),
+    }
 }
 
 impl Health {
-    /// Marks the operator ready (connected to the API server, CRD found) or not (shutting
+    /// Marks the operator started (connected to the API server, CRD found) or not (shutting
     /// down).
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+        self.started.store(ready, Ordering::SeqCst);
+    }
+
+    /// Records how `source` (a watch, the lease, the API probe) last fared: `None` for a
+    /// success, or the error. A new source counts from its first report.
+    pub fn report(&self, source: &str, error: Option<String>) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = error.map(|e| (e, Instant::now()));
+        match sources.get_mut(source) {
+            Some(slot) => *slot = entry,
+            None => {
+                sources.insert(source.to_string(), entry);
+            }
+        }
+    }
+
+    /// After a successful call to the API server: clears every error older than `quiet`. A
+    /// watch retries within its backoff's cap (30 s), so one whose last error is older than
+    /// that while the API server answers has resumed, even if no object changed since.
+    pub fn settle(&self, quiet: std::time::Duration, now: Instant) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in sources.values_mut() {
+            if slot
+                .as_ref()
+                .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= quiet)
+            {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Forgets `source` (its controller stopped).
+    pub fn forget(&self, source: &str) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.remove(source);
+    }
+
+    /// Whether the operator is ready, and if not the reasons.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        compute_readiness(
+            self.started.load(Ordering::SeqCst),
+            sources
+                .iter()
+                .map(|(name, err)| (name, err.as_ref().map(|(e, _)| e))),
+        )
     }
 
     /// Whether the operator is ready.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.readiness().is_ok()
     }
 }
 
@@ -66,8 +134,14 @@ pub fn route(
     }
     match path {
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
-        "/readyz" if health.is_ready() => text(StatusCode::OK, PLAIN, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n"),
+        "/readyz" => match health.readiness() {
+            Ok(()) => text(StatusCode::OK, PLAIN, "ready\n"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                PLAIN,
+                format!("not ready: {}\n", why.join("; ")),
+            ),
+        },
         "/metrics" => text(StatusCode::OK, OPENMETRICS, metrics.encode()),
         _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n"),
     }
@@ -141,12 +215,50 @@ mod tests {
         assert_eq!(get("/readyz"), StatusCode::SERVICE_UNAVAILABLE);
         health.set_ready(true);
         assert_eq!(get("/readyz"), StatusCode::OK);
+        // A watch cut off from the API server makes it unready until the watch is back.
+        health.report("watch WsgiApp", Some("connection refused".into()));
+        assert_eq!(get("/readyz"), StatusCode::SERVICE_UNAVAILABLE);
+        health.report("watch WsgiApp", None);
+        assert_eq!(get("/readyz"), StatusCode::OK);
+        // A watch that resumed silently: cleared once the API answers and it stayed quiet.
+        health.report("watch WsgiApp", Some("connection refused".into()));
+        let later = Instant::now() + std::time::Duration::from_secs(31);
+        health.settle(std::time::Duration::from_secs(60), later);
+        assert_eq!(get("/readyz"), StatusCode::SERVICE_UNAVAILABLE);
+        health.settle(std::time::Duration::from_secs(30), later);
+        assert_eq!(get("/readyz"), StatusCode::OK);
         assert_eq!(get("/metrics"), StatusCode::OK);
         assert_eq!(get("/nope"), StatusCode::NOT_FOUND);
         assert_eq!(
             route(&Method::POST, "/healthz", &health, &metrics).status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
+    }
+
+    #[test]
+    fn readiness_needs_a_start_and_every_source_healthy() {
+        let s = |v: &[(&str, Option<&'static str>)]| -> BTreeMap<String, Option<&'static str>> {
+            v.iter().map(|(k, e)| (k.to_string(), *e)).collect()
+        };
+        let cases = [
+            (false, s(&[]), Err(vec!["starting".to_string()])),
+            (true, s(&[]), Ok(())),
+            (true, s(&[("lease", None), ("watch a", None)]), Ok(())),
+            (
+                true,
+                s(&[("lease", None), ("watch a", Some("refused"))]),
+                Err(vec!["watch a: refused".to_string()]),
+            ),
+            (
+                false,
+                s(&[("watch a", Some("refused"))]),
+                Err(vec!["starting".to_string()]),
+            ),
+        ];
+        for (started, sources, want) in cases {
+            let got = compute_readiness(started, sources.iter().map(|(k, e)| (k, e.as_ref())));
+            assert_eq!(got, want, "{sources:?}");
+        }
     }
 
     #[tokio::test]

@@ -32,6 +32,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::crd::WsgiApp;
 use crate::drift::{is_applied, stamp_hash};
+use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::render::{config_map_name, render_children};
 use crate::status::{
@@ -129,6 +130,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// How often a healthy app is reconciled without a change (drift repair).
     pub resync: Duration,
+    /// What `/readyz` reports; the controllers' watches report to it.
+    pub health: Arc<Health>,
     /// Consecutive failures per object, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -150,8 +153,15 @@ impl Context {
             client,
             metrics,
             resync,
+            health: Arc::new(Health::default()),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same context reporting to `health` (the HTTP server's).
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = health;
+        self
     }
 
     fn failure_count(&self, key: &str, failed: bool) -> u32 {

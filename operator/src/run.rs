@@ -10,8 +10,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
 use kube::Client;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -126,16 +129,20 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
     }
     health.set_ready(true);
+    let prober = tokio::spawn(probe_api(probe, health.clone(), shutdown.clone()));
 
     let identity = identity
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("wsgiscale-operator-{}", std::process::id()));
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Some(identity.clone()),
-        metrics.clone(),
-        Duration::from_secs(resync_seconds),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Some(identity.clone()),
+            metrics.clone(),
+            Duration::from_secs(resync_seconds),
+        )
+        .with_health(health.clone()),
+    );
 
     let (leading_tx, mut leading) = watch::channel(!leader_election);
     let elector = if leader_election {
@@ -190,9 +197,68 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             error!(error = %e, "leader election task failed");
         }
     }
+    let _ = prober.await;
     let _ = http_task.await;
     info!("stopped");
     Ok(())
+}
+
+/// How long a watch must stay quiet, while the API server answers, to count as resumed: past
+/// the cap of its backoff (client-go's default, 30 s), a watch that still failed would have
+/// failed again.
+const WATCH_QUIET: Duration = Duration::from_secs(35);
+
+/// How often the API server is probed for readiness.
+const PROBE_PERIOD: Duration = Duration::from_secs(5);
+
+/// Probes the API server (a one-item list of WsgiApps) every few seconds until `stop`, for
+/// `/readyz`: unready while it does not answer, and once it answers again the watches that
+/// stayed quiet since count as resumed.
+pub async fn probe_api(probe: Api<WsgiApp>, health: Arc<Health>, stop: CancellationToken) {
+    loop {
+        match probe.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => {
+                health.report("api server", None);
+                health.settle(WATCH_QUIET, std::time::Instant::now());
+            }
+            Err(e) => health.report("api server", Some(e.to_string())),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PROBE_PERIOD) => {}
+        }
+    }
+}
+
+/// A watch stream that backs off on its own (client-go's default backoff) and reports how it
+/// fares to `health` as `source`; the controller gets only its objects, so one failing watch
+/// never pauses the others. (With the controller's shared trigger backoff, every error of any
+/// of the five watches lengthened one common pause: after an API server restart each watch's
+/// "resource version too old" cost another 30-40 s, and the controllers stayed blind for
+/// minutes.)
+fn guarded<K, S>(
+    events: S,
+    health: Arc<Health>,
+    source: String,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Send + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+{
+    events.default_backoff().inspect(move |event| match event {
+        Ok(_) => health.report(&source, None),
+        Err(e) => {
+            warn!(watch = %source, error = %e, "watch failed; retrying with backoff");
+            health.report(&source, Some(e.to_string()));
+        }
+    })
+}
+
+/// Only the objects of a watch stream whose errors [`guarded`] has already handled.
+fn objects<T: Send>(
+    stream: impl futures::Stream<Item = Result<T, watcher::Error>> + Send,
+) -> impl futures::Stream<Item = Result<T, watcher::Error>> + Send {
+    stream.filter_map(|r| std::future::ready(r.ok().map(Ok)))
 }
 
 /// One controller per namespace (or one for all), until `stop`; in-flight reconciles finish.
@@ -208,6 +274,7 @@ pub async fn run_controllers(
         namespaces.iter().map(|n| Some(n.as_str())).collect()
     };
     let mut stores = Vec::new();
+    let mut sources = Vec::new();
     let controllers: Vec<_> = scopes
         .into_iter()
         .map(|ns| {
@@ -221,18 +288,48 @@ pub async fn run_controllers(
                     None => Api::all(client.clone()),
                 }
             }
+            let scope = ns.unwrap_or("all namespaces");
+            let mut source = |kind: &str| {
+                let name = format!("watch {kind} in {scope}");
+                // Unready until the watch's first list arrives.
+                ctx.health.report(&name, Some("not listed yet".into()));
+                sources.push(name.clone());
+                name
+            };
             let stop = stop.clone();
             let owned = watcher::Config::default()
                 .labels("app.kubernetes.io/managed-by=wsgiscale-operator");
-            let controller = Controller::new(
-                api::<WsgiApp>(&client, ns),
-                watcher::Config::default().any_semantic(),
+            let (reader, writer) = reflector::store();
+            let apps = reflector(
+                writer,
+                guarded(
+                    watcher(
+                        api::<WsgiApp>(&client, ns),
+                        watcher::Config::default().any_semantic(),
+                    ),
+                    ctx.health.clone(),
+                    source("WsgiApp"),
+                ),
             )
-            .with_config(ControllerConfig::default().concurrency(concurrency))
-            .owns(api::<ConfigMap>(&client, ns), owned.clone())
-            .owns(api::<Deployment>(&client, ns), owned.clone())
-            .owns(api::<Service>(&client, ns), owned.clone())
-            .owns(api::<PodDisruptionBudget>(&client, ns), owned);
+            .applied_objects();
+            macro_rules! owned {
+                ($kind:ty, $name:literal) => {
+                    objects(
+                        guarded(
+                            watcher(api::<PartialObjectMeta<$kind>>(&client, ns), owned.clone()),
+                            ctx.health.clone(),
+                            source($name),
+                        )
+                        .touched_objects(),
+                    )
+                };
+            }
+            let controller = Controller::for_stream(objects(apps), reader)
+                .with_config(ControllerConfig::default().concurrency(concurrency))
+                .owns_stream(owned!(ConfigMap, "ConfigMap"))
+                .owns_stream(owned!(Deployment, "Deployment"))
+                .owns_stream(owned!(Service, "Service"))
+                .owns_stream(owned!(PodDisruptionBudget, "PodDisruptionBudget"));
             // The autoscaler reads the WsgiApps from the controllers' caches.
             stores.push(controller.store());
             controller
@@ -258,4 +355,7 @@ pub async fn run_controllers(
         run_autoscaler(autoscaler, stores, stop),
     )
     .await;
+    for name in sources {
+        ctx.health.forget(&name);
+    }
 }

@@ -11,82 +11,24 @@
 //! namespace of its own, deleted when the test ends (also when it fails). The pods need not
 //! become ready (there is no kubelet): the tests look at the objects and the status.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use wsgiscale_operator::crd::{crd, WsgiApp};
+use wsgiscale_envtest::TestNamespace;
+use wsgiscale_operator::crd::WsgiApp;
 use wsgiscale_operator::metrics::Metrics;
 use wsgiscale_operator::reconcile::Context;
 use wsgiscale_operator::run::run_controllers;
-use wsgiscale_envtest::TestNamespace;
+
+mod support;
+use support::{eventually, example_app, install_crd};
 
 const MANAGER: &str = "wsgiscale-cluster-test";
-
-/// Polls `f` every half second until it returns Some, for at most `secs` seconds.
-async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = crd();
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply the CRD");
-    eventually("the CRD to be established", 60, || {
-        let crds = crds.clone();
-        let name = name.clone();
-        async move {
-            let c = crds.get(&name).await.ok()?;
-            let established = c
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        }
-    })
-    .await;
-}
-
-/// The WsgiApp of examples/wsgiapp.yaml, moved to `ns`.
-fn example_app(ns: &str) -> WsgiApp {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/wsgiapp.yaml");
-    let text = std::fs::read_to_string(path).expect("examples/wsgiapp.yaml");
-    let doc = text
-        .split("\n---")
-        .find(|d| d.contains("kind: WsgiApp"))
-        .expect("the example holds a WsgiApp");
-    let mut app: WsgiApp = serde_yaml::from_str(doc).expect("the example parses");
-    app.metadata.namespace = Some(ns.to_string());
-    app
-}
 
 struct Env {
     client: Client,
@@ -100,7 +42,7 @@ struct Env {
 async fn setup(tag: &str) -> Option<Env> {
     let cluster = wsgiscale_envtest::shared()?;
     let client = cluster.client().await;
-    install_crd(&client).await;
+    install_crd(&client, MANAGER).await;
     let namespace = TestNamespace::create(cluster, tag).await;
     let ns = namespace.name.clone();
     let ctx = Arc::new(Context::new(
@@ -218,6 +160,19 @@ async fn example_runs_reloads_limits_live_and_is_collected() {
         "the Deployment was not touched"
     );
 
+    // Above the ceiling the pods' memory is sized for, workers.max is refused at admission.
+    let mut above = changed.clone();
+    above.spec.workers.as_mut().expect("workers").max = Some(13);
+    let err = apps
+        .patch("shop", &PatchParams::apply(MANAGER), &Patch::Apply(&above))
+        .await
+        .expect_err("workers.max above memorySizing.maxWorkers");
+    assert!(
+        err.to_string()
+            .contains("workers.max must be at most memorySizing.maxWorkers"),
+        "{err}"
+    );
+
     // Deleting the WsgiApp collects its children.
     let dp = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Foreground),
@@ -287,5 +242,66 @@ async fn steady_state_leaves_resource_versions_alone() {
     tokio::time::sleep(Duration::from_secs(20)).await;
     let later = versions().await.expect("children still there");
     assert_eq!(first, later);
+    teardown(env).await;
+}
+
+/// Runs kubectl against the test cluster; `None` (after a skip line) when kubectl is missing.
+fn kubectl(args: &[&str]) -> Option<std::process::Output> {
+    let cluster = wsgiscale_envtest::shared()?;
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    match std::process::Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .args(args)
+        .output()
+    {
+        Ok(out) => Some(out),
+        Err(e) => {
+            wsgiscale_envtest::skip_line(&format!("{kubectl}: {e}"));
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn kubectl_scale_outside_the_bounds_is_refused_with_the_reason() {
+    let Some(env) = setup("scale").await else {
+        return;
+    };
+    let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
+    apps.patch(
+        "shop",
+        &PatchParams::apply(MANAGER),
+        &Patch::Apply(&example_app(&env.ns)),
+    )
+    .await
+    .expect("apply the example");
+    // The example has replicas 2..10.
+    for (count, refused) in [("20", true), ("0", true), ("4", false)] {
+        let Some(out) = kubectl(&["-n", &env.ns, "scale", "wsgiapp/shop", "--replicas", count])
+        else {
+            return;
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            !out.status.success(),
+            refused,
+            "--replicas={count}: {stderr}"
+        );
+        if refused {
+            assert!(
+                stderr.contains("must be within replicas.min..replicas.max"),
+                "--replicas={count}: {stderr}"
+            );
+        }
+    }
+    let desired = apps.get("shop").await.expect("the app").spec.replicas;
+    assert_eq!(desired.and_then(|r| r.desired), Some(4));
+    eventually("the Deployment at 4 replicas", 60, || {
+        let d = deployments.clone();
+        async move { (d.get_opt("shop").await.ok()??.spec.replicas == Some(4)).then_some(()) }
+    })
+    .await;
     teardown(env).await;
 }
