@@ -389,6 +389,38 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
         }
     }
 
+    // The scale-down delay: the highest recommendation of the delay window wins (taken
+    // before the rate limits, so a long way down is one wait, then the rate limit's steps). Never less
+    // than half the stable window (HPA's scale-down stabilization): a mean that dips for a
+    // moment under noise must not take a pod that its next rise adds back (the property
+    // test found a -1, +1 flap at +-20% noise without it).
+    // What is recorded is the count the demand asks for going down (`down_pods`), not the
+    // decision: holds for other reasons (rising load, saturation) do not extend the wait.
+    let delay = policy.scale_down_delay.max(policy.stable_window / 2);
+    st.recommendations.push_back((now, down_pods));
+    while st
+        .recommendations
+        .front()
+        .is_some_and(|(t, _)| t.saturating_add(delay) < now)
+        && st.recommendations.len() > 1
+    {
+        st.recommendations.pop_front();
+    }
+    let delayed = st
+        .recommendations
+        .iter()
+        .map(|(_, r)| *r)
+        .max()
+        .unwrap_or(raw);
+    if delayed > raw && raw < current {
+        let _ = write!(
+            why,
+            "; held at {} by the {} scale-down delay",
+            delayed.min(current),
+            secs(delay)
+        );
+        raw = delayed.min(current);
+    }
     // Rate limits, relative to the ready pods (Knative).
     let base = f64::from(ready.max(1));
     let max_up = (base * policy.max_scale_up_rate)
@@ -412,31 +444,6 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
         );
     }
 
-    // The scale-down delay: the highest recommendation of the delay window wins.
-    st.recommendations.push_back((now, raw));
-    while st
-        .recommendations
-        .front()
-        .is_some_and(|(t, _)| t.saturating_add(policy.scale_down_delay) < now)
-        && st.recommendations.len() > 1
-    {
-        st.recommendations.pop_front();
-    }
-    let delayed = st
-        .recommendations
-        .iter()
-        .map(|(_, r)| *r)
-        .max()
-        .unwrap_or(raw);
-    if delayed > raw && raw < current {
-        let _ = write!(
-            why,
-            "; held at {} by the {} scale-down delay",
-            delayed.min(current),
-            secs(policy.scale_down_delay)
-        );
-        raw = delayed.min(current);
-    }
     if panicking && raw < current {
         raw = current;
     }

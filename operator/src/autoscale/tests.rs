@@ -260,8 +260,9 @@ fn panic_scales_up_from_the_short_window_and_never_down_until_a_stable_window_pa
 
 #[test]
 fn the_scale_down_delay_keeps_the_highest_recent_recommendation() {
+    // Beyond the floor of half the stable window (30 s) that policy() has.
     let p = Policy {
-        scale_down_delay: s(30),
+        scale_down_delay: s(60),
         ..policy()
     };
     let mut state = State::new(4);
@@ -280,8 +281,8 @@ fn the_scale_down_delay_keeps_the_highest_recent_recommendation() {
         state = d.state;
     }
     let down_at = first_down.expect("scaled down eventually");
-    // Without the delay the first lower recommendation comes when the 60 s average allows it;
-    // with it, 30 s later.
+    // With the floor only, the first lower count comes 30 s after the 60 s average allows it;
+    // with a 60 s delay, 30 s later still.
     let mut undelayed = None;
     let mut st = State::new(4);
     let mut samples = flat(100, 60, 4, 10.0);
