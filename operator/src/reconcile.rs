@@ -106,6 +106,25 @@ impl Error {
         }
     }
 
+    /// What failed ("apply Service shop") and why, in the API server's words where it gave
+    /// some, for the status.
+    pub fn describe(&self) -> (String, String) {
+        let (action, source) = match self {
+            Error::Metadata(e) => return ("read the WsgiApp".into(), e.to_string()),
+            Error::GetObject { kind, name, source } => (format!("read {kind} {name}"), source),
+            Error::ApplyObject { kind, name, source } => (format!("apply {kind} {name}"), source),
+            Error::DeleteObject { kind, name, source } => (format!("delete {kind} {name}"), source),
+            Error::PatchStatus { name, source } => {
+                (format!("write the status of WsgiApp {name}"), source)
+            }
+        };
+        let message = match source {
+            kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+            other => other.to_string(),
+        };
+        (action, message)
+    }
+
     /// The kind and the API server's message when it refused an applied object for good
     /// (400 Bad Request, 422 Invalid): retrying the same object cannot succeed.
     fn rejection(&self) -> Option<(&'static str, String)> {
@@ -132,8 +151,8 @@ pub struct Context {
     pub resync: Duration,
     /// What `/readyz` reports; the controllers' watches report to it.
     pub health: Arc<Health>,
-    /// Consecutive failures per object, for the backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    /// The failing objects and their backoff.
+    failures: Mutex<HashMap<String, Failure>>,
 }
 
 impl Context {
@@ -164,18 +183,51 @@ impl Context {
         self
     }
 
-    fn failure_count(&self, key: &str, failed: bool) -> u32 {
-        // A poisoned lock only means another reconcile panicked; the counts are still usable.
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if failed {
-            let n = map.entry(key.to_string()).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        } else {
-            map.remove(key);
-            0
-        }
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failure>> {
+        // A poisoned lock only means another reconcile panicked; the records are still usable.
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// An object whose reconciles keep failing: how often in a row, for which generation of its
+/// spec, and when it may be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// Consecutive failures.
+    pub count: u32,
+    /// The generation that failed.
+    pub generation: Option<i64>,
+    /// Not before then, unless the spec changes.
+    pub retry_at: Instant,
+}
+
+/// After this many failures in a row a failure shows in the status and an Event: the first
+/// retries absorb a blip, a failure that outlasts them needs a human to see it.
+pub const SURFACE_AFTER_FAILURES: u32 = 3;
+
+/// The failure record after one more failure of `generation` at `now`.
+pub fn compute_failure(prev: Option<&Failure>, generation: Option<i64>, now: Instant) -> Failure {
+    let count = prev.map_or(0, |f| f.count).saturating_add(1);
+    Failure {
+        count,
+        generation,
+        retry_at: now + compute_backoff(count),
+    }
+}
+
+/// How long a reconcile triggered now must wait: while a failing object's backoff runs, every
+/// trigger (a child's status changing, a resync) waits for it, so the backoff holds; a new
+/// generation (the user changed the spec) is tried at once.
+pub fn compute_hold(
+    failure: Option<&Failure>,
+    generation: Option<i64>,
+    now: Instant,
+) -> Option<Duration> {
+    let f = failure?;
+    if f.generation != generation || now >= f.retry_at {
+        return None;
+    }
+    Some(f.retry_at - now)
 }
 
 /// The retry delay after `attempt` consecutive failures: 1 s doubling up to 5 minutes.
@@ -190,35 +242,75 @@ fn object_key(app: &WsgiApp) -> String {
 
 /// The controller's reconcile function.
 pub async fn reconcile(app: Arc<WsgiApp>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = object_key(&app);
+    let generation = app.metadata.generation;
+    let hold = compute_hold(ctx.failures().get(&key), generation, Instant::now());
+    if let Some(wait) = hold {
+        debug!(name = %app.name_any(), wait_seconds = wait.as_secs(), "backing off");
+        return Ok(Action::requeue(wait));
+    }
     let span = info_span!(
         "reconcile",
         namespace = app.namespace().unwrap_or_default(),
         name = %app.name_any(),
-        generation = app.metadata.generation.unwrap_or(0),
+        generation = generation.unwrap_or(0),
     );
     let start = Instant::now();
-    let result = reconcile_app(&app, &ctx).instrument(span).await;
+    let result = reconcile_app(&app, &ctx).instrument(span.clone()).await;
     let label = match &result {
         Ok((_, label)) => label,
         Err(_) => "error",
     };
     ctx.metrics.observe_reconcile(label, start.elapsed());
-    if result.is_ok() {
-        ctx.failure_count(&object_key(&app), false);
+    match &result {
+        Ok(_) => {
+            ctx.failures().remove(&key);
+        }
+        Err(e) => {
+            let count = ctx.failures().get(&key).map_or(0, |f| f.count) + 1;
+            if count >= SURFACE_AFTER_FAILURES {
+                surface_failure(&ctx, &app, e).instrument(span).await;
+            }
+        }
     }
     result.map(|(action, _)| action)
 }
 
-/// The controller's error policy: count, log, retry with backoff.
+/// Shows a failure that persists in the status (Ready and Progressing False, Degraded True,
+/// reason `ApiError`, with the API server's message) and, through the Degraded transition, in
+/// a Warning Event. Best effort: the API server may be the one failing.
+async fn surface_failure(ctx: &Context, app: &WsgiApp, error: &Error) {
+    let (action, message) = error.describe();
+    let status = compute_status(
+        app,
+        Outcome::Failing {
+            action: &action,
+            message: &message,
+        },
+        now(),
+    );
+    if let Err(e) = publish_status(ctx, app, status).await {
+        debug!(error = %e, "cannot write the failure to the status");
+    }
+}
+
+/// The controller's error policy: count, log, retry with an exponential backoff that every
+/// other trigger of the object also waits for ([`compute_hold`]).
 pub fn error_policy(app: Arc<WsgiApp>, error: &Error, ctx: Arc<Context>) -> Action {
-    let attempt = ctx.failure_count(&object_key(&app), true);
+    let failure = {
+        let mut failures = ctx.failures();
+        let key = object_key(&app);
+        let f = compute_failure(failures.get(&key), app.metadata.generation, Instant::now());
+        failures.insert(key, f);
+        f
+    };
     ctx.metrics.count_error(error.metric_label());
-    let delay = compute_backoff(attempt);
+    let delay = compute_backoff(failure.count);
     warn!(
         namespace = app.namespace().unwrap_or_default(),
         name = %app.name_any(),
         error = %error,
-        attempt,
+        attempt = failure.count,
         retry_in_seconds = delay.as_secs(),
         "reconcile failed"
     );

@@ -44,6 +44,8 @@ pub mod reasons {
     pub const REPLICA_FAILURE: &str = "ReplicaFailure";
     /// Nothing is wrong.
     pub const AS_EXPECTED: &str = "AsExpected";
+    /// The API server keeps failing a request of the operator's (retried with backoff).
+    pub const API_ERROR: &str = "ApiError";
 }
 
 /// What the reconciler got to.
@@ -56,6 +58,14 @@ pub enum Outcome<'a> {
         /// The kind of the refused object.
         kind: &'static str,
         /// The API server's message.
+        message: &'a str,
+    },
+    /// The API server keeps failing (`action` went wrong with `message` past the first
+    /// retries); the children are as they were.
+    Failing {
+        /// What failed, e.g. "apply Service shop".
+        action: &'a str,
+        /// The API server's message (or the network error).
         message: &'a str,
     },
     /// Every child is applied; the Deployment as last seen, and the pods asked of it.
@@ -186,6 +196,20 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
                 "waiting for a spec the API server accepts".into(),
             );
             c.set(DEGRADED, true, reasons::APPLY_REJECTED, msg);
+        }
+        Outcome::Failing { action, message } => {
+            // No counters or times in the message: a failure that goes on writes it once.
+            let msg = format!(
+                "the API server keeps failing to {action}: {message}; retrying with backoff"
+            );
+            c.set(READY, false, reasons::API_ERROR, msg.clone());
+            c.set(
+                PROGRESSING,
+                false,
+                reasons::API_ERROR,
+                format!("waiting for the API server to {action}"),
+            );
+            c.set(DEGRADED, true, reasons::API_ERROR, msg);
         }
         Outcome::Applied {
             app: v,
@@ -571,13 +595,13 @@ mod tests {
         let manual = validate_app(
             &mk_app("shop")
                 .with_replicas(2, Some(5))
-                .map(|a| a.spec.replicas.as_mut().expect("set").desired = Some(9)),
+                .map(|a| a.spec.replicas.as_mut().expect("set").desired = Some(5)),
         )
         .expect("valid");
         assert_eq!(
             compute_replicas(&manual, Some(4), Some(3)),
             5,
-            "desired clamped to max; recommendation ignored"
+            "desired; recommendation ignored (a desired outside min..max is refused by validate)"
         );
         let unset = validate_app(&mk_app("shop").with_replicas(2, None)).expect("valid");
         assert_eq!(
@@ -591,7 +615,7 @@ mod tests {
                 enabled: Some(true),
                 ..AutoscalingSpec::default()
             });
-            a.spec.replicas.as_mut().expect("set").desired = Some(1);
+            a.spec.replicas.as_mut().expect("set").desired = Some(2);
         }))
         .expect("valid");
         assert_eq!(

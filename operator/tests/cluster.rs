@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
+use k8s_openapi::api::core::v1::{ConfigMap, ResourceQuota, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use wsgiscale_envtest::TestNamespace;
@@ -35,6 +36,7 @@ struct Env {
     ns: String,
     stop: CancellationToken,
     controllers: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
     _namespace: TestNamespace,
 }
 
@@ -45,10 +47,11 @@ async fn setup(tag: &str) -> Option<Env> {
     install_crd(&client, MANAGER).await;
     let namespace = TestNamespace::create(cluster, tag).await;
     let ns = namespace.name.clone();
+    let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(Context::new(
         client.clone(),
         Some("cluster-test".into()),
-        Arc::new(Metrics::default()),
+        metrics.clone(),
         Duration::from_secs(60),
     ));
     let stop = CancellationToken::new();
@@ -61,6 +64,7 @@ async fn setup(tag: &str) -> Option<Env> {
         ns,
         stop,
         controllers,
+        metrics,
         _namespace: namespace,
     })
 }
@@ -301,6 +305,132 @@ async fn kubectl_scale_outside_the_bounds_is_refused_with_the_reason() {
     eventually("the Deployment at 4 replicas", 60, || {
         let d = deployments.clone();
         async move { (d.get_opt("shop").await.ok()??.spec.replicas == Some(4)).then_some(()) }
+    })
+    .await;
+    teardown(env).await;
+}
+
+/// The value of one sample line of the operator's metrics, 0 when absent.
+fn metric(metrics: &Metrics, line_start: &str) -> u64 {
+    metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_persistent_api_error_shows_in_a_condition_and_an_event_and_backs_off() {
+    let Some(env) = setup("quota").await else {
+        return;
+    };
+    let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
+    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
+    let quotas: Api<ResourceQuota> = Api::namespaced(env.client.clone(), &env.ns);
+    // No Service may be created here: the API server refuses the app's Service every time,
+    // as it did for every Service past a full service IP range.
+    let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "no-services"},
+        "spec": {"hard": {"services": "0"}},
+    }))
+    .expect("a quota literal");
+    quotas
+        .create(&PostParams::default(), &quota)
+        .await
+        .expect("create the quota");
+    eventually("the quota controller to count", 60, || {
+        let q = quotas.clone();
+        async move { q.get("no-services").await.ok()?.status?.hard.map(|_| ()) }
+    })
+    .await;
+    apps.patch(
+        "shop",
+        &PatchParams::apply(MANAGER),
+        &Patch::Apply(&example_app(&env.ns)),
+    )
+    .await
+    .expect("apply the example");
+
+    // Past the first retries: Degraded, with the API server's words, and a Warning Event.
+    let degraded = eventually("Degraded=True ApiError", 90, || {
+        let apps = apps.clone();
+        async move {
+            let s = apps.get_status("shop").await.ok()?.status?;
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "ApiError")
+        }
+    })
+    .await;
+    assert!(
+        degraded.message.contains("apply Service shop")
+            && degraded.message.contains("exceeded quota"),
+        "{}",
+        degraded.message
+    );
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
+    eventually("a Warning Event ApiError", 30, || {
+        let e = events.clone();
+        async move {
+            let list = e.list(&ListParams::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("ApiError")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.note
+                            .as_deref()
+                            .is_some_and(|n| n.contains("exceeded quota"))
+                })
+                .map(|_| ())
+        }
+    })
+    .await;
+
+    // The retries back off, also while the app's children keep changing (as the Deployment's
+    // status does while its controller churns pods): each change triggers the app, but the
+    // attempts wait for the backoff. Here another client touches the Deployment every second.
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
+    let line = "wsgiscale_operator_errors_total{reason=\"apply_object\"}";
+    let before = metric(&env.metrics, line);
+    for i in 0..40 {
+        let poke = serde_json::json!({"metadata": {"annotations": {"test.wsgiscale.dev/poke": i.to_string()}}});
+        deployments
+            .patch("shop", &PatchParams::default(), &Patch::Merge(&poke))
+            .await
+            .expect("touch the Deployment");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let attempts = metric(&env.metrics, line) - before;
+    assert!(
+        attempts <= 5,
+        "{attempts} failed applies in 40 s after {before}: not backing off"
+    );
+
+    // The user lifts the quota and edits the app: tried at once, and it heals.
+    quotas
+        .delete("no-services", &Default::default())
+        .await
+        .expect("delete the quota");
+    let mut changed = example_app(&env.ns);
+    changed.spec.env[0].value = Some("staging".into());
+    apps.patch(
+        "shop",
+        &PatchParams::apply(MANAGER),
+        &Patch::Apply(&changed),
+    )
+    .await
+    .expect("apply the change");
+    eventually("the Service, and Degraded=False", 60, || {
+        let (apps, services) = (apps.clone(), services.clone());
+        async move {
+            services.get_opt("shop").await.ok()??;
+            let s = apps.get_status("shop").await.ok()?.status?;
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.status == "False")
+                .then_some(())
+        }
     })
     .await;
     teardown(env).await;

@@ -601,11 +601,19 @@ async fn transient_errors_back_off_exponentially() {
         error_policy(app.clone(), &err, ctx.clone()),
         Action::requeue(Duration::from_secs(1))
     );
-    let err = reconcile(app.clone(), ctx.clone())
+    // Triggered again at once (a child's status changed): it waits out the backoff without a
+    // request.
+    let held = reconcile(app.clone(), ctx.clone())
+        .await
+        .expect("a held reconcile is no failure");
+    assert_ne!(held, Action::await_change());
+    // A new generation (the user changed the spec) is tried at once, and backs off further.
+    let changed = Arc::new(mk_app("shop").map(|a| a.metadata.generation = Some(2)));
+    let err = reconcile(changed.clone(), ctx.clone())
         .await
         .expect_err("a 500 fails the reconcile");
     assert_eq!(
-        error_policy(app.clone(), &err, ctx.clone()),
+        error_policy(changed, &err, ctx.clone()),
         Action::requeue(Duration::from_secs(2))
     );
     let mut server = scenario.await.expect("script");
@@ -638,4 +646,41 @@ fn backoff_doubles_and_caps() {
         .map(|n| compute_backoff(*n).as_secs())
         .collect();
     assert_eq!(secs, vec![1, 2, 4, 8, 256, 300, 300]);
+}
+
+#[test]
+fn a_failing_object_waits_out_its_backoff_whatever_triggers_it_unless_its_spec_changes() {
+    use std::time::{Duration, Instant};
+
+    use super::{compute_failure, compute_hold};
+
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    let mut f = None;
+    // Failures at once after each other: 1, 2, 4, 8, ... seconds, capped at 5 minutes.
+    let mut waits = Vec::new();
+    for _ in 0..12 {
+        let next = compute_failure(f.as_ref(), Some(1), t0);
+        waits.push(next.retry_at - t0);
+        f = Some(next);
+    }
+    assert_eq!(&waits[..5], &[s(1), s(2), s(4), s(8), s(16)]);
+    assert_eq!(waits[11], s(300));
+
+    let f = compute_failure(Some(&compute_failure(None, Some(1), t0)), Some(1), t0); // 2 s
+    let table = [
+        // (generation, at, hold)
+        (Some(1), t0, Some(s(2))),
+        (Some(1), t0 + s(1), Some(s(1))),
+        (Some(1), t0 + s(2), None),
+        (Some(2), t0, None),
+    ];
+    for (generation, at, want) in table {
+        assert_eq!(
+            compute_hold(Some(&f), generation, at),
+            want,
+            "{generation:?} {at:?}"
+        );
+    }
+    assert_eq!(compute_hold(None, Some(1), t0), None);
 }
