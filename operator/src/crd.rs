@@ -39,6 +39,8 @@ const SIZE_MESSAGE: &str =
 /// the server's live-reloadable settings (worker limits, algorithm, lifecycle), a Service and,
 /// when `replicas.min` is above 1, a PodDisruptionBudget.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+// Each printcolumn(...) repeats the same keys; clippy takes them for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[kube(
     group = "wsgiscale.dev",
     version = "v1alpha1",
@@ -115,8 +117,8 @@ const SIZE_MESSAGE: &str =
         description = "Why the autoscaler last changed its recommendation",
         priority = "1"
     ),
-    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
-        .message("metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, at most 63 characters): it names the Service and labels the pods")
+    // The rule on metadata.name is added by `crd()` on the name itself (NAME_RULE), so that
+    // the API server's error names the field.
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -869,10 +871,141 @@ fn no_description(schema: &mut schemars::Schema) {
     schema.remove("description");
 }
 
-/// The CustomResourceDefinition of [`WsgiApp`].
+/// CEL on `metadata.name`: the name names the Service and labels the pods, so it must be a
+/// DNS-1035 label, stricter than the DNS subdomain Kubernetes allows for a WsgiApp.
+const NAME_RULE: &str = "self.size() <= 63 && self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+const NAME_MESSAGE: &str = "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, at most 63 characters): it names the Service and labels the pods";
+
+/// The CustomResourceDefinition of [`WsgiApp`], with every description flowed by
+/// [`flow_description`] and [`NAME_RULE`] on `metadata.name`.
 pub fn crd(
 ) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    WsgiApp::crd()
+    let mut crd = WsgiApp::crd();
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let mut value = serde_json::to_value(&*schema)
+            .expect("a JSON schema serializes: it is built from plain Rust values");
+        flow_descriptions(&mut value);
+        *schema = serde_json::from_value(value)
+            .expect("only description strings changed, so the schema still deserializes");
+        // On the name itself: a rule on the root object reports its error at `<nil>`, and
+        // the root's fieldPath may only name a field the schema declares. The root schema of
+        // a CRD may say this much about metadata (name and generateName), no more.
+        schema
+            .properties
+            .get_or_insert_with(BTreeMap::new)
+            .insert("metadata".into(), metadata_schema());
+    }
+    crd
+}
+
+/// `metadata: {type: object, properties: {name: {type: string, x-kubernetes-validations}}}`.
+fn metadata_schema(
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        JSONSchemaProps, ValidationRule,
+    };
+    let name = JSONSchemaProps {
+        type_: Some("string".into()),
+        x_kubernetes_validations: Some(vec![ValidationRule {
+            rule: NAME_RULE.into(),
+            message: Some(NAME_MESSAGE.into()),
+            ..ValidationRule::default()
+        }]),
+        ..JSONSchemaProps::default()
+    };
+    JSONSchemaProps {
+        type_: Some("object".into()),
+        properties: Some(BTreeMap::from([("name".to_string(), name)])),
+        ..JSONSchemaProps::default()
+    }
+}
+
+/// Rewrites every `description` string in a JSON schema with [`flow_description`]. A property
+/// that happens to be named `description` is a schema object, not a string, and is walked.
+fn flow_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match child {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = flow_description(text);
+                    }
+                    _ => flow_descriptions(child),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(flow_descriptions),
+        _ => {}
+    }
+}
+
+/// A doc comment as `kubectl explain` should show it: schemars keeps each `///` line's break,
+/// so the lines of a paragraph are joined with a space and the text flows at any width. Kept
+/// as they are: blank-line paragraph breaks, list items (`- `, `* `, `+ `, `1. `, `a) `, whose
+/// wrapped lines join them), indented lines (code, or a continuation) and the line after
+/// them, table rows, and every line inside a ``` fence.
+pub fn flow_description(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut prev: Option<&str> = None;
+    let mut in_fence = false;
+    for line in text.lines() {
+        let fence = line.trim_start().starts_with("```");
+        let joins = match prev {
+            Some(p) => {
+                !in_fence
+                    && !fence
+                    && !p.trim().is_empty()
+                    && !line.trim().is_empty()
+                    && !starts_block(line)
+                    && !holds_its_line(p)
+            }
+            None => false,
+        };
+        if joins {
+            out.truncate(out.trim_end().len());
+            out.push(' ');
+        } else if prev.is_some() {
+            out.push('\n');
+        }
+        out.push_str(line);
+        if fence {
+            in_fence = !in_fence;
+        }
+        prev = Some(line);
+    }
+    out
+}
+
+/// A line the next one is not joined to: indented (code, a continuation), a fence, a table row.
+fn holds_its_line(line: &str) -> bool {
+    line.starts_with([' ', '\t']) || line.starts_with("```") || line.starts_with('|')
+}
+
+/// A line that is not joined to the one before: one that [holds its line](holds_its_line) or
+/// a list item.
+fn starts_block(line: &str) -> bool {
+    if holds_its_line(line) {
+        return true;
+    }
+    if ["- ", "* ", "+ "].iter().any(|m| line.starts_with(m)) {
+        return true;
+    }
+    // `1. `, `12) `, `a) `: an ordinal, then `.` or `)`, then a space.
+    let marker_len = line
+        .find(|c: char| !c.is_ascii_alphanumeric())
+        .unwrap_or(line.len());
+    let (ordinal, rest) = line.split_at(marker_len);
+    let numbered = !ordinal.is_empty() && ordinal.chars().all(|c| c.is_ascii_digit());
+    let lettered = ordinal.len() == 1 && ordinal.chars().all(|c| c.is_ascii_lowercase());
+    (numbered && (rest.starts_with(". ") || rest.starts_with(") ")))
+        || (lettered && rest.starts_with(") "))
 }
 
 /// The CRD as the YAML in `crds/wsgiapp.yaml` (what `wsgiscale-operator crd` prints).
@@ -912,4 +1045,41 @@ pub fn crd_helm_template() -> String {
     }
     out.push_str("{{- end }}\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flow_description;
+
+    #[test]
+    fn descriptions_flow_and_keep_their_blocks() {
+        let cases = [
+            ("one line", "one line"),
+            (
+                "Worker processes inside each pod (uWSGI's\n\"cheaper\" subsystem). Default: 2.",
+                "Worker processes inside each pod (uWSGI's \"cheaper\" subsystem). Default: 2.",
+            ),
+            (
+                "first\nparagraph\n\nsecond\nparagraph",
+                "first paragraph\n\nsecond paragraph",
+            ),
+            (
+                "Values:\n- spare: counts\nbusy seconds\n- manual: fixed\n1. one\na) two",
+                "Values:\n- spare: counts busy seconds\n- manual: fixed\n1. one\na) two",
+            ),
+            (
+                "Run:\n    make test\n    make lint\nthen",
+                "Run:\n    make test\n    make lint\nthen",
+            ),
+            ("```\na\nb\n```\nafter\nthis", "```\na\nb\n```\nafter this"),
+            ("trailing space \njoined", "trailing space joined"),
+            (
+                "a sentence ending in 2.\nNext",
+                "a sentence ending in 2. Next",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(flow_description(text), want, "{text:?}");
+        }
+    }
 }
