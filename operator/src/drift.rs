@@ -143,6 +143,113 @@ pub fn parse_quantity(text: &str) -> Option<f64> {
     Some(value * mult)
 }
 
+/// The fields that identify an entry of a keyed list (server-side apply's list-map keys), by
+/// the list's field name and, for `ports`, by what its entries hold. `None`: the list is
+/// atomic or a set of scalars, which a forced apply replaces whole anyway.
+fn list_keys(field: &str, entries: &[Value]) -> Option<&'static [&'static str]> {
+    Some(match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets" => &["name"],
+        "volumeMounts" => &["mountPath"],
+        "ports" if entries.iter().any(|e| e.get("containerPort").is_some()) => {
+            &["containerPort", "protocol"]
+        }
+        "ports" => &["port", "protocol"],
+        "topologySpreadConstraints" => &["topologyKey", "whenUnsatisfiable"],
+        _ => return None,
+    })
+}
+
+/// An entry's key; `protocol` defaults to TCP as the API server defaults it.
+fn entry_key(entry: &Value, keys: &[&str]) -> Vec<Value> {
+    keys.iter()
+        .map(|k| match (entry.get(*k), *k) {
+            (None, "protocol") => Value::String("TCP".into()),
+            (v, _) => v.cloned().unwrap_or(Value::Null),
+        })
+        .collect()
+}
+
+fn pointer_escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// JSON Patch operations that take out of `observed` the entries of keyed lists that
+/// `desired` does not have: entries another manager added, or whose key it changed (`kubectl
+/// patch` of a Service port from 80 to 81). Server-side apply cannot: a forced apply takes
+/// back the fields the operator owns, but leaves entries of another manager in place, and
+/// then merges its own next to them (two ports named `http`, which the API server refuses).
+/// Each changed list is replaced by the desired entries, each laid over its observed twin so
+/// that values the API server filled in (a Service's nodePort) stay; a `test` of the list as
+/// observed comes first, so a list that changed meanwhile is left for the next reconcile.
+/// Pure; empty when nothing foreign is there.
+pub fn compute_list_repair(desired: &Value, observed: &Value) -> Vec<Value> {
+    let mut ops = Vec::new();
+    repair_into(desired, observed, String::new(), &mut ops);
+    ops
+}
+
+fn repair_into(desired: &Value, observed: &Value, path: String, ops: &mut Vec<Value>) {
+    let (Value::Object(d), Value::Object(o)) = (desired, observed) else {
+        return;
+    };
+    for (field, dv) in d {
+        let Some(ov) = o.get(field) else { continue };
+        let here = format!("{path}/{}", pointer_escape(field));
+        match (dv, ov) {
+            (Value::Array(dl), Value::Array(ol)) => {
+                let Some(keys) = list_keys(field, dl) else {
+                    continue;
+                };
+                let dkeys: Vec<Vec<Value>> = dl.iter().map(|e| entry_key(e, keys)).collect();
+                let twin = |k: &Vec<Value>| ol.iter().position(|e| entry_key(e, keys) == *k);
+                let foreign = ol.iter().any(|e| !dkeys.contains(&entry_key(e, keys)));
+                if foreign {
+                    let merged: Vec<Value> = dl
+                        .iter()
+                        .zip(&dkeys)
+                        .map(|(de, k)| match twin(k) {
+                            Some(i) => overlay(&ol[i], de),
+                            None => de.clone(),
+                        })
+                        .collect();
+                    ops.push(serde_json::json!({"op": "test", "path": here, "value": ov}));
+                    ops.push(serde_json::json!({"op": "replace", "path": here, "value": merged}));
+                } else {
+                    for (de, k) in dl.iter().zip(&dkeys) {
+                        if let Some(i) = twin(k) {
+                            repair_into(de, &ol[i], format!("{here}/{i}"), ops);
+                        }
+                    }
+                }
+            }
+            _ => repair_into(dv, ov, here, ops),
+        }
+    }
+}
+
+/// `top` laid over `base`: objects merged key by key, anything else taken from `top`.
+fn overlay(base: &Value, top: &Value) -> Value {
+    match (base, top) {
+        (Value::Object(b), Value::Object(t)) => {
+            let mut out = b.clone();
+            for (k, tv) in t {
+                let merged = match b.get(k) {
+                    Some(bv) => overlay(bv, tv),
+                    None => tv.clone(),
+                };
+                out.insert(k.clone(), merged);
+            }
+            Value::Object(out)
+        }
+        _ => top.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::ConfigMap;
@@ -265,5 +372,54 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(parse_quantity(text), want, "{text}");
         }
+    }
+
+    #[test]
+    fn foreign_list_entries_are_taken_out_and_server_values_kept() {
+        use serde_json::json;
+        let desired =
+            json!({"spec": {"ports": [{"name": "http", "port": 80, "targetPort": "http"}]}});
+        // kubectl patch changed the port's key from 80 to 81: one foreign entry.
+        let observed = json!({"spec": {"ports": [
+            {"name": "http", "port": 81, "protocol": "TCP", "targetPort": "http"}
+        ]}});
+        let ops = compute_list_repair(&desired, &observed);
+        assert_eq!(ops.len(), 2);
+        assert_eq!(ops[0]["op"], "test");
+        assert_eq!(
+            ops[1],
+            json!({"op": "replace", "path": "/spec/ports", "value": desired["spec"]["ports"]})
+        );
+
+        // An entry another manager added next to ours; our entry keeps its nodePort.
+        let observed = json!({"spec": {"ports": [
+            {"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080},
+            {"name": "extra", "port": 9000, "protocol": "TCP"}
+        ]}});
+        let ops = compute_list_repair(&desired, &observed);
+        assert_eq!(
+            ops[1]["value"],
+            json!([{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080, "targetPort": "http"}])
+        );
+
+        // Nested: an env entry added to our container; the containers list itself is ours.
+        let desired = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "env": [{"name": "A", "value": "1"}], "ports": [{"containerPort": 8000}]}
+        ]}}}});
+        let observed = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "image": "x", "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+             "ports": [{"containerPort": 8000, "protocol": "TCP"}]}
+        ]}}}});
+        let ops = compute_list_repair(&desired, &observed);
+        assert_eq!(ops.len(), 2, "{ops:?}");
+        assert_eq!(ops[1]["path"], "/spec/template/spec/containers/0/env");
+        assert_eq!(ops[1]["value"], json!([{"name": "A", "value": "1"}]));
+
+        // Nothing foreign: nothing to do (defaults and other fields are no reason).
+        let observed = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "app", "image": "x", "env": [{"name": "A", "value": "1"}],
+             "ports": [{"containerPort": 8000, "protocol": "TCP"}]}
+        ]}}}});
+        assert!(compute_list_repair(&desired, &observed).is_empty());
     }
 }

@@ -31,7 +31,7 @@ use serde::Serialize;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::crd::WsgiApp;
-use crate::drift::{is_applied, stamp_hash};
+use crate::drift::{compute_list_repair, is_applied, stamp_hash};
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::render::{config_map_name, render_children};
@@ -431,9 +431,70 @@ where
             debug!(kind, name, "unchanged");
             return Ok(observed);
         }
+        repair_lists(ctx, app, api, &desired, &observed).await?;
         return apply(ctx, app, api, &desired, "Updated").await;
     }
     apply(ctx, app, api, &desired, "Created").await
+}
+
+/// Takes the entries of keyed lists that another manager put into a child out of it (see
+/// [`compute_list_repair`]), so that the apply that follows leaves exactly the desired entries.
+async fn repair_lists<K>(
+    ctx: &Context,
+    app: &WsgiApp,
+    api: &Api<K>,
+    desired: &K,
+    observed: &K,
+) -> Result<(), Refusal>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let d = serde_json::to_value(desired).expect("k8s objects serialize to JSON");
+    let o = serde_json::to_value(observed).expect("k8s objects serialize to JSON");
+    let ops = compute_list_repair(&d, &o);
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let kind = kind_of::<K>();
+    let name = desired.name_any();
+    let paths: Vec<String> = ops
+        .iter()
+        .filter(|op| op["op"] == "replace")
+        .filter_map(|op| op["path"].as_str().map(str::to_string))
+        .collect();
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).expect("well-formed JSON Patch ops");
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    let repaired = api
+        .patch(&name, &params, &Patch::<()>::Json(patch))
+        .await
+        .map_err(|source| Error::ApplyObject {
+            kind,
+            name: name.clone(),
+            source,
+        })?;
+    ctx.metrics.count_write(kind);
+    let paths = paths.join(", ");
+    info!(
+        kind,
+        name, paths, "took out list entries another manager added"
+    );
+    let note = format!("Took out of {kind} {name} the entries another manager put at {paths}");
+    let related = repaired.object_ref(&());
+    publish_event(
+        ctx,
+        app,
+        EventType::Normal,
+        "Repaired",
+        "Apply",
+        note,
+        Some(related),
+    )
+    .await;
+    Ok(())
 }
 
 async fn apply<K>(

@@ -193,7 +193,7 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
                 PROGRESSING,
                 false,
                 reasons::APPLY_REJECTED,
-                "waiting for a spec the API server accepts".into(),
+                format!("waiting for a {kind} the API server accepts (the spec, or another manager's change to the existing {kind})"),
             );
             c.set(DEGRADED, true, reasons::APPLY_REJECTED, msg);
         }

@@ -435,3 +435,108 @@ async fn a_persistent_api_error_shows_in_a_condition_and_an_event_and_backs_off(
     .await;
     teardown(env).await;
 }
+
+#[tokio::test]
+async fn another_managers_edits_of_list_entries_are_reverted() {
+    let Some(env) = setup("foreign").await else {
+        return;
+    };
+    let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
+    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
+    apps.patch(
+        "shop",
+        &PatchParams::apply(MANAGER),
+        &Patch::Apply(&example_app(&env.ns)),
+    )
+    .await
+    .expect("apply the example");
+    eventually("the Service and the Deployment", 60, || {
+        let (s, d) = (services.clone(), deployments.clone());
+        async move {
+            s.get_opt("shop")
+                .await
+                .ok()?
+                .and(d.get_opt("shop").await.ok()?)
+        }
+    })
+    .await;
+
+    // As `kubectl patch --type json` does it: the port's key changes from 80 to 81 (same name),
+    // and an env entry and a volume are added to what the operator renders.
+    let foreign = PatchParams {
+        field_manager: Some("kubectl-patch".into()),
+        ..PatchParams::default()
+    };
+    let json = |v: serde_json::Value| -> Patch<()> {
+        Patch::Json(serde_json::from_value(v).expect("a JSON patch"))
+    };
+    services
+        .patch(
+            "shop",
+            &foreign,
+            &json(
+                serde_json::json!([{"op": "replace", "path": "/spec/ports/0/port", "value": 81}]),
+            ),
+        )
+        .await
+        .expect("patch the Service's port");
+    deployments
+        .patch(
+            "shop",
+            &foreign,
+            &json(serde_json::json!([
+                {"op": "add", "path": "/spec/template/spec/containers/0/env/-", "value": {"name": "INJECTED", "value": "1"}},
+                {"op": "add", "path": "/spec/template/spec/volumes/-", "value": {"name": "extra", "emptyDir": {}}},
+            ])),
+        )
+        .await
+        .expect("patch the Deployment");
+
+    eventually("the operator's port, env and volumes back", 60, || {
+        let (s, d) = (services.clone(), deployments.clone());
+        async move {
+            let ports: Vec<i32> = s
+                .get("shop")
+                .await
+                .ok()?
+                .spec?
+                .ports?
+                .iter()
+                .map(|p| p.port)
+                .collect();
+            let pod = d.get("shop").await.ok()?.spec.template.spec?;
+            let env: Vec<String> = pod.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .map(|e| e.name.clone())
+                .collect();
+            let volumes: Vec<String> = pod
+                .volumes
+                .iter()
+                .flatten()
+                .map(|v| v.name.clone())
+                .collect();
+            (ports == [80] && env == ["APP_ENV"] && !volumes.contains(&"extra".to_string()))
+                .then_some(())
+        }
+    })
+    .await;
+    // And the status blames nothing: no refusal was needed.
+    let status = apps
+        .get_status("shop")
+        .await
+        .expect("the app")
+        .status
+        .expect("status");
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.reason != "ApplyRejected"),
+        "{:?}",
+        status.conditions
+    );
+    teardown(env).await;
+}
