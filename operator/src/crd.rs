@@ -131,6 +131,9 @@ const SIZE_MESSAGE: &str =
     validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.enabled) || !self.autoscaling.enabled || (has(self.replicas) && has(self.replicas.max))")
         .message("autoscaling.enabled needs replicas.max: the operator never scales beyond it")
         .field_path(".replicas"),
+    validation = Rule::new("!has(self.memorySizing) || !has(self.memorySizing.maxWorkers) || (has(self.workers) && has(self.workers.max) ? self.workers.max : (has(self.workers) && has(self.workers.min) ? self.workers.min : 2)) <= self.memorySizing.maxWorkers")
+        .message("workers.max must be at most memorySizing.maxWorkers: the pods' memory is sized for that many workers (raising maxWorkers rolls the pods)")
+        .field_path(".workers.max"),
 )]
 pub struct WsgiAppSpec {
     /// Container image holding the Python application and the `wsgiscale` binary (see
@@ -250,10 +253,11 @@ pub struct WsgiAppSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Sizes the pod's memory from the worker count: requests.memory and limits.memory
-    /// become `overhead + workers.max x perWorker` (unless set in `resources`), and workers
-    /// whose memory grows beyond `perWorker` are recycled (unless `lifecycle.maxRss` is set).
-    /// Default: not used.
+    /// Sizes the pod's memory from a worker count: requests.memory and limits.memory become
+    /// `overhead + maxWorkers x perWorker` (unless set in `resources`), and workers whose
+    /// memory grows beyond `perWorker` are recycled (unless `lifecycle.maxRss` is set). The
+    /// memory is part of the pod template, so a change to it rolls the pods; `workers.max`
+    /// stays live up to `maxWorkers`. Default: not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_sizing: Option<MemorySizing>,
 
@@ -571,6 +575,9 @@ pub enum LogFormat {
     validation = Rule::new("!has(self.max) || (has(self.min) ? self.min : 1) <= self.max")
         .message("replicas.min must be at most replicas.max (min defaults to 1)")
         .field_path(".min"),
+    validation = Rule::new("!has(self.desired) || ((has(self.min) ? self.min : 1) <= self.desired && (!has(self.max) || self.desired <= self.max))")
+        .message("replicas.desired (what kubectl scale, an HPA or KEDA set) must be within replicas.min..replicas.max (min defaults to 1); change the bounds first")
+        .field_path(".desired"),
 )]
 pub struct ReplicasSpec {
     /// Fewest pods, whoever sets the count. Above 1 the operator also keeps a
@@ -587,7 +594,8 @@ pub struct ReplicasSpec {
     pub max: Option<i32>,
 
     /// The pod count while `autoscaling.enabled` is false; this is the field `kubectl scale`,
-    /// an HPA or KEDA write through the scale subresource. Kept within min..max. Ignored
+    /// an HPA or KEDA write through the scale subresource. A count outside min..max is
+    /// refused by the API server (`kubectl scale` reports why). Ignored
     /// while autoscaling is enabled. Leave it out of GitOps manifests when something else
     /// scales the app. Default: min.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -684,6 +692,14 @@ pub struct MemorySizing {
     #[schemars(length(min = 1, max = 32))]
     #[x_kube(validation = Rule::new(SIZE_RULE).message(SIZE_MESSAGE))]
     pub overhead: Option<String>,
+
+    /// The worker count the pods' memory is sized for: `workers.max` can move up to it live,
+    /// without restarting the pods, and is refused above it. Changing maxWorkers changes the
+    /// pods' memory and so rolls them. Default: `workers.max`, so that then every change of
+    /// workers.max rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_workers: Option<i32>,
 }
 
 /// Settings of the pods beyond the server itself.

@@ -469,10 +469,27 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
         );
     }
 
-    // Memory sizing: overhead + max x perWorker, also the default per-worker RSS limit.
+    // Memory sizing: overhead + maxWorkers x perWorker, also the default per-worker RSS limit.
     let mut per_worker = None;
     let mut sized_memory = None;
     if let Some(sizing) = &spec.memory_sizing {
+        let limit = wsgiscale_core::config::defaults::WORKERS_LIMIT as i32;
+        let sized_for = errs.int(
+            "spec.memorySizing.maxWorkers",
+            sizing.max_workers,
+            workers.max as i32,
+            1,
+            limit,
+        );
+        if (workers.max as i32) > sized_for {
+            errs.push(
+                "spec.workers.max",
+                format!(
+                    "{} is above memorySizing.maxWorkers {sized_for}: the pods' memory is sized for that many workers",
+                    workers.max
+                ),
+            );
+        }
         let pw = errs.size("spec.memorySizing.perWorker", &sizing.per_worker);
         let oh = errs.size(
             "spec.memorySizing.overhead",
@@ -486,14 +503,14 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
                 errs.push("spec.memorySizing.perWorker", "must be above zero");
             }
             match pw
-                .checked_mul(u64::from(workers.max))
+                .checked_mul(u64::try_from(sized_for).unwrap_or(0))
                 .and_then(|w| w.checked_add(oh))
                 .filter(|total| *total <= i64::MAX as u64)
             {
                 Some(total) => sized_memory = Some(total),
                 None => errs.push(
                     "spec.memorySizing",
-                    "overhead + workers.max x perWorker overflows",
+                    "overhead + maxWorkers x perWorker overflows",
                 ),
             }
             per_worker = Some(pw);
@@ -814,6 +831,15 @@ fn resolve_replicas(spec: Option<&ReplicasSpec>, errs: &mut Errors) -> Replicas 
     let desired = spec
         .desired
         .map(|d| errs.int("spec.replicas.desired", Some(d), min, 0, 10_000));
+    if let Some(d) = desired {
+        if d < min || max.is_some_and(|m| d > m) {
+            let bounds = max.map_or(format!("{min}.."), |m| format!("{min}..={m}"));
+            errs.push(
+                "spec.replicas.desired",
+                format!("{d} is outside replicas.min..replicas.max ({bounds})"),
+            );
+        }
+    }
     Replicas { min, max, desired }
 }
 
@@ -1136,6 +1162,7 @@ mod tests {
             a.spec.memory_sizing = Some(crate::crd::MemorySizing {
                 per_worker: "200Mi".into(),
                 overhead: None,
+                max_workers: None,
             })
         });
         let v = validate_app(&app).expect("valid");
@@ -1169,6 +1196,54 @@ mod tests {
             Quantity("1728Mi".into())
         );
         assert_eq!(v.lifecycle.max_rss, Some(300 << 20));
+    }
+
+    #[test]
+    fn memory_is_sized_for_max_workers_so_workers_max_stays_live_below_it() {
+        let sized = |max: i32| {
+            mk_app("shop").with_workers(2, Some(max)).map(|a| {
+                a.spec.memory_sizing = Some(crate::crd::MemorySizing {
+                    per_worker: "150Mi".into(),
+                    overhead: Some("128Mi".into()),
+                    max_workers: Some(12),
+                })
+            })
+        };
+        let memory = |app: &WsgiApp| {
+            validate_app(app)
+                .expect("valid")
+                .resources
+                .expect("sized")
+                .limits
+                .expect("limits")["memory"]
+                .clone()
+        };
+        // 128Mi + 12 x 150Mi, whatever workers.max is below the ceiling.
+        assert_eq!(memory(&sized(8)), Quantity("1928Mi".into()));
+        assert_eq!(memory(&sized(12)), Quantity("1928Mi".into()));
+        let fields = invalid_fields(&sized(13));
+        assert!(fields.iter().any(|f| f == "spec.workers.max"), "{fields:?}");
+    }
+
+    #[test]
+    fn a_desired_count_outside_the_bounds_is_refused_not_clamped() {
+        let scaled = |desired: i32| {
+            mk_app("shop").map(|a| {
+                a.spec.replicas = Some(ReplicasSpec {
+                    min: Some(1),
+                    max: Some(10),
+                    desired: Some(desired),
+                })
+            })
+        };
+        assert!(validate_app(&scaled(10)).is_ok());
+        for desired in [0, 11, 20] {
+            let fields = invalid_fields(&scaled(desired));
+            assert!(
+                fields.iter().any(|f| f == "spec.replicas.desired"),
+                "{desired}: {fields:?}"
+            );
+        }
     }
 
     #[test]
