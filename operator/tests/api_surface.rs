@@ -12,17 +12,18 @@
 //! tests/chart/fetch_tools.py .cache` prints its path) the helm test does, and without
 //! `script` (util-linux) the terminal test does.
 
-use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::api::{Api, PostParams};
+use kube::ResourceExt;
 use wsgiscale_envtest::{skip_line, Cluster, TestNamespace};
 use wsgiscale_operator::crd::{crd, crd_yaml, WsgiApp};
+
+mod support;
+use support::{eventually, install_crd, wait_established};
 
 const MANAGER: &str = "wsgiscale-api-surface-test";
 const CRD_NAME: &str = "wsgiapps.wsgiscale.dev";
@@ -199,55 +200,6 @@ fn plain_logs_on_a_terminal_are_coloured_unless_no_color() {
 // ---------------------------------------------------------------------------------------------
 // The CRD against a real API server.
 
-/// Polls `f` every half second until it returns Some, for at most `secs` seconds.
-async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Applies the CRD of `crd()` (server-side) and waits until it is Established.
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = crd();
-    crds.patch(
-        &crd.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply the CRD");
-    wait_established(client).await;
-}
-
-async fn wait_established(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    eventually("the CRD to be established", 60, || {
-        let crds = crds.clone();
-        async move {
-            let c = crds.get(CRD_NAME).await.ok()?;
-            c.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        }
-    })
-    .await;
-}
-
 /// kubectl: `KUBECTL`, else the one on PATH (or /usr/bin/kubectl).
 fn kubectl_path() -> Option<PathBuf> {
     let candidates = std::env::var_os("KUBECTL")
@@ -333,7 +285,7 @@ async fn kubectl_explain_shows_descriptions_as_flowing_text() {
         skip_line("no kubectl on PATH (or KUBECTL)");
         return;
     }
-    install_crd(&cluster.client().await).await;
+    install_crd(&cluster.client().await, MANAGER).await;
     // The CRD is served a moment after it is Established; kubectl reads it from the
     // OpenAPI document, which lags a little more.
     let explained = eventually("kubectl explain wsgiapps.spec.workers", 60, || async {
@@ -390,7 +342,7 @@ async fn an_invalid_name_is_refused_at_metadata_name() {
         return;
     };
     let client = cluster.client().await;
-    install_crd(&client).await;
+    install_crd(&client, MANAGER).await;
     let ns = TestNamespace::create(cluster, "bad-name").await;
     let path = repo_root().join("tests/manifests/invalid-name-not-dns-label.yaml");
     let mut app: WsgiApp =

@@ -34,14 +34,20 @@ where
 pub async fn install_crd(client: &Client, manager: &str) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = crd();
-    let name = crd.name_any();
     crds.patch(
-        &name,
+        &crd.name_any(),
         &PatchParams::apply(manager).force(),
         &Patch::Apply(&crd),
     )
     .await
     .expect("apply the CRD");
+    wait_established(client).await;
+}
+
+/// Waits until the WsgiApp CRD (however it was installed) is Established.
+pub async fn wait_established(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd().name_any();
     eventually("the CRD to be established", 60, || {
         let crds = crds.clone();
         let name = name.clone();
