@@ -567,3 +567,155 @@ async fn helm_installs_beside_a_crd_applied_with_kubectl() {
     helm.ok(&["uninstall", "wsgiscale", "--namespace", &ns.name]);
     wait_established(&cluster.client().await).await;
 }
+
+/// The chart's RBAC is enough for the operator, and no more is assumed: after `helm install`,
+/// the controllers and the leader election run with a client that impersonates the chart's
+/// ServiceAccount (read from the Deployment the chart rendered, as is the Lease's name), and an
+/// app is reconciled: children applied, status written, Events published.
+#[tokio::test]
+async fn the_operator_works_with_exactly_the_charts_rbac() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{ConfigMap, Service};
+    use kube::api::{ListParams, Patch, PatchParams};
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+    use wsgiscale_operator::leader::{LeaderElector, LeaseTiming};
+    use wsgiscale_operator::metrics::Metrics;
+    use wsgiscale_operator::reconcile::Context;
+    use wsgiscale_operator::run::run_controllers;
+
+    let Some(cluster) = wsgiscale_envtest::shared() else {
+        return;
+    };
+    let Some(program) = helm_path() else {
+        return;
+    };
+    let admin = cluster.client().await;
+    install_crd(&admin, MANAGER).await;
+    let release_ns = TestNamespace::create(cluster, "rbac-operator").await;
+    let app_ns = TestNamespace::create(cluster, "rbac-app").await;
+    let helm = Helm {
+        program,
+        home: Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("helm-rbac-{}", std::process::id())),
+        kubeconfig: cluster.kubeconfig().to_path_buf(),
+    };
+    let release = "wsgiscale-rbac";
+    let installed = helm.install(release, &release_ns.name, &["--set", "crds.install=false"]);
+    assert!(installed.status.success(), "{}", stderr_of(&installed));
+
+    // What the chart gives the operator's pod.
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &release_ns.name);
+    let dep = deployments
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={release}")))
+        .await
+        .expect("list the chart's Deployments")
+        .items
+        .into_iter()
+        .next()
+        .expect("the chart renders the operator's Deployment");
+    let pod = dep.spec.template.spec.expect("a pod spec");
+    let sa = pod
+        .service_account_name
+        .expect("the chart names a ServiceAccount");
+    let lease_name = pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "WSGISCALE_OPERATOR_LEASE_NAME")
+        .and_then(|e| e.value.clone())
+        .expect("the chart passes the lease name");
+
+    // A client with exactly that ServiceAccount's permissions.
+    let kc = kube::config::Kubeconfig::read_from(cluster.kubeconfig()).expect("kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{}:{sa}", release_ns.name));
+    let operator = kube::Client::try_from(config).expect("an impersonating client");
+    // The impersonation is real: what the chart does not grant is refused.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::all(operator.clone());
+    match secrets.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("the chart's ServiceAccount listed Secrets: {other:?}"),
+    }
+
+    let leases: Api<Lease> = Api::namespaced(operator.clone(), &release_ns.name);
+    let mut elector = LeaderElector::new(
+        leases,
+        lease_name,
+        "rbac-test".into(),
+        LeaseTiming::from_lease_duration(Duration::from_secs(15)),
+    );
+    assert!(
+        elector
+            .try_acquire_or_renew()
+            .await
+            .expect("create the Lease"),
+        "the first candidate leads"
+    );
+    assert!(
+        elector
+            .try_acquire_or_renew()
+            .await
+            .expect("renew the Lease"),
+        "and renews"
+    );
+
+    let ctx = Arc::new(Context::new(
+        operator.clone(),
+        Some("rbac-test".into()),
+        Arc::new(Metrics::default()),
+        Duration::from_secs(60),
+    ));
+    let stop = CancellationToken::new();
+    let controllers = {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        // All namespaces: the default chart binds a ClusterRole.
+        tokio::spawn(async move { run_controllers(&ctx, &[], 2, stop).await })
+    };
+    let apps: Api<WsgiApp> = Api::namespaced(admin.clone(), &app_ns.name);
+    let mut app = support::example_app(&app_ns.name);
+    app.metadata.namespace = Some(app_ns.name.clone());
+    apps.patch("shop", &PatchParams::apply(MANAGER), &Patch::Apply(&app))
+        .await
+        .expect("apply the example");
+    let (cms, svcs) = (
+        Api::<ConfigMap>::namespaced(admin.clone(), &app_ns.name),
+        Api::<Service>::namespaced(admin.clone(), &app_ns.name),
+    );
+    eventually("children and status under the chart's RBAC", 60, || {
+        let (apps, cms, svcs) = (apps.clone(), cms.clone(), svcs.clone());
+        async move {
+            cms.get_opt("shop-config").await.ok()??;
+            svcs.get_opt("shop").await.ok()??;
+            let s = apps.get_status("shop").await.ok()?.status?;
+            (s.conditions.len() == 3).then_some(())
+        }
+    })
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(admin.clone(), &app_ns.name);
+    eventually("an Event published under the chart's RBAC", 30, || {
+        let e = events.clone();
+        async move {
+            let list = e.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| e.reporting_controller.as_deref() == Some("wsgiscale-operator"))
+                .then_some(())
+        }
+    })
+    .await;
+    let errors = ctx.metrics.encode();
+    assert!(
+        !errors
+            .lines()
+            .any(|l| l.starts_with("wsgiscale_operator_errors_total{") && !l.ends_with(" 0")),
+        "errors under the chart's RBAC:\n{errors}"
+    );
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), controllers).await;
+    helm.ok(&["uninstall", release, "--namespace", &release_ns.name]);
+}
