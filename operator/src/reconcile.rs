@@ -240,6 +240,24 @@ fn object_key(app: &WsgiApp) -> String {
     format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
 }
 
+/// What a change of a WsgiApp must touch to need a reconcile: its generation (the spec), the
+/// start of its deletion, and the autoscaler's recommendation. The status the reconciler and
+/// the autoscaler write themselves (conditions, the load summary every few seconds) does not,
+/// so those writes do not each cost a reconcile; the resync still repairs anything missed.
+pub fn compute_trigger_hash(app: &WsgiApp) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    app.metadata.uid.hash(&mut h);
+    app.metadata.generation.hash(&mut h);
+    app.metadata.deletion_timestamp.is_some().hash(&mut h);
+    app.status
+        .as_ref()
+        .and_then(|s| s.autoscaler.as_ref())
+        .and_then(|a| a.recommended_replicas)
+        .hash(&mut h);
+    Some(h.finish())
+}
+
 /// The controller's reconcile function.
 pub async fn reconcile(app: Arc<WsgiApp>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = object_key(&app);
@@ -437,6 +455,14 @@ where
     apply(ctx, app, api, &desired, "Created").await
 }
 
+fn apply_error<'a>(kind: &'static str, name: &'a str) -> impl FnOnce(kube::Error) -> Error + 'a {
+    move |source| Error::ApplyObject {
+        kind,
+        name: name.to_string(),
+        source,
+    }
+}
+
 /// Takes the entries of keyed lists that another manager put into a child out of it (see
 /// [`compute_list_repair`]), so that the apply that follows leaves exactly the desired entries.
 async fn repair_lists<K>(
@@ -471,11 +497,7 @@ where
     let repaired = api
         .patch(&name, &params, &Patch::<()>::Json(patch))
         .await
-        .map_err(|source| Error::ApplyObject {
-            kind,
-            name: name.clone(),
-            source,
-        })?;
+        .map_err(apply_error(kind, &name))?;
     ctx.metrics.count_write(kind);
     let paths = paths.join(", ");
     info!(
@@ -513,11 +535,7 @@ where
     let applied = api
         .patch(&name, &params, &Patch::Apply(desired))
         .await
-        .map_err(|source| Error::ApplyObject {
-            kind,
-            name: name.clone(),
-            source,
-        })?;
+        .map_err(apply_error(kind, &name))?;
     ctx.metrics.count_write(kind);
     info!(kind, name, verb, "applied");
     let note = if kind == "ConfigMap" {

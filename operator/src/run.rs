@@ -25,7 +25,7 @@ use crate::crd::WsgiApp;
 use crate::http::{self, Health};
 use crate::leader::{LeaderElector, LeaseTiming};
 use crate::metrics::Metrics;
-use crate::reconcile::{error_policy, reconcile, Context};
+use crate::reconcile::{compute_trigger_hash, error_policy, reconcile, Context};
 use crate::scrape::{run_autoscaler, Autoscaler};
 
 /// Two-second attempts at listing WsgiApps before giving up at startup.
@@ -324,7 +324,8 @@ pub async fn run_controllers(
                     )
                 };
             }
-            let controller = Controller::for_stream(objects(apps), reader)
+            let apps = objects(apps).predicate_filter(compute_trigger_hash, Default::default());
+            let controller = Controller::for_stream(apps, reader)
                 .with_config(ControllerConfig::default().concurrency(concurrency))
                 .owns_stream(owned!(ConfigMap, "ConfigMap"))
                 .owns_stream(owned!(Deployment, "Deployment"))

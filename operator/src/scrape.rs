@@ -263,7 +263,13 @@ pub struct Autoscaler {
     pub status_refresh: Duration,
     start: Instant,
     apps: tokio::sync::Mutex<HashMap<String, AppState>>,
+    /// Each autoscaled app's policy and admin port, for the generation it was validated at.
+    policies: std::sync::Mutex<HashMap<String, Validated>>,
 }
+
+/// An app's policy and admin port (None: its spec is invalid or not autoscaled) for the
+/// generation it was validated at.
+type Validated = (Option<i64>, Option<(Policy, i32)>);
 
 impl Autoscaler {
     /// An autoscaler on `client`; `instance` names this operator replica in events.
@@ -281,6 +287,7 @@ impl Autoscaler {
             status_refresh: Duration::from_secs(10),
             start: Instant::now(),
             apps: tokio::sync::Mutex::new(HashMap::new()),
+            policies: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -292,17 +299,33 @@ impl Autoscaler {
         let mut due = Vec::new();
         {
             let states = self.apps.lock().await;
+            let mut policies = self.policies.lock().unwrap_or_else(|e| e.into_inner());
             for app in apps {
-                let Ok(v) = validate_app(app) else { continue };
-                if !v.autoscaling.enabled {
+                // Most apps are not autoscaled: a look at the field, not a validation.
+                let enabled = app.spec.autoscaling.as_ref().and_then(|a| a.enabled);
+                if enabled != Some(true) {
                     continue;
                 }
-                let key = format!("{}/{}", v.namespace, v.name);
+                let key = format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any());
+                // Validated once per generation of the spec, not on every tick.
+                let generation = app.metadata.generation;
+                let fresh = policies.get(&key).is_some_and(|(g, _)| *g == generation);
+                if !fresh {
+                    let policy = validate_app(app)
+                        .ok()
+                        .filter(|v| v.autoscaling.enabled)
+                        .map(|v| (Policy::from_app(&v), v.admin_port));
+                    policies.insert(key.clone(), (generation, policy));
+                }
+                let Some((_, Some((policy, port)))) = policies.get(&key) else {
+                    continue;
+                };
                 if states.get(&key).is_none_or(|s| now >= s.next) {
-                    due.push((app.clone(), Policy::from_app(&v), v.admin_port, key.clone()));
+                    due.push((app.clone(), *policy, *port, key.clone()));
                 }
                 keep.push(key);
             }
+            policies.retain(|k, _| keep.contains(k));
         }
         // Apps are measured side by side, so one slow app does not delay the others.
         futures::stream::iter(due)
@@ -485,12 +508,14 @@ pub async fn run_autoscaler(
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        // The tick's scheduled instant, not the time it was polled: an app due every 2 s is
+        // due on the grid, and a tick polled a little late does not push it to the third second.
+        let at = tokio::select! {
             _ = stop.cancelled() => break,
-            _ = interval.tick() => {}
-        }
+            at = interval.tick() => at.into_std(),
+        };
         let apps: Vec<Arc<WsgiApp>> = stores.iter().flat_map(|s| s.state()).collect();
-        autoscaler.tick(&apps, Instant::now()).await;
+        autoscaler.tick(&apps, at).await;
     }
 }
 

@@ -40,6 +40,16 @@ struct Env {
     _namespace: TestNamespace,
 }
 
+impl Env {
+    /// Applies `app` (named shop) as the test's user would, with server-side apply.
+    async fn apply(&self, app: &WsgiApp) -> WsgiApp {
+        let apps: Api<WsgiApp> = Api::namespaced(self.client.clone(), &self.ns);
+        apps.patch("shop", &PatchParams::apply(MANAGER), &Patch::Apply(app))
+            .await
+            .expect("apply the app")
+    }
+}
+
 /// The CRD, a namespace and the controllers; `None` when there is no cluster to test against.
 async fn setup(tag: &str) -> Option<Env> {
     let cluster = wsgiscale_envtest::shared()?;
@@ -223,16 +233,9 @@ async fn steady_state_leaves_resource_versions_alone() {
     let Some(env) = setup("steady").await else {
         return;
     };
-    let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
     let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
-    apps.patch(
-        "shop",
-        &PatchParams::apply(MANAGER),
-        &Patch::Apply(&example_app(&env.ns)),
-    )
-    .await
-    .expect("apply the example");
+    env.apply(&example_app(&env.ns)).await;
     let versions = || {
         let (c, s) = (config_maps.clone(), services.clone());
         async move {
@@ -274,13 +277,7 @@ async fn kubectl_scale_outside_the_bounds_is_refused_with_the_reason() {
     };
     let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
     let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
-    apps.patch(
-        "shop",
-        &PatchParams::apply(MANAGER),
-        &Patch::Apply(&example_app(&env.ns)),
-    )
-    .await
-    .expect("apply the example");
+    env.apply(&example_app(&env.ns)).await;
     // The example has replicas 2..10.
     for (count, refused) in [("20", true), ("0", true), ("4", false)] {
         let Some(out) = kubectl(&["-n", &env.ns, "scale", "wsgiapp/shop", "--replicas", count])
@@ -343,13 +340,7 @@ async fn a_persistent_api_error_shows_in_a_condition_and_an_event_and_backs_off(
         async move { q.get("no-services").await.ok()?.status?.hard.map(|_| ()) }
     })
     .await;
-    apps.patch(
-        "shop",
-        &PatchParams::apply(MANAGER),
-        &Patch::Apply(&example_app(&env.ns)),
-    )
-    .await
-    .expect("apply the example");
+    env.apply(&example_app(&env.ns)).await;
 
     // Past the first retries: Degraded, with the API server's words, and a Warning Event.
     let degraded = eventually("Degraded=True ApiError", 90, || {
@@ -444,13 +435,7 @@ async fn another_managers_edits_of_list_entries_are_reverted() {
     let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
     let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
     let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
-    apps.patch(
-        "shop",
-        &PatchParams::apply(MANAGER),
-        &Patch::Apply(&example_app(&env.ns)),
-    )
-    .await
-    .expect("apply the example");
+    env.apply(&example_app(&env.ns)).await;
     eventually("the Service and the Deployment", 60, || {
         let (s, d) = (services.clone(), deployments.clone());
         async move {

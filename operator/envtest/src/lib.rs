@@ -585,7 +585,7 @@ impl Drop for ControlPlane {
         // A control plane owned by a test (not the shared one, which lives as long as the
         // process and is stopped by the guardian): stop the group now.
         let _ = Command::new("kill")
-            .args(["-TERM", &format!("-{}", self.group)])
+            .args(["-TERM", "--", &format!("-{}", self.group)])
             .status();
         for mut c in self
             .children

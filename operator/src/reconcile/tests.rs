@@ -684,3 +684,40 @@ fn a_failing_object_waits_out_its_backoff_whatever_triggers_it_unless_its_spec_c
     }
     assert_eq!(compute_hold(None, Some(1), t0), None);
 }
+
+#[test]
+fn only_the_spec_deletion_and_recommendation_trigger_a_reconcile() {
+    use crate::crd::AutoscalerStatus;
+
+    use super::compute_trigger_hash;
+
+    let app = mk_app("shop");
+    let base = compute_trigger_hash(&app);
+    // The load summary or a condition written into the status: no reconcile.
+    let with_status = mk_app("shop").map(|a| {
+        a.status = Some(WsgiAppStatus {
+            observed_generation: Some(7),
+            ..WsgiAppStatus::default()
+        })
+    });
+    assert_eq!(compute_trigger_hash(&with_status), base);
+    // A new generation, a recommendation, a deletion: a reconcile each.
+    let newer = mk_app("shop").map(|a| a.metadata.generation = Some(2));
+    assert_ne!(compute_trigger_hash(&newer), base);
+    let recommended = mk_app("shop").map(|a| {
+        a.status = Some(WsgiAppStatus {
+            autoscaler: Some(AutoscalerStatus {
+                recommended_replicas: Some(3),
+                ..AutoscalerStatus::default()
+            }),
+            ..WsgiAppStatus::default()
+        })
+    });
+    assert_ne!(compute_trigger_hash(&recommended), base);
+    let deleting = mk_app("shop").map(|a| {
+        a.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ))
+    });
+    assert_ne!(compute_trigger_hash(&deleting), base);
+}

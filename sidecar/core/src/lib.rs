@@ -4,6 +4,7 @@
 //! the worker-count algorithms and their driver ([`scaling`]) and the sizes/durations parser
 //! ([`units`]).
 
+pub mod colour;
 pub mod config;
 pub mod load;
 pub mod loadtrack;
