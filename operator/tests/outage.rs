@@ -19,7 +19,7 @@ use wsgiscale_envtest::TestNamespace;
 use wsgiscale_operator::crd::WsgiApp;
 
 mod support;
-use support::{example_app, install_crd};
+use support::{eventually, example_app, install_crd};
 
 const MANAGER: &str = "wsgiscale-outage-test";
 
@@ -59,15 +59,17 @@ async fn readyz(addr: SocketAddr) -> Option<bool> {
         .flatten()
 }
 
-async fn wait_for(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+/// Waits until `f` holds, for at most `secs` seconds.
+async fn wait_for<F, Fut>(what: &str, secs: u64, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually(what, secs, || {
+        let check = f();
+        async move { check.await.then_some(()) }
+    })
+    .await
 }
 
 async fn config_has(cms: &Api<ConfigMap>, text: &str) -> bool {
@@ -138,21 +140,24 @@ async fn every_watch_comes_back_after_an_api_server_outage() {
         )
         .await
         .expect("apply the example");
-        wait_for("the ConfigMap", 60, async || {
+        wait_for("the ConfigMap", 60, || async {
             config_has(&cms, "workers: 2:8").await
         })
         .await;
-        wait_for("readiness", 60, async || readyz(http).await == Some(true)).await;
+        wait_for("readiness", 60, || async {
+            readyz(http).await == Some(true)
+        })
+        .await;
 
         cp.stop_apiserver();
-        wait_for("readiness to turn false in the outage", 60, async || {
+        wait_for("readiness to turn false in the outage", 60, || async {
             readyz(http).await == Some(false)
         })
         .await;
         tokio::time::sleep(OUTAGE).await;
         cp.start_apiserver().expect("start the API server again");
 
-        wait_for("readiness after the outage", 90, async || {
+        wait_for("readiness after the outage", 90, || async {
             readyz(http).await == Some(true)
         })
         .await;
@@ -166,7 +171,7 @@ async fn every_watch_comes_back_after_an_api_server_outage() {
         )
         .await
         .expect("apply the change after the outage");
-        wait_for("the change made after the outage", 60, async || {
+        wait_for("the change made after the outage", 60, || async {
             config_has(&cms, "workers: 2:12").await
         })
         .await;
