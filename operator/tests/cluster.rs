@@ -41,6 +41,14 @@ struct Env {
 }
 
 impl Env {
+    /// The test namespace's objects of kind `K`.
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
     /// Applies `app` (named shop) as the test's user would, with server-side apply.
     async fn apply(&self, app: &WsgiApp) -> WsgiApp {
         let apps: Api<WsgiApp> = Api::namespaced(self.client.clone(), &self.ns);
@@ -97,10 +105,10 @@ async fn example_runs_reloads_limits_live_and_is_collected() {
     let Some(env) = setup("lifecycle").await else {
         return;
     };
-    let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
-    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
-    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
-    let config_maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
+    let apps: Api<WsgiApp> = env.api();
+    let deployments: Api<Deployment> = env.api();
+    let services: Api<Service> = env.api();
+    let config_maps: Api<ConfigMap> = env.api();
 
     // kubectl apply -f examples/wsgiapp.yaml
     let app = example_app(&env.ns);
@@ -211,7 +219,7 @@ async fn the_api_server_refuses_what_the_cel_rules_refuse() {
     let Some(env) = setup("cel").await else {
         return;
     };
-    let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
+    let apps: Api<WsgiApp> = env.api();
     let mut app = example_app(&env.ns);
     let workers = app.spec.workers.as_mut().expect("workers");
     workers.min = Some(8);
@@ -233,8 +241,8 @@ async fn steady_state_leaves_resource_versions_alone() {
     let Some(env) = setup("steady").await else {
         return;
     };
-    let config_maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
-    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
+    let config_maps: Api<ConfigMap> = env.api();
+    let services: Api<Service> = env.api();
     env.apply(&example_app(&env.ns)).await;
     let versions = || {
         let (c, s) = (config_maps.clone(), services.clone());
@@ -275,8 +283,8 @@ async fn kubectl_scale_outside_the_bounds_is_refused_with_the_reason() {
     let Some(env) = setup("scale").await else {
         return;
     };
-    let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
-    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
+    let apps: Api<WsgiApp> = env.api();
+    let deployments: Api<Deployment> = env.api();
     env.apply(&example_app(&env.ns)).await;
     // The example has replicas 2..10.
     for (count, refused) in [("20", true), ("0", true), ("4", false)] {
@@ -321,9 +329,9 @@ async fn a_persistent_api_error_shows_in_a_condition_and_an_event_and_backs_off(
     let Some(env) = setup("quota").await else {
         return;
     };
-    let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
-    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
-    let quotas: Api<ResourceQuota> = Api::namespaced(env.client.clone(), &env.ns);
+    let apps: Api<WsgiApp> = env.api();
+    let services: Api<Service> = env.api();
+    let quotas: Api<ResourceQuota> = env.api();
     // No Service may be created here: the API server refuses the app's Service every time,
     // as it did for every Service past a full service IP range.
     let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
@@ -359,7 +367,7 @@ async fn a_persistent_api_error_shows_in_a_condition_and_an_event_and_backs_off(
         "{}",
         degraded.message
     );
-    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
+    let events: Api<Event> = env.api();
     eventually("a Warning Event ApiError", 30, || {
         let e = events.clone();
         async move {
@@ -381,7 +389,7 @@ async fn a_persistent_api_error_shows_in_a_condition_and_an_event_and_backs_off(
     // The retries back off, also while the app's children keep changing (as the Deployment's
     // status does while its controller churns pods): each change triggers the app, but the
     // attempts wait for the backoff. Here another client touches the Deployment every second.
-    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
+    let deployments: Api<Deployment> = env.api();
     let line = "wsgiscale_operator_errors_total{reason=\"apply_object\"}";
     let before = metric(&env.metrics, line);
     for i in 0..40 {
@@ -432,9 +440,9 @@ async fn another_managers_edits_of_list_entries_are_reverted() {
     let Some(env) = setup("foreign").await else {
         return;
     };
-    let apps: Api<WsgiApp> = Api::namespaced(env.client.clone(), &env.ns);
-    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
-    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
+    let apps: Api<WsgiApp> = env.api();
+    let services: Api<Service> = env.api();
+    let deployments: Api<Deployment> = env.api();
     env.apply(&example_app(&env.ns)).await;
     eventually("the Service and the Deployment", 60, || {
         let (s, d) = (services.clone(), deployments.clone());

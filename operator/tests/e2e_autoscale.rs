@@ -9,10 +9,10 @@
 //!
 //! No container runs in the cluster. The WsgiApp's pods carry a nodeSelector no node matches,
 //! so they stay unscheduled and no kubelet touches them; this test's stand-in kubelet turns
-//! each of them into a real `wsgiscale serve` process on its own loopback address 127.0.0.N
+//! each of them into a real `wsgiscale serve` process on its own loopback address 127.X.0.N
 //! (N from 2), waits until it answers `/load`, and patches the Pod's status to Running and
 //! Ready with that podIP; it stops the process when the Pod goes away. The operator runs
-//! in-process (controllers and autoscaler), so it reaches 127.0.0.N:adminPort like it reaches
+//! in-process (controllers and autoscaler), so it reaches 127.X.0.N:adminPort like it reaches
 //! a pod IP in a cluster. A load generator sends requests round-robin to the ready stand-ins.
 //! The test asserts that the replicas rise under the load and fall after it, with the reasons
 //! in Events.
@@ -28,10 +28,8 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::ResourceExt;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use wsgiscale_envtest::TestNamespace;
@@ -121,6 +119,9 @@ async fn stand_in_kubelet(
 ) {
     let mut running: HashMap<String, StandIn> = HashMap::new();
     let mut next_ip = 2u8;
+    // A loopback /24 of this process's own (127.X.0.0), so that two runs at once (two
+    // checkouts, a CI run beside a developer's) never serve on each other's addresses.
+    let subnet = u8::try_from(std::process::id() % 250 + 1).expect("1..=250");
     let selector = format!("wsgiscale.dev/app={APP}");
     while !stop.is_cancelled() {
         let listed = match pods.list(&ListParams::default().labels(&selector)).await {
@@ -144,10 +145,7 @@ async fn stand_in_kubelet(
             .collect();
         for name in gone {
             if let Some(mut s) = running.remove(&name) {
-                eprintln!(
-                    "stand-in: {name} gone, stopping 127.0.0.{}",
-                    s.ip.octets()[3]
-                );
+                eprintln!("stand-in: {name} gone, stopping {}", s.ip);
                 stop_server(&mut s.child).await;
             }
         }
@@ -158,7 +156,7 @@ async fn stand_in_kubelet(
             .cloned()
             .collect();
         for name in new {
-            let ip = Ipv4Addr::new(127, 0, 0, next_ip);
+            let ip = Ipv4Addr::new(127, subnet, 0, next_ip);
             next_ip = next_ip.wrapping_add(1).max(2);
             let child = std::process::Command::new(server_bin())
                 .arg("serve")
@@ -198,24 +196,9 @@ async fn stand_in_kubelet(
                         .any(|c| c.type_ == "Ready" && c.status == "True")
             });
             if !is_ready {
-                let now = Timestamp::now().to_string();
-                let status = json!({"status": {
-                    "phase": "Running",
-                    "podIP": s.ip.to_string(),
-                    "podIPs": [{"ip": s.ip.to_string()}],
-                    "startTime": now,
-                    "conditions": [
-                        {"type": "Ready", "status": "True", "lastTransitionTime": now},
-                        {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-                    ],
-                }});
-                if let Err(e) = pods
-                    .patch_status(
-                        &pod.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Strategic(&status),
-                    )
-                    .await
+                if let Err(e) =
+                    wsgiscale_envtest::mark_pod_ready(&pods, &pod.name_any(), &s.ip.to_string())
+                        .await
                 {
                     eprintln!("stand-in: patch status of {}: {e}", pod.name_any());
                 }

@@ -655,3 +655,30 @@ impl Drop for TestNamespace {
         .join();
     }
 }
+
+/// The part of a kubelet that tests play (there is none here): marks pod `name` Running and
+/// Ready at `ip`, as a kubelet reports a started pod whose readiness probe passed.
+pub async fn mark_pod_ready(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+    ip: &str,
+) -> Result<(), kube::Error> {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = serde_json::json!({"status": {
+        "phase": "Running",
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "startTime": now,
+        "conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+        ],
+    }});
+    pods.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Strategic(&status),
+    )
+    .await
+    .map(|_| ())
+}

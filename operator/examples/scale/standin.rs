@@ -10,10 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use wsgiscale_core::load::{
@@ -191,22 +189,8 @@ pub async fn run(
             .map(|(ns, name, ip)| {
                 let client = client.clone();
                 async move {
-                    let now = Timestamp::now().to_string();
-                    let status = json!({"status": {
-                        "phase": "Running",
-                        "podIP": ip,
-                        "podIPs": [{"ip": ip}],
-                        "startTime": now,
-                        "conditions": [
-                            {"type": "Ready", "status": "True", "lastTransitionTime": now},
-                            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-                        ],
-                    }});
                     let api: Api<Pod> = Api::namespaced(client, &ns);
-                    match api
-                        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status))
-                        .await
-                    {
+                    match wsgiscale_envtest::mark_pod_ready(&api, &name, &ip.to_string()).await {
                         Ok(_) => 1,
                         Err(e) => {
                             eprintln!("stand-in: patch status of {ns}/{name}: {e}");
