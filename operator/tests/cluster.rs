@@ -154,13 +154,7 @@ async fn example_runs_reloads_limits_live_and_is_collected() {
     let generation_before = dep.metadata.generation;
     let mut changed = app.clone();
     changed.spec.workers.as_mut().expect("workers").max = Some(12);
-    apps.patch(
-        "shop",
-        &PatchParams::apply(MANAGER),
-        &Patch::Apply(&changed),
-    )
-    .await
-    .expect("apply the change");
+    env.apply(&changed).await;
     eventually("the ConfigMap to carry workers.max 12", 60, || {
         let c = config_maps.clone();
         async move {
@@ -413,13 +407,7 @@ async fn a_persistent_api_error_shows_in_a_condition_and_an_event_and_backs_off(
         .expect("delete the quota");
     let mut changed = example_app(&env.ns);
     changed.spec.env[0].value = Some("staging".into());
-    apps.patch(
-        "shop",
-        &PatchParams::apply(MANAGER),
-        &Patch::Apply(&changed),
-    )
-    .await
-    .expect("apply the change");
+    env.apply(&changed).await;
     eventually("the Service, and Degraded=False", 60, || {
         let (apps, services) = (apps.clone(), services.clone());
         async move {
