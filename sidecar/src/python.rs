@@ -1,5 +1,4 @@
-//! Setting up the embedded interpreter: sys.path, the virtualenv, importing the app, and the
-//! hooks a worker needs (stack dumps on SIGUSR1, atexit on exit).
+//! Setting up the interpreter: sys.path, importing the app, and the hooks a worker needs (stack dumps on SIGUSR1, atexit on exit).
 
 use std::ffi::CString;
 
@@ -10,7 +9,7 @@ use crate::control::ZygoteInit;
 use crate::worker::wsgi::format_traceback;
 
 const SETUP: &str = r#"
-import os, sys, site
+import os, sys
 sys.argv = ["wsgiscale"]
 cwd = os.getcwd()
 for p in [cwd] + list(reversed(pythonpath)):
@@ -18,25 +17,10 @@ for p in [cwd] + list(reversed(pythonpath)):
     if p in sys.path:
         sys.path.remove(p)
     sys.path.insert(0, p)
-if venv:
-    venv = os.path.abspath(venv)
-    ver = "python%d.%d" % sys.version_info[:2]
-    sp = os.path.join(venv, "lib", ver, "site-packages")
-    if not os.path.isdir(sp):
-        raise RuntimeError("virtualenv %s has no %s (was it made with this Python, %s?)" % (venv, sp, sys.version.split()[0]))
-    before = list(sys.path)
-    site.addsitedir(sp)
-    added = [p for p in sys.path if p not in before]
-    rest = [p for p in before]
-    # The app's own directories first, then the venv, then the interpreter's site-packages.
-    head = [p for p in rest if p == cwd or p in [os.path.abspath(x) for x in pythonpath]]
-    tail = [p for p in rest if p not in head]
-    sys.path[:] = head + added + tail
-    sys.prefix = sys.exec_prefix = venv
-    os.environ["VIRTUAL_ENV"] = venv
 "#;
 
-/// Applies chdir (done by the caller), pythonpath and the virtualenv to `sys`.
+/// Applies chdir (done by the caller) and pythonpath to `sys` (the virtualenv was entered when
+/// the interpreter started: [`crate::sys::initialize_python`], [`crate::launch`]).
 pub fn setup(py: Python<'_>, init: &ZygoteInit) -> Result<(), String> {
     let run = || -> PyResult<()> {
         let locals = PyDict::new(py);
@@ -46,7 +30,6 @@ pub fn setup(py: Python<'_>, init: &ZygoteInit) -> Result<(), String> {
             .map(|p| p.display().to_string())
             .collect();
         locals.set_item("pythonpath", paths)?;
-        locals.set_item("venv", init.venv.as_ref().map(|v| v.display().to_string()))?;
         let code = CString::new(SETUP).expect("the setup script has no NUL byte");
         py.run(&code, Some(&locals), None)
     };

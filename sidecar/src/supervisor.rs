@@ -48,19 +48,29 @@ pub struct Zygote {
 }
 
 impl Zygote {
-    /// Re-executes this binary as a fork server, sends it `init` and waits until it is ready.
+    /// Starts a fork server ([`crate::launch`]), sends it `init` and waits until it is ready.
     pub async fn start(init: &ZygoteInit) -> Result<Zygote, SupervisorError> {
         let (ours, theirs) = control::pair()?;
         crate::zygote::make_inheritable(&theirs)
             .map_err(|e| SupervisorError::StartZygote(e.into()))?;
-        let exe = std::env::current_exe().map_err(SupervisorError::StartZygote)?;
-        let child = std::process::Command::new(exe)
-            .arg("__zygote")
-            .arg("--control-fd")
-            .arg(theirs.as_raw_fd().to_string())
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .map_err(SupervisorError::StartZygote)?;
+        let (program, args) = crate::launch::zygote_command(
+            crate::launch::get(),
+            init.venv.as_deref(),
+            theirs.as_raw_fd(),
+        )
+        .map_err(SupervisorError::StartZygote)?;
+        let mut command = std::process::Command::new(&program);
+        command.args(&args).stdin(std::process::Stdio::null());
+        // Workers' print() reaches the log at once (set before the interpreter starts).
+        if std::env::var_os("PYTHONUNBUFFERED").is_none() {
+            command.env("PYTHONUNBUFFERED", "1");
+        }
+        let child = command.spawn().map_err(|e| {
+            SupervisorError::StartZygote(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", program.display()),
+            ))
+        })?;
         drop(theirs);
         nix::fcntl::fcntl(
             &ours,

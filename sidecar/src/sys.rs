@@ -1,4 +1,5 @@
-//! The only `unsafe` code of the server: forking the fork server with CPython's fork hooks.
+//! The only `unsafe` code of the server: starting the embedded CPython and forking the fork
+//! server with CPython's fork hooks.
 #![allow(unsafe_code)]
 
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -82,4 +83,69 @@ pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd
     // SAFETY: the AsyncFd takes ownership of `fd`; nothing else can close it (or reuse its
     // number) while it is registered, and it is deregistered before being closed on drop.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+/// The version of the CPython this process runs (callable before the interpreter starts).
+pub fn python_version() -> Option<(u32, u32)> {
+    // SAFETY: Py_GetVersion returns a pointer to a static NUL-terminated string and may be
+    // called before Py_Initialize.
+    let text = unsafe { std::ffi::CStr::from_ptr(pyo3::ffi::Py_GetVersion()) };
+    crate::launch::major_minor(&text.to_string_lossy())
+}
+
+/// Starts the embedded interpreter of the standalone binary, unless one runs already (the
+/// package's fork server is a Python process). With `venv`, the interpreter starts as that
+/// virtualenv's `bin/python` would: CPython's own path calculation reads its `pyvenv.cfg`,
+/// and site.py then adds the venv's site-packages, and the base interpreter's only when
+/// `include-system-site-packages = true`; `sys.prefix` and `sys.executable` are the venv's.
+/// As with `Py_InitializeEx(0)`, Python installs no signal handlers.
+pub fn initialize_python(venv: Option<&std::path::Path>) -> Result<(), String> {
+    use pyo3::ffi;
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: Py_IsInitialized may be called at any time.
+    if unsafe { ffi::Py_IsInitialized() } != 0 {
+        return Ok(());
+    }
+    let Some(venv) = venv else {
+        Python::initialize();
+        return Ok(());
+    };
+    let exe = crate::launch::venv_python(venv);
+    let exe = std::ffi::CString::new(exe.as_os_str().as_bytes())
+        .map_err(|_| format!("--venv {}: the path has a NUL byte", venv.display()))?;
+    let failed = |status: ffi::PyStatus| -> String {
+        if status.err_msg.is_null() {
+            "Python failed to start".to_string()
+        } else {
+            // SAFETY: a PyStatus error message is a static NUL-terminated string.
+            let msg = unsafe { std::ffi::CStr::from_ptr(status.err_msg) };
+            format!("Python failed to start: {}", msg.to_string_lossy())
+        }
+    };
+    let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::uninit();
+    let cfg = config.as_mut_ptr();
+    // SAFETY: PyConfig_InitPythonConfig initialises the whole struct before any field is read;
+    // the string setters copy their argument; PyConfig_Clear frees what they allocated, after
+    // Py_InitializeFromConfig has copied the configuration. This runs once, on the only thread.
+    unsafe {
+        ffi::PyConfig_InitPythonConfig(cfg);
+        (*cfg).install_signal_handlers = 0;
+        let status = ffi::PyConfig_SetBytesString(
+            cfg,
+            std::ptr::addr_of_mut!((*cfg).program_name),
+            exe.as_ptr(),
+        );
+        if ffi::PyStatus_Exception(status) != 0 {
+            ffi::PyConfig_Clear(cfg);
+            return Err(failed(status));
+        }
+        let status = ffi::Py_InitializeFromConfig(cfg);
+        ffi::PyConfig_Clear(cfg);
+        if ffi::PyStatus_Exception(status) != 0 {
+            return Err(failed(status));
+        }
+        // Release the GIL as pyo3's own initialisation does; `Python::attach` takes it back.
+        ffi::PyEval_SaveThread();
+    }
+    Ok(())
 }

@@ -1,4 +1,5 @@
-//! The fork server ("zygote"): a single-threaded process, started by re-executing this binary,
+//! The fork server ("zygote"): a single-threaded process, started by re-executing this binary
+//! or the Python it was entered from ([`crate::launch`]),
 //! that sets up Python, imports the app once (preload) and forks a worker whenever the master
 //! asks, so that workers share the imported app copy-on-write and start in milliseconds. The
 //! master itself runs tokio and so never forks.
@@ -38,10 +39,10 @@ pub fn main(control_fd: RawFd) -> i32 {
         }
     };
     logging::init(init.log_format, &init.log_level);
-    if std::env::var_os("PYTHONUNBUFFERED").is_none() {
-        std::env::set_var("PYTHONUNBUFFERED", "1");
+    if let Err(message) = sys::initialize_python(init.venv.as_deref()) {
+        reply(&control, &FromZygote::ImportFailed { message });
+        return EXIT_IMPORT_FAILED;
     }
-    Python::initialize();
     Python::attach(|py| serve(py, &init, control, &mut buf))
 }
 

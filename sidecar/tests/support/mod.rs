@@ -27,6 +27,16 @@ pub fn venv() -> PathBuf {
     v
 }
 
+/// The base interpreter of the test virtualenv: the Python `make test` built the binary with.
+pub fn python3() -> PathBuf {
+    let out = Command::new(venv().join("bin/python"))
+        .args(["-c", "import sys; print(sys._base_executable)"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
