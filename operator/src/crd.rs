@@ -131,6 +131,9 @@ const SIZE_MESSAGE: &str =
     validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.enabled) || !self.autoscaling.enabled || (has(self.replicas) && has(self.replicas.max))")
         .message("autoscaling.enabled needs replicas.max: the operator never scales beyond it")
         .field_path(".replicas"),
+    validation = Rule::new("!has(self.inject) || !has(self.inject.enabled) || !self.inject.enabled || !has(self.command)")
+        .message("command and inject.enabled are exclusive: with inject the operator runs the wsgiscale it brings")
+        .field_path(".command"),
     validation = Rule::new("!has(self.memorySizing) || !has(self.memorySizing.maxWorkers) || (has(self.workers) && has(self.workers.max) ? self.workers.max : (has(self.workers) && has(self.workers.min) ? self.workers.min : 2)) <= self.memorySizing.maxWorkers")
         .message("workers.max must be at most memorySizing.maxWorkers: the pods' memory is sized for that many workers (raising maxWorkers rolls the pods)")
         .field_path(".workers.max"),
@@ -183,7 +186,8 @@ pub struct WsgiAppSpec {
 
     /// The program that runs the server, for images where `wsgiscale` is not on the PATH, e.g.
     /// `["/opt/venv/bin/wsgiscale"]`. The operator appends `serve` and its flags as the
-    /// container's arguments. Default: `["wsgiscale"]`. Changing it rolls the pods.
+    /// container's arguments. Not with `inject.enabled`. Default: `["wsgiscale"]`. Changing it
+    /// rolls the pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 4096)))]
     pub command: Vec<String>,
@@ -265,6 +269,53 @@ pub struct WsgiAppSpec {
     /// annotations, identity. Changing them rolls the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodOverrides>,
+
+    /// Run an image that has Python and the app but not wsgiscale (a gunicorn image, say)
+    /// unchanged: the operator brings wsgiscale into the pod and starts it with the image's
+    /// own `python3`. Default: off. Changing it rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject: Option<InjectSpec>,
+}
+
+/// How wsgiscale is brought into an app image that lacks it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectSpec {
+    /// Bring wsgiscale into the pod. The container's command becomes
+    /// `/wsgiscale/bin/wsgiscale-start`, which checks that the image's Python can run the
+    /// package (CPython 3.9 to 3.13 on glibc 2.28 or newer, x86_64) and then runs
+    /// `python3 -m wsgiscale serve` with the same arguments as always; an image it cannot
+    /// serve is reported in the Ready condition. Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// How the package reaches the pod: `Copy` (an init container copies it from the
+    /// inject image into an emptyDir; works on every cluster) or `ImageVolume` (the inject
+    /// image is mounted as a read-only image volume, without the copy; needs Kubernetes 1.35
+    /// or the ImageVolume feature gate, and a container runtime that supports it).
+    /// Default: Copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<InjectSource>,
+    /// The inject image. Default: ghcr.io/wsgiscale/wsgiscale-inject at the operator's
+    /// version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub image: Option<String>,
+    /// The image's Python: a name looked up on its PATH or an absolute path.
+    /// Default: python3, then python.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub python: Option<String>,
+}
+
+/// `inject.source` values.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[schemars(transform = no_description)]
+pub enum InjectSource {
+    /// An init container copies the package into an emptyDir.
+    #[default]
+    Copy,
+    /// The inject image is mounted as an image volume.
+    ImageVolume,
 }
 
 /// `imagePullPolicy` values.

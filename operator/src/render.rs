@@ -19,11 +19,13 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, Lifecycle as ContainerLifecycle, LifecycleHandler, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service as KubeService, ServicePort,
-    ServiceSpec as KubeServiceSpec, SleepAction, Volume, VolumeMount,
+    HTTPGetAction, ImageVolumeSource, Lifecycle as ContainerLifecycle, LifecycleHandler,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, Service as KubeService, ServicePort, ServiceSpec as KubeServiceSpec,
+    SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use wsgiscale_core::config::{
@@ -32,7 +34,8 @@ use wsgiscale_core::config::{
 };
 use wsgiscale_core::units::format_duration;
 
-use crate::validate::{ValidatedApp, APP_LABEL, CONFIG_DIR, TMP_DIR};
+use crate::crd::InjectSource;
+use crate::validate::{Inject, ValidatedApp, APP_LABEL, CONFIG_DIR, TMP_DIR};
 
 /// The name of the server container.
 pub const CONTAINER_NAME: &str = "app";
@@ -46,6 +49,17 @@ pub const TMP_VOLUME: &str = "wsgiscale-tmp";
 pub const HTTP_PORT_NAME: &str = "http";
 /// Name of the admin container port (probes and scraping use it by name).
 pub const ADMIN_PORT_NAME: &str = "admin";
+/// Volume holding the injected package (spec.inject).
+pub const INJECT_VOLUME: &str = "wsgiscale-inject";
+/// Where the injected package is mounted in the app container.
+pub const INJECT_DIR: &str = "/wsgiscale";
+/// The start command of an injected pod: checks the image's Python, then runs the package.
+pub const INJECT_START: &str = "/wsgiscale/bin/wsgiscale-start";
+/// The init container that copies the package (inject.source Copy).
+pub const INJECT_INIT_NAME: &str = "wsgiscale-inject";
+/// Label on the pods of apps with spec.inject: the operator watches these pods for the start
+/// command's verdict on the image.
+pub const INJECT_LABEL: &str = "wsgiscale.dev/inject";
 /// Value of `app.kubernetes.io/managed-by` on every child.
 pub const MANAGED_BY: &str = "wsgiscale-operator";
 
@@ -231,13 +245,33 @@ fn render_container(app: &ValidatedApp) -> Container {
             ..VolumeMount::default()
         },
     ];
+    if let Some(inject) = &app.inject {
+        mounts.push(VolumeMount {
+            name: INJECT_VOLUME.into(),
+            mount_path: INJECT_DIR.into(),
+            read_only: Some(true),
+            // The inject image keeps the package under /wsgiscale; an emptyDir holds only it.
+            sub_path: (inject.source == InjectSource::ImageVolume).then(|| "wsgiscale".into()),
+            ..VolumeMount::default()
+        });
+    }
     mounts.extend(app.pod.volume_mounts.iter().cloned());
     let pre_stop = app.lifecycle.pre_stop_delay.as_secs();
+    let command = match &app.inject {
+        Some(inject) => {
+            let mut c = vec![INJECT_START.to_string()];
+            if let Some(python) = &inject.python {
+                c.extend(["--python".to_string(), python.clone()]);
+            }
+            c
+        }
+        None => app.command.clone(),
+    };
     Container {
         name: CONTAINER_NAME.into(),
         image: Some(app.image.clone()),
         image_pull_policy: app.image_pull_policy.map(|p| p.as_str().to_string()),
-        command: Some(app.command.clone()),
+        command: Some(command),
         args: Some(render_serve_args(app)),
         env: (!app.env.is_empty()).then(|| app.env.clone()),
         env_from: (!app.env_from.is_empty()).then(|| app.env_from.clone()),
@@ -280,18 +314,75 @@ fn render_container(app: &ValidatedApp) -> Container {
             }),
             ..ContainerLifecycle::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
+    }
+}
+
+/// The container security context of every container the operator renders.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The volume that brings the package (and the init container that fills it, for Copy).
+fn render_inject(inject: &Inject) -> (Volume, Option<Container>) {
+    match inject.source {
+        InjectSource::Copy => (
+            Volume {
+                name: INJECT_VOLUME.into(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    size_limit: Some(Quantity("128Mi".into())),
+                    ..EmptyDirVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Some(Container {
+                name: INJECT_INIT_NAME.into(),
+                image: Some(inject.image.clone()),
+                image_pull_policy: Some("IfNotPresent".into()),
+                // The image's entrypoint: cp -a /wsgiscale/. /target/
+                volume_mounts: Some(vec![VolumeMount {
+                    name: INJECT_VOLUME.into(),
+                    mount_path: "/target".into(),
+                    ..VolumeMount::default()
+                }]),
+                resources: Some(ResourceRequirements {
+                    requests: Some(
+                        [
+                            ("cpu".to_string(), Quantity("10m".into())),
+                            ("memory".to_string(), Quantity("16Mi".into())),
+                        ]
+                        .into(),
+                    ),
+                    limits: Some([("memory".to_string(), Quantity("64Mi".into()))].into()),
+                    ..ResourceRequirements::default()
+                }),
+                security_context: Some(restricted()),
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
+                ..Container::default()
+            }),
+        ),
+        InjectSource::ImageVolume => (
+            Volume {
+                name: INJECT_VOLUME.into(),
+                image: Some(ImageVolumeSource {
+                    reference: Some(inject.image.clone()),
+                    pull_policy: Some("IfNotPresent".into()),
+                }),
+                ..Volume::default()
+            },
+            None,
+        ),
     }
 }
 
@@ -322,6 +413,13 @@ fn render_pod_template(app: &ValidatedApp) -> PodTemplateSpec {
             ..Volume::default()
         },
     ];
+    let mut init_containers = Vec::new();
+    if let Some(inject) = &app.inject {
+        let (volume, init) = render_inject(inject);
+        volumes.push(volume);
+        init_containers.extend(init);
+        labels.insert(INJECT_LABEL.into(), "true".into());
+    }
     volumes.extend(pod.volumes.iter().cloned());
 
     let spread: Vec<_> = pod
@@ -346,6 +444,7 @@ fn render_pod_template(app: &ValidatedApp) -> PodTemplateSpec {
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
+            init_containers: (!init_containers.is_empty()).then_some(init_containers),
             containers: vec![render_container(app)],
             volumes: Some(volumes),
             service_account_name: pod.service_account_name.clone(),
@@ -882,5 +981,129 @@ mod tests {
             prop_assert_eq!(cfg.live.lifecycle.timeout, (timeout > 0).then(|| Duration::from_secs(timeout as u64)));
             prop_assert_eq!(cfg.live.lifecycle.max_requests, max_requests as u64);
         }
+    }
+
+    #[test]
+    fn injected_pod_copies_the_package_and_starts_through_the_check() {
+        use crate::crd::InjectSpec;
+        let plain = valid(&mk_app("shop"));
+        let app = valid(&mk_app("shop").map(|a| {
+            a.spec.inject = Some(InjectSpec {
+                enabled: Some(true),
+                ..InjectSpec::default()
+            })
+        }));
+        let dep = render_deployment(&app, 2);
+        let template = dep.spec.template;
+        let pod = template.spec.expect("pod");
+        let c = &pod.containers[0];
+        assert_eq!(c.command.as_deref(), Some(&[INJECT_START.to_string()][..]));
+        // The same server arguments as without inject: live limits, probes, ports unchanged.
+        assert_eq!(c.args, Some(render_serve_args(&plain)));
+        let plain_dep = render_deployment(&plain, 2);
+        let plain_c = &plain_dep
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .expect("pod")
+            .containers[0];
+        assert_eq!(c.liveness_probe, plain_c.liveness_probe);
+        assert_eq!(c.readiness_probe, plain_c.readiness_probe);
+        assert_eq!(c.ports, plain_c.ports);
+        let mount = c
+            .volume_mounts
+            .as_ref()
+            .expect("mounts")
+            .iter()
+            .find(|m| m.name == INJECT_VOLUME)
+            .expect("the package is mounted");
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (INJECT_DIR, Some(true))
+        );
+        let init = pod.init_containers.as_ref().expect("an init container");
+        assert_eq!(init.len(), 1);
+        assert_eq!(init[0].name, INJECT_INIT_NAME);
+        assert_eq!(
+            init[0].image.as_deref(),
+            Some(
+                format!(
+                    "ghcr.io/wsgiscale/wsgiscale-inject:{}",
+                    env!("CARGO_PKG_VERSION")
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(init[0].security_context, Some(restricted()));
+        assert_eq!(
+            init[0].volume_mounts.as_ref().expect("mount")[0].mount_path,
+            "/target"
+        );
+        let volume = pod
+            .volumes
+            .as_ref()
+            .expect("volumes")
+            .iter()
+            .find(|v| v.name == INJECT_VOLUME)
+            .expect("volume");
+        assert!(volume.empty_dir.is_some());
+        let labels = template.metadata.expect("meta").labels.expect("labels");
+        assert_eq!(labels.get(INJECT_LABEL).map(String::as_str), Some("true"));
+        // Without inject nothing of it is rendered.
+        let plain_pod = plain_dep.spec.template.spec.expect("pod");
+        assert!(plain_pod.init_containers.is_none());
+        assert!(!plain_pod
+            .volumes
+            .expect("volumes")
+            .iter()
+            .any(|v| v.name == INJECT_VOLUME));
+    }
+
+    #[test]
+    fn injected_pod_with_an_image_volume_and_a_named_python() {
+        use crate::crd::{InjectSource, InjectSpec};
+        let app = valid(&mk_app("shop").map(|a| {
+            a.spec.inject = Some(InjectSpec {
+                enabled: Some(true),
+                source: Some(InjectSource::ImageVolume),
+                image: Some("registry.local/wsgiscale-inject:0.1.0".into()),
+                python: Some("/usr/local/bin/python3.12".into()),
+            })
+        }));
+        let pod = render_deployment(&app, 1).spec.template.spec.expect("pod");
+        assert!(
+            pod.init_containers.is_none(),
+            "no copy with an image volume"
+        );
+        let volume = pod
+            .volumes
+            .as_ref()
+            .expect("volumes")
+            .iter()
+            .find(|v| v.name == INJECT_VOLUME)
+            .expect("volume");
+        let image = volume.image.as_ref().expect("an image volume");
+        assert_eq!(
+            image.reference.as_deref(),
+            Some("registry.local/wsgiscale-inject:0.1.0")
+        );
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.command.clone().expect("command"),
+            vec![
+                INJECT_START.to_string(),
+                "--python".into(),
+                "/usr/local/bin/python3.12".into()
+            ]
+        );
+        let mount = c
+            .volume_mounts
+            .as_ref()
+            .expect("mounts")
+            .iter()
+            .find(|m| m.name == INJECT_VOLUME)
+            .expect("mounted");
+        assert_eq!(mount.sub_path.as_deref(), Some("wsgiscale"));
     }
 }

@@ -6,10 +6,11 @@
 //! changing, so an unchanged world computes an identical status and nothing is written.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{WsgiApp, WsgiAppStatus};
-use crate::render::selector_string;
+use crate::render::{selector_string, CONTAINER_NAME};
 use crate::validate::{ValidatedApp, ValidationError};
 
 /// Condition type: the app runs every desired pod, up to date and ready.
@@ -46,6 +47,42 @@ pub mod reasons {
     pub const AS_EXPECTED: &str = "AsExpected";
     /// The API server keeps failing a request of the operator's (retried with backoff).
     pub const API_ERROR: &str = "ApiError";
+    // With spec.inject, the start command's verdict on the app image is the reason itself:
+    // NoPython, UnsupportedPython, MuslLibc or OldGlibc (see wsgiscale-start).
+}
+
+/// Why the app image cannot run the injected wsgiscale, as its start command reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unservable {
+    /// `NoPython`, `UnsupportedPython`, `MuslLibc`, `OldGlibc`.
+    pub reason: String,
+    /// What was found, in the start command's words.
+    pub message: String,
+}
+
+/// The start command's verdict, from the pods of an app with spec.inject: the termination
+/// message of the app container (now or at its last exit) of a pod that runs `image`.
+pub fn compute_unservable(pods: &[Pod], image: &str) -> Option<Unservable> {
+    pods.iter()
+        .filter(|p| {
+            p.spec.as_ref().is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .any(|c| c.name == CONTAINER_NAME && c.image.as_deref() == Some(image))
+            })
+        })
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .filter(|cs| cs.name == CONTAINER_NAME)
+        .flat_map(|cs| {
+            let now = cs.state.as_ref().and_then(|s| s.terminated.as_ref());
+            let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+            [now, last]
+        })
+        .flatten()
+        .filter_map(|t| t.message.as_deref())
+        .find_map(wsgiscale_start::parse_termination_message)
+        .map(|(reason, message)| Unservable { reason, message })
 }
 
 /// What the reconciler got to.
@@ -76,6 +113,8 @@ pub enum Outcome<'a> {
         deployment: Option<&'a Deployment>,
         /// The replicas the Deployment was given.
         desired: i32,
+        /// With spec.inject: the app image cannot run wsgiscale, says its start command.
+        unservable: Option<&'a Unservable>,
     },
 }
 
@@ -215,6 +254,7 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
             app: v,
             deployment,
             desired,
+            unservable,
         } => {
             let r = rollout(deployment);
             status.replicas = Some(r.replicas);
@@ -239,6 +279,8 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
                     let msg = format!("{} of {desired} pods ready", r.ready);
                     (true, reasons::AVAILABLE, msg)
                 }
+            } else if let Some(u) = unservable {
+                (false, u.reason.as_str(), u.message.clone())
             } else if let Some(m) = &r.deadline_exceeded {
                 (false, reasons::PROGRESS_DEADLINE_EXCEEDED, m.clone())
             } else if !r.seen {
@@ -273,7 +315,10 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
             };
             c.set(PROGRESSING, progressing, reason, msg);
 
-            let (degraded, reason, msg) = if let Some(m) = &r.deadline_exceeded {
+            let healthy = complete && r.ready >= desired;
+            let (degraded, reason, msg) = if let Some(u) = unservable.filter(|_| !healthy) {
+                (true, u.reason.as_str(), u.message.clone())
+            } else if let Some(m) = &r.deadline_exceeded {
                 (true, reasons::PROGRESS_DEADLINE_EXCEEDED, m.clone())
             } else if let Some(m) = &r.replica_failure {
                 (true, reasons::REPLICA_FAILURE, m.clone())
@@ -378,6 +423,7 @@ mod tests {
                 app: &v,
                 deployment: Some(d),
                 desired,
+                unservable: None,
             },
             t("2026-01-01T00:00:00Z"),
         )
@@ -536,6 +582,7 @@ mod tests {
                 app: &v,
                 deployment: Some(&d),
                 desired: 1,
+                unservable: None,
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -545,6 +592,7 @@ mod tests {
                 app: &v,
                 deployment: Some(&d),
                 desired: 1,
+                unservable: None,
             },
             t("2026-01-01T01:00:00Z"),
         );
@@ -557,6 +605,7 @@ mod tests {
                 app: &v,
                 deployment: Some(&not_ready),
                 desired: 1,
+                unservable: None,
             },
             t("2026-01-01T02:00:00Z"),
         );
@@ -583,6 +632,7 @@ mod tests {
                 app: &v,
                 deployment: None,
                 desired: 1,
+                unservable: None,
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -647,6 +697,7 @@ mod tests {
                 app: &v,
                 deployment: Some(&d),
                 desired: 1,
+                unservable: None,
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -656,5 +707,75 @@ mod tests {
             Some(reasons::AVAILABLE.to_string())
         );
         assert!(ready_transition(Some(&good), &good).is_none());
+    }
+
+    fn injected_pod(image: &str, message: Option<&str>) -> Pod {
+        use k8s_openapi::api::core::v1::{
+            Container, ContainerState, ContainerStateTerminated, ContainerStatus, PodSpec,
+            PodStatus,
+        };
+        Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: CONTAINER_NAME.into(),
+                    image: Some(image.into()),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: CONTAINER_NAME.into(),
+                    last_state: message.map(|m| ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: 3,
+                            message: Some(m.into()),
+                            ..ContainerStateTerminated::default()
+                        }),
+                        ..ContainerState::default()
+                    }),
+                    ..ContainerStatus::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn an_unservable_image_is_the_ready_reason_and_degrades() {
+        let musl = "wsgiscale-start: MuslLibc: python3 at /usr/local/bin/python3 is CPython 3.12.7 built for musl libc";
+        let pods = [
+            injected_pod("shop:1", None),
+            injected_pod(
+                "shop:0",
+                Some("wsgiscale-start: NoPython: from an older image"),
+            ),
+            injected_pod("shop:1", Some("Traceback (most recent call last): ...")),
+            injected_pod("shop:1", Some(musl)),
+        ];
+        let u = compute_unservable(&pods, "shop:1").expect("found");
+        assert_eq!(u.reason, "MuslLibc");
+        assert!(u.message.contains("CPython 3.12.7"), "{u:?}");
+        assert_eq!(compute_unservable(&pods[..3], "shop:1"), None);
+
+        let app = mk_app("shop");
+        let v = validate_app(&app).expect("valid");
+        let d = dep(1, 1, 2, 2, 0);
+        let s = compute_status(
+            &app,
+            Outcome::Applied {
+                app: &v,
+                deployment: Some(&d),
+                desired: 2,
+                unservable: Some(&u),
+            },
+            t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(cond(&s, READY), ("False".into(), "MuslLibc".into()));
+        assert_eq!(cond(&s, DEGRADED), ("True".into(), "MuslLibc".into()));
+        assert!(condition(&s, READY).expect("set").message.contains("musl"));
+        let (reason, _) = degraded_transition(None, &s).expect("a Warning event");
+        assert_eq!(reason, "MuslLibc");
     }
 }

@@ -330,6 +330,27 @@ pub struct ValidatedApp {
     pub resources: Option<ResourceRequirements>,
     /// Pod settings.
     pub pod: PodOverrides,
+    /// wsgiscale brought into the pod, when the image lacks it.
+    pub inject: Option<Inject>,
+}
+
+/// `spec.inject`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inject {
+    /// How the package reaches the pod.
+    pub source: crate::crd::InjectSource,
+    /// The inject image.
+    pub image: String,
+    /// The image's Python, if not python3/python on PATH.
+    pub python: Option<String>,
+}
+
+/// The inject image of this operator's version.
+pub fn default_inject_image() -> String {
+    format!(
+        "ghcr.io/wsgiscale/wsgiscale-inject:{}",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// Collects field errors while the spec is resolved.
@@ -442,6 +463,32 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
     if spec.command.iter().any(|c| c.is_empty()) {
         errs.push("spec.command", "must not contain empty strings");
     }
+    let inject = spec
+        .inject
+        .as_ref()
+        .filter(|i| i.enabled.unwrap_or(false))
+        .map(|i| Inject {
+            source: i.source.unwrap_or_default(),
+            image: i.image.clone().unwrap_or_else(default_inject_image),
+            python: i.python.clone(),
+        });
+    if inject.is_some() && !spec.command.is_empty() {
+        errs.push(
+            "spec.command",
+            "command and inject.enabled are exclusive: with inject the operator runs the wsgiscale it brings",
+        );
+    }
+    if let Some(i) = &inject {
+        if i.image.is_empty() {
+            errs.push("spec.inject.image", "must not be empty");
+        }
+        if i.python
+            .as_deref()
+            .is_some_and(|p| p.is_empty() || p.contains('\0'))
+        {
+            errs.push("spec.inject.python", "must be a non-empty name or path");
+        }
+    }
 
     let port = errs.int("spec.port", spec.port, defaults::PORT, 1, 65535);
     let admin_port = errs.int(
@@ -549,6 +596,7 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
         venv: spec.venv.clone(),
         preload: spec.preload.unwrap_or(true),
         command,
+        inject,
         env: spec.env.clone(),
         env_from: spec.env_from.clone(),
         port,
@@ -1070,6 +1118,16 @@ mod tests {
     fn invalid_specs_name_their_fields() {
         let cases: Vec<(WsgiApp, &str)> = vec![
             (mk_app("shop").with_workers(4, Some(2)), "spec.workers.min"),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.command = vec!["/opt/venv/bin/wsgiscale".into()];
+                    a.spec.inject = Some(crate::crd::InjectSpec {
+                        enabled: Some(true),
+                        ..Default::default()
+                    });
+                }),
+                "spec.command",
+            ),
             (
                 mk_app("shop")
                     .with_workers(1, None)

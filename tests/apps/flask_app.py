@@ -12,3 +12,11 @@ def json_route():
 @app.post("/echo")
 def echo():
     return jsonify(length=len(request.get_data()), form=request.form.to_dict())
+
+
+@app.get("/sleep")
+def sleep():
+    import time
+
+    time.sleep(int(request.args.get("ms", "50")) / 1000)
+    return jsonify(slept=True)
