@@ -620,6 +620,11 @@ def default_entries():
             Entry("uwsgi"), Entry("granian"), Entry("bjoern"), Entry("cheroot")]
 
 
+def with_wheel():
+    """The peers, and wsgiscale as pip installs it next to the binary (when installed)."""
+    return [Entry("wsgiscale"), Entry("wsgiscale-wheel")] + default_entries()[1:]
+
+
 # ----------------------------------------------------------------------------------------
 # scenarios
 # ----------------------------------------------------------------------------------------
@@ -660,7 +665,7 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("hello", "hello world, 13 bytes, c64", "basic:hello",
-             _check_eq(b"Hello, World!"),
+             _check_eq(b"Hello, World!"), entries=with_wheel,
              measures="raw per-request overhead of the server (HTTP parsing, dispatch, WSGI "
                       "call) with a trivial app"),
     Scenario("json4k", "4 KiB JSON built per request, c64", "basic:json4k",
@@ -686,7 +691,7 @@ SCENARIOS = [
              method="POST", body=ECHO_BODY, lua=BENCH / "wrk" / "post64k.lua",
              measures="request and response body streaming (wsgi.input read, 64 KiB each way)"),
     Scenario("flask", "Flask JSON route, c64", "flask_app:app",
-             _check_json(lambda d, b: d.get("framework") == "flask"),
+             _check_json(lambda d, b: d.get("framework") == "flask"), entries=with_wheel,
              measures="a framework's per-request cost on top of the server (Flask 3, jsonify)"),
     Scenario("slowclients", "hello while 200 slow clients trickle headers", "basic:hello",
              _check_eq(b"Hello, World!"), slow=True,

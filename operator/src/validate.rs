@@ -479,6 +479,15 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
         );
     }
     if let Some(i) = &inject {
+        let pod = spec.pod.as_ref();
+        for (n, m) in pod.iter().flat_map(|p| p.volume_mounts.iter()).enumerate() {
+            if m.mount_path == crate::render::INJECT_DIR {
+                errs.push(
+                    &format!("spec.pod.volumeMounts[{n}].mountPath"),
+                    "/wsgiscale is where inject mounts the package",
+                );
+            }
+        }
         if i.image.is_empty() {
             errs.push("spec.inject.image", "must not be empty");
         }

@@ -9,7 +9,8 @@ For each CPython: a fresh virtualenv, ``pip install`` of that CPython's wheel an
 - ``wsgiscale serve flask_app:app`` (the console script) answers a Flask request from the
   venv's Flask with no LD_LIBRARY_PATH, --venv or --pythonpath, climbs from 1 worker under
   load and exits 0 on SIGTERM;
-- ``python -m wsgiscale serve`` does the same for one request and SIGTERM.
+- ``python -m wsgiscale serve`` does the same for one request and SIGTERM;
+- ``wsgiscale serve --venv OTHER`` runs the app in that other environment only.
 With ``--static``, also the same on every CPython here that has no shared libpython (Debian's
 /usr/bin/python3.X is one) and whose version has a wheel.
 """
@@ -66,14 +67,14 @@ def wait_until(what, check, within=30):
 
 
 class Server:
-    def __init__(self, argv, env):
+    def __init__(self, argv, env, ready="/json"):
         self.port, self.admin = free_port(), free_port()
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             argv + ["--bind", "127.0.0.1:%d" % self.port, "--admin-bind", "127.0.0.1:%d" % self.admin],
             cwd=APPS, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
-        wait_until("the server to answer", lambda: self.alive() and get(self.url("/json"), 2)[0] == 200)
+        wait_until("the server to answer", lambda: self.alive() and get(self.url(ready), 2)[0] == 200)
 
     def alive(self):
         if self.proc.poll() is not None:
@@ -182,8 +183,18 @@ def one(python, wheel, label):
         s = Server([vpy, "-m", "wsgiscale", "serve", "--workers", "2", "flask_app:app"], env)
         assert get(s.url("/json"))[0] == 200
         s.stop()
+
+        # --venv of another environment (what spec.venv renders): the app runs in that one,
+        # and sees neither this venv's packages nor the base interpreter's.
+        other = os.path.join(tmp, "other")
+        subprocess.run([python, "-m", "venv", "--without-pip", other], check=True)
+        s = Server([script, "serve", "--workers", "1", "--venv", other, "envinfo:application"], env, ready="/")
+        info = json.loads(get(s.url("/"))[1])
+        s.stop()
+        assert os.path.realpath(info["prefix"]) == os.path.realpath(other), info
+        assert info["flask"] is None and not info["base_site_visible"], info
         who = "as uid 10001" if user else "as %s" % ("root" if os.geteuid() == 0 else "this user")
-        print("ok   %s: %s, wheel %s: served Flask, scaled 1 -> >=3 workers, exit 0 on SIGTERM (script %s, and -m)" % (label, python, os.path.basename(wheel), who), flush=True)
+        print("ok   %s: %s, wheel %s: served Flask, scaled 1 -> >=3 workers, exit 0 on SIGTERM (script %s, and -m), --venv of another env" % (label, python, os.path.basename(wheel), who), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

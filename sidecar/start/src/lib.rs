@@ -135,11 +135,7 @@ pub fn decide(python: &Path, found: &Found, extensions: &[String]) -> Result<(),
             format!("{what} built for musl libc ({}); {supported}", found.soabi),
         ));
     }
-    if let Some(v) = found
-        .libc
-        .strip_prefix("glibc ")
-        .and_then(major_minor)
-    {
+    if let Some(v) = found.libc.strip_prefix("glibc ").and_then(major_minor) {
         if v < MIN_GLIBC {
             return Err(Unservable::new(
                 "OldGlibc",
