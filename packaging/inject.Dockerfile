@@ -8,7 +8,7 @@
 #   docker build -f packaging/inject.Dockerfile --build-context wheels=dist \
 #     -t ghcr.io/wsgiscale/wsgiscale-inject:0.1.0 .
 
-ARG RUST_VERSION=1.95
+ARG RUST_VERSION=1.95.0
 ARG PYTHON_VERSION=3.12
 
 FROM scratch AS wheels

@@ -35,7 +35,7 @@ use wsgiscale_core::config::{
 use wsgiscale_core::units::format_duration;
 
 use crate::crd::InjectSource;
-use crate::validate::{Inject, ValidatedApp, APP_LABEL, CONFIG_DIR, TMP_DIR};
+use crate::validate::{Inject, ValidatedApp, APP_LABEL, CONFIG_DIR, INJECT_DIR, TMP_DIR};
 
 /// The name of the server container.
 pub const CONTAINER_NAME: &str = "app";
@@ -51,8 +51,6 @@ pub const HTTP_PORT_NAME: &str = "http";
 pub const ADMIN_PORT_NAME: &str = "admin";
 /// Volume holding the injected package (spec.inject).
 pub const INJECT_VOLUME: &str = "wsgiscale-inject";
-/// Where the injected package is mounted in the app container.
-pub const INJECT_DIR: &str = "/wsgiscale";
 /// The start command of an injected pod: checks the image's Python, then runs the package.
 pub const INJECT_START: &str = "/wsgiscale/bin/wsgiscale-start";
 /// The init container that copies the package (inject.source Copy).

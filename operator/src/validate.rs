@@ -31,6 +31,8 @@ pub const RESERVED_VOLUME_PREFIX: &str = "wsgiscale-";
 pub const CONFIG_DIR: &str = "/etc/wsgiscale";
 /// The writable emptyDir for the read-only root filesystem.
 pub const TMP_DIR: &str = "/tmp";
+/// Where spec.inject mounts the package in the app container.
+pub const INJECT_DIR: &str = "/wsgiscale";
 
 /// The defaults of every optional field, in one place (the CRD's doc comments repeat them).
 pub mod defaults {
@@ -481,7 +483,7 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
     if let Some(i) = &inject {
         let pod = spec.pod.as_ref();
         for (n, m) in pod.iter().flat_map(|p| p.volume_mounts.iter()).enumerate() {
-            if m.mount_path == crate::render::INJECT_DIR {
+            if m.mount_path == INJECT_DIR {
                 errs.push(
                     &format!("spec.pod.volumeMounts[{n}].mountPath"),
                     "/wsgiscale is where inject mounts the package",

@@ -37,7 +37,7 @@ fn serve(args: ServeArgs) -> i32 {
         },
         None => Default::default(),
     };
-    let cfg = match wsgiscale_core::config::resolve(&args, &file, virtual_env()) {
+    let cfg = match wsgiscale_core::config::resolve(&args, &file, launch::virtual_env()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wsgiscale: {e}");
@@ -76,16 +76,6 @@ fn serve(args: ServeArgs) -> i32 {
             tracing::error!("{e}");
             1
         }
-    }
-}
-
-/// The fallback for `--venv`. The standalone binary takes an activated virtualenv
-/// (`$VIRTUAL_ENV`), as its embedded Python has no environment of its own; the package runs
-/// in the environment of the interpreter it was installed into, as gunicorn does.
-pub fn virtual_env() -> Option<std::path::PathBuf> {
-    match launch::get() {
-        Launch::Binary => std::env::var_os("VIRTUAL_ENV").map(Into::into),
-        Launch::Package(_) => None,
     }
 }
 

@@ -69,6 +69,16 @@ pub fn get() -> &'static Launch {
     LAUNCH.get_or_init(|| Launch::Binary)
 }
 
+/// The fallback for `--venv`. The standalone binary takes an activated virtualenv
+/// (`$VIRTUAL_ENV`), as its embedded Python has no environment of its own; the package runs
+/// in the environment of the interpreter it was installed into, as gunicorn does.
+pub fn virtual_env() -> Option<std::path::PathBuf> {
+    match get() {
+        Launch::Binary => std::env::var_os("VIRTUAL_ENV").map(Into::into),
+        Launch::Package(_) => None,
+    }
+}
+
 /// The program and arguments that start a fork server on inherited descriptor `fd`, for the
 /// environment `venv` (the package's launch only: the binary enters a venv itself).
 pub fn zygote_command(

@@ -68,7 +68,7 @@ pub fn zygote_init(cfg: &ServerConfig) -> ZygoteInit {
 /// Re-reads the config file and resolves it with the original flags.
 fn reread(args: &ServeArgs, path: &Path) -> Result<ServerConfig, String> {
     let file = load_config_file(path)?;
-    resolve(args, &file, crate::entry::virtual_env()).map_err(|e| e.to_string())
+    resolve(args, &file, crate::launch::virtual_env()).map_err(|e| e.to_string())
 }
 
 /// Names the settings of `new` that differ from `old` but only apply on restart.
