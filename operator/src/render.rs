@@ -981,6 +981,22 @@ mod tests {
         }
     }
 
+    fn inject_volume(pod: &PodSpec) -> &Volume {
+        pod.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == INJECT_VOLUME)
+            .expect("the inject volume")
+    }
+
+    fn inject_mount(c: &Container) -> &VolumeMount {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == INJECT_VOLUME)
+            .expect("the package is mounted")
+    }
+
     #[test]
     fn injected_pod_copies_the_package_and_starts_through_the_check() {
         use crate::crd::InjectSpec;
@@ -1009,13 +1025,7 @@ mod tests {
         assert_eq!(c.liveness_probe, plain_c.liveness_probe);
         assert_eq!(c.readiness_probe, plain_c.readiness_probe);
         assert_eq!(c.ports, plain_c.ports);
-        let mount = c
-            .volume_mounts
-            .as_ref()
-            .expect("mounts")
-            .iter()
-            .find(|m| m.name == INJECT_VOLUME)
-            .expect("the package is mounted");
+        let mount = inject_mount(c);
         assert_eq!(
             (mount.mount_path.as_str(), mount.read_only),
             (INJECT_DIR, Some(true))
@@ -1038,13 +1048,7 @@ mod tests {
             init[0].volume_mounts.as_ref().expect("mount")[0].mount_path,
             "/target"
         );
-        let volume = pod
-            .volumes
-            .as_ref()
-            .expect("volumes")
-            .iter()
-            .find(|v| v.name == INJECT_VOLUME)
-            .expect("volume");
+        let volume = inject_volume(&pod);
         assert!(volume.empty_dir.is_some());
         let labels = template.metadata.expect("meta").labels.expect("labels");
         assert_eq!(labels.get(INJECT_LABEL).map(String::as_str), Some("true"));
@@ -1074,13 +1078,7 @@ mod tests {
             pod.init_containers.is_none(),
             "no copy with an image volume"
         );
-        let volume = pod
-            .volumes
-            .as_ref()
-            .expect("volumes")
-            .iter()
-            .find(|v| v.name == INJECT_VOLUME)
-            .expect("volume");
+        let volume = inject_volume(&pod);
         let image = volume.image.as_ref().expect("an image volume");
         assert_eq!(
             image.reference.as_deref(),
@@ -1095,13 +1093,7 @@ mod tests {
                 "/usr/local/bin/python3.12".into()
             ]
         );
-        let mount = c
-            .volume_mounts
-            .as_ref()
-            .expect("mounts")
-            .iter()
-            .find(|m| m.name == INJECT_VOLUME)
-            .expect("mounted");
+        let mount = inject_mount(c);
         assert_eq!(mount.sub_path.as_deref(), Some("wsgiscale"));
     }
 }

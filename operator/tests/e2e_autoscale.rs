@@ -141,12 +141,19 @@ enum Mode {
     },
 }
 
-/// The injected package folder of `make inject-package`, if built.
+/// The injected package folder of `make inject-package`; without it the test says it is
+/// skipped.
 fn inject_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("WSGISCALE_INJECT_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(".cache/inject"));
-    dir.join("bin/wsgiscale-start").exists().then_some(dir)
+    if dir.join("bin/wsgiscale-start").exists() {
+        return Some(dir);
+    }
+    wsgiscale_envtest::skip_line(
+        "no injected package folder: run `make inject-package` (make test does)",
+    );
+    None
 }
 
 /// The CPython minor versions the package folder has an extension for.
@@ -645,9 +652,6 @@ async fn injected_pods_serve_from_a_plain_python_and_scale_the_same() {
         return;
     };
     let Some(package) = inject_dir() else {
-        wsgiscale_envtest::skip_line(
-            "no injected package folder: run `make inject-package` (make test does)",
-        );
         return;
     };
     let versions = packaged_versions(&package);
@@ -678,9 +682,6 @@ async fn an_image_the_package_cannot_serve_gets_a_clear_status_and_event() {
         return;
     };
     let Some(package) = inject_dir() else {
-        wsgiscale_envtest::skip_line(
-            "no injected package folder: run `make inject-package` (make test does)",
-        );
         return;
     };
     // A directory whose python3 is CPython 3.8 (pyenv's, when it is here), else a stand-in
