@@ -64,6 +64,14 @@ pub fn bind(addr: &BindAddr) -> io::Result<Listener> {
             use std::os::unix::fs::FileTypeExt;
             if let Ok(meta) = std::fs::symlink_metadata(path) {
                 if meta.file_type().is_socket() {
+                    // A socket someone still accepts on is in use, as a TCP address would
+                    // be; only a stale one (nobody listening) is replaced.
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            "address in use: another server is listening on this socket",
+                        ));
+                    }
                     std::fs::remove_file(path)?;
                 }
             }
@@ -102,7 +110,10 @@ pub async fn accept_loop(listener: Listener, ctx: Arc<Shared>, stop: Cancellatio
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.http.keepalive_timeout)
-        .max_buf_size(MAX_BUF);
+        .max_buf_size(MAX_BUF)
+        // A client may send a whole request and shut down its write side (`nc -N`, some
+        // HTTP/1.0 clients and proxies): answer it instead of dropping the connection at EOF.
+        .half_close(true);
     let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {
@@ -274,7 +285,8 @@ async fn handle(
             method = %method,
             path = %target,
             status = resp.status().as_u16(),
-            remote = ?conn.remote.map(|r| r.ip()),
+            // The client's IP; "-" on a unix socket (as common log format writes it).
+            remote = %conn.remote.map_or_else(|| "-".to_string(), |r| r.ip().to_string()),
             duration_ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
             "request"
         );

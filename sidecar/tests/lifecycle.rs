@@ -122,4 +122,10 @@ fn environment_twins_configure_the_server() {
         "access log line:\n{}",
         s.log_text()
     );
+    // The client's address as an address, not a Rust Option.
+    assert!(
+        s.log_text().contains("\"remote\":\"127.0.0.1\""),
+        "access log line:\n{}",
+        s.log_text()
+    );
 }

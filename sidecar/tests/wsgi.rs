@@ -422,3 +422,53 @@ fn large_bodies_cross_in_pieces() {
     .unwrap();
     assert_eq!(r.json()["len"], 3 << 20);
 }
+
+/// `printf 'GET / HTTP/1.0\r\n\r\n' | nc -N`: the client sends a whole request and shuts
+/// down its write side; it still gets the response (as from wsgiref and gunicorn).
+#[test]
+fn a_request_followed_by_a_half_close_is_answered() {
+    use std::io::{Read, Write};
+    let s = Server::start(APP, &["--workers", "1"]);
+    for req in [
+        "GET /environ HTTP/1.0\r\nHost: t\r\n\r\n",
+        "GET /environ HTTP/1.1\r\nHost: t\r\n\r\n",
+    ] {
+        let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        c.write_all(req.as_bytes()).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200"),
+            "{req:?} got {text:?}"
+        );
+    }
+}
+
+/// A second server on a live `unix:` path is refused, as TCP refuses an address in use, and
+/// the first keeps serving; a stale socket file (nobody listening) is replaced.
+#[test]
+fn a_live_unix_socket_is_refused_and_a_stale_one_replaced() {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!("wsgiscale-test-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.sock");
+    let bind = format!("unix:{}", path.display());
+    // A stale socket: bound, then its listener gone.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let first = Server::start(APP, &["--workers", "1", "--bind", &bind]);
+    let (status, log) = support::start_failing(APP, &["--workers", "1", "--bind", &bind]);
+    assert!(!status.success());
+    assert!(log.contains("in use"), "{log}");
+    let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    c.write_all(b"GET /environ HTTP/1.1\r\nHost: local\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).unwrap();
+    assert_eq!(parse_responses(&out)[0].status, 200);
+    drop(first);
+    let _ = std::fs::remove_dir_all(dir);
+}
