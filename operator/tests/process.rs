@@ -250,3 +250,61 @@ async fn runs_leads_and_exits_cleanly_on_sigterm() {
     assert!(logs.contains("SIGTERM"), "{logs}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `wsgiscale-operator crd | head -1`: the reader goes away after one line; the command ends
+/// quietly with status 0 (before: exit 1, "Broken pipe" and a backtrace).
+#[test]
+fn crd_into_a_closed_pipe_exits_quietly() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgiscale-operator"))
+        .arg("crd")
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wsgiscale-operator crd");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read a line");
+    assert!(first.starts_with('#'), "{first}");
+    // The reader is dropped: the rest of the 250 KB CRD meets a closed pipe.
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// `wsgiscale-operator run` without a usable kubeconfig: one line that says so, naming the
+/// file once, and a failure status (before: the same message five times and a backtrace).
+#[test]
+fn run_without_a_kubeconfig_says_so_once() {
+    let missing =
+        std::env::temp_dir().join(format!("wsgiscale-no-kubeconfig-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_wsgiscale-operator"))
+        .arg("run")
+        .env("KUBECONFIG", &missing)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run wsgiscale-operator");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("kubeconfig"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert_eq!(
+        errors[0].matches(&*missing.to_string_lossy()).count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("Stack backtrace") && !stderr.contains("Caused by"),
+        "{stderr}"
+    );
+}
