@@ -36,6 +36,9 @@ pub enum ServerError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The supervisor's task panicked: the workers' state is unknown, so the server stops.
+    #[error("the supervisor failed: {0}")]
+    SupervisorFailed(String),
 }
 
 /// Reads and parses a config file.
@@ -262,11 +265,35 @@ pub async fn run(args: ServeArgs, cfg: ServerConfig) -> Result<(), ServerError> 
     };
     stop_admin.cancel();
     let _ = admin_task.await;
-    match result {
+    supervisor_outcome(result)
+}
+
+/// How the supervisor's task ended -> how the server ends: a panic (or a cancelled task) is
+/// a failure, never a clean exit (which a process manager would not restart).
+fn supervisor_outcome(
+    ended: Result<Result<(), SupervisorError>, tokio::task::JoinError>,
+) -> Result<(), ServerError> {
+    match ended {
         Ok(r) => r.map_err(ServerError::from),
-        Err(join) => {
-            tracing::error!(error = %join, "supervisor task failed");
-            Ok(())
-        }
+        Err(join) => Err(ServerError::SupervisorFailed(join.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_supervisor_is_a_failure_not_a_clean_exit() {
+        let panicked = tokio::spawn(async {
+            if std::hint::black_box(true) {
+                panic!("supervisor bug");
+            }
+            Ok::<(), SupervisorError>(())
+        })
+        .await;
+        let e = supervisor_outcome(panicked).expect_err("a failure");
+        assert!(e.to_string().contains("supervisor"), "{e}");
+        assert!(supervisor_outcome(Ok(Ok(()))).is_ok());
     }
 }
