@@ -356,6 +356,22 @@ pub struct Supervisor {
     target: u32,
     manual_delta: i32,
     last_scale: Instant,
+    /// Exit statuses the fork server reaped before the worker's link reported it gone.
+    exit_status: HashMap<u32, String>,
+    /// Crashed workers whose exit status the fork server has not reported yet: pid -> id.
+    died: HashMap<u32, WorkerId>,
+}
+
+/// A reaped worker's status, for the log: `exit code 3`, `killed by signal 9 (SIGKILL)`.
+pub fn describe_exit(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (_, Some(sig)) => match Signal::try_from(sig) {
+            Ok(s) => format!("killed by signal {sig} ({})", s.as_str()),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        (Some(code), None) => format!("exit code {code}"),
+        (None, None) => "exit status unknown".to_string(),
+    }
 }
 
 impl Supervisor {
@@ -388,6 +404,8 @@ impl Supervisor {
             target,
             manual_delta: 0,
             last_scale: Instant::now(),
+            exit_status: HashMap::new(),
+            died: HashMap::new(),
         }
     }
 
@@ -611,7 +629,17 @@ impl Supervisor {
                 self.backoff.record_exit(Instant::now(), None);
             }
             Ok(FromZygote::Exited { pid, code, signal }) => {
-                tracing::debug!(pid, code, signal, "worker process reaped");
+                let status = describe_exit(code, signal);
+                if let Some(id) = self.died.remove(&pid) {
+                    tracing::warn!(worker = id, pid, status, "worker exit status");
+                } else if self.workers.values().any(|w| w.pid == Some(pid)) {
+                    // Reaped before its link noticed: the "worker died" line will say it.
+                    if self.exit_status.len() < 4096 {
+                        self.exit_status.insert(pid, status);
+                    }
+                } else {
+                    tracing::debug!(pid, status, "worker process reaped");
+                }
             }
             Ok(other) => {
                 tracing::warn!(message = ?other, "unexpected message from the fork server")
@@ -661,6 +689,11 @@ impl Supervisor {
                     return Ok(());
                 };
                 self.replacing.remove(&id);
+                if w.retiring.is_some() || w.killing {
+                    if let Some(pid) = w.pid {
+                        self.exit_status.remove(&pid);
+                    }
+                }
                 let now = Instant::now();
                 if let Some(msg) = &fatal {
                     if !self.ever_ready && !self.p.init.preload {
@@ -699,10 +732,17 @@ impl Supervisor {
                             "worker killed after --timeout"
                         );
                     } else {
+                        let status = w.pid.and_then(|p| self.exit_status.remove(&p));
+                        if status.is_none() {
+                            if let Some(pid) = w.pid.filter(|_| self.died.len() < 4096) {
+                                self.died.insert(pid, id);
+                            }
+                        }
                         tracing::warn!(
                             worker = id,
                             pid = w.pid,
                             failed,
+                            status = status.as_deref().unwrap_or("not reaped yet"),
                             respawn_in_ms = delay.as_millis() as u64,
                             "worker died"
                         );
@@ -991,6 +1031,14 @@ pub fn read_rss(pid: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_statuses_read_as_words() {
+        assert_eq!(describe_exit(None, Some(9)), "killed by signal 9 (SIGKILL)");
+        assert_eq!(describe_exit(Some(3), None), "exit code 3");
+        assert_eq!(describe_exit(None, Some(99)), "killed by signal 99");
+        assert_eq!(describe_exit(None, None), "exit status unknown");
+    }
 
     #[test]
     fn backoff_doubles_and_resets_after_a_stable_worker() {

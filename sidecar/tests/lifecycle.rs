@@ -34,6 +34,12 @@ fn sigkilled_worker_fails_only_its_request_and_is_replaced() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(s.log_text().contains("worker died"), "{}", s.log_text());
+    // How it died: the signal, whichever of the link and the fork server noticed first.
+    assert!(
+        s.wait_log("killed by signal 9 (SIGKILL)", Duration::from_secs(5)),
+        "{}",
+        s.log_text()
+    );
 }
 
 #[test]
