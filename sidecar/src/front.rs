@@ -137,11 +137,30 @@ pub async fn accept_loop(listener: Listener, ctx: Arc<Shared>, stop: Cancellatio
         ctx.metrics.connections_accepted.inc();
         ctx.metrics.connections.inc();
         let service_ctx = ctx.clone();
-        let service = service_fn(move |req| handle(req, conn.clone(), service_ctx.clone()));
+        let service_conn = conn.clone();
+        let service = service_fn(move |req| handle(req, service_conn.clone(), service_ctx.clone()));
         let watched = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(e) = watched.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+                match malformed_status(&e) {
+                    // hyper answered a request it could not parse and closed the connection:
+                    // count and log it as the request it was.
+                    Some(status) => {
+                        ctx.metrics.count_status(status);
+                        if ctx.http.access_log {
+                            tracing::info!(
+                                target: "access",
+                                method = "-",
+                                path = "-",
+                                status,
+                                remote = %remote_text(&conn),
+                                error = %e,
+                                "malformed request"
+                            );
+                        }
+                    }
+                    None => tracing::debug!(error = %e, "connection ended with an error"),
+                }
             }
             ctx.metrics.connections.dec();
         });
@@ -285,13 +304,30 @@ async fn handle(
             method = %method,
             path = %target,
             status = resp.status().as_u16(),
-            // The client's IP; "-" on a unix socket (as common log format writes it).
-            remote = %conn.remote.map_or_else(|| "-".to_string(), |r| r.ip().to_string()),
+            remote = %remote_text(&conn),
             duration_ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
             "request"
         );
     }
     Ok(resp)
+}
+
+/// The client's IP for the log; "-" on a unix socket (as common log format writes it).
+fn remote_text(conn: &ConnInfo) -> String {
+    conn.remote
+        .map_or_else(|| "-".to_string(), |r| r.ip().to_string())
+}
+
+/// The status hyper answered a request it could not parse with, if that is how the
+/// connection ended (431 for headers over the buffer, 400 for the rest).
+fn malformed_status(e: &hyper::Error) -> Option<u16> {
+    if e.is_parse_too_large() {
+        Some(431)
+    } else if e.is_parse() {
+        Some(400)
+    } else {
+        None
+    }
 }
 
 fn header_bytes(req: &Request<Incoming>) -> usize {

@@ -472,3 +472,32 @@ fn a_live_unix_socket_is_refused_and_a_stale_one_replaced() {
     drop(first);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A request hyper cannot parse gets its 400, and is counted and logged like any request.
+#[test]
+fn malformed_requests_are_counted_and_logged() {
+    let s = Server::start_env(
+        APP,
+        &["--workers", "1"],
+        &[("WSGISCALE_ACCESS_LOG", "true")],
+    );
+    let out = support::raw(
+        s.addr,
+        b"THIS IS NOT HTTP\r\n\r\n",
+        std::time::Duration::from_secs(5),
+    );
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 400"),
+        "{out:?}"
+    );
+    let metrics = support::get(s.admin, "/metrics").unwrap().text();
+    assert!(
+        metrics.contains("wsgiscale_requests_total{class=\"4xx\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        s.wait_log("malformed request", std::time::Duration::from_secs(5)),
+        "{}",
+        s.log_text()
+    );
+}
