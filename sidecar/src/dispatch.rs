@@ -64,6 +64,23 @@ pub struct Job {
     pub reply: oneshot::Sender<Reply>,
     /// When it entered the server's queue.
     pub enqueued: Instant,
+    /// The dispatcher's record of this request on its lane (set when a lane takes it; give
+    /// it back to [`Dispatcher::finish`]).
+    pub ticket: Ticket,
+}
+
+/// Names one request's record on a worker's lane, from hand-out to [`Dispatcher::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ticket(u64);
+
+/// How a lane's request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The worker answered it.
+    Served,
+    /// Its client went away (before it ran, or while it ran and was cancelled): not counted
+    /// as a completed request, nor towards max-requests.
+    Abandoned,
 }
 
 /// What a lane does after finishing a request.
@@ -87,8 +104,33 @@ struct Slot {
     spawned_at: Instant,
     requests: u64,
     busy_time: Duration,
-    in_flight_since: Vec<Instant>,
+    /// One record per request on a lane: its ticket and when the lane took it.
+    in_flight: Vec<(Ticket, Instant)>,
     rss_bytes: Option<u64>,
+}
+
+impl Slot {
+    /// Records `job` on a lane of this worker (busy, ticket, start time).
+    fn take(&mut self, job: &mut Job, next: &mut u64, now: Instant) {
+        *next += 1;
+        job.ticket = Ticket(*next);
+        self.busy += 1;
+        self.in_flight.push((job.ticket, now));
+    }
+
+    /// Undoes [`Slot::take`] for a job that could not be sent.
+    fn untake(&mut self, ticket: Ticket) {
+        self.busy = self.busy.saturating_sub(1);
+        self.in_flight.retain(|(t, _)| *t != ticket);
+    }
+
+    /// Time the lanes have run their current requests, at `now`.
+    fn running(&self, now: Instant) -> Duration {
+        self.in_flight
+            .iter()
+            .map(|(_, t)| now.saturating_duration_since(*t))
+            .sum()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +140,7 @@ struct State {
     workers: HashMap<WorkerId, Slot>,
     completed: u64,
     busy_time_retired: Duration,
+    tickets: u64,
 }
 
 /// The queue and the lanes. Cheap to share (`Arc`); every method takes the lock briefly.
@@ -124,7 +167,7 @@ impl Dispatcher {
     }
 
     /// Hands `job` to a free lane or queues it; gives it back when the queue is full.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    pub fn submit(&self, mut job: Job) -> Result<(), Job> {
         let mut st = self.state.lock();
         let st = &mut *st;
         while let Some(id) = st.idle.pop() {
@@ -134,14 +177,13 @@ impl Dispatcher {
             if slot.retiring || !slot.ready || slot.busy >= slot.threads {
                 continue;
             }
-            slot.busy += 1;
-            slot.in_flight_since.push(Instant::now());
+            slot.take(&mut job, &mut st.tickets, Instant::now());
+            let ticket = job.ticket;
             match slot.inbox.send(job) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::SendError(j)) => {
                     // The link is gone; it will be removed shortly. Try another lane.
-                    slot.busy -= 1;
-                    slot.in_flight_since.pop();
+                    slot.untake(ticket);
                     return self.queue_locked(st, j);
                 }
             }
@@ -171,7 +213,7 @@ impl Dispatcher {
                 spawned_at: Instant::now(),
                 requests: 0,
                 busy_time: Duration::ZERO,
-                in_flight_since: Vec::new(),
+                in_flight: Vec::new(),
                 rss_bytes: None,
             },
         );
@@ -190,11 +232,11 @@ impl Dispatcher {
         if slot.retiring {
             return jobs;
         }
+        let now = Instant::now();
         for _ in 0..slot.threads {
             match pop_live(&mut st.queue) {
-                Some(job) => {
-                    slot.busy += 1;
-                    slot.in_flight_since.push(Instant::now());
+                Some(mut job) => {
+                    slot.take(&mut job, &mut st.tickets, now);
                     jobs.push(job);
                 }
                 None => st.idle.push(id),
@@ -203,21 +245,25 @@ impl Dispatcher {
         jobs
     }
 
-    /// A lane of worker `id` finished a request that it started at `started`.
-    pub fn finish(&self, id: WorkerId, started: Instant) -> AfterFinish {
+    /// A lane of worker `id` is done with the request of `ticket`, which `ended` as it did.
+    /// Only served requests count as completed (the load report's throughput) and towards
+    /// the worker's max-requests; the lane's busy time counts either way.
+    pub fn finish(&self, id: WorkerId, ticket: Ticket, ended: Ended) -> AfterFinish {
         let now = Instant::now();
         let mut st = self.state.lock();
         let st = &mut *st;
-        st.completed += 1;
+        if ended == Ended::Served {
+            st.completed += 1;
+        }
         let Some(slot) = st.workers.get_mut(&id) else {
             return AfterFinish::Drained;
         };
-        slot.requests += 1;
-        slot.busy_time += now.saturating_duration_since(started);
-        if let Some(i) = slot.in_flight_since.iter().position(|t| *t == started) {
-            slot.in_flight_since.swap_remove(i);
-        } else {
-            slot.in_flight_since.pop();
+        if ended == Ended::Served {
+            slot.requests += 1;
+        }
+        if let Some(i) = slot.in_flight.iter().position(|(t, _)| *t == ticket) {
+            let (_, started) = slot.in_flight.swap_remove(i);
+            slot.busy_time += now.saturating_duration_since(started);
         }
         if slot.retiring {
             slot.busy = slot.busy.saturating_sub(1);
@@ -227,8 +273,10 @@ impl Dispatcher {
                 AfterFinish::Idle
             };
         }
-        if let Some(job) = pop_live(&mut st.queue) {
-            slot.in_flight_since.push(now);
+        if let Some(mut job) = pop_live(&mut st.queue) {
+            // The lane stays busy: the next request takes the finished one's place.
+            slot.busy = slot.busy.saturating_sub(1);
+            slot.take(&mut job, &mut st.tickets, now);
             return AfterFinish::Next(job);
         }
         slot.busy = slot.busy.saturating_sub(1);
@@ -284,11 +332,11 @@ impl Dispatcher {
         for (id, job) in pending {
             match st.workers.get_mut(&id) {
                 Some(slot) if slot.ready && !slot.retiring && slot.busy < slot.threads => {
-                    slot.busy += 1;
-                    slot.in_flight_since.push(Instant::now());
+                    let mut job = job;
+                    slot.take(&mut job, &mut st.tickets, Instant::now());
+                    let ticket = job.ticket;
                     if let Err(mpsc::error::SendError(j)) = slot.inbox.send(job) {
-                        slot.busy -= 1;
-                        slot.in_flight_since.pop();
+                        slot.untake(ticket);
                         st.queue.push_front(j);
                     }
                 }
@@ -316,13 +364,7 @@ impl Dispatcher {
         let live: Duration = st
             .workers
             .values()
-            .map(|s| {
-                s.busy_time
-                    + s.in_flight_since
-                        .iter()
-                        .map(|t| now.saturating_duration_since(*t))
-                        .sum::<Duration>()
-            })
+            .map(|s| s.busy_time + s.running(now))
             .sum();
         (st.completed, st.busy_time_retired + live)
     }
@@ -353,11 +395,7 @@ impl Dispatcher {
                 } else {
                     SlotState::Idle
                 };
-                let running: Duration = s
-                    .in_flight_since
-                    .iter()
-                    .map(|t| now.saturating_duration_since(*t))
-                    .sum();
+                let running = s.running(now);
                 WorkerSlot {
                     id: *id,
                     state,
@@ -405,6 +443,7 @@ mod tests {
                 frame: BytesMut::new(),
                 reply: tx,
                 enqueued: Instant::now(),
+                ticket: Ticket::default(),
             },
             rx,
         )
@@ -432,17 +471,74 @@ mod tests {
             inbox.try_recv().is_err(),
             "ready() returns jobs, it does not send them"
         );
-        match d.finish(1, Instant::now()) {
-            AfterFinish::Next(_) => {}
+        let next = match d.finish(1, first[0].ticket, Ended::Served) {
+            AfterFinish::Next(j) => j,
             other => panic!("expected the queued job, got {other:?}"),
-        }
-        assert!(matches!(d.finish(1, Instant::now()), AfterFinish::Idle));
+        };
+        assert!(matches!(
+            d.finish(1, next.ticket, Ended::Served),
+            AfterFinish::Idle
+        ));
         let (c, _rc) = job();
         d.submit(c).expect("dispatched");
         assert!(
             inbox.try_recv().is_ok(),
             "a free lane gets the job directly"
         );
+    }
+
+    /// Two lanes of one worker: finishing the older request leaves the newer one's record
+    /// (its start time, so the busy time and the oldest in flight stay right). Before, the
+    /// record was found by an Instant from another clock reading, missed, and the last one
+    /// pushed (the newer request's) was removed instead.
+    #[test]
+    fn each_lane_keeps_its_own_record() {
+        let d = Dispatcher::new(10);
+        let mut inbox = worker(&d, 1, 2);
+        d.ready(1);
+        let (a, _ra) = job();
+        d.submit(a).expect("dispatched");
+        let a = inbox.try_recv().expect("a sent");
+        std::thread::sleep(Duration::from_millis(30));
+        let (b, _rb) = job();
+        d.submit(b).expect("dispatched");
+        let b = inbox.try_recv().expect("b sent");
+        assert_ne!(a.ticket, b.ticket);
+        d.finish(1, a.ticket, Ended::Served);
+        let st = d.state.lock();
+        let slot = &st.workers[&1];
+        assert_eq!(slot.in_flight.len(), 1);
+        assert_eq!(
+            slot.in_flight[0].0, b.ticket,
+            "b is still in flight, a is done"
+        );
+        assert!(slot.busy_time >= Duration::from_millis(30), "a ran 30 ms");
+        let b_running = slot.running(Instant::now());
+        assert!(
+            b_running < Duration::from_millis(30),
+            "b runs since it started, not since a did: {b_running:?}"
+        );
+    }
+
+    /// A request whose client went away is neither a completed request nor one towards
+    /// max-requests.
+    #[test]
+    fn abandoned_requests_are_not_completed() {
+        let d = Dispatcher::new(10);
+        let mut inbox = worker(&d, 1, 1);
+        d.ready(1);
+        let (a, _ra) = job();
+        d.submit(a).expect("dispatched");
+        let a = inbox.try_recv().expect("sent");
+        d.finish(1, a.ticket, Ended::Abandoned);
+        assert_eq!(d.totals().0, 0);
+        assert_eq!(d.snapshot().workers[0].requests, 0);
+        let (b, _rb) = job();
+        d.submit(b).expect("dispatched");
+        let b = inbox.try_recv().expect("sent");
+        d.finish(1, b.ticket, Ended::Served);
+        assert_eq!(d.totals().0, 1);
+        assert_eq!(d.snapshot().workers[0].requests, 1);
     }
 
     #[test]
@@ -471,13 +567,16 @@ mod tests {
         assert!(d.ready(1).is_empty());
         let (a, _ra) = job();
         d.submit(a).expect("dispatched");
-        assert!(inbox.try_recv().is_ok());
+        let a = inbox.try_recv().expect("sent");
         assert!(!d.retire(1), "one request in flight");
         let (b, _rb) = job();
         d.submit(b).expect("queued, not dispatched");
         assert!(inbox.try_recv().is_err());
         assert_eq!(d.queue_depth(), 1);
-        assert!(matches!(d.finish(1, Instant::now()), AfterFinish::Drained));
+        assert!(matches!(
+            d.finish(1, a.ticket, Ended::Served),
+            AfterFinish::Drained
+        ));
         let sb = d.snapshot();
         assert_eq!(sb.workers[0].state, SlotState::Retiring);
     }

@@ -401,6 +401,7 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Respo
         frame,
         reply: tx,
         enqueued: Instant::now(),
+        ticket: Default::default(),
     };
     if ctx.dispatcher.submit(job).is_err() {
         let mut r = plain(

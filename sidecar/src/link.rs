@@ -12,7 +12,9 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use crate::dispatch::{AfterFinish, Chunk, Dispatcher, Failure, Job, Reply, WorkerId};
+use crate::dispatch::{
+    AfterFinish, Chunk, Dispatcher, Ended, Failure, Job, Reply, Ticket, WorkerId,
+};
 use crate::proto::{self, Frame, Kind};
 use crate::state::Shared;
 
@@ -63,6 +65,8 @@ struct Lane {
     body: Option<mpsc::Sender<Chunk>>,
     started: Instant,
     cancelled: bool,
+    /// The dispatcher's record of this request.
+    ticket: Ticket,
 }
 
 /// The link's fixed parameters.
@@ -218,7 +222,10 @@ impl Link {
             let now = Instant::now();
             if job.reply.is_closed() {
                 // The client left while the request waited: do not run it.
-                match self.dispatcher.finish(self.p.id, now) {
+                match self
+                    .dispatcher
+                    .finish(self.p.id, job.ticket, Ended::Abandoned)
+                {
                     AfterFinish::Next(next) => {
                         job = next;
                         continue;
@@ -237,6 +244,7 @@ impl Link {
                 body: None,
                 started: now,
                 cancelled: false,
+                ticket: job.ticket,
             });
             return self.write(&job.frame).await;
         }
@@ -246,8 +254,14 @@ impl Link {
         let Some(lane) = self.lanes.get_mut(idx).and_then(Option::take) else {
             return Ok(());
         };
-        self.served += 1;
-        match self.dispatcher.finish(self.p.id, lane.started) {
+        // A request cancelled because its client left is not a served one.
+        let ended = if lane.cancelled {
+            Ended::Abandoned
+        } else {
+            self.served += 1;
+            Ended::Served
+        };
+        match self.dispatcher.finish(self.p.id, lane.ticket, ended) {
             AfterFinish::Next(job) => self.assign(job).await,
             AfterFinish::Idle => Ok(()),
             AfterFinish::Drained => self.send_shutdown().await,

@@ -850,6 +850,20 @@ impl Supervisor {
             memory: MemoryBudget::cgroup(mem.limit, mem.current),
         };
         let plan = drive(verdict, &sb, &self.p.live.workers, &inputs);
+        if inputs.manual_delta != 0 && plan.spawn == 0 && plan.retire.is_empty() {
+            // SIGTTIN at MAX, SIGTTOU at MIN: say what happened to the request.
+            tracing::info!(
+                delta = inputs.manual_delta,
+                workers = plan.before,
+                min = self.p.live.workers.min,
+                max = self.p.live.workers.max,
+                refused = %plan
+                    .refused
+                    .as_ref()
+                    .map_or_else(|| "nothing to do".to_string(), |r| r.to_string()),
+                "manual worker adjustment not applied"
+            );
+        }
         if let Some(refusal) = &plan.refused {
             self.shared
                 .metrics

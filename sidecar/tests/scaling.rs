@@ -90,6 +90,17 @@ fn ttin_and_ttou_move_the_count_within_bounds() {
     });
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(active(&s.load()), 3, "never above MAX");
+    // One more at MAX: the log says it was not applied, and why.
+    s.signal(Signal::SIGTTIN);
+    assert!(
+        s.wait_log(
+            "manual worker adjustment not applied",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(active(&s.load()), 3);
     for _ in 0..4 {
         s.signal(Signal::SIGTTOU);
         std::thread::sleep(Duration::from_millis(1200));
