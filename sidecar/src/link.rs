@@ -136,6 +136,15 @@ pub async fn run(
                     }
                 }
                 Ok(None) => break,
+                // The worker exited with unread data in its socket (a crash, or the exit
+                // after an import failure it reported): the same as its end of file.
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) => {
+                    tracing::debug!(worker = link.p.id, error = %e, "worker socket reset");
+                    break;
+                }
                 Err(e) => {
                     tracing::error!(worker = link.p.id, error = %e, "bad frame from worker");
                     break;

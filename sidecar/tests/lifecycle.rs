@@ -44,7 +44,7 @@ fn sigkilled_worker_fails_only_its_request_and_is_replaced() {
 
 #[test]
 fn failed_import_is_a_clear_error_and_nonzero_exit() {
-    for extra in [&[][..], &["--no-preload"][..]] {
+    for extra in [&[][..], &["--no-preload", "--workers", "2"][..]] {
         let (status, log) = start_failing("broken:application", extra);
         assert!(!status.success(), "{extra:?}: exit {status:?}");
         assert!(
@@ -52,6 +52,9 @@ fn failed_import_is_a_clear_error_and_nonzero_exit() {
             "{extra:?}: {log}"
         );
         assert!(log.contains("ModuleNotFoundError"), "{extra:?}: {log}");
+        // Once, however many workers tried, and without a misleading socket error.
+        assert_eq!(log.matches("Traceback").count(), 1, "{extra:?}: {log}");
+        assert!(!log.contains("bad frame"), "{extra:?}: {log}");
     }
     let (status, log) = start_failing("pep3333:no_such_callable", &[]);
     assert!(!status.success());

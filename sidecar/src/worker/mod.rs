@@ -41,10 +41,13 @@ pub fn run(py: Python<'_>, init: &ZygoteInit, sock: OwnedFd, preloaded: Option<P
         None => match python::import_app(py, init) {
             Ok(app) => app,
             Err(message) => {
-                tracing::error!("{message}");
+                // The master logs the traceback it receives, once; only when it cannot be
+                // told is it logged here.
                 let mut frame = BytesMut::new();
                 proto::encode_simple(&mut frame, Kind::Fatal, 0, message.as_bytes());
-                let _ = writer.send(&frame);
+                if writer.send(&frame).is_err() {
+                    tracing::error!("{message}");
+                }
                 return EXIT_IMPORT_FAILED;
             }
         },
