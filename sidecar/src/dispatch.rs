@@ -67,6 +67,9 @@ pub struct Job {
     /// The dispatcher's record of this request on its lane (set when a lane takes it; give
     /// it back to [`Dispatcher::finish`]).
     pub ticket: Ticket,
+    /// Method and target, for the log lines about this request (a timeout). Both are
+    /// reference-counted: no copy per request.
+    pub target: (http::Method, http::Uri),
 }
 
 /// Names one request's record on a worker's lane, from hand-out to [`Dispatcher::finish`].
@@ -444,6 +447,7 @@ mod tests {
                 reply: tx,
                 enqueued: Instant::now(),
                 ticket: Ticket::default(),
+                target: (http::Method::GET, http::Uri::from_static("/")),
             },
             rx,
         )

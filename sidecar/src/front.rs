@@ -402,6 +402,7 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Respo
         reply: tx,
         enqueued: Instant::now(),
         ticket: Default::default(),
+        target: (parts.method.clone(), parts.uri.clone()),
     };
     if ctx.dispatcher.submit(job).is_err() {
         let mut r = plain(

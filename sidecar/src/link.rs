@@ -67,6 +67,8 @@ struct Lane {
     cancelled: bool,
     /// The dispatcher's record of this request.
     ticket: Ticket,
+    /// Method and target, for the timeout's log line.
+    target: (http::Method, http::Uri),
 }
 
 /// The link's fixed parameters.
@@ -254,6 +256,7 @@ impl Link {
                 started: now,
                 cancelled: false,
                 ticket: job.ticket,
+                target: job.target,
             });
             return self.write(&job.frame).await;
         }
@@ -398,6 +401,13 @@ impl Link {
             if slot.as_ref().is_some_and(|l| now >= l.started + timeout) {
                 if let Some(lane) = slot.take() {
                     self.failed += 1;
+                    tracing::warn!(
+                        worker = self.p.id,
+                        method = %lane.target.0,
+                        path = %lane.target.1,
+                        timeout_s = timeout.as_secs_f64(),
+                        "request timed out: 504, the worker is killed"
+                    );
                     Self::fail_lane(lane, Failure::Timeout);
                 }
             }

@@ -149,6 +149,16 @@ fn stuck_request_is_killed_at_timeout_with_its_stack_logged() {
         s.log_text()
     );
     assert!(s.log_text().contains("exceeded --timeout"));
+    // The timeout's line names the request.
+    let log = s.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("request timed out"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("GET") && line.contains("/sleep?5000"),
+        "{log}"
+    );
     // A replacement serves.
     s.wait_ready();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -257,6 +257,13 @@ fn app_exception_is_a_500_with_the_traceback_logged() {
     assert_eq!(r.status, 500);
     assert!(s.wait_log("deliberate failure for the test", Duration::from_secs(5)));
     assert!(s.log_text().contains("Traceback"), "{}", s.log_text());
+    // The line names the request.
+    let log = s.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("request failed inside the app"))
+        .unwrap_or_default();
+    assert!(line.contains("GET") && line.contains("/raise"), "{log}");
     assert_eq!(s.get("/pid").status, 200);
 }
 

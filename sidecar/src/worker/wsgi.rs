@@ -478,7 +478,18 @@ pub fn handle(
         return Outcome::Broken;
     }
     if let Err(e) = result {
-        tracing::error!(traceback = %format_traceback(py, &e), "request failed inside the app");
+        let var = |name: &[u8]| {
+            env.iter()
+                .find(|(k, _)| k.as_ref() == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        tracing::error!(
+            method = %var(b"REQUEST_METHOD"),
+            path = %var(b"PATH_INFO"),
+            traceback = %format_traceback(py, &e),
+            "request failed inside the app"
+        );
     }
     if ctx.broken.load(Ordering::Relaxed) {
         Outcome::Broken
