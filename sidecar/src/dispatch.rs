@@ -170,7 +170,7 @@ impl Dispatcher {
     }
 
     /// Hands `job` to a free lane or queues it; gives it back when the queue is full.
-    pub fn submit(&self, mut job: Job) -> Result<(), Job> {
+    pub fn submit(&self, mut job: Job) -> Result<(), Box<Job>> {
         let mut st = self.state.lock();
         let st = &mut *st;
         while let Some(id) = st.idle.pop() {
@@ -194,9 +194,9 @@ impl Dispatcher {
         self.queue_locked(st, job)
     }
 
-    fn queue_locked(&self, st: &mut State, job: Job) -> Result<(), Job> {
+    fn queue_locked(&self, st: &mut State, job: Job) -> Result<(), Box<Job>> {
         if st.queue.len() >= self.max_queue {
-            return Err(job);
+            return Err(Box::new(job));
         }
         st.queue.push_back(job);
         Ok(())
