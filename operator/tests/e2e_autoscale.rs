@@ -128,6 +128,20 @@ struct StandIn {
     exited: bool,
 }
 
+/// However the stand-in ends (stopped, or dropped with a test that failed): no process and
+/// no pod directory is left behind.
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// How the stand-in runs a pod.
 #[derive(Clone)]
 enum Mode {
@@ -207,16 +221,18 @@ fn python_dir(version: &str) -> PathBuf {
         "{} has wsgiscale installed; the test needs one without",
         exe.display()
     );
-    // The stand-in's PATH directory must hold `python3` of that version.
-    let dir = std::env::temp_dir().join(format!(
-        "wsgiscale-e2e-python{version}-{}",
-        std::process::id()
-    ));
+    let (dir, link) = python3_dir(&format!("python{version}"));
+    std::os::unix::fs::symlink(&exe, &link).expect("link python3");
+    dir
+}
+
+/// A fresh directory for the stand-in's PATH, and the path of the `python3` to put in it.
+fn python3_dir(label: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("wsgiscale-e2e-{label}-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let link = dir.join("python3");
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&exe, &link).expect("link python3");
-    dir
+    (dir, link)
 }
 
 /// Maps the pod's paths to the stand-in's directories, and its listeners to `ip`.
@@ -301,34 +317,6 @@ async fn start_injected(
     Ok((child, dir))
 }
 
-/// What the kubelet writes when a container exits: its termination message, in lastState.
-async fn mark_pod_crashed(
-    pods: &Api<Pod>,
-    name: &str,
-    code: i32,
-    message: &str,
-) -> Result<(), kube::Error> {
-    let status = serde_json::json!({"status": {
-        "phase": "Running",
-        "containerStatuses": [{
-            "name": "app",
-            "image": IMAGE,
-            "imageID": "",
-            "ready": false,
-            "restartCount": 1,
-            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-            "lastState": {"terminated": {"exitCode": code, "reason": "Error", "message": message}},
-        }],
-    }});
-    pods.patch_status(
-        name,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&status),
-    )
-    .await
-    .map(|_| ())
-}
-
 /// The stand-in kubelet: every 500 ms, start a server for each new pod of the app and mark
 /// it Ready once it answers; stop the server of each pod that is gone. Publishes the ready
 /// HTTP addresses for the load generator.
@@ -372,9 +360,6 @@ async fn stand_in_kubelet(
             if let Some(mut s) = running.remove(&name) {
                 eprintln!("stand-in: {name} gone, stopping {}", s.ip);
                 stop_server(&mut s.child).await;
-                if let Some(dir) = s.dir {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
             }
         }
         // New pods: start a server on the next loopback address.
@@ -446,8 +431,14 @@ async fn stand_in_kubelet(
                 .and_then(|d| std::fs::read_to_string(d.join("log")).ok())
                 .unwrap_or_default();
             eprintln!("stand-in: {name} exited with {status}: {message}\n{log}");
-            if let Err(e) =
-                mark_pod_crashed(&pods, name, status.code().unwrap_or(137), &message).await
+            if let Err(e) = wsgiscale_envtest::mark_pod_crashed(
+                &pods,
+                name,
+                IMAGE,
+                status.code().unwrap_or(137),
+                &message,
+            )
+            .await
             {
                 eprintln!("stand-in: patch status of {name}: {e}");
             }
@@ -491,9 +482,6 @@ async fn stand_in_kubelet(
     }
     for (_, mut s) in running {
         stop_server(&mut s.child).await;
-        if let Some(dir) = s.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }
 
@@ -686,11 +674,7 @@ async fn an_image_the_package_cannot_serve_gets_a_clear_status_and_event() {
     };
     // A directory whose python3 is CPython 3.8 (pyenv's, when it is here), else a stand-in
     // that prints what 3.8's probe prints (the start command reads only the probe).
-    let python_dir =
-        std::env::temp_dir().join(format!("wsgiscale-e2e-oldpython-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&python_dir);
-    let link = python_dir.join("python3");
-    let _ = std::fs::remove_file(&link);
+    let (python_dir, link) = python3_dir("oldpython");
     match find_python("3.8") {
         Some(exe) => std::os::unix::fs::symlink(exe, &link).expect("link python3"),
         None => {

@@ -682,3 +682,34 @@ pub async fn mark_pod_ready(
     .await
     .map(|_| ())
 }
+
+/// The part of a kubelet that tests play: what it writes when the `app` container of pod
+/// `name` (running `image`) exited with `code`: its termination message in lastState, and
+/// the container waiting in CrashLoopBackOff.
+pub async fn mark_pod_crashed(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+    image: &str,
+    code: i32,
+    message: &str,
+) -> Result<(), kube::Error> {
+    let status = serde_json::json!({"status": {
+        "phase": "Running",
+        "containerStatuses": [{
+            "name": "app",
+            "image": image,
+            "imageID": "",
+            "ready": false,
+            "restartCount": 1,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": code, "reason": "Error", "message": message}},
+        }],
+    }});
+    pods.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&status),
+    )
+    .await
+    .map(|_| ())
+}
