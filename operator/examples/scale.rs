@@ -421,7 +421,7 @@ async fn install_crd(client: &Client, bin: &Path) -> anyhow::Result<()> {
         bin.display(),
         out.status
     );
-    let crd: CustomResourceDefinition = serde_yaml::from_slice(&out.stdout)?;
+    let crd: CustomResourceDefinition = serde_saphyr::from_slice(&out.stdout)?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.patch(
         &crd.name_any(),

@@ -1078,7 +1078,7 @@ fn starts_block(line: &str) -> bool {
 /// The CRD as the YAML in `crds/wsgiapp.yaml` (what `wsgiscale-operator crd` prints).
 pub fn crd_yaml() -> String {
     let header = "# GENERATED from operator/src/crd.rs by `wsgiscale-operator crd`: do not edit.\n";
-    let body = serde_yaml::to_string(&crd())
+    let body = serde_saphyr::to_string(&crd())
         .expect("the CRD serializes: it is built from plain Rust values");
     format!("{header}{body}")
 }
@@ -1089,7 +1089,7 @@ pub fn crd_yaml() -> String {
 pub fn crd_helm_template() -> String {
     let crd = crd();
     let name = crd.metadata.name.clone().unwrap_or_default();
-    let spec = serde_yaml::to_string(&crd.spec)
+    let spec = serde_saphyr::to_string(&crd.spec)
         .expect("the CRD spec serializes: it is built from plain Rust values");
     let mut out = String::new();
     out.push_str("{{- /* GENERATED from operator/src/crd.rs by `wsgiscale-operator crd --helm-template`: do not edit. */}}\n");

@@ -346,7 +346,7 @@ async fn an_invalid_name_is_refused_at_metadata_name() {
     let ns = TestNamespace::create(cluster, "bad-name").await;
     let path = repo_root().join("tests/manifests/invalid-name-not-dns-label.yaml");
     let mut app: WsgiApp =
-        serde_yaml::from_str(&std::fs::read_to_string(&path).expect("the manifest"))
+        serde_saphyr::from_str(&std::fs::read_to_string(&path).expect("the manifest"))
             .expect("the manifest parses");
     app.metadata.namespace = Some(ns.name.clone());
     let apps: Api<WsgiApp> = Api::namespaced(client, &ns.name);

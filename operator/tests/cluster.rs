@@ -129,7 +129,7 @@ async fn example_runs_reloads_limits_live_and_is_collected() {
     assert!(owned_by(&svc.metadata, &uid));
     let cm = config_maps.get("shop-config").await.expect("the ConfigMap");
     assert!(owned_by(&cm.metadata, &uid));
-    assert!(cm.data.as_ref().expect("data")["config.yaml"].contains("workers: 2:8"));
+    assert!(cm.data.as_ref().expect("data")["config.yaml"].contains("workers: \"2:8\""));
     let args = dep.spec.template.spec.as_ref().expect("pod").containers[0]
         .args
         .clone()
@@ -161,7 +161,7 @@ async fn example_runs_reloads_limits_live_and_is_collected() {
             let cm = c.get("shop-config").await.ok()?;
             cm.data?
                 .get("config.yaml")?
-                .contains("workers: 2:12")
+                .contains("workers: \"2:12\"")
                 .then_some(())
         }
     })

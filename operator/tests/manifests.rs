@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 
 use kube_cel::Validator;
-use serde::Deserialize;
 use serde_json::Value;
 use wsgiscale_operator::crd::{crd, WsgiApp};
 use wsgiscale_operator::validate::validate_app;
@@ -34,11 +33,9 @@ fn schema() -> Value {
 /// The WsgiApp documents of a YAML file (other kinds, e.g. a Namespace, are skipped).
 fn wsgiapps(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).expect("readable manifest");
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| {
-            serde_yaml::from_value::<Value>(serde_yaml::Value::deserialize(doc).expect("yaml"))
-                .expect("json-compatible")
-        })
+    serde_saphyr::from_multiple::<Value>(&text)
+        .expect("yaml")
+        .into_iter()
         .filter(|v| v["kind"] == "WsgiApp")
         .collect()
 }

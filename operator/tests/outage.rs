@@ -141,7 +141,7 @@ async fn every_watch_comes_back_after_an_api_server_outage() {
         .await
         .expect("apply the example");
         wait_for("the ConfigMap", 60, || async {
-            config_has(&cms, "workers: 2:8").await
+            config_has(&cms, "workers: \"2:8\"").await
         })
         .await;
         wait_for("readiness", 60, || async {
@@ -172,7 +172,7 @@ async fn every_watch_comes_back_after_an_api_server_outage() {
         .await
         .expect("apply the change after the outage");
         wait_for("the change made after the outage", 60, || async {
-            config_has(&cms, "workers: 2:12").await
+            config_has(&cms, "workers: \"2:12\"").await
         })
         .await;
     }

@@ -287,7 +287,7 @@ async fn first_reconcile_applies_every_child_owned_with_one_field_manager() {
     assert!(cm["data"]["config.yaml"]
         .as_str()
         .expect("file")
-        .contains("workers: 2:8"));
+        .contains("workers: \"2:8\""));
     assert_eq!(dep["spec"]["replicas"], 2);
     let args = dep["spec"]["template"]["spec"]["containers"][0]["args"].clone();
     assert_eq!(args[0], "serve");
@@ -440,7 +440,7 @@ async fn a_worker_limit_change_updates_only_the_config_map() {
     assert!(applied["data"]["config.yaml"]
         .as_str()
         .expect("file")
-        .contains("workers: 2:16"));
+        .contains("workers: \"2:16\""));
     assert_eq!(status.observed_generation, Some(2));
 }
 

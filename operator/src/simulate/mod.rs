@@ -145,7 +145,7 @@ impl SimConfig {
         let file: PolicyFile = if text.trim().is_empty() {
             PolicyFile::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| SimError::Policy(e.to_string()))?
+            serde_saphyr::from_str(text).map_err(|e| SimError::Policy(e.to_string()))?
         };
         SimConfig::from_file(&file)
     }

@@ -72,7 +72,7 @@ pub fn example_app(ns: &str) -> WsgiApp {
         .split("\n---")
         .find(|d| d.contains("kind: WsgiApp"))
         .expect("the example holds a WsgiApp");
-    let mut app: WsgiApp = serde_yaml::from_str(doc).expect("the example parses");
+    let mut app: WsgiApp = serde_saphyr::from_str(doc).expect("the example parses");
     app.metadata.namespace = Some(ns.to_string());
     app
 }

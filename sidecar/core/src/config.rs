@@ -470,12 +470,15 @@ impl FileConfig {
         if text.trim().is_empty() {
             return Ok(FileConfig::default());
         }
-        serde_yaml::from_str(text).map_err(|e| ConfigError::File(e.to_string()))
+        // No source snippet: the message goes on one log line (a live reload that fails).
+        let options = serde_saphyr::options! { with_snippet: false };
+        serde_saphyr::from_str_with_options(text, options)
+            .map_err(|e| ConfigError::File(e.to_string()))
     }
 
     /// Renders the file as YAML.
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).expect("FileConfig serializes: it holds only plain values")
+        serde_saphyr::to_string(self).expect("FileConfig serializes: it holds only plain values")
     }
 }
 
