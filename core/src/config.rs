@@ -129,6 +129,12 @@ impl std::fmt::Display for WorkerRange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -139,6 +145,12 @@ impl FromStr for ByteSize {
 /// A duration as written by the user (`30`, `250ms`, `2m`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
+
+impl std::fmt::Display for Dur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format_duration(self.0))
+    }
+}
 
 impl FromStr for Dur {
     type Err = String;
@@ -190,11 +202,17 @@ pub enum LogFormat {
     Json,
 }
 
-/// Flags of `wsgiscale serve`. Every field is optional so that the config file can fill what
-/// the command line and environment leave out; defaults are applied by [`resolve`].
-#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+/// Every setting of `wsgiscale serve`, declared once: the field's name is the flag (`--max-rss`)
+/// and the config file's key (`max-rss`), its `env` the environment twin, its doc comment the
+/// help text, its type the parser of all three. Every field is optional so that layers can be
+/// stacked ([`Settings::over`]): flags and environment (clap) over the config file (serde) over
+/// [`Settings::defaults`]; [`resolve`] validates the result.
+///
+/// Which settings a running server applies from a changed file is [`Settings::live`].
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
 #[command(about = "Serve a WSGI application")]
-pub struct ServeArgs {
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Settings {
     /// The WSGI application as MODULE:CALLABLE, e.g. `myproject.wsgi:application`.
     #[arg(env = "WSGISCALE_APP", value_name = "MODULE:CALLABLE")]
     pub app: Option<String>,
@@ -203,7 +221,15 @@ pub struct ServeArgs {
     /// environment override it. Worker limits, algorithm and lifecycle settings in it are
     /// re-read live when the file changes or on SIGHUP.
     #[arg(long, env = "WSGISCALE_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
+
+    /// Take no setting from `WSGISCALE_*` environment variables; any that are set are logged
+    /// and ignored. The operator passes it: a pod's settings come from its WsgiApp, and a
+    /// variable brought in by `envFrom` would otherwise override the live config file.
+    #[arg(long)]
+    #[serde(skip)]
+    pub ignore_env: bool,
 
     /// Address to serve HTTP on: `host:port` or `unix:/path`. Repeatable; comma-separated in
     /// the environment. [default: 127.0.0.1:8000]
@@ -303,9 +329,16 @@ pub struct ServeArgs {
     #[arg(long, env = "WSGISCALE_VENV", value_name = "DIR")]
     pub venv: Option<PathBuf>,
 
-    /// Import the application in every worker instead of once in the fork server.
-    #[arg(long, env = "WSGISCALE_NO_PRELOAD")]
-    pub no_preload: bool,
+    /// Import the application in every worker instead of once in the fork server (in the file:
+    /// `preload: false`).
+    #[arg(
+        long = "no-preload",
+        env = "WSGISCALE_NO_PRELOAD",
+        num_args = 0,
+        default_missing_value = "true",
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::BoolishValueParser::new(), |no: bool| !no)
+    )]
+    pub preload: Option<bool>,
 
     /// Largest request body accepted; larger ones get 413. [default: 64Mi]
     #[arg(long, env = "WSGISCALE_MAX_BODY", value_name = "BYTES")]
@@ -361,114 +394,171 @@ pub struct ServeArgs {
     pub log_level: Option<String>,
 
     /// Log one line per request (method, path, status, bytes, duration).
-    #[arg(long, env = "WSGISCALE_ACCESS_LOG")]
-    pub access_log: bool,
-}
-
-/// The config file: the same keys as the flags of [`ServeArgs`], in kebab-case. Unknown keys
-/// are an error so that a typo is not silently ignored.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct FileConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub bind: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin_bind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workers: Option<Scalar>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workers_initial: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cheaper_algo: Option<Algorithm>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cheaper_step: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cheaper_overload: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cheaper_idle: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cheaper_backlog: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cheaper_busyness_min: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cheaper_busyness_max: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cheaper_busyness_multiplier: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cheaper_busyness_penalty: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cheaper_busyness_backlog: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threads: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub front_threads: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chdir: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pythonpath: Vec<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub venv: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preload: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_body: Option<Scalar>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_queue: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keepalive_timeout: Option<Scalar>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_timeout: Option<Scalar>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub graceful_timeout: Option<Scalar>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Scalar>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_requests: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_requests_jitter: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_lifetime: Option<Scalar>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_rss: Option<Scalar>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_format: Option<LogFormat>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_level: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(
+        long,
+        env = "WSGISCALE_ACCESS_LOG",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub access_log: Option<bool>,
 }
 
-/// A YAML scalar that may be written as a number or a string (`workers: 4`, `workers: "2:8"`,
-/// `max-rss: 512Mi`, `timeout: 30`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Scalar {
-    /// An unquoted integer.
-    Int(u64),
-    /// An unquoted decimal.
-    Float(f64),
-    /// Anything else.
-    Text(String),
-}
-
-impl Scalar {
-    fn text(&self) -> String {
-        match self {
-            Scalar::Int(i) => i.to_string(),
-            Scalar::Float(f) => f.to_string(),
-            Scalar::Text(s) => s.clone(),
+impl Settings {
+    /// The built-in defaults, as settings: the bottom layer of every resolution, and what the
+    /// operator's defaults and the help texts' `[default: ...]` are checked against. Settings
+    /// that are off by default (`--timeout`, `--max-rss`, ...) or derived (`--workers-initial`
+    /// is MIN, `--venv` is `$VIRTUAL_ENV`) are `None`.
+    pub fn defaults() -> Settings {
+        let scaling = ScalingConfig::default();
+        Settings {
+            bind: vec![defaults::BIND.parse().expect("the default bind parses")],
+            admin_bind: Some(
+                defaults::ADMIN_BIND
+                    .parse()
+                    .expect("the default admin bind parses"),
+            ),
+            workers: Some(WorkerRange {
+                min: defaults::WORKERS,
+                max: defaults::WORKERS,
+            }),
+            cheaper_algo: Some(scaling.algo),
+            cheaper_step: Some(scaling.step),
+            cheaper_overload: Some(scaling.overload),
+            cheaper_idle: Some(scaling.idle),
+            cheaper_backlog: Some(scaling.backlog),
+            cheaper_busyness_min: Some(scaling.busyness_min),
+            cheaper_busyness_max: Some(scaling.busyness_max),
+            cheaper_busyness_multiplier: Some(scaling.busyness_multiplier),
+            cheaper_busyness_penalty: Some(scaling.busyness_penalty),
+            cheaper_busyness_backlog: Some(scaling.busyness_backlog),
+            threads: Some(defaults::THREADS),
+            front_threads: Some(defaults::FRONT_THREADS),
+            preload: Some(true),
+            max_body: Some(ByteSize(defaults::MAX_BODY)),
+            max_queue: Some(defaults::MAX_QUEUE),
+            keepalive_timeout: Some(Dur(defaults::KEEPALIVE_TIMEOUT)),
+            body_timeout: Some(Dur(defaults::BODY_TIMEOUT)),
+            graceful_timeout: Some(Dur(defaults::GRACEFUL_TIMEOUT)),
+            max_requests: Some(0),
+            max_requests_jitter: Some(0),
+            log_format: Some(LogFormat::default()),
+            log_level: Some(defaults::LOG_LEVEL.to_string()),
+            access_log: Some(false),
+            ..Settings::default()
         }
     }
-}
 
-impl FileConfig {
-    /// Parses the YAML text of a config file. An empty file is an empty config.
-    pub fn from_yaml(text: &str) -> Result<FileConfig, ConfigError> {
+    /// `self` layered over `under`: every setting `self` has (a `Some`, a non-empty list)
+    /// wins, the rest come from `under`. Generic over the fields (through their serde form),
+    /// so a setting added to [`Settings`] needs no code here.
+    pub fn over(&self, under: &Settings) -> Settings {
+        let mut merged = json_object(under);
+        for (key, value) in json_object(self) {
+            if !is_unset(&value) {
+                merged.insert(key, value);
+            }
+        }
+        let mut out: Settings = serde_json::from_value(serde_json::Value::Object(merged))
+            .expect("a merge of two valid settings is valid settings");
+        out.config = self.config.clone().or_else(|| under.config.clone());
+        out.ignore_env = self.ignore_env || under.ignore_env;
+        out
+    }
+
+    /// Splits the settings into those a running server applies from a changed config file
+    /// (the second: worker limits, scaling, lifecycle, its [`LiveConfig`]) and those that need
+    /// a restart (the first). The one place that says which is which; the exhaustive
+    /// destructuring makes a new setting choose.
+    pub fn split_live(self) -> (Settings, Settings) {
+        let Settings {
+            app,
+            config,
+            ignore_env,
+            bind,
+            admin_bind,
+            workers,
+            workers_initial,
+            cheaper_algo,
+            cheaper_step,
+            cheaper_overload,
+            cheaper_idle,
+            cheaper_backlog,
+            cheaper_busyness_min,
+            cheaper_busyness_max,
+            cheaper_busyness_multiplier,
+            cheaper_busyness_penalty,
+            cheaper_busyness_backlog,
+            threads,
+            front_threads,
+            chdir,
+            pythonpath,
+            venv,
+            preload,
+            max_body,
+            max_queue,
+            keepalive_timeout,
+            body_timeout,
+            graceful_timeout,
+            timeout,
+            max_requests,
+            max_requests_jitter,
+            max_lifetime,
+            max_rss,
+            log_format,
+            log_level,
+            access_log,
+        } = self;
+        let restart = Settings {
+            app,
+            config,
+            ignore_env,
+            bind,
+            admin_bind,
+            threads,
+            front_threads,
+            chdir,
+            pythonpath,
+            venv,
+            preload,
+            max_body,
+            max_queue,
+            keepalive_timeout,
+            body_timeout,
+            graceful_timeout,
+            log_format,
+            log_level,
+            access_log,
+            ..Settings::default()
+        };
+        let live = Settings {
+            workers,
+            workers_initial,
+            cheaper_algo,
+            cheaper_step,
+            cheaper_overload,
+            cheaper_idle,
+            cheaper_backlog,
+            cheaper_busyness_min,
+            cheaper_busyness_max,
+            cheaper_busyness_multiplier,
+            cheaper_busyness_penalty,
+            cheaper_busyness_backlog,
+            timeout,
+            max_requests,
+            max_requests_jitter,
+            max_lifetime,
+            max_rss,
+            ..Settings::default()
+        };
+        (restart, live)
+    }
+
+    /// Parses the YAML text of a config file. An empty file is empty settings.
+    pub fn from_yaml(text: &str) -> Result<Settings, ConfigError> {
         if text.trim().is_empty() {
-            return Ok(FileConfig::default());
+            return Ok(Settings::default());
         }
         // No source snippet: the message goes on one log line (a live reload that fails).
         let options = serde_saphyr::options! { with_snippet: false };
@@ -476,9 +566,163 @@ impl FileConfig {
             .map_err(|e| ConfigError::File(e.to_string()))
     }
 
-    /// Renders the file as YAML.
+    /// The settings as a config file: only those that are set.
     pub fn to_yaml(&self) -> String {
-        serde_saphyr::to_string(self).expect("FileConfig serializes: it holds only plain values")
+        serde_saphyr::to_string(&serde_json::Value::Object(set_only(self)))
+            .expect("settings serialize: they hold only plain values")
+    }
+
+    /// The settings as `wsgiscale serve` arguments (after `serve`), derived from the flags'
+    /// own declaration: [`parse_serve_argv`] of the result gives `self` back, except that
+    /// `preload: true` is the default and has no flag (`--no-preload` only says false).
+    pub fn to_args(&self) -> Vec<String> {
+        use clap::Args;
+        let values = set_only(self);
+        let mut out = Vec::new();
+        let mut flags = Vec::new();
+        let command = Settings::augment_args(clap::Command::new("serve"));
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            let Some(long) = arg.get_long() else {
+                if let Some(value) = values.get(&id.replace('_', "-")) {
+                    out.push(json_text(value));
+                }
+                continue;
+            };
+            match id {
+                "config" => {
+                    if let Some(path) = &self.config {
+                        flags.extend([format!("--{long}"), path.display().to_string()]);
+                    }
+                    continue;
+                }
+                "ignore_env" => {
+                    if self.ignore_env {
+                        flags.push(format!("--{long}"));
+                    }
+                    continue;
+                }
+                "preload" => {
+                    if self.preload == Some(false) {
+                        flags.push(format!("--{long}"));
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let values = match values.get(&id.replace('_', "-")) {
+                None => continue,
+                Some(serde_json::Value::Array(items)) => items.iter().map(json_text).collect(),
+                Some(value) => vec![json_text(value)],
+            };
+            for value in values {
+                if arg.is_require_equals_set() {
+                    flags.push(format!("--{long}={value}"));
+                } else {
+                    flags.extend([format!("--{long}"), value]);
+                }
+            }
+        }
+        out.extend(flags);
+        out
+    }
+
+    /// The keys (`workers`, `max-rss`) that `self` sets and `top` sets too: in `top.over(self)`
+    /// those of `self` have no effect. The server reports them for a config file under flags
+    /// or environment, whose changes would otherwise be ignored without a word.
+    pub fn overridden_by(&self, top: &Settings) -> Vec<String> {
+        let top = set_only(top);
+        set_only(self)
+            .into_iter()
+            .filter(|(k, _)| top.contains_key(k))
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// The environment variables of the settings (`WSGISCALE_*`) that are set in `env`.
+    pub fn env_vars_in<'a>(env: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        use clap::Args;
+        let command = Settings::augment_args(clap::Command::new("serve"));
+        let ours: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        let mut found: Vec<String> = env
+            .into_iter()
+            .filter(|name| ours.iter().any(|o| o == name))
+            .map(str::to_string)
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+fn json_object(s: &Settings) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(s).expect("settings serialize: they hold only plain values") {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("a struct serializes to an object"),
+    }
+}
+
+fn is_unset(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => true,
+        serde_json::Value::Array(items) => items.is_empty(),
+        _ => false,
+    }
+}
+
+fn set_only(s: &Settings) -> serde_json::Map<String, serde_json::Value> {
+    json_object(s)
+        .into_iter()
+        .filter(|(_, v)| !is_unset(v))
+        .collect()
+}
+
+fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Serde for a type written as text (`Display` out, `FromStr` in); a YAML number is read as
+/// its text, so `workers: 4`, `timeout: 30` and `max-rss: 512Mi` all work.
+macro_rules! text_serde {
+    ($($t:ty),* $(,)?) => {$(
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(TextVisitor::<$t>(std::marker::PhantomData))
+            }
+        }
+    )*};
+}
+text_serde!(BindAddr, WorkerRange, ByteSize, Dur);
+
+struct TextVisitor<T>(std::marker::PhantomData<T>);
+
+impl<T: FromStr<Err = String>> serde::de::Visitor<'_> for TextVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a number or a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        v.parse().map_err(E::custom)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
     }
 }
 
@@ -595,15 +839,15 @@ impl Default for ScalingConfig {
     fn default() -> Self {
         ScalingConfig {
             algo: Algorithm::default(),
-            step: 1,
-            overload: 3,
-            idle: 10,
-            backlog: 1,
-            busyness_min: 25,
-            busyness_max: 50,
-            busyness_multiplier: 10,
-            busyness_penalty: 2,
-            busyness_backlog: 33,
+            step: defaults::CHEAPER_STEP,
+            overload: defaults::CHEAPER_OVERLOAD,
+            idle: defaults::CHEAPER_IDLE,
+            backlog: defaults::CHEAPER_BACKLOG,
+            busyness_min: defaults::CHEAPER_BUSYNESS_MIN,
+            busyness_max: defaults::CHEAPER_BUSYNESS_MAX,
+            busyness_multiplier: defaults::CHEAPER_BUSYNESS_MULTIPLIER,
+            busyness_penalty: defaults::CHEAPER_BUSYNESS_PENALTY,
+            busyness_backlog: defaults::CHEAPER_BUSYNESS_BACKLOG,
         }
     }
 }
@@ -665,7 +909,9 @@ pub struct ServerConfig {
     pub front_threads: u32,
 }
 
-/// Defaults, in one place (the `[default: ...]` texts of the flags repeat them).
+/// Defaults, in one place: [`Settings::defaults`] is built from them, the operator's defaults
+/// for the same settings are these, and tests check the flags' `[default: ...]` texts and the
+/// CRD's `Default:` texts against them.
 pub mod defaults {
     use std::time::Duration;
     /// Default HTTP bind address.
@@ -674,6 +920,30 @@ pub mod defaults {
     pub const ADMIN_BIND: &str = "127.0.0.1:9191";
     /// Default worker count.
     pub const WORKERS: u32 = 2;
+    /// Default Python threads per worker.
+    pub const THREADS: u32 = 1;
+    /// Default threads of the HTTP front.
+    pub const FRONT_THREADS: u32 = 1;
+    /// Default log filter.
+    pub const LOG_LEVEL: &str = "info";
+    /// Default `--cheaper-step`.
+    pub const CHEAPER_STEP: u32 = 1;
+    /// Default `--cheaper-overload`.
+    pub const CHEAPER_OVERLOAD: u32 = 3;
+    /// Default `--cheaper-idle`.
+    pub const CHEAPER_IDLE: u32 = 10;
+    /// Default `--cheaper-backlog`.
+    pub const CHEAPER_BACKLOG: u32 = 1;
+    /// Default `--cheaper-busyness-min`.
+    pub const CHEAPER_BUSYNESS_MIN: u32 = 25;
+    /// Default `--cheaper-busyness-max`.
+    pub const CHEAPER_BUSYNESS_MAX: u32 = 50;
+    /// Default `--cheaper-busyness-multiplier`.
+    pub const CHEAPER_BUSYNESS_MULTIPLIER: u32 = 10;
+    /// Default `--cheaper-busyness-penalty`.
+    pub const CHEAPER_BUSYNESS_PENALTY: u32 = 2;
+    /// Default `--cheaper-busyness-backlog`.
+    pub const CHEAPER_BUSYNESS_BACKLOG: u32 = 33;
     /// Default largest body.
     pub const MAX_BODY: u64 = 64 << 20;
     /// Default queue bound.
@@ -690,27 +960,19 @@ pub mod defaults {
     pub const THREADS_LIMIT: u32 = 256;
 }
 
-fn from_file<T: FromStr<Err = String>>(
-    key: &'static str,
-    value: &Option<Scalar>,
-) -> Result<Option<T>, ConfigError> {
-    value
-        .as_ref()
-        .map(|v| v.text().parse::<T>().map_err(|e| invalid(key, e)))
-        .transpose()
-}
-
-/// Resolves flags/environment (`args`) over the config file (`file`) over the defaults, and
-/// validates the result. `virtual_env` is `$VIRTUAL_ENV`, the fallback for `--venv`.
+/// Resolves `settings` (the layers stacked with [`Settings::over`]: flags and environment
+/// over the config file) over the defaults, and validates the result. `virtual_env` is
+/// `$VIRTUAL_ENV`, the fallback for `--venv`. The server calls it at start and on every
+/// re-read of the file; the operator calls it on what it renders, typed, before rendering.
 pub fn resolve(
-    args: &ServeArgs,
-    file: &FileConfig,
+    settings: &Settings,
     virtual_env: Option<PathBuf>,
 ) -> Result<ServerConfig, ConfigError> {
-    // Destructured so that a flag added to ServeArgs and forgotten here fails to compile.
-    let ServeArgs {
+    // Destructured so that a setting added to Settings and forgotten here fails to compile.
+    let Settings {
         app,
         config,
+        ignore_env: _,
         bind,
         admin_bind,
         workers,
@@ -730,7 +992,7 @@ pub fn resolve(
         chdir,
         pythonpath,
         venv,
-        no_preload,
+        preload,
         max_body,
         max_queue,
         keepalive_timeout,
@@ -744,31 +1006,19 @@ pub fn resolve(
         log_format,
         log_level,
         access_log,
-    } = args;
+    } = settings.over(&Settings::defaults());
+    // Every setting with a default is Some after the merge; `need` says so once.
+    fn need<T>(value: Option<T>) -> T {
+        value.expect("Settings::defaults sets every setting that has a default")
+    }
 
-    let app_text = app.clone().or_else(|| file.app.clone());
-    let app: AppSpec = app_text
+    let app: AppSpec = app
         .ok_or(ConfigError::MissingApp)?
         .parse()
         .map_err(|e| invalid("app", e))?;
 
-    let binds = if !bind.is_empty() {
-        bind.clone()
-    } else if !file.bind.is_empty() {
-        file.bind
-            .iter()
-            .map(|b| b.parse().map_err(|e| invalid("bind", e)))
-            .collect::<Result<_, _>>()?
-    } else {
-        vec![defaults::BIND.parse().expect("default bind parses")]
-    };
-    let admin_bind = match (admin_bind, &file.admin_bind) {
-        (Some(a), _) => a.clone(),
-        (None, Some(a)) => a.parse().map_err(|e| invalid("admin-bind", e))?,
-        (None, None) => defaults::ADMIN_BIND
-            .parse()
-            .expect("default admin bind parses"),
-    };
+    let binds = bind;
+    let admin_bind = need(admin_bind);
     let ephemeral = matches!(&admin_bind, BindAddr::Tcp(a) if a.port() == 0);
     for b in &binds {
         if *b == admin_bind && !ephemeral {
@@ -779,13 +1029,7 @@ pub fn resolve(
         }
     }
 
-    let range = match workers {
-        Some(w) => *w,
-        None => from_file::<WorkerRange>("workers", &file.workers)?.unwrap_or(WorkerRange {
-            min: defaults::WORKERS,
-            max: defaults::WORKERS,
-        }),
-    };
+    let range = need(workers);
     if range.min == 0 {
         return Err(invalid("workers", "MIN must be at least 1"));
     }
@@ -801,9 +1045,7 @@ pub fn resolve(
             format!("MAX {} is above {}", range.max, defaults::WORKERS_LIMIT),
         ));
     }
-    let initial = workers_initial
-        .or(file.workers_initial)
-        .unwrap_or(range.min);
+    let initial = workers_initial.unwrap_or(range.min);
     if initial < range.min || initial > range.max {
         return Err(invalid(
             "workers-initial",
@@ -811,40 +1053,17 @@ pub fn resolve(
         ));
     }
 
-    let pick =
-        |flag: &Option<u32>, file: Option<u32>, default: u32| flag.or(file).unwrap_or(default);
-    let d = ScalingConfig::default();
     let scaling = ScalingConfig {
-        algo: cheaper_algo.or(file.cheaper_algo).unwrap_or(d.algo),
-        step: pick(cheaper_step, file.cheaper_step, d.step),
-        overload: pick(cheaper_overload, file.cheaper_overload, d.overload),
-        idle: pick(cheaper_idle, file.cheaper_idle, d.idle),
-        backlog: pick(cheaper_backlog, file.cheaper_backlog, d.backlog),
-        busyness_min: pick(
-            cheaper_busyness_min,
-            file.cheaper_busyness_min,
-            d.busyness_min,
-        ),
-        busyness_max: pick(
-            cheaper_busyness_max,
-            file.cheaper_busyness_max,
-            d.busyness_max,
-        ),
-        busyness_multiplier: pick(
-            cheaper_busyness_multiplier,
-            file.cheaper_busyness_multiplier,
-            d.busyness_multiplier,
-        ),
-        busyness_penalty: pick(
-            cheaper_busyness_penalty,
-            file.cheaper_busyness_penalty,
-            d.busyness_penalty,
-        ),
-        busyness_backlog: pick(
-            cheaper_busyness_backlog,
-            file.cheaper_busyness_backlog,
-            d.busyness_backlog,
-        ),
+        algo: need(cheaper_algo),
+        step: need(cheaper_step),
+        overload: need(cheaper_overload),
+        idle: need(cheaper_idle),
+        backlog: need(cheaper_backlog),
+        busyness_min: need(cheaper_busyness_min),
+        busyness_max: need(cheaper_busyness_max),
+        busyness_multiplier: need(cheaper_busyness_multiplier),
+        busyness_penalty: need(cheaper_busyness_penalty),
+        busyness_backlog: need(cheaper_busyness_backlog),
     };
     if scaling.step == 0 {
         return Err(invalid("cheaper-step", "must be at least 1"));
@@ -868,14 +1087,14 @@ pub fn resolve(
         ));
     }
 
-    let front_threads = front_threads.or(file.front_threads).unwrap_or(1);
+    let front_threads = need(front_threads);
     if front_threads == 0 || front_threads > defaults::THREADS_LIMIT {
         return Err(invalid(
             "front-threads",
             format!("{front_threads} is outside 1..={}", defaults::THREADS_LIMIT),
         ));
     }
-    let threads = threads.or(file.threads).unwrap_or(1);
+    let threads = need(threads);
     if threads == 0 || threads > defaults::THREADS_LIMIT {
         return Err(invalid(
             "threads",
@@ -883,70 +1102,30 @@ pub fn resolve(
         ));
     }
 
-    let dur = |key: &'static str, flag: &Option<Dur>, file: &Option<Scalar>| {
-        Ok::<_, ConfigError>(match flag {
-            Some(d) => Some(d.0),
-            None => from_file::<Dur>(key, file)?.map(|d| d.0),
-        })
-    };
-    let nonzero = |d: Option<Duration>| d.filter(|d| !d.is_zero());
-
-    let max_body = match max_body {
-        Some(b) => b.0,
-        None => from_file::<ByteSize>("max-body", &file.max_body)?
-            .map(|b| b.0)
-            .unwrap_or(defaults::MAX_BODY),
-    };
-    let max_queue = max_queue.or(file.max_queue).unwrap_or(defaults::MAX_QUEUE) as usize;
-    let keepalive_timeout = dur(
-        "keepalive-timeout",
-        keepalive_timeout,
-        &file.keepalive_timeout,
-    )?
-    .unwrap_or(defaults::KEEPALIVE_TIMEOUT);
+    let nonzero = |d: Option<Dur>| d.map(|d| d.0).filter(|d| !d.is_zero());
+    let keepalive_timeout = need(keepalive_timeout).0;
     if keepalive_timeout.is_zero() {
         return Err(invalid("keepalive-timeout", "must be above zero"));
     }
-    let body_timeout =
-        dur("body-timeout", body_timeout, &file.body_timeout)?.unwrap_or(defaults::BODY_TIMEOUT);
+    let body_timeout = need(body_timeout).0;
     if body_timeout.is_zero() {
         return Err(invalid("body-timeout", "must be above zero"));
     }
-    let graceful_timeout = dur("graceful-timeout", graceful_timeout, &file.graceful_timeout)?
-        .unwrap_or(defaults::GRACEFUL_TIMEOUT);
 
     let lifecycle = LifecycleConfig {
-        timeout: nonzero(dur("timeout", timeout, &file.timeout)?),
-        max_requests: max_requests.or(file.max_requests).unwrap_or(0),
-        max_requests_jitter: max_requests_jitter
-            .or(file.max_requests_jitter)
-            .unwrap_or(0),
-        max_lifetime: nonzero(dur("max-lifetime", max_lifetime, &file.max_lifetime)?),
-        max_rss: match max_rss {
-            Some(b) => Some(b.0),
-            None => from_file::<ByteSize>("max-rss", &file.max_rss)?.map(|b| b.0),
-        }
-        .filter(|b| *b > 0),
+        timeout: nonzero(timeout),
+        max_requests: need(max_requests),
+        max_requests_jitter: need(max_requests_jitter),
+        max_lifetime: nonzero(max_lifetime),
+        max_rss: max_rss.map(|b| b.0).filter(|b| *b > 0),
     };
 
     let python = PythonConfig {
         app,
-        chdir: chdir.clone().or_else(|| file.chdir.clone()),
-        pythonpath: if pythonpath.is_empty() {
-            file.pythonpath.clone()
-        } else {
-            pythonpath.clone()
-        },
-        venv: venv
-            .clone()
-            .or_else(|| file.venv.clone())
-            .or(virtual_env)
-            .filter(|p| !p.as_os_str().is_empty()),
-        preload: if *no_preload {
-            false
-        } else {
-            file.preload.unwrap_or(true)
-        },
+        chdir,
+        pythonpath,
+        venv: venv.or(virtual_env).filter(|p| !p.as_os_str().is_empty()),
+        preload: need(preload),
         threads,
     };
 
@@ -955,12 +1134,12 @@ pub fn resolve(
         admin_bind,
         python,
         http: HttpConfig {
-            max_body,
-            max_queue,
+            max_body: need(max_body).0,
+            max_queue: need(max_queue) as usize,
             keepalive_timeout,
             body_timeout,
-            graceful_timeout,
-            access_log: *access_log || file.access_log.unwrap_or(false),
+            graceful_timeout: need(graceful_timeout).0,
+            access_log: need(access_log),
         },
         live: LiveConfig {
             workers: WorkerLimits {
@@ -972,20 +1151,12 @@ pub fn resolve(
             lifecycle,
         },
         log: LogConfig {
-            format: log_format.or(file.log_format).unwrap_or_default(),
-            level: log_level
-                .clone()
-                .or_else(|| file.log_level.clone())
-                .unwrap_or_else(|| "info".into()),
+            format: need(log_format),
+            level: need(log_level),
         },
-        config_file: config.clone(),
+        config_file: config,
         front_threads,
     })
-}
-
-/// Renders a [`FileConfig`] key for a duration, in a form [`parse_duration`] reads back.
-pub fn duration_scalar(d: Duration) -> Scalar {
-    Scalar::Text(format_duration(d))
 }
 
 /// A clap parser for exactly `serve`'s flags, used by the operator's round-trip test and by
@@ -1002,11 +1173,12 @@ pub struct ServeCommand {
 #[derive(Debug, clap::Subcommand)]
 pub enum ServeOnly {
     /// Serve a WSGI application.
-    Serve(ServeArgs),
+    Serve(Settings),
 }
 
-/// Parses `argv` (including the program name, then `serve`) into [`ServeArgs`].
-pub fn parse_serve_argv<I, T>(argv: I) -> Result<ServeArgs, clap::Error>
+/// Parses `argv` (including the program name, then `serve`) into [`Settings`], reading the
+/// `WSGISCALE_*` environment for flags not given, as the server does.
+pub fn parse_serve_argv<I, T>(argv: I) -> Result<Settings, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -1016,18 +1188,38 @@ where
     Ok(args)
 }
 
+/// Like [`parse_serve_argv`] but blind to the environment: the command line alone.
+pub fn parse_serve_argv_without_env<I, T>(argv: I) -> Result<Settings, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let command = ServeCommand::command().mut_subcommand("serve", without_env);
+    let matches = command.try_get_matches_from(argv)?;
+    let ServeOnly::Serve(args) = ServeCommand::from_arg_matches(&matches)?.command;
+    Ok(args)
+}
+
+/// `command` with the environment twins of its arguments removed (`--ignore-env`).
+pub fn without_env(command: clap::Command) -> clap::Command {
+    command.mut_args(|a| a.env(None))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(argv: &[&str]) -> ServeArgs {
+    use proptest::prelude::*;
+
+    fn args(argv: &[&str]) -> Settings {
         let mut full = vec!["wsgiscale", "serve"];
         full.extend_from_slice(argv);
-        parse_serve_argv(full).expect("test argv parses")
+        parse_serve_argv_without_env(full).expect("test argv parses")
     }
 
     fn resolve_argv(argv: &[&str]) -> Result<ServerConfig, ConfigError> {
-        resolve(&args(argv), &FileConfig::default(), None)
+        resolve(&args(argv), None)
     }
 
     #[test]
@@ -1125,7 +1317,7 @@ mod tests {
             }
         }
         assert_eq!(
-            resolve(&ServeArgs::default(), &FileConfig::default(), None),
+            resolve(&Settings::default(), None),
             Err(ConfigError::MissingApp)
         );
     }
@@ -1141,11 +1333,11 @@ mod tests {
 
     #[test]
     fn flags_override_file_and_file_overrides_defaults() {
-        let file = FileConfig::from_yaml(
+        let file = Settings::from_yaml(
             "app: fromfile:app\nworkers: \"2:8\"\ncheaper-algo: busyness\nmax-rss: 512Mi\ntimeout: 30\nthreads: 4\npreload: false\n",
         )
         .expect("valid yaml");
-        let cfg = resolve(&args(&["--workers", "3:6"]), &file, None).expect("valid");
+        let cfg = resolve(&args(&["--workers", "3:6"]).over(&file), None).expect("valid");
         assert_eq!(cfg.python.app.module, "fromfile");
         assert_eq!(
             cfg.live.workers,
@@ -1164,30 +1356,301 @@ mod tests {
 
     #[test]
     fn file_rejects_unknown_keys() {
-        let err = FileConfig::from_yaml("workerz: 3\n").unwrap_err();
+        let err = Settings::from_yaml("workerz: 3\n").unwrap_err();
         assert!(err.to_string().contains("workerz"), "{err}");
     }
 
     #[test]
     fn venv_falls_back_to_virtual_env() {
-        let cfg = resolve(
-            &args(&["a:b"]),
-            &FileConfig::default(),
-            Some("/venv".into()),
-        )
-        .expect("valid");
+        let cfg = resolve(&args(&["a:b"]), Some("/venv".into())).expect("valid");
         assert_eq!(cfg.python.venv, Some(PathBuf::from("/venv")));
     }
 
     #[test]
+    fn a_file_setting_under_a_flag_is_reported() {
+        let file = Settings::from_yaml("workers: 2:8\nmax-rss: 1Gi\n").expect("valid");
+        let flags = args(&["a:b", "--workers", "3", "--threads", "2"]);
+        assert_eq!(file.overridden_by(&flags), vec!["workers".to_string()]);
+        assert!(file.overridden_by(&args(&["a:b"])).is_empty());
+    }
+
+    #[test]
     fn file_round_trips_through_yaml() {
-        let file = FileConfig {
-            workers: Some(Scalar::Text("2:16".into())),
+        let file = Settings {
+            workers: Some(WorkerRange { min: 2, max: 16 }),
             cheaper_algo: Some(Algorithm::Spare2),
-            max_rss: Some(Scalar::Text("300Mi".into())),
-            timeout: Some(duration_scalar(Duration::from_millis(1500))),
-            ..FileConfig::default()
+            max_rss: Some(ByteSize(300 << 20)),
+            timeout: Some(Dur(Duration::from_millis(1500))),
+            ..Settings::default()
         };
-        assert_eq!(FileConfig::from_yaml(&file.to_yaml()), Ok(file));
+        assert_eq!(Settings::from_yaml(&file.to_yaml()), Ok(file));
+    }
+
+    #[test]
+    fn the_file_reads_numbers_and_texts_alike() {
+        let a = Settings::from_yaml("workers: 4\ntimeout: 30\nmax-rss: 1048576\n").expect("valid");
+        let b = Settings::from_yaml("workers: \"4\"\ntimeout: 30s\nmax-rss: 1Mi\n").expect("valid");
+        assert_eq!(a, b);
+        assert_eq!(a.workers, Some(WorkerRange { min: 4, max: 4 }));
+        // YAML 1.2: an unquoted 2:8 is the text "2:8", not a base-60 number.
+        let c = Settings::from_yaml("workers: 2:8\n").expect("valid");
+        assert_eq!(c.workers, Some(WorkerRange { min: 2, max: 8 }));
+        let bad = Settings::from_yaml("workers: lots\n")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("not N or MIN:MAX"), "{bad}");
+        assert!(!bad.contains('\n'), "one line: {bad}");
+        // The command line's own keys are not file keys.
+        assert!(Settings::from_yaml("config: /x.yaml\n").is_err());
+        assert!(Settings::from_yaml("ignore-env: true\n").is_err());
+    }
+
+    #[test]
+    fn boolean_flags_and_their_environment_twins() {
+        assert_eq!(args(&["a:b"]).preload, None);
+        assert_eq!(args(&["a:b", "--no-preload"]).preload, Some(false));
+        assert_eq!(args(&["a:b"]).access_log, None);
+        assert_eq!(args(&["a:b", "--access-log"]).access_log, Some(true));
+        assert_eq!(args(&["a:b", "--access-log=false"]).access_log, Some(false));
+        // `--access-log` takes no separate value, so the positional after it is the app.
+        assert_eq!(args(&["--access-log", "a:b"]).app.as_deref(), Some("a:b"));
+        let with_env = |var: &str, value: &str| {
+            use clap::{CommandFactory, FromArgMatches};
+            // A unique variable per case, so parallel tests do not see each other's; clap
+            // reads it when the argument is built.
+            let name = format!("WSGISCALE_TEST_{var}");
+            std::env::set_var(&name, value);
+            let command = ServeCommand::command().mut_subcommand("serve", |c| {
+                c.mut_args(|a| {
+                    let ours = a.get_env().is_some_and(|e| e == var);
+                    let a = a.env(None);
+                    if ours {
+                        a.env(&*Box::leak(
+                            format!("WSGISCALE_TEST_{var}").into_boxed_str(),
+                        ))
+                    } else {
+                        a
+                    }
+                })
+            });
+            let m = command.try_get_matches_from(["wsgiscale", "serve", "a:b"]);
+            std::env::remove_var(&name);
+            let ServeOnly::Serve(s) = ServeCommand::from_arg_matches(&m.expect("parses"))
+                .expect("matches")
+                .command;
+            s
+        };
+        assert_eq!(with_env("WSGISCALE_NO_PRELOAD", "1").preload, Some(false));
+        assert_eq!(
+            with_env("WSGISCALE_NO_PRELOAD", "false").preload,
+            Some(true)
+        );
+        assert_eq!(
+            with_env("WSGISCALE_ACCESS_LOG", "yes").access_log,
+            Some(true)
+        );
+        assert_eq!(
+            with_env("WSGISCALE_WORKERS", "2:5").workers,
+            Some(WorkerRange { min: 2, max: 5 })
+        );
+    }
+
+    #[test]
+    fn help_texts_state_the_defaults_that_apply() {
+        use clap::Args;
+        let defaults = set_only(&Settings::defaults());
+        let command = Settings::augment_args(clap::Command::new("serve"));
+        let mut checked = 0;
+        for arg in command.get_arguments() {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let Some((_, rest)) = help.split_once("[default: ") else {
+                continue;
+            };
+            let stated = rest.split(']').next().expect("closed");
+            let key = arg.get_id().as_str().replace('_', "-");
+            let actual = match defaults.get(&key) {
+                Some(serde_json::Value::Array(items)) => {
+                    items.iter().map(json_text).collect::<Vec<_>>().join(",")
+                }
+                Some(v) => json_text(v),
+                None => continue, // derived defaults: "MIN", "$VIRTUAL_ENV", "off"
+            };
+            let same = stated == actual
+                || stated.parse::<ByteSize>().ok().map(|b| b.0) == actual.parse().ok()
+                || stated.parse::<Dur>().ok() == actual.parse::<Dur>().ok();
+            assert!(
+                same,
+                "--{key}: help says [default: {stated}], the default is {actual}"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} defaults checked");
+        for derived in [
+            "workers-initial",
+            "venv",
+            "timeout",
+            "max-lifetime",
+            "max-rss",
+        ] {
+            assert!(!defaults.contains_key(derived), "{derived}");
+        }
+    }
+
+    fn any_settings() -> impl Strategy<Value = Settings> {
+        let dur =
+            || proptest::option::of((0u64..100_000).prop_map(|ms| Dur(Duration::from_millis(ms))));
+        let small = || proptest::option::of(0u32..2000);
+        let algo = proptest::option::of(prop_oneof![
+            Just(Algorithm::Spare),
+            Just(Algorithm::Spare2),
+            Just(Algorithm::Backlog),
+            Just(Algorithm::Busyness),
+            Just(Algorithm::Manual),
+        ]);
+        let binds = proptest::collection::vec(
+            prop_oneof![
+                (1u16..65535).prop_map(|p| BindAddr::Tcp(([0, 0, 0, 0], p).into())),
+                "[a-z]{1,8}".prop_map(|n| BindAddr::Unix(format!("/run/{n}.sock").into())),
+            ],
+            0..3,
+        );
+        (
+            (
+                proptest::option::of("[a-z]{1,6}(\\.[a-z]{1,6})?:[a-z_]{1,8}"),
+                proptest::option::of("/[a-z]{1,8}\\.yaml".prop_map(PathBuf::from)),
+                any::<bool>(),
+                binds,
+                proptest::option::of(
+                    (1u32..64, 0u32..64).prop_map(|(a, b)| WorkerRange { min: a, max: a + b }),
+                ),
+                small(),
+                algo,
+                small(),
+                small(),
+                small(),
+            ),
+            (
+                small(),
+                small(),
+                small(),
+                small(),
+                small(),
+                small(),
+                small(),
+                proptest::option::of("/[a-z]{1,8}".prop_map(PathBuf::from)),
+                proptest::collection::vec("/[a-z]{1,8}".prop_map(PathBuf::from), 0..3),
+                proptest::option::of(Just(false)),
+            ),
+            (
+                proptest::option::of(any::<u32>().prop_map(|b| ByteSize(b as u64))),
+                small(),
+                dur(),
+                dur(),
+                dur(),
+                dur(),
+                proptest::option::of(0u64..1_000_000),
+                proptest::option::of(0u64..1_000),
+                dur(),
+                proptest::option::of((1u64..1 << 40).prop_map(ByteSize)),
+            ),
+            (
+                proptest::option::of(prop_oneof![Just(LogFormat::Plain), Just(LogFormat::Json)]),
+                proptest::option::of("[a-z]{1,8}(=debug)?"),
+                proptest::option::of(any::<bool>()),
+                proptest::option::of((1u32..256).prop_map(|n| n.to_string())),
+                proptest::option::of("/[a-z]{1,8}".prop_map(PathBuf::from)),
+            ),
+        )
+            .prop_map(|(a, b, c, d)| Settings {
+                app: a.0,
+                config: a.1,
+                ignore_env: a.2,
+                bind: a.3,
+                workers: a.4,
+                workers_initial: a.5,
+                cheaper_algo: a.6,
+                cheaper_step: a.7,
+                cheaper_overload: a.8,
+                cheaper_idle: a.9,
+                cheaper_backlog: b.0,
+                cheaper_busyness_min: b.1,
+                cheaper_busyness_max: b.2,
+                cheaper_busyness_multiplier: b.3,
+                cheaper_busyness_penalty: b.4,
+                cheaper_busyness_backlog: b.5,
+                threads: b.6,
+                chdir: b.7,
+                pythonpath: b.8,
+                preload: b.9,
+                max_body: c.0,
+                max_queue: c.1,
+                keepalive_timeout: c.2,
+                body_timeout: c.3,
+                graceful_timeout: c.4,
+                timeout: c.5,
+                max_requests: c.6,
+                max_requests_jitter: c.7,
+                max_lifetime: c.8,
+                max_rss: c.9,
+                log_format: d.0,
+                log_level: d.1,
+                access_log: d.2,
+                front_threads: d.3.clone().map(|t| t.parse().expect("digits")),
+                admin_bind: d
+                    .3
+                    .map(|p| BindAddr::Tcp(([127, 0, 0, 1], p.parse().expect("digits")).into())),
+                venv: d.4,
+            })
+    }
+
+    proptest! {
+        /// What `to_args` writes, the server's parser reads back unchanged.
+        #[test]
+        fn settings_round_trip_through_the_command_line(s in any_settings()) {
+            let argv = ["wsgiscale".to_string(), "serve".to_string()].into_iter().chain(s.to_args());
+            let back = parse_serve_argv_without_env(argv).expect("the rendered args parse");
+            prop_assert_eq!(back, s);
+        }
+
+        /// What `to_yaml` writes, the file parser reads back unchanged.
+        #[test]
+        fn settings_round_trip_through_the_file(s in any_settings()) {
+            let s = Settings { config: None, ignore_env: false, ..s };
+            let back = Settings::from_yaml(&s.to_yaml()).expect("the rendered file parses");
+            prop_assert_eq!(back, s);
+        }
+
+        /// Layering: each setting comes from the top layer that has it.
+        #[test]
+        fn over_takes_each_setting_from_the_top_layer_that_has_it(
+            top in any_settings(),
+            bottom in any_settings(),
+        ) {
+            let merged = top.over(&bottom);
+            let (t, b, m) = (json_object(&top), json_object(&bottom), json_object(&merged));
+            for (key, value) in &m {
+                let want = if is_unset(&t[key]) { &b[key] } else { &t[key] };
+                prop_assert_eq!(value, want, "{}", key);
+            }
+            prop_assert_eq!(merged.config, top.config.or(bottom.config));
+        }
+
+        /// The live half and the restart half together are the whole, and never overlap.
+        #[test]
+        fn split_live_partitions_the_settings(s in any_settings()) {
+            let (restart, live) = s.clone().split_live();
+            prop_assert_eq!(restart.over(&live), s.clone());
+            let (r, l) = (set_only(&restart), set_only(&live));
+            prop_assert!(r.keys().all(|k| !l.contains_key(k)));
+            // Exactly the LiveConfig's settings are live.
+            let cfg = |s: &Settings| resolve(&Settings { app: Some("a:b".into()), ..s.clone() }, None);
+            if let (Ok(all), Ok(only_restart)) = (cfg(&s), cfg(&restart)) {
+                let defaults = cfg(&Settings::default()).expect("defaults resolve");
+                prop_assert_eq!(only_restart.live.scaling, defaults.live.scaling);
+                prop_assert_eq!(only_restart.live.lifecycle, defaults.live.lifecycle);
+                prop_assert_eq!(only_restart.http, all.http);
+                prop_assert_eq!(only_restart.python, all.python);
+            }
+        }
     }
 }

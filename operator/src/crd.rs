@@ -1150,3 +1150,138 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod default_tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::Value;
+    use wsgiscale_core::config::{defaults as server, Settings};
+    use wsgiscale_core::units::parse_size;
+
+    use crate::validate::defaults as op;
+
+    fn walk(node: &Value, path: &str, out: &mut BTreeMap<String, (String, Vec<String>)>) {
+        let Some(props) = node.get("properties").and_then(Value::as_object) else {
+            return;
+        };
+        for (key, child) in props {
+            let p = format!("{path}.{key}");
+            let desc = child["description"].as_str().unwrap_or_default();
+            let rules = child["x-kubernetes-validations"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .map(|r| r["rule"].as_str().unwrap_or_default().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some((_, rest)) = desc.split_once("Default: ") {
+                let word = rest.split_whitespace().next().unwrap_or_default();
+                let word = word.trim_end_matches(['.', ',', ';']).to_string();
+                out.insert(p.clone(), (word, rules));
+            }
+            walk(child, &p, out);
+        }
+    }
+
+    /// Every `Default:` the CRD states for a server setting is the server's own default (one
+    /// declaration: `wsgiscale_core::config::defaults`), and so are the CEL rules' literals.
+    #[test]
+    fn the_crd_states_the_servers_defaults() {
+        let crd = serde_json::to_value(super::crd()).expect("serializes");
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let mut stated = BTreeMap::new();
+        walk(spec, "spec", &mut stated);
+        let d = Settings::defaults();
+        let n = |v: u32| v.to_string();
+        let secs = |v: std::time::Duration| v.as_secs().to_string();
+        let expected: BTreeMap<&str, String> = [
+            ("spec.workers.min", n(server::WORKERS)),
+            ("spec.workers.threads", n(server::THREADS)),
+            ("spec.workers.step", n(server::CHEAPER_STEP)),
+            ("spec.workers.overloadChecks", n(server::CHEAPER_OVERLOAD)),
+            ("spec.workers.idleChecks", n(server::CHEAPER_IDLE)),
+            ("spec.workers.backlog", n(server::CHEAPER_BACKLOG)),
+            (
+                "spec.workers.busyness.minPercent",
+                n(server::CHEAPER_BUSYNESS_MIN),
+            ),
+            (
+                "spec.workers.busyness.maxPercent",
+                n(server::CHEAPER_BUSYNESS_MAX),
+            ),
+            (
+                "spec.workers.busyness.multiplier",
+                n(server::CHEAPER_BUSYNESS_MULTIPLIER),
+            ),
+            (
+                "spec.workers.busyness.penalty",
+                n(server::CHEAPER_BUSYNESS_PENALTY),
+            ),
+            (
+                "spec.workers.busyness.backlog",
+                n(server::CHEAPER_BUSYNESS_BACKLOG),
+            ),
+            (
+                "spec.workers.algorithm",
+                d.cheaper_algo.expect("set").as_str().to_string(),
+            ),
+            ("spec.http.maxQueue", n(server::MAX_QUEUE)),
+            (
+                "spec.http.keepaliveTimeoutSeconds",
+                secs(server::KEEPALIVE_TIMEOUT),
+            ),
+            ("spec.http.bodyTimeoutSeconds", secs(server::BODY_TIMEOUT)),
+            ("spec.http.accessLog", "false".into()),
+            (
+                "spec.lifecycle.gracefulTimeoutSeconds",
+                secs(server::GRACEFUL_TIMEOUT),
+            ),
+            ("spec.lifecycle.maxRequestsJitter", "0".into()),
+            ("spec.logging.level", server::LOG_LEVEL.into()),
+            ("spec.logging.format", "plain".into()),
+            ("spec.preload", "true".into()),
+        ]
+        .into();
+        for (path, want) in &expected {
+            let (got, _) = stated
+                .get(*path)
+                .unwrap_or_else(|| panic!("{path} states no default"));
+            assert_eq!(got, want, "{path}");
+        }
+        let (body, _) = &stated["spec.http.maxBodySize"];
+        assert_eq!(parse_size(body).ok(), Some(server::MAX_BODY));
+        assert_eq!(parse_size(op::MAX_BODY).ok(), Some(server::MAX_BODY));
+        // The CEL rules that fill in an absent workers.min use the same default.
+        let (_, rules) = &stated["spec.workers"];
+        for rule in rules.iter().filter(|r| r.contains("self.min")) {
+            assert!(
+                rule.contains(&format!("self.min : {})", server::WORKERS)),
+                "{rule}"
+            );
+        }
+        assert!(!rules.is_empty());
+        // Every stated default of workers, http and lifecycle is in the table above (or is
+        // a derived one), so a new field cannot state a default nobody checks.
+        for (path, (word, _)) in &stated {
+            let server_field = [
+                "spec.workers.",
+                "spec.http.",
+                "spec.lifecycle.",
+                "spec.logging.",
+            ]
+            .iter()
+            .any(|p| path.starts_with(p));
+            let derived = word.starts_with('`') || word == "min";
+            let operator_only =
+                path == "spec.lifecycle.preStopDelaySeconds" || path == "spec.http.maxBodySize";
+            if server_field && !derived && !operator_only {
+                assert!(
+                    expected.contains_key(path.as_str()),
+                    "{path} (Default: {word}) is not checked"
+                );
+            }
+        }
+    }
+}

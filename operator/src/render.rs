@@ -28,19 +28,15 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use wsgiscale_core::config::{
-    duration_scalar, parse_serve_argv, resolve, ConfigError, FileConfig, LogFormat, Scalar,
-    ServerConfig, WorkerRange,
-};
-use wsgiscale_core::units::format_duration;
+use wsgiscale_core::config::Settings;
 
 use crate::crd::InjectSource;
-use crate::validate::{Inject, ValidatedApp, APP_LABEL, CONFIG_DIR, INJECT_DIR, TMP_DIR};
+use crate::validate::{
+    Inject, ValidatedApp, APP_LABEL, CONFIG_DIR, CONFIG_KEY, INJECT_DIR, TMP_DIR,
+};
 
 /// The name of the server container.
 pub const CONTAINER_NAME: &str = "app";
-/// The config file's key in the ConfigMap (and so its file name in [`CONFIG_DIR`]).
-pub const CONFIG_KEY: &str = "config.yaml";
 /// Volume holding the ConfigMap.
 pub const CONFIG_VOLUME: &str = "wsgiscale-config";
 /// Volume backing /tmp.
@@ -111,105 +107,23 @@ fn metadata(app: &ValidatedApp, name: String) -> ObjectMeta {
     }
 }
 
-/// `wsgiscale serve`'s arguments (after the program name): the one place the operator renders
-/// the server's command line. Worker limits and lifecycle are not here: they are in the config
-/// file (see [`render_config_file`]), because flags would override the file and defeat its live
-/// reload.
+/// `wsgiscale serve`'s arguments (after the program name): the restart half of the app's
+/// [`ValidatedApp::server_settings`], written by the server's own [`Settings::to_args`]. Worker
+/// limits and lifecycle are not here: they are in the config file (see
+/// [`render_config_file`]), because flags would override the file and defeat its live reload.
+/// `--ignore-env` keeps `WSGISCALE_*` variables (an `envFrom` the operator cannot see into)
+/// from doing the same.
 pub fn render_serve_args(app: &ValidatedApp) -> Vec<String> {
-    let mut args: Vec<String> = vec!["serve".into(), app.app.to_string()];
-    let mut flag = |name: &str, value: String| {
-        args.push(format!("--{name}"));
-        args.push(value);
-    };
-    flag("config", format!("{CONFIG_DIR}/{CONFIG_KEY}"));
-    flag("bind", format!("0.0.0.0:{}", app.port));
-    flag("admin-bind", format!("0.0.0.0:{}", app.admin_port));
-    flag("threads", app.workers.threads.to_string());
-    if let Some(dir) = &app.chdir {
-        flag("chdir", dir.clone());
-    }
-    for dir in &app.pythonpath {
-        flag("pythonpath", dir.clone());
-    }
-    if let Some(venv) = &app.venv {
-        flag("venv", venv.clone());
-    }
-    flag("max-body", app.http.max_body.to_string());
-    flag("max-queue", app.http.max_queue.to_string());
-    flag(
-        "keepalive-timeout",
-        format_duration(app.http.keepalive_timeout),
-    );
-    flag("body-timeout", format_duration(app.http.body_timeout));
-    flag(
-        "graceful-timeout",
-        format_duration(app.lifecycle.graceful_timeout),
-    );
-    flag(
-        "log-format",
-        match app.log_format {
-            LogFormat::Plain => "plain",
-            LogFormat::Json => "json",
-        }
-        .into(),
-    );
-    flag("log-level", app.log_level.clone());
-    if !app.preload {
-        args.push("--no-preload".into());
-    }
-    if app.http.access_log {
-        args.push("--access-log".into());
-    }
-    args
+    let (restart, _live) = app.server_settings().split_live();
+    std::iter::once("serve".to_string())
+        .chain(restart.to_args())
+        .collect()
 }
 
-/// The server's config file: only the settings it applies live (its `LiveConfig`), every one
-/// written out so the operator's defaults, not the server's, are in force.
-pub fn render_config_file(app: &ValidatedApp) -> FileConfig {
-    let w = &app.workers;
-    let l = &app.lifecycle;
-    FileConfig {
-        workers: Some(Scalar::Text(
-            WorkerRange {
-                min: w.min,
-                max: w.max,
-            }
-            .to_string(),
-        )),
-        workers_initial: Some(w.initial),
-        cheaper_algo: Some(w.algorithm),
-        cheaper_step: Some(w.step),
-        cheaper_overload: Some(w.overload_checks),
-        cheaper_idle: Some(w.idle_checks),
-        cheaper_backlog: Some(w.backlog),
-        cheaper_busyness_min: Some(w.busyness_min_percent),
-        cheaper_busyness_max: Some(w.busyness_max_percent),
-        cheaper_busyness_multiplier: Some(w.busyness_multiplier),
-        cheaper_busyness_penalty: Some(w.busyness_penalty),
-        cheaper_busyness_backlog: Some(w.busyness_backlog),
-        timeout: l.timeout.map(duration_scalar),
-        max_requests: Some(l.max_requests),
-        max_requests_jitter: Some(l.max_requests_jitter),
-        max_lifetime: l.max_lifetime.map(duration_scalar),
-        max_rss: l.max_rss.map(Scalar::Int),
-        ..FileConfig::default()
-    }
-}
-
-/// Parses what the operator renders with the server's own parser: the container's command line
-/// and the mounted config file, resolved as the server will resolve them at start.
-///
-/// Like the server, this reads `WSGISCALE_*` variables from the process environment for any
-/// flag not on the command line; the operator's own variables are `WSGISCALE_OPERATOR_*`,
-/// which the server does not read.
-pub fn check_with_server(app: &ValidatedApp) -> Result<ServerConfig, ConfigError> {
-    let argv = std::iter::once("wsgiscale".to_string()).chain(render_serve_args(app));
-    let args = parse_serve_argv(argv).map_err(|e| ConfigError::Invalid {
-        key: "command line",
-        reason: e.to_string(),
-    })?;
-    let file = FileConfig::from_yaml(&render_config_file(app).to_yaml())?;
-    resolve(&args, &file, None)
+/// The server's config file: the live half of the app's settings (its `LiveConfig`), every
+/// one written out so the operator's defaults, not the server's, are in force.
+pub fn render_config_file(app: &ValidatedApp) -> Settings {
+    app.server_settings().split_live().1
 }
 
 /// The ConfigMap holding the server's config file.
@@ -563,7 +477,10 @@ mod tests {
 
     use k8s_openapi::api::core::v1::EnvVar;
     use proptest::prelude::*;
-    use wsgiscale_core::config::{Algorithm, BindAddr, WorkerLimits};
+    use wsgiscale_core::config::{
+        parse_serve_argv_without_env, resolve, Algorithm, BindAddr, LogFormat, ServerConfig,
+        WorkerLimits,
+    };
 
     use super::*;
     use crate::crd::{
@@ -577,21 +494,29 @@ mod tests {
         validate_app(app).expect("fixture is valid")
     }
 
-    /// Parses the rendered container back with the server's parser, as the server will.
+    /// Parses the rendered container back with the server's parser, as the server will (with
+    /// `--ignore-env`, blind to the environment), and checks it is what was validated.
     fn parse_back(app: &ValidatedApp) -> ServerConfig {
         let dep = render_deployment(app, 1);
         let c = &dep.spec.template.spec.expect("pod").containers[0];
         let mut argv = vec!["wsgiscale".to_string()];
         argv.extend(c.args.clone().expect("args"));
-        let args = parse_serve_argv(argv).expect("the server parses the rendered args");
+        let args = parse_serve_argv_without_env(argv).expect("the server parses the args");
+        assert!(args.ignore_env, "the pods take no WSGISCALE_* variable");
         let cm = render_config_map(app);
         let text = &cm.data.expect("data")[CONFIG_KEY];
-        let file = FileConfig::from_yaml(text).expect("the server parses the rendered file");
+        let file = Settings::from_yaml(text).expect("the server parses the rendered file");
         assert_eq!(
             args.config.as_deref(),
             Some(std::path::Path::new("/etc/wsgiscale/config.yaml"))
         );
-        resolve(&args, &file, None).expect("the server accepts the rendered config")
+        assert!(
+            file.overridden_by(&args).is_empty(),
+            "no flag pins a live setting"
+        );
+        let cfg = resolve(&args.over(&file), None).expect("the server accepts the config");
+        assert_eq!(Ok(&cfg), resolve(&app.server_settings(), None).as_ref());
+        cfg
     }
 
     #[test]
@@ -733,9 +658,9 @@ mod tests {
         // reload live: otherwise a ConfigMap change would need a restart to take effect.
         let app = valid(&mk_app("shop").with_workers(2, Some(9)));
         let argv = std::iter::once("wsgiscale".to_string()).chain(render_serve_args(&app));
-        let args = parse_serve_argv(argv).expect("parses");
-        let with_file = resolve(&args, &render_config_file(&app), None).expect("valid");
-        let without = resolve(&args, &FileConfig::default(), None).expect("valid");
+        let args = parse_serve_argv_without_env(argv).expect("parses");
+        let with_file = resolve(&args.over(&render_config_file(&app)), None).expect("valid");
+        let without = resolve(&args, None).expect("valid");
         assert_ne!(with_file.live, without.live);
         assert_eq!(
             ServerConfig {
@@ -871,7 +796,7 @@ mod tests {
             pod.containers[0].lifecycle, None,
             "no preStop when the delay is 0"
         );
-        let cfg = check_with_server(&v).expect("valid");
+        let cfg = resolve(&v.server_settings(), None).expect("valid");
         let grace = Duration::from_secs(pod.termination_grace_period_seconds.expect("set") as u64);
         assert!(cfg.http.graceful_timeout < grace);
     }

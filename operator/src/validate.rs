@@ -3,8 +3,10 @@
 //!
 //! The CRD's CEL rules refuse most bad specs at `kubectl apply`; this is the second line for the
 //! ones that got past admission (an older CRD, a rule the schema cannot express, a size that
-//! overflows). Its last check renders the server's command line and config file and resolves
-//! them with the server's own parser, so a spec that validates is one the server accepts.
+//! overflows). Its last check resolves the server's [`Settings`] that the pods will get
+//! ([`ValidatedApp::server_settings`]) with the server's own typed `resolve`, so a spec that
+//! validates is one the server accepts; nothing is rendered to text and parsed back, and the
+//! operator's own environment plays no part.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,7 +17,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
-use wsgiscale_core::config::{Algorithm, AppSpec, LogFormat};
+use wsgiscale_core::config::{
+    resolve, Algorithm, AppSpec, BindAddr, ByteSize, Dur, LogFormat, Settings, WorkerRange,
+};
 use wsgiscale_core::units::parse_size;
 
 use crate::crd::{
@@ -33,31 +37,37 @@ pub const CONFIG_DIR: &str = "/etc/wsgiscale";
 pub const TMP_DIR: &str = "/tmp";
 /// Where spec.inject mounts the package in the app container.
 pub const INJECT_DIR: &str = "/wsgiscale";
+/// The config file's key in the ConfigMap (and so its file name in [`CONFIG_DIR`]).
+pub const CONFIG_KEY: &str = "config.yaml";
 
-/// The defaults of every optional field, in one place (the CRD's doc comments repeat them).
+/// The defaults of every optional field. Those of server settings are the server's own
+/// (`wsgiscale_core::config::defaults`), not copies; a test checks the CRD's `Default:` texts
+/// and CEL literals against these.
 pub mod defaults {
+    use wsgiscale_core::config::defaults as server;
+
     /// Worker processes per pod (min, and so max and initial).
-    pub const WORKERS_MIN: i32 = 2;
+    pub const WORKERS_MIN: i32 = server::WORKERS as i32;
     /// Threads per worker.
-    pub const THREADS: i32 = 1;
+    pub const THREADS: i32 = server::THREADS as i32;
     /// Workers spawned per decision.
-    pub const STEP: i32 = 1;
+    pub const STEP: i32 = server::CHEAPER_STEP as i32;
     /// spare/busyness checks.
-    pub const OVERLOAD_CHECKS: i32 = 3;
+    pub const OVERLOAD_CHECKS: i32 = server::CHEAPER_OVERLOAD as i32;
     /// spare2 checks.
-    pub const IDLE_CHECKS: i32 = 10;
+    pub const IDLE_CHECKS: i32 = server::CHEAPER_IDLE as i32;
     /// backlog threshold.
-    pub const BACKLOG: i32 = 1;
+    pub const BACKLOG: i32 = server::CHEAPER_BACKLOG as i32;
     /// busyness lower threshold, percent.
-    pub const BUSYNESS_MIN_PERCENT: i32 = 25;
+    pub const BUSYNESS_MIN_PERCENT: i32 = server::CHEAPER_BUSYNESS_MIN as i32;
     /// busyness upper threshold, percent.
-    pub const BUSYNESS_MAX_PERCENT: i32 = 50;
+    pub const BUSYNESS_MAX_PERCENT: i32 = server::CHEAPER_BUSYNESS_MAX as i32;
     /// busyness retirement multiplier.
-    pub const BUSYNESS_MULTIPLIER: i32 = 10;
+    pub const BUSYNESS_MULTIPLIER: i32 = server::CHEAPER_BUSYNESS_MULTIPLIER as i32;
     /// busyness anti-flap penalty.
-    pub const BUSYNESS_PENALTY: i32 = 2;
+    pub const BUSYNESS_PENALTY: i32 = server::CHEAPER_BUSYNESS_PENALTY as i32;
     /// busyness emergency queue threshold.
-    pub const BUSYNESS_BACKLOG: i32 = 33;
+    pub const BUSYNESS_BACKLOG: i32 = server::CHEAPER_BUSYNESS_BACKLOG as i32;
     /// HTTP container port.
     pub const PORT: i32 = 8000;
     /// Admin container port.
@@ -65,7 +75,7 @@ pub mod defaults {
     /// Service port.
     pub const SERVICE_PORT: i32 = 80;
     /// Graceful shutdown deadline, seconds.
-    pub const GRACEFUL_TIMEOUT_SECONDS: i32 = 25;
+    pub const GRACEFUL_TIMEOUT_SECONDS: i32 = server::GRACEFUL_TIMEOUT.as_secs() as i32;
     /// preStop sleep, seconds.
     pub const PRE_STOP_DELAY_SECONDS: i32 = 5;
     /// Seconds added to preStop + graceful timeout for terminationGracePeriodSeconds: the time
@@ -74,13 +84,13 @@ pub mod defaults {
     /// Largest request body.
     pub const MAX_BODY: &str = "64Mi";
     /// Request queue bound.
-    pub const MAX_QUEUE: i32 = 1024;
+    pub const MAX_QUEUE: i32 = server::MAX_QUEUE as i32;
     /// Keep-alive timeout, seconds.
-    pub const KEEPALIVE_TIMEOUT_SECONDS: i32 = 75;
+    pub const KEEPALIVE_TIMEOUT_SECONDS: i32 = server::KEEPALIVE_TIMEOUT.as_secs() as i32;
     /// Body timeout, seconds.
-    pub const BODY_TIMEOUT_SECONDS: i32 = 60;
+    pub const BODY_TIMEOUT_SECONDS: i32 = server::BODY_TIMEOUT.as_secs() as i32;
     /// Log filter.
-    pub const LOG_LEVEL: &str = "info";
+    pub const LOG_LEVEL: &str = server::LOG_LEVEL;
     /// Fewest pods.
     pub const REPLICAS_MIN: i32 = 1;
     /// The program that runs the server.
@@ -334,6 +344,64 @@ pub struct ValidatedApp {
     pub pod: PodOverrides,
     /// wsgiscale brought into the pod, when the image lacks it.
     pub inject: Option<Inject>,
+}
+
+impl ValidatedApp {
+    /// Every setting the app's server gets, typed: the restart half goes on its command line
+    /// and the live half in its config file ([`Settings::split_live`]). Every live setting is
+    /// written out, so the operator's defaults, not the server's, are in force.
+    pub fn server_settings(&self) -> Settings {
+        let w = &self.workers;
+        let l = &self.lifecycle;
+        let h = &self.http;
+        let any = std::net::Ipv4Addr::UNSPECIFIED;
+        Settings {
+            app: Some(self.app.to_string()),
+            config: Some(format!("{CONFIG_DIR}/{CONFIG_KEY}").into()),
+            ignore_env: true,
+            bind: vec![BindAddr::Tcp((any, port_u16(self.port)).into())],
+            admin_bind: Some(BindAddr::Tcp((any, port_u16(self.admin_port)).into())),
+            workers: Some(WorkerRange {
+                min: w.min,
+                max: w.max,
+            }),
+            workers_initial: Some(w.initial),
+            cheaper_algo: Some(w.algorithm),
+            cheaper_step: Some(w.step),
+            cheaper_overload: Some(w.overload_checks),
+            cheaper_idle: Some(w.idle_checks),
+            cheaper_backlog: Some(w.backlog),
+            cheaper_busyness_min: Some(w.busyness_min_percent),
+            cheaper_busyness_max: Some(w.busyness_max_percent),
+            cheaper_busyness_multiplier: Some(w.busyness_multiplier),
+            cheaper_busyness_penalty: Some(w.busyness_penalty),
+            cheaper_busyness_backlog: Some(w.busyness_backlog),
+            threads: Some(w.threads),
+            front_threads: None,
+            chdir: self.chdir.clone().map(Into::into),
+            pythonpath: self.pythonpath.iter().map(Into::into).collect(),
+            venv: self.venv.clone().map(Into::into),
+            preload: (!self.preload).then_some(false),
+            max_body: Some(ByteSize(h.max_body)),
+            max_queue: Some(h.max_queue),
+            keepalive_timeout: Some(Dur(h.keepalive_timeout)),
+            body_timeout: Some(Dur(h.body_timeout)),
+            graceful_timeout: Some(Dur(l.graceful_timeout)),
+            timeout: l.timeout.map(Dur),
+            max_requests: Some(l.max_requests),
+            max_requests_jitter: Some(l.max_requests_jitter),
+            max_lifetime: l.max_lifetime.map(Dur),
+            max_rss: l.max_rss.map(ByteSize),
+            log_format: Some(self.log_format),
+            log_level: Some(self.log_level.clone()),
+            access_log: h.access_log.then_some(true),
+        }
+    }
+}
+
+/// A port validated to 1..=65535.
+fn port_u16(port: i32) -> u16 {
+    u16::try_from(port).unwrap_or_default()
 }
 
 /// `spec.inject`, resolved.
@@ -627,8 +695,8 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
         pod,
     };
 
-    // The last word is the server's: what we render must resolve with its own parser.
-    crate::render::check_with_server(&validated).map_err(|e| {
+    // The last word is the server's: what the pods get must resolve with its own rules.
+    resolve(&validated.server_settings(), None).map_err(|e| {
         ValidationError::InvalidSpec(vec![FieldError {
             field: "spec".into(),
             reason: format!("the server refuses the rendered configuration: {e}"),

@@ -1,7 +1,7 @@
 //! The `wsgiscale` command line.
 
 use clap::{Parser, Subcommand};
-use wsgiscale_core::config::ServeArgs;
+use wsgiscale_core::config::Settings;
 
 /// wsgiscale: a WSGI server with preloaded, forked, GIL-isolated CPython workers that scale
 /// with load.
@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a WSGI application.
-    Serve(Box<ServeArgs>),
+    Serve(Box<Settings>),
     /// Internal: the fork server, started by `serve`.
     #[command(name = "__zygote", hide = true)]
     Zygote {

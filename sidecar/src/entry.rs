@@ -3,8 +3,8 @@
 
 use std::ffi::OsString;
 
-use clap::Parser;
-use wsgiscale_core::config::ServeArgs;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use wsgiscale_core::config::{without_env, Settings};
 
 use crate::cli::{Cli, Command};
 use crate::launch::{self, Launch};
@@ -13,7 +13,7 @@ use crate::{logging, server, zygote};
 /// Parses `argv` (program name first) and runs the command; returns the exit status.
 pub fn main(argv: Vec<OsString>, how: Launch) -> i32 {
     launch::set(how);
-    let cli = match Cli::try_parse_from(argv) {
+    let cli = match parse(argv) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -26,7 +26,20 @@ pub fn main(argv: Vec<OsString>, how: Launch) -> i32 {
     }
 }
 
-fn serve(args: ServeArgs) -> i32 {
+/// Parses the command line; with `serve --ignore-env`, a second time without the settings'
+/// environment twins.
+fn parse(argv: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let cli = Cli::try_parse_from(argv.clone())?;
+    match &cli.command {
+        Command::Serve(args) if args.ignore_env => {
+            let command = Cli::command().mut_subcommand("serve", without_env);
+            Cli::from_arg_matches(&command.try_get_matches_from(argv)?)
+        }
+        _ => Ok(cli),
+    }
+}
+
+fn serve(args: Settings) -> i32 {
     let file = match &args.config {
         Some(path) => match server::load_config_file(path) {
             Ok(f) => f,
@@ -37,7 +50,7 @@ fn serve(args: ServeArgs) -> i32 {
         },
         None => Default::default(),
     };
-    let cfg = match wsgiscale_core::config::resolve(&args, &file, launch::virtual_env()) {
+    let cfg = match wsgiscale_core::config::resolve(&args.over(&file), launch::virtual_env()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wsgiscale: {e}");
@@ -51,6 +64,22 @@ fn serve(args: ServeArgs) -> i32 {
         }
     }
     logging::init(cfg.log.format, &cfg.log.level);
+    let pinned = file.overridden_by(&args);
+    if !pinned.is_empty() {
+        tracing::warn!(settings = ?pinned, "config file settings overridden by the command line or environment (WSGISCALE_*): changing them in the file has no effect");
+    }
+    if args.ignore_env {
+        let names: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect();
+        let ignored = Settings::env_vars_in(names.iter().map(String::as_str));
+        if !ignored.is_empty() {
+            tracing::warn!(
+                variables = ?ignored,
+                "--ignore-env: these environment variables were ignored; this server's settings come from its command line and config file (its WsgiApp)"
+            );
+        }
+    }
     // One front thread is fastest when the workers need the other cores (the usual case: the
     // front does little per request and cross-thread wake-ups cost more than they save).
     let mut builder = if cfg.front_threads <= 1 {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wsgiscale_core::config::{resolve, FileConfig, ServeArgs, ServerConfig};
+use wsgiscale_core::config::{resolve, ServerConfig, Settings};
 
 use crate::control::ZygoteInit;
 use crate::dispatch::Dispatcher;
@@ -42,10 +42,10 @@ pub enum ServerError {
 }
 
 /// Reads and parses a config file.
-pub fn load_config_file(path: &Path) -> Result<FileConfig, String> {
+pub fn load_config_file(path: &Path) -> Result<Settings, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    FileConfig::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    Settings::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// What the fork server and the workers are told. Relative paths are made absolute against
@@ -69,9 +69,11 @@ pub fn zygote_init(cfg: &ServerConfig) -> ZygoteInit {
 }
 
 /// Re-reads the config file and resolves it with the original flags.
-fn reread(args: &ServeArgs, path: &Path) -> Result<ServerConfig, String> {
+fn reread(args: &Settings, path: &Path) -> Result<(Settings, ServerConfig), String> {
     let file = load_config_file(path)?;
-    resolve(args, &file, crate::launch::virtual_env()).map_err(|e| e.to_string())
+    let cfg =
+        resolve(&args.over(&file), crate::launch::virtual_env()).map_err(|e| e.to_string())?;
+    Ok((file, cfg))
 }
 
 /// Names the settings of `new` that differ from `old` but only apply on restart.
@@ -100,14 +102,18 @@ fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static 
 
 /// Applies a re-read config: live settings go to the supervisor, the rest is reported.
 fn apply_reread(
-    args: &ServeArgs,
+    args: &Settings,
     path: &Path,
     base: &ServerConfig,
     shared: &Shared,
     cmds: &mpsc::UnboundedSender<SupervisorCmd>,
 ) {
     match reread(args, path) {
-        Ok(new) => {
+        Ok((file, new)) => {
+            let pinned = file.overridden_by(args);
+            if !pinned.is_empty() {
+                tracing::warn!(settings = ?pinned, "config file settings overridden by the command line or environment (WSGISCALE_*): their file values do not apply");
+            }
             let later = restart_only_changes(base, &new);
             if !later.is_empty() {
                 tracing::warn!(settings = ?later, "config changes that need a restart were not applied");
@@ -134,7 +140,7 @@ fn apply_reread(
 /// Polls the config file (it may be a ConfigMap volume, updated by a symlink swap that
 /// file-change notifications miss) and applies it when its content changes.
 async fn watch_config(
-    args: ServeArgs,
+    args: Settings,
     path: std::path::PathBuf,
     base: ServerConfig,
     shared: Arc<Shared>,
@@ -159,7 +165,7 @@ pub const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 /// Runs the server until SIGTERM/SIGINT (exit status 0) or a fatal error. `args` are the
 /// original flags, used again when the config file is re-read.
-pub async fn run(args: ServeArgs, cfg: ServerConfig) -> Result<(), ServerError> {
+pub async fn run(args: Settings, cfg: ServerConfig) -> Result<(), ServerError> {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!(error = %e, "cannot become a child subreaper");
     }

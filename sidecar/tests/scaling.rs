@@ -224,6 +224,49 @@ fn config_file_changes_apply_live_and_invalid_ones_are_refused() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The operator's pods run with `--ignore-env`: a `WSGISCALE_*` variable that reached the pod
+/// (through an `envFrom` the operator cannot see into) is logged and ignored, so it cannot
+/// freeze the live config file. Without the flag the variable wins, and the server says which
+/// file settings it overrides.
+#[test]
+fn ignore_env_keeps_the_environment_from_freezing_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("wsgiscale-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, "workers: \"1:2\"\ncheaper-algo: manual\n").unwrap();
+    let env = [("WSGISCALE_WORKERS", "4"), ("WSGISCALE_MAX_QUEUE", "7")];
+    let path = file.to_str().unwrap();
+
+    let pinned = Server::start_env(APP, &["--config", path], &env);
+    assert_eq!(pinned.load()["workers"]["min"], 4);
+    assert!(
+        pinned.wait_log(
+            "overridden by the command line or environment",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        pinned.log_text()
+    );
+    drop(pinned);
+
+    let s = Server::start_env(APP, &["--config", path, "--ignore-env"], &env);
+    assert_eq!(s.load()["workers"]["min"], 1);
+    assert!(
+        s.wait_log("WSGISCALE_MAX_QUEUE", Duration::from_secs(5))
+            && s.log_text().contains("WSGISCALE_WORKERS"),
+        "the ignored variables are named: {}",
+        s.log_text()
+    );
+    let tmp = dir.join("config.yaml.new");
+    std::fs::write(&tmp, "workers: \"2:3\"\ncheaper-algo: manual\n").unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    s.wait_load(Duration::from_secs(15), "min 2 applied", |l| {
+        l["workers"]["min"] == 2 && l["workers"]["max"] == 3
+    });
+    drop(s);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn metrics_parse_with_a_prometheus_parser() {
     let s = Server::start(APP, &["--workers", "2"]);
