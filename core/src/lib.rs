@@ -1,6 +1,7 @@
 //! What the wsgiscale server and operator share, without linking Python: the server's command
 //! line and config file ([`config`]), the load report it serves ([`load`]) and the tracker
 //! that computes it ([`loadtrack`]), the scoreboard snapshot of its workers ([`scoreboard`]),
+//! the worker pool's policy ([`pool`]),
 //! the worker-count algorithms and their driver ([`scaling`]) and the sizes/durations parser
 //! ([`units`]).
 
@@ -8,6 +9,7 @@ pub mod colour;
 pub mod config;
 pub mod load;
 pub mod loadtrack;
+pub mod pool;
 pub mod scaling;
 pub mod scoreboard;
 pub mod units;

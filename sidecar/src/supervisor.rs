@@ -16,12 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use wsgiscale_core::config::LiveConfig;
 use wsgiscale_core::loadtrack::LoadSample;
+use wsgiscale_core::pool::{Action, Ending, Gone, Pool, RetireReason, SpawnReason};
 use wsgiscale_core::scaling::{drive, Cheaper, DriveInputs, MemoryBudget, Refusal};
-use wsgiscale_core::scoreboard::Scoreboard;
 
 use crate::cgroup;
 use crate::control::{self, ControlError, FromZygote, ToZygote, ZygoteInit, MAX_MESSAGE};
-use crate::dispatch::{Dispatcher, WorkerId};
+use crate::dispatch::WorkerId;
 use crate::link::{self, LinkCmd, LinkEvent, LinkParams};
 use crate::metrics::{DecisionLabel, ReasonLabel};
 use crate::state::Shared;
@@ -197,120 +197,11 @@ fn reap_orphans(zygote_pid: u32) -> bool {
     }
 }
 
-/// Why a worker is spawned (a bounded metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpawnReason {
-    /// At start-up.
-    Initial,
-    /// The scaling driver asked for it (algorithm, manual, min).
-    Scale(&'static str),
-    /// Replacing a worker that died.
-    Replace,
-    /// Replacing a worker being recycled.
-    Recycle(RetireReason),
-    /// A rolling reload.
-    Reload,
-}
-
-impl SpawnReason {
-    fn label(self) -> &'static str {
-        match self {
-            SpawnReason::Initial => "initial",
-            SpawnReason::Scale(r) => r,
-            SpawnReason::Replace => "replace",
-            SpawnReason::Recycle(r) => r.label(),
-            SpawnReason::Reload => "reload",
-        }
-    }
-}
-
-/// Why a worker is being retired (a bounded metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetireReason {
-    /// The scaling driver asked for it.
-    Scale(&'static str),
-    /// `--max-requests` reached.
-    MaxRequests,
-    /// `--max-lifetime` reached.
-    Lifetime,
-    /// `--max-rss` exceeded.
-    Rss,
-    /// Replaced by a worker of a reloaded app.
-    Reload,
-    /// Shutting down.
-    Shutdown,
-}
-
-impl RetireReason {
-    fn label(self) -> &'static str {
-        match self {
-            RetireReason::Scale(r) => r,
-            RetireReason::MaxRequests => "max-requests",
-            RetireReason::Lifetime => "lifetime",
-            RetireReason::Rss => "rss",
-            RetireReason::Reload => "reload",
-            RetireReason::Shutdown => "shutdown",
-        }
-    }
-
-    fn is_recycle(self) -> bool {
-        matches!(
-            self,
-            RetireReason::MaxRequests | RetireReason::Lifetime | RetireReason::Rss
-        )
-    }
-}
-
-struct WorkerInfo {
+/// The supervisor's handle on one worker: how to reach its link, and its pid once known.
+/// The worker's state (spawned, ready, retiring, ...) is the [`Pool`]'s.
+struct Handle {
     pid: Option<u32>,
     cmds: mpsc::UnboundedSender<LinkCmd>,
-    spawned_at: Instant,
-    ready_at: Option<Instant>,
-    retiring: Option<RetireReason>,
-    killing: bool,
-    generation: u64,
-    /// `--max-requests` plus this worker's jitter (0: never).
-    request_limit: u64,
-}
-
-/// Crash-loop backoff: a worker that dies young delays the next spawn, doubling each time.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
-    not_before: Option<Instant>,
-}
-
-impl Backoff {
-    const BASE: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(10);
-    /// A worker that lived this long after becoming ready was not a crash loop.
-    const STABLE: Duration = Duration::from_secs(5);
-
-    /// Records a worker exit and returns how long to wait before the next spawn. A worker that
-    /// was healthy (it served requests, or lived `STABLE` after becoming ready) resets the count;
-    /// the first young death respawns at once (a single kill or OOM is not a loop), and each
-    /// further one doubles the wait.
-    fn record_exit(&mut self, now: Instant, lived_ready: Option<Duration>) -> Duration {
-        if lived_ready.is_some_and(|d| d >= Self::STABLE) {
-            self.failures = 0;
-            self.not_before = None;
-            return Duration::ZERO;
-        }
-        self.failures += 1;
-        if self.failures == 1 {
-            self.not_before = None;
-            return Duration::ZERO;
-        }
-        let delay = Self::BASE
-            .saturating_mul(1 << (self.failures - 2).min(16))
-            .min(Self::MAX);
-        self.not_before = Some(now + delay);
-        delay
-    }
-
-    fn allows(&self, now: Instant) -> bool {
-        self.not_before.is_none_or(|t| now >= t)
-    }
 }
 
 /// Requests to the supervisor from signal handlers and the config watcher.
@@ -335,25 +226,27 @@ pub struct SupervisorParams {
 /// How often the scaling algorithm runs (uWSGI's master cycle).
 const SCALE_EVERY: Duration = Duration::from_secs(1);
 
-/// The supervisor.
+/// The supervisor: carries out the [`Pool`]'s actions (spawn, retire, kill, fork servers)
+/// and feeds it what happened. Its own state is only handles: the fork servers, each worker's
+/// link and pid, and the exit statuses waiting to be logged.
 pub struct Supervisor {
     p: SupervisorParams,
     shared: Arc<Shared>,
+    pool: Pool,
+    /// The clock's origin: the pool gets times as durations since it.
+    origin: Instant,
     zygote: Option<Zygote>,
     old_zygotes: Vec<(u64, Zygote)>,
-    pending_zygote: Option<tokio::task::JoinHandle<Result<Zygote, SupervisorError>>>,
-    generation: u64,
-    workers: HashMap<WorkerId, WorkerInfo>,
-    /// Reload: new worker -> the old worker it replaces once ready.
-    replacing: HashMap<WorkerId, WorkerId>,
-    next_id: WorkerId,
+    /// A fork server starting in the background, and whether for a reload.
+    starting: Option<(
+        bool,
+        tokio::task::JoinHandle<Result<Zygote, SupervisorError>>,
+    )>,
+    handles: HashMap<WorkerId, Handle>,
     events_tx: mpsc::UnboundedSender<LinkEvent>,
     events_rx: mpsc::UnboundedReceiver<LinkEvent>,
     cmds: mpsc::UnboundedReceiver<SupervisorCmd>,
-    backoff: Backoff,
-    ever_ready: bool,
     cheaper: Cheaper,
-    target: u32,
     manual_delta: i32,
     last_scale: Instant,
     /// Exit statuses the fork server reaped before the worker's link reported it gone.
@@ -384,24 +277,20 @@ impl Supervisor {
     ) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let cheaper = Cheaper::new(&p.live.scaling, &p.live.workers);
-        let target = p.live.workers.initial;
+        let pool = Pool::new(p.live, rand::random());
         Supervisor {
             p,
             shared,
+            pool,
+            origin: Instant::now(),
             zygote: Some(zygote),
             old_zygotes: Vec::new(),
-            pending_zygote: None,
-            generation: 0,
-            workers: HashMap::new(),
-            replacing: HashMap::new(),
-            next_id: 1,
+            starting: None,
+            handles: HashMap::new(),
             events_tx,
             events_rx,
             cmds,
-            backoff: Backoff::default(),
-            ever_ready: false,
             cheaper,
-            target,
             manual_delta: 0,
             last_scale: Instant::now(),
             exit_status: HashMap::new(),
@@ -409,23 +298,63 @@ impl Supervisor {
         }
     }
 
-    fn dispatcher(&self) -> &Dispatcher {
-        &self.shared.dispatcher
+    /// Now, on the pool's clock.
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
     }
 
-    fn active(&self) -> u32 {
-        self.workers
-            .values()
-            .filter(|w| w.retiring.is_none())
-            .count() as u32
+    /// Carries out the pool's actions, feeding back a spawn that could not even be asked
+    /// for (no fork server, a socket error) as that worker gone.
+    fn carry_out(&mut self, actions: Vec<Action>) {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Spawn {
+                    id,
+                    reason,
+                    generation,
+                } => {
+                    if let Err(e) = self.spawn_worker(id, generation, reason) {
+                        tracing::error!(worker = id, error = %e, "cannot spawn a worker");
+                        // Gone without ever running: a young death for the backoff.
+                        let (_, more) = self.pool.gone(id, self.now(), Gone::default());
+                        queue.extend(more);
+                    }
+                }
+                Action::Retire { id, reason } => self.retire(id, reason),
+                Action::Kill { id } => self.kill_stuck(id),
+                Action::StartForkServer { reload } => {
+                    let init = self.p.init.clone();
+                    let start = tokio::spawn(async move { Zygote::start(&init).await });
+                    self.starting = Some((reload, start));
+                }
+                Action::StopForkServer { generation } => {
+                    let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.old_zygotes)
+                        .into_iter()
+                        .partition(|(g, _)| *g == generation);
+                    self.old_zygotes = keep;
+                    for (g, z) in done {
+                        tracing::debug!(generation = g, "stopping an old fork server");
+                        tokio::spawn(z.stop());
+                    }
+                }
+            }
+        }
     }
 
-    fn spawn_worker(&mut self, reason: SpawnReason) -> Result<WorkerId, ControlError> {
-        let Some(zygote) = &self.zygote else {
+    fn spawn_worker(
+        &mut self,
+        id: WorkerId,
+        generation: u64,
+        reason: SpawnReason,
+    ) -> Result<(), ControlError> {
+        let Some(zygote) = self
+            .zygote
+            .as_ref()
+            .filter(|_| generation == self.pool.generation())
+        else {
             return Err(ControlError::Closed);
         };
-        let id = self.next_id;
-        self.next_id += 1;
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(|e| ControlError::Io(io_errno(&e)))?;
         zygote.spawn(id, &theirs)?;
@@ -436,7 +365,8 @@ impl Supervisor {
             tokio::net::UnixStream::from_std(ours).map_err(|e| ControlError::Io(io_errno(&e)))?;
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        self.dispatcher()
+        self.shared
+            .dispatcher
             .register(id, self.p.init.threads, inbox_tx);
         let params = LinkParams {
             id,
@@ -451,23 +381,11 @@ impl Supervisor {
             self.shared.clone(),
             self.events_tx.clone(),
         ));
-        let lifecycle = self.p.live.lifecycle;
-        let request_limit = if lifecycle.max_requests == 0 {
-            0
-        } else {
-            lifecycle.max_requests + rand::random_range(0..=lifecycle.max_requests_jitter)
-        };
-        self.workers.insert(
+        self.handles.insert(
             id,
-            WorkerInfo {
+            Handle {
                 pid: None,
                 cmds: cmd_tx,
-                spawned_at: Instant::now(),
-                ready_at: None,
-                retiring: None,
-                killing: false,
-                generation: self.generation,
-                request_limit,
             },
         );
         self.shared
@@ -478,20 +396,18 @@ impl Supervisor {
             })
             .inc();
         tracing::debug!(worker = id, reason = reason.label(), "spawn requested");
-        Ok(id)
+        Ok(())
     }
 
     /// Takes a worker out of dispatch; it exits once its in-flight requests are done.
     fn retire(&mut self, id: WorkerId, reason: RetireReason) {
-        let Some(w) = self.workers.get_mut(&id) else {
-            return;
-        };
-        if w.retiring.is_some() {
-            return;
-        }
-        w.retiring = Some(reason);
         if self.shared.dispatcher.retire(id) {
-            let _ = w.cmds.send(LinkCmd::Shutdown);
+            if let Some(h) = self.handles.get(&id) {
+                let _ = h.cmds.send(LinkCmd::Shutdown);
+            }
+        }
+        if reason.is_recycle() {
+            tracing::info!(worker = id, reason = reason.label(), "recycling worker");
         }
         self.shared
             .metrics
@@ -502,26 +418,10 @@ impl Supervisor {
             .inc();
     }
 
-    /// Spawns until the target count is running, unless backing off.
-    fn top_up(&mut self) {
-        let now = Instant::now();
-        while self.active() < self.target && self.backoff.allows(now) && self.zygote.is_some() {
-            let reason = if self.ever_ready {
-                SpawnReason::Replace
-            } else {
-                SpawnReason::Initial
-            };
-            if let Err(e) = self.spawn_worker(reason) {
-                tracing::error!(error = %e, "cannot spawn a worker");
-                self.backoff.record_exit(now, None);
-                break;
-            }
-        }
-    }
-
     /// Runs until `shutdown` is cancelled, then stops the workers and the fork server.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), SupervisorError> {
-        self.top_up();
+        let start = self.pool.start(self.now());
+        self.carry_out(start);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
@@ -534,8 +434,8 @@ impl Supervisor {
                     }
                 }
                 Some(cmd) = self.cmds.recv() => self.on_cmd(cmd),
-                started = wait_pending(&mut self.pending_zygote) => self.on_new_zygote(started),
-                _ = tick.tick() => self.on_tick().await,
+                started = wait_pending(&mut self.starting) => self.on_started(started),
+                _ = tick.tick() => self.on_tick(),
             }
         };
         self.stop_all().await;
@@ -549,20 +449,18 @@ impl Supervisor {
                 tracing::info!(delta, "manual worker adjustment");
             }
             SupervisorCmd::Live(live) => self.apply_live(live),
-            SupervisorCmd::Reload => {
-                if self.pending_zygote.is_some() || !self.replacing.is_empty() {
-                    tracing::warn!("reload already in progress; ignoring SIGHUP");
-                    return;
+            SupervisorCmd::Reload => match self.pool.reload() {
+                None => tracing::warn!("reload already in progress; ignoring SIGHUP"),
+                Some(actions) => {
+                    tracing::info!("reloading: importing the app in a new fork server");
+                    self.carry_out(actions);
                 }
-                tracing::info!("reloading: importing the app in a new fork server");
-                let init = self.p.init.clone();
-                self.pending_zygote = Some(tokio::spawn(async move { Zygote::start(&init).await }));
-            }
+            },
         }
     }
 
     fn apply_live(&mut self, live: LiveConfig) {
-        if live == self.p.live {
+        if live == *self.pool.live() {
             return;
         }
         tracing::info!(
@@ -571,49 +469,62 @@ impl Supervisor {
             "applying new live settings"
         );
         self.cheaper.reconfigure(&live.scaling, &live.workers);
-        self.target = self.target.clamp(live.workers.min, live.workers.max);
-        self.p.live = live;
         self.shared.set_live(live);
+        let actions = self.pool.set_live(live, self.now());
+        self.carry_out(actions);
     }
 
-    fn on_new_zygote(&mut self, started: Result<Zygote, SupervisorError>) {
-        let z = match started {
-            Ok(z) => z,
-            Err(e) => {
+    /// A fork server started in the background is up (or failed).
+    fn on_started(&mut self, (reload, started): (bool, Result<Zygote, SupervisorError>)) {
+        let now = self.now();
+        let actions = match (reload, started) {
+            (true, Ok(z)) => {
+                let old_generation = self.pool.generation();
+                if let Some(old) = self.zygote.replace(z) {
+                    self.old_zygotes.push((old_generation, old));
+                }
+                let actions = self.pool.fork_server_started(true, Ok(()), now);
+                tracing::info!(
+                    replacing = actions
+                        .iter()
+                        .filter(|a| matches!(a, Action::Spawn { .. }))
+                        .count(),
+                    generation = self.pool.generation(),
+                    "new fork server ready; rolling the workers"
+                );
+                actions
+            }
+            (true, Err(e)) => {
                 tracing::error!(error = %e, "reload failed; the current workers keep serving");
-                return;
+                self.pool.fork_server_started(true, Err(()), now)
+            }
+            (false, Ok(z)) => {
+                tracing::info!(pid = z.pid(), "fork server restarted");
+                self.zygote = Some(z);
+                self.pool.fork_server_started(false, Ok(()), now)
+            }
+            (false, Err(e)) => {
+                tracing::error!(error = %e, "cannot restart the fork server");
+                self.pool.fork_server_started(false, Err(()), now)
             }
         };
-        if let Some(old) = self.zygote.replace(z) {
-            self.old_zygotes.push((self.generation, old));
-        }
-        self.generation += 1;
-        let old: Vec<WorkerId> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.retiring.is_none() && w.generation < self.generation)
-            .map(|(id, _)| *id)
-            .collect();
-        tracing::info!(
-            replacing = old.len(),
-            generation = self.generation,
-            "new fork server ready; rolling the workers"
-        );
-        for old_id in old {
-            match self.spawn_worker(SpawnReason::Reload) {
-                Ok(new_id) => {
-                    self.replacing.insert(new_id, old_id);
-                }
-                Err(e) => tracing::error!(error = %e, "cannot spawn a reloaded worker"),
-            }
+        self.carry_out(actions);
+    }
+
+    fn fork_server_lost(&mut self) {
+        self.pool.fork_server_lost();
+        if let Some(z) = self.zygote.take() {
+            tokio::spawn(async move {
+                let _ = reap_pid(z.pid, Duration::from_secs(1)).await;
+            });
         }
     }
 
     fn on_zygote(&mut self, msg: Result<FromZygote, ControlError>) {
         match msg {
             Ok(FromZygote::Spawned { worker, pid }) => {
-                if let Some(w) = self.workers.get_mut(&worker) {
-                    w.pid = Some(pid);
+                if let Some(h) = self.handles.get_mut(&worker) {
+                    h.pid = Some(pid);
                     tracing::debug!(worker, pid, "worker forked");
                 } else {
                     tracing::warn!(
@@ -626,13 +537,13 @@ impl Supervisor {
             }
             Ok(FromZygote::SpawnFailed { worker, error }) => {
                 tracing::error!(worker, error, "fork failed");
-                self.backoff.record_exit(Instant::now(), None);
+                self.pool.spawn_failed(self.now());
             }
             Ok(FromZygote::Exited { pid, code, signal }) => {
                 let status = describe_exit(code, signal);
                 if let Some(id) = self.died.remove(&pid) {
                     tracing::warn!(worker = id, pid, status, "worker exit status");
-                } else if self.workers.values().any(|w| w.pid == Some(pid)) {
+                } else if self.handles.values().any(|h| h.pid == Some(pid)) {
                     // Reaped before its link noticed: the "worker died" line will say it.
                     if self.exit_status.len() < 4096 {
                         self.exit_status.insert(pid, status);
@@ -646,36 +557,32 @@ impl Supervisor {
             }
             Err(e) => {
                 tracing::error!(error = %e, "fork server lost; workers keep serving, restarting it");
-                if let Some(z) = self.zygote.take() {
-                    tokio::spawn(async move {
-                        let _ = reap_pid(z.pid, Duration::from_secs(1)).await;
-                    });
-                }
+                self.fork_server_lost();
             }
         }
     }
 
     fn on_event(&mut self, ev: LinkEvent) -> Result<(), SupervisorError> {
+        let now = self.now();
         match ev {
             LinkEvent::Ready { id, pid } => {
-                if let Some(w) = self.workers.get_mut(&id) {
-                    let now = Instant::now();
-                    w.ready_at = Some(now);
-                    w.pid = Some(pid);
-                    let fork_to_ready_ms = now.duration_since(w.spawned_at).as_secs_f64() * 1000.0;
+                if let Some(h) = self.handles.get_mut(&id) {
+                    h.pid = Some(pid);
+                }
+                if let Some(m) = self.pool.member(id) {
+                    let fork_to_ready_ms = now.saturating_sub(m.spawned_at).as_secs_f64() * 1000.0;
                     tracing::info!(
                         worker = id,
                         pid,
                         fork_to_ready_ms = format!("{fork_to_ready_ms:.1}"),
                         "worker ready"
                     );
-                    self.ever_ready = true;
                 }
-                if let Some(old) = self.replacing.remove(&id) {
-                    self.retire(old, RetireReason::Reload);
-                    if self.replacing.is_empty() {
-                        tracing::info!(generation = self.generation, "reload complete");
-                    }
+                let was_reloading = self.pool.reloading();
+                let actions = self.pool.ready(id, now);
+                self.carry_out(actions);
+                if was_reloading && !self.pool.reloading() {
+                    tracing::info!(generation = self.pool.generation(), "reload complete");
                 }
             }
             LinkEvent::Gone {
@@ -685,102 +592,73 @@ impl Supervisor {
                 was_ready,
                 served,
             } => {
-                let Some(w) = self.workers.remove(&id) else {
-                    return Ok(());
-                };
-                self.replacing.remove(&id);
-                if w.retiring.is_some() || w.killing {
-                    if let Some(pid) = w.pid {
-                        self.exit_status.remove(&pid);
-                    }
-                }
-                let now = Instant::now();
+                let handle = self.handles.remove(&id);
+                let pid = handle.as_ref().and_then(|h| h.pid);
                 if let Some(msg) = &fatal {
-                    if !self.ever_ready && !self.p.init.preload {
+                    if !self.pool.ever_ready() && !self.p.init.preload {
                         return Err(SupervisorError::Import(msg.clone()));
                     }
                     tracing::error!(worker = id, "worker cannot serve:\n{msg}");
                 }
-                if let Some(reason) = w.retiring {
-                    tracing::info!(
-                        worker = id,
-                        pid = w.pid,
-                        reason = reason.label(),
-                        "worker retired"
-                    );
-                } else {
-                    // A worker that completed requests was healthy: its death is not a loop.
-                    let lived = if served > 0 {
-                        Some(Backoff::STABLE)
-                    } else {
-                        w.ready_at
-                            .map(|r| now.duration_since(r))
-                            .filter(|_| was_ready)
-                    };
-                    let delay = self.backoff.record_exit(now, lived);
-                    let reason = if w.killing { "timeout" } else { "crash" };
-                    self.shared
-                        .metrics
-                        .deaths
-                        .get_or_create(&ReasonLabel { reason })
-                        .inc();
-                    if w.killing {
-                        tracing::warn!(
-                            worker = id,
-                            pid = w.pid,
-                            failed,
-                            "worker killed after --timeout"
-                        );
-                    } else {
-                        let status = w.pid.and_then(|p| self.exit_status.remove(&p));
+                let (ending, actions) = self.pool.gone(id, now, Gone { was_ready, served });
+                match ending {
+                    None => {}
+                    Some(Ending::Retired(reason)) => {
+                        if let Some(pid) = pid {
+                            self.exit_status.remove(&pid);
+                        }
+                        tracing::info!(worker = id, pid, reason = reason.label(), "worker retired");
+                    }
+                    Some(Ending::TimedOut) => {
+                        if let Some(pid) = pid {
+                            self.exit_status.remove(&pid);
+                        }
+                        self.count_death("timeout");
+                        tracing::warn!(worker = id, pid, failed, "worker killed after --timeout");
+                    }
+                    Some(Ending::Crashed { respawn_in }) => {
+                        self.count_death("crash");
+                        let status = pid.and_then(|p| self.exit_status.remove(&p));
                         if status.is_none() {
-                            if let Some(pid) = w.pid.filter(|_| self.died.len() < 4096) {
+                            if let Some(pid) = pid.filter(|_| self.died.len() < 4096) {
                                 self.died.insert(pid, id);
                             }
                         }
                         tracing::warn!(
                             worker = id,
-                            pid = w.pid,
+                            pid,
                             failed,
                             status = status.as_deref().unwrap_or("not reaped yet"),
-                            respawn_in_ms = delay.as_millis() as u64,
+                            respawn_in_ms = respawn_in.as_millis() as u64,
                             "worker died"
                         );
                     }
                 }
-                self.stop_idle_zygotes();
-                self.top_up();
+                self.carry_out(actions);
             }
-            LinkEvent::TimedOut { id } => self.kill_stuck(id),
+            LinkEvent::TimedOut { id } => {
+                let actions = self.pool.timed_out(id);
+                self.carry_out(actions);
+            }
         }
         Ok(())
     }
 
-    /// Stops fork servers of past generations once none of their workers is left.
-    fn stop_idle_zygotes(&mut self) {
-        let live_gens: std::collections::HashSet<u64> =
-            self.workers.values().map(|w| w.generation).collect();
-        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.old_zygotes)
-            .into_iter()
-            .partition(|(g, _)| !live_gens.contains(g));
-        self.old_zygotes = keep;
-        for (g, z) in done {
-            tracing::debug!(generation = g, "stopping an old fork server");
-            tokio::spawn(z.stop());
-        }
+    fn count_death(&self, reason: &'static str) {
+        self.shared
+            .metrics
+            .deaths
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Logs the stuck worker's Python stack (SIGUSR1 -> faulthandler), fails its overdue
     /// requests with 504 and kills it.
     fn kill_stuck(&mut self, id: WorkerId) {
-        let Some(w) = self.workers.get_mut(&id) else {
+        let Some(h) = self.handles.get(&id) else {
             return;
         };
-        if w.killing {
-            return;
-        }
-        w.killing = true;
-        let Some(pid) = w.pid else { return };
+        let Some(pid) = h.pid else { return };
         tracing::error!(
             worker = id,
             pid,
@@ -788,7 +666,7 @@ impl Supervisor {
         );
         let pid = Pid::from_raw(pid as i32);
         let _ = kill(pid, Signal::SIGUSR1);
-        let cmds = w.cmds.clone();
+        let cmds = h.cmds.clone();
         tokio::spawn(async move {
             // Give faulthandler a moment to write the stack.
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -797,25 +675,17 @@ impl Supervisor {
         });
     }
 
-    async fn on_tick(&mut self) {
+    fn on_tick(&mut self) {
         if let Some(z) = &self.zygote {
             if reap_orphans(z.pid()) {
                 tracing::error!("fork server exited; restarting it");
-                self.zygote = None;
+                self.fork_server_lost();
             }
         } else {
             let _ = reap_orphans(0);
-            if self.backoff.allows(Instant::now()) {
-                match Zygote::start(&self.p.init).await {
-                    Ok(z) => self.zygote = Some(z),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot restart the fork server");
-                        self.backoff.record_exit(Instant::now(), None);
-                    }
-                }
-            }
         }
-        self.top_up();
+        let actions = self.pool.tick(self.now());
+        self.carry_out(actions);
         let now = Instant::now();
         if now.duration_since(self.last_scale) >= SCALE_EVERY {
             self.last_scale = now;
@@ -825,8 +695,8 @@ impl Supervisor {
 
     /// Once a second: memory, recycling, the scaling algorithm and the load sample.
     fn scale_tick(&mut self) {
-        for (id, w) in &self.workers {
-            if let Some(pid) = w.pid {
+        for (id, h) in &self.handles {
+            if let Some(pid) = h.pid {
                 self.shared.dispatcher.set_rss(*id, read_rss(pid));
             }
         }
@@ -837,8 +707,14 @@ impl Supervisor {
             .load
             .lock()
             .record(LoadSample::observe(&sb, completed, busy));
-        self.recycle(&sb);
-        if !self.replacing.is_empty() {
+        let usage: Vec<_> = sb
+            .workers
+            .iter()
+            .map(|w| (w.id, w.requests, w.rss_bytes))
+            .collect();
+        let actions = self.pool.recycle(self.now(), &usage);
+        self.carry_out(actions);
+        if self.pool.reloading() {
             // A rolling reload owns the worker count until it completes.
             return;
         }
@@ -849,14 +725,15 @@ impl Supervisor {
             manual_delta: std::mem::take(&mut self.manual_delta),
             memory: MemoryBudget::cgroup(mem.limit, mem.current),
         };
-        let plan = drive(verdict, &sb, &self.p.live.workers, &inputs);
+        let limits = self.pool.live().workers;
+        let plan = drive(verdict, &sb, &limits, &inputs);
         if inputs.manual_delta != 0 && plan.spawn == 0 && plan.retire.is_empty() {
             // SIGTTIN at MAX, SIGTTOU at MIN: say what happened to the request.
             tracing::info!(
                 delta = inputs.manual_delta,
                 workers = plan.before,
-                min = self.p.live.workers.min,
-                max = self.p.live.workers.max,
+                min = limits.min,
+                max = limits.max,
                 refused = %plan
                     .refused
                     .as_ref()
@@ -886,7 +763,6 @@ impl Supervisor {
             reason = plan.reason.as_str(),
             "scaling: {plan}"
         );
-        let label = plan.reason.as_str();
         let direction = if plan.spawn > 0 { "up" } else { "down" };
         self.shared
             .metrics
@@ -896,99 +772,28 @@ impl Supervisor {
                 direction,
             })
             .inc();
-        for _ in 0..plan.spawn {
-            match self.spawn_worker(SpawnReason::Scale(label)) {
-                Ok(_) => self.target += 1,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot spawn a worker");
-                    break;
-                }
-            }
-        }
-        for id in plan.retire {
-            if self.workers.get(&id).is_some_and(|w| w.retiring.is_none()) {
-                self.retire(id, RetireReason::Scale(label));
-                self.target = self.target.saturating_sub(1);
-            }
-        }
-        self.target = self
-            .target
-            .clamp(self.p.live.workers.min, self.p.live.workers.max);
-    }
-
-    /// Recycles workers past max-requests, max-lifetime or max-rss: the replacement is spawned
-    /// at once and the old worker finishes its current request. At most a quarter of the
-    /// workers (at least one) recycle at a time.
-    fn recycle(&mut self, sb: &Scoreboard) {
-        let lc = self.p.live.lifecycle;
-        let now = Instant::now();
-        let in_progress = self
-            .workers
-            .values()
-            .filter(|w| w.retiring.is_some_and(RetireReason::is_recycle))
-            .count() as u32;
-        let allowed = (self.active() / 4).max(1).saturating_sub(in_progress);
-        let mut due = Vec::new();
-        for slot in &sb.workers {
-            let Some(w) = self.workers.get(&slot.id) else {
-                continue;
-            };
-            if w.retiring.is_some() || w.ready_at.is_none() {
-                continue;
-            }
-            let reason = if w.request_limit > 0 && slot.requests >= w.request_limit {
-                Some(RetireReason::MaxRequests)
-            } else if lc
-                .max_lifetime
-                .is_some_and(|l| now.duration_since(w.spawned_at) >= l)
-            {
-                Some(RetireReason::Lifetime)
-            } else if lc
-                .max_rss
-                .is_some_and(|m| slot.rss_bytes.is_some_and(|r| r > m))
-            {
-                Some(RetireReason::Rss)
-            } else {
-                None
-            };
-            if let Some(r) = reason {
-                due.push((slot.id, r, slot.requests, slot.rss_bytes));
-            }
-        }
-        for (id, reason, requests, rss) in due.into_iter().take(allowed as usize) {
-            tracing::info!(
-                worker = id,
-                reason = reason.label(),
-                requests,
-                rss_bytes = rss,
-                "recycling worker"
-            );
-            self.retire(id, reason);
-            if let Err(e) = self.spawn_worker(SpawnReason::Recycle(reason)) {
-                tracing::error!(error = %e, "cannot spawn a replacement worker");
-            }
-        }
+        let actions = self.pool.apply(&plan, self.now());
+        self.carry_out(actions);
     }
 
     /// Retires every worker (they finish what they run), kills what is left after a grace
     /// period, and stops the fork servers.
     async fn stop_all(&mut self) {
-        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
-        for id in ids {
-            self.retire(id, RetireReason::Shutdown);
-        }
+        let actions = self.pool.stop();
+        self.carry_out(actions);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.workers.is_empty() && Instant::now() < deadline {
+        while !self.handles.is_empty() && Instant::now() < deadline {
             match tokio::time::timeout_at(deadline.into(), self.events_rx.recv()).await {
                 Ok(Some(LinkEvent::Gone { id, .. })) => {
-                    self.workers.remove(&id);
+                    self.handles.remove(&id);
+                    let _ = self.pool.gone(id, self.now(), Gone::default());
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
             }
         }
-        for w in self.workers.values() {
-            if let Some(pid) = w.pid {
+        for h in self.handles.values() {
+            if let Some(pid) = h.pid {
                 tracing::warn!(pid, "worker did not exit in time; killing it");
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
@@ -999,7 +804,7 @@ impl Supervisor {
         for (_, z) in std::mem::take(&mut self.old_zygotes) {
             z.stop().await;
         }
-        if let Some(pending) = self.pending_zygote.take() {
+        if let Some((_, pending)) = self.starting.take() {
             if let Ok(Ok(z)) = pending.await {
                 z.stop().await;
             }
@@ -1009,9 +814,12 @@ impl Supervisor {
 }
 
 async fn wait_pending(
-    p: &mut Option<tokio::task::JoinHandle<Result<Zygote, SupervisorError>>>,
-) -> Result<Zygote, SupervisorError> {
-    let Some(handle) = p else {
+    p: &mut Option<(
+        bool,
+        tokio::task::JoinHandle<Result<Zygote, SupervisorError>>,
+    )>,
+) -> (bool, Result<Zygote, SupervisorError>) {
+    let Some((reload, handle)) = p else {
         return std::future::pending().await;
     };
     let r = match handle.await {
@@ -1020,8 +828,9 @@ async fn wait_pending(
             e.to_string(),
         ))),
     };
+    let reload = *reload;
     *p = None;
-    r
+    (reload, r)
 }
 
 async fn recv_zygote(z: &mut Option<Zygote>) -> Result<FromZygote, ControlError> {
@@ -1052,40 +861,5 @@ mod tests {
         assert_eq!(describe_exit(Some(3), None), "exit code 3");
         assert_eq!(describe_exit(None, Some(99)), "killed by signal 99");
         assert_eq!(describe_exit(None, None), "exit status unknown");
-    }
-
-    #[test]
-    fn backoff_doubles_and_resets_after_a_stable_worker() {
-        let mut b = Backoff::default();
-        let t = Instant::now();
-        assert!(b.allows(t));
-        assert_eq!(
-            b.record_exit(t, None),
-            Duration::ZERO,
-            "one death is not a loop"
-        );
-        assert!(b.allows(t));
-        assert_eq!(b.record_exit(t, None), Duration::from_millis(100));
-        assert_eq!(
-            b.record_exit(t, Some(Duration::from_secs(1))),
-            Duration::from_millis(200)
-        );
-        assert_eq!(b.record_exit(t, None), Duration::from_millis(400));
-        assert!(!b.allows(t));
-        assert!(b.allows(t + Duration::from_millis(400)));
-        for _ in 0..20 {
-            b.record_exit(t, None);
-        }
-        assert_eq!(b.record_exit(t, None), Backoff::MAX);
-        assert_eq!(
-            b.record_exit(t, Some(Duration::from_secs(60))),
-            Duration::ZERO
-        );
-        assert!(b.allows(t));
-        assert_eq!(
-            b.record_exit(t, None),
-            Duration::ZERO,
-            "the count was reset"
-        );
     }
 }
