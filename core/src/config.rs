@@ -852,8 +852,8 @@ impl Default for ScalingConfig {
     }
 }
 
-/// Worker lifecycle rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Worker lifecycle rules. The default is no rule (nothing recycles, no timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LifecycleConfig {
     /// Per-request deadline.
     pub timeout: Option<Duration>,

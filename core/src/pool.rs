@@ -305,6 +305,11 @@ impl Pool {
         self.generation
     }
 
+    /// Whether the crash-loop backoff holds spawns back at `now`.
+    pub fn backing_off(&self, now: Duration) -> bool {
+        !self.backoff.allows(now)
+    }
+
     /// The fork server's state.
     pub fn fork_server(&self) -> ForkServer {
         self.fork_server

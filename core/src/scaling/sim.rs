@@ -1,6 +1,6 @@
 //! A tiny pure model of the master and its workers, for tests and simulations: carry out a
-//! [`Plan`] the way the master would, advance the workers under a demand, and run a scripted
-//! demand trace through an algorithm and the driver.
+//! [`Plan`] the way the master does (through the same [`Pool`]), advance the workers under a
+//! demand, and run a scripted demand trace through an algorithm and the driver.
 //!
 //! The model is deliberately crude: a demand is a number of concurrent requests held for one
 //! step; requests go to the least-loaded ready worker (oldest first), the rest queue; busy
@@ -10,7 +10,8 @@
 use std::time::Duration;
 
 use super::{drive, Cheaper, DriveInputs, Plan};
-use crate::config::{ScalingConfig, WorkerLimits};
+use crate::config::{LifecycleConfig, LiveConfig, ScalingConfig, WorkerLimits};
+use crate::pool::{Action, Gone, Pool};
 use crate::scoreboard::{Scoreboard, SlotState, WorkerSlot};
 
 /// A ready-to-serve worker as the model creates it.
@@ -27,21 +28,123 @@ fn new_slot(id: u64, state: SlotState, threads: u32, at: Duration) -> WorkerSlot
     }
 }
 
-/// Carries out `plan` on `sb` as the master would: each victim stops taking requests (an
-/// idle one leaves at once, one still running a request turns `Retiring`), and `plan.spawn`
-/// new workers join as `Starting` at `sb.now`, numbered from `*next_id`.
-pub fn apply_plan(sb: &mut Scoreboard, plan: &Plan, next_id: &mut u64, threads: u32) {
-    sb.workers.retain_mut(|w| {
-        if !plan.retire.contains(&w.id) {
-            return true;
+/// The master's view in the model: the scoreboard of its workers and the [`Pool`] whose
+/// actions change it, as the supervisor carries them out.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The workers and the queue.
+    pub sb: Scoreboard,
+    /// The worker pool's policy.
+    pub pool: Pool,
+    /// Threads per worker.
+    pub threads: u32,
+}
+
+impl Model {
+    /// A model whose `initial` workers (within `limits`) are ready at time zero.
+    pub fn new(scaling: ScalingConfig, limits: WorkerLimits, threads: u32) -> Model {
+        let live = LiveConfig {
+            workers: limits,
+            scaling,
+            lifecycle: LifecycleConfig::default(),
+        };
+        let mut m = Model {
+            sb: Scoreboard::default(),
+            pool: Pool::new(live, 0),
+            threads: threads.max(1),
+        };
+        let start = m.pool.start(Duration::ZERO);
+        m.carry_out(start);
+        let ids: Vec<u64> = m.sb.workers.iter().map(|w| w.id).collect();
+        for id in ids {
+            m.pool.ready(id, Duration::ZERO);
         }
-        w.state = SlotState::Retiring;
-        w.busy_threads > 0
-    });
-    for _ in 0..plan.spawn {
-        sb.workers
-            .push(new_slot(*next_id, SlotState::Starting, threads, sb.now));
-        *next_id += 1;
+        for w in &mut m.sb.workers {
+            w.state = SlotState::Idle;
+        }
+        m
+    }
+
+    /// Carries out `plan` as the master does: through [`Pool::apply`], whose retirements stop
+    /// taking requests (an idle worker leaves at once, one still running a request turns
+    /// `Retiring`) and whose spawns join as `Starting` now.
+    pub fn apply(&mut self, plan: &Plan) {
+        let actions = self.pool.apply(plan, self.sb.now);
+        self.carry_out(actions);
+    }
+
+    /// Worker `id` dies (it had been serving); the pool replaces it as the server would.
+    pub fn crash(&mut self, id: u64) {
+        self.sb.workers.retain(|w| w.id != id);
+        let gone = Gone {
+            was_ready: true,
+            served: 0,
+        };
+        let (_, actions) = self.pool.gone(id, self.sb.now, gone);
+        self.carry_out(actions);
+    }
+
+    fn carry_out(&mut self, actions: Vec<Action>) {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Spawn { id, .. } => {
+                    let slot = new_slot(id, SlotState::Starting, self.threads, self.sb.now);
+                    self.sb.workers.push(slot);
+                }
+                Action::Retire { id, .. } => {
+                    let Some(i) = self.sb.workers.iter().position(|w| w.id == id) else {
+                        continue;
+                    };
+                    self.sb.workers[i].state = SlotState::Retiring;
+                    if self.sb.workers[i].busy_threads == 0 {
+                        let w = self.sb.workers.remove(i);
+                        let gone = Gone {
+                            was_ready: true,
+                            served: w.requests,
+                        };
+                        queue.extend(self.pool.gone(id, self.sb.now, gone).1);
+                    }
+                }
+                // No timeouts or fork-server changes in the model.
+                Action::Kill { .. }
+                | Action::StartForkServer { .. }
+                | Action::StopForkServer { .. } => {}
+            }
+        }
+    }
+
+    /// Advances by `dt` under `demand` concurrent requests (see [`advance`]), telling the pool
+    /// which workers left and which became ready.
+    pub fn advance(&mut self, dt: Duration, demand: u32, start_delay: Duration) {
+        let now = self.sb.now + dt;
+        let leaving: Vec<(u64, u64)> = self
+            .sb
+            .workers
+            .iter()
+            .filter(|w| w.state == SlotState::Retiring)
+            .map(|w| (w.id, w.requests))
+            .collect();
+        let ready: Vec<u64> = self
+            .sb
+            .workers
+            .iter()
+            .filter(|w| w.state == SlotState::Starting && now >= w.spawned_at + start_delay)
+            .map(|w| w.id)
+            .collect();
+        advance(&mut self.sb, dt, demand, start_delay);
+        for (id, served) in leaving {
+            let gone = Gone {
+                was_ready: true,
+                served,
+            };
+            let (_, actions) = self.pool.gone(id, now, gone);
+            self.carry_out(actions);
+        }
+        for id in ready {
+            let actions = self.pool.ready(id, now);
+            self.carry_out(actions);
+        }
     }
 }
 
@@ -135,16 +238,7 @@ pub struct Outcome {
 
 /// Runs `trace` the way the master runs a tick: advance one second, decide, drive, apply.
 pub fn run(trace: &Trace) -> Outcome {
-    let mut sb = Scoreboard::default();
-    let initial = trace
-        .limits
-        .initial
-        .clamp(trace.limits.min, trace.limits.max);
-    for id in 1..=u64::from(initial) {
-        sb.workers
-            .push(new_slot(id, SlotState::Idle, trace.threads, Duration::ZERO));
-    }
-    let mut next_id = u64::from(initial) + 1;
+    let mut m = Model::new(trace.scaling, trace.limits, trace.threads);
     let mut cheaper = Cheaper::new(&trace.scaling, &trace.limits);
     let mut out = Outcome {
         active: Vec::with_capacity(trace.demand.len()),
@@ -153,15 +247,15 @@ pub fn run(trace: &Trace) -> Outcome {
         scoreboard: Scoreboard::default(),
     };
     for &demand in &trace.demand {
-        advance(&mut sb, Duration::from_secs(1), demand, trace.start_delay);
-        let verdict = cheaper.decide_explained(&sb);
-        let plan = drive(verdict, &sb, &trace.limits, &trace.inputs);
-        apply_plan(&mut sb, &plan, &mut next_id, trace.threads);
-        out.active.push(sb.active());
+        m.advance(Duration::from_secs(1), demand, trace.start_delay);
+        let verdict = cheaper.decide_explained(&m.sb);
+        let plan = drive(verdict, &m.sb, &trace.limits, &trace.inputs);
+        m.apply(&plan);
+        out.active.push(m.sb.active());
         out.plans.push(plan);
     }
     out.cheaper = cheaper;
-    out.scoreboard = sb;
+    out.scoreboard = m.sb;
     out
 }
 
@@ -194,25 +288,44 @@ mod tests {
     }
 
     #[test]
-    fn apply_plan_retires_and_spawns() {
-        let mut sb = board(7, 0, &[Idle, Busy, Idle]);
+    fn apply_retires_and_spawns_through_the_pool() {
+        let l = WorkerLimits {
+            initial: 3,
+            ..limits(1, 5)
+        };
+        let mut m = Model::new(cfg(Algorithm::Spare), l, 1);
+        m.advance(Duration::from_secs(7), 2, Duration::ZERO);
+        assert_eq!(m.sb.count(Busy), 2, "{:?}", m.sb.workers);
         let plan = drive(
             Verdict::new(Algorithm::Spare, Decision::Retire(1), "t"),
-            &sb,
-            &limits(1, 4),
+            &m.sb,
+            &l,
             &DriveInputs::default(),
         );
-        let mut next = 10;
-        apply_plan(&mut sb, &plan, &mut next, 2);
+        m.apply(&plan);
         assert_eq!(
-            sb.workers.iter().map(|w| w.id).collect::<Vec<_>>(),
-            vec![2, 3]
+            m.sb.workers.iter().map(|w| w.id).collect::<Vec<_>>(),
+            vec![1, 2],
+            "the idle worker left at once"
         );
-        let spawn = Plan { spawn: 2, ..plan };
-        apply_plan(&mut sb, &spawn, &mut next, 2);
-        assert_eq!(next, 12);
-        assert_eq!(sb.count(Starting), 2);
-        assert_eq!(sb.workers[3].spawned_at, Duration::from_secs(7));
+        assert_eq!(m.pool.target(), 2);
+        let spawn = Plan {
+            spawn: 2,
+            retire: vec![],
+            before: 2,
+            after: 4,
+            ..plan
+        };
+        m.apply(&spawn);
+        assert_eq!(m.sb.count(Starting), 2);
+        assert_eq!(
+            m.sb.workers.iter().map(|w| w.id).collect::<Vec<_>>(),
+            vec![1, 2, 4, 5]
+        );
+        assert_eq!(m.sb.workers[3].spawned_at, Duration::from_secs(7));
+        // A crash is replaced at once, as the server does.
+        m.crash(1);
+        assert_eq!(m.sb.active(), 4);
     }
 
     #[test]
@@ -243,33 +356,37 @@ mod tests {
     fn a_scripted_day_stays_within_limits_with_crashes_and_signals() {
         // Load ramps, a worker crashes, an operator sends SIGTTIN twice, load goes away.
         let l = limits(2, 6);
-        let mut sb = board(0, 0, &[Idle, Idle]);
-        let mut next = 3;
+        let mut m = Model::new(cfg(Algorithm::Spare), l, 1);
         let mut cheaper = Cheaper::new(&cfg(Algorithm::Spare), &l);
         let demand = [vec![1; 5], vec![8; 20], vec![2; 10], vec![0; 30]].concat();
         let mut reasons = vec![];
         for (t, d) in demand.into_iter().enumerate() {
-            advance(&mut sb, Duration::from_secs(1), d, Duration::ZERO);
+            m.advance(Duration::from_secs(1), d, Duration::ZERO);
             if t == 2 {
-                // Worker 1 crashes.
-                sb.workers.retain(|w| w.id != 1);
+                // Worker 1 crashes: the pool replaces it before the next plan.
+                m.crash(1);
+                assert_eq!(m.sb.active(), 2);
             }
+            let sb = &m.sb;
             let manual_delta = if t == 40 { 2 } else { 0 };
             let inputs = DriveInputs {
                 manual_delta,
                 ..DriveInputs::default()
             };
-            let plan = drive(cheaper.decide_explained(&sb), &sb, &l, &inputs);
-            apply_plan(&mut sb, &plan, &mut next, 1);
-            assert!((2..=6).contains(&sb.active()), "tick {t}: {plan}");
+            let plan = drive(cheaper.decide_explained(sb), sb, &l, &inputs);
+            m.apply(&plan);
+            assert!((2..=6).contains(&m.sb.active()), "tick {t}: {plan}");
             if !plan.is_noop() {
                 reasons.push((t, plan.reason));
             }
         }
-        assert!(reasons.contains(&(2, Reason::Min)), "{reasons:?}");
+        assert!(
+            !reasons.iter().any(|(_, r)| *r == Reason::Min),
+            "{reasons:?}"
+        );
         assert!(reasons.contains(&(40, Reason::Manual)), "{reasons:?}");
         // The load is gone: back to MIN.
-        assert_eq!(sb.active(), 2);
+        assert_eq!(m.sb.active(), 2);
     }
 
     proptest! {
@@ -294,14 +411,15 @@ mod tests {
         ) {
             let l = limits(min, min + extra);
             let scaling = ScalingConfig { step, overload, idle: 2, busyness_multiplier: 1, ..cfg(algo) };
-            let mut sb = board(0, 0, &vec![Idle; min as usize]);
-            let mut next = u64::from(min) + 1;
+            let mut m = Model::new(scaling, l, threads);
             let mut cheaper = Cheaper::new(&scaling, &l);
             for (t, d) in demand.into_iter().enumerate() {
-                advance(&mut sb, Duration::from_secs(1), d, Duration::from_secs(start_delay));
-                if crashes[t] && t % 7 == 0 && !sb.workers.is_empty() {
-                    sb.workers.remove(t % sb.workers.len());
+                m.advance(Duration::from_secs(1), d, Duration::from_secs(start_delay));
+                if crashes[t] && t % 7 == 0 && !m.sb.workers.is_empty() {
+                    let victim = m.sb.workers[t % m.sb.workers.len()].id;
+                    m.crash(victim);
                 }
+                let sb = &m.sb;
                 let inputs = DriveInputs { manual_delta: deltas[t], ..DriveInputs::default() };
                 let busy_or_starting: Vec<u64> = sb
                     .workers
@@ -315,7 +433,7 @@ mod tests {
                     .filter(|w| w.state == Starting)
                     .map(|w| w.id)
                     .collect();
-                let plan = drive(cheaper.decide_explained(&sb), &sb, &l, &inputs);
+                let plan = drive(cheaper.decide_explained(sb), sb, &l, &inputs);
                 // The algorithms never retire a busy worker; explicit commands may drain one
                 // (it finishes its requests first), but never a starting one.
                 let explicit = matches!(plan.reason, Reason::Manual | Reason::Max);
@@ -329,9 +447,15 @@ mod tests {
                 if plan.before >= l.max {
                     prop_assert_eq!(plan.spawn, 0);
                 }
-                apply_plan(&mut sb, &plan, &mut next, threads);
-                let active = sb.active();
-                prop_assert!(l.min <= active && active <= l.max, "tick {}: {} ({})", t, active, plan);
+                m.apply(&plan);
+                let active = m.sb.active();
+                prop_assert!(active <= l.max, "tick {}: {} ({})", t, active, plan);
+                // Below MIN only while crashes hold respawns back (the crash-loop backoff).
+                prop_assert!(
+                    l.min <= active || m.pool.backing_off(m.sb.now),
+                    "tick {}: {} ({})", t, active, plan
+                );
+                prop_assert_eq!(active, m.pool.active(), "one count");
             }
         }
     }

@@ -10,9 +10,10 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use wsgiscale_core::config::{ScalingConfig, WorkerLimits};
+use wsgiscale_core::config::{LifecycleConfig, LiveConfig, ScalingConfig, WorkerLimits};
 use wsgiscale_core::load::LoadReport;
 use wsgiscale_core::loadtrack::{LoadSample, LoadTracker};
+use wsgiscale_core::pool::{Action, Gone, Pool};
 use wsgiscale_core::scaling::{drive, Cheaper, DriveInputs};
 use wsgiscale_core::scoreboard::{Scoreboard, SlotState, WorkerSlot};
 
@@ -74,7 +75,8 @@ pub struct Pod {
     queue: VecDeque<(f64, f64)>,
     cheaper: Cheaper,
     tracker: LoadTracker,
-    next_id: u64,
+    /// The server's own worker pool policy: it carries out the plans, as in the server.
+    pool: Pool,
     /// Busy time and requests of the workers that have exited.
     gone_busy: f64,
     gone_requests: u64,
@@ -85,18 +87,30 @@ impl Pod {
     /// A pod created at `now` that is ready `startup` seconds later with its initial workers.
     pub fn new(now: f64, startup: f64, model: ServerModel) -> Self {
         let ready_at = now + startup;
-        let initial = model
-            .limits
-            .initial
-            .clamp(model.limits.min, model.limits.max);
-        let workers = (1..=u64::from(initial))
-            .map(|id| Worker {
-                id,
-                spawned_at: ready_at,
-                ready_at,
-                busy_until: vec![0.0; model.threads.max(1) as usize],
-                assigned_busy: 0.0,
-                assigned: 0,
+        let live = LiveConfig {
+            workers: model.limits,
+            scaling: model.scaling,
+            lifecycle: LifecycleConfig::default(),
+        };
+        let mut pool = Pool::new(live, 0);
+        let at = Duration::from_secs_f64(ready_at.max(0.0));
+        let workers = pool
+            .start(at)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Spawn { id, .. } => Some(id),
+                _ => None,
+            })
+            .map(|id| {
+                pool.ready(id, at);
+                Worker {
+                    id,
+                    spawned_at: ready_at,
+                    ready_at,
+                    busy_until: vec![0.0; model.threads.max(1) as usize],
+                    assigned_busy: 0.0,
+                    assigned: 0,
+                }
             })
             .collect();
         Pod {
@@ -107,7 +121,7 @@ impl Pod {
             queue: VecDeque::new(),
             cheaper: Cheaper::new(&model.scaling, &model.limits),
             tracker: LoadTracker::new(),
-            next_id: u64::from(initial) + 1,
+            pool,
             gone_busy: 0.0,
             gone_requests: 0,
             model,
@@ -235,31 +249,46 @@ impl Pod {
         }
         let verdict = self.cheaper.decide_explained(&sb);
         let plan = drive(verdict, &sb, &self.model.limits, &DriveInputs::default());
+        let now = Duration::from_secs_f64(t.max(0.0));
         let mut delta = 0i64;
-        let (mut gone_busy, mut gone_requests) = (0.0, 0u64);
-        self.workers.retain(|w| {
-            if !plan.retire.contains(&w.id) {
-                return true;
+        let mut actions: VecDeque<Action> = self.pool.apply(&plan, now).into();
+        while let Some(action) = actions.pop_front() {
+            match action {
+                Action::Retire { id, .. } => {
+                    // Victims had no busy thread at the snapshot, which is now: they leave.
+                    let Some(i) = self.workers.iter().position(|w| w.id == id) else {
+                        continue;
+                    };
+                    let w = self.workers.remove(i);
+                    self.gone_busy += w.assigned_busy;
+                    self.gone_requests += w.assigned;
+                    delta -= 1;
+                    let gone = Gone {
+                        was_ready: true,
+                        served: w.assigned,
+                    };
+                    actions.extend(self.pool.gone(id, now, gone).1);
+                }
+                Action::Spawn { id, .. } => {
+                    let ready_at = t + self.model.worker_startup;
+                    // The model knows when the worker will be ready.
+                    self.pool
+                        .ready(id, Duration::from_secs_f64(ready_at.max(0.0)));
+                    self.workers.push(Worker {
+                        id,
+                        spawned_at: t,
+                        ready_at,
+                        busy_until: vec![0.0; self.model.threads.max(1) as usize],
+                        assigned_busy: 0.0,
+                        assigned: 0,
+                    });
+                    delta += 1;
+                }
+                // No timeouts or fork-server changes in the model.
+                Action::Kill { .. }
+                | Action::StartForkServer { .. }
+                | Action::StopForkServer { .. } => {}
             }
-            // Victims had no busy thread at the snapshot, which is now.
-            gone_busy += w.assigned_busy;
-            gone_requests += w.assigned;
-            delta -= 1;
-            false
-        });
-        self.gone_busy += gone_busy;
-        self.gone_requests += gone_requests;
-        for _ in 0..plan.spawn {
-            self.workers.push(Worker {
-                id: self.next_id,
-                spawned_at: t,
-                ready_at: t + self.model.worker_startup,
-                busy_until: vec![0.0; self.model.threads.max(1) as usize],
-                assigned_busy: 0.0,
-                assigned: 0,
-            });
-            self.next_id += 1;
-            delta += 1;
         }
         delta
     }

@@ -372,26 +372,47 @@ pub fn parse_responses(mut data: &[u8]) -> Vec<Resp> {
 /// every status (connection errors count as status 0).
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
+    done: Arc<std::sync::atomic::AtomicUsize>,
     threads: Vec<std::thread::JoinHandle<Vec<u16>>>,
 }
 
 impl Load {
     pub fn start(addr: SocketAddr, path: &str, clients: usize) -> Load {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let threads = (0..clients)
             .map(|_| {
-                let stop = stop.clone();
+                let (stop, done) = (stop.clone(), done.clone());
                 let path = path.to_string();
                 std::thread::spawn(move || {
                     let mut seen = Vec::new();
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         seen.push(get(addr, &path).map(|r| r.status).unwrap_or(0));
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     seen
                 })
             })
             .collect();
-        Load { stop, threads }
+        Load {
+            stop,
+            done,
+            threads,
+        }
+    }
+
+    /// Waits until `more` further requests have completed (the load is flowing through
+    /// whatever just happened); panics after `within`.
+    pub fn wait_more(&self, more: usize, within: Duration) {
+        let target = self.done.load(std::sync::atomic::Ordering::Relaxed) + more;
+        let deadline = Instant::now() + within;
+        while self.done.load(std::sync::atomic::Ordering::Relaxed) < target {
+            assert!(
+                Instant::now() < deadline,
+                "the load stalled: fewer than {more} requests in {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Stops and returns (total, failed) requests.
@@ -411,6 +432,13 @@ impl Server {
     /// The `/load` document.
     pub fn load(&self) -> serde_json::Value {
         get(self.admin, "/load").unwrap().json()
+    }
+
+    /// Waits until `n` requests are running in workers (`in_flight` of `/load`).
+    pub fn wait_in_flight(&self, n: u64) {
+        self.wait_load(Duration::from_secs(10), "requests in flight", |l| {
+            l["in_flight"].as_u64().unwrap_or(0) >= n
+        });
     }
 
     /// Polls `/load` until `pred` holds; returns the document, or panics after `within`.
