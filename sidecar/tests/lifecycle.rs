@@ -15,7 +15,7 @@ fn sigkilled_worker_fails_only_its_request_and_is_replaced() {
     let pid = s.get("/pid").json()["pid"].as_u64().unwrap() as i32;
     let addr = s.addr;
     let victim = std::thread::spawn(move || support::get(addr, "/sleep?3000").unwrap().status);
-    std::thread::sleep(Duration::from_millis(500));
+    s.wait_in_flight(1);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -74,7 +74,7 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let s = Server::start(APP, &["--workers", "1", "--graceful-timeout", "10"]);
     let addr = s.addr;
     let in_flight = std::thread::spawn(move || support::get(addr, "/sleep?1000").unwrap());
-    std::thread::sleep(Duration::from_millis(300));
+    s.wait_in_flight(1);
     let status = s.terminate();
     assert!(status.success(), "{status:?}");
     let r = in_flight.join().unwrap();
@@ -99,11 +99,18 @@ fn readiness_fails_while_draining() {
     let addr = s.addr;
     let admin = s.admin;
     let in_flight = std::thread::spawn(move || support::get(addr, "/sleep?1500").unwrap().status);
-    std::thread::sleep(Duration::from_millis(300));
+    s.wait_in_flight(1);
     s.signal(nix::sys::signal::Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(200));
-    let r = support::get(admin, "/readyz").unwrap();
-    assert_eq!(r.status, 503);
+    // Readiness turns false while the request is still running.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while support::get(admin, "/readyz").unwrap().status != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed ready while draining"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(s.load()["draining"], true);
     assert_eq!(in_flight.join().unwrap(), 200);
 }
 

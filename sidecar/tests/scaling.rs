@@ -35,7 +35,7 @@ fn step_load_climbs_to_max_and_returns_to_min_without_failures() {
     let load = Load::start(s.addr, "/sleep?50", 12);
     let at_max = s.wait_load(Duration::from_secs(30), "4 workers", |l| active(l) == 4);
     assert_eq!(at_max["workers"]["max"], 4);
-    std::thread::sleep(Duration::from_secs(2));
+    load.wait_more(50, Duration::from_secs(20));
     let (count, failed) = load.finish();
     assert!(count > 50, "load ran: {count}");
     assert!(
@@ -66,13 +66,12 @@ fn retiring_under_continuous_load_fails_nothing() {
         ],
     );
     let load = Load::start(s.addr, "/sleep?5", 6);
-    std::thread::sleep(Duration::from_millis(500));
-    for _ in 0..3 {
+    load.wait_more(50, Duration::from_secs(20));
+    for left in [3, 2, 1] {
         s.signal(Signal::SIGTTOU);
-        std::thread::sleep(Duration::from_millis(1300));
+        s.wait_load(Duration::from_secs(10), "one fewer", |l| total(l) == left);
+        load.wait_more(20, Duration::from_secs(20));
     }
-    s.wait_load(Duration::from_secs(10), "1 worker", |l| total(l) == 1);
-    std::thread::sleep(Duration::from_millis(500));
     let (count, failed) = load.finish();
     assert!(count > 100, "load ran: {count}");
     assert!(failed.is_empty(), "retirement failed requests: {failed:?}");
@@ -88,9 +87,8 @@ fn ttin_and_ttou_move_the_count_within_bounds() {
     s.wait_load(Duration::from_secs(10), "3 workers (MAX)", |l| {
         active(l) == 3
     });
-    std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(active(&s.load()), 3, "never above MAX");
-    // One more at MAX: the log says it was not applied, and why.
+    // One more at MAX: the log says it was not applied, and why (so a scaling check ran at
+    // MAX, and the count stayed there).
     s.signal(Signal::SIGTTIN);
     assert!(
         s.wait_log(
@@ -100,12 +98,18 @@ fn ttin_and_ttou_move_the_count_within_bounds() {
         "{}",
         s.log_text()
     );
-    assert_eq!(active(&s.load()), 3);
-    for _ in 0..4 {
+    assert_eq!(active(&s.load()), 3, "never above MAX");
+    for left in [2, 1] {
         s.signal(Signal::SIGTTOU);
-        std::thread::sleep(Duration::from_millis(1200));
+        s.wait_load(Duration::from_secs(10), "one fewer", |l| total(l) == left);
     }
-    s.wait_load(Duration::from_secs(10), "1 worker (MIN)", |l| total(l) == 1);
+    s.signal(Signal::SIGTTOU);
+    assert!(
+        s.wait_log("at MIN 1", Duration::from_secs(5)),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(total(&s.load()), 1, "never below MIN");
 }
 
 #[test]
@@ -115,14 +119,14 @@ fn sighup_reload_under_load_fails_nothing_and_replaces_every_worker() {
         .map(|_| s.get("/pid").json()["pid"].as_u64().unwrap())
         .collect();
     let load = Load::start(s.addr, "/sleep?10", 6);
-    std::thread::sleep(Duration::from_millis(500));
+    load.wait_more(30, Duration::from_secs(20));
     s.signal(Signal::SIGHUP);
     assert!(
         s.wait_log("reload complete", Duration::from_secs(30)),
         "{}",
         s.log_text()
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    load.wait_more(50, Duration::from_secs(20));
     let (count, failed) = load.finish();
     assert!(count > 50, "load ran: {count}");
     assert!(failed.is_empty(), "reload failed requests: {failed:?}");
@@ -181,14 +185,18 @@ fn max_requests_recycles_workers_gracefully() {
             "2",
         ],
     );
+    // Requests until the recycling (checked once a second) has replaced a worker twice.
     let mut pids = std::collections::HashSet::new();
-    for _ in 0..60 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pids.len() <= 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recycling: {pids:?}"
+        );
         let r = s.get("/pid");
         assert_eq!(r.status, 200);
         pids.insert(r.json()["pid"].as_u64().unwrap());
-        std::thread::sleep(Duration::from_millis(60));
     }
-    assert!(pids.len() > 2, "workers were recycled: {pids:?}");
     assert!(s.log_text().contains("max-requests"), "{}", s.log_text());
 }
 
@@ -274,8 +282,22 @@ fn metrics_parse_with_a_prometheus_parser() {
         assert_eq!(s.get("/pid").status, 200);
     }
     assert_eq!(s.get("/raise").status, 500);
-    std::thread::sleep(Duration::from_millis(1200));
-    let text = support::get(s.admin, "/metrics").unwrap().text();
+    // Worker memory is read once a second: wait for the first reading.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = support::get(s.admin, "/metrics").unwrap().text();
+        if text
+            .lines()
+            .any(|l| l.starts_with("wsgiscale_workers_resident_memory_bytes") && !l.ends_with(" 0"))
+        {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no memory reading:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
     let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
@@ -331,8 +353,16 @@ fn keys(v: &serde_json::Value) -> Vec<String> {
 fn load_report_matches_its_documented_schema() {
     let s = Server::start(APP, &["--workers", "1:3", "--max-queue", "77"]);
     assert_eq!(s.get("/pid").status, 200);
-    std::thread::sleep(Duration::from_millis(1200));
-    let l = s.load();
+    // Requests flow until the one-second samples show a rate.
+    let load = Load::start(s.addr, "/pid", 1);
+    let l = s.wait_load(Duration::from_secs(10), "a request rate", |l| {
+        l["rates"]["10s"]["requests_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    });
+    let (_, failed) = load.finish();
+    assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(
         keys(&l),
         [

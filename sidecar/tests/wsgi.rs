@@ -362,7 +362,10 @@ fn full_queue_gets_503_with_retry_after() {
     let busy: Vec<_> = (0..2)
         .map(|_| std::thread::spawn(move || support::get(addr, "/sleep?1500").unwrap().status))
         .collect();
-    std::thread::sleep(Duration::from_millis(400));
+    // One request runs, one waits: the queue is full.
+    s.wait_load(Duration::from_secs(10), "a full queue", |l| {
+        l["in_flight"] == 1 && l["queue"]["depth"] == 1
+    });
     let r = s.get("/pid");
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("retry-after"), Some("1"));
