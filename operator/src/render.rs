@@ -733,7 +733,7 @@ mod tests {
             "RuntimeDefault"
         );
         assert_eq!(pod.automount_service_account_token, Some(false));
-        assert_eq!(pod.termination_grace_period_seconds, Some(35));
+        assert_eq!(pod.termination_grace_period_seconds, Some(39));
         let c = &pod.containers[0];
         let sc = c
             .security_context
@@ -791,14 +791,18 @@ mod tests {
         });
         let v = valid(&app);
         let pod = render_deployment(&v, 1).spec.template.spec.expect("pod");
-        assert_eq!(pod.termination_grace_period_seconds, Some(65));
+        // 60 s of drain, 5 s for the workers to exit, 2 + 2 s for the fork server. The old
+        // 5 s margin (65) let the kubelet's SIGKILL cut the fork server's stop.
+        assert_eq!(pod.termination_grace_period_seconds, Some(69));
         assert_eq!(
             pod.containers[0].lifecycle, None,
             "no preStop when the delay is 0"
         );
+        // The server's own budget, from what it is given, fits in the grace period.
         let cfg = resolve(&v.server_settings(), None).expect("valid");
         let grace = Duration::from_secs(pod.termination_grace_period_seconds.expect("set") as u64);
-        assert!(cfg.http.graceful_timeout < grace);
+        let budget = wsgiscale_core::shutdown::ShutdownBudget::new(cfg.http.graceful_timeout);
+        assert!(budget.total() <= grace, "{budget:?} in {grace:?}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use kube::{Resource, ResourceExt};
 use wsgiscale_core::config::{
     resolve, Algorithm, AppSpec, BindAddr, ByteSize, Dur, LogFormat, Settings, WorkerRange,
 };
+use wsgiscale_core::shutdown::ShutdownBudget;
 use wsgiscale_core::units::parse_size;
 
 use crate::crd::{
@@ -78,9 +79,6 @@ pub mod defaults {
     pub const GRACEFUL_TIMEOUT_SECONDS: i32 = server::GRACEFUL_TIMEOUT.as_secs() as i32;
     /// preStop sleep, seconds.
     pub const PRE_STOP_DELAY_SECONDS: i32 = 5;
-    /// Seconds added to preStop + graceful timeout for terminationGracePeriodSeconds: the time
-    /// the server needs after the drain deadline to stop its workers (TERM, wait, KILL).
-    pub const TERMINATION_MARGIN_SECONDS: i64 = 5;
     /// Largest request body.
     pub const MAX_BODY: &str = "64Mi";
     /// Request queue bound.
@@ -211,12 +209,12 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// The pod's terminationGracePeriodSeconds: the preStop sleep, then the server's drain
-    /// deadline, then the margin it needs to stop its workers.
+    /// The pod's terminationGracePeriodSeconds: the preStop sleep, then the server's whole
+    /// shutdown from its drain deadline (the contract both follow, [`ShutdownBudget`]).
     pub fn termination_grace_period_seconds(&self) -> i64 {
-        self.pre_stop_delay.as_secs() as i64
-            + self.graceful_timeout.as_secs() as i64
-            + defaults::TERMINATION_MARGIN_SECONDS
+        ShutdownBudget::new(self.graceful_timeout)
+            .termination_grace_period(self.pre_stop_delay)
+            .as_secs() as i64
     }
 }
 
@@ -1170,7 +1168,7 @@ mod tests {
         );
         assert_eq!(v.command, vec!["wsgiscale".to_string()]);
         assert_eq!(v.lifecycle.graceful_timeout, Duration::from_secs(25));
-        assert_eq!(v.lifecycle.termination_grace_period_seconds(), 35);
+        assert_eq!(v.lifecycle.termination_grace_period_seconds(), 39);
         assert_eq!(v.http.max_body, 64 << 20);
         assert!(v.preload);
         assert!(!v.autoscaling.enabled);

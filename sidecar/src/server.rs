@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wsgiscale_core::config::{resolve, ServerConfig, Settings};
+use wsgiscale_core::shutdown::ShutdownBudget;
 
 use crate::control::ZygoteInit;
 use crate::dispatch::Dispatcher;
@@ -204,6 +205,7 @@ pub async fn run(args: Settings, cfg: ServerConfig) -> Result<(), ServerError> {
         SupervisorParams {
             init,
             live: cfg.live,
+            shutdown: ShutdownBudget::new(cfg.http.graceful_timeout),
         },
         shared.clone(),
         zygote,

@@ -18,6 +18,7 @@ use wsgiscale_core::config::LiveConfig;
 use wsgiscale_core::loadtrack::LoadSample;
 use wsgiscale_core::pool::{Action, Ending, Gone, Pool, RetireReason, SpawnReason};
 use wsgiscale_core::scaling::{drive, Cheaper, DriveInputs, MemoryBudget, Refusal};
+use wsgiscale_core::shutdown::ShutdownBudget;
 
 use crate::cgroup;
 use crate::control::{self, ControlError, FromZygote, ToZygote, ZygoteInit, MAX_MESSAGE};
@@ -152,12 +153,13 @@ impl Zygote {
         )
     }
 
-    /// Tells the fork server to exit, then makes sure it does.
-    pub async fn stop(self) {
+    /// Tells the fork server to exit, then makes sure it does: SIGKILL if it has not after
+    /// `within`, and as long again to reap it.
+    pub async fn stop(self, within: Duration) {
         let _ = control::send(self.fd.get_ref().as_fd(), &ToZygote::Shutdown, &[]);
-        if !reap_pid(self.pid, Duration::from_secs(2)).await {
+        if !reap_pid(self.pid, within).await {
             let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-            let _ = reap_pid(self.pid, Duration::from_secs(2)).await;
+            let _ = reap_pid(self.pid, within).await;
         }
     }
 }
@@ -221,6 +223,8 @@ pub struct SupervisorParams {
     pub init: ZygoteInit,
     /// The live settings at start.
     pub live: LiveConfig,
+    /// How long the shutdown's worker and fork-server steps may take.
+    pub shutdown: ShutdownBudget,
 }
 
 /// How often the scaling algorithm runs (uWSGI's master cycle).
@@ -335,7 +339,7 @@ impl Supervisor {
                     self.old_zygotes = keep;
                     for (g, z) in done {
                         tracing::debug!(generation = g, "stopping an old fork server");
-                        tokio::spawn(z.stop());
+                        tokio::spawn(z.stop(ShutdownBudget::FORK_SERVER));
                     }
                 }
             }
@@ -776,12 +780,14 @@ impl Supervisor {
         self.carry_out(actions);
     }
 
-    /// Retires every worker (they finish what they run), kills what is left after a grace
-    /// period, and stops the fork servers.
+    /// Retires every worker (they finish what they run), kills what is left after the
+    /// budget's `workers`, and stops every fork server at once (steps 2 and 3 of
+    /// [`ShutdownBudget`]).
     async fn stop_all(&mut self) {
+        let budget = self.p.shutdown;
         let actions = self.pool.stop();
         self.carry_out(actions);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + budget.workers;
         while !self.handles.is_empty() && Instant::now() < deadline {
             match tokio::time::timeout_at(deadline.into(), self.events_rx.recv()).await {
                 Ok(Some(LinkEvent::Gone { id, .. })) => {
@@ -798,17 +804,23 @@ impl Supervisor {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
         }
-        if let Some(z) = self.zygote.take() {
-            z.stop().await;
-        }
-        for (_, z) in std::mem::take(&mut self.old_zygotes) {
-            z.stop().await;
+        let mut stops = tokio::task::JoinSet::new();
+        let zygotes = self.zygote.take().into_iter().chain(
+            std::mem::take(&mut self.old_zygotes)
+                .into_iter()
+                .map(|(_, z)| z),
+        );
+        for z in zygotes {
+            stops.spawn(z.stop(budget.fork_server));
         }
         if let Some((_, pending)) = self.starting.take() {
-            if let Ok(Ok(z)) = pending.await {
-                z.stop().await;
-            }
+            stops.spawn(async move {
+                if let Ok(Ok(z)) = pending.await {
+                    z.stop(budget.fork_server).await;
+                }
+            });
         }
+        while stops.join_next().await.is_some() {}
         let _ = reap_orphans(0);
     }
 }

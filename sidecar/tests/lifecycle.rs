@@ -82,6 +82,31 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert_eq!(r.json()["slept_ms"], 1000);
 }
 
+/// The shutdown contract (`wsgiscale_core::shutdown::ShutdownBudget`, which the operator sizes
+/// terminationGracePeriodSeconds from): a request still running past the drain deadline does
+/// not hold the server; its worker is killed after the workers' step and the server exits
+/// within the whole budget.
+#[test]
+fn a_request_past_the_drain_deadline_does_not_hold_the_shutdown() {
+    use wsgiscale_core::shutdown::ShutdownBudget;
+    let s = Server::start(APP, &["--workers", "1", "--graceful-timeout", "1"]);
+    let addr = s.addr;
+    let stuck = std::thread::spawn(move || support::get(addr, "/sleep?60000").map(|r| r.status));
+    s.wait_in_flight(1);
+    let budget = ShutdownBudget::new(Duration::from_secs(1));
+    let started = Instant::now();
+    // The bound is the contract itself (plus a second for process start-up noise).
+    let (status, log) = s.terminate_within(budget.total() + Duration::from_secs(1));
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        started.elapsed() >= budget.drain,
+        "the drain deadline was honoured"
+    );
+    assert!(log.contains("worker did not exit in time"), "{log}");
+    // The client was cut off at the drain deadline, never answered 200 by a killed worker.
+    assert_ne!(stuck.join().unwrap().ok(), Some(200));
+}
+
 #[test]
 fn no_preload_imports_in_each_worker() {
     let s = Server::start(APP, &["--workers", "2", "--no-preload"]);

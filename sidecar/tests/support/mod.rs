@@ -175,9 +175,15 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for the exit.
-    pub fn terminate(mut self) -> ExitStatus {
+    pub fn terminate(self) -> ExitStatus {
+        self.terminate_within(Duration::from_secs(60)).0
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the exit; returns it and the log.
+    pub fn terminate_within(mut self, within: Duration) -> (ExitStatus, String) {
         self.signal(nix::sys::signal::Signal::SIGTERM);
-        wait_exit(self.child.as_mut().unwrap(), Duration::from_secs(60))
+        let status = wait_exit(self.child.as_mut().unwrap(), within);
+        (status, self.log_text())
     }
 }
 
