@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::metrics::Metrics;
 
@@ -158,37 +158,24 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "serving /healthz, /readyz and /metrics");
     }
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning, never exit.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let (health, metrics) = (health.clone(), metrics.clone());
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let resp = route(req.method(), req.uri().path(), &health, &metrics);
-                    async move { Ok::<_, std::convert::Infallible>(resp) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
+    let serve = |(stream, peer): (tokio::net::TcpStream, SocketAddr)| {
+        let (health, metrics) = (health.clone(), metrics.clone());
+        let service = service_fn(move |req: Request<Incoming>| {
+            let resp = route(req.method(), req.uri().path(), &health, &metrics);
+            async move { Ok::<_, std::convert::Infallible>(resp) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(10))
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "connection ended with an error");
             }
-        }
-    }
+        });
+    };
+    wsgiscale_net::accept_loop("operator", &shutdown, || listener.accept(), serve).await;
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}

@@ -21,25 +21,15 @@ pub async fn serve(listener: Listener, ctx: Arc<Shared>, stop: CancellationToken
         .timer(TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(10));
     let builder = Arc::new(builder);
-    loop {
-        let io = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = accept(&listener) => match r {
-                Ok(io) => io,
-                Err(e) => {
-                    tracing::debug!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
+    let serve = |io: TokioIo<Stream>| {
         let ctx = ctx.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| route(req, ctx.clone()));
             let _ = builder.serve_connection(io, service).await;
         });
-    }
+    };
+    wsgiscale_net::accept_loop("admin", &stop, || accept(&listener), serve).await;
 }
 
 async fn accept(l: &Listener) -> std::io::Result<TokioIo<Stream>> {

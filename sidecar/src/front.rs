@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -93,15 +93,6 @@ impl Listener {
     }
 }
 
-/// Whether an accept error is about resources (back off and retry) rather than one
-/// connection (just continue).
-fn is_resource_error(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
-    )
-}
-
 /// Accepts connections until `stop`, then waits (at most the graceful timeout) for open
 /// connections to finish their current request.
 pub async fn accept_loop(listener: Listener, ctx: Arc<Shared>, stop: CancellationToken) {
@@ -114,24 +105,7 @@ pub async fn accept_loop(listener: Listener, ctx: Arc<Shared>, stop: Cancellatio
         // A client may send a whole request and shut down its write side (`nc -N`, some
         // HTTP/1.0 clients and proxies): answer it instead of dropping the connection at EOF.
         .half_close(true);
-    let builder = Arc::new(builder);
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = accept(&listener) => r,
-        };
-        let (io, conn) = match accepted {
-            Ok(x) => x,
-            Err(e) if is_resource_error(&e) => {
-                tracing::warn!(error = %e, "accept: out of resources; pausing 100ms");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "accept failed");
-                continue;
-            }
-        };
+    let serve = |(io, conn): (TokioIo<Stream>, ConnInfo)| {
         let conn = Arc::new(conn);
         let ctx = ctx.clone();
         ctx.metrics.connections_accepted.inc();
@@ -164,7 +138,8 @@ pub async fn accept_loop(listener: Listener, ctx: Arc<Shared>, stop: Cancellatio
             }
             ctx.metrics.connections.dec();
         });
-    }
+    };
+    wsgiscale_net::accept_loop("front", &stop, || accept(&listener), serve).await;
     if let Listener::Unix(_, path) = &listener {
         let _ = std::fs::remove_file(path);
     }
