@@ -1262,6 +1262,20 @@ mod default_tests {
             );
         }
         assert!(!rules.is_empty());
+        // The CRD's ranges end where the server's do.
+        let props = |path: &str| {
+            let mut node = spec;
+            for key in path.split('.').skip(1) {
+                node = &node["properties"][key];
+            }
+            (node["minimum"].as_f64(), node["maximum"].as_f64())
+        };
+        let limit = f64::from(server::WORKERS_LIMIT);
+        for path in ["spec.workers.min", "spec.workers.max", "spec.workers.initial"] {
+            assert_eq!(props(path), (Some(1.0), Some(limit)), "{path}");
+        }
+        let threads = f64::from(server::THREADS_LIMIT);
+        assert_eq!(props("spec.workers.threads"), (Some(1.0), Some(threads)));
         // Every stated default of workers, http and lifecycle is in the table above (or is
         // a derived one), so a new field cannot state a default nobody checks.
         for (path, (word, _)) in &stated {
