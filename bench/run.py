@@ -40,6 +40,9 @@ APPS = BENCH / "apps"
 VENV = Path(os.environ.get("BENCH_VENV", BENCH / ".venv"))
 VBIN = VENV / "bin"
 WSGISCALE_BIN = Path(os.environ.get("WSGISCALE_BIN", REPO / "target" / "release" / "wsgiscale"))
+# Another build of the binary (an earlier commit) for a before/after in one run:
+# WSGISCALE_BASELINE_BIN=/path/to/wsgiscale ... --servers wsgiscale,wsgiscale-baseline
+WSGISCALE_BASELINE_BIN = os.environ.get("WSGISCALE_BASELINE_BIN")
 HOST = "127.0.0.1"
 CONNS = 64
 
@@ -453,6 +456,23 @@ class Wsgiscale(Server):
         return aport, "/readyz"
 
 
+class WsgiscaleBaseline(Wsgiscale):
+    """The same server from another build (WSGISCALE_BASELINE_BIN), run exactly as `wsgiscale`:
+    a before/after of a change in one run."""
+    key = "wsgiscale-baseline"
+    label = "wsgiscale (baseline)"
+
+    def available(self):
+        if WSGISCALE_BASELINE_BIN and os.access(WSGISCALE_BASELINE_BIN, os.X_OK):
+            return True, ""
+        return False, "set WSGISCALE_BASELINE_BIN to another build of the binary (skipped)"
+
+    def argv(self, *args, **kwargs):
+        a = super().argv(*args, **kwargs)
+        a[0] = str(WSGISCALE_BASELINE_BIN)
+        return a
+
+
 class WsgiscaleWheel(Server):
     """wsgiscale as `pip install` gives it: the wheel (make wheel) installed into bench/.venv,
     run by its console script, with the venv's own environment (no --venv, no
@@ -597,7 +617,7 @@ class Cheroot(Server):
         return a + [app]
 
 
-SERVERS = {s.key: s for s in (Wsgiscale(), WsgiscaleWheel(), GunicornSync(), GunicornGthread(), Uwsgi(),
+SERVERS = {s.key: s for s in (Wsgiscale(), WsgiscaleBaseline(), WsgiscaleWheel(), GunicornSync(), GunicornGthread(), Uwsgi(),
                               Granian(), Bjoern(), Cheroot())}
 
 
@@ -616,13 +636,14 @@ class Entry:
 
 
 def default_entries():
-    return [Entry("wsgiscale"), Entry("gunicorn-sync"), Entry("gunicorn-gthread", threads=4),
+    return [Entry("wsgiscale"), Entry("wsgiscale-baseline"), Entry("gunicorn-sync"),
+            Entry("gunicorn-gthread", threads=4),
             Entry("uwsgi"), Entry("granian"), Entry("bjoern"), Entry("cheroot")]
 
 
 def with_wheel():
     """The peers, and wsgiscale as pip installs it next to the binary (when installed)."""
-    return [Entry("wsgiscale"), Entry("wsgiscale-wheel")] + default_entries()[1:]
+    return [Entry("wsgiscale"), Entry("wsgiscale-wheel")] + default_entries()[1:]  # baseline too
 
 
 # ----------------------------------------------------------------------------------------

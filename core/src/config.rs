@@ -160,8 +160,21 @@ impl FromStr for Dur {
 }
 
 /// The worker-count algorithm (uWSGI's "cheaper" algorithms, fixed where uWSGI is broken).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+/// One type for the flag, the file and the WsgiApp's `workers.algorithm`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
+#[schemars(transform = no_description)]
 pub enum Algorithm {
     /// Spawn `step` after `overload` checks with every worker busy; retire one idle worker
     /// every `overload` checks while more than one is idle.
@@ -178,6 +191,13 @@ pub enum Algorithm {
     Manual,
 }
 
+/// Drops an enum's own description from its JSON schema: a CRD field that uses it shows the
+/// field's text (which lists the values) in `kubectl explain`, and the schema stays a plain
+/// `enum` of names.
+fn no_description(schema: &mut schemars::Schema) {
+    schema.remove("description");
+}
+
 impl Algorithm {
     /// The name used on the command line and in the config file.
     pub fn as_str(self) -> &'static str {
@@ -191,9 +211,22 @@ impl Algorithm {
     }
 }
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+/// Log line format: one type for the server's flag and file, the WsgiApp's
+/// `logging.format` and the operator's own `--log-format`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
+#[schemars(transform = no_description)]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// The wsgiscale Kubernetes operator.
 #[derive(Debug, Parser)]
@@ -25,14 +25,8 @@ pub enum Command {
     Simulate(crate::simulate::SimulateArgs),
 }
 
-/// Log line formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
-}
+/// Log line formats: the server's own type.
+pub use wsgiscale_core::config::LogFormat;
 
 /// Flags of `run`.
 #[derive(Debug, Clone, Args)]

@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+pub use wsgiscale_core::config::{Algorithm, LogFormat};
 
 /// API group of the resource.
 pub const GROUP: &str = "wsgiscale.dev";
@@ -428,7 +429,7 @@ pub struct WorkersSpec {
     /// How the worker count follows load: spare, spare2, backlog, busyness or manual (see
     /// docs/scaling.md). Default: spare.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub algorithm: Option<WorkerAlgorithm>,
+    pub algorithm: Option<Algorithm>,
 
     /// Checks (one per second) of sustained overload or idleness before the spare algorithm
     /// acts; the busyness algorithm's window (uWSGI `cheaper-overload`). Default: 3.
@@ -450,26 +451,6 @@ pub struct WorkersSpec {
     /// Knobs of the busyness algorithm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub busyness: Option<BusynessSpec>,
-}
-
-/// The worker-count algorithms of the server.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[schemars(transform = no_description)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkerAlgorithm {
-    /// Spawn `step` workers after `overloadChecks` checks with every worker busy; retire one
-    /// idle worker every `overloadChecks` checks while more than one is idle.
-    Spare,
-    /// Keep `min` idle workers: spawn the shortfall at once (up to `step`), retire one after
-    /// `idleChecks` checks of surplus.
-    Spare2,
-    /// Spawn while more than `backlog` requests wait for a worker; retire below it.
-    Backlog,
-    /// Average busy percentage over a window against `busyness.minPercent`/`maxPercent`,
-    /// with an anti-flap penalty.
-    Busyness,
-    /// Keep `initial` workers; only a new config changes the count.
-    Manual,
 }
 
 /// Knobs of the busyness algorithm.
@@ -606,17 +587,6 @@ pub struct LoggingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub level: Option<String>,
-}
-
-/// Log line formats of the server.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[schemars(transform = no_description)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Bounds on the number of pods.
@@ -1271,7 +1241,11 @@ mod default_tests {
             (node["minimum"].as_f64(), node["maximum"].as_f64())
         };
         let limit = f64::from(server::WORKERS_LIMIT);
-        for path in ["spec.workers.min", "spec.workers.max", "spec.workers.initial"] {
+        for path in [
+            "spec.workers.min",
+            "spec.workers.max",
+            "spec.workers.initial",
+        ] {
             assert_eq!(props(path), (Some(1.0), Some(limit)), "{path}");
         }
         let threads = f64::from(server::THREADS_LIMIT);

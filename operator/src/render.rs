@@ -484,8 +484,7 @@ mod tests {
 
     use super::*;
     use crate::crd::{
-        BusynessSpec, HttpSpec, LifecycleSpec, LoggingSpec, PodOverrides, WorkerAlgorithm,
-        WorkersSpec, WsgiApp,
+        BusynessSpec, HttpSpec, LifecycleSpec, LoggingSpec, PodOverrides, WorkersSpec, WsgiApp,
     };
     use crate::fixtures::mk_app;
     use crate::validate::validate_app;
@@ -535,7 +534,7 @@ mod tests {
                 initial: Some(4),
                 threads: Some(3),
                 step: Some(2),
-                algorithm: Some(WorkerAlgorithm::Busyness),
+                algorithm: Some(Algorithm::Busyness),
                 overload_checks: Some(5),
                 idle_checks: Some(7),
                 backlog: Some(9),
@@ -564,7 +563,7 @@ mod tests {
                 access_log: Some(true),
             });
             a.spec.logging = Some(LoggingSpec {
-                format: Some(crate::crd::LogFormat::Json),
+                format: Some(LogFormat::Json),
                 level: Some("wsgiscale=debug".into()),
             });
         });

@@ -25,7 +25,7 @@ use wsgiscale_core::units::parse_size;
 
 use crate::crd::{
     AutoscalingSpec, BusynessSpec, HttpSpec, LifecycleSpec, LoggingSpec, PodOverrides, PullPolicy,
-    ReplicasSpec, ServiceSpec, ServiceType, WorkerAlgorithm, WorkersSpec, WsgiApp,
+    ReplicasSpec, ServiceSpec, ServiceType, WorkersSpec, WsgiApp,
 };
 
 /// The pod label that selects an app's pods; reserved in `spec.pod.labels`.
@@ -682,10 +682,7 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
         workers,
         lifecycle,
         http,
-        log_format: match format {
-            None | Some(crate::crd::LogFormat::Plain) => LogFormat::Plain,
-            Some(crate::crd::LogFormat::Json) => LogFormat::Json,
-        },
+        log_format: format.unwrap_or_default(),
         log_level: level.unwrap_or_else(|| defaults::LOG_LEVEL.to_string()),
         replicas,
         autoscaling,
@@ -815,13 +812,7 @@ fn resolve_workers(spec: Option<&WorkersSpec>, errs: &mut Errors) -> Workers {
         1,
         100_000,
     );
-    let algorithm = match spec.algorithm {
-        None | Some(WorkerAlgorithm::Spare) => Algorithm::Spare,
-        Some(WorkerAlgorithm::Spare2) => Algorithm::Spare2,
-        Some(WorkerAlgorithm::Backlog) => Algorithm::Backlog,
-        Some(WorkerAlgorithm::Busyness) => Algorithm::Busyness,
-        Some(WorkerAlgorithm::Manual) => Algorithm::Manual,
-    };
+    let algorithm = spec.algorithm.unwrap_or_default();
     // Every value above was checked to be non-negative.
     let u = |v: i32| v as u32;
     Workers {
@@ -1416,5 +1407,45 @@ mod tests {
             desired: None,
         };
         assert_eq!(open.clamp(1000), 1000);
+    }
+
+    proptest::proptest! {
+        /// The operator's own checks of the worker limits and the busyness thresholds (which
+        /// name the spec's fields, all at once) accept exactly what the server's `resolve`
+        /// accepts for the same values: the rule is the server's, stated once.
+        #[test]
+        fn worker_rules_agree_with_the_server(
+            min in 1i32..6,
+            max in proptest::option::of(1i32..6),
+            initial in proptest::option::of(1i32..6),
+            lo in proptest::option::of(0i32..100),
+            hi in proptest::option::of(1i32..101),
+        ) {
+            let app = mk_app("shop").map(|a| {
+                a.spec.workers = Some(crate::crd::WorkersSpec {
+                    min: Some(min),
+                    max,
+                    initial,
+                    busyness: Some(crate::crd::BusynessSpec {
+                        min_percent: lo,
+                        max_percent: hi,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            });
+            let max_v = max.unwrap_or(min);
+            let settings = Settings {
+                app: Some("a:b".into()),
+                workers: Some(WorkerRange { min: min as u32, max: max_v as u32 }),
+                workers_initial: initial.map(|i| i as u32),
+                cheaper_busyness_min: lo.map(|v| v as u32),
+                cheaper_busyness_max: hi.map(|v| v as u32),
+                ..Settings::default()
+            };
+            let server = resolve(&settings, None);
+            let ours = validate_app(&app);
+            proptest::prop_assert_eq!(ours.is_ok(), server.is_ok(), "operator {:?}, server {:?}", ours.err(), server.err());
+        }
     }
 }

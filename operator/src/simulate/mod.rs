@@ -162,7 +162,7 @@ impl SimConfig {
         workers.max.get_or_insert(4);
         workers
             .algorithm
-            .get_or_insert(crate::crd::WorkerAlgorithm::Spare2);
+            .get_or_insert(crate::crd::Algorithm::Spare2);
         let app = WsgiApp {
             metadata: ObjectMeta {
                 name: Some("sim".into()),
