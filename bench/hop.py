@@ -158,8 +158,11 @@ def fmt(v, nd=1):
 
 
 def report(results, meta):
+    m = meta["machine"]
     lines = [f"# Per-request cost of the master hop — {meta['stamp']}", "",
-             f"Machine: {meta['machine']}; repo at {meta['commit']}.",
+             f"Machine: {m.get('cores')} cores ({m.get('cpu', '?')}), {m.get('mem_gib')} GiB, "
+             f"Linux {m.get('kernel')}; load average at start "
+             f"{' '.join(m.get('loadavg_at_start', []))}; repo at {meta['commit']}.",
              f"Command: `{meta['command']}`", "",
              "Per completed request, 2 workers, `wrk -t1 -c64` on loopback (wrk shares the 2 "
              "cores). CPU from schedstat (all threads), context switches from /proc status, "

@@ -247,8 +247,34 @@ async fn steady_state_leaves_resource_versions_alone() {
         }
     };
     let first = eventually("the children", 60, versions).await;
-    // Several resyncs and watch events later, nothing was rewritten.
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    // Several reconciles later, nothing was rewritten. Each is woken by another manager's
+    // annotation on the Deployment (a watch event the operator must answer by writing nothing).
+    let deployments: Api<Deployment> = env.api();
+    let reconciled = || {
+        env.metrics
+            .reconciles
+            .get_or_create(&wsgiscale_operator::metrics::ResultLabels { result: "ok" })
+            .get()
+    };
+    for poke in 0..3 {
+        let before = reconciled();
+        let patch = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "shop", "annotations": {"test.wsgiscale.dev/poke": poke.to_string()}},
+        });
+        deployments
+            .patch(
+                "shop",
+                &PatchParams::apply("cluster-test-poker"),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .expect("annotate the Deployment");
+        eventually("a reconcile of the poked app", 30, || async {
+            (reconciled() > before).then_some(())
+        })
+        .await;
+    }
     let later = versions().await.expect("children still there");
     assert_eq!(first, later);
     teardown(env).await;
