@@ -583,39 +583,43 @@ class Granian(Server):
         return a + [app]
 
 
-class Bjoern(Server):
+class Launched(Server):
+    """A server run by one of bench/launchers/*_launch.py: N processes forked from a parent
+    that preloads the app and supervises them (`_launch.supervise`)."""
+    launcher = ""
+    module = ""
+
+    def available(self):
+        return _venv_imports(self.module, "run bench/setup.sh")
+
+    def argv(self, app, port, aport, workers=2, threads=None, preload=None, respawn=False):
+        a = [str(VBIN / "python"), str(BENCH / "launchers" / self.launcher),
+             "--bind", f"{HOST}:{port}", "--workers", str(workers), "--chdir", str(APPS)]
+        if preload is False:
+            a += ["--no-preload"]
+        return a + [app]
+
+
+class Bjoern(Launched):
     key = "bjoern"
     label = "bjoern"
+    launcher = "bjoern_launch.py"
+    module = "bjoern"
     note = ("2 processes forked on one listening socket by bench/launchers/bjoern_launch.py "
             "(app preloaded in the parent; respawns dead workers)")
 
     def available(self):
         return _venv_imports("bjoern", "run bench/setup.sh (needs libev-dev)")
 
-    def argv(self, app, port, aport, workers=2, threads=None, preload=None, respawn=False):
-        a = [str(VBIN / "python"), str(BENCH / "launchers" / "bjoern_launch.py"),
-             "--bind", f"{HOST}:{port}", "--workers", str(workers), "--chdir", str(APPS)]
-        if preload is False:
-            a += ["--no-preload"]
-        return a + [app]
 
-
-class Fastpysgi(Server):
+class Fastpysgi(Launched):
     key = "fastpysgi"
     label = "fastpysgi"
+    launcher = "fastpysgi_launch.py"
+    module = "fastpysgi"
     note = ("2 processes that each bind the port (SO_REUSEPORT, as fastpysgi's own workers=2 "
             "does), forked by bench/launchers/fastpysgi_launch.py (app preloaded in the parent; "
             "SIGTERM reaches the workers)")
-
-    def available(self):
-        return _venv_imports("fastpysgi", "run bench/setup.sh")
-
-    def argv(self, app, port, aport, workers=2, threads=None, preload=None, respawn=False):
-        a = [str(VBIN / "python"), str(BENCH / "launchers" / "fastpysgi_launch.py"),
-             "--bind", f"{HOST}:{port}", "--workers", str(workers), "--chdir", str(APPS)]
-        if preload is False:
-            a += ["--no-preload"]
-        return a + [app]
 
 
 class Cheroot(Server):

@@ -10,12 +10,9 @@ With preload (the default) the app is imported in the parent before forking; wit
 --no-preload each worker imports it after the fork.
 """
 import argparse
-import os
-import signal
 import sys
-import time
 
-from _launch import enter, load
+from _launch import enter, load, supervise
 
 
 def main():
@@ -36,57 +33,10 @@ def main():
     print(f"bjoern launcher: listening on http://{a.bind} with {a.workers} workers "
           f"({'no ' if a.no_preload else ''}preload)", file=sys.stderr, flush=True)
 
-    children = set()
-    stopping = False
+    def run_child():
+        bjoern.server_run(sock, app if app is not None else load(a.app))
 
-    def spawn():
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            try:
-                wsgi = app if app is not None else load(a.app)
-                bjoern.server_run(sock, wsgi)
-            finally:
-                os._exit(0)
-        children.add(pid)
-
-    def stop(signum, frame):
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for _ in range(a.workers):
-        spawn()
-    deadline = None
-    while children:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        children.discard(pid)
-        if stopping:
-            if deadline is None:
-                deadline = time.monotonic() + 3
-            continue
-        print(f"bjoern launcher: worker {pid} exited ({status}), respawning",
-              file=sys.stderr, flush=True)
-        spawn()
-    # any straggler gets SIGKILL
-    for pid in children:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    supervise(a.workers, run_child, "bjoern")
 
 
 if __name__ == "__main__":
