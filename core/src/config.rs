@@ -1209,20 +1209,10 @@ pub enum ServeOnly {
     Serve(Settings),
 }
 
-/// Parses `argv` (including the program name, then `serve`) into [`Settings`], reading the
-/// `WSGISCALE_*` environment for flags not given, as the server does.
+/// Parses `argv` (including the program name, then `serve`) into [`Settings`]: the command
+/// line alone, blind to the environment (the server itself parses through its own `Cli`, with
+/// the environment unless `--ignore-env`). Used to read rendered command lines back.
 pub fn parse_serve_argv<I, T>(argv: I) -> Result<Settings, clap::Error>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    use clap::Parser;
-    let ServeOnly::Serve(args) = ServeCommand::try_parse_from(argv)?.command;
-    Ok(args)
-}
-
-/// Like [`parse_serve_argv`] but blind to the environment: the command line alone.
-pub fn parse_serve_argv_without_env<I, T>(argv: I) -> Result<Settings, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -1248,7 +1238,7 @@ mod tests {
     fn args(argv: &[&str]) -> Settings {
         let mut full = vec!["wsgiscale", "serve"];
         full.extend_from_slice(argv);
-        parse_serve_argv_without_env(full).expect("test argv parses")
+        parse_serve_argv(full).expect("test argv parses")
     }
 
     fn resolve_argv(argv: &[&str]) -> Result<ServerConfig, ConfigError> {
@@ -1641,7 +1631,7 @@ mod tests {
         #[test]
         fn settings_round_trip_through_the_command_line(s in any_settings()) {
             let argv = ["wsgiscale".to_string(), "serve".to_string()].into_iter().chain(s.to_args());
-            let back = parse_serve_argv_without_env(argv).expect("the rendered args parse");
+            let back = parse_serve_argv(argv).expect("the rendered args parse");
             prop_assert_eq!(back, s);
         }
 

@@ -478,8 +478,7 @@ mod tests {
     use k8s_openapi::api::core::v1::EnvVar;
     use proptest::prelude::*;
     use wsgiscale_core::config::{
-        parse_serve_argv_without_env, resolve, Algorithm, BindAddr, LogFormat, ServerConfig,
-        WorkerLimits,
+        parse_serve_argv, resolve, Algorithm, BindAddr, LogFormat, ServerConfig, WorkerLimits,
     };
 
     use super::*;
@@ -500,7 +499,7 @@ mod tests {
         let c = &dep.spec.template.spec.expect("pod").containers[0];
         let mut argv = vec!["wsgiscale".to_string()];
         argv.extend(c.args.clone().expect("args"));
-        let args = parse_serve_argv_without_env(argv).expect("the server parses the args");
+        let args = parse_serve_argv(argv).expect("the server parses the args");
         assert!(args.ignore_env, "the pods take no WSGISCALE_* variable");
         let cm = render_config_map(app);
         let text = &cm.data.expect("data")[CONFIG_KEY];
@@ -657,7 +656,7 @@ mod tests {
         // reload live: otherwise a ConfigMap change would need a restart to take effect.
         let app = valid(&mk_app("shop").with_workers(2, Some(9)));
         let argv = std::iter::once("wsgiscale".to_string()).chain(render_serve_args(&app));
-        let args = parse_serve_argv_without_env(argv).expect("parses");
+        let args = parse_serve_argv(argv).expect("parses");
         let with_file = resolve(&args.over(&render_config_file(&app)), None).expect("valid");
         let without = resolve(&args, None).expect("valid");
         assert_ne!(with_file.live, without.live);
