@@ -128,7 +128,7 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> Result<(T, Vec<OwnedFd>), ControlError> {
-    let mut cmsg_buf = nix::cmsg_space!([RawFd; 4]);
+    let mut cmsg_buf = nix::cmsg_space!([RawFd; 8]);
     let (len, truncated, fds) = {
         let mut iov = [IoSliceMut::new(buf)];
         let msg = socket::recvmsg::<()>(

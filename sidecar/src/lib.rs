@@ -3,8 +3,9 @@
 //! worker process has a link task ([`link`]) that writes it requests and routes its responses
 //! back. Workers are forked by a single-threaded fork server ([`zygote`]) that imported the
 //! app once, and run it on their own CPython interpreter ([`worker`]). The [`supervisor`]
-//! keeps the right number of workers alive. [`proto`] is the master <-> worker framing and
-//! [`environ`] builds the CGI environ; both are pure.
+//! keeps the right number of workers alive. [`proto`] is the master <-> worker framing, carried
+//! by shared-memory rings ([`ring`], mapped by [`shm`]), and [`environ`] builds the CGI
+//! environ; the framing, the rings' arithmetic and the environ are pure.
 
 pub mod admin;
 pub mod cgroup;
@@ -20,7 +21,9 @@ pub mod logging;
 pub mod metrics;
 pub mod proto;
 pub mod python;
+pub mod ring;
 pub mod server;
+pub mod shm;
 pub mod state;
 pub mod supervisor;
 pub mod sys;

@@ -1,14 +1,19 @@
-//! The master's end of one worker's socket: a task that writes the requests the dispatcher
-//! hands it, routes the worker's response frames to the waiting clients, and notices the
-//! worker's death (every request it held gets a 502; requests it had not started are put
-//! back in the queue, so nobody else notices).
+//! The master's end of one worker's link: a task that writes the requests the dispatcher
+//! hands it into the worker's request ring, routes the response frames it finds in the
+//! response ring to the waiting clients, and notices the worker's death by its socket (every
+//! request it held gets a 502; requests it had not started are put back in the queue, so
+//! nobody else notices). The rings are shared memory ([`crate::ring`]): the task drains
+//! the response ring every time it runs and sleeps on its doorbell only after saying so, so
+//! a busy worker never makes a system call to hand over a response.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -16,10 +21,26 @@ use crate::dispatch::{
     AfterFinish, Chunk, Dispatcher, Ended, Failure, Job, Reply, Ticket, WorkerId,
 };
 use crate::proto::{self, Frame, Kind};
+use crate::ring::{self, Consumer, Dir, Producer, Word};
+use crate::shm::{Bell, Region};
 use crate::state::Shared;
 
 /// Streamed body chunks buffered per response before the worker is made to wait.
 const BODY_CHANNEL: usize = 16;
+
+/// The master's end of a worker's link.
+pub struct Channel {
+    /// The shared region (the master's mapping).
+    pub region: Region,
+    /// The worker's socket: no data, its end of file is the worker's death.
+    pub sock: UnixStream,
+    /// The master's doorbell (registered with tokio).
+    pub bell: AsyncFd<OwnedFd>,
+    /// Wakes the worker's reader.
+    pub worker_read: Bell,
+    /// Wakes a worker writer waiting for room.
+    pub worker_write: Bell,
+}
 
 /// What a link tells the supervisor.
 #[derive(Debug)]
@@ -86,7 +107,15 @@ struct Link {
     dispatcher: Arc<Dispatcher>,
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<LinkEvent>,
-    wr: OwnedWriteHalf,
+    region: Region,
+    tx: Producer,
+    rx: Consumer,
+    /// Bytes for the request ring that did not fit yet, in order.
+    pending: VecDeque<Bytes>,
+    /// Response bytes copied out of the ring, not yet decoded.
+    inbuf: BytesMut,
+    worker_read: Bell,
+    worker_write: Bell,
     lanes: Vec<Option<Lane>>,
     ready: bool,
     fatal: Option<String>,
@@ -98,26 +127,33 @@ struct Link {
 /// Runs the link until the worker's socket closes.
 pub async fn run(
     p: LinkParams,
-    sock: UnixStream,
+    chan: Channel,
     mut inbox: mpsc::UnboundedReceiver<Job>,
     mut cmds: mpsc::UnboundedReceiver<LinkCmd>,
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<LinkEvent>,
 ) {
     let dispatcher = shared.dispatcher.clone();
-    let (rd, wr) = sock.into_split();
-    let mut reader = FrameReader {
-        rd,
-        buf: BytesMut::with_capacity(64 * 1024),
-        max_frame: p.max_frame,
-    };
+    let Channel {
+        region,
+        sock,
+        bell,
+        worker_read,
+        worker_write,
+    } = chan;
     let lanes = (0..p.threads).map(|_| None).collect();
     let mut link = Link {
         p,
         dispatcher,
         shared,
         events,
-        wr,
+        region,
+        tx: Producer::new(Dir::ToWorker),
+        rx: Consumer::new(Dir::ToMaster),
+        pending: VecDeque::new(),
+        inbuf: BytesMut::with_capacity(64 * 1024),
+        worker_read,
+        worker_write,
         lanes,
         ready: false,
         fatal: None,
@@ -127,49 +163,66 @@ pub async fn run(
     };
     let mut timed_out_reported = false;
     loop {
+        if let Err(e) = link.pump().await {
+            tracing::error!(worker = link.p.id, error = %e, "worker link failed");
+            break;
+        }
+        // About to wait: say so, then look once more (the need-wakeup protocol), so the
+        // worker rings only when this task really sleeps.
+        ring::announce(&link.region, Word::MasterWaits);
+        match link.has_work() {
+            Ok(true) => {
+                ring::retract(&link.region, Word::MasterWaits);
+                continue;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(worker = link.p.id, error = %e, "worker link failed");
+                break;
+            }
+        }
         let deadline = link.next_deadline();
-        tokio::select! {
+        let gone = tokio::select! {
             biased;
-            frame = reader.next() => match frame {
-                Ok(Some(f)) => {
-                    if let Err(e) = link.on_frame(f).await {
-                        tracing::error!(worker = link.p.id, error = %e, "worker link failed");
-                        break;
-                    }
+            ready = bell.readable() => match ready {
+                Ok(mut guard) => {
+                    guard.clear_ready();
+                    false
                 }
-                Ok(None) => break,
-                // The worker exited with unread data in its socket (a crash, or the exit
-                // after an import failure it reported): the same as its end of file.
-                Err(e) if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                ) => {
-                    tracing::debug!(worker = link.p.id, error = %e, "worker socket reset");
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(worker = link.p.id, error = %e, "bad frame from worker");
-                    break;
-                }
+                Err(_) => true,
+            },
+            ready = sock.readable() => match ready {
+                // The worker never writes to its socket: readable means its end of file
+                // (or a worker breaking the protocol, the same to us).
+                Ok(()) => match sock.try_read(&mut [0u8; 64]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+                    _ => true,
+                },
+                Err(_) => true,
             },
             Some(cmd) = cmds.recv() => match cmd {
-                LinkCmd::Shutdown => {
-                    if link.send_shutdown().await.is_err() {
-                        break;
-                    }
-                }
-                LinkCmd::TimedOut => link.fail_overdue(),
-            },
-            Some(job) = inbox.recv() => {
-                if link.assign(job).await.is_err() {
-                    break;
+                LinkCmd::Shutdown => link.send_shutdown().is_err(),
+                LinkCmd::TimedOut => {
+                    link.fail_overdue();
+                    false
                 }
             },
+            Some(job) = inbox.recv() => link.assign(job).is_err(),
             _ = sleep_until(deadline), if deadline.is_some() && !timed_out_reported => {
                 timed_out_reported = true;
                 let _ = link.events.send(LinkEvent::TimedOut { id: link.p.id });
+                false
             }
+        };
+        ring::retract(&link.region, Word::MasterWaits);
+        if gone {
+            break;
         }
+    }
+    // What the worker published before it went (its last response, an import error's
+    // traceback) still counts.
+    if let Err(e) = link.pump().await {
+        tracing::debug!(worker = link.p.id, error = %e, "worker link ended mid-frame");
     }
     // The worker is gone. Requests it held fail; jobs not yet written go back to the queue.
     link.fail_all(Failure::WorkerDied);
@@ -208,21 +261,86 @@ impl Link {
             .min()
     }
 
-    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.wr.write_all(bytes).await
+    /// Queues `bytes` for the worker and publishes as much as fits now.
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut at = 0;
+        if self.pending.is_empty() {
+            at = self.tx.push(&self.region, bytes).map_err(corrupt)?;
+            if at > 0 && ring::must_ring(&self.region, Word::WorkerReadWaits) {
+                self.worker_read.ring();
+            }
+        }
+        if at < bytes.len() {
+            self.pending.push_back(Bytes::copy_from_slice(&bytes[at..]));
+        }
+        Ok(())
     }
 
-    async fn send_shutdown(&mut self) -> std::io::Result<()> {
+    /// Publishes queued bytes while the request ring has room.
+    fn flush(&mut self) -> std::io::Result<()> {
+        let mut moved = false;
+        while let Some(front) = self.pending.front_mut() {
+            let n = self.tx.push(&self.region, front).map_err(corrupt)?;
+            if n == 0 {
+                break;
+            }
+            moved = true;
+            front.advance(n);
+            if front.is_empty() {
+                self.pending.pop_front();
+            }
+        }
+        if moved && ring::must_ring(&self.region, Word::WorkerReadWaits) {
+            self.worker_read.ring();
+        }
+        Ok(())
+    }
+
+    /// Whether there is something to do without waiting: responses in the ring, or room for
+    /// queued request bytes.
+    fn has_work(&self) -> std::io::Result<bool> {
+        if self.rx.available(&self.region).map_err(corrupt)? > 0 {
+            return Ok(true);
+        }
+        Ok(!self.pending.is_empty() && self.tx.free(&self.region).map_err(corrupt)? > 0)
+    }
+
+    /// Handles every response frame the worker has published, and flushes queued requests.
+    async fn pump(&mut self) -> std::io::Result<()> {
+        loop {
+            self.flush()?;
+            let n = self
+                .rx
+                .pull(&self.region, &mut self.inbuf, usize::MAX)
+                .map_err(corrupt)?;
+            if n > 0 && ring::must_ring(&self.region, Word::WorkerWriteWaits) {
+                self.worker_write.ring();
+            }
+            let mut decoded = false;
+            loop {
+                let frame = proto::decode(&mut self.inbuf, self.p.max_frame)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                let Some(frame) = frame else { break };
+                decoded = true;
+                self.on_frame(frame).await?;
+            }
+            if n == 0 && !decoded {
+                return Ok(());
+            }
+        }
+    }
+
+    fn send_shutdown(&mut self) -> std::io::Result<()> {
         if self.shutdown_sent {
             return Ok(());
         }
         self.shutdown_sent = true;
         let mut f = BytesMut::new();
         proto::encode_simple(&mut f, Kind::Shutdown, 0, b"");
-        self.write(&f).await
+        self.write(&f)
     }
 
-    async fn assign(&mut self, mut job: Job) -> std::io::Result<()> {
+    fn assign(&mut self, mut job: Job) -> std::io::Result<()> {
         loop {
             let Some(idx) = self.lanes.iter().position(Option::is_none) else {
                 // The dispatcher never over-assigns; if it did, put the job back.
@@ -242,7 +360,7 @@ impl Link {
                         continue;
                     }
                     AfterFinish::Idle => return Ok(()),
-                    AfterFinish::Drained => return self.send_shutdown().await,
+                    AfterFinish::Drained => return self.send_shutdown(),
                 }
             }
             self.shared
@@ -258,11 +376,11 @@ impl Link {
                 ticket: job.ticket,
                 target: job.target,
             });
-            return self.write(&job.frame).await;
+            return self.write(&job.frame);
         }
     }
 
-    async fn finish_lane(&mut self, idx: usize) -> std::io::Result<()> {
+    fn finish_lane(&mut self, idx: usize) -> std::io::Result<()> {
         let Some(lane) = self.lanes.get_mut(idx).and_then(Option::take) else {
             return Ok(());
         };
@@ -274,13 +392,13 @@ impl Link {
             Ended::Served
         };
         match self.dispatcher.finish(self.p.id, lane.ticket, ended) {
-            AfterFinish::Next(job) => self.assign(job).await,
+            AfterFinish::Next(job) => self.assign(job),
             AfterFinish::Idle => Ok(()),
-            AfterFinish::Drained => self.send_shutdown().await,
+            AfterFinish::Drained => self.send_shutdown(),
         }
     }
 
-    async fn cancel(&mut self, idx: usize) -> std::io::Result<()> {
+    fn cancel(&mut self, idx: usize) -> std::io::Result<()> {
         let Some(Some(lane)) = self.lanes.get_mut(idx) else {
             return Ok(());
         };
@@ -291,7 +409,7 @@ impl Link {
         lane.body = None;
         let mut f = BytesMut::new();
         proto::encode_simple(&mut f, Kind::Cancel, idx as u32, b"");
-        self.write(&f).await
+        self.write(&f)
     }
 
     async fn on_frame(&mut self, frame: Frame) -> std::io::Result<()> {
@@ -300,7 +418,7 @@ impl Link {
                 self.ready = true;
                 let _ = self.events.send(LinkEvent::Ready { id: self.p.id, pid });
                 for job in self.dispatcher.ready(self.p.id) {
-                    self.assign(job).await?;
+                    self.assign(job)?;
                 }
             }
             Frame::Head(head) => {
@@ -321,11 +439,11 @@ impl Link {
                     .map(|r| r.send(Reply::Response { head, rest }).is_ok())
                     .unwrap_or(false);
                 if end {
-                    return self.finish_lane(idx).await;
+                    return self.finish_lane(idx);
                 }
                 lane.body = tx;
                 if !delivered {
-                    self.cancel(idx).await?;
+                    self.cancel(idx)?;
                 }
             }
             Frame::Body { stream, data } => {
@@ -335,7 +453,7 @@ impl Link {
                 };
                 if let Some(tx) = &lane.body {
                     if tx.send(Chunk::Data(data)).await.is_err() {
-                        self.cancel(idx).await?;
+                        self.cancel(idx)?;
                     }
                 }
             }
@@ -346,7 +464,7 @@ impl Link {
                         let _ = tx.send(Chunk::End).await;
                     }
                 }
-                return self.finish_lane(idx).await;
+                return self.finish_lane(idx);
             }
             Frame::Abort { stream, reason } => {
                 let idx = stream as usize;
@@ -363,7 +481,7 @@ impl Link {
                         let _ = r.send(Reply::Failed(Failure::WorkerDied));
                     }
                 }
-                return self.finish_lane(idx).await;
+                return self.finish_lane(idx);
             }
             Frame::Fatal { message } => {
                 self.fatal = Some(String::from_utf8_lossy(&message).into_owned());
@@ -415,32 +533,10 @@ impl Link {
     }
 }
 
+fn corrupt(e: ring::Corrupt) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
 fn protocol(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
-}
-
-struct FrameReader {
-    rd: OwnedReadHalf,
-    buf: BytesMut,
-    max_frame: usize,
-}
-
-impl FrameReader {
-    /// The next frame; `None` at end of stream. Cancel-safe: bytes are only consumed as whole
-    /// frames and `read_buf` loses nothing when dropped.
-    async fn next(&mut self) -> std::io::Result<Option<Frame>> {
-        loop {
-            match proto::decode(&mut self.buf, self.max_frame) {
-                Ok(Some(f)) => return Ok(Some(f)),
-                Ok(None) => {}
-                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            }
-            if self.buf.capacity() - self.buf.len() < 8 * 1024 {
-                self.buf.reserve(64 * 1024);
-            }
-            if self.rd.read_buf(&mut self.buf).await? == 0 {
-                return Ok(None);
-            }
-        }
-    }
 }

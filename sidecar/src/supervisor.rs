@@ -25,6 +25,7 @@ use crate::control::{self, ControlError, FromZygote, ToZygote, ZygoteInit, MAX_M
 use crate::dispatch::WorkerId;
 use crate::link::{self, LinkCmd, LinkEvent, LinkParams};
 use crate::metrics::{DecisionLabel, ReasonLabel};
+use crate::shm::{Bell, Region};
 use crate::state::Shared;
 
 /// Errors that stop the server.
@@ -140,17 +141,11 @@ impl Zygote {
         }
     }
 
-    /// Asks for a worker serving on `sock`.
-    pub fn spawn(
-        &self,
-        worker: WorkerId,
-        sock: &std::os::unix::net::UnixStream,
-    ) -> Result<(), ControlError> {
-        control::send(
-            self.fd.get_ref().as_fd(),
-            &ToZygote::Spawn { worker },
-            &[sock.as_raw_fd()],
-        )
+    /// Asks for a worker serving on `link` (its descriptors, in the order the worker
+    /// expects them: socket, region, master bell, read bell, write bell).
+    pub fn spawn(&self, worker: WorkerId, link: &[OwnedFd]) -> Result<(), ControlError> {
+        let fds: Vec<_> = link.iter().map(|fd| fd.as_raw_fd()).collect();
+        control::send(self.fd.get_ref().as_fd(), &ToZygote::Spawn { worker }, &fds)
     }
 
     /// Tells the fork server to exit, then makes sure it does: SIGKILL if it has not after
@@ -359,14 +354,7 @@ impl Supervisor {
         else {
             return Err(ControlError::Closed);
         };
-        let (ours, theirs) =
-            std::os::unix::net::UnixStream::pair().map_err(|e| ControlError::Io(io_errno(&e)))?;
-        zygote.spawn(id, &theirs)?;
-        drop(theirs);
-        ours.set_nonblocking(true)
-            .map_err(|e| ControlError::Io(io_errno(&e)))?;
-        let sock =
-            tokio::net::UnixStream::from_std(ours).map_err(|e| ControlError::Io(io_errno(&e)))?;
+        let chan = new_channel(|theirs| zygote.spawn(id, theirs))?;
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         self.shared
@@ -379,7 +367,7 @@ impl Supervisor {
         };
         tokio::spawn(link::run(
             params,
-            sock,
+            chan,
             inbox_rx,
             cmd_rx,
             self.shared.clone(),
@@ -861,6 +849,38 @@ pub fn read_rss(pid: u32) -> Option<u64> {
         .flatten()
         .unwrap_or(4096) as u64;
     Some(pages * page)
+}
+
+/// Makes a worker's link (socket pair, shared region, three bells), hands the worker's
+/// descriptors to `send` (the fork server) and returns the master's end.
+fn new_channel(
+    send: impl FnOnce(&[OwnedFd]) -> Result<(), ControlError>,
+) -> Result<link::Channel, ControlError> {
+    let io = |e: std::io::Error| ControlError::Io(io_errno(&e));
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(io)?;
+    let (region, region_fd) = Region::create(crate::shm::DEFAULT_CAPACITY).map_err(io)?;
+    let bell = Bell::new().map_err(io)?;
+    let worker_read = Bell::new().map_err(io)?;
+    let worker_write = Bell::new().map_err(io)?;
+    let theirs: Vec<OwnedFd> = vec![
+        theirs.into(),
+        region_fd,
+        bell.to_owned_fd().map_err(io)?,
+        worker_read.to_owned_fd().map_err(io)?,
+        worker_write.to_owned_fd().map_err(io)?,
+    ];
+    send(&theirs)?;
+    drop(theirs);
+    ours.set_nonblocking(true).map_err(io)?;
+    let sock = tokio::net::UnixStream::from_std(ours).map_err(io)?;
+    let bell = crate::sys::async_fd(bell.into()).map_err(io)?;
+    Ok(link::Channel {
+        region,
+        sock,
+        bell,
+        worker_read,
+        worker_write,
+    })
 }
 
 #[cfg(test)]

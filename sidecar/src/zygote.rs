@@ -102,12 +102,11 @@ fn serve(py: Python<'_>, init: &ZygoteInit, control: OwnedFd, buf: &mut [u8]) ->
             continue;
         }
         match control::recv::<ToZygote>(control.as_fd(), buf) {
-            Ok((ToZygote::Spawn { worker }, mut fds)) => {
-                let Some(sock) = fds.pop() else {
-                    tracing::error!(worker, "spawn request without a socket");
+            Ok((ToZygote::Spawn { worker }, link)) => {
+                if link.is_empty() {
+                    tracing::error!(worker, "spawn request without its link");
                     continue;
-                };
-                drop(fds);
+                }
                 match sys::fork_with_python(py) {
                     Ok(ForkResult::Child) => {
                         drop(control);
@@ -116,11 +115,11 @@ fn serve(py: Python<'_>, init: &ZygoteInit, control: OwnedFd, buf: &mut [u8]) ->
                             tracing::info_span!("worker", id = worker, pid = std::process::id());
                         let _enter = span.enter();
                         let code =
-                            worker::run(py, init, sock, app.as_ref().map(|a| a.clone_ref(py)));
+                            worker::run(py, init, link, app.as_ref().map(|a| a.clone_ref(py)));
                         std::process::exit(code);
                     }
                     Ok(ForkResult::Parent { child }) => {
-                        drop(sock);
+                        drop(link);
                         let pid = child.as_raw() as u32;
                         if !reply(&control, &FromZygote::Spawned { worker, pid }) {
                             return 1;

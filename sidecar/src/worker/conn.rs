@@ -1,46 +1,142 @@
-//! Blocking I/O on the worker's end of its socket to the master.
+//! The worker's end of its link: frames through the shared-memory rings ([`crate::ring`]),
+//! sleeping on a doorbell only when there is nothing to do, and the socket to the master kept
+//! only to notice that the master is gone (it carries no data).
 
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::sync::Mutex;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::proto::{self, Frame};
+use crate::ring::{self, Consumer, Dir, Producer, Word};
+use crate::shm::{Bell, Region};
 
-/// Writes whole frames; shared by the worker's threads (one frame at a time).
-pub struct Writer {
-    sock: Mutex<UnixStream>,
+/// What both halves share: the mapping, the bells and the master's socket.
+pub struct End {
+    region: Region,
+    sock: OwnedFd,
+    master: Bell,
+    read_bell: Bell,
+    write_bell: Bell,
 }
 
-impl Writer {
-    /// Wraps the socket.
-    pub fn new(sock: UnixStream) -> Self {
-        Writer {
-            sock: Mutex::new(sock),
+impl End {
+    /// Maps the region and takes the descriptors the fork server passed on, in the order
+    /// the master sent them: socket, region, master bell, read bell, write bell.
+    pub fn open(mut fds: Vec<OwnedFd>) -> io::Result<Arc<End>> {
+        if fds.len() != 5 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("expected 5 link descriptors, got {}", fds.len()),
+            ));
+        }
+        let write_bell = Bell::from_fd(fds.pop().ok_or(io::ErrorKind::InvalidInput)?);
+        let read_bell = Bell::from_fd(fds.pop().ok_or(io::ErrorKind::InvalidInput)?);
+        let master = Bell::from_fd(fds.pop().ok_or(io::ErrorKind::InvalidInput)?);
+        let region_fd = fds.pop().ok_or(io::ErrorKind::InvalidInput)?;
+        let sock = fds.pop().ok_or(io::ErrorKind::InvalidInput)?;
+        let region = Region::open(&region_fd)?;
+        Ok(Arc::new(End {
+            region,
+            sock,
+            master,
+            read_bell,
+            write_bell,
+        }))
+    }
+
+    /// Rings the master if it said it sleeps (after this side made progress).
+    fn wake_master(&self) {
+        if ring::must_ring(&self.region, Word::MasterWaits) {
+            self.master.ring();
         }
     }
 
-    /// Writes one or more complete frames.
+    /// Sleeps on `bell` until it rings or the master's socket closes (then `BrokenPipe`).
+    /// `ready` is checked after announcing the sleep, as the need-wakeup protocol requires.
+    fn sleep(
+        &self,
+        flag: Word,
+        bell: &Bell,
+        ready: impl Fn() -> io::Result<bool>,
+    ) -> io::Result<()> {
+        ring::announce(&self.region, flag);
+        if ready()? {
+            ring::retract(&self.region, flag);
+            return Ok(());
+        }
+        let mut fds = [
+            PollFd::new(bell.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.sock.as_fd(), PollFlags::POLLIN),
+        ];
+        let polled = poll(&mut fds, PollTimeout::NONE);
+        let master_gone = fds[1].revents().is_some_and(|r| !r.is_empty());
+        bell.clear();
+        ring::retract(&self.region, flag);
+        match polled {
+            Err(nix::Error::EINTR) | Ok(_) if !master_gone => Ok(()),
+            Err(e) if !master_gone => Err(io::Error::from_raw_os_error(e as i32)),
+            _ => Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+}
+
+fn corrupt(e: ring::Corrupt) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Writes whole frames; shared by the worker's threads (one frame at a time).
+pub struct Writer {
+    end: Arc<End>,
+    tx: Mutex<Producer>,
+}
+
+impl Writer {
+    /// The response ring's producer.
+    pub fn new(end: Arc<End>) -> Self {
+        Writer {
+            end,
+            tx: Mutex::new(Producer::new(Dir::ToMaster)),
+        }
+    }
+
+    /// Writes one or more complete frames, waiting for room when the ring is full (the
+    /// master applies a slow client's backpressure that way).
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
-        let mut s = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-        s.write_all(frame)
+        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let end = &*self.end;
+        let mut at = 0;
+        while at < frame.len() {
+            let n = tx.push(&end.region, &frame[at..]).map_err(corrupt)?;
+            at += n;
+            if n > 0 {
+                end.wake_master();
+                continue;
+            }
+            end.sleep(Word::WorkerWriteWaits, &end.write_bell, || {
+                Ok(tx.free(&end.region).map_err(corrupt)? > 0)
+            })?;
+        }
+        Ok(())
     }
 }
 
 /// Reads frames.
 pub struct Reader {
-    sock: UnixStream,
+    end: Arc<End>,
+    rx: Consumer,
     buf: BytesMut,
     max_frame: usize,
 }
 
 impl Reader {
-    /// Wraps the socket; frames above `max_frame` bytes are a protocol error.
-    pub fn new(sock: UnixStream, max_frame: usize) -> Self {
+    /// The request ring's consumer; frames above `max_frame` bytes are a protocol error.
+    pub fn new(end: Arc<End>, max_frame: usize) -> Self {
         Reader {
-            sock,
+            end,
+            rx: Consumer::new(Dir::ToWorker),
             buf: BytesMut::with_capacity(64 * 1024),
             max_frame,
         }
@@ -51,29 +147,42 @@ impl Reader {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
-    /// Blocks for the next frame; `None` when the master closed the socket.
+    /// Moves what the master published into the private buffer; true if anything came.
+    fn pull(&mut self) -> io::Result<bool> {
+        let n = self
+            .rx
+            .pull(&self.end.region, &mut self.buf, usize::MAX)
+            .map_err(corrupt)?;
+        if n > 0 {
+            self.end.wake_master();
+        }
+        Ok(n > 0)
+    }
+
+    /// Blocks for the next frame; `None` when the master is gone.
     pub fn next(&mut self) -> io::Result<Option<Frame>> {
         loop {
             if let Some(f) = self.decode()? {
                 return Ok(Some(f));
             }
-            let n = crate::sys::recv_into(self.sock.as_raw_fd(), &mut self.buf, false)?;
-            if n == 0 {
-                return Ok(None);
+            if self.pull()? {
+                continue;
+            }
+            let end = self.end.clone();
+            let rx = &self.rx;
+            match end.sleep(Word::WorkerReadWaits, &end.read_bell, || {
+                Ok(rx.available(&end.region).map_err(corrupt)? > 0)
+            }) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(None),
+                Err(e) => return Err(e),
             }
         }
     }
 
     /// Reads whatever frames have already arrived, without blocking.
     pub fn try_drain(&mut self, out: &mut Vec<Frame>) -> io::Result<()> {
-        loop {
-            match crate::sys::recv_into(self.sock.as_raw_fd(), &mut self.buf, true) {
-                Ok(0) => break,
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
+        self.pull()?;
         while let Some(f) = self.decode()? {
             out.push(f);
         }

@@ -1,5 +1,5 @@
 //! A worker process: one CPython interpreter with its own GIL, forked from the fork server.
-//! It reads request frames from the master, runs them through the app on one thread or on
+//! It reads request frames from the master (through shared memory, [`conn`]), runs them through the app on one thread or on
 //! `--threads` Python threads, and streams the responses back.
 
 mod conn;
@@ -7,7 +7,6 @@ pub mod wsgi;
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -26,16 +25,21 @@ pub const EXIT_IMPORT_FAILED: i32 = 3;
 pub const EXIT_MASTER_LOST: i32 = 4;
 
 /// Runs the worker until the master tells it to stop; returns the process exit code.
-pub fn run(py: Python<'_>, init: &ZygoteInit, sock: OwnedFd, preloaded: Option<Py<PyAny>>) -> i32 {
-    let sock = UnixStream::from(sock);
-    let writer = match sock.try_clone() {
-        Ok(w) => Arc::new(Writer::new(w)),
+pub fn run(
+    py: Python<'_>,
+    init: &ZygoteInit,
+    link: Vec<OwnedFd>,
+    preloaded: Option<Py<PyAny>>,
+) -> i32 {
+    let end = match conn::End::open(link) {
+        Ok(end) => end,
         Err(e) => {
-            tracing::error!(error = %e, "cannot duplicate the master socket");
+            tracing::error!(error = %e, "cannot open the link to the master");
             return EXIT_MASTER_LOST;
         }
     };
-    let mut reader = Reader::new(sock, init.max_frame);
+    let writer = Arc::new(Writer::new(end.clone()));
+    let mut reader = Reader::new(end, init.max_frame);
     let app = match preloaded {
         Some(app) => app,
         None => match python::import_app(py, init) {
