@@ -7,6 +7,15 @@
 //! A worker chosen for retirement first stops receiving requests (its lanes are no longer
 //! offered), and only exits once its in-flight requests are done, so retiring never fails a
 //! request.
+//!
+//! Look-ahead: when every lane is busy, each worker may also hold [`Dispatcher::new`]'s
+//! `ahead` waiting requests of its own, already written into its request ring, so that a
+//! worker finishing a request starts the next one at once instead of sleeping until the
+//! master hands it one. They stay part of the one FIFO: a look-ahead request is revocable
+//! until its worker starts it (a claim word, [`crate::ring::claim`]), and when a lane
+//! anywhere falls idle with nothing queued, the dispatcher asks a worker holding one to give
+//! it back ([`ToLink::Revoke`]), so no request waits behind a busy worker while another idles.
+//! The load report counts look-ahead requests as queued, not as busy lanes.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -55,6 +64,19 @@ pub enum Reply {
     Failed(Failure),
 }
 
+/// What the dispatcher sends a worker's link.
+#[derive(Debug)]
+pub enum ToLink {
+    /// Write this request to the worker.
+    Run(Job),
+    /// Take back a look-ahead request the worker has not started (all of them with `all`)
+    /// and give it back to the queue.
+    Revoke {
+        /// Every one, not just the newest (the worker retires).
+        all: bool,
+    },
+}
+
 /// A complete request waiting to run.
 #[derive(Debug)]
 pub struct Job {
@@ -70,6 +92,8 @@ pub struct Job {
     /// Method and target, for the log lines about this request (a timeout). Both are
     /// reference-counted: no copy per request.
     pub target: (http::Method, http::Uri),
+    /// Given to a worker with no free lane, as its look-ahead (revocable until it starts).
+    pub ahead: bool,
 }
 
 /// Names one request's record on a worker's lane, from hand-out to [`Dispatcher::finish`].
@@ -84,6 +108,8 @@ pub enum Ended {
     /// Its client went away (before it ran, or while it ran and was cancelled): not counted
     /// as a completed request, nor towards max-requests.
     Abandoned,
+    /// A look-ahead request taken back before it started (it runs elsewhere).
+    Revoked,
 }
 
 /// What a lane does after finishing a request.
@@ -99,26 +125,30 @@ pub enum AfterFinish {
 
 #[derive(Debug)]
 struct Slot {
-    inbox: mpsc::UnboundedSender<Job>,
+    inbox: mpsc::UnboundedSender<ToLink>,
     threads: u32,
+    /// Requests on the worker: running ones and look-ahead ones (at most threads + ahead).
     busy: u32,
     ready: bool,
     retiring: bool,
     spawned_at: Instant,
     requests: u64,
     busy_time: Duration,
-    /// One record per request on a lane: its ticket and when the lane took it.
-    in_flight: Vec<(Ticket, Instant)>,
+    /// One record per request on the worker: its ticket and when it started running (not
+    /// yet, for a look-ahead request still waiting behind the worker's lanes).
+    in_flight: Vec<(Ticket, Option<Instant>)>,
     rss_bytes: Option<u64>,
 }
 
 impl Slot {
-    /// Records `job` on a lane of this worker (busy, ticket, start time).
+    /// Records `job` on this worker (busy, ticket, start time unless it is look-ahead).
     fn take(&mut self, job: &mut Job, next: &mut u64, now: Instant) {
         *next += 1;
         job.ticket = Ticket(*next);
+        job.ahead = self.busy >= self.threads;
         self.busy += 1;
-        self.in_flight.push((job.ticket, now));
+        self.in_flight
+            .push((job.ticket, (!job.ahead).then_some(now)));
     }
 
     /// Undoes [`Slot::take`] for a job that could not be sent.
@@ -127,12 +157,34 @@ impl Slot {
         self.in_flight.retain(|(t, _)| *t != ticket);
     }
 
+    /// A lane freed: the oldest look-ahead request starts on it (the worker takes its next
+    /// request as soon as a lane is done).
+    fn promote(&mut self, now: Instant) {
+        let running = self.in_flight.iter().filter(|(_, t)| t.is_some()).count();
+        if running < self.threads as usize {
+            if let Some(rec) = self.in_flight.iter_mut().find(|(_, t)| t.is_none()) {
+                rec.1 = Some(now);
+            }
+        }
+    }
+
     /// Time the lanes have run their current requests, at `now`.
     fn running(&self, now: Instant) -> Duration {
         self.in_flight
             .iter()
-            .map(|(_, t)| now.saturating_duration_since(*t))
+            .filter_map(|(_, t)| *t)
+            .map(|t| now.saturating_duration_since(t))
             .sum()
+    }
+
+    /// Whether it takes requests at all.
+    fn open(&self) -> bool {
+        self.ready && !self.retiring
+    }
+
+    /// Look-ahead requests it holds.
+    fn waiting(&self) -> u32 {
+        self.busy.saturating_sub(self.threads)
     }
 }
 
@@ -151,17 +203,28 @@ struct State {
 pub struct Dispatcher {
     state: Mutex<State>,
     max_queue: usize,
+    ahead: u32,
     epoch: Instant,
 }
 
+/// Look-ahead requests per worker by default.
+pub const AHEAD: u32 = 1;
+
 impl Dispatcher {
-    /// An empty dispatcher holding at most `max_queue` waiting requests.
-    pub fn new(max_queue: usize) -> Self {
+    /// An empty dispatcher holding at most `max_queue` waiting requests, and up to `ahead`
+    /// look-ahead requests per worker.
+    pub fn new(max_queue: usize, ahead: u32) -> Self {
         Dispatcher {
             state: Mutex::new(State::default()),
             max_queue,
+            ahead,
             epoch: Instant::now(),
         }
+    }
+
+    /// Look-ahead requests per worker (a link has threads + this many streams).
+    pub fn ahead(&self) -> u32 {
+        self.ahead
     }
 
     /// The instant the scoreboard clock counts from.
@@ -169,7 +232,8 @@ impl Dispatcher {
         self.epoch
     }
 
-    /// Hands `job` to a free lane or queues it; gives it back when the queue is full.
+    /// Hands `job` to a free lane, or as look-ahead to a worker with room, or queues it;
+    /// gives it back when the queue is full.
     pub fn submit(&self, mut job: Job) -> Result<(), Box<Job>> {
         let mut st = self.state.lock();
         let st = &mut *st;
@@ -177,33 +241,74 @@ impl Dispatcher {
             let Some(slot) = st.workers.get_mut(&id) else {
                 continue;
             };
-            if slot.retiring || !slot.ready || slot.busy >= slot.threads {
+            if !slot.open() || slot.busy >= slot.threads {
                 continue;
             }
-            slot.take(&mut job, &mut st.tickets, Instant::now());
-            let ticket = job.ticket;
-            match slot.inbox.send(job) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::SendError(j)) => {
-                    // The link is gone; it will be removed shortly. Try another lane.
-                    slot.untake(ticket);
-                    return self.queue_locked(st, j);
-                }
+            return self.send_locked(st, id, job);
+        }
+        if st.queue.is_empty() && waiting_locked(st) < self.max_queue {
+            // Every lane is busy: the worker with the fewest requests takes it as look-ahead
+            // (it counts against --max-queue as a queued request does).
+            let ahead = self.ahead;
+            let best = st
+                .workers
+                .iter()
+                .filter(|(_, s)| s.open() && s.busy < s.threads + ahead)
+                .min_by_key(|(id, s)| (s.busy, **id))
+                .map(|(id, _)| *id);
+            if let Some(id) = best {
+                return self.send_locked(st, id, job);
             }
         }
+        job.ahead = false;
         self.queue_locked(st, job)
     }
 
+    /// Records `job` on worker `id` and sends it to its link (or queues it if the link is
+    /// gone).
+    fn send_locked(&self, st: &mut State, id: WorkerId, mut job: Job) -> Result<(), Box<Job>> {
+        let Some(slot) = st.workers.get_mut(&id) else {
+            return self.queue_locked(st, job);
+        };
+        slot.take(&mut job, &mut st.tickets, Instant::now());
+        let ticket = job.ticket;
+        match slot.inbox.send(ToLink::Run(job)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(msg)) => {
+                // The link is gone; it will be removed shortly.
+                slot.untake(ticket);
+                let ToLink::Run(mut job) = msg else {
+                    return Ok(());
+                };
+                job.ahead = false;
+                self.queue_locked(st, job)
+            }
+        }
+    }
+
     fn queue_locked(&self, st: &mut State, job: Job) -> Result<(), Box<Job>> {
-        if st.queue.len() >= self.max_queue {
+        if waiting_locked(st) >= self.max_queue {
             return Err(Box::new(job));
         }
         st.queue.push_back(job);
         Ok(())
     }
 
+    /// A lane of `free` fell idle with nothing queued: ask one worker holding a look-ahead
+    /// request to give it back (it then comes here through [`Dispatcher::requeue_front`]).
+    fn steal_locked(st: &State, free: WorkerId) {
+        let holder = st
+            .workers
+            .iter()
+            .filter(|(id, s)| **id != free && s.waiting() > 0)
+            .max_by_key(|(id, s)| (s.waiting(), **id));
+        if let Some((_, slot)) = holder {
+            let _ = slot.inbox.send(ToLink::Revoke { all: false });
+        }
+    }
+
     /// Registers a starting worker whose link task reads `inbox`.
-    pub fn register(&self, id: WorkerId, threads: u32, inbox: mpsc::UnboundedSender<Job>) {
+    pub fn register(&self, id: WorkerId, threads: u32, inbox: mpsc::UnboundedSender<ToLink>) {
         let mut st = self.state.lock();
         st.workers.insert(
             id,
@@ -223,7 +328,7 @@ impl Dispatcher {
     }
 
     /// The worker is ready: returns waiting jobs for its lanes (they count as running) and
-    /// offers the remaining lanes.
+    /// offers the remaining lanes (taking back look-ahead requests other workers hold).
     pub fn ready(&self, id: WorkerId) -> Vec<Job> {
         let mut st = self.state.lock();
         let st = &mut *st;
@@ -236,21 +341,28 @@ impl Dispatcher {
             return jobs;
         }
         let now = Instant::now();
+        let mut free = 0;
         for _ in 0..slot.threads {
             match pop_live(&mut st.queue) {
                 Some(mut job) => {
                     slot.take(&mut job, &mut st.tickets, now);
                     jobs.push(job);
                 }
-                None => st.idle.push(id),
+                None => {
+                    st.idle.push(id);
+                    free += 1;
+                }
             }
+        }
+        for _ in 0..free {
+            Self::steal_locked(st, id);
         }
         jobs
     }
 
-    /// A lane of worker `id` is done with the request of `ticket`, which `ended` as it did.
-    /// Only served requests count as completed (the load report's throughput) and towards
-    /// the worker's max-requests; the lane's busy time counts either way.
+    /// Worker `id` is done with the request of `ticket`, which `ended` as it did. Only
+    /// served requests count as completed (the load report's throughput) and towards the
+    /// worker's max-requests; the lane's busy time counts either way.
     pub fn finish(&self, id: WorkerId, ticket: Ticket, ended: Ended) -> AfterFinish {
         let now = Instant::now();
         let mut st = self.state.lock();
@@ -266,10 +378,13 @@ impl Dispatcher {
         }
         if let Some(i) = slot.in_flight.iter().position(|(t, _)| *t == ticket) {
             let (_, started) = slot.in_flight.swap_remove(i);
-            slot.busy_time += now.saturating_duration_since(started);
+            if let Some(started) = started {
+                slot.busy_time += now.saturating_duration_since(started);
+            }
         }
+        slot.busy = slot.busy.saturating_sub(1);
+        slot.promote(now);
         if slot.retiring {
-            slot.busy = slot.busy.saturating_sub(1);
             return if slot.busy == 0 {
                 AfterFinish::Drained
             } else {
@@ -277,13 +392,14 @@ impl Dispatcher {
             };
         }
         if let Some(mut job) = pop_live(&mut st.queue) {
-            // The lane stays busy: the next request takes the finished one's place.
-            slot.busy = slot.busy.saturating_sub(1);
+            // The next request takes the finished one's place.
             slot.take(&mut job, &mut st.tickets, now);
             return AfterFinish::Next(job);
         }
-        slot.busy = slot.busy.saturating_sub(1);
-        st.idle.push(id);
+        if slot.busy < slot.threads {
+            st.idle.push(id);
+            Self::steal_locked(st, id);
+        }
         AfterFinish::Idle
     }
 
@@ -295,6 +411,10 @@ impl Dispatcher {
         match st.workers.get_mut(&id) {
             Some(slot) => {
                 slot.retiring = true;
+                if slot.waiting() > 0 {
+                    // Its look-ahead requests go back to the queue, for the others.
+                    let _ = slot.inbox.send(ToLink::Revoke { all: true });
+                }
                 slot.busy == 0
             }
             None => true,
@@ -316,34 +436,31 @@ impl Dispatcher {
         }
     }
 
-    /// Puts back jobs that were handed to a worker that died before running them.
+    /// Puts back jobs that were handed to a worker that died before running them (or taken
+    /// back from its look-ahead), ahead of everything queued.
     pub fn requeue_front(&self, jobs: Vec<Job>) {
         let mut st = self.state.lock();
-        for job in jobs.into_iter().rev() {
+        let st = &mut *st;
+        for mut job in jobs.into_iter().rev() {
+            job.ahead = false;
             st.queue.push_front(job);
         }
         // Offer them to free lanes.
-        let mut pending = Vec::new();
         while let Some(id) = st.idle.last().copied() {
-            let Some(job) = st.queue.pop_front() else {
+            let open = st
+                .workers
+                .get(&id)
+                .is_some_and(|s| s.open() && s.busy < s.threads);
+            if !open {
+                st.idle.pop();
+                continue;
+            }
+            let Some(job) = pop_live(&mut st.queue) else {
                 break;
             };
             st.idle.pop();
-            pending.push((id, job));
-        }
-        let st = &mut *st;
-        for (id, job) in pending {
-            match st.workers.get_mut(&id) {
-                Some(slot) if slot.ready && !slot.retiring && slot.busy < slot.threads => {
-                    let mut job = job;
-                    slot.take(&mut job, &mut st.tickets, Instant::now());
-                    let ticket = job.ticket;
-                    if let Err(mpsc::error::SendError(j)) = slot.inbox.send(job) {
-                        slot.untake(ticket);
-                        st.queue.push_front(j);
-                    }
-                }
-                _ => st.queue.push_front(job),
+            if let Err(job) = self.send_locked(st, id, job) {
+                st.queue.push_front(*job);
             }
         }
     }
@@ -355,9 +472,9 @@ impl Dispatcher {
         }
     }
 
-    /// Requests waiting now.
+    /// Requests waiting now (queued, or look-ahead on a worker not started).
     pub fn queue_depth(&self) -> usize {
-        self.state.lock().queue.len()
+        waiting_locked(&self.state.lock())
     }
 
     /// Total requests completed, and total busy thread-time including exited workers.
@@ -402,7 +519,7 @@ impl Dispatcher {
                 WorkerSlot {
                     id: *id,
                     state,
-                    busy_threads: s.busy,
+                    busy_threads: s.busy.min(s.threads),
                     threads: s.threads,
                     busy_time: s.busy_time + running,
                     spawned_at: s.spawned_at.saturating_duration_since(self.epoch),
@@ -412,9 +529,10 @@ impl Dispatcher {
             })
             .collect();
         workers.sort_by_key(|w| w.id);
+        let ahead: u32 = st.workers.values().map(Slot::waiting).sum();
         Scoreboard {
             now: now.saturating_duration_since(self.epoch),
-            queue_depth: st.queue.len() as u32,
+            queue_depth: st.queue.len() as u32 + ahead,
             oldest_wait: st
                 .queue
                 .front()
@@ -423,6 +541,15 @@ impl Dispatcher {
             workers,
         }
     }
+}
+
+/// Requests waiting: queued, or held as look-ahead by a worker.
+fn waiting_locked(st: &State) -> usize {
+    st.queue.len()
+        + st.workers
+            .values()
+            .map(|s| s.waiting() as usize)
+            .sum::<usize>()
 }
 
 /// Pops the oldest job whose client is still waiting (abandoned ones are dropped unrun).
@@ -448,20 +575,40 @@ mod tests {
                 enqueued: Instant::now(),
                 ticket: Ticket::default(),
                 target: (http::Method::GET, http::Uri::from_static("/")),
+                ahead: false,
             },
             rx,
         )
     }
 
-    fn worker(d: &Dispatcher, id: WorkerId, threads: u32) -> mpsc::UnboundedReceiver<Job> {
+    /// A registered worker's inbox, seen as the link sees it.
+    struct Inbox(mpsc::UnboundedReceiver<ToLink>);
+
+    impl Inbox {
+        /// The next request sent, if any.
+        fn try_recv(&mut self) -> Result<Job, String> {
+            match self.0.try_recv() {
+                Ok(ToLink::Run(job)) => Ok(job),
+                Ok(other) => Err(format!("expected a request, got {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+
+        /// The next message, if any.
+        fn next(&mut self) -> Option<ToLink> {
+            self.0.try_recv().ok()
+        }
+    }
+
+    fn worker(d: &Dispatcher, id: WorkerId, threads: u32) -> Inbox {
         let (tx, rx) = mpsc::unbounded_channel();
         d.register(id, threads, tx);
-        rx
+        Inbox(rx)
     }
 
     #[test]
     fn queues_until_a_worker_is_ready_then_fifo() {
-        let d = Dispatcher::new(10);
+        let d = Dispatcher::new(10, 0);
         let mut inbox = worker(&d, 1, 1);
         let (a, _ra) = job();
         let (b, _rb) = job();
@@ -497,7 +644,7 @@ mod tests {
     /// pushed (the newer request's) was removed instead.
     #[test]
     fn each_lane_keeps_its_own_record() {
-        let d = Dispatcher::new(10);
+        let d = Dispatcher::new(10, 0);
         let mut inbox = worker(&d, 1, 2);
         d.ready(1);
         let (a, _ra) = job();
@@ -528,7 +675,7 @@ mod tests {
     /// max-requests.
     #[test]
     fn abandoned_requests_are_not_completed() {
-        let d = Dispatcher::new(10);
+        let d = Dispatcher::new(10, 0);
         let mut inbox = worker(&d, 1, 1);
         d.ready(1);
         let (a, _ra) = job();
@@ -547,7 +694,7 @@ mod tests {
 
     #[test]
     fn full_queue_rejects() {
-        let d = Dispatcher::new(1);
+        let d = Dispatcher::new(1, 0);
         let (a, _ra) = job();
         let (b, _rb) = job();
         d.submit(a).expect("queued");
@@ -556,7 +703,7 @@ mod tests {
 
     #[test]
     fn abandoned_requests_are_skipped() {
-        let d = Dispatcher::new(10);
+        let d = Dispatcher::new(10, 0);
         let _inbox = worker(&d, 1, 1);
         let (a, ra) = job();
         d.submit(a).expect("queued");
@@ -566,7 +713,7 @@ mod tests {
 
     #[test]
     fn retiring_worker_gets_nothing_new_and_drains() {
-        let d = Dispatcher::new(10);
+        let d = Dispatcher::new(10, 0);
         let mut inbox = worker(&d, 1, 2);
         assert!(d.ready(1).is_empty());
         let (a, _ra) = job();
@@ -587,7 +734,7 @@ mod tests {
 
     #[test]
     fn threads_make_lanes_and_busy_means_all_lanes() {
-        let d = Dispatcher::new(10);
+        let d = Dispatcher::new(10, 0);
         let mut inbox = worker(&d, 7, 2);
         d.ready(7);
         let (a, _ra) = job();
@@ -604,7 +751,7 @@ mod tests {
 
     #[test]
     fn retired_and_removed_workers_leave_no_idle_entries() {
-        let d = Dispatcher::new(10);
+        let d = Dispatcher::new(10, 0);
         let _a = worker(&d, 1, 4);
         let _b = worker(&d, 2, 4);
         d.ready(1);
@@ -618,7 +765,7 @@ mod tests {
 
     #[test]
     fn requeued_jobs_go_first() {
-        let d = Dispatcher::new(10);
+        let d = Dispatcher::new(10, 0);
         let (a, _ra) = job();
         let (b, _rb) = job();
         let a_time = a.enqueued;
@@ -628,5 +775,139 @@ mod tests {
         let got = d.ready(1);
         assert_eq!(got[0].enqueued, a_time);
         assert!(inbox.try_recv().is_err());
+    }
+
+    /// Two one-thread workers with look-ahead: the first two requests run, the next two wait
+    /// on the workers (one each, the least loaded first), the fifth is queued; the load
+    /// report counts the three as waiting and never more busy threads than there are.
+    #[test]
+    fn look_ahead_fills_each_worker_once_then_queues() {
+        let d = Dispatcher::new(10, 1);
+        let mut w1 = worker(&d, 1, 1);
+        let mut w2 = worker(&d, 2, 1);
+        d.ready(1);
+        d.ready(2);
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            let (j, r) = job();
+            d.submit(j).expect("accepted");
+            held.push(r);
+        }
+        let a = w1.try_recv().or_else(|_| w2.try_recv()).expect("a");
+        assert!(!a.ahead);
+        let (mut ahead, mut running) = (0, 1);
+        for inbox in [&mut w1, &mut w2] {
+            while let Ok(j) = inbox.try_recv() {
+                if j.ahead {
+                    ahead += 1
+                } else {
+                    running += 1
+                }
+            }
+        }
+        assert_eq!((running, ahead), (2, 2));
+        assert_eq!(d.queue_depth(), 3);
+        let sb = d.snapshot();
+        assert_eq!(sb.queue_depth, 3);
+        assert!(sb
+            .workers
+            .iter()
+            .all(|w| w.busy_threads == 1 && w.state == SlotState::Busy));
+    }
+
+    /// A worker finishing with nothing queued takes back the other's look-ahead request:
+    /// the holder is told to revoke it, and the request it gives back goes to the free lane.
+    #[test]
+    fn an_idle_lane_takes_back_look_ahead_from_a_busy_worker() {
+        let d = Dispatcher::new(10, 1);
+        let mut w1 = worker(&d, 1, 1);
+        let mut w2 = worker(&d, 2, 1);
+        d.ready(1);
+        d.ready(2);
+        let mut rs = Vec::new();
+        for _ in 0..3 {
+            let (j, r) = job();
+            d.submit(j).expect("accepted");
+            rs.push(r);
+        }
+        // Free lanes are used last-in first-out: worker 2 runs the first, worker 1 the
+        // second, and worker 1 (the lower id of two equally loaded) holds the third.
+        let first = w2.try_recv().expect("w2 runs one");
+        let second = w1.try_recv().expect("w1 runs one");
+        let third = w1.try_recv().expect("w1 holds one ahead");
+        assert!(!first.ahead && !second.ahead && third.ahead);
+        assert!(matches!(
+            d.finish(2, first.ticket, Ended::Served),
+            AfterFinish::Idle
+        ));
+        assert!(matches!(w1.next(), Some(ToLink::Revoke { all: false })));
+        // Worker 1's link revokes it and gives it back; worker 2's free lane gets it.
+        let mut back = third;
+        back.ticket = Ticket::default();
+        d.requeue_front(vec![back]);
+        let moved = w2.try_recv().expect("the free lane runs it");
+        assert!(!moved.ahead);
+        assert_eq!(
+            d.queue_depth(),
+            1,
+            "worker 1's revoked stream counts until it ends"
+        );
+        assert!(matches!(
+            d.finish(1, third_ticket(&d, 1), Ended::Revoked),
+            AfterFinish::Idle
+        ));
+        assert_eq!(d.queue_depth(), 0);
+        assert_eq!(d.totals().0, 1, "a revoked request is not a completed one");
+        drop(second);
+    }
+
+    /// The ticket of worker `id`'s look-ahead record (the one not started).
+    fn third_ticket(d: &Dispatcher, id: WorkerId) -> Ticket {
+        let st = d.state.lock();
+        st.workers[&id]
+            .in_flight
+            .iter()
+            .find(|(_, started)| started.is_none())
+            .map(|(t, _)| *t)
+            .expect("a look-ahead record")
+    }
+
+    /// A retiring worker gives back all its look-ahead requests.
+    #[test]
+    fn retiring_revokes_look_ahead() {
+        let d = Dispatcher::new(10, 1);
+        let mut w1 = worker(&d, 1, 1);
+        d.ready(1);
+        let (a, _ra) = job();
+        let (b, _rb) = job();
+        d.submit(a).expect("runs");
+        d.submit(b).expect("ahead");
+        assert!(w1.try_recv().is_ok() && w1.try_recv().expect("b").ahead);
+        assert!(!d.retire(1));
+        assert!(matches!(w1.next(), Some(ToLink::Revoke { all: true })));
+    }
+
+    /// When the running request ends, the look-ahead one starts: its busy time counts from
+    /// then, not from when it was handed over.
+    #[test]
+    fn look_ahead_busy_time_starts_when_it_runs() {
+        let d = Dispatcher::new(10, 1);
+        let mut w1 = worker(&d, 1, 1);
+        d.ready(1);
+        let (a, _ra) = job();
+        let (b, _rb) = job();
+        d.submit(a).expect("runs");
+        d.submit(b).expect("ahead");
+        let a = w1.try_recv().expect("a");
+        let b = w1.try_recv().expect("b");
+        {
+            let st = d.state.lock();
+            let recs = &st.workers[&1].in_flight;
+            assert!(recs.iter().any(|(t, s)| *t == b.ticket && s.is_none()));
+        }
+        d.finish(1, a.ticket, Ended::Served);
+        let st = d.state.lock();
+        let recs = &st.workers[&1].in_flight;
+        assert!(recs.iter().any(|(t, s)| *t == b.ticket && s.is_some()));
     }
 }

@@ -378,6 +378,7 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Respo
         enqueued: Instant::now(),
         ticket: Default::default(),
         target: (parts.method.clone(), parts.uri.clone()),
+        ahead: false,
     };
     if ctx.dispatcher.submit(job).is_err() {
         let mut r = plain(

@@ -18,7 +18,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::dispatch::{
-    AfterFinish, Chunk, Dispatcher, Ended, Failure, Job, Reply, Ticket, WorkerId,
+    AfterFinish, Chunk, Dispatcher, Ended, Failure, Job, Reply, Ticket, ToLink, WorkerId,
 };
 use crate::proto::{self, Frame, Kind};
 use crate::ring::{self, Consumer, Dir, Producer, Word};
@@ -81,15 +81,29 @@ pub enum LinkCmd {
     TimedOut,
 }
 
+/// One stream of the link: a request the worker runs, or holds as look-ahead.
 struct Lane {
     reply: Option<tokio::sync::oneshot::Sender<Reply>>,
     body: Option<mpsc::Sender<Chunk>>,
+    /// When it started running (for a look-ahead request: when a lane freed for it).
     started: Instant,
+    /// Counts as running (the timeout applies): false for look-ahead waiting behind the
+    /// worker's lanes.
+    running: bool,
     cancelled: bool,
     /// The dispatcher's record of this request.
     ticket: Ticket,
     /// Method and target, for the timeout's log line.
     target: (http::Method, http::Uri),
+    /// The request as written, kept while the worker may not have started it (look-ahead),
+    /// so that it can be revoked and run elsewhere.
+    frame: Option<BytesMut>,
+    /// When it entered the queue (kept for a revoked request's new turn).
+    enqueued: Instant,
+    /// Taken back: the worker skips it and ends the stream; no response is expected.
+    revoked: bool,
+    /// Order of assignment (the newest look-ahead is revoked first).
+    seq: u64,
 }
 
 /// The link's fixed parameters.
@@ -98,6 +112,8 @@ pub struct LinkParams {
     pub id: WorkerId,
     /// Threads (lanes).
     pub threads: u32,
+    /// Look-ahead requests on top (the link has threads + ahead streams).
+    pub ahead: u32,
     /// Largest frame accepted from the worker.
     pub max_frame: usize,
 }
@@ -117,6 +133,7 @@ struct Link {
     worker_read: Bell,
     worker_write: Bell,
     lanes: Vec<Option<Lane>>,
+    seq: u64,
     ready: bool,
     fatal: Option<String>,
     failed: u32,
@@ -128,7 +145,7 @@ struct Link {
 pub async fn run(
     p: LinkParams,
     chan: Channel,
-    mut inbox: mpsc::UnboundedReceiver<Job>,
+    mut inbox: mpsc::UnboundedReceiver<ToLink>,
     mut cmds: mpsc::UnboundedReceiver<LinkCmd>,
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<LinkEvent>,
@@ -141,7 +158,8 @@ pub async fn run(
         worker_read,
         worker_write,
     } = chan;
-    let lanes = (0..p.threads).map(|_| None).collect();
+    let streams = (p.threads + p.ahead).min(ring::MAX_STREAMS as u32);
+    let lanes = (0..streams).map(|_| None).collect();
     let mut link = Link {
         p,
         dispatcher,
@@ -155,6 +173,7 @@ pub async fn run(
         worker_read,
         worker_write,
         lanes,
+        seq: 0,
         ready: false,
         fatal: None,
         failed: 0,
@@ -207,7 +226,13 @@ pub async fn run(
                     false
                 }
             },
-            Some(job) = inbox.recv() => link.assign(job).is_err(),
+            Some(msg) = inbox.recv() => match msg {
+                ToLink::Run(job) => link.assign(job).is_err(),
+                ToLink::Revoke { all } => {
+                    link.revoke(all);
+                    false
+                }
+            },
             _ = sleep_until(deadline), if deadline.is_some() && !timed_out_reported => {
                 timed_out_reported = true;
                 let _ = link.events.send(LinkEvent::TimedOut { id: link.p.id });
@@ -228,8 +253,10 @@ pub async fn run(
     link.fail_all(Failure::WorkerDied);
     inbox.close();
     let mut unstarted = Vec::new();
-    while let Ok(job) = inbox.try_recv() {
-        unstarted.push(job);
+    while let Ok(msg) = inbox.try_recv() {
+        if let ToLink::Run(job) = msg {
+            unstarted.push(job);
+        }
     }
     link.dispatcher.remove(link.p.id);
     if !unstarted.is_empty() {
@@ -257,8 +284,61 @@ impl Link {
         self.lanes
             .iter()
             .flatten()
+            .filter(|l| l.running && !l.revoked)
             .map(|l| l.started + timeout)
             .min()
+    }
+
+    /// Takes back look-ahead requests the worker has not started (the newest, or all) and
+    /// gives them to the dispatcher's queue front.
+    fn revoke(&mut self, all: bool) {
+        let mut order: Vec<(u64, usize)> = self
+            .lanes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.as_ref().map(|l| (l, i)))
+            .filter(|(l, _)| l.frame.is_some() && !l.revoked)
+            .map(|(l, i)| (l.seq, i))
+            .collect();
+        order.sort_unstable_by(|a, b| b.cmp(a));
+        let mut back = Vec::new();
+        for (_, idx) in order {
+            let won = ring::revoke(&self.region, idx as u32);
+            let Some(Some(lane)) = self.lanes.get_mut(idx) else {
+                continue;
+            };
+            if !won {
+                // The worker started it: it runs here.
+                lane.frame = None;
+                continue;
+            }
+            if let Some(job) = Self::take_back(lane) {
+                back.push(job);
+            }
+            if !all {
+                break;
+            }
+        }
+        if !back.is_empty() {
+            self.dispatcher.requeue_front(back);
+        }
+    }
+
+    /// The request of a lane just revoked, as a job for another worker; the lane stays,
+    /// revoked, until the worker ends the stream.
+    fn take_back(lane: &mut Lane) -> Option<Job> {
+        lane.revoked = true;
+        lane.body = None;
+        let frame = lane.frame.take()?;
+        let reply = lane.reply.take()?;
+        Some(Job {
+            frame,
+            reply,
+            enqueued: lane.enqueued,
+            ticket: Ticket::default(),
+            target: lane.target.clone(),
+            ahead: false,
+        })
     }
 
     /// Queues `bytes` for the worker and publishes as much as fits now.
@@ -368,15 +448,23 @@ impl Link {
                 .queue_wait
                 .observe(now.saturating_duration_since(job.enqueued).as_secs_f64());
             proto::set_stream(&mut job.frame, idx as u32);
+            ring::offer(&self.region, idx as u32);
+            self.write(&job.frame)?;
+            self.seq += 1;
             self.lanes[idx] = Some(Lane {
                 reply: Some(job.reply),
                 body: None,
                 started: now,
+                running: !job.ahead,
                 cancelled: false,
                 ticket: job.ticket,
                 target: job.target,
+                frame: job.ahead.then_some(job.frame),
+                enqueued: job.enqueued,
+                revoked: false,
+                seq: self.seq,
             });
-            return self.write(&job.frame);
+            return Ok(());
         }
     }
 
@@ -384,17 +472,46 @@ impl Link {
         let Some(lane) = self.lanes.get_mut(idx).and_then(Option::take) else {
             return Ok(());
         };
-        // A request cancelled because its client left is not a served one.
-        let ended = if lane.cancelled {
+        ring::release(&self.region, idx as u32);
+        // A request cancelled because its client left is not a served one, nor is one
+        // taken back to run elsewhere.
+        let ended = if lane.revoked {
+            Ended::Revoked
+        } else if lane.cancelled {
             Ended::Abandoned
         } else {
             self.served += 1;
             Ended::Served
         };
+        self.promote();
         match self.dispatcher.finish(self.p.id, lane.ticket, ended) {
             AfterFinish::Next(job) => self.assign(job),
             AfterFinish::Idle => Ok(()),
             AfterFinish::Drained => self.send_shutdown(),
+        }
+    }
+
+    /// A lane freed: the oldest look-ahead request now runs on it (the worker starts its
+    /// next request as soon as it is done with one), so its timeout counts from now.
+    fn promote(&mut self) {
+        let running = self
+            .lanes
+            .iter()
+            .flatten()
+            .filter(|l| l.running && !l.revoked)
+            .count();
+        if running >= self.p.threads as usize {
+            return;
+        }
+        let oldest = self
+            .lanes
+            .iter_mut()
+            .flatten()
+            .filter(|l| !l.running && !l.revoked)
+            .min_by_key(|l| l.seq);
+        if let Some(lane) = oldest {
+            lane.running = true;
+            lane.started = Instant::now();
         }
     }
 
@@ -427,6 +544,15 @@ impl Link {
                 let Some(Some(lane)) = self.lanes.get_mut(idx) else {
                     return Err(protocol("head for an idle stream"));
                 };
+                if lane.revoked {
+                    return Err(protocol("response to a revoked request"));
+                }
+                // It started, so it can no longer be revoked.
+                lane.frame = None;
+                if !lane.running {
+                    lane.running = true;
+                    lane.started = Instant::now();
+                }
                 let (rest, tx) = if end {
                     (None, None)
                 } else {
@@ -448,7 +574,11 @@ impl Link {
             }
             Frame::Body { stream, data } => {
                 let idx = stream as usize;
-                let Some(Some(lane)) = self.lanes.get_mut(idx) else {
+                let Some(Some(lane)) = self
+                    .lanes
+                    .get_mut(idx)
+                    .filter(|l| l.as_ref().is_some_and(|l| !l.revoked))
+                else {
                     return Err(protocol("body for an idle stream"));
                 };
                 if let Some(tx) = &lane.body {
@@ -502,33 +632,68 @@ impl Link {
         }
     }
 
+    /// The worker is gone: requests it never started go back to the queue, the rest fail.
     fn fail_all(&mut self, why: Failure) {
-        for lane in self.lanes.iter_mut().filter_map(Option::take) {
+        let mut back = Vec::new();
+        for idx in 0..self.lanes.len() {
+            let Some(mut lane) = self.lanes[idx].take() else {
+                continue;
+            };
+            if lane.revoked {
+                continue;
+            }
+            if lane.frame.is_some() && ring::revoke(&self.region, idx as u32) {
+                if let Some(job) = Self::take_back(&mut lane) {
+                    back.push(job);
+                }
+                continue;
+            }
             self.failed += 1;
             Self::fail_lane(lane, why);
         }
+        if !back.is_empty() {
+            self.dispatcher.requeue_front(back);
+        }
     }
 
-    /// Fails the lanes past their deadline with 504 (the supervisor is killing the worker).
+    /// Fails the lanes past their deadline with 504 (the supervisor is killing the worker);
+    /// one that the worker had not started after all is run elsewhere instead.
     fn fail_overdue(&mut self) {
         let Some(timeout) = self.shared.timeout() else {
             return;
         };
         let now = Instant::now();
-        for slot in self.lanes.iter_mut() {
-            if slot.as_ref().is_some_and(|l| now >= l.started + timeout) {
-                if let Some(lane) = slot.take() {
-                    self.failed += 1;
-                    tracing::warn!(
-                        worker = self.p.id,
-                        method = %lane.target.0,
-                        path = %lane.target.1,
-                        timeout_s = timeout.as_secs_f64(),
-                        "request timed out: 504, the worker is killed"
-                    );
-                    Self::fail_lane(lane, Failure::Timeout);
-                }
+        let mut back = Vec::new();
+        for idx in 0..self.lanes.len() {
+            let overdue = self.lanes[idx]
+                .as_ref()
+                .is_some_and(|l| l.running && !l.revoked && now >= l.started + timeout);
+            if !overdue {
+                continue;
             }
+            let Some(mut lane) = self.lanes[idx].take() else {
+                continue;
+            };
+            if lane.frame.is_some() && ring::revoke(&self.region, idx as u32) {
+                if let Some(job) = Self::take_back(&mut lane) {
+                    back.push(job);
+                }
+                // Keep the revoked stream until the worker (if it lives) ends it.
+                self.lanes[idx] = Some(lane);
+                continue;
+            }
+            self.failed += 1;
+            tracing::warn!(
+                worker = self.p.id,
+                method = %lane.target.0,
+                path = %lane.target.1,
+                timeout_s = timeout.as_secs_f64(),
+                "request timed out: 504, the worker is killed"
+            );
+            Self::fail_lane(lane, Failure::Timeout);
+        }
+        if !back.is_empty() {
+            self.dispatcher.requeue_front(back);
         }
     }
 }

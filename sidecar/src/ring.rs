@@ -64,6 +64,9 @@ impl Word {
     pub const COUNT: usize = 8;
 }
 
+/// Streams (lanes plus look-ahead) a region has claim words for.
+pub const MAX_STREAMS: usize = 384;
+
 /// Memory holding two rings of [`Mem::capacity`] bytes each and the header words. The ring
 /// code guarantees `off + len <= capacity` on every call.
 pub trait Mem {
@@ -71,6 +74,8 @@ pub trait Mem {
     fn capacity(&self) -> usize;
     /// A header word.
     fn word(&self, w: Word) -> &AtomicU64;
+    /// The claim word of `stream` (below [`MAX_STREAMS`]).
+    fn claim_word(&self, stream: usize) -> &AtomicU64;
     /// Copies `src` into ring `dir` at `off`.
     fn write_at(&self, dir: Dir, off: usize, src: &[u8]);
     /// Appends `len` bytes of ring `dir` from `off` to `out`.
@@ -215,10 +220,83 @@ pub fn must_ring(mem: &impl Mem, flag: Word) -> bool {
     w.load(Ordering::Relaxed) != 0 && w.swap(0, Ordering::SeqCst) != 0
 }
 
+/// The states of a stream's claim word: a request handed to a worker is *offered*; the worker
+/// *takes* it before running it, unless the master *revoked* it first (to give it to a
+/// worker that became free sooner). One compare-and-swap each way decides, so a request runs
+/// once or goes back to the queue, never both.
+pub mod claim {
+    /// No request on the stream.
+    pub const FREE: u64 = 0;
+    /// A request waits on the stream, not started.
+    pub const OFFERED: u64 = 1;
+    /// The worker started it.
+    pub const TAKEN: u64 = 2;
+    /// The master took it back; the worker must skip it (and say so with an `End`).
+    pub const REVOKED: u64 = 3;
+}
+
+/// The worker's answer on starting a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Run it.
+    Run,
+    /// The master took it back: skip it and end the stream.
+    Skip,
+}
+
+fn claim_of(mem: &impl Mem, stream: u32) -> Option<&AtomicU64> {
+    let s = stream as usize;
+    (s < MAX_STREAMS).then(|| mem.claim_word(s))
+}
+
+/// Master: a request goes onto `stream`.
+pub fn offer(mem: &impl Mem, stream: u32) {
+    if let Some(w) = claim_of(mem, stream) {
+        w.store(claim::OFFERED, Ordering::Release);
+    }
+}
+
+/// Master: the stream's request is over (its response ended).
+pub fn release(mem: &impl Mem, stream: u32) {
+    if let Some(w) = claim_of(mem, stream) {
+        w.store(claim::FREE, Ordering::Release);
+    }
+}
+
+/// Master: takes back the request on `stream` if the worker has not started it.
+pub fn revoke(mem: &impl Mem, stream: u32) -> bool {
+    claim_of(mem, stream).is_some_and(|w| {
+        w.compare_exchange(
+            claim::OFFERED,
+            claim::REVOKED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok()
+    })
+}
+
+/// Worker: starts the request on `stream` unless it was taken back (or never offered).
+pub fn take(mem: &impl Mem, stream: u32) -> Take {
+    let Some(w) = claim_of(mem, stream) else {
+        return Take::Skip;
+    };
+    match w.compare_exchange(
+        claim::OFFERED,
+        claim::TAKEN,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => Take::Run,
+        Err(_) => Take::Skip,
+    }
+}
+
 /// A [`Mem`] on the heap, for tests and the fuzzer.
 #[derive(Debug)]
 pub struct VecMem {
     words: Vec<AtomicU64>,
+    claims: Vec<AtomicU64>,
     rings: [Vec<AtomicU8>; 2],
 }
 
@@ -229,6 +307,7 @@ impl VecMem {
         let ring = || (0..capacity).map(|_| AtomicU8::new(0)).collect::<Vec<_>>();
         VecMem {
             words: (0..Word::COUNT).map(|_| AtomicU64::new(0)).collect(),
+            claims: (0..MAX_STREAMS).map(|_| AtomicU64::new(0)).collect(),
             rings: [ring(), ring()],
         }
     }
@@ -244,6 +323,9 @@ impl Mem for VecMem {
     }
     fn word(&self, w: Word) -> &AtomicU64 {
         &self.words[w.index()]
+    }
+    fn claim_word(&self, stream: usize) -> &AtomicU64 {
+        &self.claims[stream]
     }
     fn write_at(&self, dir: Dir, off: usize, src: &[u8]) {
         for (cell, b) in self.ring(dir)[off..off + src.len()].iter().zip(src) {
@@ -364,6 +446,58 @@ mod tests {
         }
         writer.join().expect("writer");
         assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+    }
+
+    /// The worker taking and the master revoking race on every offer, from two threads:
+    /// exactly one wins each time, so a request runs once or is requeued once.
+    #[test]
+    fn take_and_revoke_never_both_win() {
+        use std::sync::atomic::AtomicU32;
+        let mem = std::sync::Arc::new(VecMem::new(64));
+        let rounds = 20_000;
+        let go = std::sync::Arc::new(AtomicU32::new(0));
+        let done = std::sync::Arc::new(AtomicU32::new(0));
+        let (m, g, d) = (mem.clone(), go.clone(), done.clone());
+        let worker = std::thread::spawn(move || {
+            let mut ran = 0;
+            for round in 1..=rounds {
+                while g.load(Ordering::Acquire) < round {
+                    std::hint::spin_loop();
+                }
+                if take(&*m, 5) == Take::Run {
+                    ran += 1;
+                }
+                d.store(round, Ordering::Release);
+            }
+            ran
+        });
+        let mut revoked = 0;
+        for round in 1..=rounds {
+            offer(&*mem, 5);
+            go.store(round, Ordering::Release);
+            if revoke(&*mem, 5) {
+                revoked += 1;
+            }
+            while done.load(Ordering::Acquire) < round {
+                std::hint::spin_loop();
+            }
+            let state = mem.claim_word(5).load(Ordering::Acquire);
+            assert!(state == claim::TAKEN || state == claim::REVOKED);
+            release(&*mem, 5);
+        }
+        let ran = worker.join().expect("worker");
+        assert_eq!(ran + revoked, rounds, "each offer is run or revoked, once");
+    }
+
+    #[test]
+    fn claims_out_of_range_are_skipped() {
+        let mem = VecMem::new(64);
+        assert_eq!(take(&mem, MAX_STREAMS as u32), Take::Skip);
+        assert!(!revoke(&mem, u32::MAX));
+        assert_eq!(take(&mem, 3), Take::Skip, "never offered");
+        offer(&mem, 3);
+        assert_eq!(take(&mem, 3), Take::Run);
+        assert!(!revoke(&mem, 3), "started: too late");
     }
 
     #[test]

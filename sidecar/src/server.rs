@@ -192,7 +192,7 @@ pub async fn run(args: Settings, cfg: ServerConfig) -> Result<(), ServerError> {
 
     let init = zygote_init(&cfg);
     let zygote = Zygote::start(&init).await?;
-    let dispatcher = Arc::new(Dispatcher::new(cfg.http.max_queue));
+    let dispatcher = Arc::new(Dispatcher::new(cfg.http.max_queue, crate::dispatch::AHEAD));
     let shared = Arc::new(Shared::new(
         dispatcher,
         cfg.http.clone(),

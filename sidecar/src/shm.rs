@@ -18,6 +18,10 @@ use crate::ring::{Dir, Mem, Word};
 const HEADER: usize = 4096;
 /// Distance between two shared words.
 const LINE: usize = 64;
+/// Offset of the claim words (8 bytes each) in the header.
+const CLAIMS: usize = 1024;
+const _: () = assert!(CLAIMS + 8 * crate::ring::MAX_STREAMS <= HEADER);
+const _: () = assert!(crate::ring::Word::COUNT * LINE <= CLAIMS);
 
 /// Bytes of each ring by default: a 64 KiB POST or a few dozen responses fit at once.
 pub const DEFAULT_CAPACITY: usize = 256 * 1024;
@@ -118,6 +122,16 @@ impl Mem for Region {
         // page aligned, LINE is a multiple of 8) and lives as long as `self`; every access
         // to it, on either side, is atomic.
         unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(at).cast()) }
+    }
+
+    fn claim_word(&self, stream: usize) -> &AtomicU64 {
+        assert!(
+            stream < crate::ring::MAX_STREAMS,
+            "claim word out of bounds"
+        );
+        // SAFETY: inside the header (checked above and by the const assertion), 8-byte
+        // aligned, and only ever accessed atomically.
+        unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(CLAIMS + 8 * stream).cast()) }
     }
 
     fn write_at(&self, dir: Dir, off: usize, src: &[u8]) {

@@ -363,6 +363,7 @@ impl Supervisor {
         let params = LinkParams {
             id,
             threads: self.p.init.threads,
+            ahead: self.shared.dispatcher.ahead(),
             max_frame: crate::proto::MAX_RESPONSE_FRAME,
         };
         tokio::spawn(link::run(

@@ -102,6 +102,20 @@ impl Writer {
         }
     }
 
+    /// Starts the request on `stream`: true to run it; false when the master took it back
+    /// (it runs on another worker), in which case the stream is ended here.
+    pub fn claim(&self, stream: u32) -> io::Result<bool> {
+        match ring::take(&self.end.region, stream) {
+            ring::Take::Run => Ok(true),
+            ring::Take::Skip => {
+                let mut f = BytesMut::new();
+                proto::encode_simple(&mut f, proto::Kind::End, stream, b"");
+                self.send(&f)?;
+                Ok(false)
+            }
+        }
+    }
+
     /// Writes one or more complete frames, waiting for room when the ring is full (the
     /// master applies a slow client's backpressure that way).
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {

@@ -131,6 +131,11 @@ fn serve_single(py: Python<'_>, mut ctx: Ctx, reader: Reader) -> i32 {
         };
         match next {
             Ok(Some(Frame::Request { stream, env, body })) => {
+                match ctx.out.claim(stream) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(_) => return EXIT_MASTER_LOST,
+                }
                 set_cancel(&ctx, stream, false);
                 if let Outcome::Broken = wsgi::handle(py, &ctx, stream, &env, body) {
                     return EXIT_MASTER_LOST;
@@ -165,6 +170,12 @@ fn serve_threaded(ctx: &Arc<Ctx>, reader: &mut Reader, threads: u32) -> i32 {
             .spawn(move || loop {
                 let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                 let Ok((stream, env, body)) = job else { return };
+                match ctx.out.claim(stream) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(_) => return,
+                }
+                set_cancel(&ctx, stream, false);
                 let outcome = Python::attach(|py| wsgi::handle(py, &ctx, stream, &env, body));
                 if let Outcome::Broken = outcome {
                     return;
@@ -186,7 +197,6 @@ fn serve_threaded(ctx: &Arc<Ctx>, reader: &mut Reader, threads: u32) -> i32 {
         }
         match reader.next() {
             Ok(Some(Frame::Request { stream, env, body })) => {
-                set_cancel(ctx, stream, false);
                 if tx.send((stream, env, body)).is_err() {
                     code = EXIT_MASTER_LOST;
                     break;

@@ -59,7 +59,8 @@ impl Ctx {
             multithread: threads > 1,
             keys: Mutex::new(HashMap::new()),
             out,
-            cancel: (0..threads)
+            // One flag per stream the master may use (lanes plus look-ahead).
+            cancel: (0..crate::ring::MAX_STREAMS)
                 .map(|_| AtomicBool::new(false))
                 .collect::<Vec<_>>()
                 .into(),
