@@ -121,9 +121,11 @@ bench-operator:
 	$(CARGO) build --release -p wsgiscale-operator
 	$(CARGO) run --release -p wsgiscale-operator --example scale -- $(BENCH_OPERATOR_ARGS)
 
-# Fuzzes the master <-> worker frame decoder (needs the nightly toolchain and cargo-fuzz).
+# Fuzzes the master <-> worker frame decoder, and the master's side of the shared rings
+# against a hostile worker (needs the nightly toolchain and cargo-fuzz).
 fuzz:
 	cd sidecar/fuzz && cargo +nightly fuzz run frames -- -max_total_time=$${FUZZ_SECONDS:-60}
+	cd sidecar/fuzz && cargo +nightly fuzz run ring -- -max_total_time=$${FUZZ_SECONDS:-60}
 
 clean:
 	$(CARGO) clean

@@ -179,6 +179,22 @@ fn content_length_is_a_promise() {
     let resp = parse_responses(&out);
     assert_eq!(resp[0].text(), "12345");
     assert_eq!(resp.len(), 2, "keep-alive survives truncation");
+    // A generator reaching its Content-Length: the response ends with those bytes (the
+    // worker sends it whole), the generator still runs to its end, extra bytes are dropped.
+    let before = s.get("/closed").json()["after"].as_u64().unwrap();
+    let out = raw(
+        s.addr,
+        b"GET /long_gen HTTP/1.1\r\nHost: x\r\n\r\nGET /closed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    let resp = parse_responses(&out);
+    assert_eq!(resp[0].text(), "12345");
+    assert_eq!(resp.len(), 2, "{:?}", String::from_utf8_lossy(&out));
+    assert_eq!(
+        resp[1].json()["after"].as_u64(),
+        Some(before + 1),
+        "ran past its last yield"
+    );
     // Too short: the connection is closed, the client never sees a complete response.
     let out = raw(
         s.addr,
@@ -353,6 +369,36 @@ fn malformed_and_oversized_requests_get_4xx_and_the_server_keeps_serving() {
         );
     }
     assert_eq!(s.get("/pid").status, 200);
+}
+
+/// Look-ahead keeps the one FIFO: a request handed to a busy worker as its next one is taken
+/// back when the other worker frees first, instead of waiting for the slow request. Two
+/// rounds, so that each worker is the slow one once (which of two equally busy workers gets
+/// the look-ahead depends on their ids).
+#[test]
+fn a_request_never_waits_behind_a_busy_worker_while_another_frees() {
+    let s = Server::start(APP, &["--workers", "2"]);
+    s.wait_load(Duration::from_secs(10), "two workers", |l| {
+        l["workers"]["idle"].as_u64() == Some(2)
+    });
+    for (first, second) in [(4000, 400), (400, 4000)] {
+        let addr = s.addr;
+        let a = std::thread::spawn(move || support::get(addr, &format!("/sleep?{first}")));
+        s.wait_in_flight(1);
+        let b = std::thread::spawn(move || support::get(addr, &format!("/sleep?{second}")));
+        s.wait_in_flight(2);
+        let t = std::time::Instant::now();
+        let r = s.get("/pid");
+        let waited = t.elapsed();
+        assert_eq!(r.status, 200);
+        assert!(
+            waited < Duration::from_millis(3000),
+            "the quick request waited {waited:?}, behind the 4 s one"
+        );
+        for h in [a, b] {
+            assert_eq!(h.join().unwrap().unwrap().status, 200);
+        }
+    }
 }
 
 #[test]

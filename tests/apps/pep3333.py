@@ -119,7 +119,23 @@ def closing_raises_app(environ, start_response):
 
 
 def closed_count_app(environ, start_response):
-    return _json(start_response, {"closed": CLOSED["count"], "pid": os.getpid()})
+    return _json(start_response, {"closed": CLOSED["count"], "after": AFTER["count"],
+                                  "pid": os.getpid()})
+
+
+AFTER = {"count": 0}
+
+
+def long_gen_app(environ, start_response):
+    """Yields past its Content-Length; the code after the last yield must still run."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+
+    def gen():
+        yield b"123"
+        yield b"45"
+        yield b"678"
+        AFTER["count"] += 1
+    return gen()
 
 
 def file_app(environ, start_response):
@@ -176,6 +192,7 @@ ROUTES = {
     "/file": file_app,
     "/short": short_app,
     "/long": long_app,
+    "/long_gen": long_gen_app,
     "/stream": stream_app,
     "/raise": raise_app,
     "/sleep": sleep_app,

@@ -255,6 +255,23 @@ struct ResponseState {
     status: Option<(u16, Vec<u8>)>,
     headers: Vec<(Vec<u8>, Vec<u8>)>,
     head_sent: bool,
+    /// Body bytes the app's Content-Length still promises (none without one).
+    remaining: Option<u64>,
+    /// The whole response went to the master: the stream is no longer ours, and anything
+    /// the app still yields or raises is only drained or logged.
+    complete: bool,
+}
+
+/// The app's Content-Length, if it gave exactly one valid one.
+fn declared_length(headers: &[(Vec<u8>, Vec<u8>)]) -> Option<u64> {
+    let mut found = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(b"content-length"));
+    let (_, v) = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
 }
 
 /// The `start_response` callable for one request; `write` is its `write()` callable.
@@ -385,7 +402,30 @@ impl StartResponse {
         self.ctx().send(py, &frame)
     }
 
+    /// Sends body bytes. When they complete the app's Content-Length, the response ends
+    /// with them, in the same frame as the head if it is still unsent (PEP 3333: a server
+    /// should stop sending once Content-Length bytes went out); the iterable is still run to
+    /// its end, and what it yields after that is dropped.
     fn send_chunk(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        let last = {
+            let mut st = lock(&self.state);
+            if st.complete {
+                return Ok(());
+            }
+            match st.remaining {
+                Some(left) if data.len() as u64 >= left && left as usize <= MAX_PIECE => {
+                    Some(left as usize)
+                }
+                Some(left) => {
+                    st.remaining = Some(left - (data.len() as u64).min(left));
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(n) = last {
+            return self.send_last(py, &data[..n]);
+        }
         for piece in data.chunks(MAX_PIECE) {
             if !self.head_sent() {
                 self.send_head(py, &[piece], false)?;
@@ -398,7 +438,28 @@ impl StartResponse {
         Ok(())
     }
 
+    /// Sends the final body bytes and ends the response, in one frame or two written at once.
+    fn send_last(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        if !self.head_sent() {
+            self.send_head(py, &[data], true)?;
+        } else {
+            let mut frame = BytesMut::with_capacity(2 * proto::HEADER_LEN + data.len());
+            proto::encode_simple(&mut frame, Kind::Body, self.stream, data);
+            proto::encode_simple(&mut frame, Kind::End, self.stream, b"");
+            self.ctx().send(py, &frame)?;
+        }
+        lock(&self.state).complete = true;
+        Ok(())
+    }
+
+    fn is_complete(&self) -> bool {
+        lock(&self.state).complete
+    }
+
     fn finish(&self, py: Python<'_>) -> PyResult<()> {
+        if self.is_complete() {
+            return Ok(());
+        }
         if !self.head_sent() {
             return self.send_head(py, &[], true);
         }
@@ -441,6 +502,7 @@ impl StartResponse {
         let parsed_headers = parse_headers(headers)?;
         let mut st = lock(&me.state);
         st.status = Some(parsed_status);
+        st.remaining = declared_length(&parsed_headers);
         st.headers = parsed_headers;
         drop(st);
         slf.getattr(intern!(py, "write"))
@@ -564,7 +626,9 @@ fn close_iterable(py: Python<'_>, result: &Bound<'_, PyAny>) -> PyResult<()> {
 
 /// Reports an app error: a 500 if nothing was sent yet, else an aborted response.
 fn fail(py: Python<'_>, sr: &StartResponse, err: PyErr) -> PyResult<()> {
-    if sr.ctx().broken.load(Ordering::Relaxed) {
+    if sr.ctx().broken.load(Ordering::Relaxed) || sr.is_complete() {
+        // After the whole response went out the stream is not ours to abort: the error
+        // is only logged.
         return Err(err);
     }
     let mut frame = BytesMut::new();
