@@ -149,3 +149,16 @@ pub fn initialize_python(venv: Option<&std::path::Path>) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Puts the calling process in the `SCHED_BATCH` class (same priority and nice value): a
+/// CPU-bound worker that is woken no longer preempts the master that woke it, which then
+/// finishes what it was doing (writing more requests, answering clients) first.
+pub fn set_batch_scheduling() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads `param` (a valid, initialised struct) and changes only
+    // this process's own policy.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

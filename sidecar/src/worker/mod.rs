@@ -39,6 +39,9 @@ pub fn run(
         }
     };
     let writer = Arc::new(Writer::new(end.clone()));
+    if let Err(e) = crate::sys::set_batch_scheduling() {
+        tracing::debug!(error = %e, "SCHED_BATCH not available; the worker keeps SCHED_OTHER");
+    }
     let mut reader = Reader::new(end, init.max_frame);
     let app = match preloaded {
         Some(app) => app,
