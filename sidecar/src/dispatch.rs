@@ -910,4 +910,214 @@ mod tests {
         let recs = &st.workers[&1].in_flight;
         assert!(recs.iter().any(|(t, s)| *t == b.ticket && s.is_some()));
     }
+
+    mod model {
+        //! The dispatcher against a model of its links, under random operations: every
+        //! request is in exactly one place, no worker holds more than its lanes plus its
+        //! look-ahead, and no request waits in the queue while a lane is free.
+        use super::*;
+        use proptest::prelude::*;
+
+        const THREADS: [u32; 3] = [1, 2, 1];
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Submit,
+            /// The worker finishes its oldest running request.
+            Finish(usize),
+            /// The worker skips a revoked request (ends its stream).
+            Skip(usize),
+            Retire(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => Just(Op::Submit),
+                4 => (0usize..3).prop_map(Op::Finish),
+                1 => (0usize..3).prop_map(Op::Skip),
+                1 => (0usize..3).prop_map(Op::Retire),
+            ]
+        }
+
+        /// What a link holds: requests in arrival order, running or waiting, and revoked
+        /// ones whose stream the worker has not ended yet.
+        #[derive(Default)]
+        struct Link {
+            held: Vec<Job>,
+            revoked: Vec<Ticket>,
+            retiring: bool,
+        }
+
+        struct World {
+            d: Dispatcher,
+            inboxes: Vec<mpsc::UnboundedReceiver<ToLink>>,
+            links: Vec<Link>,
+            replies: Vec<oneshot::Receiver<Reply>>,
+            submitted: usize,
+            rejected: usize,
+            finished: usize,
+        }
+
+        impl World {
+            fn new() -> World {
+                let d = Dispatcher::new(1000, 1);
+                let mut inboxes = Vec::new();
+                for (i, t) in THREADS.iter().enumerate() {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    d.register(i as WorkerId, *t, tx);
+                    inboxes.push(rx);
+                }
+                let mut w = World {
+                    d,
+                    inboxes,
+                    links: (0..THREADS.len()).map(|_| Link::default()).collect(),
+                    replies: Vec::new(),
+                    submitted: 0,
+                    rejected: 0,
+                    finished: 0,
+                };
+                for i in 0..THREADS.len() {
+                    let jobs = w.d.ready(i as WorkerId);
+                    w.links[i].held.extend(jobs);
+                }
+                w.settle();
+                w
+            }
+
+            /// Lets every link handle its messages, as the link tasks do.
+            fn settle(&mut self) {
+                loop {
+                    let mut any = false;
+                    for i in 0..self.links.len() {
+                        while let Ok(msg) = self.inboxes[i].try_recv() {
+                            any = true;
+                            match msg {
+                                ToLink::Run(job) => self.links[i].held.push(job),
+                                ToLink::Revoke { all } => self.revoke(i, all),
+                            }
+                        }
+                    }
+                    if !any {
+                        return;
+                    }
+                }
+            }
+
+            /// Revokes the newest waiting (not running) request(s) of link `i`.
+            fn revoke(&mut self, i: usize, all: bool) {
+                let threads = THREADS[i] as usize;
+                let mut back = Vec::new();
+                while self.links[i].held.len() > threads {
+                    let mut job = self.links[i].held.pop().expect("held");
+                    self.links[i].revoked.push(job.ticket);
+                    job.ticket = Ticket::default();
+                    back.push(job);
+                    if !all {
+                        break;
+                    }
+                }
+                back.reverse();
+                if !back.is_empty() {
+                    self.d.requeue_front(back);
+                }
+            }
+
+            fn after(&mut self, i: usize, next: AfterFinish) {
+                match next {
+                    AfterFinish::Next(job) => self.links[i].held.push(job),
+                    AfterFinish::Idle => {}
+                    AfterFinish::Drained => self.links[i].retiring = true,
+                }
+            }
+
+            fn apply(&mut self, op: &Op) {
+                match *op {
+                    Op::Submit => {
+                        let (tx, rx) = oneshot::channel();
+                        let job = Job {
+                            frame: BytesMut::new(),
+                            reply: tx,
+                            enqueued: Instant::now(),
+                            ticket: Ticket::default(),
+                            target: (http::Method::GET, http::Uri::from_static("/")),
+                            ahead: false,
+                        };
+                        self.submitted += 1;
+                        self.replies.push(rx);
+                        if self.d.submit(job).is_err() {
+                            self.rejected += 1;
+                        }
+                    }
+                    Op::Finish(i) => {
+                        if self.links[i].held.is_empty() {
+                            return;
+                        }
+                        let job = self.links[i].held.remove(0);
+                        self.finished += 1;
+                        let next = self.d.finish(i as WorkerId, job.ticket, Ended::Served);
+                        self.after(i, next);
+                    }
+                    Op::Skip(i) => {
+                        let Some(t) = self.links[i].revoked.pop() else {
+                            return;
+                        };
+                        let next = self.d.finish(i as WorkerId, t, Ended::Revoked);
+                        self.after(i, next);
+                    }
+                    Op::Retire(i) => {
+                        // Keep one worker open so requests can always run.
+                        if i == 0 {
+                            return;
+                        }
+                        self.d.retire(i as WorkerId);
+                    }
+                }
+                self.settle();
+            }
+
+            fn check(&self) -> Result<(), TestCaseError> {
+                let st = self.d.state.lock();
+                let held: usize = self.links.iter().map(|l| l.held.len()).sum();
+                prop_assert_eq!(
+                    self.submitted,
+                    self.rejected + self.finished + held + st.queue.len(),
+                    "every request is in exactly one place"
+                );
+                for (i, l) in self.links.iter().enumerate() {
+                    let slot = &st.workers[&(i as WorkerId)];
+                    prop_assert_eq!(slot.busy as usize, l.held.len() + l.revoked.len());
+                    prop_assert!(slot.busy <= slot.threads + 1, "lanes plus one look-ahead");
+                    prop_assert!(
+                        slot.in_flight.iter().filter(|(_, t)| t.is_some()).count()
+                            <= slot.threads as usize
+                    );
+                }
+                if !st.queue.is_empty() {
+                    for (id, slot) in &st.workers {
+                        prop_assert!(
+                            !slot.open() || slot.busy >= slot.threads,
+                            "worker {} has a free lane while {} requests wait",
+                            id,
+                            st.queue.len()
+                        );
+                    }
+                }
+                Ok(())
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn requests_are_conserved_and_never_wait_beside_a_free_lane(
+                ops in proptest::collection::vec(op(), 1..200)
+            ) {
+                let mut w = World::new();
+                w.check()?;
+                for op in &ops {
+                    w.apply(op);
+                    w.check()?;
+                }
+            }
+        }
+    }
 }

@@ -54,13 +54,24 @@ impl Region {
                 "ring capacity must be a power of two of at least 4096",
             ));
         }
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::memfd::MFdFlags;
         let fd = nix::sys::memfd::memfd_create(
             c"wsgiscale-link",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
         )
         .map_err(os)?;
         let len = HEADER + 2 * capacity;
         nix::unistd::ftruncate(&fd, len as i64).map_err(os)?;
+        // Sealed at its size: a worker holding the descriptor cannot shrink the file under
+        // the master's mapping (which would make the master's next access a SIGBUS).
+        fcntl(
+            &fd,
+            FcntlArg::F_ADD_SEALS(
+                SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+            ),
+        )
+        .map_err(os)?;
         let region = Self::map(fd.as_fd(), len, capacity)?;
         Ok((region, fd))
     }
@@ -241,6 +252,20 @@ mod tests {
             c.pull(&worker, &mut out, usize::MAX).expect("pull");
         }
         assert_eq!(&out[..], &data[..]);
+    }
+
+    /// A hostile worker cannot truncate the region under the master's mapping.
+    #[test]
+    fn the_region_cannot_be_resized() {
+        let (_master, fd) = Region::create(4096).expect("region");
+        assert!(
+            nix::unistd::ftruncate(&fd, 0).is_err(),
+            "shrinking is sealed"
+        );
+        assert!(
+            nix::unistd::ftruncate(&fd, 1 << 20).is_err(),
+            "growing is sealed"
+        );
     }
 
     #[test]
