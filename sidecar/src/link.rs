@@ -213,10 +213,10 @@ pub async fn run(
             ready = sock.readable() => match ready {
                 // The worker never writes to its socket: readable means its end of file
                 // (or a worker breaking the protocol, the same to us).
-                Ok(()) => match sock.try_read(&mut [0u8; 64]) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-                    _ => true,
-                },
+                Ok(()) => !matches!(
+                    sock.try_read(&mut [0u8; 64]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                ),
                 Err(_) => true,
             },
             Some(cmd) = cmds.recv() => match cmd {
