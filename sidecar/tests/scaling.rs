@@ -153,7 +153,13 @@ fn stuck_request_is_killed_at_timeout_with_its_stack_logged() {
         s.log_text()
     );
     assert!(s.log_text().contains("exceeded --timeout"));
-    // The timeout's line names the request.
+    // The timeout's line names the request. The master writes it before the 504 goes out,
+    // but the worker's stack may reach the captured log first: wait for it.
+    assert!(
+        s.wait_log("request timed out", Duration::from_secs(5)),
+        "{}",
+        s.log_text()
+    );
     let log = s.log_text();
     let line = log
         .lines()
