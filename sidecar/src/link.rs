@@ -341,13 +341,21 @@ impl Link {
         })
     }
 
-    /// Queues `bytes` for the worker and publishes as much as fits now.
+    /// Rings the worker's reader if it said it sleeps (after publishing requests).
+    fn wake_reader(&self) {
+        if ring::must_ring(&self.region, Word::WorkerReadWaits) {
+            self.worker_read.ring();
+        }
+    }
+
+    /// Queues `bytes` for the worker and publishes as much as fits now (straight from
+    /// `bytes` when nothing waits before them, so a request is copied once).
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let mut at = 0;
         if self.pending.is_empty() {
             at = self.tx.push(&self.region, bytes).map_err(corrupt)?;
-            if at > 0 && ring::must_ring(&self.region, Word::WorkerReadWaits) {
-                self.worker_read.ring();
+            if at > 0 {
+                self.wake_reader();
             }
         }
         if at < bytes.len() {
@@ -370,8 +378,8 @@ impl Link {
                 self.pending.pop_front();
             }
         }
-        if moved && ring::must_ring(&self.region, Word::WorkerReadWaits) {
-            self.worker_read.ring();
+        if moved {
+            self.wake_reader();
         }
         Ok(())
     }
