@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         match op[0] % 8 {
             // The worker publishes bytes honestly (frames or garbage).
             0 => {
-                let bytes: Vec<u8> = (0..small % 600).map(|i| (arg as usize + i) as u8).collect();
+                let bytes: Vec<u8> = (0..small % 600).map(|i| (arg as usize).wrapping_add(i) as u8).collect();
                 let _ = worker_tx.push(&mem, &bytes);
             }
             // The worker scribbles anywhere in its ring.
