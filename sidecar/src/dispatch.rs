@@ -777,22 +777,32 @@ mod tests {
         assert!(inbox.try_recv().is_err());
     }
 
+    /// Two ready one-thread workers with look-ahead, and `n` requests submitted (their
+    /// reply receivers kept open, so none counts as abandoned).
+    fn two_workers_with_look_ahead(
+        n: usize,
+    ) -> (Dispatcher, Inbox, Inbox, Vec<oneshot::Receiver<Reply>>) {
+        let d = Dispatcher::new(10, 1);
+        let w1 = worker(&d, 1, 1);
+        let w2 = worker(&d, 2, 1);
+        d.ready(1);
+        d.ready(2);
+        let replies = (0..n)
+            .map(|_| {
+                let (j, r) = job();
+                d.submit(j).expect("accepted");
+                r
+            })
+            .collect();
+        (d, w1, w2, replies)
+    }
+
     /// Two one-thread workers with look-ahead: the first two requests run, the next two wait
     /// on the workers (one each, the least loaded first), the fifth is queued; the load
     /// report counts the three as waiting and never more busy threads than there are.
     #[test]
     fn look_ahead_fills_each_worker_once_then_queues() {
-        let d = Dispatcher::new(10, 1);
-        let mut w1 = worker(&d, 1, 1);
-        let mut w2 = worker(&d, 2, 1);
-        d.ready(1);
-        d.ready(2);
-        let mut held = Vec::new();
-        for _ in 0..5 {
-            let (j, r) = job();
-            d.submit(j).expect("accepted");
-            held.push(r);
-        }
+        let (d, mut w1, mut w2, _held) = two_workers_with_look_ahead(5);
         let a = w1.try_recv().or_else(|_| w2.try_recv()).expect("a");
         assert!(!a.ahead);
         let (mut ahead, mut running) = (0, 1);
@@ -819,17 +829,7 @@ mod tests {
     /// the holder is told to revoke it, and the request it gives back goes to the free lane.
     #[test]
     fn an_idle_lane_takes_back_look_ahead_from_a_busy_worker() {
-        let d = Dispatcher::new(10, 1);
-        let mut w1 = worker(&d, 1, 1);
-        let mut w2 = worker(&d, 2, 1);
-        d.ready(1);
-        d.ready(2);
-        let mut rs = Vec::new();
-        for _ in 0..3 {
-            let (j, r) = job();
-            d.submit(j).expect("accepted");
-            rs.push(r);
-        }
+        let (d, mut w1, mut w2, _rs) = two_workers_with_look_ahead(3);
         // Free lanes are used last-in first-out: worker 2 runs the first, worker 1 the
         // second, and worker 1 (the lower id of two equally loaded) holds the third.
         let first = w2.try_recv().expect("w2 runs one");
