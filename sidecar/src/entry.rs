@@ -89,6 +89,8 @@ fn serve(args: Settings) -> i32 {
         b.worker_threads(cfg.front_threads as usize);
         b
     };
+    // The master's sleep is announced to the workers once, when the runtime blocks.
+    crate::park::install(&mut builder);
     let runtime = match builder.enable_all().thread_name("wsgiscale").build() {
         Ok(rt) => rt,
         Err(e) => {

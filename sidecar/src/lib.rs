@@ -19,6 +19,7 @@ pub mod launch;
 pub mod link;
 pub mod logging;
 pub mod metrics;
+pub mod park;
 pub mod proto;
 pub mod python;
 pub mod ring;

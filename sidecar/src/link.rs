@@ -123,7 +123,7 @@ struct Link {
     dispatcher: Arc<Dispatcher>,
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<LinkEvent>,
-    region: Region,
+    region: Arc<Region>,
     tx: Producer,
     rx: Consumer,
     /// Bytes for the request ring that did not fit yet, in order.
@@ -158,6 +158,10 @@ pub async fn run(
         worker_read,
         worker_write,
     } = chan;
+    let region = Arc::new(region);
+    // With the runtime's park hook, the master's sleep is announced for all links at once
+    // ([`crate::park`]); without it, this task announces its own.
+    let watching = crate::park::watch(region.clone());
     let streams = (p.threads + p.ahead).min(ring::MAX_STREAMS as u32);
     let lanes = (0..streams).map(|_| None).collect();
     let mut link = Link {
@@ -165,7 +169,7 @@ pub async fn run(
         dispatcher,
         shared,
         events,
-        region,
+        region: region.clone(),
         tx: Producer::new(Dir::ToWorker),
         rx: Consumer::new(Dir::ToMaster),
         pending: VecDeque::new(),
@@ -186,23 +190,32 @@ pub async fn run(
             tracing::error!(worker = link.p.id, error = %e, "worker link failed");
             break;
         }
-        // About to wait: say so, then look once more (the need-wakeup protocol), so the
-        // worker rings only when this task really sleeps.
-        ring::announce(&link.region, Word::MasterWaits);
-        match link.has_work() {
-            Ok(true) => {
-                ring::retract(&link.region, Word::MasterWaits);
-                continue;
+        let announced = match &watching {
+            Some(w) => {
+                w.note(link.rx.head(), !link.pending.is_empty());
+                false
             }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::error!(worker = link.p.id, error = %e, "worker link failed");
-                break;
+            None => {
+                // About to wait: say so, then look once more (the need-wakeup protocol), so
+                // the worker rings only when this task really sleeps.
+                ring::announce(&*link.region, Word::MasterWaits);
+                match link.has_work() {
+                    Ok(true) => {
+                        ring::retract(&*link.region, Word::MasterWaits);
+                        continue;
+                    }
+                    Ok(false) => true,
+                    Err(e) => {
+                        tracing::error!(worker = link.p.id, error = %e, "worker link failed");
+                        break;
+                    }
+                }
             }
-        }
+        };
         let deadline = link.next_deadline();
         let gone = tokio::select! {
             biased;
+            () = stirred(watching.as_deref()) => false,
             ready = bell.readable() => match ready {
                 Ok(mut guard) => {
                     guard.clear_ready();
@@ -239,7 +252,9 @@ pub async fn run(
                 false
             }
         };
-        ring::retract(&link.region, Word::MasterWaits);
+        if announced {
+            ring::retract(&*link.region, Word::MasterWaits);
+        }
         if gone {
             break;
         }
@@ -269,6 +284,14 @@ pub async fn run(
         was_ready: link.ready,
         served: link.served,
     });
+}
+
+/// Resolves when the park hook saw the worker stir; never without the hook.
+async fn stirred(watch: Option<&crate::park::Watch>) {
+    match watch {
+        Some(w) => w.stirred_wait().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -303,7 +326,7 @@ impl Link {
         order.sort_unstable_by(|a, b| b.cmp(a));
         let mut back = Vec::new();
         for (_, idx) in order {
-            let won = ring::revoke(&self.region, idx as u32);
+            let won = ring::revoke(&*self.region, idx as u32);
             let Some(Some(lane)) = self.lanes.get_mut(idx) else {
                 continue;
             };
@@ -343,7 +366,7 @@ impl Link {
 
     /// Rings the worker's reader if it said it sleeps (after publishing requests).
     fn wake_reader(&self) {
-        if ring::must_ring(&self.region, Word::WorkerReadWaits) {
+        if ring::must_ring(&*self.region, Word::WorkerReadWaits) {
             self.worker_read.ring();
         }
     }
@@ -353,7 +376,7 @@ impl Link {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let mut at = 0;
         if self.pending.is_empty() {
-            at = self.tx.push(&self.region, bytes).map_err(corrupt)?;
+            at = self.tx.push(&*self.region, bytes).map_err(corrupt)?;
             if at > 0 {
                 self.wake_reader();
             }
@@ -368,7 +391,7 @@ impl Link {
     fn flush(&mut self) -> std::io::Result<()> {
         let mut moved = false;
         while let Some(front) = self.pending.front_mut() {
-            let n = self.tx.push(&self.region, front).map_err(corrupt)?;
+            let n = self.tx.push(&*self.region, front).map_err(corrupt)?;
             if n == 0 {
                 break;
             }
@@ -387,10 +410,10 @@ impl Link {
     /// Whether there is something to do without waiting: responses in the ring, or room for
     /// queued request bytes.
     fn has_work(&self) -> std::io::Result<bool> {
-        if self.rx.available(&self.region).map_err(corrupt)? > 0 {
+        if self.rx.available(&*self.region).map_err(corrupt)? > 0 {
             return Ok(true);
         }
-        Ok(!self.pending.is_empty() && self.tx.free(&self.region).map_err(corrupt)? > 0)
+        Ok(!self.pending.is_empty() && self.tx.free(&*self.region).map_err(corrupt)? > 0)
     }
 
     /// Handles every response frame the worker has published, and flushes queued requests.
@@ -399,9 +422,9 @@ impl Link {
             self.flush()?;
             let n = self
                 .rx
-                .pull(&self.region, &mut self.inbuf, usize::MAX)
+                .pull(&*self.region, &mut self.inbuf, usize::MAX)
                 .map_err(corrupt)?;
-            if n > 0 && ring::must_ring(&self.region, Word::WorkerWriteWaits) {
+            if n > 0 && ring::must_ring(&*self.region, Word::WorkerWriteWaits) {
                 self.worker_write.ring();
             }
             let mut decoded = false;
@@ -456,7 +479,7 @@ impl Link {
                 .queue_wait
                 .observe(now.saturating_duration_since(job.enqueued).as_secs_f64());
             proto::set_stream(&mut job.frame, idx as u32);
-            ring::offer(&self.region, idx as u32);
+            ring::offer(&*self.region, idx as u32);
             self.write(&job.frame)?;
             self.seq += 1;
             self.lanes[idx] = Some(Lane {
@@ -480,7 +503,7 @@ impl Link {
         let Some(lane) = self.lanes.get_mut(idx).and_then(Option::take) else {
             return Ok(());
         };
-        ring::release(&self.region, idx as u32);
+        ring::release(&*self.region, idx as u32);
         // A request cancelled because its client left is not a served one, nor is one
         // taken back to run elsewhere.
         let ended = if lane.revoked {
@@ -650,7 +673,7 @@ impl Link {
             if lane.revoked {
                 continue;
             }
-            if lane.frame.is_some() && ring::revoke(&self.region, idx as u32) {
+            if lane.frame.is_some() && ring::revoke(&*self.region, idx as u32) {
                 if let Some(job) = Self::take_back(&mut lane) {
                     back.push(job);
                 }
@@ -682,7 +705,7 @@ impl Link {
             let Some(mut lane) = self.lanes[idx].take() else {
                 continue;
             };
-            if lane.frame.is_some() && ring::revoke(&self.region, idx as u32) {
+            if lane.frame.is_some() && ring::revoke(&*self.region, idx as u32) {
                 if let Some(job) = Self::take_back(&mut lane) {
                     back.push(job);
                 }

@@ -159,6 +159,11 @@ impl Consumer {
         Consumer { dir, head: 0 }
     }
 
+    /// Bytes ever consumed (the private index).
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
     /// Bytes waiting to be read, or [`Corrupt`].
     pub fn available(&self, mem: &impl Mem) -> Result<usize, Corrupt> {
         let tail = mem.word(Word::Tail(self.dir)).load(Ordering::Acquire);
@@ -205,6 +210,12 @@ impl Consumer {
 pub fn announce(mem: &impl Mem, flag: Word) {
     mem.word(flag).store(1, Ordering::SeqCst);
     fence(Ordering::SeqCst);
+}
+
+/// [`announce`] without its fence, for a caller that raises several flags and then issues
+/// one `fence(SeqCst)` before it checks its conditions.
+pub fn raise(mem: &impl Mem, flag: Word) {
+    mem.word(flag).store(1, Ordering::Relaxed);
 }
 
 /// Awake again (or not sleeping after all).
