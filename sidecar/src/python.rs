@@ -64,12 +64,13 @@ pub fn import_app(py: Python<'_>, init: &ZygoteInit) -> Result<Py<PyAny>, String
 /// stuck worker is killed at `--timeout`).
 pub fn enable_stack_dumps(py: Python<'_>) {
     let result = (|| -> PyResult<()> {
+        // faulthandler is built in; the signal number comes from libc rather than from
+        // Python's `signal` module, whose import (it builds its enums) cost a new worker
+        // about 5 ms of its start.
         let fh = py.import("faulthandler")?;
-        let signal = py.import("signal")?;
-        let usr1 = signal.getattr("SIGUSR1")?;
         let kwargs = PyDict::new(py);
         kwargs.set_item("all_threads", true)?;
-        fh.call_method("register", (usr1,), Some(&kwargs))?;
+        fh.call_method("register", (libc::SIGUSR1,), Some(&kwargs))?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -93,6 +94,15 @@ pub fn run_exit_hooks(py: Python<'_>) {
 /// collections in the forked workers do not write to (and so copy) the pages they share with
 /// the fork server.
 pub fn freeze_for_fork(py: Python<'_>) {
+    // Modules every worker would otherwise import after its fork, each paying for it in its
+    // start-up: faulthandler (the stack dumps) and the IDNA codec, which werkzeug (Flask)
+    // imports on a worker's first request (about 3 ms on the benchmark machine). Both are
+    // standard library; a failure only costs that time back.
+    for name in ["faulthandler", "encodings.idna"] {
+        if let Err(e) = py.import(name) {
+            tracing::debug!(module = name, error = %e, "not imported before the fork");
+        }
+    }
     if let Err(e) = py.import("gc").and_then(|gc| gc.call_method0("freeze")) {
         tracing::warn!(error = %e, "gc.freeze() failed; workers will share less memory");
     }
