@@ -63,18 +63,14 @@ impl Watch {
                 != room_at
     }
 
-    /// Records what the link task has handled: responses up to `drained`, and whether it
-    /// still waits for room (then the worker's consumer index now).
-    pub fn note(&self, drained: u64, waiting_for_room: bool) {
+    /// Records what the link task has handled: responses up to `drained`, and, when it
+    /// still has request bytes that did not fit, `full_at`: the worker's consumer index at
+    /// which the request ring was full when the link last tried (any other index means the
+    /// worker has made room since, even before this note).
+    pub fn note(&self, drained: u64, full_at: Option<u64>) {
         self.drained.store(drained, Ordering::Relaxed);
-        let room_at = if waiting_for_room {
-            self.region
-                .word(Word::Head(Dir::ToWorker))
-                .load(Ordering::Acquire)
-        } else {
-            NOT_WAITING
-        };
-        self.room_at.store(room_at, Ordering::Relaxed);
+        self.room_at
+            .store(full_at.unwrap_or(NOT_WAITING), Ordering::Relaxed);
     }
 
     /// Resolves when the hook saw the worker stir (or at once, if it did since the last
@@ -207,7 +203,7 @@ mod tests {
             .expect("the hook woke the link for the published response");
             ticker.abort();
             // The link consumed it: nothing stirs any more.
-            watching.note(8, false);
+            watching.note(8, None);
             assert!(!watching.stirred());
         });
         worker.join().expect("worker thread");
@@ -218,8 +214,9 @@ mod tests {
         );
     }
 
-    /// A link waiting for room in the request ring is woken when the worker consumes, not
-    /// before; one that waits for nothing is not woken by the worker's reads.
+    /// A link waiting for room in the request ring is woken when the worker has consumed
+    /// since the ring was full (also before the link noted it), not otherwise; one that
+    /// waits for nothing is not woken by the worker's reads.
     #[test]
     fn room_in_the_request_ring_stirs_only_a_link_that_waits_for_it() {
         let (region, _fd) = Region::create(4096).expect("region");
@@ -233,12 +230,15 @@ mod tests {
         let head = region.word(Word::Head(Dir::ToWorker));
         head.store(100, Ordering::Release);
         assert!(!w.stirred(), "not waiting for room");
-        w.note(0, true);
+        w.note(0, Some(100));
         assert!(!w.stirred(), "no room made since");
         head.store(164, Ordering::Release);
         assert!(w.stirred(), "the worker consumed");
-        w.note(0, false);
+        w.note(0, None);
         assert!(!w.stirred());
+        // Room the worker made between the link's last try and its note still counts.
+        w.note(0, Some(100));
+        assert!(w.stirred(), "room made before the note");
         // A scribbled tail stirs the link (which then finds the ring corrupt and fails).
         region
             .word(Word::Tail(Dir::ToMaster))

@@ -107,6 +107,11 @@ impl Producer {
         Producer { dir, tail: 0 }
     }
 
+    /// Bytes ever produced (the private index).
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
     /// Bytes the consumer has not read yet, or [`Corrupt`].
     fn used(&self, mem: &impl Mem) -> Result<usize, Corrupt> {
         let head = mem.word(Word::Head(self.dir)).load(Ordering::Acquire);
