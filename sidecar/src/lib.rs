@@ -4,7 +4,8 @@
 //! back. Workers are forked by a single-threaded fork server ([`zygote`]) that imported the
 //! app once, and run it on their own CPython interpreter ([`worker`]). The [`supervisor`]
 //! keeps the right number of workers alive. [`proto`] is the master <-> worker framing, carried
-//! by shared-memory rings ([`ring`], mapped by [`shm`]), and [`environ`] builds the CGI
+//! by shared-memory rings ([`ring`], mapped by [`shm`]; the master's sleep is announced
+//! from the runtime's park hook, [`park`]), and [`environ`] builds the CGI
 //! environ; the framing, the rings' arithmetic and the environ are pure.
 
 pub mod admin;

@@ -3,8 +3,9 @@
 //! response ring to the waiting clients, and notices the worker's death by its socket (every
 //! request it held gets a 502; requests it had not started are put back in the queue, so
 //! nobody else notices). The rings are shared memory ([`crate::ring`]): the task drains
-//! the response ring every time it runs and sleeps on its doorbell only after saying so, so
-//! a busy worker never makes a system call to hand over a response.
+//! the response ring every time it runs, and the worker is told that the master sleeps only
+//! when the front's runtime is about to block ([`crate::park`]), so a worker never makes a
+//! system call to hand over a response while the master is busy.
 
 use std::sync::Arc;
 use std::time::Instant;
