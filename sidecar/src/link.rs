@@ -193,13 +193,8 @@ pub async fn run(
         }
         let announced = match &watching {
             Some(w) => {
-                // Bytes still pending mean the last push found the ring full, that is
-                // with the worker's index at our tail minus the capacity.
-                let full_at = (!link.pending.is_empty()).then(|| {
-                    link.tx
-                        .tail()
-                        .wrapping_sub(ring::Mem::capacity(&*link.region) as u64)
-                });
+                // Bytes still pending mean the last push found the request ring full.
+                let full_at = (!link.pending.is_empty()).then(|| link.tx.full_at(&*link.region));
                 w.note(link.rx.head(), full_at);
                 false
             }

@@ -39,8 +39,8 @@ pub struct Watch {
     region: Arc<Region>,
     /// The response ring's index up to which the link task consumed (its private copy).
     drained: AtomicU64,
-    /// The request ring's consumer index when the link found no room for its queued bytes,
-    /// or [`NOT_WAITING`].
+    /// The worker's consumer index at which the request ring was full when the link last
+    /// tried to write its queued bytes, or [`NOT_WAITING`].
     room_at: AtomicU64,
     /// Wakes the link task.
     wake: Notify,

@@ -90,9 +90,10 @@ pub fn run_exit_hooks(py: Python<'_>) {
     }
 }
 
-/// Moves every object that exists now into the GC's permanent generation, so that garbage
-/// collections in the forked workers do not write to (and so copy) the pages they share with
-/// the fork server.
+/// Readies the fork server's interpreter for forking: imports the modules every worker
+/// would import after its fork, then moves every object that exists now into the GC's
+/// permanent generation, so that garbage collections in the forked workers do not write to
+/// (and so copy) the pages they share with the fork server.
 pub fn freeze_for_fork(py: Python<'_>) {
     // Modules every worker would otherwise import after its fork, each paying for it in its
     // start-up: faulthandler (the stack dumps) and the IDNA codec, which werkzeug (Flask)

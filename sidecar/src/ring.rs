@@ -107,9 +107,11 @@ impl Producer {
         Producer { dir, tail: 0 }
     }
 
-    /// Bytes ever produced (the private index).
-    pub fn tail(&self) -> u64 {
-        self.tail
+    /// The consumer's index at which this ring is full (our index minus the capacity): a
+    /// producer that found no room knows the consumer was there, and any other index means
+    /// the consumer has made room since.
+    pub fn full_at(&self, mem: &impl Mem) -> u64 {
+        self.tail.wrapping_sub(mem.capacity() as u64)
     }
 
     /// Bytes the consumer has not read yet, or [`Corrupt`].
@@ -514,6 +516,23 @@ mod tests {
         offer(&mem, 3);
         assert_eq!(take(&mem, 3), Take::Run);
         assert!(!revoke(&mem, 3), "started: too late");
+    }
+
+    #[test]
+    fn a_full_ring_knows_where_its_consumer_is() {
+        let mem = VecMem::new(64);
+        let mut p = Producer::new(Dir::ToWorker);
+        let mut c = Consumer::new(Dir::ToWorker);
+        let mut out = BytesMut::new();
+        p.push(&mem, &[1; 40]).expect("push");
+        c.pull(&mem, &mut out, 30).expect("pull");
+        assert_eq!(p.push(&mem, &[2; 100]).expect("push"), 54, "fills the ring");
+        assert_eq!(p.push(&mem, &[3]).expect("push"), 0, "full");
+        assert_eq!(
+            p.full_at(&mem),
+            c.head(),
+            "full exactly at the consumer's index"
+        );
     }
 
     #[test]
