@@ -354,20 +354,15 @@ impl Pool {
         (id, spawn)
     }
 
-    /// A uniform draw in 0..=max (splitmix64).
+    /// A uniform draw in 0..=max (SplitMix64, whose state is `self.rng`).
     fn draw(&mut self, max: u64) -> u64 {
         if max == 0 {
             return 0;
         }
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        match max.checked_add(1) {
-            Some(n) => z % n,
-            None => z,
-        }
+        let mut rng = crate::rng::SplitMix64(self.rng);
+        let n = rng.below_or_at(max);
+        self.rng = rng.0;
+        n
     }
 
     fn retire(&mut self, id: WorkerId, reason: RetireReason, out: &mut Vec<Action>) -> bool {

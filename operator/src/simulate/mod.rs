@@ -21,7 +21,6 @@
 pub mod baselines;
 pub mod model;
 pub mod plot;
-pub mod trace;
 
 use std::time::Duration;
 
@@ -34,19 +33,14 @@ use crate::crd::{AutoscalingSpec, ReplicasSpec, WorkersSpec, WsgiApp, WsgiAppSpe
 use crate::validate::validate_app;
 use baselines::{HpaLike, KnativeLike};
 use model::{Pod, ServerModel};
-pub use trace::Trace;
+pub use wsgiscale_core::trace::Trace;
 
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     /// The trace is malformed.
-    #[error("trace line {line}: {reason}")]
-    Trace {
-        /// 1-based line (0: the whole file).
-        line: usize,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    Trace(#[from] wsgiscale_core::trace::TraceError),
     /// The policy file is malformed or breaks the CRD's rules.
     #[error("policy: {0}")]
     Policy(String),
