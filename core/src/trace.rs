@@ -225,7 +225,10 @@ pub struct AzureFunction {
 impl AzureFunction {
     /// Every function of an invocations file.
     pub fn parse_all(text: &str) -> Result<Vec<AzureFunction>, TraceError> {
-        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
         let minutes = match lines.next() {
             Some((_, h)) if h.starts_with("HashOwner,HashApp,HashFunction,Trigger,") => {
                 h.split(',').count() - 4
@@ -248,7 +251,10 @@ impl AzureFunction {
         };
         lines
             .map(|(n, line)| {
-                let bad = |reason: String| TraceError { line: n + 1, reason };
+                let bad = |reason: String| TraceError {
+                    line: n + 1,
+                    reason,
+                };
                 let cols: Vec<&str> = line.trim().split(',').collect();
                 if cols.len() != minutes + 4 {
                     return Err(bad(format!(
@@ -338,7 +344,6 @@ mod tests {
         assert_eq!(t.at(500.0).rate, 200.0);
     }
 
-
     fn step_trace() -> Trace {
         Trace::parse("t_seconds,arrival_rate_rps,service_time_ms\n0,10,100\n60,200,100\n300,10,100\n480,10,100\n")
             .expect("parses")
@@ -370,7 +375,8 @@ mod tests {
         assert!((count(0.0, 60.0) - 600.0).abs() < 5.0 * 600f64.sqrt());
         assert!((count(60.0, 300.0) - 48_000.0).abs() < 5.0 * 48_000f64.sqrt());
         assert!(a.iter().all(|&x| (0.0..480.0).contains(&x)));
-        let zero = Trace::parse("t_seconds,arrival_rate_rps,service_time_ms\n0,0,1\n10,0,1\n").expect("parses");
+        let zero = Trace::parse("t_seconds,arrival_rate_rps,service_time_ms\n0,0,1\n10,0,1\n")
+            .expect("parses");
         assert!(zero.arrivals(3).is_empty());
     }
 
@@ -388,7 +394,10 @@ mod tests {
         assert_eq!(t.at(0.0).rate, 4.0 / 3.0);
         assert_eq!(t.at(4.0).rate, 4.0 / 3.0);
         assert!(AzureFunction::parse_all("x,y\n").is_err());
-        assert!(AzureFunction::parse_all("HashOwner,HashApp,HashFunction,Trigger,1\no,a,f,http,x\n").is_err());
+        assert!(AzureFunction::parse_all(
+            "HashOwner,HashApp,HashFunction,Trigger,1\no,a,f,http,x\n"
+        )
+        .is_err());
     }
 
     #[test]

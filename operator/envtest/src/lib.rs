@@ -18,6 +18,13 @@
 //! [`TestNamespace`] gives each test a namespace that is deleted when the guard drops, also
 //! when the test panics.
 
+pub mod cgroup;
+pub mod metrics_server;
+pub mod netns;
+pub mod node;
+pub mod proxy;
+pub mod standin;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -38,6 +45,9 @@ use rcgen::{
 
 /// How long the API server may take to answer `/readyz` with `ok` (5-15 s is usual on 2 cores).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The common name of the API server's aggregation-layer client certificate.
+const FRONT_PROXY_CN: &str = "front-proxy-client";
 
 /// Why a control plane could not be started.
 #[derive(Debug)]
@@ -269,6 +279,15 @@ fn write_pki(dir: &Path) -> Result<(), Error> {
         None,
         ExtendedKeyUsagePurpose::ClientAuth,
     )?;
+    // The aggregation layer's client certificate: the API server presents it when it proxies a
+    // request to an aggregated API (the stand-in metrics-server), which trusts the CA.
+    leaf(
+        "front-proxy",
+        vec![],
+        FRONT_PROXY_CN,
+        None,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )?;
     let sa = KeyPair::generate().map_err(e)?;
     write(&dir.join("sa.key"), &sa.serialize_pem())?;
     write(&dir.join("sa.pub"), &sa.public_key_pem())
@@ -396,6 +415,24 @@ impl ControlPlane {
             "Node,RBAC",
             "--endpoint-reconciler-type",
             "none",
+            // The aggregation layer, for aggregated APIs served by the stand-ins
+            // (metrics.k8s.io, custom.metrics.k8s.io): the API server dials the endpoint
+            // addresses of their Services (nothing routes ClusterIPs here).
+            "--requestheader-client-ca-file",
+            &format!("{d}/ca.crt"),
+            "--requestheader-allowed-names",
+            FRONT_PROXY_CN,
+            "--requestheader-username-headers",
+            "X-Remote-User",
+            "--requestheader-group-headers",
+            "X-Remote-Group",
+            "--requestheader-extra-headers-prefix",
+            "X-Remote-Extra-",
+            "--proxy-client-cert-file",
+            &format!("{d}/front-proxy.crt"),
+            "--proxy-client-key-file",
+            &format!("{d}/front-proxy.key"),
+            "--enable-aggregator-routing=true",
         ]);
         apiserver_cmd.extend(opts.apiserver_flags.iter().cloned());
         let kubeconfig = dir.join("kubeconfig");
