@@ -19,10 +19,12 @@
 //! when the test panics.
 
 pub mod cgroup;
+pub mod load;
 pub mod metrics_server;
 pub mod netns;
 pub mod node;
 pub mod proxy;
+pub mod report;
 pub mod standin;
 
 use std::io::Write;

@@ -1783,9 +1783,11 @@ async fn materialize_volumes(t: &PodTask, plan: &PodPlan) -> Result<(), String> 
                         }
                     }
                     None if *optional => {}
-                    None => return Err(format!(
+                    None => {
+                        return Err(format!(
                         "MountVolume.SetUp failed for volume {name:?} : configmap {cm:?} not found"
-                    )),
+                    ))
+                    }
                 }
             }
             VolumeSource::Secret { name: s, optional } => {

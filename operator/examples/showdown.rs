@@ -1,0 +1,1013 @@
+//! The HPA showdown: wsgiscale's two-level autoscaling against what Python shops run today, on
+//! a real Kubernetes control plane: `make bench-showdown`, or
+//!
+//! ```text
+//! cargo build --release -p wsgiscale-sidecar -p wsgiscale-operator
+//! bash bench/setup.sh      # gunicorn and uWSGI in bench/.venv
+//! cargo run --release -p wsgiscale-operator --example showdown
+//! ```
+//!
+//! Starts etcd, kube-apiserver and kube-controller-manager (whose HPA controller runs with its
+//! default sync period and behaviour) from the envtest assets, the stand-in node, kube-proxy
+//! and metrics-server of `wsgiscale-envtest` (pods as processes with their CPU limits
+//! enforced; CPU and requests-in-flight metrics as aggregated APIs), installs the CRD and runs
+//! the release `wsgiscale-operator`. Then, for each app kind, trace and contender (the
+//! manifests in bench/showdown/contenders/, filled with the same values for all), in a
+//! namespace of its own: applies the manifests, waits for the first pods, replays the trace
+//! open-loop against the Service (bench/apps/showdown.py: `/work?cpu_ms=..&io_ms=..`), samples
+//! the deployment every second, and sums up (p50/p99/p99.9, failures, pod-seconds,
+//! worker-seconds, time from the load step to the first new pod ready, scale events) with one
+//! plot per run. Writes bench/results/showdown-YYYYMMDD-HHMMSS/{report.md,results.json,*.png}.
+//!
+//! The rules, fixed before the first run (bench/RESULTS-showdown.md says them too):
+//! - every trace is compressed in time to `--seconds` and its rates scaled so its peak is 60%
+//!   of the capacity of `--max-replicas` pods of the app kind (per-pod capacity: the lesser of
+//!   CPU limit / CPU per request and worker slots / time per request);
+//! - the Azure trace: of the HTTP-triggered functions in the given invocations file, the one
+//!   with the most invocations, its 50 busiest consecutive minutes;
+//! - every contender gets the same pods (CPU and memory), replica bounds, worker slots per pod,
+//!   probes' timing, start-up delay, trace and arrival seed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context as _};
+use clap::Parser;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::{Client, ResourceExt};
+use serde_json::{json, Value};
+use wsgiscale_core::trace::{AzureFunction, Trace};
+use wsgiscale_envtest::load::{self, Progress, Record};
+use wsgiscale_envtest::node::plan::Image;
+use wsgiscale_envtest::node::NodeConfig;
+use wsgiscale_envtest::report::{self, Sample, Summary};
+use wsgiscale_envtest::standin::{StandIn, StandInConfig};
+use wsgiscale_envtest::{ControlPlane, Options};
+use wsgiscale_operator::simulate::plot::{line, write_panels, Panel};
+
+/// The HPA showdown on a real control plane.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Traces: names of examples/traces/*.csv, and `azure` (see --azure-csv).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "step,spike,ramp,sawtooth,azure"
+    )]
+    traces: Vec<String>,
+    /// App kinds: `io` (1 ms of CPU and 50 ms of waiting per request), `cpu` (5 ms of CPU).
+    #[arg(long, value_delimiter = ',', default_value = "io,cpu")]
+    kinds: Vec<String>,
+    /// Contenders: names of bench/showdown/contenders/*.yaml.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "gunicorn-cpu,uwsgi-cpu,gunicorn-rif,wsgiscale"
+    )]
+    contenders: Vec<String>,
+    /// Every trace is compressed to this many seconds.
+    #[arg(long, default_value_t = 100.0)]
+    seconds: f64,
+    /// Image pull and container start of every pod, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    start_delay: f64,
+    /// Seed of the arrivals (the same for every contender).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Pods of every contender: at least.
+    #[arg(long, default_value_t = 1)]
+    min_replicas: u32,
+    /// Pods of every contender: at most.
+    #[arg(long, default_value_t = 5)]
+    max_replicas: u32,
+    /// CPU request and limit of every pod.
+    #[arg(long, default_value = "250m")]
+    cpu: String,
+    /// Memory request of every pod.
+    #[arg(long, default_value = "256Mi")]
+    memory: String,
+    /// Memory limit of every pod.
+    #[arg(long, default_value = "512Mi")]
+    memory_limit: String,
+    /// Worker processes per pod (gunicorn's fixed count; uWSGI's and wsgiscale's maximum).
+    #[arg(long, default_value_t = 2)]
+    workers_fixed: u32,
+    /// Most worker processes per pod for the servers that scale them (uWSGI cheaper, wsgiscale);
+    /// with `--threads` the same worker slots per pod as gunicorn's fixed workers x threads.
+    #[arg(long, default_value_t = 4)]
+    workers_max: u32,
+    /// Threads per worker: gunicorn's, uWSGI's and wsgiscale's are chosen so that every pod
+    /// has the same number of worker slots (workers x threads).
+    #[arg(long, default_value_t = 4)]
+    threads_fixed: u32,
+    /// Threads per worker of the scaling servers.
+    #[arg(long, default_value_t = 2)]
+    threads_scaling: u32,
+    /// Peak arrival rate as a share of the capacity of --max-replicas pods.
+    #[arg(long, default_value_t = 0.6)]
+    peak_share: f64,
+    /// Per-request timeout of the load generator, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// The Azure Functions 2019 invocations file (`invocations_per_function_md.anon.dNN.csv`,
+    /// or a sample of it in the same format).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/showdown/data/azure-invocations.csv"))]
+    azure_csv: PathBuf,
+    /// Directory holding `python`, `gunicorn` and `uwsgi`. [default: bench/.venv/bin]
+    #[arg(long, env = "SHOWDOWN_PYTHON_BIN")]
+    python_bin: Option<PathBuf>,
+    /// The server binary. [default: target/release/wsgiscale]
+    #[arg(long, env = "WSGISCALE_BIN")]
+    server_bin: Option<PathBuf>,
+    /// The operator binary. [default: target/release/wsgiscale-operator]
+    #[arg(long, env = "OPERATOR_BIN")]
+    operator_bin: Option<PathBuf>,
+    /// Where the report goes. [default: bench/results/showdown-YYYYMMDD-HHMMSS]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A short run for `make test`: checks that every run served requests, that the HPA read
+    /// its metric and that the report and plots were written; exits 1 otherwise.
+    #[arg(long)]
+    smoke: bool,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+const IMAGE: &str = "showdown-app:1";
+
+/// An app kind: what each request costs.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
+    name: &'static str,
+    cpu_ms: f64,
+    io_ms: f64,
+}
+
+const KINDS: [Kind; 2] = [
+    Kind {
+        name: "io",
+        cpu_ms: 1.0,
+        io_ms: 50.0,
+    },
+    Kind {
+        name: "cpu",
+        cpu_ms: 5.0,
+        io_ms: 0.0,
+    },
+];
+
+/// A contender: its manifest, its label in reports, the processes of a pod that are not
+/// workers (gunicorn's arbiter, uWSGI's master, wsgiscale's master and fork server), and
+/// whether an HPA scales it.
+struct Contender {
+    name: String,
+    label: &'static str,
+    overhead: usize,
+    hpa: bool,
+}
+
+fn contender(name: &str) -> anyhow::Result<Contender> {
+    let (label, overhead, hpa) = match name {
+        "gunicorn-cpu" => ("gunicorn + HPA (CPU 70%)", 1, true),
+        "uwsgi-cpu" => ("uWSGI cheaper + HPA (CPU 70%)", 1, true),
+        "gunicorn-rif" => ("gunicorn + HPA (requests in flight)", 1, true),
+        "wsgiscale" => ("wsgiscale (operator's autoscaler)", 2, false),
+        other => {
+            bail!("unknown contender {other:?} (gunicorn-cpu, uwsgi-cpu, gunicorn-rif, wsgiscale)")
+        }
+    };
+    Ok(Contender {
+        name: name.into(),
+        label,
+        overhead,
+        hpa,
+    })
+}
+
+/// What every contender's pods get.
+struct Pods {
+    min: u32,
+    max: u32,
+    cpu: String,
+    memory: String,
+    memory_limit: String,
+}
+
+/// Requests per second one pod of `kind` can serve: the lesser of its CPU limit over the CPU
+/// per request and its worker slots over the time per request.
+fn pod_capacity(kind: &Kind, cpu_millis: u64, slots: u32) -> f64 {
+    let by_cpu = cpu_millis as f64 / kind.cpu_ms;
+    let by_slots = f64::from(slots) / ((kind.cpu_ms + kind.io_ms) / 1000.0);
+    by_cpu.min(by_slots)
+}
+
+/// The trace `name`, compressed and scaled by the rules.
+fn load_trace(args: &Args, name: &str, kind: &Kind, peak: f64) -> anyhow::Result<(Trace, String)> {
+    let service_ms = kind.cpu_ms + kind.io_ms;
+    let (trace, note) = if name == "azure" {
+        let text = std::fs::read_to_string(&args.azure_csv).with_context(|| {
+            format!(
+                "{} (the Azure Functions 2019 trace: see bench/showdown/README.md for how to get it)",
+                args.azure_csv.display()
+            )
+        })?;
+        let all = AzureFunction::parse_all(&text)?;
+        let f = AzureFunction::busiest_http(&all)
+            .context("no HTTP-triggered function in the Azure file")?;
+        let minutes = 50.min(f.per_minute.len());
+        let t = f.window_trace(minutes, args.seconds / minutes as f64, service_ms);
+        let note = format!(
+            "Azure Functions 2019, HashFunction {}..., {} invocations in the file, its busiest {minutes} minutes",
+            &f.function[..12.min(f.function.len())],
+            f.total()
+        );
+        (t, note)
+    } else {
+        let path = repo().join(format!("examples/traces/{name}.csv"));
+        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        (Trace::parse(&text)?, format!("examples/traces/{name}.csv"))
+    };
+    Ok((
+        trace
+            .compressed_to(args.seconds)
+            .scaled_to(peak, service_ms),
+        note,
+    ))
+}
+
+fn fill(template: &str, vars: &BTreeMap<&str, String>) -> String {
+    let mut s = template.to_string();
+    for (k, v) in vars {
+        s = s.replace(&format!("${{{k}}}"), v);
+    }
+    s
+}
+
+fn resource_of(api_version: &str, kind: &str) -> anyhow::Result<ApiResource> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let plural = match kind {
+        "Deployment" => "deployments",
+        "Service" => "services",
+        "HorizontalPodAutoscaler" => "horizontalpodautoscalers",
+        "WsgiApp" => "wsgiapps",
+        other => bail!("the showdown does not apply {other} objects"),
+    };
+    Ok(ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, version, kind),
+        plural,
+    ))
+}
+
+async fn apply_manifests(client: &Client, ns: &str, text: &str) -> anyhow::Result<()> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).context("contender manifest")?;
+    for doc in docs.into_iter().filter(|d| !d.is_null()) {
+        let ar = resource_of(
+            doc["apiVersion"].as_str().unwrap_or(""),
+            doc["kind"].as_str().unwrap_or(""),
+        )?;
+        let name = doc["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+        api.patch(
+            &name,
+            &PatchParams::apply("wsgiscale-showdown").force(),
+            &Patch::Apply(&doc),
+        )
+        .await
+        .with_context(|| format!("apply {} {name}", doc["kind"]))?;
+    }
+    Ok(())
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The operator, as its own process.
+struct Operator(Child);
+
+impl Operator {
+    fn start(bin: &Path, kubeconfig: &Path, log: &Path) -> anyhow::Result<Operator> {
+        let out = std::fs::File::create(log)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
+            .args([
+                "--http-bind",
+                "127.0.0.1:0",
+                "--leader-election",
+                "false",
+                "--log-format",
+                "plain",
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("WSGISCALE_OPERATOR_") {
+                cmd.env_remove(k);
+            }
+        }
+        Ok(Operator(
+            cmd.spawn()
+                .with_context(|| format!("start {}", bin.display()))?,
+        ))
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn install_crd(client: &Client, operator_bin: &Path) -> anyhow::Result<()> {
+    let out = Command::new(operator_bin).arg("crd").output()?;
+    ensure!(
+        out.status.success(),
+        "{} crd: {}",
+        operator_bin.display(),
+        out.status
+    );
+    let crd: CustomResourceDefinition = serde_saphyr::from_slice(&out.stdout)?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        &crd.name_any(),
+        &PatchParams::apply("wsgiscale-showdown").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    for _ in 0..240 {
+        let established = crds
+            .get(&crd.name_any())
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+        if established {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("the CRD was not established")
+}
+
+/// One run's results.
+#[derive(serde::Serialize)]
+struct RunResult {
+    kind: String,
+    trace: String,
+    trace_note: String,
+    contender: String,
+    label: String,
+    peak_rps: f64,
+    summary: Summary,
+    /// What the HPA last reported (current metrics, desired replicas), for HPA contenders.
+    hpa_status: Option<Value>,
+    samples: Vec<Sample>,
+    plot: String,
+}
+
+/// Samples the deployment once a second until told to stop.
+async fn sample_loop(
+    client: Client,
+    standin: Arc<StandIn>,
+    ns: String,
+    overhead: usize,
+    t0: Instant,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<Sample> {
+    let deploys: Api<Deployment> = Api::namespaced(client, &ns);
+    let mut out = Vec::new();
+    let mut last_cpu: HashMap<String, u64> = HashMap::new();
+    let mut last_t = t0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return out,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let desired = deploys
+            .get_opt("app")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|d| d.spec.replicas)
+            .unwrap_or(0);
+        let pods: Vec<_> = standin
+            .node
+            .pods()
+            .into_iter()
+            .filter(|p| p.namespace == ns)
+            .collect();
+        let dt = now
+            .saturating_duration_since(last_t)
+            .as_secs_f64()
+            .max(1e-3);
+        let mut cpu_ns = 0u64;
+        let mut cpu_now = HashMap::new();
+        for p in &pods {
+            if let Some(before) = last_cpu.get(&p.name) {
+                cpu_ns += p.cpu_ns.saturating_sub(*before);
+            }
+            cpu_now.insert(p.name.clone(), p.cpu_ns);
+        }
+        last_cpu = cpu_now;
+        last_t = now;
+        out.push(Sample {
+            t: now.saturating_duration_since(t0).as_secs_f64(),
+            desired,
+            ready: pods.iter().filter(|p| p.ready && !p.terminating).count(),
+            pods: pods.len(),
+            workers: pods
+                .iter()
+                .map(|p| p.processes.saturating_sub(overhead))
+                .sum(),
+            cpu: cpu_ns as f64 / 1e9 / dt,
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_one(
+    client: &Client,
+    standin: &Arc<StandIn>,
+    args: &Args,
+    out: &Path,
+    kind: &Kind,
+    trace_name: &str,
+    trace: &Trace,
+    trace_note: &str,
+    c: &Contender,
+    vars: &BTreeMap<&str, String>,
+    pods: &Pods,
+    peak: f64,
+) -> anyhow::Result<RunResult> {
+    let ns = format!("sd-{}-{}-{}", kind.name, trace_name, c.name);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let nso: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+    namespaces
+        .create(&PostParams::default(), &nso)
+        .await
+        .with_context(|| format!("namespace {ns}"))?;
+    standin.serve(&ns);
+    let template =
+        std::fs::read_to_string(repo().join(format!("bench/showdown/contenders/{}.yaml", c.name)))?;
+    apply_manifests(client, &ns, &fill(&template, vars)).await?;
+
+    // Ready to serve: the Service answers through the proxy with the minimum pods behind it.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let target: SocketAddr = loop {
+        ensure!(
+            Instant::now() < deadline,
+            "{ns}: no ready pods behind the Service after 180 s"
+        );
+        if let Some(addr) = standin.proxy.address(&ns, "app") {
+            if standin.proxy.endpoints(&ns, "app").len() >= pods.min as usize {
+                break SocketAddr::from((addr, 80));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "showdown: {ns}: ready, replaying {:.0} s of {trace_name} (peak {peak:.0} req/s)",
+        trace.duration()
+    );
+
+    let t0 = Instant::now();
+    let start_unix = unix_now();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sampler = tokio::spawn(sample_loop(
+        client.clone(),
+        standin.clone(),
+        ns.clone(),
+        c.overhead,
+        t0,
+        stop.clone(),
+    ));
+    let arrivals = trace.arrivals(args.seed);
+    let path = format!("/work?cpu_ms={}&io_ms={}", kind.cpu_ms, kind.io_ms);
+    let records: Vec<Record> = load::run(
+        target,
+        &arrivals,
+        &path,
+        Duration::from_secs_f64(args.timeout),
+        Arc::new(Progress::default()),
+    )
+    .await;
+    stop.cancel();
+    let samples = sampler.await.unwrap_or_default();
+    let duration = trace.duration();
+    let pod_records: Vec<_> = standin
+        .node
+        .records()
+        .into_iter()
+        .filter(|r| r.namespace == ns)
+        .collect();
+    let summary = report::summarize(
+        &records,
+        &pod_records,
+        &samples,
+        trace,
+        start_unix,
+        duration,
+    );
+
+    let hpa_status = if c.hpa {
+        let ar = resource_of("autoscaling/v2", "HorizontalPodAutoscaler")?;
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+        api.get_opt("app")
+            .await
+            .ok()
+            .flatten()
+            .map(|h| h.data["status"].clone())
+    } else {
+        None
+    };
+
+    let plot = format!("{}-{}-{}.png", kind.name, trace_name, c.name);
+    draw(
+        &out.join(&plot),
+        kind,
+        trace_name,
+        c,
+        trace,
+        &records,
+        &samples,
+        &summary,
+        duration,
+    )?;
+
+    // Tear down at once: the measurement is over.
+    standin.node.stop_at_once(&ns);
+    namespaces.delete(&ns, &DeleteParams::default()).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while standin.node.pods().iter().any(|p| p.namespace == ns) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(RunResult {
+        kind: kind.name.into(),
+        trace: trace_name.into(),
+        trace_note: trace_note.into(),
+        contender: c.name.clone(),
+        label: c.label.into(),
+        peak_rps: peak,
+        summary,
+        hpa_status,
+        samples,
+        plot,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draw(
+    path: &Path,
+    kind: &Kind,
+    trace_name: &str,
+    c: &Contender,
+    trace: &Trace,
+    records: &[Record],
+    samples: &[Sample],
+    s: &Summary,
+    duration: f64,
+) -> anyhow::Result<()> {
+    let offered: Vec<(f64, f64)> = trace
+        .rate_per_second()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i as f64, *r))
+        .collect();
+    let (ok, bad) = report::outcomes_per_second(records, duration);
+    let per_s = |v: &[f64]| {
+        v.iter()
+            .enumerate()
+            .map(|(i, y)| (i as f64, *y))
+            .collect::<Vec<_>>()
+    };
+    let col = |f: &dyn Fn(&Sample) -> f64| samples.iter().map(|x| (x.t, f(x))).collect::<Vec<_>>();
+    let lat = report::latency_over_time(records, 5.0, duration);
+    let panels = vec![
+        Panel {
+            title: "requests per second: offered (the trace), served well, failed".into(),
+            unit: "req/s".into(),
+            lines: vec![
+                line("offered", (120, 120, 120), offered),
+                line("ok", (44, 160, 44), per_s(&ok)),
+                line("failed", (214, 39, 40), per_s(&bad)),
+            ],
+        },
+        Panel {
+            title: "pods".into(),
+            unit: "pods".into(),
+            lines: vec![
+                line("desired", (31, 119, 180), col(&|x| f64::from(x.desired))),
+                line("ready", (44, 160, 44), col(&|x| x.ready as f64)),
+            ],
+        },
+        Panel {
+            title: "worker processes (all pods) and CPU used (cores x 10)".into(),
+            unit: "workers".into(),
+            lines: vec![
+                line("workers", (148, 103, 189), col(&|x| x.workers as f64)),
+                line("CPU x 10", (255, 127, 14), col(&|x| x.cpu * 10.0)),
+            ],
+        },
+        Panel {
+            title: "latency of the requests started in each 5 s".into(),
+            unit: "ms".into(),
+            lines: vec![
+                line(
+                    "p50",
+                    (31, 119, 180),
+                    lat.iter().map(|(t, p50, _)| (*t, *p50)).collect(),
+                ),
+                line(
+                    "p99",
+                    (214, 39, 40),
+                    lat.iter().map(|(t, _, p99)| (*t, *p99)).collect(),
+                ),
+            ],
+        },
+    ];
+    let title = format!("{} — {} trace, {} app", c.label, trace_name, kind.name);
+    let subtitle = format!(
+        "p50 {:.0} ms  p99 {:.0} ms  p99.9 {:.0} ms  ok {}  503 {}  errors {}  pod-s {:.0}  worker-s {:.0}  scale events {}",
+        s.p50_ms, s.p99_ms, s.p999_ms, s.ok, s.rejected_503, s.errors, s.pod_seconds, s.worker_seconds, s.scale_events
+    );
+    write_panels(path, &title, &subtitle, &panels)
+        .map_err(|e| anyhow::anyhow!("plot {}: {e}", path.display()))
+}
+
+fn markdown(results: &[RunResult], args: &Args, pods: &Pods, header: &str) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "{header}");
+    for kind in &args.kinds {
+        let _ = writeln!(md, "\n### {kind} app\n");
+        let _ = writeln!(
+            md,
+            "| trace | contender | p50 ms | p99 ms | p99.9 ms | ok | 503 | errors | pod-s | worker-s | step to new pod ready, s | scale events | max ready |"
+        );
+        let _ = writeln!(
+            md,
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for r in results.iter().filter(|r| &r.kind == kind) {
+            let s = &r.summary;
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} |",
+                r.trace,
+                r.label,
+                s.p50_ms,
+                s.p99_ms,
+                s.p999_ms,
+                s.ok,
+                s.rejected_503,
+                s.errors,
+                s.pod_seconds,
+                s.worker_seconds,
+                s.step_to_ready_s.map_or("–".into(), |v| format!("{v:.1}")),
+                s.scale_events,
+                s.max_ready,
+            );
+        }
+    }
+    let _ = writeln!(md, "\n### Against the target\n");
+    let _ = writeln!(
+        md,
+        "wsgiscale's p99 below every HPA contender's, at no more pod-seconds than the cheapest of them, with no more failures (503s and errors):\n"
+    );
+    let _ = writeln!(md, "| app | trace | p99: wsgiscale / best HPA | pod-s: wsgiscale / cheapest HPA | failures: wsgiscale / fewest HPA | verdict |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for kind in &args.kinds {
+        for trace in &args.traces {
+            let runs: Vec<&RunResult> = results
+                .iter()
+                .filter(|r| &r.kind == kind && &r.trace == trace)
+                .collect();
+            let Some(w) = runs.iter().find(|r| r.contender == "wsgiscale") else {
+                continue;
+            };
+            let others: Vec<&&RunResult> =
+                runs.iter().filter(|r| r.contender != "wsgiscale").collect();
+            if others.is_empty() {
+                continue;
+            }
+            let fails = |r: &RunResult| r.summary.rejected_503 + r.summary.errors;
+            let best_p99 = others
+                .iter()
+                .map(|r| r.summary.p99_ms)
+                .fold(f64::INFINITY, f64::min);
+            let min_pods = others
+                .iter()
+                .map(|r| r.summary.pod_seconds)
+                .fold(f64::INFINITY, f64::min);
+            let min_fail = others.iter().map(|r| fails(r)).min().unwrap_or(0);
+            let ws = &w.summary;
+            let p99_ok = ws.p99_ms < best_p99;
+            let pods_ok = ws.pod_seconds <= min_pods;
+            let fail_ok = fails(w) <= min_fail;
+            let verdict = if p99_ok && pods_ok && fail_ok {
+                "met".to_string()
+            } else {
+                let mut why = Vec::new();
+                if !p99_ok {
+                    why.push("p99");
+                }
+                if !pods_ok {
+                    why.push("pod-seconds");
+                }
+                if !fail_ok {
+                    why.push("failures");
+                }
+                format!("missed: {}", why.join(", "))
+            };
+            let _ = writeln!(
+                md,
+                "| {kind} | {trace} | {:.0} / {:.0} ms | {:.0} / {:.0} | {} / {} | {verdict} |",
+                ws.p99_ms,
+                best_p99,
+                ws.pod_seconds,
+                min_pods,
+                fails(w),
+                min_fail
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nPods: {}..{} replicas, CPU {} (request = limit), memory {} (limit {}); start-up delay {} s; seed {}.",
+        pods.min, pods.max, pods.cpu, pods.memory, pods.memory_limit, args.start_delay, args.seed
+    );
+    md
+}
+
+fn timestamp() -> String {
+    let out = Command::new("date").arg("+%Y%m%d-%H%M%S").output();
+    out.ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "now".into())
+}
+
+fn pick_bin(given: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        // Absolute: the pods run in directories of their own.
+        return std::fs::canonicalize(p).with_context(|| p.display().to_string());
+    }
+    let release = repo().join("target/release").join(name);
+    ensure!(
+        release.exists(),
+        "{} is missing: run `cargo build --release -p wsgiscale-sidecar -p wsgiscale-operator` (or give --{}-bin)",
+        release.display(),
+        if name == "wsgiscale" { "server" } else { "operator" }
+    );
+    Ok(release)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    wsgiscale_envtest::node::check_available()
+        .map_err(|e| anyhow::anyhow!("the stand-in node cannot run here: {e}"))?;
+    let server_bin = pick_bin(&args.server_bin, "wsgiscale")?;
+    let operator_bin = pick_bin(&args.operator_bin, "wsgiscale-operator")?;
+    let python_bin = args
+        .python_bin
+        .clone()
+        .unwrap_or_else(|| repo().join("bench/.venv/bin"));
+    // Absolute, without resolving the venv's symlinked python (it must run as the venv's).
+    let python_bin = std::path::absolute(&python_bin)?;
+    let contenders: Vec<Contender> = args
+        .contenders
+        .iter()
+        .map(|c| contender(c))
+        .collect::<Result<_, _>>()?;
+    for c in &contenders {
+        let tool = match c.name.as_str() {
+            "uwsgi-cpu" => "uwsgi",
+            n if n.starts_with("gunicorn") => "gunicorn",
+            _ => continue,
+        };
+        ensure!(
+            python_bin.join(tool).exists(),
+            "{} has no {tool}: run `bash bench/setup.sh` (or give --python-bin)",
+            python_bin.display()
+        );
+    }
+    let kinds: Vec<Kind> = args
+        .kinds
+        .iter()
+        .map(|k| {
+            KINDS
+                .iter()
+                .find(|x| x.name == k)
+                .copied()
+                .with_context(|| format!("unknown kind {k:?} (io, cpu)"))
+        })
+        .collect::<Result<_, _>>()?;
+    let pods = Pods {
+        min: args.min_replicas,
+        max: args.max_replicas,
+        cpu: args.cpu.clone(),
+        memory: args.memory.clone(),
+        memory_limit: args.memory_limit.clone(),
+    };
+    let cpu_millis = wsgiscale_envtest::node::plan::parse_cpu_millis(&args.cpu).context("--cpu")?;
+    let slots = args.workers_fixed * args.threads_fixed;
+    ensure!(
+        args.workers_max * args.threads_scaling == slots,
+        "every contender must get the same worker slots per pod: {} x {} != {} x {}",
+        args.workers_max,
+        args.threads_scaling,
+        args.workers_fixed,
+        args.threads_fixed
+    );
+    // Check every trace before the first run.
+    for kind in &kinds {
+        for t in &args.traces {
+            load_trace(&args, t, kind, 1.0)?;
+        }
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| repo().join(format!("bench/results/showdown-{}", timestamp())));
+    std::fs::create_dir_all(&out)?;
+
+    // The cluster: control plane, stand-ins, CRD, operator.
+    let assets = wsgiscale_envtest::assets().context("no envtest assets (KUBEBUILDER_ASSETS)")?;
+    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&assets, &Options::default()))
+        .await?
+        .map_err(|e| anyhow::anyhow!("control plane: {e}"))?;
+    let client = Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(cp.kubeconfig())?,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?,
+    )?;
+    let image = Image {
+        path: vec![
+            python_bin.clone(),
+            server_bin
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+        ],
+        files: vec![("/app".into(), repo().join("bench/apps"))],
+        workdir: Some("/app".into()),
+        ..Image::default()
+    };
+    let standin = Arc::new(
+        StandIn::start(
+            client.clone(),
+            StandInConfig {
+                node: NodeConfig {
+                    name: "showdown-node".into(),
+                    start_delay: Duration::from_secs_f64(args.start_delay),
+                    images: BTreeMap::from([(IMAGE.to_string(), image)]),
+                    ..NodeConfig::default()
+                },
+                ..StandInConfig::default()
+            },
+        )
+        .await?,
+    );
+    install_crd(&client, &operator_bin).await?;
+    let _operator = Operator::start(&operator_bin, cp.kubeconfig(), &out.join("operator.log"))?;
+
+    let mut results = Vec::new();
+    let started = Instant::now();
+    for kind in &kinds {
+        let capacity = pod_capacity(kind, cpu_millis, slots);
+        let peak = args.peak_share * f64::from(pods.max) * capacity;
+        for trace_name in &args.traces {
+            let (trace, note) = load_trace(&args, trace_name, kind, peak)?;
+            for c in &contenders {
+                let (workers, threads) = if c.name.starts_with("gunicorn") {
+                    (args.workers_fixed, args.threads_fixed)
+                } else {
+                    (args.workers_max, args.threads_scaling)
+                };
+                let vars: BTreeMap<&str, String> = BTreeMap::from([
+                    ("IMAGE", IMAGE.to_string()),
+                    ("MIN", pods.min.to_string()),
+                    ("MAX", pods.max.to_string()),
+                    ("CPU", pods.cpu.clone()),
+                    ("MEMORY", pods.memory.clone()),
+                    ("MEMORY_LIMIT", pods.memory_limit.clone()),
+                    ("WORKERS", workers.to_string()),
+                    ("THREADS", threads.to_string()),
+                    // 70% of the worker slots, in milli-requests.
+                    ("INFLIGHT_TARGET", format!("{}m", slots * 700)),
+                ]);
+                let r = run_one(
+                    &client, &standin, &args, &out, kind, trace_name, &trace, &note, c, &vars,
+                    &pods, peak,
+                )
+                .await
+                .with_context(|| format!("{} / {trace_name} / {}", kind.name, c.name))?;
+                eprintln!(
+                    "showdown: {} {} {}: p99 {:.0} ms, ok {}, 503 {}, errors {}, pod-s {:.0} ({:.0} s so far)",
+                    r.kind,
+                    r.trace,
+                    r.contender,
+                    r.summary.p99_ms,
+                    r.summary.ok,
+                    r.summary.rejected_503,
+                    r.summary.errors,
+                    r.summary.pod_seconds,
+                    started.elapsed().as_secs_f64()
+                );
+                results.push(r);
+            }
+        }
+    }
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(repo())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let header = format!(
+        "## Run {} (commit {commit}, {:.0} min)\n\nCommand: `cargo run --release -p wsgiscale-operator --example showdown -- {}`",
+        out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+        started.elapsed().as_secs_f64() / 60.0,
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    let md = markdown(&results, &args, &pods, &header);
+    std::fs::write(out.join("report.md"), &md)?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    println!("{md}");
+    eprintln!("showdown: report in {}", out.display());
+
+    standin_stop(standin).await;
+    if args.smoke {
+        smoke_check(&results)?;
+    }
+    Ok(())
+}
+
+async fn standin_stop(standin: Arc<StandIn>) {
+    match Arc::try_unwrap(standin) {
+        Ok(s) => s.stop().await,
+        Err(s) => s.node.stop().await,
+    }
+}
+
+/// What `make test` checks of a short run: the harness worked end to end.
+fn smoke_check(results: &[RunResult]) -> anyhow::Result<()> {
+    ensure!(!results.is_empty(), "no run");
+    for r in results {
+        ensure!(
+            r.summary.ok > 0,
+            "{} {}: no request succeeded",
+            r.trace,
+            r.contender
+        );
+        ensure!(!r.samples.is_empty(), "{}: no samples", r.contender);
+        ensure!(
+            r.summary.pod_seconds > 0.0,
+            "{}: no pod-seconds",
+            r.contender
+        );
+        if let Some(h) = &r.hpa_status {
+            let metrics = h["currentMetrics"].as_array().map_or(0, Vec::len);
+            ensure!(metrics > 0, "{}: the HPA read no metric: {h}", r.contender);
+        }
+    }
+    eprintln!("showdown: smoke checks passed");
+    Ok(())
+}
