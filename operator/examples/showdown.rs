@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,19 +40,22 @@ use anyhow::{bail, ensure, Context as _};
 use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
-use kube::{Client, ResourceExt};
+use kube::Client;
 use serde_json::{json, Value};
 use wsgiscale_core::trace::{AzureFunction, Trace};
 use wsgiscale_envtest::load::{self, Progress, Record};
 use wsgiscale_envtest::node::plan::Image;
-use wsgiscale_envtest::node::NodeConfig;
 use wsgiscale_envtest::report::{self, Sample, Summary};
-use wsgiscale_envtest::standin::{StandIn, StandInConfig};
-use wsgiscale_envtest::{ControlPlane, Options};
+use wsgiscale_envtest::standin::StandIn;
 use wsgiscale_operator::simulate::plot::{line, write_panels, Panel};
+
+// Each example uses part of the shared cluster module.
+#[allow(dead_code)]
+#[path = "common/cluster.rs"]
+mod cluster;
+use cluster::{pick_bin, repo, Cluster};
 
 /// The HPA showdown on a real control plane.
 #[derive(Debug, Parser)]
@@ -138,10 +141,6 @@ struct Args {
     /// its metric and that the report and plots were written; exits 1 otherwise.
     #[arg(long)]
     smoke: bool,
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 const IMAGE: &str = "showdown-app:1";
@@ -294,89 +293,6 @@ fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-/// The operator, as its own process.
-struct Operator(Child);
-
-impl Operator {
-    fn start(bin: &Path, kubeconfig: &Path, log: &Path) -> anyhow::Result<Operator> {
-        let out = std::fs::File::create(log)?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("run")
-            .args([
-                "--http-bind",
-                "127.0.0.1:0",
-                "--leader-election",
-                "false",
-                "--log-format",
-                "plain",
-            ])
-            .env("KUBECONFIG", kubeconfig)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("WSGISCALE_OPERATOR_") {
-                cmd.env_remove(k);
-            }
-        }
-        Ok(Operator(
-            cmd.spawn()
-                .with_context(|| format!("start {}", bin.display()))?,
-        ))
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn install_crd(client: &Client, operator_bin: &Path) -> anyhow::Result<()> {
-    let out = Command::new(operator_bin).arg("crd").output()?;
-    ensure!(
-        out.status.success(),
-        "{} crd: {}",
-        operator_bin.display(),
-        out.status
-    );
-    let crd: CustomResourceDefinition = serde_saphyr::from_slice(&out.stdout)?;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        &crd.name_any(),
-        &PatchParams::apply("wsgiscale-showdown").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
-    for _ in 0..240 {
-        let established = crds
-            .get(&crd.name_any())
-            .await
-            .ok()
-            .and_then(|c| c.status)
-            .and_then(|s| s.conditions)
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            });
-        if established {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    bail!("the CRD was not established")
 }
 
 /// One run's results.
@@ -777,28 +693,13 @@ fn timestamp() -> String {
         .unwrap_or_else(|| "now".into())
 }
 
-fn pick_bin(given: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
-    if let Some(p) = given {
-        // Absolute: the pods run in directories of their own.
-        return std::fs::canonicalize(p).with_context(|| p.display().to_string());
-    }
-    let release = repo().join("target/release").join(name);
-    ensure!(
-        release.exists(),
-        "{} is missing: run `cargo build --release -p wsgiscale-sidecar -p wsgiscale-operator` (or give --{}-bin)",
-        release.display(),
-        if name == "wsgiscale" { "server" } else { "operator" }
-    );
-    Ok(release)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     wsgiscale_envtest::node::check_available()
         .map_err(|e| anyhow::anyhow!("the stand-in node cannot run here: {e}"))?;
-    let server_bin = pick_bin(&args.server_bin, "wsgiscale")?;
-    let operator_bin = pick_bin(&args.operator_bin, "wsgiscale-operator")?;
+    let server_bin = pick_bin(&args.server_bin, "wsgiscale", "--server-bin")?;
+    let operator_bin = pick_bin(&args.operator_bin, "wsgiscale-operator", "--operator-bin")?;
     let python_bin = args
         .python_bin
         .clone()
@@ -863,46 +764,24 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
 
     // The cluster: control plane, stand-ins, CRD, operator.
-    let assets = wsgiscale_envtest::assets().context("no envtest assets (KUBEBUILDER_ASSETS)")?;
-    let cp = tokio::task::spawn_blocking(move || ControlPlane::start(&assets, &Options::default()))
-        .await?
-        .map_err(|e| anyhow::anyhow!("control plane: {e}"))?;
-    let client = Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(cp.kubeconfig())?,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await?,
-    )?;
     let image = Image {
         path: vec![
             python_bin.clone(),
-            server_bin
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default(),
+            server_bin.parent().map(Path::to_path_buf).unwrap_or_default(),
         ],
         files: vec![("/app".into(), repo().join("bench/apps"))],
         workdir: Some("/app".into()),
         ..Image::default()
     };
-    let standin = Arc::new(
-        StandIn::start(
-            client.clone(),
-            StandInConfig {
-                node: NodeConfig {
-                    name: "showdown-node".into(),
-                    start_delay: Duration::from_secs_f64(args.start_delay),
-                    images: BTreeMap::from([(IMAGE.to_string(), image)]),
-                    ..NodeConfig::default()
-                },
-                ..StandInConfig::default()
-            },
-        )
-        .await?,
-    );
-    install_crd(&client, &operator_bin).await?;
-    let _operator = Operator::start(&operator_bin, cp.kubeconfig(), &out.join("operator.log"))?;
+    let cluster = Cluster::start(
+        "showdown-node",
+        BTreeMap::from([(IMAGE.to_string(), image)]),
+        Duration::from_secs_f64(args.start_delay),
+        &operator_bin,
+        &out.join("operator.log"),
+    )
+    .await?;
+    let (client, standin) = (cluster.client.clone(), cluster.standin.clone());
 
     let mut results = Vec::new();
     let started = Instant::now();
@@ -973,18 +852,12 @@ async fn main() -> anyhow::Result<()> {
     println!("{md}");
     eprintln!("showdown: report in {}", out.display());
 
-    standin_stop(standin).await;
+    drop(standin);
+    cluster.stop().await;
     if args.smoke {
         smoke_check(&results)?;
     }
     Ok(())
-}
-
-async fn standin_stop(standin: Arc<StandIn>) {
-    match Arc::try_unwrap(standin) {
-        Ok(s) => s.stop().await,
-        Err(s) => s.node.stop().await,
-    }
 }
 
 /// What `make test` checks of a short run: the harness worked end to end.
