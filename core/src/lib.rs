@@ -1,10 +1,12 @@
-//! What the wsgiscale server and operator share, without linking Python: the server's command
+//! What the wsgiscale server, operator and activator share, without linking Python: the
+//! operator-activator contract ([`activator`]), the server's command
 //! line and config file ([`config`]), the load report it serves ([`load`]) and the tracker
 //! that computes it ([`loadtrack`]), the scoreboard snapshot of its workers ([`scoreboard`]),
 //! the worker pool's policy ([`pool`]), the shutdown contract ([`shutdown`]),
 //! the worker-count algorithms and their driver ([`scaling`]), the sizes/durations parser
 //! ([`units`]), load traces ([`trace`]) and the one seeded random generator ([`rng`]).
 
+pub mod activator;
 pub mod colour;
 pub mod config;
 pub mod load;

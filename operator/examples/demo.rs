@@ -74,14 +74,22 @@ fn wave(peak: f64, ramp: f64) -> Trace {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    ensure!(args.peak > 0.0 && args.ramp > 0.0, "--peak and --ramp must be positive");
+    ensure!(
+        args.peak > 0.0 && args.ramp > 0.0,
+        "--peak and --ramp must be positive"
+    );
     let server_bin = pick_bin(&args.server_bin, "wsgiscale", "--server-bin")?;
     let operator_bin = pick_bin(&args.operator_bin, "wsgiscale-operator", "--operator-bin")?;
     let log_dir = repo().join(".cache/demo");
     std::fs::create_dir_all(&log_dir)?;
-    eprintln!("demo: starting the control plane, the stand-in node and the operator (about 20 s)...");
+    eprintln!(
+        "demo: starting the control plane, the stand-in node and the operator (about 20 s)..."
+    );
     let image = Image {
-        path: vec![server_bin.parent().map(Path::to_path_buf).unwrap_or_default()],
+        path: vec![server_bin
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()],
         files: vec![("/app".into(), repo().join("examples/apps"))],
         workdir: Some("/app".into()),
         ..Image::default()
@@ -97,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
     let client = cluster.client.clone();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": NS}}))?)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NS}}))?,
+        )
         .await?;
     cluster.standin.serve(NS);
     let apps: Api<kube::api::DynamicObject> = Api::namespaced_with(
@@ -121,12 +132,19 @@ async fn main() -> anyhow::Result<()> {
                           "limits": {"cpu": "250m", "memory": "256Mi"}},
         },
     });
-    apps.patch("demo", &PatchParams::apply("wsgiscale-demo"), &Patch::Apply(&app))
-        .await
-        .context("create the WsgiApp")?;
+    apps.patch(
+        "demo",
+        &PatchParams::apply("wsgiscale-demo"),
+        &Patch::Apply(&app),
+    )
+    .await
+    .context("create the WsgiApp")?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let target = loop {
-        ensure!(Instant::now() < deadline, "the demo app has no ready pod after 120 s");
+        ensure!(
+            Instant::now() < deadline,
+            "the demo app has no ready pod after 120 s"
+        );
         if let Some(addr) = cluster.standin.proxy.address(NS, "demo") {
             if !cluster.standin.proxy.endpoints(NS, "demo").is_empty() {
                 break SocketAddr::from((addr, 80));
@@ -166,7 +184,10 @@ async fn main() -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = tick.tick() => {}
         }
-        if args.seconds.is_some_and(|s| started.elapsed().as_secs_f64() >= s) {
+        if args
+            .seconds
+            .is_some_and(|s| started.elapsed().as_secs_f64() >= s)
+        {
             break;
         }
         let done = progress.done.load(Ordering::Relaxed);

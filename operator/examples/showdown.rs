@@ -767,7 +767,10 @@ async fn main() -> anyhow::Result<()> {
     let image = Image {
         path: vec![
             python_bin.clone(),
-            server_bin.parent().map(Path::to_path_buf).unwrap_or_default(),
+            server_bin
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
         ],
         files: vec![("/app".into(), repo().join("bench/apps"))],
         workdir: Some("/app".into()),

@@ -47,7 +47,14 @@ impl Operator {
         let out = std::fs::File::create(log)?;
         let mut cmd = Command::new(bin);
         cmd.arg("run")
-            .args(["--http-bind", "127.0.0.1:0", "--leader-election", "false", "--log-format", "plain"])
+            .args([
+                "--http-bind",
+                "127.0.0.1:0",
+                "--leader-election",
+                "false",
+                "--log-format",
+                "plain",
+            ])
             .env("KUBECONFIG", kubeconfig)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -57,13 +64,18 @@ impl Operator {
                 cmd.env_remove(k);
             }
         }
-        Ok(Operator(cmd.spawn().with_context(|| format!("start {}", bin.display()))?))
+        Ok(Operator(
+            cmd.spawn()
+                .with_context(|| format!("start {}", bin.display()))?,
+        ))
     }
 }
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
         for _ in 0..100 {
             if matches!(self.0.try_wait(), Ok(Some(_))) {
                 return;
@@ -79,11 +91,20 @@ impl Drop for Operator {
 /// until it is Established.
 pub async fn install_crd(client: &Client, operator_bin: &Path) -> anyhow::Result<()> {
     let out = Command::new(operator_bin).arg("crd").output()?;
-    ensure!(out.status.success(), "{} crd: {}", operator_bin.display(), out.status);
+    ensure!(
+        out.status.success(),
+        "{} crd: {}",
+        operator_bin.display(),
+        out.status
+    );
     let crd: CustomResourceDefinition = serde_saphyr::from_slice(&out.stdout)?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(&crd.name_any(), &PatchParams::apply("wsgiscale-examples").force(), &Patch::Apply(&crd))
-        .await?;
+    crds.patch(
+        &crd.name_any(),
+        &PatchParams::apply("wsgiscale-examples").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
     for _ in 0..240 {
         let established = crds
             .get(&crd.name_any())
@@ -91,7 +112,10 @@ pub async fn install_crd(client: &Client, operator_bin: &Path) -> anyhow::Result
             .ok()
             .and_then(|c| c.status)
             .and_then(|s| s.conditions)
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
         if established {
             return Ok(());
         }
@@ -132,10 +156,12 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         wsgiscale_envtest::node::check_available()
             .map_err(|e| anyhow::anyhow!("the stand-in node cannot run here: {e}"))?;
-        let assets = wsgiscale_envtest::assets().context("no envtest assets (set KUBEBUILDER_ASSETS)")?;
-        let control_plane = tokio::task::spawn_blocking(move || ControlPlane::start(&assets, &Options::default()))
-            .await?
-            .map_err(|e| anyhow::anyhow!("control plane: {e}"))?;
+        let assets =
+            wsgiscale_envtest::assets().context("no envtest assets (set KUBEBUILDER_ASSETS)")?;
+        let control_plane =
+            tokio::task::spawn_blocking(move || ControlPlane::start(&assets, &Options::default()))
+                .await?
+                .map_err(|e| anyhow::anyhow!("control plane: {e}"))?;
         let client = Client::try_from(
             kube::Config::from_custom_kubeconfig(
                 kube::config::Kubeconfig::read_from(control_plane.kubeconfig())?,
@@ -159,7 +185,11 @@ impl Cluster {
             .await?,
         );
         install_crd(&client, operator_bin).await?;
-        let operator = Some(Operator::start(operator_bin, control_plane.kubeconfig(), operator_log)?);
+        let operator = Some(Operator::start(
+            operator_bin,
+            control_plane.kubeconfig(),
+            operator_log,
+        )?);
         Ok(Cluster {
             operator,
             standin,

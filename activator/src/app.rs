@@ -1,0 +1,349 @@
+//! One app's state in the activator: its route, its hold queue, its pods (from its
+//! EndpointSlices, refined by the activator's own `/readyz` probes and each pod's `/load`), the
+//! requests waiting for an assignment, and the dispatch that joins them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::sync::oneshot;
+use wsgiscale_core::activator::Route;
+use wsgiscale_core::load::LoadReport;
+
+use crate::queue::{Id, Queue, Reject, Slot};
+
+/// A pod of the app, as the activator knows it.
+#[derive(Debug, Clone, Default)]
+pub struct Pod {
+    /// Its HTTP port (from the EndpointSlice).
+    pub http_port: u16,
+    /// Ready in the EndpointSlices.
+    pub ready: bool,
+    /// The activator's own `/readyz` probe said ready before the slices did.
+    pub probed_ready: bool,
+    /// Terminating in the slices, or draining by its `/load`.
+    pub terminating: bool,
+    /// Gone from the slices; kept until its requests end.
+    pub gone: bool,
+    /// Its last `/load`.
+    pub load: Option<LoadReport>,
+    /// Requests the activator forwarded to it that have not ended.
+    pub in_flight: u32,
+    /// A connection to it was refused: no new request until then (ms).
+    pub unreachable_until: u64,
+    /// A `/readyz` probe is on its way.
+    pub probing: bool,
+}
+
+impl Pod {
+    /// Whether it may get requests at `now`.
+    pub fn usable(&self, now: u64) -> bool {
+        (self.ready || self.probed_ready)
+            && !self.terminating
+            && !self.gone
+            && now >= self.unreachable_until
+            && !self.load.as_ref().is_some_and(|l| l.draining)
+    }
+
+    /// Requests it can run at once: MAX workers x threads from its `/load` (the pod's own
+    /// worker scaling reaches MAX within milliseconds of a queue), else the route's figure.
+    pub fn capacity(&self, slots_per_pod: u32) -> u32 {
+        match &self.load {
+            Some(l) if l.workers.max > 0 => l.workers.max * l.workers.threads.max(1),
+            _ => slots_per_pod.max(1),
+        }
+    }
+
+    /// Free slots at `now`: its capacity less what the activator has in flight there.
+    pub fn free(&self, slots_per_pod: u32, now: u64) -> u32 {
+        if self.usable(now) {
+            self.capacity(slots_per_pod).saturating_sub(self.in_flight)
+        } else {
+            0
+        }
+    }
+}
+
+/// What a waiting request is told.
+#[derive(Debug)]
+pub enum Assignment {
+    /// Forward to this pod.
+    Pod(SocketAddr),
+    /// Its deadline passed.
+    Expired,
+    /// The route went away, or the activator stops.
+    Gone,
+}
+
+struct Waiter {
+    tx: oneshot::Sender<Assignment>,
+}
+
+/// One app.
+pub struct App {
+    /// Its route.
+    pub route: Route,
+    /// Held requests.
+    pub queue: Queue,
+    /// Pods by address.
+    pub pods: BTreeMap<IpAddr, Pod>,
+    waiters: HashMap<Id, Waiter>,
+    /// Requests forwarded and not ended.
+    pub in_flight: u32,
+    /// When it last saw a request (ms).
+    pub last_request: u64,
+}
+
+/// A request handed to a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dispatched {
+    /// The request.
+    pub id: Id,
+    /// The pod.
+    pub pod: IpAddr,
+    /// When it arrived (ms).
+    pub arrived: u64,
+}
+
+impl App {
+    /// A new app with no pods yet.
+    pub fn new(route: Route) -> App {
+        App {
+            queue: Queue::new(route.hold),
+            route,
+            pods: BTreeMap::new(),
+            waiters: HashMap::new(),
+            in_flight: 0,
+            last_request: 0,
+        }
+    }
+
+    /// Holds request `id` (body of `bytes`) until a pod is free; the receiver of its
+    /// assignment.
+    pub fn hold(
+        &mut self,
+        id: Id,
+        bytes: u64,
+        now: u64,
+    ) -> Result<oneshot::Receiver<Assignment>, Reject> {
+        self.queue.admit(id, bytes, now)?;
+        self.last_request = now;
+        let (tx, rx) = oneshot::channel();
+        self.waiters.insert(id, Waiter { tx });
+        Ok(rx)
+    }
+
+    /// Holds again, at the head, a request that could not be delivered.
+    pub fn hold_again(
+        &mut self,
+        id: Id,
+        bytes: u64,
+        arrived: u64,
+    ) -> oneshot::Receiver<Assignment> {
+        self.queue.readmit_front(id, bytes, arrived);
+        let (tx, rx) = oneshot::channel();
+        self.waiters.insert(id, Waiter { tx });
+        rx
+    }
+
+    /// Forgets a waiting request whose client went away.
+    pub fn abandon(&mut self, id: Id) {
+        self.queue.remove(id);
+        self.waiters.remove(&id);
+    }
+
+    /// Hands held requests to pods (the pure decision of [`Queue::assign`] over the pods'
+    /// free slots) and tells their waiters; what was dispatched.
+    pub fn dispatch(&mut self, now: u64) -> Vec<Dispatched> {
+        let ips: Vec<IpAddr> = self.pods.keys().copied().collect();
+        let slots_per_pod = self.route.slots_per_pod;
+        let mut slots: Vec<Slot> = ips
+            .iter()
+            .map(|ip| Slot {
+                free: self.pods[ip].free(slots_per_pod, now),
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (id, idx, arrived) in self.queue.assign(&mut slots) {
+            let ip = ips[idx];
+            let pod = self
+                .pods
+                .get_mut(&ip)
+                .expect("an index of the pods just listed");
+            let Some(w) = self.waiters.remove(&id) else {
+                continue;
+            };
+            let addr = SocketAddr::new(ip, pod.http_port);
+            if w.tx.send(Assignment::Pod(addr)).is_ok() {
+                pod.in_flight += 1;
+                self.in_flight += 1;
+                out.push(Dispatched {
+                    id,
+                    pod: ip,
+                    arrived,
+                });
+            }
+        }
+        out
+    }
+
+    /// Tells the waiters whose deadline passed; their ids.
+    pub fn expire(&mut self, now: u64) -> Vec<Id> {
+        let ids = self.queue.expire(now);
+        for id in &ids {
+            if let Some(w) = self.waiters.remove(id) {
+                let _ = w.tx.send(Assignment::Expired);
+            }
+        }
+        ids
+    }
+
+    /// A forwarded request to `pod` ended.
+    pub fn finished(&mut self, pod: IpAddr) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(p) = self.pods.get_mut(&pod) {
+            p.in_flight = p.in_flight.saturating_sub(1);
+            if p.gone && p.in_flight == 0 {
+                self.pods.remove(&pod);
+            }
+        }
+    }
+
+    /// A connection to `pod` was refused: no request goes there for `pause_ms`.
+    pub fn unreachable(&mut self, pod: IpAddr, now: u64, pause_ms: u64) {
+        if let Some(p) = self.pods.get_mut(&pod) {
+            p.unreachable_until = now + pause_ms;
+            p.probed_ready = false;
+        }
+    }
+
+    /// Replaces the pods with those of the EndpointSlices: (address, HTTP port, ready,
+    /// terminating). What the activator learnt of a pod that stays is kept.
+    pub fn set_endpoints(&mut self, endpoints: &[(IpAddr, u16, bool, bool)]) {
+        for p in self.pods.values_mut() {
+            p.gone = true;
+        }
+        for &(ip, port, ready, terminating) in endpoints {
+            let p = self.pods.entry(ip).or_default();
+            p.gone = false;
+            p.http_port = port;
+            p.ready = ready;
+            p.terminating = terminating;
+            if ready {
+                p.probed_ready = false;
+            }
+        }
+        self.pods.retain(|_, p| !p.gone || p.in_flight > 0);
+    }
+
+    /// Every waiter is told its route is gone.
+    pub fn close(&mut self) {
+        for (_, w) in self.waiters.drain() {
+            let _ = w.tx.send(Assignment::Gone);
+        }
+        while !self.queue.expire(u64::MAX).is_empty() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wsgiscale_core::activator::HoldLimits;
+
+    use super::*;
+
+    fn route(slots: u32) -> Route {
+        Route {
+            namespace: "ns".into(),
+            app: "web".into(),
+            port: 20000,
+            pods_service: "web-pods".into(),
+            http_port_name: "http".into(),
+            admin_port: 9191,
+            slots_per_pod: slots,
+            hold: HoldLimits {
+                max_requests: 10,
+                max_bytes: 1000,
+                max_wait_ms: 100,
+            },
+        }
+    }
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([198, 18, 0, n])
+    }
+
+    #[tokio::test]
+    async fn requests_wait_for_a_ready_pod_and_go_to_the_freest() {
+        let mut app = App::new(route(2));
+        let mut r1 = app.hold(1, 10, 0).expect("held");
+        let _r2 = app.hold(2, 10, 0).expect("held");
+        assert!(app.dispatch(1).is_empty(), "no pod yet");
+        app.set_endpoints(&[(ip(2), 8000, false, false), (ip(3), 8000, true, false)]);
+        let d = app.dispatch(2);
+        assert_eq!(
+            d.iter().map(|x| x.pod).collect::<Vec<_>>(),
+            vec![ip(3), ip(3)]
+        );
+        assert!(
+            matches!(r1.try_recv(), Ok(Assignment::Pod(a)) if a == SocketAddr::new(ip(3), 8000))
+        );
+        // A third waits: the only ready pod is full until one ends.
+        let mut r3 = app.hold(3, 0, 3).expect("held");
+        assert!(app.dispatch(3).is_empty());
+        // The activator's own probe finds the other pod ready first.
+        app.pods.get_mut(&ip(2)).expect("pod").probed_ready = true;
+        assert_eq!(app.dispatch(4)[0].pod, ip(2));
+        assert!(matches!(r3.try_recv(), Ok(Assignment::Pod(_))));
+        app.finished(ip(3));
+        assert_eq!(app.pods[&ip(3)].in_flight, 1);
+    }
+
+    #[tokio::test]
+    async fn deadlines_and_refusals() {
+        let mut app = App::new(route(1));
+        let mut r = app.hold(7, 0, 0).expect("held");
+        assert_eq!(app.expire(100), vec![7]);
+        assert!(matches!(r.try_recv(), Ok(Assignment::Expired)));
+        app.set_endpoints(&[(ip(2), 8000, true, false)]);
+        app.unreachable(ip(2), 10, 1000);
+        let _r = app.hold(8, 0, 10).expect("held");
+        assert!(
+            app.dispatch(20).is_empty(),
+            "a pod that refused waits out its pause"
+        );
+        assert_eq!(app.dispatch(1010).len(), 1);
+    }
+
+    #[test]
+    fn pods_that_go_keep_their_requests_until_they_end() {
+        let mut app = App::new(route(4));
+        app.set_endpoints(&[(ip(2), 8000, true, false)]);
+        app.pods.get_mut(&ip(2)).expect("pod").in_flight = 1;
+        app.set_endpoints(&[]);
+        assert!(app.pods[&ip(2)].gone);
+        assert_eq!(app.pods[&ip(2)].free(4, 0), 0);
+        app.finished(ip(2));
+        assert!(app.pods.is_empty());
+        // A draining server takes nothing new.
+        app.set_endpoints(&[(ip(3), 8000, true, false)]);
+        let mut load: LoadReport = serde_json::from_value(serde_json::json!({
+            "version": 1, "time_unix_ms": 0,
+            "workers": {"min": 1, "max": 3, "total": 1, "busy": 0, "idle": 1, "starting": 0, "retiring": 0, "threads": 2},
+            "queue": {"depth": 0, "oldest_wait_ms": 0, "max": 100},
+            "in_flight": 0,
+            "rates": {"1s": {"requests_per_second": 0.0, "utilization": 0.0, "concurrency": 0.0},
+                      "10s": {"requests_per_second": 0.0, "utilization": 0.0, "concurrency": 0.0},
+                      "60s": {"requests_per_second": 0.0, "utilization": 0.0, "concurrency": 0.0}},
+            "saturated": false, "draining": false,
+        }))
+        .expect("a load report");
+        app.pods.get_mut(&ip(3)).expect("pod").load = Some(load.clone());
+        assert_eq!(
+            app.pods[&ip(3)].free(4, 0),
+            6,
+            "MAX workers x threads from /load"
+        );
+        load.draining = true;
+        app.pods.get_mut(&ip(3)).expect("pod").load = Some(load);
+        assert_eq!(app.pods[&ip(3)].free(4, 0), 0);
+    }
+}

@@ -1,0 +1,366 @@
+//! The HTTP side: one listener per app port (the one accept loop of `wsgiscale-net`), the
+//! request path (hold, wait for a pod, forward, retry what was never delivered), and the admin
+//! port.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, Assignment};
+use crate::metrics::RejectLabels;
+use crate::queue::Reject;
+use crate::{AppKey, HttpBody, Inner};
+
+/// Hop-by-hop headers (RFC 9110 7.6.1), not forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// How long a pod that refused a connection gets no request.
+const REFUSED_PAUSE_MS: u64 = 1000;
+
+fn full(status: StatusCode, body: &'static str) -> Response<HttpBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// A 503 the client may retry after a second.
+fn unavailable(body: &'static str) -> Response<HttpBody> {
+    let mut r = full(StatusCode::SERVICE_UNAVAILABLE, body);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Serves app `key` on `port` until `stop`.
+pub async fn listen(inner: Arc<Inner>, key: AppKey, port: u16, stop: CancellationToken) {
+    let listener = match tokio::net::TcpListener::bind(SocketAddr::new(
+        inner.config.listen_ip,
+        port,
+    ))
+    .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(namespace = %key.0, app = %key.1, port, error = %e, "cannot listen");
+            return;
+        }
+    };
+    wsgiscale_net::accept_loop(
+        "activator",
+        &stop,
+        || listener.accept(),
+        |(stream, peer)| {
+            let (inner, key) = (inner.clone(), key.clone());
+            tokio::spawn(serve_connection(inner, key, stream, peer));
+        },
+    )
+    .await;
+}
+
+async fn serve_connection(
+    inner: Arc<Inner>,
+    key: AppKey,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    inner.connections.fetch_add(1, Ordering::SeqCst);
+    let service = {
+        let inner = inner.clone();
+        hyper::service::service_fn(move |req| {
+            let (inner, key) = (inner.clone(), key.clone());
+            async move { Ok::<_, Infallible>(handle(inner, key, peer.ip(), req).await) }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(std::time::Duration::from_secs(30))
+        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let stop = inner.stop_listening.clone();
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            // Draining: finish the request in progress, then close.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    inner.connections.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Removes a waiting request from its queue if the client goes away first.
+struct Abandon {
+    app: Arc<Mutex<App>>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if self.armed {
+            self.app.lock().abandon(self.id);
+        }
+    }
+}
+
+/// What ends a forwarded request's slot: the activator, the app and the pod.
+type Slot = (Arc<Inner>, AppKey, Arc<Mutex<App>>, IpAddr);
+
+/// Ends a forwarded request's slot when its response body ends (or is dropped).
+struct Tracked {
+    body: HttpBody,
+    done: Option<Slot>,
+}
+
+impl Tracked {
+    fn finish(&mut self) {
+        if let Some((inner, key, app, pod)) = self.done.take() {
+            app.lock().finished(pod);
+            inner.kick(&key, &app);
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let r = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.finish();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn reject(inner: &Inner, key: &AppKey, reason: &'static str) {
+    inner
+        .metrics
+        .rejected
+        .get_or_create(&RejectLabels {
+            namespace: key.0.clone(),
+            app: key.1.clone(),
+            reason,
+        })
+        .inc();
+    tracing::info!(namespace = %key.0, app = %key.1, reason, "request refused: 503");
+}
+
+async fn handle(
+    inner: Arc<Inner>,
+    key: AppKey,
+    peer: IpAddr,
+    req: Request<Incoming>,
+) -> Response<HttpBody> {
+    let Some(app) = inner.app(&key) else {
+        reject(&inner, &key, "no_route");
+        return full(StatusCode::NOT_FOUND, "no such app on this port\n");
+    };
+    let max_bytes = app.lock().route.hold.max_bytes;
+    let (parts, body) = req.into_parts();
+    // The whole body first (bounded): a request is held, or forwarded, complete.
+    let body = match Limited::new(body, max_bytes as usize).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            reject(&inner, &key, Reject::Bytes.as_str());
+            return unavailable("the request body is larger than this app may hold\n");
+        }
+        Err(_) => {
+            return full(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read\n",
+            )
+        }
+    };
+    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+    let bytes = body.len() as u64;
+    let arrived = inner.now_ms();
+    let mut rx = {
+        let mut a = app.lock();
+        let was_empty = a.queue.is_empty() && a.in_flight == 0;
+        match a.hold(id, bytes, arrived) {
+            Ok(rx) => {
+                drop(a);
+                inner.push_demand(&key, &app, was_empty);
+                rx
+            }
+            Err(why) => {
+                drop(a);
+                reject(&inner, &key, why.as_str());
+                return unavailable("this app holds as many requests as it may; retry\n");
+            }
+        }
+    };
+    inner.kick(&key, &app);
+    let labels = Inner::labels(&key);
+    loop {
+        let mut guard = Abandon {
+            app: app.clone(),
+            id,
+            armed: true,
+        };
+        let assignment = rx.await;
+        guard.armed = false;
+        let target = match assignment {
+            Ok(Assignment::Pod(addr)) => addr,
+            Ok(Assignment::Expired) => {
+                reject(&inner, &key, "deadline");
+                return unavailable("no pod of this app was ready in time; retry\n");
+            }
+            Ok(Assignment::Gone) | Err(_) => {
+                reject(&inner, &key, "no_route");
+                return unavailable("this app is no longer served here\n");
+            }
+        };
+        let mut fwd = Request::builder()
+            .method(parts.method.clone())
+            .uri(format!(
+                "http://{target}{}",
+                parts.uri.path_and_query().map_or("/", |p| p.as_str())
+            ))
+            .version(http::Version::HTTP_11);
+        for (name, value) in &parts.headers {
+            if !HOP_BY_HOP.contains(&name.as_str()) {
+                fwd = fwd.header(name, value);
+            }
+        }
+        // The client's address for the app, after any the client sent.
+        let xff = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {peer}"),
+            None => peer.to_string(),
+        };
+        fwd = fwd.header("x-forwarded-for", xff);
+        let Ok(fwd) = fwd.body(Full::new(body.clone())) else {
+            return full(
+                StatusCode::BAD_REQUEST,
+                "the request could not be forwarded\n",
+            );
+        };
+        match inner.client.request(fwd).await {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                let tracked = Tracked {
+                    body: body.map_err(Into::into).boxed(),
+                    done: Some((inner.clone(), key.clone(), app.clone(), target.ip())),
+                };
+                return Response::from_parts(parts, tracked.boxed());
+            }
+            Err(e) if e.is_connect() => {
+                // Never delivered: back to the head of the queue, for another pod.
+                let now = inner.now_ms();
+                {
+                    let mut a = app.lock();
+                    a.finished(target.ip());
+                    a.unreachable(target.ip(), now, REFUSED_PAUSE_MS);
+                    rx = a.hold_again(id, bytes, arrived);
+                }
+                inner.metrics.retried.get_or_create(&labels).inc();
+                tracing::info!(namespace = %key.0, app = %key.1, pod = %target.ip(), error = %e, "pod refused the connection: the request goes to another");
+                inner.kick(&key, &app);
+            }
+            Err(e) => {
+                {
+                    app.lock().finished(target.ip());
+                }
+                inner.kick(&key, &app);
+                inner.metrics.failed.get_or_create(&labels).inc();
+                tracing::warn!(namespace = %key.0, app = %key.1, pod = %target.ip(), error = %e, "the pod failed after the request may have reached it: 502, not retried");
+                return full(
+                    StatusCode::BAD_GATEWAY,
+                    "the app's pod failed while answering\n",
+                );
+            }
+        }
+    }
+}
+
+/// `/healthz` (alive), `/readyz` (503 while draining), `/metrics`; anything else 404.
+pub async fn serve_admin(
+    inner: Arc<Inner>,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+) {
+    wsgiscale_net::accept_loop("admin", &stop, || listener.accept(), |(stream, _)| {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let inner = inner.clone();
+                async move {
+                    let r = match req.uri().path() {
+                        "/healthz" => full(StatusCode::OK, "ok\n"),
+                        "/readyz" if inner.draining.load(Ordering::SeqCst) => full(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+                        "/readyz" => full(StatusCode::OK, "ok\n"),
+                        "/metrics" => {
+                            let mut r = Response::new(Full::new(Bytes::from(inner.metrics.encode())).map_err(|never: Infallible| match never {}).boxed());
+                            r.headers_mut().insert(
+                                header::CONTENT_TYPE,
+                                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                            );
+                            r
+                        }
+                        _ => full(StatusCode::NOT_FOUND, "not found\n"),
+                    };
+                    Ok::<_, Infallible>(r)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    })
+    .await;
+}
