@@ -102,6 +102,7 @@ async fn serve_connection(
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(30))
         .serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);

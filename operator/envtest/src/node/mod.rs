@@ -661,7 +661,10 @@ async fn sync(
     }
     for action in actions {
         match action {
-            Action::Bind(pod) => bind(inner, &pod).await,
+            Action::Bind(pod) => {
+                tracing::debug!(pod = %pod.name_any(), "stand-in node: binding");
+                bind(inner, &pod).await
+            }
             Action::ConfirmDelete(pod) => {
                 let api: Api<Pod> =
                     Api::namespaced(inner.client.clone(), &pod.namespace().unwrap_or_default());
@@ -673,6 +676,7 @@ async fn sync(
                     .await;
             }
             Action::Start(pod, deleting) => {
+                tracing::debug!(pod = %pod.name_any(), deleting, "stand-in node: starting");
                 let ns = pod.namespace().unwrap_or_default();
                 let uid = pod.uid().unwrap_or_default();
                 let (tx, rx) = watch::channel(if deleting { Stop::Graceful } else { Stop::No });
@@ -848,7 +852,10 @@ impl PodTask {
             .await
         {
             Ok(_) => self.written = Some(status),
-            Err(_) => self.written = None,
+            Err(e) => {
+                tracing::debug!(pod = %self.pod.name_any(), error = %e, "stand-in node: status not written");
+                self.written = None
+            }
         }
     }
 

@@ -173,7 +173,6 @@ pub fn render(p: &PodState, transitions: &mut Transitions, now: &str) -> Value {
             cond(transitions, "Ready", is_ready),
         ],
         "containerStatuses": p.containers.iter().map(container_json).collect::<Vec<_>>(),
-        "qosClass": "Burstable",
     });
     if !p.init.is_empty() {
         status["initContainerStatuses"] = p.init.iter().map(container_json).collect();
