@@ -393,6 +393,21 @@ impl ValidatedApp {
             log_format: Some(self.log_format),
             log_level: Some(self.log_level.clone()),
             access_log: h.access_log.then_some(true),
+            post_load: None,
+            on_reload: None,
+            post_fork: None,
+            post_worker_init: None,
+            worker_exit: None,
+            pre_request: None,
+            post_request: None,
+            tls_bind: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_client_verify: None,
+            http2: None,
+            h2c: None,
+            h2c_allow_ips: Vec::new(),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod dispatch;
 pub mod entry;
 pub mod environ;
 pub mod front;
+pub mod hooks;
 pub mod launch;
 pub mod link;
 pub mod logging;

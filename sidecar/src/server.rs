@@ -66,6 +66,8 @@ pub fn zygote_init(cfg: &ServerConfig) -> ZygoteInit {
             .saturating_add(proto::HEADER_LEN + 1024 * 1024),
         log_format: cfg.log.format,
         log_level: cfg.log.level.clone(),
+        hooks: cfg.python.hooks.with_paths(abs),
+        reload: false,
     }
 }
 
