@@ -47,7 +47,7 @@ pub struct ZygoteInit {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum ToZygote {
     /// First message: set up Python.
-    Init(ZygoteInit),
+    Init(Box<ZygoteInit>),
     /// Fork a worker that serves on the socket passed with this message.
     Spawn {
         /// The master's id for the worker.

@@ -79,7 +79,7 @@ impl Zygote {
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )
         .map_err(|e| SupervisorError::StartZygote(e.into()))?;
-        control::send(ours.as_fd(), &ToZygote::Init(init.clone()), &[])?;
+        control::send(ours.as_fd(), &ToZygote::Init(Box::new(init.clone())), &[])?;
         let mut z = Zygote {
             fd: crate::sys::async_fd(ours).map_err(SupervisorError::StartZygote)?,
             pid: child.id(),

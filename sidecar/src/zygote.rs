@@ -28,7 +28,7 @@ pub fn main(control_fd: RawFd) -> i32 {
     set_name(c"wsgiscale-fork");
     let mut buf = vec![0u8; MAX_MESSAGE];
     let init = match control::recv::<ToZygote>(control.as_fd(), &mut buf) {
-        Ok((ToZygote::Init(init), _)) => init,
+        Ok((ToZygote::Init(init), _)) => *init,
         Ok((other, _)) => {
             eprintln!("wsgiscale fork server: expected Init, got {other:?}");
             return 1;
