@@ -196,7 +196,7 @@ pub enum Algorithm {
 /// Drops an enum's own description from its JSON schema: a CRD field that uses it shows the
 /// field's text (which lists the values) in `kubectl explain`, and the schema stays a plain
 /// `enum` of names.
-fn no_description(schema: &mut schemars::Schema) {
+pub(crate) fn no_description(schema: &mut schemars::Schema) {
     schema.remove("description");
 }
 

@@ -68,6 +68,7 @@ pub fn trusted(nets: &[Cidr], peer: Option<IpAddr>) -> bool {
     schemars::JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
+#[schemars(transform = crate::config::no_description)]
 pub enum ClientVerify {
     /// No client certificate is asked for.
     #[default]
