@@ -11,6 +11,7 @@ pub mod config;
 pub mod hooks;
 pub mod load;
 pub mod loadtrack;
+pub mod migrate;
 pub mod pool;
 pub mod protocols;
 pub mod scaling;

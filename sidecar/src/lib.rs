@@ -21,6 +21,7 @@ pub mod launch;
 pub mod link;
 pub mod logging;
 pub mod metrics;
+pub mod migrate;
 pub mod park;
 pub mod proto;
 pub mod protocol;
