@@ -46,6 +46,9 @@ pub enum Treatment {
     NotNeeded(&'static str),
     /// No equivalent: why, and what to do instead.
     NoEquivalent(&'static str),
+    /// Its equivalent comes with the front's settings of issue 22 (trusted proxies, root
+    /// path, header limits, access-log format, static files), not in this build yet.
+    Pending,
 }
 
 /// One gunicorn setting.
@@ -76,11 +79,12 @@ const fn s(
 }
 
 use Action::{Append, OptionalAuto, Store, StoreFalse, StoreTrue};
-use Treatment::{Hook as H, Mapped, NoEquivalent as No, NotNeeded as Skip};
+use Treatment::{Hook as H, Mapped, NoEquivalent as No, NotNeeded as Skip, Pending};
 
 /// Said of the settings whose wsgiscale equivalents are being added by the front's trusted
 /// proxy, root path and header limit work: until they exist the migration reports them.
-const PENDING_FRONT: &str = "its wsgiscale setting is not in this build yet (see docs/gunicorn.md)";
+const PENDING_FRONT: &str =
+    "not mapped in this build: its wsgiscale setting comes with the front's trusted-proxy, root-path, header-limit, access-log and static-file work (issue 22)";
 
 /// Every setting of gunicorn 27.0.1 (`gunicorn.config.KNOWN_SETTINGS`), in its order.
 pub const GUNICORN: &[GunicornSetting] = &[
@@ -97,9 +101,9 @@ pub const GUNICORN: &[GunicornSetting] = &[
     s("timeout", &["-t", "--timeout"], Store, Mapped("timeout (a per-request deadline; gunicorn's is a worker heartbeat, which bounds a request only with the sync worker)")),
     s("graceful_timeout", &["--graceful-timeout"], Store, Mapped("graceful-timeout")),
     s("keepalive", &["--keep-alive"], Store, Mapped("keepalive-timeout")),
-    s("limit_request_line", &["--limit-request-line"], Store, No(PENDING_FRONT)),
-    s("limit_request_fields", &["--limit-request-fields"], Store, No(PENDING_FRONT)),
-    s("limit_request_field_size", &["--limit-request-field_size"], Store, No(PENDING_FRONT)),
+    s("limit_request_line", &["--limit-request-line"], Store, Pending),
+    s("limit_request_fields", &["--limit-request-fields"], Store, Pending),
+    s("limit_request_field_size", &["--limit-request-field_size"], Store, Pending),
     s("reload", &["--reload"], StoreTrue, No("no file watcher: SIGHUP re-imports the app in a new fork server and rolls the workers (a rollout on Kubernetes)")),
     s("reload_engine", &["--reload-engine"], Store, No("no file watcher (see reload)")),
     s("reload_extra_files", &["--reload-extra-file"], Append, No("no file watcher (see reload)")),
@@ -119,11 +123,11 @@ pub const GUNICORN: &[GunicornSetting] = &[
     s("umask", &["-m", "--umask"], Store, No("set the umask in the environment that starts the server")),
     s("initgroups", &["--initgroups"], StoreTrue, No("the server does not change user (see user)")),
     s("tmp_upload_dir", &[], Store, Skip("request bodies are read by the master; wsgi.input is not a temporary file")),
-    s("secure_scheme_headers", &[], Store, No(PENDING_FRONT)),
-    s("forwarded_allow_ips", &["--forwarded-allow-ips"], Store, Mapped("h2c-allow-ips when h2c is on; otherwise pending (see docs/gunicorn.md)")),
+    s("secure_scheme_headers", &[], Store, Pending),
+    s("forwarded_allow_ips", &["--forwarded-allow-ips"], Store, Mapped("h2c-allow-ips when h2c is on; the trusted-proxy setting of issue 22 otherwise (pending)")),
     s("accesslog", &["--access-logfile"], Store, Mapped("access-log (to stderr, with the rest of the log)")),
     s("disable_redirect_access_to_syslog", &["--disable-redirect-access-to-syslog"], StoreTrue, Skip("no syslog")),
-    s("access_log_format", &["--access-logformat"], Store, No(PENDING_FRONT)),
+    s("access_log_format", &["--access-logformat"], Store, Pending),
     s("errorlog", &["--error-logfile", "--log-file"], Store, Skip("the log goes to stderr, gunicorn's default `-`")),
     s("loglevel", &["--log-level"], Store, Mapped("log-level")),
     s("capture_output", &["--capture-output"], StoreTrue, Skip("the workers' stdout and stderr reach the server's stderr already")),
@@ -184,14 +188,14 @@ pub const GUNICORN: &[GunicornSetting] = &[
     s("permit_unconventional_http_method", &["--permit-unconventional-http-method"], StoreTrue, Skip("any token is a valid method")),
     s("permit_unconventional_http_version", &["--permit-unconventional-http-version"], StoreTrue, No("HTTP/1.0, HTTP/1.1 and HTTP/2 only")),
     s("casefold_http_method", &["--casefold-http-method"], StoreTrue, No("methods are case-sensitive, as RFC 9110 says")),
-    s("forwarder_headers", &["--forwarder-headers"], Store, No(PENDING_FRONT)),
+    s("forwarder_headers", &["--forwarder-headers"], Store, Pending),
     s("header_map", &["--header-map"], Store, Skip("headers whose names contain `_` are dropped, gunicorn's default `drop`")),
     s("asgi_loop", &["--asgi-loop"], Store, No("wsgiscale serves WSGI, not ASGI")),
     s("asgi_lifespan", &["--asgi-lifespan"], Store, No("wsgiscale serves WSGI, not ASGI")),
     s("asgi_disconnect_grace_period", &["--asgi-disconnect-grace-period"], Store, No("wsgiscale serves WSGI, not ASGI")),
     s("websocket_max_message_size", &["--websocket-max-message-size"], Store, No("WebSockets are not served")),
     s("http_parser", &["--http-parser"], Store, Skip("hyper parses HTTP")),
-    s("root_path", &["--root-path"], Store, No(PENDING_FRONT)),
+    s("root_path", &["--root-path"], Store, Pending),
     s("dirty_apps", &["--dirty-app"], Append, No("no dirty arbiters: run long blocking work in a task queue, or in a second WsgiApp")),
     s("dirty_workers", &["--dirty-workers"], Store, No("no dirty arbiters (see dirty_apps)")),
     s("dirty_timeout", &["--dirty-timeout"], Store, No("no dirty arbiters (see dirty_apps)")),
@@ -205,6 +209,46 @@ pub const GUNICORN: &[GunicornSetting] = &[
     s("control_socket_mode", &["--control-socket-mode"], Store, Skip("no control socket (see control_socket)")),
     s("control_socket_disable", &["--no-control-socket"], StoreTrue, Skip("no control socket (see control_socket)")),
 ];
+
+/// The table of docs/migrate.md: every setting of [`GUNICORN`] and what becomes of it.
+pub fn gunicorn_markdown_table() -> String {
+    let mut out = String::from("| gunicorn setting | flag | under wsgiscale |\n|---|---|---|\n");
+    for s in GUNICORN {
+        let flags = s
+            .cli
+            .iter()
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            s.name,
+            if flags.is_empty() { "(file)".into() } else { flags },
+            treatment_text(&s.treatment)
+        ));
+    }
+    out
+}
+
+/// The table of uWSGI options in docs/migrate.md.
+pub fn uwsgi_markdown_table() -> String {
+    let mut out = String::from("| uWSGI option | under wsgiscale |\n|---|---|\n");
+    for (name, t) in UWSGI {
+        out.push_str(&format!("| `{name}` | {} |\n", treatment_text(t)));
+    }
+    out
+}
+
+fn treatment_text(t: &Treatment) -> String {
+    let escape = |s: &str| s.replace('|', "\\|");
+    match t {
+        Treatment::Mapped(what) => format!("**mapped**: {}", escape(what)),
+        Treatment::Hook(h) => format!("**mapped**: the `{}` hook", h.setting()),
+        Treatment::NotNeeded(why) => format!("not needed: {}", escape(why)),
+        Treatment::NoEquivalent(why) => format!("no equivalent: {}", escape(why)),
+        Treatment::Pending => "**pending**: its setting comes with the front's work of issue 22".into(),
+    }
+}
 
 /// gunicorn's hook settings (its "Server Hooks" and "Dirty Arbiter Hooks"): functions in a
 /// config file, which the reader names by where they can be loaded from.
@@ -482,6 +526,7 @@ pub fn from_gunicorn(g: &GunicornConfig) -> Migration {
             Treatment::Mapped(_) => map_one(&mut m, name, v, threaded, tls, h2c),
             Treatment::NotNeeded(why) => Outcome::NotNeeded(why.into()),
             Treatment::NoEquivalent(why) => Outcome::NoEquivalent(why.into()),
+            Treatment::Pending => Outcome::NoEquivalent(PENDING_FRONT.into()),
             Treatment::Hook(_) => unreachable!("hooks are handled above"),
         };
         m.note(name, v, outcome);
@@ -1211,22 +1256,22 @@ pub const UWSGI: &[(&str, Treatment)] = &[
     ("listen", Skip("a backlog of 2048; requests wait in the master's queue (max-queue)")),
     ("post-buffering", Skip("the master always reads the whole body before a worker sees it")),
     ("limit-post", Mapped("max-body")),
-    ("buffer-size", No(PENDING_FRONT)),
+    ("buffer-size", Pending),
     ("disable-logging", Mapped("access-log: false")),
-    ("log-format", No(PENDING_FRONT)),
-    ("logformat", No(PENDING_FRONT)),
-    ("log-x-forwarded-for", No(PENDING_FRONT)),
+    ("log-format", Pending),
+    ("logformat", Pending),
+    ("log-x-forwarded-for", Pending),
     ("logto", No("the log goes to stderr")),
     ("daemonize", No("wsgiscale runs in the foreground")),
     ("pidfile", No("no pidfile")),
     ("uid", No("start the server as that user (the WsgiApp's pod.runAsUser)")),
     ("gid", No("start the server as that group (the WsgiApp's pod.runAsGroup)")),
     ("env", Mapped("the server's environment (env of the WsgiApp)")),
-    ("static-map", No(PENDING_FRONT)),
-    ("static-map2", No(PENDING_FRONT)),
-    ("check-static", No(PENDING_FRONT)),
-    ("mount", No(PENDING_FRONT)),
-    ("manage-script-name", No(PENDING_FRONT)),
+    ("static-map", Pending),
+    ("static-map2", Pending),
+    ("check-static", Pending),
+    ("mount", Pending),
+    ("manage-script-name", Pending),
     ("stats", Skip("the admin port's /load and /metrics")),
     ("stats-http", Skip("the admin port's /load and /metrics")),
     ("memory-report", Skip("worker memory is in /load and wsgiscale_workers_resident_memory_bytes")),
@@ -1309,6 +1354,7 @@ pub fn from_uwsgi(u: &UwsgiConfig) -> Migration {
         let outcome = match treatment {
             Treatment::NotNeeded(why) => Outcome::NotNeeded((*why).into()),
             Treatment::NoEquivalent(why) => Outcome::NoEquivalent((*why).into()),
+            Treatment::Pending => Outcome::NoEquivalent(PENDING_FRONT.into()),
             Treatment::Hook(_) => unreachable!("uWSGI options are not hooks"),
             Treatment::Mapped(_) => map_uwsgi(&mut m, key, value),
         };
@@ -1802,5 +1848,31 @@ mod tests {
             Err(std::io::Error::from(std::io::ErrorKind::NotFound))
         });
         assert!(err.expect_err("missing").contains("missing.ini"));
+    }
+
+    /// docs/migrate.md holds the generated tables; `WSGISCALE_BLESS=1 cargo test` rewrites
+    /// them after a change to the lists.
+    #[test]
+    fn the_docs_tables_are_the_lists() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/migrate.md");
+        let mut doc = std::fs::read_to_string(&path).expect("docs/migrate.md");
+        let bless = std::env::var_os("WSGISCALE_BLESS").is_some();
+        for (marker, table) in [
+            ("gunicorn-settings", gunicorn_markdown_table()),
+            ("uwsgi-options", uwsgi_markdown_table()),
+        ] {
+            let begin = format!("<!-- {marker}:begin -->\n");
+            let end = format!("<!-- {marker}:end -->");
+            let start = doc.find(&begin).expect("begin marker") + begin.len();
+            let stop = doc.find(&end).expect("end marker");
+            if bless {
+                doc.replace_range(start..stop, &table);
+            } else {
+                assert_eq!(doc[start..stop], table, "run WSGISCALE_BLESS=1 cargo test -p wsgiscale-core");
+            }
+        }
+        if bless {
+            std::fs::write(&path, doc).expect("write docs/migrate.md");
+        }
     }
 }
