@@ -223,7 +223,11 @@ pub fn gunicorn_markdown_table() -> String {
         out.push_str(&format!(
             "| `{}` | {} | {} |\n",
             s.name,
-            if flags.is_empty() { "(file)".into() } else { flags },
+            if flags.is_empty() {
+                "(file)".into()
+            } else {
+                flags
+            },
             treatment_text(&s.treatment)
         ));
     }
@@ -246,7 +250,9 @@ fn treatment_text(t: &Treatment) -> String {
         Treatment::Hook(h) => format!("**mapped**: the `{}` hook", h.setting()),
         Treatment::NotNeeded(why) => format!("not needed: {}", escape(why)),
         Treatment::NoEquivalent(why) => format!("no equivalent: {}", escape(why)),
-        Treatment::Pending => "**pending**: its setting comes with the front's work of issue 22".into(),
+        Treatment::Pending => {
+            "**pending**: its setting comes with the front's work of issue 22".into()
+        }
     }
 }
 
@@ -1868,7 +1874,11 @@ mod tests {
             if bless {
                 doc.replace_range(start..stop, &table);
             } else {
-                assert_eq!(doc[start..stop], table, "run WSGISCALE_BLESS=1 cargo test -p wsgiscale-core");
+                assert_eq!(
+                    doc[start..stop],
+                    table,
+                    "run WSGISCALE_BLESS=1 cargo test -p wsgiscale-core"
+                );
             }
         }
         if bless {

@@ -461,6 +461,22 @@ fn tls_settings_that_cannot_work_refuse_to_start() {
     assert!(log.contains("other.key"), "{log}");
 }
 
+/// An HTTP/2 handshake and one GET on `io`, however it ends (within 30 s).
+async fn h2_request(
+    io: TcpStream,
+    uri: &str,
+) -> hyper::Result<http::Response<hyper::body::Incoming>> {
+    let attempt = async {
+        let (mut send, conn) =
+            http2::handshake::<_, _, Body>(TokioExecutor::new(), TokioIo::new(io)).await?;
+        tokio::spawn(conn);
+        send.send_request(get(uri)).await
+    };
+    tokio::time::timeout(Duration::from_secs(30), attempt)
+        .await
+        .expect("answered or refused promptly, not hung")
+}
+
 /// h2c with prior knowledge is served to a peer in --h2c-allow-ips and refused to any other,
 /// which can still speak HTTP/1.1.
 #[tokio::test]
@@ -486,16 +502,7 @@ async fn h2c_is_served_to_trusted_peers_only() {
 
     // 127.0.0.2 is not in the list: its HTTP/2 preface is refused, its HTTP/1.1 served.
     let untrusted = from([127, 0, 0, 2]).await;
-    let refused = async {
-        let (mut send, conn) =
-            http2::handshake::<_, _, Body>(TokioExecutor::new(), TokioIo::new(untrusted)).await?;
-        tokio::spawn(conn);
-        send.send_request(get(&format!("http://{}/pid", s.addr)))
-            .await
-    };
-    let r = tokio::time::timeout(Duration::from_secs(30), refused)
-        .await
-        .expect("refused promptly");
+    let r = h2_request(untrusted, &format!("http://{}/pid", s.addr)).await;
     assert!(r.is_err(), "h2c served to an untrusted peer");
     assert!(
         s.wait_log("HTTP/2 (h2c) refused", Duration::from_secs(5)),
@@ -508,16 +515,7 @@ async fn h2c_is_served_to_trusted_peers_only() {
     // Without --h2c nobody gets h2c, loopback included.
     let off = Server::start(APP, &["--workers", "1"]);
     let tcp = TcpStream::connect(off.addr).await.unwrap();
-    let refused = async {
-        let (mut send, conn) =
-            http2::handshake::<_, _, Body>(TokioExecutor::new(), TokioIo::new(tcp)).await?;
-        tokio::spawn(conn);
-        send.send_request(get(&format!("http://{}/pid", off.addr)))
-            .await
-    };
-    let r = tokio::time::timeout(Duration::from_secs(30), refused)
-        .await
-        .unwrap();
+    let r = h2_request(tcp, &format!("http://{}/pid", off.addr)).await;
     assert!(r.is_err());
 }
 
