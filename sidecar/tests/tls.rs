@@ -236,6 +236,15 @@ async fn tls_serves_http2_by_alpn_and_http1_without_it() {
     assert_eq!(env["HTTP_HOST"], "localhost");
     assert_eq!(env["SERVER_NAME"], "localhost");
     assert_eq!(env["SERVER_PORT"], "443");
+    // An OIDC-sized cookie (32 KiB) passes over HTTP/2 as over HTTP/1.1.
+    let cookie = format!("session={}", "x".repeat(32 * 1024));
+    let req = Request::get("https://localhost/environ")
+        .header("cookie", &cookie)
+        .body(Empty::new().boxed())
+        .unwrap();
+    let big = answer(h2.send_request(req).await).await;
+    assert_eq!(big.status, 200);
+    assert_eq!(big.json()["HTTP_COOKIE"].as_str().map(str::len), Some(cookie.len()));
     // Several requests multiplexed on the one connection.
     let many: Vec<_> = (0..8)
         .map(|i| {
