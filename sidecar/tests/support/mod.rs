@@ -218,10 +218,21 @@ fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
     }
 }
 
+/// A child process killed when dropped, also when the test fails while it runs.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts a server that must fail to start; returns its exit status and log.
 pub fn start_failing(app: &str, extra: &[&str]) -> (ExitStatus, String) {
-    let (mut child, log, _rx) = spawn(app, extra);
-    let st = wait_exit(&mut child, Duration::from_secs(60));
+    let (child, log, _rx) = spawn(app, extra);
+    let mut child = KillOnDrop(child);
+    let st = wait_exit(&mut child.0, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(100));
     let text = log.lock().unwrap().join("\n");
     (st, text)
