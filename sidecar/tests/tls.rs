@@ -244,7 +244,10 @@ async fn tls_serves_http2_by_alpn_and_http1_without_it() {
         .unwrap();
     let big = answer(h2.send_request(req).await).await;
     assert_eq!(big.status, 200);
-    assert_eq!(big.json()["HTTP_COOKIE"].as_str().map(str::len), Some(cookie.len()));
+    assert_eq!(
+        big.json()["HTTP_COOKIE"].as_str().map(str::len),
+        Some(cookie.len())
+    );
     // Several requests multiplexed on the one connection.
     let many: Vec<_> = (0..8)
         .map(|i| {
