@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hooks::{HookSpec, Hooks};
+use crate::protocols::{resolve_protocols, Cidr, ClientVerify, ProtocolConfig, ProtocolSettings};
 use crate::units::{format_duration, parse_duration, parse_size};
 
 /// Errors found while resolving the configuration; each names the key at fault.
@@ -194,7 +196,7 @@ pub enum Algorithm {
 /// Drops an enum's own description from its JSON schema: a CRD field that uses it shows the
 /// field's text (which lists the values) in `kubectl explain`, and the schema stays a plain
 /// `enum` of names.
-fn no_description(schema: &mut schemars::Schema) {
+pub(crate) fn no_description(schema: &mut schemars::Schema) {
     schema.remove("description");
 }
 
@@ -265,7 +267,7 @@ pub struct Settings {
     pub ignore_env: bool,
 
     /// Address to serve HTTP on: `host:port` or `unix:/path`. Repeatable; comma-separated in
-    /// the environment. [default: 127.0.0.1:8000]
+    /// the environment. [default: 127.0.0.1:8000] (none when --tls-bind is given)
     #[arg(
         long,
         env = "WSGISCALE_BIND",
@@ -436,6 +438,110 @@ pub struct Settings {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub access_log: Option<bool>,
+
+    // Server hooks (`crate::hooks`): each is `MODULE:FUNCTION`, or `PATH:FUNCTION` for a
+    // Python file loaded by path (a gunicorn.conf.py); a function may take fewer arguments
+    // than it is offered. A hook that raises has its traceback logged.
+    /// Hook run in the fork server once it has imported the app (when preloading), before it
+    /// forks workers; again in the new fork server of each reload: `f(server)`.
+    #[arg(long, env = "WSGISCALE_POST_LOAD", value_name = "MODULE:FUNCTION")]
+    pub post_load: Option<HookSpec>,
+
+    /// Hook run in the new fork server of a reload (SIGHUP), after --post-load:
+    /// `f(server)`.
+    #[arg(long, env = "WSGISCALE_ON_RELOAD", value_name = "MODULE:FUNCTION")]
+    pub on_reload: Option<HookSpec>,
+
+    /// Hook run in each new worker right after the fork, before it serves (and, without
+    /// preload, before it imports the app): `f(server, worker)`. Start exporter threads and
+    /// reset connection pools here. If it raises, the worker is not used.
+    #[arg(long, env = "WSGISCALE_POST_FORK", value_name = "MODULE:FUNCTION")]
+    pub post_fork: Option<HookSpec>,
+
+    /// Hook run in each new worker once the app is loaded, before its first request:
+    /// `f(worker)`. If it raises, the worker is not used.
+    #[arg(
+        long,
+        env = "WSGISCALE_POST_WORKER_INIT",
+        value_name = "MODULE:FUNCTION"
+    )]
+    pub post_worker_init: Option<HookSpec>,
+
+    /// Hook run in a worker that stops normally (retired, recycled, shut down), before its
+    /// atexit handlers: `f(server, worker)`. Not run in a killed worker.
+    #[arg(long, env = "WSGISCALE_WORKER_EXIT", value_name = "MODULE:FUNCTION")]
+    pub worker_exit: Option<HookSpec>,
+
+    /// Hook run in the worker before each request: `f(worker, req)`.
+    #[arg(long, env = "WSGISCALE_PRE_REQUEST", value_name = "MODULE:FUNCTION")]
+    pub pre_request: Option<HookSpec>,
+
+    /// Hook run in the worker after each response: `f(worker, req, environ, resp)`.
+    #[arg(long, env = "WSGISCALE_POST_REQUEST", value_name = "MODULE:FUNCTION")]
+    pub post_request: Option<HookSpec>,
+
+    // TLS and HTTP/2 (`crate::protocols`).
+    /// Address to serve HTTPS on: `host:port` or `unix:/path`. Repeatable; comma-separated in
+    /// the environment. Needs --tls-cert and --tls-key.
+    #[arg(
+        long,
+        env = "WSGISCALE_TLS_BIND",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub tls_bind: Vec<BindAddr>,
+
+    /// PEM certificate chain of the TLS binds, leaf first. Re-read when it changes (a
+    /// cert-manager Secret volume), without dropping connections.
+    #[arg(long, env = "WSGISCALE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1). Re-read when it changes.
+    #[arg(long, env = "WSGISCALE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM bundle of the CAs that client certificates must chain to; needs
+    /// --tls-client-verify optional or require. Re-read when it changes.
+    #[arg(long, env = "WSGISCALE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Client certificates: off, optional (verified when sent) or require. optional and
+    /// require refuse to start without --tls-client-ca. [default: off]
+    #[arg(long, env = "WSGISCALE_TLS_CLIENT_VERIFY", value_name = "MODE")]
+    pub tls_client_verify: Option<ClientVerify>,
+
+    /// Offer HTTP/2 by ALPN on the TLS binds. [default: true]
+    #[arg(
+        long,
+        env = "WSGISCALE_HTTP2",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub http2: Option<bool>,
+
+    /// Serve HTTP/2 with prior knowledge (h2c) on the plain --bind addresses, to peers in
+    /// --h2c-allow-ips only (a proxy or mesh sidecar in front). [default: false]
+    #[arg(
+        long,
+        env = "WSGISCALE_H2C",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub h2c: Option<bool>,
+
+    /// Peers (CIDRs or addresses) that may use h2c; unix-socket peers always may.
+    /// Repeatable; comma-separated. [default: 127.0.0.0/8,::1/128]
+    #[arg(
+        long,
+        env = "WSGISCALE_H2C_ALLOW_IPS",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub h2c_allow_ips: Vec<Cidr>,
 }
 
 impl Settings {
@@ -479,6 +585,13 @@ impl Settings {
             log_format: Some(LogFormat::default()),
             log_level: Some(defaults::LOG_LEVEL.to_string()),
             access_log: Some(false),
+            tls_client_verify: Some(ClientVerify::Off),
+            http2: Some(true),
+            h2c: Some(false),
+            h2c_allow_ips: crate::protocols::H2C_ALLOW_IPS
+                .iter()
+                .map(|c| c.parse().expect("the default h2c networks parse"))
+                .collect(),
             ..Settings::default()
         }
     }
@@ -542,6 +655,21 @@ impl Settings {
             log_format,
             log_level,
             access_log,
+            post_load,
+            on_reload,
+            post_fork,
+            post_worker_init,
+            worker_exit,
+            pre_request,
+            post_request,
+            tls_bind,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            tls_client_verify,
+            http2,
+            h2c,
+            h2c_allow_ips,
         } = self;
         let restart = Settings {
             app,
@@ -563,6 +691,21 @@ impl Settings {
             log_format,
             log_level,
             access_log,
+            post_load,
+            on_reload,
+            post_fork,
+            post_worker_init,
+            worker_exit,
+            pre_request,
+            post_request,
+            tls_bind,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            tls_client_verify,
+            http2,
+            h2c,
+            h2c_allow_ips,
             ..Settings::default()
         };
         let live = Settings {
@@ -724,21 +867,22 @@ fn json_text(v: &serde_json::Value) -> String {
 /// its text, so `workers: 4`, `timeout: 30` and `max-rss: 512Mi` all work.
 macro_rules! text_serde {
     ($($t:ty),* $(,)?) => {$(
-        impl Serialize for $t {
+        impl serde::Serialize for $t {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_str(self)
             }
         }
-        impl<'de> Deserialize<'de> for $t {
+        impl<'de> serde::Deserialize<'de> for $t {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                d.deserialize_any(TextVisitor::<$t>(std::marker::PhantomData))
+                d.deserialize_any($crate::config::TextVisitor::<$t>(std::marker::PhantomData))
             }
         }
     )*};
 }
 text_serde!(BindAddr, WorkerRange, ByteSize, Dur);
+pub(crate) use text_serde;
 
-struct TextVisitor<T>(std::marker::PhantomData<T>);
+pub(crate) struct TextVisitor<T>(pub(crate) std::marker::PhantomData<T>);
 
 impl<T: FromStr<Err = String>> serde::de::Visitor<'_> for TextVisitor<T> {
     type Value = T;
@@ -812,6 +956,8 @@ pub struct PythonConfig {
     pub preload: bool,
     /// Python threads (and so concurrent requests) per worker.
     pub threads: u32,
+    /// Server hooks.
+    pub hooks: Hooks,
 }
 
 /// Limits and timeouts of the HTTP front.
@@ -940,6 +1086,8 @@ pub struct ServerConfig {
     pub config_file: Option<PathBuf>,
     /// Threads of the HTTP front's event loop.
     pub front_threads: u32,
+    /// TLS and HTTP/2.
+    pub protocols: ProtocolConfig,
 }
 
 /// Defaults, in one place: [`Settings::defaults`] is built from them, the operator's defaults
@@ -1039,6 +1187,21 @@ pub fn resolve(
         log_format,
         log_level,
         access_log,
+        post_load,
+        on_reload,
+        post_fork,
+        post_worker_init,
+        worker_exit,
+        pre_request,
+        post_request,
+        tls_bind,
+        tls_cert,
+        tls_key,
+        tls_client_ca,
+        tls_client_verify,
+        http2,
+        h2c,
+        h2c_allow_ips,
     } = settings.over(&Settings::defaults());
     // Every setting with a default is Some after the merge; `need` says so once.
     fn need<T>(value: Option<T>) -> T {
@@ -1050,7 +1213,12 @@ pub fn resolve(
         .parse()
         .map_err(|e| invalid("app", e))?;
 
-    let binds = bind;
+    // Only HTTPS when only --tls-bind is given: the plain default address is not added.
+    let binds = if settings.bind.is_empty() && !settings.tls_bind.is_empty() {
+        Vec::new()
+    } else {
+        bind
+    };
     let admin_bind = need(admin_bind);
     let ephemeral = matches!(&admin_bind, BindAddr::Tcp(a) if a.port() == 0);
     for b in &binds {
@@ -1160,7 +1328,30 @@ pub fn resolve(
         venv: venv.or(virtual_env).filter(|p| !p.as_os_str().is_empty()),
         preload: need(preload),
         threads,
+        hooks: Hooks {
+            post_load,
+            on_reload,
+            post_fork,
+            post_worker_init,
+            worker_exit,
+            pre_request,
+            post_request,
+        },
     };
+    let protocols = resolve_protocols(
+        ProtocolSettings {
+            tls_bind,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            tls_client_verify: need(tls_client_verify),
+            http2: need(http2),
+            h2c: need(h2c),
+            h2c_allow_ips,
+        },
+        &binds,
+        &admin_bind,
+    )?;
 
     Ok(ServerConfig {
         binds,
@@ -1189,6 +1380,7 @@ pub fn resolve(
         },
         config_file: config,
         front_threads,
+        protocols,
     })
 }
 
@@ -1331,6 +1523,8 @@ mod tests {
                 "cheaper-busyness-min",
             ),
             (&["app:x", "--bind", "127.0.0.1:9191"], "admin-bind"),
+            (&["app:x", "--tls-bind", "127.0.0.1:8443"], "tls-cert"),
+            (&["app:x", "--tls-key", "k.pem"], "tls-key"),
             (&["nocolon"], "app"),
         ];
         for (argv, key) in cases {
@@ -1343,6 +1537,63 @@ mod tests {
             resolve(&Settings::default(), None),
             Err(ConfigError::MissingApp)
         );
+    }
+
+    #[test]
+    fn tls_bind_alone_serves_only_https_and_hooks_resolve() {
+        let tls = [
+            "app:x",
+            "--tls-bind",
+            "0.0.0.0:8443",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--post-fork",
+            "otel_setup:post_fork",
+            "--worker-exit",
+            "gunicorn.conf.py:worker_exit",
+        ];
+        let cfg = resolve_argv(&tls).expect("valid");
+        assert!(cfg.binds.is_empty(), "no plain default beside --tls-bind");
+        let t = cfg.protocols.tls.expect("tls");
+        assert_eq!(
+            t.binds,
+            vec![BindAddr::Tcp("0.0.0.0:8443".parse().unwrap())]
+        );
+        assert!(cfg.protocols.http2 && !cfg.protocols.h2c);
+        assert_eq!(
+            cfg.python.hooks.post_fork.map(|h| h.to_string()).as_deref(),
+            Some("otel_setup:post_fork")
+        );
+        assert!(cfg.python.hooks.worker_exit.is_some() && cfg.python.hooks.pre_request.is_none());
+        let both = [&tls[..], &["--bind", "0.0.0.0:8000"]].concat();
+        assert_eq!(resolve_argv(&both).expect("valid").binds.len(), 1);
+        assert_eq!(
+            cfg.protocols
+                .h2c_allow
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec!["127.0.0.0/8", "::1/128"]
+        );
+        let file = Settings::from_yaml(
+            "app: a:b\npost-fork: hooks:post_fork\nh2c: true\nh2c-allow-ips: [10.0.0.0/8]\n",
+        )
+        .expect("valid");
+        let cfg = resolve(&file, None).expect("valid");
+        assert!(cfg.protocols.h2c);
+        assert_eq!(cfg.protocols.h2c_allow.len(), 1);
+        assert!(cfg.python.hooks.post_fork.is_some());
+        for bad in [
+            &["app:x", "--post-fork", "nocolon"][..],
+            &["app:x", "--h2c-allow-ips", "example.com"][..],
+            &["app:x", "--tls-client-verify", "maybe"][..],
+        ] {
+            let mut argv = vec!["wsgiscale", "serve"];
+            argv.extend_from_slice(bad);
+            assert!(parse_serve_argv(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -1583,8 +1834,38 @@ mod tests {
                 proptest::option::of((1u32..256).prop_map(|n| n.to_string())),
                 proptest::option::of("/[a-z]{1,8}".prop_map(PathBuf::from)),
             ),
+            (
+                proptest::collection::vec(hook(), 7),
+                proptest::collection::vec(
+                    (1u16..65535).prop_map(|p| BindAddr::Tcp(([0, 0, 0, 0], p).into())),
+                    0..2,
+                ),
+                proptest::collection::vec(
+                    proptest::option::of("/[a-z]{1,8}\\.pem".prop_map(PathBuf::from)),
+                    3,
+                ),
+                proptest::option::of(prop_oneof![
+                    Just(ClientVerify::Off),
+                    Just(ClientVerify::Optional),
+                    Just(ClientVerify::Require),
+                ]),
+                proptest::option::of(any::<bool>()),
+                proptest::option::of(any::<bool>()),
+                proptest::collection::vec(
+                    prop_oneof![
+                        (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, n)| {
+                            format!("{}/{n}", std::net::Ipv4Addr::from(a))
+                                .parse::<Cidr>()
+                                .expect("valid")
+                        }),
+                        any::<[u8; 16]>()
+                            .prop_map(|a| { Cidr(ipnet::IpNet::from(std::net::IpAddr::from(a))) }),
+                    ],
+                    0..3,
+                ),
+            ),
         )
-            .prop_map(|(a, b, c, d)| Settings {
+            .prop_map(|(a, b, c, d, e)| Settings {
                 app: a.0,
                 config: a.1,
                 ignore_env: a.2,
@@ -1623,7 +1904,32 @@ mod tests {
                     .3
                     .map(|p| BindAddr::Tcp(([127, 0, 0, 1], p.parse().expect("digits")).into())),
                 venv: d.4,
+                post_load: e.0[0].clone(),
+                on_reload: e.0[1].clone(),
+                post_fork: e.0[2].clone(),
+                post_worker_init: e.0[3].clone(),
+                worker_exit: e.0[4].clone(),
+                pre_request: e.0[5].clone(),
+                post_request: e.0[6].clone(),
+                tls_bind: e.1,
+                tls_cert: e.2[0].clone(),
+                tls_key: e.2[1].clone(),
+                tls_client_ca: e.2[2].clone(),
+                tls_client_verify: e.3,
+                http2: e.4,
+                h2c: e.5,
+                h2c_allow_ips: e.6,
             })
+    }
+
+    fn hook() -> impl Strategy<Value = Option<HookSpec>> {
+        proptest::option::of(
+            prop_oneof![
+                "[a-z]{1,6}(\\.[a-z_]{1,6})?:[a-z_]{1,8}",
+                "(/[a-z]{1,6}){1,2}\\.py:[a-z_]{1,8}",
+            ]
+            .prop_map(|s| s.parse::<HookSpec>().expect("valid")),
+        )
     }
 
     proptest! {

@@ -21,6 +21,7 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 pub use wsgiscale_core::config::{Algorithm, LogFormat};
+pub use wsgiscale_core::protocols::ClientVerify;
 
 /// API group of the resource.
 pub const GROUP: &str = "wsgiscale.dev";
@@ -135,6 +136,12 @@ const SIZE_MESSAGE: &str =
     validation = Rule::new("!has(self.inject) || !has(self.inject.enabled) || !self.inject.enabled || !has(self.command)")
         .message("command and inject.enabled are exclusive: with inject the operator runs the wsgiscale it brings")
         .field_path(".command"),
+    validation = Rule::new("!has(self.tls) || ((has(self.tls.port) ? self.tls.port : 8443) != (has(self.port) ? self.port : 8000) && (has(self.tls.port) ? self.tls.port : 8443) != (has(self.adminPort) ? self.adminPort : 9191))")
+        .message("tls.port must differ from port and adminPort")
+        .field_path(".tls.port"),
+    validation = Rule::new("!has(self.tls) || (has(self.tls.servicePort) ? self.tls.servicePort : 443) != (has(self.service) && has(self.service.port) ? self.service.port : 80)")
+        .message("tls.servicePort must differ from service.port")
+        .field_path(".tls.servicePort"),
     validation = Rule::new("!has(self.memorySizing) || !has(self.memorySizing.maxWorkers) || (has(self.workers) && has(self.workers.max) ? self.workers.max : (has(self.workers) && has(self.workers.min) ? self.workers.min : 2)) <= self.memorySizing.maxWorkers")
         .message("workers.max must be at most memorySizing.maxWorkers: the pods' memory is sized for that many workers (raising maxWorkers rolls the pods)")
         .field_path(".workers.max"),
@@ -276,6 +283,147 @@ pub struct WsgiAppSpec {
     /// own `python3`. Default: off. Changing it rolls the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject: Option<InjectSpec>,
+
+    /// Server hooks: Python functions the server calls at points of its processes' lives,
+    /// with the arguments of the gunicorn hook of the same name (see docs/migrate.md,
+    /// "Server hooks"). Default: none. Changing them rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<HooksSpec>,
+
+    /// HTTPS on a container port of its own, with the certificate of a TLS Secret (a
+    /// cert-manager Certificate's, say), re-read when it is renewed without dropping
+    /// connections. The plain `port` keeps serving HTTP. Default: no TLS. Changing it rolls
+    /// the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+
+    /// HTTP/2: by ALPN on the TLS port, and h2c (HTTP/2 with prior knowledge, without TLS)
+    /// on the plain port for trusted peers. Default: HTTP/2 on the TLS port, no h2c.
+    /// Changing it rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<Http2Spec>,
+}
+
+/// CEL: a hook is `MODULE:FUNCTION` or `PATH:FUNCTION`.
+const HOOK_RULE: &str = "self.matches('^[^:]+(:[^:]+)*:[A-Za-z_][A-Za-z0-9_]*$')";
+const HOOK_MESSAGE: &str =
+    "must be MODULE:FUNCTION (e.g. myapp.hooks:post_fork) or PATH:FUNCTION for a Python file (e.g. /app/gunicorn.conf.py:post_fork)";
+
+/// Server hooks, each `MODULE:FUNCTION` (a module on the app's sys.path) or `PATH:FUNCTION`
+/// (a Python file in the image, such as a gunicorn.conf.py, loaded by path). A function may
+/// take fewer arguments than it is offered. A hook that raises has its traceback logged.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HooksSpec {
+    /// Run in the fork server once it has imported the app (when preloading), before it forks
+    /// workers, and again in the new fork server of each reload: `f(server)` (gunicorn's
+    /// `when_ready`). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 1024))]
+    #[x_kube(validation = Rule::new(HOOK_RULE).message(HOOK_MESSAGE))]
+    pub post_load: Option<String>,
+
+    /// Run in the new fork server of a reload: `f(server)`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 1024))]
+    #[x_kube(validation = Rule::new(HOOK_RULE).message(HOOK_MESSAGE))]
+    pub on_reload: Option<String>,
+
+    /// Run in each new worker right after the fork, before it serves: `f(server, worker)`.
+    /// Start exporter threads (OpenTelemetry's BatchSpanProcessor) and reset connection pools
+    /// here. If it raises, the worker is replaced (with the crash-loop backoff). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 1024))]
+    #[x_kube(validation = Rule::new(HOOK_RULE).message(HOOK_MESSAGE))]
+    pub post_fork: Option<String>,
+
+    /// Run in each new worker once the app is loaded, before its first request: `f(worker)`.
+    /// If it raises, the worker is replaced. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 1024))]
+    #[x_kube(validation = Rule::new(HOOK_RULE).message(HOOK_MESSAGE))]
+    pub post_worker_init: Option<String>,
+
+    /// Run in a worker that stops normally (retired, recycled, shut down), before its atexit
+    /// handlers: `f(server, worker)`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 1024))]
+    #[x_kube(validation = Rule::new(HOOK_RULE).message(HOOK_MESSAGE))]
+    pub worker_exit: Option<String>,
+
+    /// Run in the worker before each request: `f(worker, req)`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 1024))]
+    #[x_kube(validation = Rule::new(HOOK_RULE).message(HOOK_MESSAGE))]
+    pub pre_request: Option<String>,
+
+    /// Run in the worker after each response: `f(worker, req, environ, resp)`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 1024))]
+    #[x_kube(validation = Rule::new(HOOK_RULE).message(HOOK_MESSAGE))]
+    pub post_request: Option<String>,
+}
+
+/// HTTPS from a TLS Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("(has(self.clientVerify) && self.clientVerify != 'off') == has(self.clientCaSecretName)")
+        .message("clientVerify optional or require needs clientCaSecretName, and clientCaSecretName needs clientVerify optional or require: client verification is never silently off")
+        .field_path(".clientCaSecretName"),
+)]
+pub struct TlsSpec {
+    /// A Secret in the WsgiApp's namespace with the PEM certificate chain under `tls.crt` and
+    /// its key under `tls.key` (type kubernetes.io/tls, as cert-manager writes), mounted
+    /// read-only at /etc/wsgiscale-tls. The server re-reads it when the kubelet updates the
+    /// volume after a renewal. Required.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+
+    /// Container port the server serves HTTPS on; the Service exposes it as `https`.
+    /// Default: 8443.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+
+    /// Port of the Service's `https` port. Default: 443.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub service_port: Option<i32>,
+
+    /// Client certificates: off, optional (verified when sent) or require. optional and
+    /// require need `clientCaSecretName`. Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_verify: Option<ClientVerify>,
+
+    /// A Secret holding, under `ca.crt`, the PEM bundle of the CAs client certificates must
+    /// chain to; mounted at /etc/wsgiscale-client-ca. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_ca_secret_name: Option<String>,
+}
+
+/// HTTP/2 settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Http2Spec {
+    /// Offer HTTP/2 by ALPN on the TLS port. Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+
+    /// Serve h2c (HTTP/2 with prior knowledge, no TLS) on the plain port to the peers in
+    /// `h2cAllowIps`: a mesh sidecar or an ingress controller that speaks h2c to its
+    /// upstreams (Cloud Run's way past its 32 MiB HTTP/1 request limit). Others get HTTP/1.1
+    /// only. Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h2c: Option<bool>,
+
+    /// Peers allowed h2c, as CIDRs or addresses. The default covers a mesh sidecar in the
+    /// pod; an ingress controller elsewhere in the cluster connects from the pod network, so
+    /// add that CIDR (e.g. 10.0.0.0/8). Default: 127.0.0.0/8,::1/128.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 2, max = 64)))]
+    pub h2c_allow_ips: Vec<String>,
 }
 
 /// How wsgiscale is brought into an app image that lacks it.
@@ -1212,6 +1360,20 @@ mod default_tests {
             ("spec.logging.level", server::LOG_LEVEL.into()),
             ("spec.logging.format", "plain".into()),
             ("spec.preload", "true".into()),
+            (
+                "spec.tls.clientVerify",
+                d.tls_client_verify.expect("set").as_str().into(),
+            ),
+            ("spec.http2.enabled", d.http2.expect("set").to_string()),
+            ("spec.http2.h2c", d.h2c.expect("set").to_string()),
+            (
+                "spec.http2.h2cAllowIps",
+                d.h2c_allow_ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         ]
         .into();
         for (path, want) in &expected {
@@ -1258,12 +1420,19 @@ mod default_tests {
                 "spec.http.",
                 "spec.lifecycle.",
                 "spec.logging.",
+                "spec.tls.",
+                "spec.http2.",
             ]
             .iter()
             .any(|p| path.starts_with(p));
-            let derived = word.starts_with('`') || word == "min";
-            let operator_only =
-                path == "spec.lifecycle.preStopDelaySeconds" || path == "spec.http.maxBodySize";
+            let derived = word.starts_with('`') || word == "min" || word == "none";
+            let operator_only = [
+                "spec.lifecycle.preStopDelaySeconds",
+                "spec.http.maxBodySize",
+                "spec.tls.port",
+                "spec.tls.servicePort",
+            ]
+            .contains(&path.as_str());
             if server_field && !derived && !operator_only {
                 assert!(
                     expected.contains_key(path.as_str()),

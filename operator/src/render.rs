@@ -19,10 +19,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, ImageVolumeSource, Lifecycle as ContainerLifecycle, LifecycleHandler,
+    HTTPGetAction, ImageVolumeSource, KeyToPath, Lifecycle as ContainerLifecycle, LifecycleHandler,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext, Service as KubeService, ServicePort, ServiceSpec as KubeServiceSpec,
-    SleepAction, Volume, VolumeMount,
+    SecretVolumeSource, SecurityContext, Service as KubeService, ServicePort,
+    ServiceSpec as KubeServiceSpec, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -32,7 +32,8 @@ use wsgiscale_core::config::Settings;
 
 use crate::crd::InjectSource;
 use crate::validate::{
-    Inject, ValidatedApp, APP_LABEL, CONFIG_DIR, CONFIG_KEY, INJECT_DIR, TMP_DIR,
+    Inject, ValidatedApp, APP_LABEL, CLIENT_CA_DIR, CONFIG_DIR, CONFIG_KEY, INJECT_DIR, TLS_DIR,
+    TMP_DIR,
 };
 
 /// The name of the server container.
@@ -47,6 +48,12 @@ pub const HTTP_PORT_NAME: &str = "http";
 pub const ADMIN_PORT_NAME: &str = "admin";
 /// Volume holding the injected package (spec.inject).
 pub const INJECT_VOLUME: &str = "wsgiscale-inject";
+/// Volume holding spec.tls's Secret.
+pub const TLS_VOLUME: &str = "wsgiscale-tls";
+/// Volume holding spec.tls's client CA Secret.
+pub const CLIENT_CA_VOLUME: &str = "wsgiscale-client-ca";
+/// Name of the HTTPS container and Service port.
+pub const HTTPS_PORT_NAME: &str = "https";
 /// The start command of an injected pod: checks the image's Python, then runs the package.
 pub const INJECT_START: &str = "/wsgiscale/bin/wsgiscale-start";
 /// The init container that copies the package (inject.source Copy).
@@ -167,7 +174,45 @@ fn render_container(app: &ValidatedApp) -> Container {
             ..VolumeMount::default()
         });
     }
+    if let Some(tls) = &app.tls {
+        mounts.push(VolumeMount {
+            name: TLS_VOLUME.into(),
+            mount_path: TLS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        if tls.client_ca_secret_name.is_some() {
+            mounts.push(VolumeMount {
+                name: CLIENT_CA_VOLUME.into(),
+                mount_path: CLIENT_CA_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+    }
     mounts.extend(app.pod.volume_mounts.iter().cloned());
+    let mut ports = vec![
+        ContainerPort {
+            name: Some(HTTP_PORT_NAME.into()),
+            container_port: app.port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        },
+        ContainerPort {
+            name: Some(ADMIN_PORT_NAME.into()),
+            container_port: app.admin_port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        },
+    ];
+    if let Some(tls) = &app.tls {
+        ports.push(ContainerPort {
+            name: Some(HTTPS_PORT_NAME.into()),
+            container_port: tls.port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        });
+    }
     let pre_stop = app.lifecycle.pre_stop_delay.as_secs();
     let command = match &app.inject {
         Some(inject) => {
@@ -187,20 +232,7 @@ fn render_container(app: &ValidatedApp) -> Container {
         args: Some(render_serve_args(app)),
         env: (!app.env.is_empty()).then(|| app.env.clone()),
         env_from: (!app.env_from.is_empty()).then(|| app.env_from.clone()),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some(HTTP_PORT_NAME.into()),
-                container_port: app.port,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some(ADMIN_PORT_NAME.into()),
-                container_port: app.admin_port,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            },
-        ]),
+        ports: Some(ports),
         resources: app.resources.clone(),
         volume_mounts: Some(mounts),
         liveness_probe: Some(Probe {
@@ -332,6 +364,16 @@ fn render_pod_template(app: &ValidatedApp) -> PodTemplateSpec {
         init_containers.extend(init);
         labels.insert(INJECT_LABEL.into(), "true".into());
     }
+    if let Some(tls) = &app.tls {
+        volumes.push(secret_volume(
+            TLS_VOLUME,
+            &tls.secret_name,
+            &["tls.crt", "tls.key"],
+        ));
+        if let Some(ca) = &tls.client_ca_secret_name {
+            volumes.push(secret_volume(CLIENT_CA_VOLUME, ca, &["ca.crt"]));
+        }
+    }
     volumes.extend(pod.volumes.iter().cloned());
 
     let spread: Vec<_> = pod
@@ -389,6 +431,29 @@ fn render_pod_template(app: &ValidatedApp) -> PodTemplateSpec {
     }
 }
 
+/// A volume of the Secret `secret` with only `keys` (a missing key keeps the pod from
+/// starting, with the kubelet's event saying which). Mounted whole, never by subPath, so
+/// that the kubelet's updates after a renewal reach the running server.
+fn secret_volume(name: &str, secret: &str, keys: &[&str]) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(
+                keys.iter()
+                    .map(|k| KeyToPath {
+                        key: (*k).into(),
+                        path: (*k).into(),
+                        ..KeyToPath::default()
+                    })
+                    .collect(),
+            ),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 /// The Deployment running `replicas` pods of the server.
 pub fn render_deployment(app: &ValidatedApp, replicas: i32) -> Deployment {
     Deployment {
@@ -430,13 +495,18 @@ pub fn render_service(app: &ValidatedApp) -> KubeService {
         spec: Some(KubeServiceSpec {
             type_: Some(app.service.type_.as_str().into()),
             selector: Some(selector_labels(&app.name)),
-            ports: Some(vec![ServicePort {
-                name: Some(HTTP_PORT_NAME.into()),
-                port: app.service.port,
-                target_port: Some(IntOrString::String(HTTP_PORT_NAME.into())),
-                protocol: Some("TCP".into()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(
+                std::iter::once((HTTP_PORT_NAME, app.service.port))
+                    .chain(app.tls.as_ref().map(|t| (HTTPS_PORT_NAME, t.service_port)))
+                    .map(|(name, port)| ServicePort {
+                        name: Some(name.into()),
+                        port,
+                        target_port: Some(IntOrString::String(name.into())),
+                        protocol: Some("TCP".into()),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
             ..KubeServiceSpec::default()
         }),
         ..KubeService::default()
@@ -483,7 +553,8 @@ mod tests {
 
     use super::*;
     use crate::crd::{
-        BusynessSpec, HttpSpec, LifecycleSpec, LoggingSpec, PodOverrides, WorkersSpec, WsgiApp,
+        BusynessSpec, ClientVerify, HooksSpec, Http2Spec, HttpSpec, LifecycleSpec, LoggingSpec,
+        PodOverrides, TlsSpec, WorkersSpec, WsgiApp,
     };
     use crate::fixtures::mk_app;
     use crate::validate::validate_app;
@@ -565,8 +636,57 @@ mod tests {
                 format: Some(LogFormat::Json),
                 level: Some("wsgiscale=debug".into()),
             });
+            a.spec.hooks = Some(HooksSpec {
+                post_fork: Some("shop.hooks:post_fork".into()),
+                worker_exit: Some("/srv/app/gunicorn.conf.py:worker_exit".into()),
+                ..HooksSpec::default()
+            });
+            a.spec.tls = Some(TlsSpec {
+                secret_name: "shop-tls".into(),
+                port: Some(9443),
+                service_port: None,
+                client_verify: Some(ClientVerify::Require),
+                client_ca_secret_name: Some("shop-clients".into()),
+            });
+            a.spec.http2 = Some(Http2Spec {
+                enabled: Some(false),
+                h2c: Some(true),
+                h2c_allow_ips: vec!["10.0.0.0/8".into()],
+            });
         });
         let cfg = parse_back(&valid(&app));
+        assert_eq!(
+            cfg.python
+                .hooks
+                .post_fork
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("shop.hooks:post_fork")
+        );
+        assert_eq!(
+            cfg.python
+                .hooks
+                .worker_exit
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("/srv/app/gunicorn.conf.py:worker_exit")
+        );
+        let tls = cfg.protocols.tls.clone().expect("tls");
+        assert_eq!(
+            tls.binds,
+            vec![BindAddr::Tcp("0.0.0.0:9443".parse().expect("addr"))]
+        );
+        assert_eq!(tls.cert, std::path::Path::new("/etc/wsgiscale-tls/tls.crt"));
+        assert_eq!(tls.key, std::path::Path::new("/etc/wsgiscale-tls/tls.key"));
+        assert_eq!(
+            tls.client_ca.as_deref(),
+            Some(std::path::Path::new("/etc/wsgiscale-client-ca/ca.crt"))
+        );
+        assert_eq!(tls.client_verify, ClientVerify::Require);
+        assert!(!cfg.protocols.http2 && cfg.protocols.h2c);
+        assert_eq!(cfg.protocols.h2c_allow.len(), 1);
 
         assert_eq!(
             cfg.binds,
@@ -625,6 +745,72 @@ mod tests {
         assert!(cfg.http.access_log);
         assert_eq!(cfg.log.format, LogFormat::Json);
         assert_eq!(cfg.log.level, "wsgiscale=debug");
+    }
+
+    #[test]
+    fn tls_mounts_its_secrets_whole_and_opens_an_https_port() {
+        let app = mk_app("shop").map(|a| {
+            a.spec.tls = Some(TlsSpec {
+                secret_name: "shop-tls".into(),
+                client_verify: Some(ClientVerify::Optional),
+                client_ca_secret_name: Some("shop-clients".into()),
+                ..TlsSpec::default()
+            });
+        });
+        let app = valid(&app);
+        let pod = render_deployment(&app, 1).spec.template.spec.expect("pod");
+        let volume = |name: &str| {
+            pod.volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == name)
+                .and_then(|v| v.secret.clone())
+                .unwrap_or_else(|| panic!("no secret volume {name}"))
+        };
+        assert_eq!(volume(TLS_VOLUME).secret_name.as_deref(), Some("shop-tls"));
+        assert_eq!(
+            volume(CLIENT_CA_VOLUME).secret_name.as_deref(),
+            Some("shop-clients")
+        );
+        let c = &pod.containers[0];
+        let mounts = c.volume_mounts.clone().expect("mounts");
+        for (name, path) in [(TLS_VOLUME, TLS_DIR), (CLIENT_CA_VOLUME, CLIENT_CA_DIR)] {
+            let m = mounts.iter().find(|m| m.name == name).expect("mounted");
+            assert_eq!(m.mount_path, path);
+            // A subPath mount would never see the kubelet's update after a renewal.
+            assert_eq!(m.sub_path, None);
+            assert_eq!(m.read_only, Some(true));
+        }
+        let https = c
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(HTTPS_PORT_NAME))
+            .expect("https port");
+        assert_eq!(https.container_port, 8443);
+        let svc = render_service(&app).spec.expect("spec");
+        let ports = svc.ports.expect("ports");
+        assert_eq!(ports.len(), 2);
+        assert_eq!(ports[1].port, 443);
+        assert_eq!(
+            ports[1].target_port,
+            Some(IntOrString::String(HTTPS_PORT_NAME.into()))
+        );
+        let cfg = parse_back(&app);
+        assert_eq!(cfg.binds.len(), 1, "the plain port keeps serving");
+        assert!(cfg.protocols.http2 && !cfg.protocols.h2c);
+        // Without TLS: no Secret, no https port.
+        let plain = valid(&mk_app("shop"));
+        assert_eq!(
+            render_service(&plain)
+                .spec
+                .expect("spec")
+                .ports
+                .expect("ports")
+                .len(),
+            1
+        );
+        assert!(parse_back(&plain).protocols.tls.is_none());
     }
 
     #[test]

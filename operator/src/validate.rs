@@ -20,6 +20,8 @@ use kube::{Resource, ResourceExt};
 use wsgiscale_core::config::{
     resolve, Algorithm, AppSpec, BindAddr, ByteSize, Dur, LogFormat, Settings, WorkerRange,
 };
+use wsgiscale_core::hooks::Hooks;
+use wsgiscale_core::protocols::ClientVerify;
 use wsgiscale_core::shutdown::ShutdownBudget;
 use wsgiscale_core::units::parse_size;
 
@@ -27,6 +29,9 @@ use crate::crd::{
     AutoscalingSpec, BusynessSpec, HttpSpec, LifecycleSpec, LoggingSpec, PodOverrides, PullPolicy,
     ReplicasSpec, ServiceSpec, ServiceType, WorkersSpec, WsgiApp,
 };
+
+mod serving;
+pub use serving::{Http2, Tls, CLIENT_CA_DIR, TLS_DIR};
 
 /// The pod label that selects an app's pods; reserved in `spec.pod.labels`.
 pub const APP_LABEL: &str = "wsgiscale.dev/app";
@@ -342,6 +347,12 @@ pub struct ValidatedApp {
     pub pod: PodOverrides,
     /// wsgiscale brought into the pod, when the image lacks it.
     pub inject: Option<Inject>,
+    /// Server hooks.
+    pub hooks: Hooks,
+    /// HTTPS, when configured.
+    pub tls: Option<Tls>,
+    /// HTTP/2 and h2c.
+    pub http2: Http2,
 }
 
 impl ValidatedApp {
@@ -352,6 +363,7 @@ impl ValidatedApp {
         let w = &self.workers;
         let l = &self.lifecycle;
         let h = &self.http;
+        let tls = self.tls.as_ref();
         let any = std::net::Ipv4Addr::UNSPECIFIED;
         Settings {
             app: Some(self.app.to_string()),
@@ -393,6 +405,28 @@ impl ValidatedApp {
             log_format: Some(self.log_format),
             log_level: Some(self.log_level.clone()),
             access_log: h.access_log.then_some(true),
+            post_load: self.hooks.post_load.clone(),
+            on_reload: self.hooks.on_reload.clone(),
+            post_fork: self.hooks.post_fork.clone(),
+            post_worker_init: self.hooks.post_worker_init.clone(),
+            worker_exit: self.hooks.worker_exit.clone(),
+            pre_request: self.hooks.pre_request.clone(),
+            post_request: self.hooks.post_request.clone(),
+            tls_bind: tls
+                .iter()
+                .map(|t| BindAddr::Tcp((any, port_u16(t.port)).into()))
+                .collect(),
+            tls_cert: tls.map(|_| format!("{TLS_DIR}/tls.crt").into()),
+            tls_key: tls.map(|_| format!("{TLS_DIR}/tls.key").into()),
+            tls_client_ca: tls
+                .and_then(|t| t.client_ca_secret_name.as_ref())
+                .map(|_| format!("{CLIENT_CA_DIR}/ca.crt").into()),
+            tls_client_verify: tls
+                .map(|t| t.client_verify)
+                .filter(|v| *v != ClientVerify::Off),
+            http2: (!self.http2.enabled).then_some(false),
+            h2c: self.http2.h2c.then_some(true),
+            h2c_allow_ips: self.http2.h2c_allow_ips.clone(),
         }
     }
 }
@@ -645,6 +679,19 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
 
     let pod = spec.pod.clone().unwrap_or_default();
     check_pod(&pod, &mut errs);
+    let hooks = serving::resolve_hooks(spec.hooks.as_ref(), &mut errs);
+    let tls = serving::resolve_tls(spec.tls.as_ref(), port, admin_port, service.port, &mut errs);
+    let http2 = serving::resolve_http2(spec.http2.as_ref(), &mut errs);
+    if tls.is_some() {
+        for (i, m) in pod.volume_mounts.iter().enumerate() {
+            if m.mount_path == TLS_DIR || m.mount_path == CLIENT_CA_DIR {
+                errs.push(
+                    &format!("spec.pod.volumeMounts[{i}].mountPath"),
+                    format!("{} is where spec.tls is mounted", m.mount_path),
+                );
+            }
+        }
+    }
 
     let command = if spec.command.is_empty() {
         vec![defaults::COMMAND.to_string()]
@@ -688,6 +735,9 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
         autoscaling,
         resources,
         pod,
+        hooks,
+        tls,
+        http2,
     };
 
     // The last word is the server's: what the pods get must resolve with its own rules.
@@ -1184,8 +1234,64 @@ mod tests {
 
     #[test]
     fn invalid_specs_name_their_fields() {
+        let tls = |verify, ca: Option<&str>| crate::crd::TlsSpec {
+            secret_name: "shop-tls".into(),
+            client_verify: verify,
+            client_ca_secret_name: ca.map(Into::into),
+            ..Default::default()
+        };
         let cases: Vec<(WsgiApp, &str)> = vec![
             (mk_app("shop").with_workers(4, Some(2)), "spec.workers.min"),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.hooks = Some(crate::crd::HooksSpec {
+                        post_fork: Some("shop-hooks:post_fork".into()),
+                        ..Default::default()
+                    })
+                }),
+                "spec.hooks.postFork",
+            ),
+            (
+                mk_app("shop")
+                    .map(|a| a.spec.tls = Some(tls(Some(crate::crd::ClientVerify::Require), None))),
+                "spec.tls.clientVerify",
+            ),
+            (
+                mk_app("shop").map(|a| a.spec.tls = Some(tls(None, Some("shop-ca")))),
+                "spec.tls.clientCaSecretName",
+            ),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.tls = Some(crate::crd::TlsSpec {
+                        port: Some(9191),
+                        ..tls(None, None)
+                    })
+                }),
+                "spec.tls.port",
+            ),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.tls = Some(tls(None, None));
+                    a.spec.pod = Some(PodOverrides {
+                        volume_mounts: vec![k8s_openapi::api::core::v1::VolumeMount {
+                            name: "certs".into(),
+                            mount_path: "/etc/wsgiscale-tls".into(),
+                            ..Default::default()
+                        }],
+                        ..PodOverrides::default()
+                    });
+                }),
+                "spec.pod.volumeMounts[0].mountPath",
+            ),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.http2 = Some(crate::crd::Http2Spec {
+                        h2c_allow_ips: vec!["the cluster".into()],
+                        ..Default::default()
+                    })
+                }),
+                "spec.http2.h2cAllowIps[0]",
+            ),
             (
                 mk_app("shop").map(|a| {
                     a.spec.command = vec!["/opt/venv/bin/wsgiscale".into()];

@@ -18,6 +18,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve a WSGI application.
     Serve(Box<Settings>),
+    /// Print the wsgiscale settings (or a WsgiApp) equivalent to a gunicorn or uWSGI
+    /// configuration, with what became of each setting.
+    Migrate(crate::migrate::MigrateArgs),
     /// Internal: the fork server, started by `serve`.
     #[command(name = "__zygote", hide = true)]
     Zygote {

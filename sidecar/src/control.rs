@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
 use wsgiscale_core::config::LogFormat;
+use wsgiscale_core::hooks::Hooks;
 
 /// The largest control message.
 pub const MAX_MESSAGE: usize = 256 * 1024;
@@ -36,13 +37,17 @@ pub struct ZygoteInit {
     pub log_format: LogFormat,
     /// Log filter.
     pub log_level: String,
+    /// Server hooks (file paths absolute).
+    pub hooks: Hooks,
+    /// This fork server replaces another one (a reload): runs the `on-reload` hook.
+    pub reload: bool,
 }
 
 /// Master -> fork server.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum ToZygote {
     /// First message: set up Python.
-    Init(ZygoteInit),
+    Init(Box<ZygoteInit>),
     /// Fork a worker that serves on the socket passed with this message.
     Spawn {
         /// The master's id for the worker.

@@ -23,6 +23,7 @@ pub fn main(argv: Vec<OsString>, how: Launch) -> i32 {
     match cli.command {
         Command::Zygote { control_fd } => zygote::main(control_fd).clamp(0, 255),
         Command::Serve(args) => serve(*args),
+        Command::Migrate(args) => crate::migrate::main(args),
     }
 }
 

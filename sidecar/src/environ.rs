@@ -59,6 +59,7 @@ pub fn for_each_pair(req: RequestView<'_>, conn: &ConnInfo, mut emit: impl FnMut
         match req.version {
             Version::HTTP_10 => b"HTTP/1.0",
             Version::HTTP_09 => b"HTTP/0.9",
+            Version::HTTP_2 => b"HTTP/2.0",
             _ => b"HTTP/1.1",
         },
     );

@@ -1,6 +1,7 @@
-//! The HTTP front: accept loops, one hyper HTTP/1.1 connection task per client, and the
-//! service that turns a complete request into a queued job and the worker's reply into a
-//! response. Slow clients only ever hold this cheap task, never a Python worker.
+//! The HTTP front: accept loops, one hyper connection task per client (HTTP/1.1, or HTTP/2
+//! over TLS or h2c: [`crate::protocol`]), and the service that turns a complete request into
+//! a queued job and the worker's reply into a response. Slow clients only ever hold this
+//! cheap task, never a Python worker.
 
 use std::convert::Infallible;
 use std::io;
@@ -15,19 +16,21 @@ use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCod
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use wsgiscale_core::config::BindAddr;
+use wsgiscale_core::protocols::ProtocolConfig;
 
 use crate::dispatch::{Chunk, Failure, Job, Reply};
 use crate::environ::{self, ConnInfo, RequestView};
 use crate::proto::Head;
+use crate::protocol::{Connections, HandshakeError};
 use crate::state::Shared;
+use crate::tls::Certs;
 
 /// Longest request target (path and query) accepted; longer gets 414.
 pub const MAX_REQUEST_TARGET: usize = 8190;
@@ -94,18 +97,28 @@ impl Listener {
 }
 
 /// Accepts connections until `stop`, then waits (at most the graceful timeout) for open
-/// connections to finish their current request.
-pub async fn accept_loop(listener: Listener, ctx: Arc<Shared>, stop: CancellationToken) {
+/// connections to finish their current request. With `tls` the listener serves HTTPS
+/// (HTTP/2 or HTTP/1.1 by ALPN); `protocols` says which peers may speak h2c on a plain one
+/// ([`crate::protocol`]).
+pub async fn accept_loop(
+    listener: Listener,
+    ctx: Arc<Shared>,
+    tls: Option<Arc<Certs>>,
+    protocols: ProtocolConfig,
+    stop: CancellationToken,
+) {
     let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(ctx.http.keepalive_timeout)
-        .max_buf_size(MAX_BUF)
-        // A client may send a whole request and shut down its write side (`nc -N`, some
-        // HTTP/1.0 clients and proxies): answer it instead of dropping the connection at EOF.
-        .half_close(true);
-    let serve = |(io, conn): (TokioIo<Stream>, ConnInfo)| {
+    let conns = Arc::new(Connections::new(
+        &ctx.http,
+        &protocols,
+        MAX_BUF,
+        MAX_HEADER_BYTES,
+    ));
+    let serve = |(io, mut conn): (TokioIo<Stream>, ConnInfo)| {
+        if tls.is_some() {
+            conn.url_scheme = "https";
+        }
+        let mode = conns.mode(tls.as_ref(), conn.remote.map(|r| r.ip()));
         let conn = Arc::new(conn);
         let ctx = ctx.clone();
         ctx.metrics.connections_accepted.inc();
@@ -113,29 +126,14 @@ pub async fn accept_loop(listener: Listener, ctx: Arc<Shared>, stop: Cancellatio
         let service_ctx = ctx.clone();
         let service_conn = conn.clone();
         let service = service_fn(move |req| handle(req, service_conn.clone(), service_ctx.clone()));
-        let watched = graceful.watch(builder.serve_connection(io, service));
+        // Held until the connection ends: the graceful shutdown below waits for it.
+        let watching = graceful.watcher();
+        let (conns, stop) = (conns.clone(), stop.clone());
         tokio::spawn(async move {
-            if let Err(e) = watched.await {
-                match malformed_status(&e) {
-                    // hyper answered a request it could not parse and closed the connection:
-                    // count and log it as the request it was.
-                    Some(status) => {
-                        ctx.metrics.count_status(status);
-                        if ctx.http.access_log {
-                            tracing::info!(
-                                target: "access",
-                                method = "-",
-                                path = "-",
-                                status,
-                                remote = %remote_text(&conn),
-                                error = %e,
-                                "malformed request"
-                            );
-                        }
-                    }
-                    None => tracing::debug!(error = %e, "connection ended with an error"),
-                }
+            if let Err(e) = conns.serve(io.into_inner(), mode, service, &stop).await {
+                connection_error(&ctx, &conn, &*e);
             }
+            drop(watching);
             ctx.metrics.connections.dec();
         });
     };
@@ -149,6 +147,45 @@ pub async fn accept_loop(listener: Listener, ctx: Arc<Shared>, stop: Cancellatio
         .is_err()
     {
         tracing::warn!("graceful timeout reached with connections still open");
+    }
+}
+
+/// Logs (and counts) how a connection ended with an error.
+fn connection_error(ctx: &Shared, conn: &ConnInfo, e: &(dyn std::error::Error + 'static)) {
+    if let Some(h) = e.downcast_ref::<HandshakeError>() {
+        ctx.metrics.count_tls_handshake_failure();
+        tracing::debug!(remote = %remote_text(conn), error = %h, "TLS handshake failed");
+        return;
+    }
+    let Some(e) = e.downcast_ref::<hyper::Error>() else {
+        tracing::debug!(error = %e, "connection ended with an error");
+        return;
+    };
+    if e.is_parse_version_h2() {
+        tracing::info!(
+            remote = %remote_text(conn),
+            "HTTP/2 (h2c) refused: the peer is not in --h2c-allow-ips or --h2c is off"
+        );
+        return;
+    }
+    match malformed_status(e) {
+        // hyper answered a request it could not parse and closed the connection:
+        // count and log it as the request it was.
+        Some(status) => {
+            ctx.metrics.count_status(status);
+            if ctx.http.access_log {
+                tracing::info!(
+                    target: "access",
+                    method = "-",
+                    path = "-",
+                    status,
+                    remote = %remote_text(conn),
+                    error = %e,
+                    "malformed request"
+                );
+            }
+        }
+        None => tracing::debug!(error = %e, "connection ended with an error"),
     }
 }
 

@@ -72,6 +72,10 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     /// Config reloads by outcome.
     pub config_reloads: Family<ReasonLabel, Counter>,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: Counter,
+    /// TLS certificate reloads by outcome.
+    pub tls_reloads: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -168,6 +172,18 @@ impl Metrics {
             "Config file reloads by outcome (applied, rejected)",
             config_reloads.clone(),
         );
+        let tls_handshake_failures = Counter::default();
+        r.register(
+            "wsgiscale_tls_handshake_failures",
+            "TLS handshakes that failed (no or a refused client certificate, a client that does not trust ours) or timed out",
+            tls_handshake_failures.clone(),
+        );
+        let tls_reloads = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "wsgiscale_tls_reloads",
+            "Changed TLS certificate files by outcome (applied, rejected)",
+            tls_reloads.clone(),
+        );
         Metrics {
             registry: r,
             workers,
@@ -185,7 +201,14 @@ impl Metrics {
             connections,
             connections_accepted,
             config_reloads,
+            tls_handshake_failures,
+            tls_reloads,
         }
+    }
+
+    /// Counts a failed TLS handshake.
+    pub fn count_tls_handshake_failure(&self) {
+        self.tls_handshake_failures.inc();
     }
 
     /// Counts one answered request.

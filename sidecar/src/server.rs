@@ -40,6 +40,9 @@ pub enum ServerError {
     /// The supervisor's task panicked: the workers' state is unknown, so the server stops.
     #[error("the supervisor failed: {0}")]
     SupervisorFailed(String),
+    /// The TLS certificate, key or client CA cannot be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Reads and parses a config file.
@@ -66,6 +69,8 @@ pub fn zygote_init(cfg: &ServerConfig) -> ZygoteInit {
             .saturating_add(proto::HEADER_LEN + 1024 * 1024),
         log_format: cfg.log.format,
         log_level: cfg.log.level.clone(),
+        hooks: cfg.python.hooks.with_paths(abs),
+        reload: false,
     }
 }
 
@@ -94,6 +99,9 @@ fn restart_only_changes(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static 
     }
     if old.front_threads != new.front_threads {
         v.push("front-threads");
+    }
+    if old.protocols != new.protocols {
+        v.push("tls/http2 settings");
     }
     if old.log != new.log {
         v.push("logging");
@@ -185,6 +193,18 @@ pub async fn run(args: Settings, cfg: ServerConfig) -> Result<(), ServerError> {
         })?;
         listeners.push(l);
     }
+    let certs = match &cfg.protocols.tls {
+        Some(t) => Some(crate::tls::Certs::load(t, cfg.protocols.alpn())?),
+        None => None,
+    };
+    let mut tls_listeners = Vec::new();
+    for addr in cfg.protocols.tls.iter().flat_map(|t| &t.binds) {
+        let l = front::bind(addr).map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+        tls_listeners.push(l);
+    }
     let admin_listener = front::bind(&cfg.admin_bind).map_err(|source| ServerError::Bind {
         addr: cfg.admin_bind.to_string(),
         source,
@@ -217,12 +237,32 @@ pub async fn run(args: Settings, cfg: ServerConfig) -> Result<(), ServerError> {
     let stop_accepting = CancellationToken::new();
     let mut fronts = Vec::new();
     for l in listeners {
-        tracing::info!(addr = %l.describe(), app = %cfg.python.app, "listening");
+        tracing::info!(addr = %l.describe(), app = %cfg.python.app, h2c = cfg.protocols.h2c, "listening");
         fronts.push(tokio::spawn(front::accept_loop(
             l,
             shared.clone(),
+            None,
+            cfg.protocols.clone(),
             stop_accepting.clone(),
         )));
+    }
+    for l in tls_listeners {
+        tracing::info!(addr = %l.describe(), app = %cfg.python.app, tls = true, http2 = cfg.protocols.http2, "listening");
+        fronts.push(tokio::spawn(front::accept_loop(
+            l,
+            shared.clone(),
+            certs.clone(),
+            cfg.protocols.clone(),
+            stop_accepting.clone(),
+        )));
+    }
+    if let Some(certs) = &certs {
+        tokio::spawn(crate::tls::watch(
+            certs.clone(),
+            shared.clone(),
+            crate::tls::TLS_POLL,
+            stop_accepting.clone(),
+        ));
     }
     tracing::info!(addr = %admin_listener.describe(), "admin listening");
     let stop_admin = CancellationToken::new();

@@ -79,7 +79,7 @@ impl Zygote {
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )
         .map_err(|e| SupervisorError::StartZygote(e.into()))?;
-        control::send(ours.as_fd(), &ToZygote::Init(init.clone()), &[])?;
+        control::send(ours.as_fd(), &ToZygote::Init(Box::new(init.clone())), &[])?;
         let mut z = Zygote {
             fd: crate::sys::async_fd(ours).map_err(SupervisorError::StartZygote)?,
             pid: child.id(),
@@ -261,7 +261,16 @@ pub fn describe_exit(code: Option<i32>, signal: Option<i32>) -> String {
             Ok(s) => format!("killed by signal {sig} ({})", s.as_str()),
             Err(_) => format!("killed by signal {sig}"),
         },
-        (Some(code), None) => format!("exit code {code}"),
+        (Some(code), None) => match code {
+            crate::worker::EXIT_IMPORT_FAILED => {
+                format!("exit code {code} (the app failed to import)")
+            }
+            crate::worker::EXIT_MASTER_LOST => format!("exit code {code} (lost the master)"),
+            crate::worker::EXIT_HOOK_FAILED => {
+                format!("exit code {code} (a post-fork or post-worker-init hook raised)")
+            }
+            _ => format!("exit code {code}"),
+        },
         (None, None) => "exit status unknown".to_string(),
     }
 }
@@ -323,7 +332,10 @@ impl Supervisor {
                 Action::Retire { id, reason } => self.retire(id, reason),
                 Action::Kill { id } => self.kill_stuck(id),
                 Action::StartForkServer { reload } => {
-                    let init = self.p.init.clone();
+                    let init = ZygoteInit {
+                        reload,
+                        ..self.p.init.clone()
+                    };
                     let start = tokio::spawn(async move { Zygote::start(&init).await });
                     self.starting = Some((reload, start));
                 }
@@ -891,7 +903,11 @@ mod tests {
     #[test]
     fn exit_statuses_read_as_words() {
         assert_eq!(describe_exit(None, Some(9)), "killed by signal 9 (SIGKILL)");
-        assert_eq!(describe_exit(Some(3), None), "exit code 3");
+        assert_eq!(
+            describe_exit(Some(3), None),
+            "exit code 3 (the app failed to import)"
+        );
+        assert_eq!(describe_exit(Some(1), None), "exit code 1");
         assert_eq!(describe_exit(None, Some(99)), "killed by signal 99");
         assert_eq!(describe_exit(None, None), "exit status unknown");
     }

@@ -13,7 +13,7 @@ use nix::unistd::{ForkResult, Pid};
 use pyo3::prelude::*;
 
 use crate::control::{self, FromZygote, ToZygote, ZygoteInit, MAX_MESSAGE};
-use crate::{logging, python, sys, worker};
+use crate::{hooks, logging, python, sys, worker};
 
 /// Exit code when Python setup or the app import failed.
 pub const EXIT_IMPORT_FAILED: i32 = 2;
@@ -28,7 +28,7 @@ pub fn main(control_fd: RawFd) -> i32 {
     set_name(c"wsgiscale-fork");
     let mut buf = vec![0u8; MAX_MESSAGE];
     let init = match control::recv::<ToZygote>(control.as_fd(), &mut buf) {
-        Ok((ToZygote::Init(init), _)) => init,
+        Ok((ToZygote::Init(init), _)) => *init,
         Ok((other, _)) => {
             eprintln!("wsgiscale fork server: expected Init, got {other:?}");
             return 1;
@@ -79,6 +79,17 @@ fn serve(py: Python<'_>, init: &ZygoteInit, control: OwnedFd, buf: &mut [u8]) ->
             return EXIT_IMPORT_FAILED;
         }
     };
+    let app_name = format!("{}:{}", init.module, init.callable);
+    let hooks = match hooks::load(py, &init.hooks, &app_name, init.reload) {
+        Ok(h) => h,
+        Err(message) => {
+            reply(&control, &FromZygote::ImportFailed { message });
+            return EXIT_IMPORT_FAILED;
+        }
+    };
+    if let Some(h) = &hooks {
+        h.run_fork_server(py, init.reload);
+    }
     python::freeze_for_fork(py);
     let import_ms = started.elapsed().as_millis() as u64;
     if !reply(
@@ -114,8 +125,8 @@ fn serve(py: Python<'_>, init: &ZygoteInit, control: OwnedFd, buf: &mut [u8]) ->
                         let span =
                             tracing::info_span!("worker", id = worker, pid = std::process::id());
                         let _enter = span.enter();
-                        let code =
-                            worker::run(py, init, link, app.as_ref().map(|a| a.clone_ref(py)));
+                        let preloaded = app.as_ref().map(|a| a.clone_ref(py));
+                        let code = worker::run(py, init, link, preloaded, worker, hooks.as_ref());
                         std::process::exit(code);
                     }
                     Ok(ForkResult::Parent { child }) => {

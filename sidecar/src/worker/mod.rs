@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use pyo3::prelude::*;
 
 use crate::control::ZygoteInit;
+use crate::hooks::Loaded;
 use crate::proto::{self, Frame, Kind};
 use crate::python;
 use conn::{Reader, Writer};
@@ -23,13 +24,18 @@ use wsgi::{Ctx, Outcome};
 pub const EXIT_IMPORT_FAILED: i32 = 3;
 /// Exit code of a worker that lost its master or broke the protocol.
 pub const EXIT_MASTER_LOST: i32 = 4;
+/// Exit code of a worker whose `post-fork` or `post-worker-init` hook raised.
+pub const EXIT_HOOK_FAILED: i32 = 5;
 
-/// Runs the worker until the master tells it to stop; returns the process exit code.
+/// Runs the worker `id` until the master tells it to stop; returns the process exit code.
+/// `hooks` are the server hooks the fork server loaded.
 pub fn run(
     py: Python<'_>,
     init: &ZygoteInit,
     link: Vec<OwnedFd>,
     preloaded: Option<Py<PyAny>>,
+    id: u64,
+    hooks: Option<&Loaded>,
 ) -> i32 {
     let end = match conn::End::open(link) {
         Ok(end) => end,
@@ -43,6 +49,15 @@ pub fn run(
         tracing::debug!(error = %e, "SCHED_BATCH not available; the worker keeps SCHED_OTHER");
     }
     let mut reader = Reader::new(end, init.max_frame);
+    // post-fork, before anything else the worker does; a worker whose hook raised is not
+    // used (the master replaces it, backing off if that keeps happening).
+    let hook_worker = match hooks {
+        Some(h) => match h.start_worker(py, id, preloaded.as_ref()) {
+            Some(w) => Some(w),
+            None => return EXIT_HOOK_FAILED,
+        },
+        None => None,
+    };
     let app = match preloaded {
         Some(app) => app,
         None => match python::import_app(py, init) {
@@ -60,13 +75,21 @@ pub fn run(
         },
     };
     python::enable_stack_dumps(py);
-    let ctx = match Ctx::new(py, app, init.threads, writer.clone()) {
+    if let (Some(h), Some(w)) = (hooks, &hook_worker) {
+        if !h.worker_ready(py, w, &app) {
+            return EXIT_HOOK_FAILED;
+        }
+    }
+    let mut ctx = match Ctx::new(py, app, init.threads, writer.clone()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(traceback = %wsgi::format_traceback(py, &e), "worker setup failed");
             return EXIT_IMPORT_FAILED;
         }
     };
+    if let (Some(h), Some(w)) = (hooks, &hook_worker) {
+        ctx.hooks = h.request_hooks(py, w);
+    }
     let mut ready = BytesMut::new();
     proto::encode_ready(&mut ready, std::process::id());
     if writer.send(&ready).is_err() {
@@ -78,6 +101,9 @@ pub fn run(
         let ctx = Arc::new(ctx);
         py.detach(|| serve_threaded(&ctx, &mut reader, init.threads))
     };
+    if let (Some(h), Some(w)) = (hooks, &hook_worker) {
+        h.worker_exit(py, w);
+    }
     python::run_exit_hooks(py);
     code
 }

@@ -45,6 +45,8 @@ pub struct Ctx {
     pub poll_cancel: Option<Box<dyn Fn() + Send + Sync>>,
     /// Set when the master socket failed: the worker must exit.
     pub broken: AtomicBool,
+    /// The `pre-request`/`post-request` hooks, if configured.
+    pub hooks: Option<crate::hooks::RequestHooks>,
 }
 
 impl Ctx {
@@ -66,6 +68,7 @@ impl Ctx {
                 .into(),
             poll_cancel: None,
             broken: AtomicBool::new(false),
+            hooks: None,
         })
     }
 
@@ -597,6 +600,31 @@ fn run(
             state: Mutex::new(ResponseState::default()),
         },
     )?;
+    let Some(hooks) = &ctx.hooks else {
+        return call_app(py, ctx, &environ, &sr);
+    };
+    let req = hooks.before(py, &environ);
+    let result = call_app(py, ctx, &environ, &sr);
+    if let Some(req) = req {
+        let st = lock(&sr.get().state);
+        let (code, reason) = st
+            .status
+            .clone()
+            .unwrap_or_else(|| (500, b"Internal Server Error".to_vec()));
+        let headers = st.headers.clone();
+        drop(st);
+        hooks.after(py, &req, &environ, (code, &reason), &headers);
+    }
+    result
+}
+
+/// Calls the app with `environ` and `sr` and sends its response.
+fn call_app(
+    py: Python<'_>,
+    ctx: &Arc<Ctx>,
+    environ: &Bound<'_, PyDict>,
+    sr: &Bound<'_, StartResponse>,
+) -> PyResult<()> {
     let app = ctx.app.bind(py);
     let result = match app.call1((environ, sr.clone())) {
         Ok(r) => r,
@@ -656,7 +684,14 @@ fn fail(py: Python<'_>, sr: &StartResponse, err: PyErr) -> PyResult<()> {
             &[body],
         )
         .expect("a fixed small head encodes");
-        lock(&sr.state).head_sent = true;
+        let mut st = lock(&sr.state);
+        st.head_sent = true;
+        // What was sent, for the post-request hook.
+        st.status = Some((500, b"Internal Server Error".to_vec()));
+        st.headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
     }
     let _ = sr.ctx().send(py, &frame);
     Err(err)

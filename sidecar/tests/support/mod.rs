@@ -100,6 +100,18 @@ impl Server {
 
     /// Starts `app` with extra flags and environment variables and waits until it is ready.
     pub fn start_env(app: &str, extra: &[&str], envs: &[(&str, &str)]) -> Server {
+        let s = Server::start_unready(app, extra, envs);
+        s.wait_ready();
+        s
+    }
+
+    /// Whether the server process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    /// Starts `app` and waits until it listens, not until it is ready.
+    pub fn start_unready(app: &str, extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let (child, log, rx) = spawn_env(app, extra, envs);
         // Owned by a Server from here on, so that a failed start still kills the process.
         let mut guard = Server {
@@ -125,7 +137,6 @@ impl Server {
         }
         guard.addr = addr.unwrap();
         guard.admin = admin.unwrap();
-        guard.wait_ready();
         guard
     }
 
@@ -207,10 +218,21 @@ fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
     }
 }
 
+/// A child process killed when dropped, also when the test fails while it runs.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts a server that must fail to start; returns its exit status and log.
 pub fn start_failing(app: &str, extra: &[&str]) -> (ExitStatus, String) {
-    let (mut child, log, _rx) = spawn(app, extra);
-    let st = wait_exit(&mut child, Duration::from_secs(60));
+    let (child, log, _rx) = spawn(app, extra);
+    let mut child = KillOnDrop(child);
+    let st = wait_exit(&mut child.0, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(100));
     let text = log.lock().unwrap().join("\n");
     (st, text)
@@ -467,5 +489,34 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// A fresh temporary directory, removed when dropped (also when the test fails).
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("wsgiscale-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// The JSON lines of `path` (an events file several processes append to); none if absent.
+pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `within`.
+pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
