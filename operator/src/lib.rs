@@ -13,6 +13,7 @@
 //! generates the CRD. It depends on `wsgiscale-core` for the server's command line and config
 //! file, never on the server itself, so it does not link libpython.
 
+pub mod activation;
 pub mod autoscale;
 pub mod cli;
 pub mod crd;
