@@ -26,6 +26,7 @@ pub mod python;
 pub mod ring;
 pub mod server;
 pub mod shm;
+pub mod spool;
 pub mod state;
 pub mod supervisor;
 pub mod sys;

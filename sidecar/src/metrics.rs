@@ -30,6 +30,13 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// `kind` label of the temporary-file metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// request (a large body) or response (a slow client's).
+    pub kind: &'static str,
+}
+
 /// Scaling decision labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabel {
@@ -72,6 +79,12 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     /// Config reloads by outcome.
     pub config_reloads: Family<ReasonLabel, Counter>,
+    /// Temporary files made for bodies, by kind.
+    spill_files: Family<KindLabel, Counter>,
+    /// Bytes written to them, by kind.
+    spill_bytes: Family<KindLabel, Counter>,
+    /// Requests or responses that failed because of their temporary file, by kind.
+    spill_errors: Family<KindLabel, Counter>,
 }
 
 impl Metrics {
@@ -168,6 +181,27 @@ impl Metrics {
             "Config file reloads by outcome (applied, rejected)",
             config_reloads.clone(),
         );
+        let spill_files = Family::<KindLabel, Counter>::default();
+        r.register(
+            "wsgiscale_spill_files",
+            "Temporary files made for request bodies past --body-buffer and responses past \
+             --response-buffer, by kind",
+            spill_files.clone(),
+        );
+        let spill_bytes = Family::<KindLabel, Counter>::default();
+        r.register_with_unit(
+            "wsgiscale_spill",
+            "Bytes written to temporary files, by kind",
+            prometheus_client::registry::Unit::Bytes,
+            spill_bytes.clone(),
+        );
+        let spill_errors = Family::<KindLabel, Counter>::default();
+        r.register(
+            "wsgiscale_spill_errors",
+            "Requests (500) or responses (cut short) lost to a temporary file that could not \
+             be made, written or read, by kind",
+            spill_errors.clone(),
+        );
         Metrics {
             registry: r,
             workers,
@@ -185,6 +219,33 @@ impl Metrics {
             connections,
             connections_accepted,
             config_reloads,
+            spill_files,
+            spill_bytes,
+            spill_errors,
+        }
+    }
+
+    /// Temporary files made for `kind` ("request" or "response").
+    pub fn spill_files(&self, kind: &'static str) -> Counter {
+        self.spill_files.get_or_create(&KindLabel { kind }).clone()
+    }
+
+    /// Bytes written to temporary files for `kind`.
+    pub fn spill_bytes(&self, kind: &'static str) -> Counter {
+        self.spill_bytes.get_or_create(&KindLabel { kind }).clone()
+    }
+
+    /// Losses to temporary files for `kind`.
+    pub fn spill_errors(&self, kind: &'static str) -> Counter {
+        self.spill_errors.get_or_create(&KindLabel { kind }).clone()
+    }
+
+    /// The counters a response spool updates.
+    pub fn response_spill_stats(&self) -> crate::spool::SpillStats {
+        crate::spool::SpillStats {
+            files: self.spill_files("response"),
+            bytes: self.spill_bytes("response"),
+            errors: self.spill_errors("response"),
         }
     }
 
@@ -246,7 +307,12 @@ mod tests {
             .get_or_create(&ReasonLabel { reason: "initial" })
             .inc();
         m.queue_wait.observe(0.002);
+        m.spill_bytes("request").inc_by(5);
         let text = m.render();
+        assert!(
+            text.contains("wsgiscale_spill_bytes_total{kind=\"request\"} 5"),
+            "{text}"
+        );
         assert!(
             text.contains("wsgiscale_requests_total{class=\"2xx\"} 1"),
             "{text}"

@@ -53,6 +53,7 @@ pub fn load_config_file(path: &Path) -> Result<Settings, String> {
 /// the directory the server was started in (the fork server changes into `--chdir` first).
 pub fn zygote_init(cfg: &ServerConfig) -> ZygoteInit {
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let spool = crate::spool::SpoolConfig::from_settings(&cfg.http.buffers);
     ZygoteInit {
         module: cfg.python.app.module.clone(),
         callable: cfg.python.app.callable.clone(),
@@ -61,9 +62,12 @@ pub fn zygote_init(cfg: &ServerConfig) -> ZygoteInit {
         venv: cfg.python.venv.as_deref().map(abs),
         preload: cfg.python.preload,
         threads: cfg.python.threads,
-        max_frame: usize::try_from(cfg.http.max_body)
+        // Larger bodies reach the worker as files, not in frames.
+        max_frame: usize::try_from(cfg.http.max_body.min(cfg.http.buffers.body_buffer))
             .unwrap_or(usize::MAX)
             .saturating_add(proto::HEADER_LEN + 1024 * 1024),
+        response_window: spool.window(),
+        response_piece: spool.piece(),
         log_format: cfg.log.format,
         log_level: cfg.log.level.clone(),
     }

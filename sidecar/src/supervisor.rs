@@ -365,6 +365,8 @@ impl Supervisor {
             threads: self.p.init.threads,
             ahead: self.shared.dispatcher.ahead(),
             max_frame: crate::proto::MAX_RESPONSE_FRAME,
+            spool: self.shared.spool.clone(),
+            spill_stats: self.shared.metrics.response_spill_stats(),
         };
         tokio::spawn(link::run(
             params,
