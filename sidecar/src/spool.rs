@@ -425,3 +425,192 @@ fn free_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
         Err(e) => Err(io::Error::from(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn cfg(memory: usize, spill: u64) -> Arc<SpoolConfig> {
+        Arc::new(SpoolConfig {
+            memory,
+            spill,
+            dir: std::env::temp_dir(),
+        })
+    }
+
+    fn spool(memory: usize) -> (Arc<Spool>, SpoolReader, Arc<Notify>) {
+        let link = Arc::new(Notify::new());
+        let s = Spool::new(cfg(memory, 1 << 30), link.clone(), SpillStats::default());
+        let r = s.reader();
+        (s, r, link)
+    }
+
+    /// Takes what is ready now (`None`: nothing yet; `Some(None)`: the end).
+    fn poll(r: &mut SpoolReader) -> Option<Option<Result<Bytes, SpoolError>>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match r.poll_next(&mut cx) {
+            Poll::Ready(x) => Some(x),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn bytes_stay_in_memory_while_they_fit_and_the_file_is_empty() {
+        assert_eq!(place(0, 0, 10, 10), Place::Memory);
+        assert_eq!(place(4, 0, 6, 10), Place::Memory);
+        assert_eq!(place(4, 0, 7, 10), Place::File, "over the budget");
+        assert_eq!(
+            place(0, 1, 1, 10),
+            Place::File,
+            "behind older bytes in the file"
+        );
+        assert_eq!(place(0, 0, 11, 10), Place::File, "larger than the budget");
+    }
+
+    #[test]
+    fn credit_is_the_window_beyond_what_the_client_took() {
+        let mut c = Credit::new(100);
+        assert!(c.allows(100) && !c.allows(101));
+        assert!(!c.due(0) && !c.due(49), "less than half a window moved");
+        assert!(c.due(50));
+        assert_eq!(c.grant(50), 150);
+        assert!(c.allows(150) && !c.allows(151));
+        assert!(!c.due(60));
+        assert_eq!(c.grant(10), 150, "a grant never shrinks");
+    }
+
+    proptest! {
+        /// The worker's bytes come out as they went in, whatever the budget and however
+        /// pushes and takes interleave, and memory never holds more than the budget.
+        #[test]
+        fn bytes_come_out_in_order_within_the_budget(
+            memory in 1usize..64,
+            ops in proptest::collection::vec((any::<bool>(), 0usize..100), 1..60),
+        ) {
+            let (s, mut r, _link) = spool(memory);
+            let (mut sent, mut got) = (Vec::new(), Vec::new());
+            let mut counter = 0u8;
+            for (push, n) in ops {
+                if push {
+                    let data: Vec<u8> = (0..n).map(|_| { counter = counter.wrapping_add(1); counter }).collect();
+                    sent.extend_from_slice(&data);
+                    s.push(Bytes::from(data)).expect("push");
+                } else if let Some(Some(Ok(b))) = poll(&mut r) {
+                    got.extend_from_slice(&b);
+                }
+                let st = s.state.lock();
+                prop_assert!(st.in_memory <= memory);
+                prop_assert_eq!(st.in_memory, st.memory.iter().map(Bytes::len).sum::<usize>());
+            }
+            s.finish();
+            loop {
+                match poll(&mut r) {
+                    Some(Some(Ok(b))) => got.extend_from_slice(&b),
+                    Some(None) => break,
+                    other => prop_assert!(false, "unexpected {:?}", other.map(|o| o.map(|r| r.map(|b| b.len())))),
+                }
+            }
+            prop_assert_eq!(got, sent);
+            prop_assert!(r.is_done());
+        }
+    }
+
+    /// Whether the temp dir's file system frees punched holes (tmpfs, ext4, xfs, btrfs do).
+    fn holes_are_freed() -> bool {
+        let f = tempfile::tempfile().expect("temp file");
+        f.write_all_at(&vec![1u8; 4 << 20], 0).expect("write");
+        f.sync_all().expect("sync");
+        let before = f.metadata().expect("stat").blocks();
+        free_range(&f, 0, 2 << 20).expect("punch");
+        f.metadata().expect("stat").blocks() < before
+    }
+
+    /// The file gives back what the client has read, as it reads, and is emptied (so
+    /// memory is used again) once it is drained; the client's leaving closes it.
+    #[test]
+    fn the_file_is_freed_as_it_is_read_and_dropped_with_the_client() {
+        let (s, mut r, link) = spool(4096);
+        let piece = Bytes::from(vec![7u8; 1 << 20]);
+        for _ in 0..8 {
+            s.push(piece.clone()).expect("push");
+        }
+        let blocks = |s: &Spool| {
+            let st = s.state.lock();
+            st.spill
+                .as_ref()
+                .map(|f| f.file.metadata().expect("stat").blocks() * 512)
+        };
+        let mut read = 0;
+        while read < 5 << 20 {
+            read += poll(&mut r)
+                .expect("ready")
+                .expect("data")
+                .expect("ok")
+                .len();
+        }
+        if holes_are_freed() {
+            let held = blocks(&s).expect("a file");
+            assert!(
+                held <= (8 << 20) - (4 << 20),
+                "{held} bytes still allocated after 5 MiB read"
+            );
+        }
+        while read < 8 << 20 {
+            read += poll(&mut r)
+                .expect("ready")
+                .expect("data")
+                .expect("ok")
+                .len();
+        }
+        {
+            let st = s.state.lock();
+            let spill = st
+                .spill
+                .as_ref()
+                .expect("the file stays for the next spill");
+            assert_eq!((spill.read, spill.write), (0, 0));
+            assert_eq!(spill.file.metadata().expect("stat").len(), 0, "emptied");
+        }
+        s.push(Bytes::from_static(b"small")).expect("push");
+        assert_eq!(s.state.lock().in_memory, 5, "memory again");
+        assert!(!s.is_gone());
+        drop(r);
+        assert!(s.is_gone());
+        assert!(
+            s.state.lock().spill.is_none(),
+            "the file is closed with the client"
+        );
+        // The link was told (a stored permit: its next wait returns at once).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(5), link.notified())
+                .await
+                .expect("the link is woken");
+        });
+        s.push(Bytes::from_static(b"late"))
+            .expect("dropped quietly");
+    }
+
+    /// Taking half a window flags a grant for the link, once, and the grant is what was
+    /// taken plus the window; an aborted response ends the client's body with an error.
+    #[test]
+    fn grants_follow_the_client_and_an_abort_reaches_it() {
+        let link = Arc::new(Notify::new());
+        let s = Spool::new(cfg(64, 64), link, SpillStats::default());
+        let mut r = s.reader();
+        assert_eq!(s.granted(), 128);
+        s.push(Bytes::from(vec![1u8; 64])).expect("push");
+        assert_eq!(s.grant(), None, "nothing taken yet");
+        let b = poll(&mut r).expect("ready").expect("data").expect("ok");
+        assert_eq!(b.len(), 64);
+        assert_eq!(s.grant(), Some(192));
+        assert_eq!(s.grant(), None, "once");
+        s.abort();
+        assert!(matches!(poll(&mut r), Some(Some(Err(SpoolError::Aborted)))));
+    }
+}
