@@ -437,7 +437,9 @@ pub struct Settings {
     #[arg(long, env = "WSGISCALE_MAX_LIFETIME", value_name = "DURATION")]
     pub max_lifetime: Option<Dur>,
 
-    /// Recycle a worker after a request when its resident memory exceeds this. [default: off]
+    /// Recycle a worker after a request when its own memory exceeds this: its unique set size
+    /// (USS), the pages it does not share with the fork server and the other workers (RSS on
+    /// kernels before 4.14). [default: off]
     #[arg(long, env = "WSGISCALE_MAX_RSS", value_name = "BYTES")]
     pub max_rss: Option<ByteSize>,
 

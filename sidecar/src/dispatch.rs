@@ -73,7 +73,7 @@ pub enum ToLink {
 /// A complete request waiting to run.
 #[derive(Debug)]
 pub struct Job {
-    /// The encoded request frame (stream id set when a lane is chosen).
+    /// The encoded request frame (its stream id set by the link that writes it).
     pub frame: BytesMut,
     /// The body, when it is in a temporary file rather than in the frame (a `RequestFile`):
     /// its descriptor goes to the worker with the frame.
@@ -133,7 +133,7 @@ struct Slot {
     /// One record per request on the worker: its ticket and when it started running (not
     /// yet, for a look-ahead request still waiting behind the worker's lanes).
     in_flight: Vec<(Ticket, Option<Instant>)>,
-    rss_bytes: Option<u64>,
+    memory_bytes: Option<u64>,
 }
 
 impl Slot {
@@ -318,7 +318,7 @@ impl Dispatcher {
                 requests: 0,
                 busy_time: Duration::ZERO,
                 in_flight: Vec::new(),
-                rss_bytes: None,
+                memory_bytes: None,
             },
         );
     }
@@ -455,10 +455,10 @@ impl Dispatcher {
         }
     }
 
-    /// Records a worker's resident memory.
-    pub fn set_rss(&self, id: WorkerId, rss: Option<u64>) {
+    /// Records a worker's memory (its USS, [`crate::procmem`]).
+    pub fn set_memory(&self, id: WorkerId, rss: Option<u64>) {
         if let Some(slot) = self.state.lock().workers.get_mut(&id) {
-            slot.rss_bytes = rss;
+            slot.memory_bytes = rss;
         }
     }
 
@@ -514,7 +514,7 @@ impl Dispatcher {
                     busy_time: s.busy_time + running,
                     spawned_at: s.spawned_at.saturating_duration_since(self.epoch),
                     requests: s.requests,
-                    rss_bytes: s.rss_bytes,
+                    memory_bytes: s.memory_bytes,
                 }
             })
             .collect();

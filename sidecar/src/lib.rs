@@ -21,6 +21,7 @@ pub mod link;
 pub mod logging;
 pub mod metrics;
 pub mod park;
+pub mod procmem;
 pub mod proto;
 pub mod python;
 pub mod ring;

@@ -69,10 +69,10 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabel, Counter>,
     /// Spawns the driver refused, by reason (at_max, memory, ...).
     pub refusals: Family<ReasonLabel, Counter>,
-    /// Resident memory of all workers.
-    pub workers_rss: Gauge,
-    /// Largest worker's resident memory.
-    pub worker_rss_max: Gauge,
+    /// Memory (USS) of all workers.
+    pub workers_memory: Gauge,
+    /// Largest worker's memory (USS).
+    pub worker_memory_max: Gauge,
     /// Open client connections.
     pub connections: Gauge,
     /// Accepted client connections.
@@ -151,17 +151,18 @@ impl Metrics {
             "Spawns or retirements the driver refused, by reason",
             refusals.clone(),
         );
-        let workers_rss = Gauge::default();
+        let workers_memory = Gauge::default();
         r.register(
-            "wsgiscale_workers_resident_memory_bytes",
-            "Resident memory of all workers",
-            workers_rss.clone(),
+            "wsgiscale_workers_memory_bytes",
+            "Memory of all workers: the sum of their unique set sizes (USS), the pages each \
+             has beyond what it shares with the fork server and the others",
+            workers_memory.clone(),
         );
-        let worker_rss_max = Gauge::default();
+        let worker_memory_max = Gauge::default();
         r.register(
-            "wsgiscale_worker_resident_memory_max_bytes",
-            "Resident memory of the largest worker",
-            worker_rss_max.clone(),
+            "wsgiscale_worker_memory_max_bytes",
+            "Memory (USS) of the largest worker, the figure --max-rss compares",
+            worker_memory_max.clone(),
         );
         let connections = Gauge::default();
         r.register(
@@ -214,8 +215,8 @@ impl Metrics {
             deaths,
             decisions,
             refusals,
-            workers_rss,
-            worker_rss_max,
+            workers_memory,
+            worker_memory_max,
             connections,
             connections_accepted,
             config_reloads,
@@ -274,10 +275,10 @@ impl Metrics {
                 .set(i64::from(sb.count(state)));
         }
         self.queue_depth.set(i64::from(sb.queue_depth));
-        let rss: Vec<u64> = sb.workers.iter().filter_map(|w| w.rss_bytes).collect();
-        self.workers_rss.set(rss.iter().sum::<u64>() as i64);
-        self.worker_rss_max
-            .set(rss.iter().copied().max().unwrap_or(0) as i64);
+        let memory: Vec<u64> = sb.workers.iter().filter_map(|w| w.memory_bytes).collect();
+        self.workers_memory.set(memory.iter().sum::<u64>() as i64);
+        self.worker_memory_max
+            .set(memory.iter().copied().max().unwrap_or(0) as i64);
     }
 
     /// The Prometheus text exposition (format 0.0.4).

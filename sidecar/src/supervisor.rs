@@ -692,7 +692,9 @@ impl Supervisor {
     fn scale_tick(&mut self) {
         for (id, h) in &self.handles {
             if let Some(pid) = h.pid {
-                self.shared.dispatcher.set_rss(*id, read_rss(pid));
+                self.shared
+                    .dispatcher
+                    .set_memory(*id, crate::procmem::read(pid));
             }
         }
         let sb = self.shared.dispatcher.snapshot();
@@ -705,7 +707,7 @@ impl Supervisor {
         let usage: Vec<_> = sb
             .workers
             .iter()
-            .map(|w| (w.id, w.requests, w.rss_bytes))
+            .map(|w| (w.id, w.requests, w.memory_bytes))
             .collect();
         let actions = self.pool.recycle(self.now(), &usage);
         self.carry_out(actions);
@@ -718,7 +720,7 @@ impl Supervisor {
         let mem = cgroup::read_memory();
         let inputs = DriveInputs {
             manual_delta: std::mem::take(&mut self.manual_delta),
-            memory: MemoryBudget::cgroup(mem.limit, mem.current),
+            memory: MemoryBudget::cgroup(mem.limit, mem.usage()),
         };
         let limits = self.pool.live().workers;
         let plan = drive(verdict, &sb, &limits, &inputs);
@@ -841,17 +843,6 @@ async fn recv_zygote(z: &mut Option<Zygote>) -> Result<FromZygote, ControlError>
         Some(z) => z.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Resident set size of a process from /proc/PID/statm.
-pub fn read_rss(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64;
-    Some(pages * page)
 }
 
 /// Makes a worker's link (socket pair, shared region, three bells), hands the worker's
