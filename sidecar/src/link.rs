@@ -7,6 +7,9 @@
 //! when the front's runtime is about to block ([`crate::park`]), so a worker never makes a
 //! system call to hand over a response while the master is busy.
 //!
+//! A *stream* is one of the link's request slots (one per worker thread, plus the
+//! look-ahead ones); a *lane*, as in [`crate::dispatch`], is a worker thread.
+//!
 //! Draining never waits for a client: a streamed response's bytes go to its [`Spool`]
 //! (memory, then a temporary file), and the worker can only send what the stream's credit
 //! allows, which grows as the client reads. So a slow client slows only its own stream, and

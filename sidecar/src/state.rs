@@ -15,7 +15,7 @@ use crate::spool::SpoolConfig;
 
 /// Shared by every task of the master.
 pub struct Shared {
-    /// The queue and the workers' lanes.
+    /// The queue and the workers' lanes (their threads).
     pub dispatcher: Arc<Dispatcher>,
     /// Front limits and timeouts (fixed for the server's life).
     pub http: HttpConfig,
