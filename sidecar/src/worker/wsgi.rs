@@ -718,7 +718,7 @@ impl StartResponse {
 pub enum Outcome {
     /// Served (whatever the status).
     Done,
-    /// The master socket failed: exit.
+    /// The link to the master failed (or the master is gone): exit.
     Broken,
 }
 
