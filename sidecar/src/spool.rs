@@ -543,13 +543,12 @@ mod tests {
                 .map(|f| f.file.metadata().expect("stat").blocks() * 512)
         };
         let mut read = 0;
-        while read < 5 << 20 {
-            read += poll(&mut r)
-                .expect("ready")
-                .expect("data")
-                .expect("ok")
-                .len();
-        }
+        let mut read_to = |r: &mut SpoolReader, upto: usize| {
+            while read < upto {
+                read += poll(r).expect("ready").expect("data").expect("ok").len();
+            }
+        };
+        read_to(&mut r, 5 << 20);
         if holes_are_freed() {
             let held = blocks(&s).expect("a file");
             assert!(
@@ -557,13 +556,7 @@ mod tests {
                 "{held} bytes still allocated after 5 MiB read"
             );
         }
-        while read < 8 << 20 {
-            read += poll(&mut r)
-                .expect("ready")
-                .expect("data")
-                .expect("ok")
-                .len();
-        }
+        read_to(&mut r, 8 << 20);
         {
             let st = s.state.lock();
             let spill = st
