@@ -40,6 +40,14 @@ pub enum ServerError {
     /// The supervisor's task panicked: the workers' state is unknown, so the server stops.
     #[error("the supervisor failed: {0}")]
     SupervisorFailed(String),
+    /// No temporary file can be made in `--temp-dir`.
+    #[error("--temp-dir {dir}: cannot make a temporary file there: {source}")]
+    TempDir {
+        /// The directory.
+        dir: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Reads and parses a config file.
@@ -180,6 +188,15 @@ pub async fn run(args: Settings, cfg: ServerConfig) -> Result<(), ServerError> {
     let mut sighup = sig(SignalKind::hangup())?;
     let mut sigttin = sig(SignalKind::from_raw(libc::SIGTTIN))?;
     let mut sigttou = sig(SignalKind::from_raw(libc::SIGTTOU))?;
+
+    // Large bodies and slow clients' responses go there: find out now, not at the first one.
+    let temp_dir = cfg.http.buffers.temp_dir();
+    if let Err(source) = tempfile::tempfile_in(&temp_dir) {
+        return Err(ServerError::TempDir {
+            dir: temp_dir.display().to_string(),
+            source,
+        });
+    }
 
     let mut listeners = Vec::new();
     for addr in &cfg.binds {

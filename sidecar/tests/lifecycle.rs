@@ -113,6 +113,14 @@ fn bad_flags_are_rejected_before_starting() {
     assert_eq!(status.code(), Some(2));
     let (status, _) = start_failing(APP, &["--cheaper-algo", "sparse"]);
     assert_eq!(status.code(), Some(2));
+    // A temporary directory that cannot take a file is found at start, not at the first
+    // large upload.
+    let (status, log) = start_failing(APP, &["--temp-dir", "/nonexistent/wsgiscale-tmp"]);
+    assert!(!status.success());
+    assert!(
+        log.contains("--temp-dir /nonexistent/wsgiscale-tmp"),
+        "{log}"
+    );
 }
 
 #[test]
