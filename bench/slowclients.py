@@ -27,6 +27,17 @@ import sys
 import time
 
 
+async def _connect_failed(stats, e):
+    stats["connect_errors"] += 1
+    stats["last_error"] = repr(e)
+    await asyncio.sleep(0.5)
+
+
+def _opened(stats):
+    stats["opened"] += 1
+    stats["open_now"] += 1
+
+
 async def _close(writer, stats):
     stats["open_now"] -= 1
     writer.close()
@@ -45,12 +56,9 @@ async def client(i, a, stats, ctl, ready):
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(a.host, a.port), timeout=5)
         except (OSError, asyncio.TimeoutError) as e:
-            stats["connect_errors"] += 1
-            stats["last_error"] = repr(e)
-            await asyncio.sleep(0.5)
+            await _connect_failed(stats, e)
             continue
-        stats["opened"] += 1
-        stats["open_now"] += 1
+        _opened(stats)
         if first:
             first = False
             ready.append(i)
@@ -103,12 +111,9 @@ async def reader_client(i, a, stats, ctl, ready):
             reader, writer = await asyncio.open_connection(sock=sock, limit=max(a.rate, 256))
         except (OSError, asyncio.TimeoutError) as e:
             sock.close()
-            stats["connect_errors"] += 1
-            stats["last_error"] = repr(e)
-            await asyncio.sleep(0.5)
+            await _connect_failed(stats, e)
             continue
-        stats["opened"] += 1
-        stats["open_now"] += 1
+        _opened(stats)
         closed_by_server = False
         try:
             writer.write(req)
