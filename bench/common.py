@@ -18,7 +18,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 import run as R  # noqa: E402  (run.py defines everything at import; main() only runs as a script)
-from run import (APPS, BENCH as _B, CLK_TCK, HOST, LIVE, REPO, VBIN, VENV,  # noqa: E402,F401
+from run import (APPS, BENCH as _B, HOST, LIVE, REPO, VBIN, VENV,  # noqa: E402,F401
                  WSGISCALE_BIN, _cleanup_all, base_env, cpu_busy_s, failure_line, fmt,
                  free_port, http_request, log_tail, md_table, placeholder_cmd, proc_table,
                  read_stat, rel, spawn, stop, tree, tree_cpu_s, versions, machine)
@@ -31,17 +31,14 @@ def loadavg():
 
 
 def _proc_cpu_table():
-    """{pid: (comm, cpu_ticks, starttime)} for every process (threads included in the
-    process's own utime/stime)."""
+    """{pid: (name, cpu seconds, create time)} for every process (threads included in the
+    process's own user and system time)."""
     out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
+    for p in R.psutil.process_iter(["name", "cpu_times", "create_time"]):
+        t = p.info["cpu_times"]
+        if t is None:
             continue
-        st = R.stat_fields(int(name))
-        if st is None:
-            continue
-        comm, rest = st
-        out[int(name)] = (comm, int(rest[11]) + int(rest[12]), int(rest[19]))
+        out[p.pid] = (p.info["name"], t.user + t.system, p.info["create_time"])
     return out
 
 
@@ -86,12 +83,12 @@ class MachineAccount:
         snap1 = _proc_cpu_table()
         mine = set(srv_pids) | set(self.srv_pids0) | {os.getpid()}
         per = {}
-        for pid, (comm, ticks, st) in snap1.items():
+        for pid, (comm, cpu_s, st) in snap1.items():
             if pid in mine:
                 continue
             before = self.snap0.get(pid)
             # a process started during the run: all its CPU is from the run
-            d = ticks - before[1] if before and before[2] == st else ticks
+            d = cpu_s - before[1] if before and before[2] == st else cpu_s
             if d > 0:
                 per[comm] = per.get(comm, 0) + d
         top = sorted(per.items(), key=lambda kv: -kv[1])[:4]
@@ -101,8 +98,7 @@ class MachineAccount:
             "server_cores": round(max(0.0, srv_d) / wall, 2),
             "client_cores": round(client / wall, 2),
             "other_cores": round(other / wall, 2),
-            "top_other": [[c, round(t / CLK_TCK / wall, 2)] for c, t in top
-                          if t / CLK_TCK / wall >= 0.01],
+            "top_other": [[c, round(t / wall, 2)] for c, t in top if t / wall >= 0.01],
             "loadavg_start": self.load0,
             "loadavg_end": loadavg(),
             "noisy": other / wall > NOISE_CORES,
@@ -123,21 +119,15 @@ def describe_load(acct):
 
 
 def smaps_rollup(pid):
-    """{'rss','pss','uss','shared','swap'} in KiB from /proc/PID/smaps_rollup (USS =
-    Private_Clean + Private_Dirty), or None if the process is gone."""
-    vals = {}
+    """{'rss','pss','uss','shared','swap'} in KiB from /proc/PID/smaps_rollup through psutil's
+    memory_full_info (USS = Private_Clean + Private_Dirty; shared = RSS - USS), or None if the
+    process is gone."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[0].endswith(":"):
-                    vals[parts[0][:-1]] = int(parts[1])
-    except OSError:
+        m = R.psutil.Process(pid).memory_full_info()
+    except R.psutil.Error:
         return None
-    return {"rss": vals.get("Rss", 0), "pss": vals.get("Pss", 0),
-            "uss": vals.get("Private_Clean", 0) + vals.get("Private_Dirty", 0),
-            "shared": vals.get("Shared_Clean", 0) + vals.get("Shared_Dirty", 0),
-            "swap": vals.get("Swap", 0)}
+    return {"rss": m.rss // 1024, "pss": m.pss // 1024, "uss": m.uss // 1024,
+            "shared": (m.rss - m.uss) // 1024, "swap": m.swap // 1024}
 
 
 def children_of(pid):

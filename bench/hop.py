@@ -202,6 +202,7 @@ def main():
     args = ap.parse_args()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     logdir = R.BENCH / "out" / f"hop-logs-{stamp}"
     logdir.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "-C", str(R.REPO), "rev-parse", "--short", "HEAD"],

@@ -35,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 APPS = BENCH / "apps"
@@ -75,39 +77,28 @@ def _on_signal(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def stat_fields(pid):
-    """(comm, fields after the command name) from /proc/PID/stat, or None when it is gone.
-    fields[1] is ppid, [11]/[12] utime/stime, [13]/[14] cutime/cstime, [19] starttime."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            s = f.read()
-    except OSError:
-        return None
-    l, r = s.find(b"("), s.rfind(b")")
-    return s[l + 1:r].decode(errors="replace"), s[r + 2:].split()
-
-
 def read_stat(pid):
-    """(ppid, starttime) from /proc/PID/stat, or None."""
-    st = stat_fields(pid)
-    if st is None:
+    """(ppid, create time) of pid, or None when it is gone. The create time tells a process
+    from a later one that got the same pid."""
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            return p.ppid(), p.create_time()
+    except psutil.Error:
         return None
-    rest = st[1]
-    return int(rest[1]), int(rest[19])
 
 
 def proc_table():
+    """{pid: (ppid, create time)} of every process."""
     tab = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = read_stat(int(name))
-            if st:
-                tab[int(name)] = st
+    for p in psutil.process_iter(["ppid", "create_time"]):
+        if p.info["ppid"] is not None:
+            tab[p.pid] = (p.info["ppid"], p.info["create_time"])
     return tab
 
 
 def tree(root):
-    """{pid: starttime} of root and all its descendants."""
+    """{pid: create time} of root and all its descendants."""
     tab = proc_table()
     kids = {}
     for pid, (ppid, _) in tab.items():
@@ -123,52 +114,43 @@ def tree(root):
 
 
 def mem_of(pids):
-    """(rss_kib, pss_kib, nprocs, nthreads) summed over pids."""
+    """(rss_kib, pss_kib, nprocs, nthreads) summed over pids (PSS from smaps_rollup, through
+    psutil's memory_full_info)."""
     rss = pss = n = threads = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        rss += int(line.split()[1])
-                    elif line.startswith("Threads:"):
-                        threads += int(line.split()[1])
-            n += 1
-        except OSError:
+            p = psutil.Process(pid)
+            with p.oneshot():
+                mem = p.memory_full_info()
+                threads += p.num_threads()
+        except psutil.Error:
             continue
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        pss += int(line.split()[1])
-                        break
-        except OSError:
-            pass
+        n += 1
+        rss += mem.rss // 1024
+        pss += getattr(mem, "pss", 0) // 1024
     return rss, pss, n, threads
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
 def cpu_busy_s():
-    """Machine-wide busy CPU seconds (all cores) from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (v + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+    """Machine-wide busy CPU seconds (all cores): everything but idle and iowait."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
 
 
 def tree_cpu_s(pids, reaped=False):
-    """CPU seconds (utime + stime) of pids; with reaped, also of their reaped children
-    (cutime + cstime): a worker retired during a run moves its CPU into its parent's cutime,
-    so the difference of that sum over a run still counts it."""
-    fields = (11, 12, 13, 14) if reaped else (11, 12)
-    total = 0
+    """CPU seconds (user + system) of pids; with reaped, also of their reaped children: a
+    worker retired during a run moves its CPU into its parent's children times, so the
+    difference of that sum over a run still counts it."""
+    total = 0.0
     for pid in pids:
-        st = stat_fields(pid)
-        if st is not None:
-            total += sum(int(st[1][i]) for i in fields)
-    return total / CLK_TCK
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+        if reaped:
+            total += t.children_user + t.children_system
+    return total
 
 
 class CpuAccount:
@@ -222,18 +204,9 @@ class MemSampler(threading.Thread):
 
 
 def listening_ports():
-    ports = set()
-    for fn in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(fn) as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    if parts[3] == "0A":
-                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-        except OSError:
-            pass
-    return ports
+    """TCP ports something listens on (IPv4 and IPv6)."""
+    return {c.laddr.port for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN}
 
 
 _used_ports = set()
@@ -739,9 +712,15 @@ SCENARIOS = [
              _check_json(lambda d, b: d.get("framework") == "flask"), entries=with_wheel,
              measures="a framework's per-request cost on top of the server (Flask 3, jsonify)"),
     Scenario("slowclients", "hello while 200 slow clients trickle headers", "basic:hello",
-             _check_eq(b"Hello, World!"), slow=True,
+             _check_eq(b"Hello, World!"), slow="send",
              measures="hello throughput (c64) while 200 other connections send their request "
                       "headers one byte every ~1.5 s, against the same server's clean figure"),
+    Scenario("slowreaders", "hello while slow clients read large responses at 1 KiB/s",
+             "basic:hello_or_big", _check_eq(b"Hello, World!"), slow="read",
+             measures="hello throughput (c64) while --slow-readers other connections each "
+                      "fetch a 16 MiB streamed response (/big) and read it at ~1 KiB/s "
+                      "(4 KiB receive buffer), against the same server's clean figure: a "
+                      "server that holds a worker per slow reader has none left for hello"),
 ]
 SCENARIO_NAMES = [s.name for s in SCENARIOS] + ["newworker", "ceiling"]
 
@@ -894,8 +873,12 @@ def measure(scn, entry, rnd, args, logdir):
             clean, out = run_wrk(cmd, args.duration)
             res["clean"] = clean
             slow_cmd = [sys.executable, str(BENCH / "slowclients.py"), "--host", HOST,
-                        "--port", str(port), "--conns", str(args.slow_conns),
-                        "--interval", "1.5", "--duration", str(args.duration + 30)]
+                        "--port", str(port), "--duration", str(args.duration + 30)]
+            if scn.slow == "read":
+                slow_cmd += ["--mode", "read", "--conns", str(args.slow_readers),
+                             "--path", "/big?16", "--rate", "1024", "--ramp", "2"]
+            else:
+                slow_cmd += ["--conns", str(args.slow_conns), "--interval", "1.5"]
             res["slow_cmd"] = placeholder_cmd(slow_cmd, port, None)
             slow_proc = subprocess.Popen(slow_cmd, stdout=subprocess.PIPE, text=True,
                                          stderr=subprocess.DEVNULL, start_new_session=True)
@@ -977,7 +960,8 @@ class ForkTracker(threading.Thread):
     """Notes the first moment each new process appears under `root`.
 
     Polls /proc/sys/kernel/ns_last_pid (the last pid handed out) every ~0.2 ms and, when it
-    moves, looks at the new pids' parents. Threads (Tgid != Pid) are ignored."""
+    moves, looks at the new pids' parents. Threads (Tgid != Pid) are ignored. This probe reads
+    /proc itself: psutil has neither the last pid handed out nor a task's thread group."""
 
     def __init__(self, root):
         super().__init__(daemon=True)
@@ -1048,9 +1032,7 @@ def proc_start_monotonic(pid):
     st = read_stat(pid)
     if not st:
         return None
-    hz = os.sysconf("SC_CLK_TCK")
-    since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
-    return time.monotonic() - (since_boot - st[1] / hz)
+    return time.monotonic() - (time.time() - st[1])
 
 
 async def _poll_new_worker(port, victim, t_kill, timeout, max_inflight=48):
@@ -1300,6 +1282,8 @@ def summarize(runs):
                                    for r in good)
             s["slow_connect_errors"] = sum((r.get("slow_stats") or {}).get("connect_errors", 0)
                                            for r in good)
+            s["slow_kib"] = med([(r.get("slow_stats") or {}).get("bytes_received", 0) / 1024
+                                 for r in good if r.get("slow_stats")])
         out[label] = s
     return out
 
@@ -1397,7 +1381,7 @@ def scenario_section(scn_name, title, measures, summ, notes_for):
     for label, s in summ.items():
         if not s["ok_rounds"]:
             rows.append([label, "FAILED: " + ", ".join(s["statuses"])] +
-                        ["-"] * (9 if slow else 8))
+                        ["-"] * (10 if slow else 8))
             continue
         row = [label]
         if slow:
@@ -1411,14 +1395,15 @@ def scenario_section(scn_name, title, measures, summ, notes_for):
                 fmt(s["rss_mib"], 1), fmt(s["pss_mib"], 1),
                 f"{fmt(s.get('server_cores'), 2)} / {fmt(s.get('other_cores_max'), 2)}"]
         if slow:
-            row += [f"{fmt(s.get('slow_open'), 0)} / {fmt(s.get('slow_closed'), 0)}"]
+            row += [f"{fmt(s.get('slow_open'), 0)} / {fmt(s.get('slow_closed'), 0)}",
+                    fmt(s.get("slow_kib"), 0)]
         else:
             row += [fmt_ratio(ratio(ws, s["rps"])) if ws else "-"]
         rows.append(row)
     if slow:
         header = ["server", "clean req/s", "with slow req/s", "share", "p50 ms", "p99 ms",
                   "errors", "wrk read errs", "RSS MiB", "PSS MiB", "CPU server / other",
-                  "slow held / closed"]
+                  "slow held / closed", "slow clients got KiB"]
     else:
         header = ["server", "req/s", "p50 ms", "p99 ms", "errors", "wrk read errs",
                   "RSS MiB", "PSS MiB", "CPU server / other", "wsgiscale ÷ server"]
@@ -1586,10 +1571,10 @@ def versions():
 
 def machine():
     m = {"cores": os.cpu_count(), "kernel": platform.release()}
+    m["mem_gib"] = round(psutil.virtual_memory().total / 1024 ** 3, 1)
+    m["loadavg_at_start"] = [f"{x:.2f}" for x in os.getloadavg()]
     try:
-        with open("/proc/meminfo") as f:
-            m["mem_gib"] = round(int(f.readline().split()[1]) / 1024 / 1024, 1)
-        m["loadavg_at_start"] = open("/proc/loadavg").read().split()[:3]
+        # the model name: psutil has none
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
@@ -1679,6 +1664,8 @@ def main():
     ap.add_argument("--servers", default="", help="comma list of: " + ",".join(SERVERS))
     ap.add_argument("--kills", type=int, default=3, help="newworker: kills per round")
     ap.add_argument("--slow-conns", type=int, default=200)
+    ap.add_argument("--slow-readers", type=int, default=50,
+                    help="slowreaders: clients reading a 16 MiB response at ~1 KiB/s")
     ap.add_argument("--out", default=str(BENCH / "out"))
     args = ap.parse_args()
 

@@ -86,3 +86,24 @@ def echo(environ, start_response):
     start_response("200 OK", [("Content-Type", "application/octet-stream"),
                               ("Content-Length", str(len(body)))])
     return [body]
+
+
+BIG_PIECE = b"b" * 65536
+
+
+def hello_or_big(environ, start_response):
+    """hello on every path but `/big`, which streams `?MIB` MiB (default 16) from a generator
+    in 64 KiB pieces, without a Content-Length: the slow-reader scenario's large download
+    beside wrk's hello, from one app object."""
+    if environ.get("PATH_INFO") != "/big":
+        return hello(environ, start_response)
+    try:
+        mib = int(environ.get("QUERY_STRING") or 16)
+    except ValueError:
+        mib = 16
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+
+    def pieces():
+        for _ in range(mib * 16):
+            yield BIG_PIECE
+    return pieces()

@@ -379,6 +379,30 @@ pub struct Settings {
     #[arg(long, env = "WSGISCALE_MAX_BODY", value_name = "BYTES")]
     pub max_body: Option<ByteSize>,
 
+    /// Request bodies up to this size are held in memory; a larger one (or a chunked one that
+    /// grows past it) goes to a temporary file in --temp-dir, which the worker reads as
+    /// `wsgi.input` (nginx's client_body_buffer_size). [default: 1Mi]
+    #[arg(long, env = "WSGISCALE_BODY_BUFFER", value_name = "BYTES")]
+    pub body_buffer: Option<ByteSize>,
+
+    /// Bytes of one streamed response the master holds in memory while its client reads more
+    /// slowly than the app writes; the rest goes to a temporary file in --temp-dir.
+    /// [default: 256Ki]
+    #[arg(long, env = "WSGISCALE_RESPONSE_BUFFER", value_name = "BYTES")]
+    pub response_buffer: Option<ByteSize>,
+
+    /// Bytes of one response its temporary file may hold beyond --response-buffer (0: no
+    /// file). A response that fits in both never holds a worker, whatever its client's speed;
+    /// past them, the worker thread that produces it waits for the client (that response
+    /// only). [default: 1Gi]
+    #[arg(long, env = "WSGISCALE_RESPONSE_SPILL", value_name = "BYTES")]
+    pub response_spill: Option<ByteSize>,
+
+    /// Directory of the temporary files of large request bodies and slow responses; each is
+    /// unlinked as it is created and gone when its request is. [default: $TMPDIR, else /tmp]
+    #[arg(long, env = "WSGISCALE_TEMP_DIR", value_name = "DIR")]
+    pub temp_dir: Option<PathBuf>,
+
     /// Requests waiting for a worker beyond this get 503 with Retry-After. [default: 1024]
     #[arg(long, env = "WSGISCALE_MAX_QUEUE", value_name = "REQUESTS")]
     pub max_queue: Option<u32>,
@@ -415,7 +439,9 @@ pub struct Settings {
     #[arg(long, env = "WSGISCALE_MAX_LIFETIME", value_name = "DURATION")]
     pub max_lifetime: Option<Dur>,
 
-    /// Recycle a worker after a request when its resident memory exceeds this. [default: off]
+    /// Recycle a worker after a request when its own memory exceeds this: its unique set size
+    /// (USS), the pages it does not share with the fork server and the other workers (RSS on
+    /// kernels before 4.14). [default: off]
     #[arg(long, env = "WSGISCALE_MAX_RSS", value_name = "BYTES")]
     pub max_rss: Option<ByteSize>,
 
@@ -576,6 +602,9 @@ impl Settings {
             front_threads: Some(defaults::FRONT_THREADS),
             preload: Some(true),
             max_body: Some(ByteSize(defaults::MAX_BODY)),
+            body_buffer: Some(ByteSize(defaults::BODY_BUFFER)),
+            response_buffer: Some(ByteSize(defaults::RESPONSE_BUFFER)),
+            response_spill: Some(ByteSize(defaults::RESPONSE_SPILL)),
             max_queue: Some(defaults::MAX_QUEUE),
             keepalive_timeout: Some(Dur(defaults::KEEPALIVE_TIMEOUT)),
             body_timeout: Some(Dur(defaults::BODY_TIMEOUT)),
@@ -643,6 +672,10 @@ impl Settings {
             venv,
             preload,
             max_body,
+            body_buffer,
+            response_buffer,
+            response_spill,
+            temp_dir,
             max_queue,
             keepalive_timeout,
             body_timeout,
@@ -684,6 +717,10 @@ impl Settings {
             venv,
             preload,
             max_body,
+            body_buffer,
+            response_buffer,
+            response_spill,
+            temp_dir,
             max_queue,
             keepalive_timeout,
             body_timeout,
@@ -975,6 +1012,28 @@ pub struct HttpConfig {
     pub graceful_timeout: Duration,
     /// Whether to log one line per request.
     pub access_log: bool,
+    /// Request and response buffering.
+    pub buffers: BufferConfig,
+}
+
+/// How the master buffers request and response bodies (in memory, then in temporary files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferConfig {
+    /// Request bodies above this many bytes go to a temporary file.
+    pub body_buffer: u64,
+    /// Bytes of a response held in memory.
+    pub response_buffer: u64,
+    /// Bytes of a response held in its temporary file beyond `response_buffer`.
+    pub response_spill: u64,
+    /// Where temporary files go; `None`: the system's temporary directory.
+    pub temp_dir: Option<PathBuf>,
+}
+
+impl BufferConfig {
+    /// The temporary directory in force (`$TMPDIR`, else `/tmp`, when none was set).
+    pub fn temp_dir(&self) -> PathBuf {
+        self.temp_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
 }
 
 /// Worker-count limits.
@@ -1127,6 +1186,15 @@ pub mod defaults {
     pub const CHEAPER_BUSYNESS_BACKLOG: u32 = 33;
     /// Default largest body.
     pub const MAX_BODY: u64 = 64 << 20;
+    /// Default request body size above which it goes to a temporary file.
+    pub const BODY_BUFFER: u64 = 1 << 20;
+    /// Default bytes of a response held in memory.
+    pub const RESPONSE_BUFFER: u64 = 256 << 10;
+    /// Smallest `--response-buffer` accepted (a worker's error page must fit).
+    pub const RESPONSE_BUFFER_MIN: u64 = 4 << 10;
+    /// Default bytes of a response held in its temporary file (nginx's
+    /// proxy_max_temp_file_size).
+    pub const RESPONSE_SPILL: u64 = 1 << 30;
     /// Default queue bound.
     pub const MAX_QUEUE: u32 = 1024;
     /// Default keep-alive timeout.
@@ -1175,6 +1243,10 @@ pub fn resolve(
         venv,
         preload,
         max_body,
+        body_buffer,
+        response_buffer,
+        response_spill,
+        temp_dir,
         max_queue,
         keepalive_timeout,
         body_timeout,
@@ -1313,6 +1385,23 @@ pub fn resolve(
         return Err(invalid("body-timeout", "must be above zero"));
     }
 
+    let response_buffer = need(response_buffer).0;
+    if response_buffer < defaults::RESPONSE_BUFFER_MIN {
+        return Err(invalid(
+            "response-buffer",
+            format!(
+                "{response_buffer} bytes is below the minimum of {}",
+                defaults::RESPONSE_BUFFER_MIN
+            ),
+        ));
+    }
+    let buffers = BufferConfig {
+        body_buffer: need(body_buffer).0,
+        response_buffer,
+        response_spill: need(response_spill).0,
+        temp_dir: temp_dir.filter(|p| !p.as_os_str().is_empty()),
+    };
+
     let lifecycle = LifecycleConfig {
         timeout: nonzero(timeout),
         max_requests: need(max_requests),
@@ -1364,6 +1453,7 @@ pub fn resolve(
             body_timeout,
             graceful_timeout: need(graceful_timeout).0,
             access_log: need(access_log),
+            buffers,
         },
         live: LiveConfig {
             workers: WorkerLimits {
@@ -1461,6 +1551,16 @@ mod tests {
         assert!(cfg.python.preload);
         assert_eq!(cfg.python.threads, 1);
         assert_eq!(cfg.http.max_body, 64 << 20);
+        assert_eq!(
+            cfg.http.buffers,
+            BufferConfig {
+                body_buffer: 1 << 20,
+                response_buffer: 256 << 10,
+                response_spill: 1 << 30,
+                temp_dir: None,
+            }
+        );
+        assert_eq!(cfg.http.buffers.temp_dir(), std::env::temp_dir());
         assert_eq!(cfg.live.lifecycle.timeout, None);
     }
 
@@ -1525,6 +1625,7 @@ mod tests {
             (&["app:x", "--bind", "127.0.0.1:9191"], "admin-bind"),
             (&["app:x", "--tls-bind", "127.0.0.1:8443"], "tls-cert"),
             (&["app:x", "--tls-key", "k.pem"], "tls-key"),
+            (&["app:x", "--response-buffer", "4095"], "response-buffer"),
             (&["nocolon"], "app"),
         ];
         for (argv, key) in cases {
@@ -1864,8 +1965,14 @@ mod tests {
                     0..3,
                 ),
             ),
+            (
+                proptest::option::of((0u64..1 << 40).prop_map(ByteSize)),
+                proptest::option::of((0u64..1 << 40).prop_map(ByteSize)),
+                proptest::option::of((0u64..1 << 40).prop_map(ByteSize)),
+                proptest::option::of("/[a-z]{1,8}".prop_map(PathBuf::from)),
+            ),
         )
-            .prop_map(|(a, b, c, d, e)| Settings {
+            .prop_map(|(a, b, c, d, e, f)| Settings {
                 app: a.0,
                 config: a.1,
                 ignore_env: a.2,
@@ -1887,6 +1994,10 @@ mod tests {
                 pythonpath: b.8,
                 preload: b.9,
                 max_body: c.0,
+                body_buffer: f.0,
+                response_buffer: f.1,
+                response_spill: f.2,
+                temp_dir: f.3,
                 max_queue: c.1,
                 keepalive_timeout: c.2,
                 body_timeout: c.3,

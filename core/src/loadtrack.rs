@@ -256,7 +256,7 @@ mod tests {
             busy_time: Duration::ZERO,
             spawned_at: Duration::ZERO,
             requests: 0,
-            rss_bytes: None,
+            memory_bytes: None,
         }
     }
 

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::config::{LifecycleConfig, LiveConfig};
+use crate::rng::SplitMix64;
 use crate::scaling::Plan;
 
 /// A worker's id, unique for the server's life.
@@ -236,7 +237,7 @@ pub struct Pool {
     backoff: Backoff,
     ever_ready: bool,
     next_id: WorkerId,
-    rng: u64,
+    rng: SplitMix64,
 }
 
 impl Pool {
@@ -258,7 +259,7 @@ impl Pool {
             backoff: Backoff::default(),
             ever_ready: false,
             next_id: 1,
-            rng: seed,
+            rng: SplitMix64(seed),
         }
     }
 
@@ -354,15 +355,9 @@ impl Pool {
         (id, spawn)
     }
 
-    /// A uniform draw in 0..=max (SplitMix64, whose state is `self.rng`).
+    /// A uniform draw in 0..=max.
     fn draw(&mut self, max: u64) -> u64 {
-        if max == 0 {
-            return 0;
-        }
-        let mut rng = crate::rng::SplitMix64(self.rng);
-        let n = rng.below_or_at(max);
-        self.rng = rng.0;
-        n
+        self.rng.up_to(max)
     }
 
     fn retire(&mut self, id: WorkerId, reason: RetireReason, out: &mut Vec<Action>) -> bool {
@@ -568,7 +563,7 @@ impl Pool {
     /// Recycles workers past max-requests, max-lifetime or max-rss: each retires (finishing
     /// its current request) and the convergence spawns its replacement. At most a quarter of
     /// the workers (at least one) recycle at a time. `workers` gives each worker's completed
-    /// requests and resident memory (from the scoreboard).
+    /// requests and memory (its USS, from the scoreboard; `--max-rss` compares that).
     pub fn recycle(
         &mut self,
         now: Duration,

@@ -33,8 +33,10 @@ pub struct WorkerSlot {
     pub spawned_at: Duration,
     /// Requests it has completed.
     pub requests: u64,
-    /// Resident set size, when known.
-    pub rss_bytes: Option<u64>,
+    /// The worker's own memory, when known: its unique set size (USS, the pages no other
+    /// process maps: what it added to the preloaded fork server's, and what retiring it gives
+    /// back), or its resident set size where the kernel has no smaps_rollup.
+    pub memory_bytes: Option<u64>,
 }
 
 /// The snapshot.

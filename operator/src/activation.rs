@@ -70,7 +70,9 @@ pub fn excess_capacity(i: &PathInputs) -> f64 {
 
 /// Knative's rule, with hysteresis on the way out.
 pub fn decide_path(state: PathState, i: &PathInputs, now: Duration) -> PathState {
-    let needed = i.burst_capacity < 0.0 || i.ready_pods == 0 || (i.burst_capacity > 0.0 && excess_capacity(i) < 0.0);
+    let needed = i.burst_capacity < 0.0
+        || i.ready_pods == 0
+        || (i.burst_capacity > 0.0 && excess_capacity(i) < 0.0);
     if needed {
         return PathState {
             route: Route::Activator,
@@ -107,11 +109,21 @@ pub struct PodEndpoint {
 }
 
 /// The endpoints of the pods Service named `service` in `slices` (every slice of it).
-pub fn pod_endpoints(slices: &[&EndpointSlice], service: &str, port_name: &str) -> (Vec<PodEndpoint>, Option<i32>) {
+pub fn pod_endpoints(
+    slices: &[&EndpointSlice],
+    service: &str,
+    port_name: &str,
+) -> (Vec<PodEndpoint>, Option<i32>) {
     let mut eps = Vec::new();
     let mut port = None;
     for s in slices {
-        if s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).map(String::as_str) != Some(service) {
+        if s.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .map(String::as_str)
+            != Some(service)
+        {
             continue;
         }
         if let Some(p) = s
@@ -218,14 +230,26 @@ pub fn render_public_slice(
             }]
         }),
     };
-    (slice, if use_activator { Route::Activator } else { Route::Pods })
+    (
+        slice,
+        if use_activator {
+            Route::Activator
+        } else {
+            Route::Pods
+        },
+    )
 }
 
 /// Whether the app may go to zero pods now: scale to zero is on, the activator is already in
 /// the path (so the next request is held, not refused), and no request has arrived for the
 /// idle period (`last_request`: monotonic time of the last one seen, by the activator or the
 /// pods).
-pub fn may_scale_to_zero(idle: Option<Duration>, route: Route, last_request: Option<Duration>, now: Duration) -> bool {
+pub fn may_scale_to_zero(
+    idle: Option<Duration>,
+    route: Route,
+    last_request: Option<Duration>,
+    now: Duration,
+) -> bool {
     let Some(idle) = idle else { return false };
     route == Route::Activator && last_request.is_none_or(|t| now.saturating_sub(t) >= idle)
 }
@@ -268,8 +292,14 @@ mod tests {
         let s = decide_path(s, &inputs(2, 12.0, 8.0), at(13));
         assert_eq!((s.route, s.covered_since), (Route::Activator, None));
         // Target 0: only at zero pods; negative: always.
-        assert_eq!(decide_path(PathState::default(), &inputs(1, 100.0, 0.0), at(0)).route, Route::Pods);
-        assert_eq!(decide_path(PathState::default(), &inputs(9, 0.0, -1.0), at(0)).route, Route::Activator);
+        assert_eq!(
+            decide_path(PathState::default(), &inputs(1, 100.0, 0.0), at(0)).route,
+            Route::Pods
+        );
+        assert_eq!(
+            decide_path(PathState::default(), &inputs(9, 0.0, -1.0), at(0)).route,
+            Route::Activator
+        );
     }
 
     #[test]
@@ -290,13 +320,41 @@ mod tests {
             pod: Some("web-1".into()),
             node: Some("n".into()),
         }];
-        let (s, r) = render_public_slice("web-wsgiscale", "ns", "web", &owner, "http", Route::Activator, &pods, Some(8000), &["198.18.0.9".into()], 20001);
+        let (s, r) = render_public_slice(
+            "web-wsgiscale",
+            "ns",
+            "web",
+            &owner,
+            "http",
+            Route::Activator,
+            &pods,
+            Some(8000),
+            &["198.18.0.9".into()],
+            20001,
+        );
         assert_eq!(r, Route::Activator);
-        assert_eq!(s.endpoints.as_ref().expect("endpoints")[0].addresses, ["198.18.0.9"]);
+        assert_eq!(
+            s.endpoints.as_ref().expect("endpoints")[0].addresses,
+            ["198.18.0.9"]
+        );
         assert_eq!(s.ports.as_ref().expect("ports")[0].port, Some(20001));
-        assert_eq!(s.metadata.labels.as_ref().expect("labels")[SERVICE_NAME_LABEL], "web");
+        assert_eq!(
+            s.metadata.labels.as_ref().expect("labels")[SERVICE_NAME_LABEL],
+            "web"
+        );
         // No activator is ready: the pods stay.
-        let (s, r) = render_public_slice("web-wsgiscale", "ns", "web", &owner, "http", Route::Activator, &pods, Some(8000), &[], 20001);
+        let (s, r) = render_public_slice(
+            "web-wsgiscale",
+            "ns",
+            "web",
+            &owner,
+            "http",
+            Route::Activator,
+            &pods,
+            Some(8000),
+            &[],
+            20001,
+        );
         assert_eq!(r, Route::Pods);
         assert_eq!(s.ports.as_ref().expect("ports")[0].port, Some(8000));
     }
@@ -306,7 +364,17 @@ mod tests {
         let idle = Some(at(300));
         assert!(!may_scale_to_zero(None, Route::Activator, None, at(1000)));
         assert!(!may_scale_to_zero(idle, Route::Pods, None, at(1000)));
-        assert!(!may_scale_to_zero(idle, Route::Activator, Some(at(800)), at(1000)));
-        assert!(may_scale_to_zero(idle, Route::Activator, Some(at(700)), at(1000)));
+        assert!(!may_scale_to_zero(
+            idle,
+            Route::Activator,
+            Some(at(800)),
+            at(1000)
+        ));
+        assert!(may_scale_to_zero(
+            idle,
+            Route::Activator,
+            Some(at(700)),
+            at(1000)
+        ));
     }
 }

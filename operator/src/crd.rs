@@ -668,8 +668,10 @@ pub struct LifecycleSpec {
     #[schemars(range(min = 0))]
     pub max_lifetime_seconds: Option<i64>,
 
-    /// Recycle a worker after a request when its resident memory is above this size, e.g.
-    /// `512Mi`. Default: `memorySizing.perWorker` when set, else never.
+    /// Recycle a worker after a request when its own memory is above this size, e.g.
+    /// `512Mi`: its unique set size (USS), the pages it does not share with the fork server
+    /// and the other workers (RSS on kernels before 4.14). Default: `memorySizing.perWorker`
+    /// when set, else never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 32))]
     #[x_kube(validation = Rule::new(SIZE_RULE).message(SIZE_MESSAGE))]

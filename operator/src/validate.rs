@@ -393,6 +393,11 @@ impl ValidatedApp {
             venv: self.venv.clone().map(Into::into),
             preload: (!self.preload).then_some(false),
             max_body: Some(ByteSize(h.max_body)),
+            // Buffering and its temporary files keep the server's defaults (the pod's /tmp).
+            body_buffer: None,
+            response_buffer: None,
+            response_spill: None,
+            temp_dir: None,
             max_queue: Some(h.max_queue),
             keepalive_timeout: Some(Dur(h.keepalive_timeout)),
             body_timeout: Some(Dur(h.body_timeout)),

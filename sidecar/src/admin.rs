@@ -34,8 +34,8 @@ pub async fn serve(listener: Listener, ctx: Arc<Shared>, stop: CancellationToken
 
 async fn accept(l: &Listener) -> std::io::Result<TokioIo<Stream>> {
     Ok(match l {
-        Listener::Tcp(l) => TokioIo::new(Stream::Tcp(l.accept().await?.0)),
-        Listener::Unix(l, _) => TokioIo::new(Stream::Unix(l.accept().await?.0)),
+        Listener::Tcp(l) => TokioIo::new(Stream::Left(l.accept().await?.0)),
+        Listener::Unix(l, _) => TokioIo::new(Stream::Right(l.accept().await?.0)),
     })
 }
 

@@ -31,8 +31,13 @@ pub struct ZygoteInit {
     pub preload: bool,
     /// Python threads per worker.
     pub threads: u32,
-    /// Largest frame a worker accepts (the request body limit plus headers).
+    /// Largest frame a worker accepts (the in-memory request body limit plus headers).
     pub max_frame: usize,
+    /// Body bytes a response may send before the master grants more: the credit every
+    /// stream starts with ([`crate::spool`]).
+    pub response_window: u64,
+    /// Most body bytes a worker puts in one frame.
+    pub response_piece: usize,
     /// Log format for the fork server and workers.
     pub log_format: LogFormat,
     /// Log filter.
@@ -161,6 +166,57 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
     Ok((serde_json::from_slice(&buf[..len])?, fds))
 }
 
+/// Sends the descriptor of a request's body file to a worker on its link socket (a stream
+/// socket), with the stream it belongs to as 4 bytes of data; never blocks.
+pub fn send_fd(sock: BorrowedFd<'_>, stream: u32, fd: RawFd) -> Result<(), ControlError> {
+    let tag = stream.to_le_bytes();
+    let iov = [IoSlice::new(&tag)];
+    let fds = [fd];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+    let sent = socket::sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, flags, None)?;
+    if sent != tag.len() {
+        // A stream socket took part of the tag: the descriptor went with it, but the next
+        // tag would be misread. Never seen with 4 bytes on an empty socket.
+        return Err(ControlError::Truncated);
+    }
+    Ok(())
+}
+
+/// Receives a descriptor sent with [`send_fd`] (waiting for it); returns its stream and the
+/// descriptor (close-on-exec).
+pub fn recv_fd(sock: BorrowedFd<'_>) -> Result<(u32, OwnedFd), ControlError> {
+    let mut tag = [0u8; 4];
+    let mut cmsg_buf = nix::cmsg_space!([RawFd; 1]);
+    let (len, fds) = loop {
+        let mut iov = [IoSliceMut::new(&mut tag)];
+        let msg = match socket::recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_buf),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_WAITALL,
+        ) {
+            Err(nix::Error::EINTR) => continue,
+            other => other?,
+        };
+        let mut fds = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                fds.extend(raw.into_iter().map(crate::sys::own_received_fd));
+            }
+        }
+        break (msg.bytes, fds);
+    };
+    if len == 0 {
+        return Err(ControlError::Closed);
+    }
+    let mut fds = fds.into_iter();
+    match (len, fds.next(), fds.next()) {
+        (4, Some(fd), None) => Ok((u32::from_le_bytes(tag), fd)),
+        _ => Err(ControlError::Truncated),
+    }
+}
+
 /// Creates the control socketpair (both ends close-on-exec).
 pub fn pair() -> Result<(OwnedFd, OwnedFd), ControlError> {
     Ok(socket::socketpair(
@@ -194,5 +250,32 @@ mod tests {
             recv::<ToZygote>(b.as_fd(), &mut buf),
             Err(ControlError::Closed)
         ));
+    }
+
+    /// Body files cross a link's stream socket one per tag, in order, and the file received
+    /// is the file sent (same content, shared offset-free reads).
+    #[test]
+    fn body_files_cross_a_stream_socket_in_order() {
+        use std::io::Write;
+        use std::os::unix::fs::FileExt;
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let mut files = Vec::new();
+        for i in 0..3u32 {
+            let mut f = tempfile::tempfile().expect("temp file");
+            write!(f, "body {i}").expect("write");
+            send_fd(a.as_fd(), 10 + i, f.as_raw_fd()).expect("send");
+            files.push(f);
+        }
+        for i in 0..3u32 {
+            let (stream, fd) = recv_fd(b.as_fd()).expect("recv");
+            assert_eq!(stream, 10 + i);
+            let mut got = [0u8; 6];
+            std::fs::File::from(fd)
+                .read_exact_at(&mut got, 0)
+                .expect("read");
+            assert_eq!(&got, format!("body {i}").as_bytes());
+        }
+        drop(a);
+        assert!(matches!(recv_fd(b.as_fd()), Err(ControlError::Closed)));
     }
 }

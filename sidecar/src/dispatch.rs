@@ -18,28 +18,20 @@
 //! The load report counts look-ahead requests as queued, not as busy lanes.
 
 use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use wsgiscale_core::scoreboard::{Scoreboard, SlotState, WorkerSlot};
 
 use crate::proto::Head;
+use crate::spool::SpoolReader;
 
 /// A worker's id, unique for the server's life.
 pub type WorkerId = u64;
-
-/// A piece of a streamed response body.
-#[derive(Debug)]
-pub enum Chunk {
-    /// More body bytes.
-    Data(Bytes),
-    /// The response is complete.
-    End,
-    /// The response failed part-way; the connection must be closed.
-    Abort,
-}
 
 /// Why a request got no response from a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +45,13 @@ pub enum Failure {
 /// What the front gets back for a request.
 #[derive(Debug)]
 pub enum Reply {
-    /// The head, and the rest of the body when it is streamed.
+    /// The head, and the body when it is streamed.
     Response {
-        /// Status, headers and the first body bytes.
+        /// Status and headers, and the whole body when `rest` is `None`.
         head: Head,
-        /// Further chunks, unless the head holds the whole response.
-        rest: Option<mpsc::Receiver<Chunk>>,
+        /// The streamed body, buffered by the master ([`crate::spool`]), unless the head
+        /// holds the whole response.
+        rest: Option<SpoolReader>,
     },
     /// No response.
     Failed(Failure),
@@ -80,8 +73,11 @@ pub enum ToLink {
 /// A complete request waiting to run.
 #[derive(Debug)]
 pub struct Job {
-    /// The encoded request frame (stream id set when a lane is chosen).
+    /// The encoded request frame (its stream id set by the link that writes it).
     pub frame: BytesMut,
+    /// The body, when it is in a temporary file rather than in the frame (a `RequestFile`):
+    /// its descriptor goes to the worker with the frame.
+    pub body_file: Option<Arc<File>>,
     /// Where the reply goes.
     pub reply: oneshot::Sender<Reply>,
     /// When it entered the server's queue.
@@ -137,7 +133,7 @@ struct Slot {
     /// One record per request on the worker: its ticket and when it started running (not
     /// yet, for a look-ahead request still waiting behind the worker's lanes).
     in_flight: Vec<(Ticket, Option<Instant>)>,
-    rss_bytes: Option<u64>,
+    memory_bytes: Option<u64>,
 }
 
 impl Slot {
@@ -322,7 +318,7 @@ impl Dispatcher {
                 requests: 0,
                 busy_time: Duration::ZERO,
                 in_flight: Vec::new(),
-                rss_bytes: None,
+                memory_bytes: None,
             },
         );
     }
@@ -421,12 +417,6 @@ impl Dispatcher {
         }
     }
 
-    /// Whether the worker is busy on every lane (or not known).
-    pub fn is_busy(&self, id: WorkerId) -> bool {
-        let st = self.state.lock();
-        st.workers.get(&id).is_none_or(|s| s.busy > 0)
-    }
-
     /// Forgets a worker that exited.
     pub fn remove(&self, id: WorkerId) {
         let mut st = self.state.lock();
@@ -465,10 +455,10 @@ impl Dispatcher {
         }
     }
 
-    /// Records a worker's resident memory.
-    pub fn set_rss(&self, id: WorkerId, rss: Option<u64>) {
+    /// Records a worker's memory (its USS, [`crate::procmem`]).
+    pub fn set_memory(&self, id: WorkerId, rss: Option<u64>) {
         if let Some(slot) = self.state.lock().workers.get_mut(&id) {
-            slot.rss_bytes = rss;
+            slot.memory_bytes = rss;
         }
     }
 
@@ -524,7 +514,7 @@ impl Dispatcher {
                     busy_time: s.busy_time + running,
                     spawned_at: s.spawned_at.saturating_duration_since(self.epoch),
                     requests: s.requests,
-                    rss_bytes: s.rss_bytes,
+                    memory_bytes: s.memory_bytes,
                 }
             })
             .collect();
@@ -571,6 +561,7 @@ mod tests {
         (
             Job {
                 frame: BytesMut::new(),
+                body_file: None,
                 reply: tx,
                 enqueued: Instant::now(),
                 ticket: Ticket::default(),
@@ -1036,6 +1027,7 @@ mod tests {
                         let (tx, rx) = oneshot::channel();
                         let job = Job {
                             frame: BytesMut::new(),
+                            body_file: None,
                             reply: tx,
                             enqueued: Instant::now(),
                             ticket: Ticket::default(),

@@ -185,6 +185,19 @@ pub fn encode_request(
     enc.finish(body)
 }
 
+/// Encodes the frame of a request whose body, `len` bytes, is in a temporary file (a
+/// `RequestFile`: the file's descriptor goes to the worker with it).
+pub fn encode_request_file(
+    req: RequestView<'_>,
+    conn: &ConnInfo,
+    len: u64,
+    out: &mut BytesMut,
+) -> Result<(), ProtoError> {
+    let mut enc = proto::RequestEncoder::new(out);
+    for_each_pair(req, conn, |k, v| enc.push(k, v));
+    enc.finish_file(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,13 @@
 //! The HTTP front: accept loops, one hyper connection task per client (HTTP/1.1, or HTTP/2
 //! over TLS or h2c: [`crate::protocol`]), and the service that turns a complete request into
 //! a queued job and the worker's reply into a response. Slow clients only ever hold this
-//! cheap task, never a Python worker.
+//! cheap task, never a Python worker: a request is read whole before it is queued (a large
+//! body into a temporary file), and a streamed response is buffered by the master
+//! ([`crate::spool`]) while its client reads it.
 
 use std::convert::Infallible;
-use std::io;
+use std::fs::File;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,21 +17,24 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
-use wsgiscale_core::config::BindAddr;
+use wsgiscale_core::config::{BindAddr, HttpConfig};
 use wsgiscale_core::protocols::ProtocolConfig;
 
-use crate::dispatch::{Chunk, Failure, Job, Reply};
+use crate::dispatch::{Failure, Job, Reply};
 use crate::environ::{self, ConnInfo, RequestView};
+use crate::metrics::Metrics;
 use crate::proto::Head;
 use crate::protocol::{Connections, HandshakeError};
+use crate::spool::SpoolReader;
 use crate::state::Shared;
 use crate::tls::Certs;
 
@@ -189,64 +195,9 @@ fn connection_error(ctx: &Shared, conn: &ConnInfo, e: &(dyn std::error::Error + 
     }
 }
 
-/// Either kind of accepted stream.
-pub enum Stream {
-    /// TCP.
-    Tcp(tokio::net::TcpStream),
-    /// Unix.
-    Unix(tokio::net::UnixStream),
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+/// Either kind of accepted stream (tokio-util's `Either` forwards reads and writes, vectored
+/// writes included).
+pub type Stream = Either<tokio::net::TcpStream, tokio::net::UnixStream>;
 
 async fn accept(l: &Listener) -> io::Result<(TokioIo<Stream>, ConnInfo)> {
     match l {
@@ -255,7 +206,7 @@ async fn accept(l: &Listener) -> io::Result<(TokioIo<Stream>, ConnInfo)> {
             let _ = s.set_nodelay(true);
             let local = s.local_addr().ok();
             Ok((
-                TokioIo::new(Stream::Tcp(s)),
+                TokioIo::new(Either::Left(s)),
                 ConnInfo {
                     remote: Some(remote),
                     local,
@@ -266,7 +217,7 @@ async fn accept(l: &Listener) -> io::Result<(TokioIo<Stream>, ConnInfo)> {
         Listener::Unix(l, _) => {
             let (s, _) = l.accept().await?;
             Ok((
-                TokioIo::new(Stream::Unix(s)),
+                TokioIo::new(Either::Right(s)),
                 ConnInfo {
                     remote: None,
                     local: None,
@@ -374,23 +325,32 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Respo
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n", true);
     }
     let (parts, body) = req.into_parts();
-    let limit = usize::try_from(ctx.http.max_body).unwrap_or(usize::MAX);
     let body = match tokio::time::timeout(
         ctx.http.body_timeout,
-        Limited::new(body, limit).collect(),
+        read_body(body, declared, &ctx.http, &ctx.metrics),
     )
     .await
     {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n", true);
-            }
+        Ok(Ok(body)) => body,
+        Ok(Err(ReadBodyError::TooLarge)) => {
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n", true)
+        }
+        Ok(Err(ReadBodyError::Client)) => {
             return plain(
                 StatusCode::BAD_REQUEST,
                 "Bad Request: could not read the body\n",
+                true,
+            )
+        }
+        Ok(Err(ReadBodyError::Spill(e))) => {
+            tracing::error!(
+                error = %e,
+                dir = %ctx.http.buffers.temp_dir().display(),
+                "cannot write a request body to a temporary file: 500"
+            );
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error: the request body could not be stored\n",
                 true,
             );
         }
@@ -401,16 +361,31 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Respo
         uri: &parts.uri,
         version: parts.version,
         headers: &parts.headers,
-        body_len: body.len(),
+        body_len: usize::try_from(body.len()).unwrap_or(usize::MAX),
     };
-    let mut frame = BytesMut::with_capacity(512 + body.len());
-    if let Err(e) = environ::encode_request(view, conn, &body, &mut frame) {
-        tracing::debug!(error = %e, "request cannot be encoded");
-        return plain(StatusCode::BAD_REQUEST, "Bad Request\n", true);
-    }
+    let (encoded, body_file) = match body {
+        ReqBody::Memory(body) => {
+            let mut frame = BytesMut::with_capacity(512 + body.len());
+            let encoded = environ::encode_request(view, conn, &body, &mut frame);
+            (encoded.map(|()| frame), None)
+        }
+        ReqBody::File(file, len) => {
+            let mut frame = BytesMut::with_capacity(512);
+            let encoded = environ::encode_request_file(view, conn, len, &mut frame);
+            (encoded.map(|()| frame), Some(Arc::new(file)))
+        }
+    };
+    let frame = match encoded {
+        Ok(frame) => frame,
+        Err(e) => {
+            tracing::debug!(error = %e, "request cannot be encoded");
+            return plain(StatusCode::BAD_REQUEST, "Bad Request\n", true);
+        }
+    };
     let (tx, rx) = oneshot::channel();
     let job = Job {
         frame,
+        body_file,
         reply: tx,
         enqueued: Instant::now(),
         ticket: Default::default(),
@@ -442,13 +417,102 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Respo
     }
 }
 
+/// A request body read whole: in memory, or (past `--body-buffer`) in an unnamed temporary
+/// file, with its length.
+enum ReqBody {
+    Memory(Bytes),
+    File(File, u64),
+}
+
+impl ReqBody {
+    fn len(&self) -> u64 {
+        match self {
+            ReqBody::Memory(b) => b.len() as u64,
+            ReqBody::File(_, len) => *len,
+        }
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+enum ReadBodyError {
+    /// Past `--max-body`.
+    #[error("request body too large")]
+    TooLarge,
+    /// The client sent a broken body or went away.
+    #[error("the client's body could not be read")]
+    Client,
+    /// The temporary file could not be made or written.
+    #[error("request body file: {0}")]
+    Spill(io::Error),
+}
+
+/// Reads a request body whole. Up to `--body-buffer` it stays in memory; a body declared
+/// larger goes straight to a temporary file, and one that grows past it (chunked) moves
+/// there, so a large upload costs the master a few buffers, not its size.
+async fn read_body(
+    mut body: Incoming,
+    declared: Option<u64>,
+    http: &HttpConfig,
+    metrics: &Metrics,
+) -> Result<ReqBody, ReadBodyError> {
+    let threshold = http.buffers.body_buffer;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut in_memory = 0u64;
+    let mut file: Option<File> = None;
+    let mut total = 0u64;
+    let spill = |metrics: &Metrics, e: io::Error| {
+        metrics.spill_errors("request").inc();
+        ReadBodyError::Spill(e)
+    };
+    if declared.is_some_and(|n| n > threshold) {
+        file = Some(new_body_file(http, metrics).map_err(|e| spill(metrics, e))?);
+    }
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ReadBodyError::Client)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        total += data.len() as u64;
+        if total > http.max_body {
+            return Err(ReadBodyError::TooLarge);
+        }
+        if file.is_none() && in_memory + data.len() as u64 > threshold {
+            let mut f = new_body_file(http, metrics).map_err(|e| spill(metrics, e))?;
+            for c in chunks.drain(..) {
+                f.write_all(&c).map_err(|e| spill(metrics, e))?;
+            }
+            file = Some(f);
+        }
+        match &mut file {
+            Some(f) => f.write_all(&data).map_err(|e| spill(metrics, e))?,
+            None => {
+                in_memory += data.len() as u64;
+                chunks.push(data);
+            }
+        }
+    }
+    if let Some(f) = file {
+        metrics.spill_bytes("request").inc_by(total);
+        return Ok(ReqBody::File(f, total));
+    }
+    Ok(ReqBody::Memory(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => chunks.concat().into(),
+    }))
+}
+
+/// An unnamed temporary file for a request body, in the temp dir.
+fn new_body_file(http: &HttpConfig, metrics: &Metrics) -> io::Result<File> {
+    let f = tempfile::tempfile_in(http.buffers.temp_dir())?;
+    metrics.spill_files("request").inc();
+    Ok(f)
+}
+
 /// Turns a worker's head into a response. The app's Content-Length is a promise the body
 /// enforces; a whole response without one gets one (so it need not be chunked).
-fn build_response(
-    head: Head,
-    rest: Option<mpsc::Receiver<Chunk>>,
-    is_head: bool,
-) -> Response<RespBody> {
+fn build_response(head: Head, rest: Option<SpoolReader>, is_head: bool) -> Response<RespBody> {
     let Head {
         status,
         reason,
@@ -508,12 +572,12 @@ fn build_response(
     r
 }
 
-/// A response body: the bytes that came with the head, then any streamed chunks. It enforces
-/// the app's Content-Length: extra bytes are cut, and a body that ends short is an error, so
-/// hyper closes the connection instead of leaving the client waiting.
+/// A response body: the whole body that came with the head, or the streamed one from its
+/// spool. It enforces the app's Content-Length: extra bytes are cut, and a body that ends
+/// short is an error, so hyper closes the connection instead of leaving the client waiting.
 pub struct RespBody {
     first: Option<Bytes>,
-    rest: Option<mpsc::Receiver<Chunk>>,
+    rest: Option<SpoolReader>,
     remaining: Option<u64>,
     done: bool,
 }
@@ -535,7 +599,7 @@ impl RespBody {
         RespBody::new(b, None, None)
     }
 
-    fn new(first: Bytes, rest: Option<mpsc::Receiver<Chunk>>, content_length: Option<u64>) -> Self {
+    fn new(first: Bytes, rest: Option<SpoolReader>, content_length: Option<u64>) -> Self {
         RespBody {
             first: (!first.is_empty()).then_some(first),
             rest,
@@ -583,11 +647,11 @@ impl Body for RespBody {
             }
         }
         loop {
-            let Some(rx) = &mut this.rest else {
+            let Some(rest) = &mut this.rest else {
                 return this.end();
             };
-            match std::task::ready!(rx.poll_recv(cx)) {
-                Some(Chunk::Data(b)) => {
+            match std::task::ready!(rest.poll_next(cx)) {
+                Some(Ok(b)) => {
                     if this.remaining == Some(0) {
                         continue;
                     }
@@ -596,8 +660,9 @@ impl Body for RespBody {
                         return Poll::Ready(Some(Ok(Frame::data(b))));
                     }
                 }
-                Some(Chunk::End) => return this.end(),
-                Some(Chunk::Abort) | None => {
+                None => return this.end(),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "streamed response cut short");
                     this.done = true;
                     this.rest = None;
                     return Poll::Ready(Some(Err(BodyError::Aborted)));

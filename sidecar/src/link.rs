@@ -6,34 +6,46 @@
 //! the response ring every time it runs, and the worker is told that the master sleeps only
 //! when the front's runtime is about to block ([`crate::park`]), so a worker never makes a
 //! system call to hand over a response while the master is busy.
-
-use std::sync::Arc;
-use std::time::Instant;
+//!
+//! A *stream* is one of the link's request slots (one per worker thread, plus the
+//! look-ahead ones); a *lane*, as in [`crate::dispatch`], is a worker thread.
+//!
+//! Draining never waits for a client: a streamed response's bytes go to its [`Spool`]
+//! (memory, then a temporary file), and the worker can only send what the stream's credit
+//! allows, which grows as the client reads. So a slow client slows only its own stream, and
+//! a worker is free as soon as its response is produced, if the response fits the window.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::dispatch::{
-    AfterFinish, Chunk, Dispatcher, Ended, Failure, Job, Reply, Ticket, ToLink, WorkerId,
+    AfterFinish, Dispatcher, Ended, Failure, Job, Reply, Ticket, ToLink, WorkerId,
 };
 use crate::proto::{self, Frame, Kind};
 use crate::ring::{self, Consumer, Dir, Producer, Word};
 use crate::shm::{Bell, Region};
+use crate::spool::{SpillStats, Spool, SpoolConfig};
 use crate::state::Shared;
 
-/// Streamed body chunks buffered per response before the worker is made to wait.
-const BODY_CHANNEL: usize = 16;
+/// Response bytes the link drains from the ring before it lets the runtime's other tasks
+/// run (it comes back at once): a worker streaming a large response cannot monopolise the
+/// front's thread.
+const DRAIN_BUDGET: usize = 1 << 20;
 
 /// The master's end of a worker's link.
 pub struct Channel {
     /// The shared region (the master's mapping).
     pub region: Region,
-    /// The worker's socket: no data, its end of file is the worker's death.
+    /// The worker's socket: its end of file is the worker's death; the master sends the
+    /// descriptors of request bodies in temporary files on it.
     pub sock: UnixStream,
     /// The master's doorbell (registered with tokio).
     pub bell: AsyncFd<OwnedFd>,
@@ -83,9 +95,14 @@ pub enum LinkCmd {
 }
 
 /// One stream of the link: a request the worker runs, or holds as look-ahead.
-struct Lane {
+struct Stream {
     reply: Option<tokio::sync::oneshot::Sender<Reply>>,
-    body: Option<mpsc::Sender<Chunk>>,
+    /// The response's buffer, once its head said that more than the head follows.
+    spool: Option<Arc<Spool>>,
+    /// The head arrived.
+    head_seen: bool,
+    /// Body bytes received, the head's included (checked against the stream's credit).
+    received: u64,
     /// When it started running (for a look-ahead request: when a lane freed for it).
     started: Instant,
     /// Counts as running (the timeout applies): false for look-ahead waiting behind the
@@ -99,6 +116,8 @@ struct Lane {
     /// The request as written, kept while the worker may not have started it (look-ahead),
     /// so that it can be revoked and run elsewhere.
     frame: Option<BytesMut>,
+    /// The request's body file, if it has one (kept with `frame`, for a revoked request).
+    body_file: Option<Arc<File>>,
     /// When it entered the queue (kept for a revoked request's new turn).
     enqueued: Instant,
     /// Taken back: the worker skips it and ends the stream; no response is expected.
@@ -117,6 +136,10 @@ pub struct LinkParams {
     pub ahead: u32,
     /// Largest frame accepted from the worker.
     pub max_frame: usize,
+    /// How responses are buffered (the worker was started with its window as credit).
+    pub spool: Arc<SpoolConfig>,
+    /// Counters of spilled responses.
+    pub spill_stats: SpillStats,
 }
 
 struct Link {
@@ -133,7 +156,11 @@ struct Link {
     inbuf: BytesMut,
     worker_read: Bell,
     worker_write: Bell,
-    lanes: Vec<Option<Lane>>,
+    /// The worker's socket (a duplicate), for request body descriptors.
+    sock: OwnedFd,
+    /// Woken by the spools: a credit grant is due, or a client went away.
+    spools: Arc<Notify>,
+    streams: Vec<Option<Stream>>,
     seq: u64,
     ready: bool,
     fatal: Option<String>,
@@ -159,12 +186,27 @@ pub async fn run(
         worker_read,
         worker_write,
     } = chan;
+    let sock_dup = match sock.as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(worker = p.id, error = %e, "cannot duplicate the worker's socket");
+            let _ = events.send(LinkEvent::Gone {
+                id: p.id,
+                failed: 0,
+                fatal: None,
+                was_ready: false,
+                served: 0,
+            });
+            dispatcher.remove(p.id);
+            return;
+        }
+    };
     let region = Arc::new(region);
     // With the runtime's park hook, the master's sleep is announced for all links at once
     // ([`crate::park`]); without it, this task announces its own.
     let watching = crate::park::watch(region.clone());
     let streams = (p.threads + p.ahead).min(ring::MAX_STREAMS as u32);
-    let lanes = (0..streams).map(|_| None).collect();
+    let streams = (0..streams).map(|_| None).collect();
     let mut link = Link {
         p,
         dispatcher,
@@ -177,7 +219,9 @@ pub async fn run(
         inbuf: BytesMut::with_capacity(64 * 1024),
         worker_read,
         worker_write,
-        lanes,
+        sock: sock_dup,
+        spools: Arc::new(Notify::new()),
+        streams,
         seq: 0,
         ready: false,
         fatal: None,
@@ -185,11 +229,20 @@ pub async fn run(
         served: 0,
         shutdown_sent: false,
     };
+    let spools = link.spools.clone();
     let mut timed_out_reported = false;
     loop {
-        if let Err(e) = link.pump().await {
-            tracing::error!(worker = link.p.id, error = %e, "worker link failed");
-            break;
+        match link.pump() {
+            Ok(true) => {
+                // More in the ring: let the other tasks run first, then come back.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(worker = link.p.id, error = %e, "worker link failed");
+                break;
+            }
         }
         let announced = match &watching {
             Some(w) => {
@@ -235,6 +288,7 @@ pub async fn run(
                 ),
                 Err(_) => true,
             },
+            () = spools.notified() => link.on_spools().is_err(),
             Some(cmd) = cmds.recv() => match cmd {
                 LinkCmd::Shutdown => link.send_shutdown().is_err(),
                 LinkCmd::TimedOut => {
@@ -264,8 +318,15 @@ pub async fn run(
     }
     // What the worker published before it went (its last response, an import error's
     // traceback) still counts.
-    if let Err(e) = link.pump().await {
-        tracing::debug!(worker = link.p.id, error = %e, "worker link ended mid-frame");
+    loop {
+        match link.pump() {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) => {
+                tracing::debug!(worker = link.p.id, error = %e, "worker link ended mid-frame");
+                break;
+            }
+        }
     }
     // The worker is gone. Requests it held fail; jobs not yet written go back to the queue.
     link.fail_all(Failure::WorkerDied);
@@ -307,11 +368,11 @@ async fn sleep_until(deadline: Option<Instant>) {
 impl Link {
     fn next_deadline(&self) -> Option<Instant> {
         let timeout = self.shared.timeout()?;
-        self.lanes
+        self.streams
             .iter()
             .flatten()
-            .filter(|l| l.running && !l.revoked)
-            .map(|l| l.started + timeout)
+            .filter(|s| s.running && !s.revoked)
+            .map(|s| s.started + timeout)
             .min()
     }
 
@@ -319,26 +380,27 @@ impl Link {
     /// gives them to the dispatcher's queue front.
     fn revoke(&mut self, all: bool) {
         let mut order: Vec<(u64, usize)> = self
-            .lanes
+            .streams
             .iter()
             .enumerate()
-            .filter_map(|(i, l)| l.as_ref().map(|l| (l, i)))
-            .filter(|(l, _)| l.frame.is_some() && !l.revoked)
-            .map(|(l, i)| (l.seq, i))
+            .filter_map(|(i, s)| s.as_ref().map(|s| (s, i)))
+            .filter(|(s, _)| s.frame.is_some() && !s.revoked)
+            .map(|(s, i)| (s.seq, i))
             .collect();
         order.sort_unstable_by(|a, b| b.cmp(a));
         let mut back = Vec::new();
         for (_, idx) in order {
             let won = ring::revoke(&*self.region, idx as u32);
-            let Some(Some(lane)) = self.lanes.get_mut(idx) else {
+            let Some(Some(stream)) = self.streams.get_mut(idx) else {
                 continue;
             };
             if !won {
                 // The worker started it: it runs here.
-                lane.frame = None;
+                stream.frame = None;
+                stream.body_file = None;
                 continue;
             }
-            if let Some(job) = Self::take_back(lane) {
+            if let Some(job) = Self::take_back(stream) {
                 back.push(job);
             }
             if !all {
@@ -350,19 +412,20 @@ impl Link {
         }
     }
 
-    /// The request of a lane just revoked, as a job for another worker; the lane stays,
-    /// revoked, until the worker ends the stream.
-    fn take_back(lane: &mut Lane) -> Option<Job> {
-        lane.revoked = true;
-        lane.body = None;
-        let frame = lane.frame.take()?;
-        let reply = lane.reply.take()?;
+    /// The request of a stream just revoked, as a job for another worker; the stream stays,
+    /// revoked, until the worker ends it.
+    fn take_back(stream: &mut Stream) -> Option<Job> {
+        stream.revoked = true;
+        stream.spool = None;
+        let frame = stream.frame.take()?;
+        let reply = stream.reply.take()?;
         Some(Job {
             frame,
+            body_file: stream.body_file.take(),
             reply,
-            enqueued: lane.enqueued,
+            enqueued: stream.enqueued,
             ticket: Ticket::default(),
-            target: lane.target.clone(),
+            target: stream.target.clone(),
             ahead: false,
         })
     }
@@ -419,14 +482,20 @@ impl Link {
         Ok(!self.pending.is_empty() && self.tx.free(&*self.region).map_err(corrupt)? > 0)
     }
 
-    /// Handles every response frame the worker has published, and flushes queued requests.
-    async fn pump(&mut self) -> std::io::Result<()> {
+    /// Handles the response frames the worker has published, and flushes queued requests.
+    /// Never waits. True when it stopped at [`DRAIN_BUDGET`] with more to read.
+    fn pump(&mut self) -> std::io::Result<bool> {
+        let mut drained = 0;
         loop {
             self.flush()?;
+            if drained >= DRAIN_BUDGET {
+                return Ok(true);
+            }
             let n = self
                 .rx
                 .pull(&*self.region, &mut self.inbuf, usize::MAX)
                 .map_err(corrupt)?;
+            drained += n;
             if n > 0 && ring::must_ring(&*self.region, Word::WorkerWriteWaits) {
                 self.worker_write.ring();
             }
@@ -436,10 +505,10 @@ impl Link {
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
                 let Some(frame) = frame else { break };
                 decoded = true;
-                self.on_frame(frame).await?;
+                self.on_frame(frame)?;
             }
             if n == 0 && !decoded {
-                return Ok(());
+                return Ok(false);
             }
         }
     }
@@ -456,9 +525,9 @@ impl Link {
 
     fn assign(&mut self, mut job: Job) -> std::io::Result<()> {
         loop {
-            let Some(idx) = self.lanes.iter().position(Option::is_none) else {
+            let Some(idx) = self.streams.iter().position(Option::is_none) else {
                 // The dispatcher never over-assigns; if it did, put the job back.
-                tracing::error!(worker = self.p.id, "job for a worker with no free lane");
+                tracing::error!(worker = self.p.id, "job for a worker with no free stream");
                 self.dispatcher.requeue_front(vec![job]);
                 return Ok(());
             };
@@ -482,18 +551,28 @@ impl Link {
                 .queue_wait
                 .observe(now.saturating_duration_since(job.enqueued).as_secs_f64());
             proto::set_stream(&mut job.frame, idx as u32);
+            if let Some(file) = &job.body_file {
+                // Before the frame: the worker takes the descriptor off its socket when it
+                // reads the frame, so it is always there by then.
+                crate::control::send_fd(self.sock.as_fd(), idx as u32, file.as_raw_fd())
+                    .map_err(|e| std::io::Error::other(format!("passing a body file: {e}")))?;
+            }
             ring::offer(&*self.region, idx as u32);
             self.write(&job.frame)?;
             self.seq += 1;
-            self.lanes[idx] = Some(Lane {
+            let ahead = job.ahead;
+            self.streams[idx] = Some(Stream {
                 reply: Some(job.reply),
-                body: None,
+                spool: None,
+                head_seen: false,
+                received: 0,
                 started: now,
-                running: !job.ahead,
+                running: !ahead,
                 cancelled: false,
                 ticket: job.ticket,
                 target: job.target,
-                frame: job.ahead.then_some(job.frame),
+                frame: ahead.then_some(job.frame),
+                body_file: if ahead { job.body_file } else { None },
                 enqueued: job.enqueued,
                 revoked: false,
                 seq: self.seq,
@@ -502,23 +581,23 @@ impl Link {
         }
     }
 
-    fn finish_lane(&mut self, idx: usize) -> std::io::Result<()> {
-        let Some(lane) = self.lanes.get_mut(idx).and_then(Option::take) else {
+    fn finish_stream(&mut self, idx: usize) -> std::io::Result<()> {
+        let Some(stream) = self.streams.get_mut(idx).and_then(Option::take) else {
             return Ok(());
         };
         ring::release(&*self.region, idx as u32);
         // A request cancelled because its client left is not a served one, nor is one
         // taken back to run elsewhere.
-        let ended = if lane.revoked {
+        let ended = if stream.revoked {
             Ended::Revoked
-        } else if lane.cancelled {
+        } else if stream.cancelled {
             Ended::Abandoned
         } else {
             self.served += 1;
             Ended::Served
         };
         self.promote();
-        match self.dispatcher.finish(self.p.id, lane.ticket, ended) {
+        match self.dispatcher.finish(self.p.id, stream.ticket, ended) {
             AfterFinish::Next(job) => self.assign(job),
             AfterFinish::Idle => Ok(()),
             AfterFinish::Drained => self.send_shutdown(),
@@ -529,41 +608,67 @@ impl Link {
     /// next request as soon as it is done with one), so its timeout counts from now.
     fn promote(&mut self) {
         let running = self
-            .lanes
+            .streams
             .iter()
             .flatten()
-            .filter(|l| l.running && !l.revoked)
+            .filter(|s| s.running && !s.revoked)
             .count();
         if running >= self.p.threads as usize {
             return;
         }
         let oldest = self
-            .lanes
+            .streams
             .iter_mut()
             .flatten()
-            .filter(|l| !l.running && !l.revoked)
-            .min_by_key(|l| l.seq);
-        if let Some(lane) = oldest {
-            lane.running = true;
-            lane.started = Instant::now();
+            .filter(|s| !s.running && !s.revoked)
+            .min_by_key(|s| s.seq);
+        if let Some(stream) = oldest {
+            stream.running = true;
+            stream.started = Instant::now();
         }
     }
 
+    /// The client of stream `idx` is gone: the worker is told, so it stops the response
+    /// (what it still sends within its credit is dropped).
     fn cancel(&mut self, idx: usize) -> std::io::Result<()> {
-        let Some(Some(lane)) = self.lanes.get_mut(idx) else {
+        let Some(Some(stream)) = self.streams.get_mut(idx) else {
             return Ok(());
         };
-        if lane.cancelled {
+        if stream.cancelled {
             return Ok(());
         }
-        lane.cancelled = true;
-        lane.body = None;
+        stream.cancelled = true;
         let mut f = BytesMut::new();
         proto::encode_simple(&mut f, Kind::Cancel, idx as u32, b"");
         self.write(&f)
     }
 
-    async fn on_frame(&mut self, frame: Frame) -> std::io::Result<()> {
+    /// A spool woke the link: grant the credit that is due, and cancel the streams whose
+    /// client went away.
+    fn on_spools(&mut self) -> std::io::Result<()> {
+        let mut credits = BytesMut::new();
+        let mut gone = Vec::new();
+        for (idx, stream) in self.streams.iter().enumerate() {
+            let Some(stream) = stream else { continue };
+            let Some(spool) = &stream.spool else { continue };
+            if spool.is_gone() {
+                if !stream.cancelled {
+                    gone.push(idx);
+                }
+            } else if let Some(allowed) = spool.grant() {
+                proto::encode_credit(&mut credits, idx as u32, allowed);
+            }
+        }
+        if !credits.is_empty() {
+            self.write(&credits)?;
+        }
+        for idx in gone {
+            self.cancel(idx)?;
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> std::io::Result<()> {
         match frame {
             Frame::Ready { pid } => {
                 self.ready = true;
@@ -572,63 +677,93 @@ impl Link {
                     self.assign(job)?;
                 }
             }
-            Frame::Head(head) => {
+            Frame::Head(mut head) => {
                 let idx = head.stream as usize;
                 let end = head.end;
-                let Some(Some(lane)) = self.lanes.get_mut(idx) else {
+                let window = self.p.spool.window();
+                let Some(Some(stream)) = self.streams.get_mut(idx) else {
                     return Err(protocol("head for an idle stream"));
                 };
-                if lane.revoked {
+                if stream.revoked {
                     return Err(protocol("response to a revoked request"));
                 }
-                // It started, so it can no longer be revoked.
-                lane.frame = None;
-                if !lane.running {
-                    lane.running = true;
-                    lane.started = Instant::now();
+                if stream.head_seen {
+                    return Err(protocol("a second head on a stream"));
                 }
-                let (rest, tx) = if end {
-                    (None, None)
+                stream.head_seen = true;
+                stream.received = head.body.len() as u64;
+                if stream.received > window {
+                    return Err(protocol("a head with more body than the stream's credit"));
+                }
+                // It started, so it can no longer be revoked.
+                stream.frame = None;
+                stream.body_file = None;
+                if !stream.running {
+                    stream.running = true;
+                    stream.started = Instant::now();
+                }
+                let mut cut = false;
+                let rest = if end {
+                    None
                 } else {
-                    let (tx, rx) = mpsc::channel(BODY_CHANNEL);
-                    (Some(rx), Some(tx))
+                    let spool = Spool::new(
+                        self.p.spool.clone(),
+                        self.spools.clone(),
+                        self.p.spill_stats.clone(),
+                    );
+                    let reader = spool.reader();
+                    // The first body bytes go through the spool like the rest, so that the
+                    // credit counts them as taken only when the client has them.
+                    if let Err(e) = spool.push(std::mem::take(&mut head.body)) {
+                        tracing::error!(worker = self.p.id, error = %e, "cannot buffer a response: it is cut short");
+                        cut = true;
+                    }
+                    stream.spool = Some(spool);
+                    Some(reader)
                 };
-                let delivered = lane
+                let delivered = stream
                     .reply
                     .take()
                     .map(|r| r.send(Reply::Response { head, rest }).is_ok())
                     .unwrap_or(false);
                 if end {
-                    return self.finish_lane(idx);
+                    return self.finish_stream(idx);
                 }
-                lane.body = tx;
-                if !delivered {
+                if !delivered || cut {
                     self.cancel(idx)?;
                 }
             }
-            Frame::Body { stream, data } => {
-                let idx = stream as usize;
-                let Some(Some(lane)) = self
-                    .lanes
-                    .get_mut(idx)
-                    .filter(|l| l.as_ref().is_some_and(|l| !l.revoked))
-                else {
+            Frame::Body { stream: id, data } => {
+                let idx = id as usize;
+                let Some(Some(stream)) = self.streams.get_mut(idx) else {
                     return Err(protocol("body for an idle stream"));
                 };
-                if let Some(tx) = &lane.body {
-                    if tx.send(Chunk::Data(data)).await.is_err() {
-                        self.cancel(idx)?;
-                    }
+                if stream.revoked || !stream.head_seen {
+                    return Err(protocol("body for a stream without a head"));
+                }
+                let Some(spool) = &stream.spool else {
+                    return Err(protocol("body after a whole response"));
+                };
+                stream.received += data.len() as u64;
+                if stream.received > spool.granted() {
+                    return Err(protocol("body past the stream's credit"));
+                }
+                if stream.cancelled {
+                    return Ok(());
+                }
+                if let Err(e) = spool.push(data) {
+                    tracing::error!(worker = self.p.id, error = %e, "cannot buffer a response: it is cut short");
+                    self.cancel(idx)?;
                 }
             }
             Frame::End { stream } => {
                 let idx = stream as usize;
-                if let Some(Some(lane)) = self.lanes.get_mut(idx) {
-                    if let Some(tx) = lane.body.take() {
-                        let _ = tx.send(Chunk::End).await;
+                if let Some(Some(stream)) = self.streams.get_mut(idx) {
+                    if let Some(spool) = stream.spool.take() {
+                        spool.finish();
                     }
                 }
-                return self.finish_lane(idx);
+                return self.finish_stream(idx);
             }
             Frame::Abort { stream, reason } => {
                 let idx = stream as usize;
@@ -637,60 +772,64 @@ impl Link {
                     reason = %String::from_utf8_lossy(&reason),
                     "response aborted by the app"
                 );
-                if let Some(Some(lane)) = self.lanes.get_mut(idx) {
-                    if let Some(tx) = lane.body.take() {
-                        let _ = tx.send(Chunk::Abort).await;
+                if let Some(Some(stream)) = self.streams.get_mut(idx) {
+                    if let Some(spool) = stream.spool.take() {
+                        spool.abort();
                     }
-                    if let Some(r) = lane.reply.take() {
+                    if let Some(r) = stream.reply.take() {
                         let _ = r.send(Reply::Failed(Failure::WorkerDied));
                     }
                 }
-                return self.finish_lane(idx);
+                return self.finish_stream(idx);
             }
             Frame::Fatal { message } => {
                 self.fatal = Some(String::from_utf8_lossy(&message).into_owned());
             }
-            Frame::Request { .. } | Frame::Cancel { .. } | Frame::Shutdown => {
+            Frame::Request { .. }
+            | Frame::RequestFile { .. }
+            | Frame::Cancel { .. }
+            | Frame::Credit { .. }
+            | Frame::Shutdown => {
                 return Err(protocol("worker sent a master-only frame"));
             }
         }
         Ok(())
     }
 
-    fn fail_lane(lane: Lane, why: Failure) {
-        if let Some(r) = lane.reply {
+    fn fail_stream(stream: Stream, why: Failure) {
+        if let Some(r) = stream.reply {
             let _ = r.send(Reply::Failed(why));
         }
-        if let Some(tx) = lane.body {
-            let _ = tx.try_send(Chunk::Abort);
+        if let Some(spool) = stream.spool {
+            spool.abort();
         }
     }
 
     /// The worker is gone: requests it never started go back to the queue, the rest fail.
     fn fail_all(&mut self, why: Failure) {
         let mut back = Vec::new();
-        for idx in 0..self.lanes.len() {
-            let Some(mut lane) = self.lanes[idx].take() else {
+        for idx in 0..self.streams.len() {
+            let Some(mut stream) = self.streams[idx].take() else {
                 continue;
             };
-            if lane.revoked {
+            if stream.revoked {
                 continue;
             }
-            if lane.frame.is_some() && ring::revoke(&*self.region, idx as u32) {
-                if let Some(job) = Self::take_back(&mut lane) {
+            if stream.frame.is_some() && ring::revoke(&*self.region, idx as u32) {
+                if let Some(job) = Self::take_back(&mut stream) {
                     back.push(job);
                 }
                 continue;
             }
             self.failed += 1;
-            Self::fail_lane(lane, why);
+            Self::fail_stream(stream, why);
         }
         if !back.is_empty() {
             self.dispatcher.requeue_front(back);
         }
     }
 
-    /// Fails the lanes past their deadline with 504 (the supervisor is killing the worker);
+    /// Fails the streams past their deadline with 504 (the supervisor is killing the worker);
     /// one that the worker had not started after all is run elsewhere instead.
     fn fail_overdue(&mut self) {
         let Some(timeout) = self.shared.timeout() else {
@@ -698,33 +837,33 @@ impl Link {
         };
         let now = Instant::now();
         let mut back = Vec::new();
-        for idx in 0..self.lanes.len() {
-            let overdue = self.lanes[idx]
+        for idx in 0..self.streams.len() {
+            let overdue = self.streams[idx]
                 .as_ref()
-                .is_some_and(|l| l.running && !l.revoked && now >= l.started + timeout);
+                .is_some_and(|s| s.running && !s.revoked && now >= s.started + timeout);
             if !overdue {
                 continue;
             }
-            let Some(mut lane) = self.lanes[idx].take() else {
+            let Some(mut stream) = self.streams[idx].take() else {
                 continue;
             };
-            if lane.frame.is_some() && ring::revoke(&*self.region, idx as u32) {
-                if let Some(job) = Self::take_back(&mut lane) {
+            if stream.frame.is_some() && ring::revoke(&*self.region, idx as u32) {
+                if let Some(job) = Self::take_back(&mut stream) {
                     back.push(job);
                 }
                 // Keep the revoked stream until the worker (if it lives) ends it.
-                self.lanes[idx] = Some(lane);
+                self.streams[idx] = Some(stream);
                 continue;
             }
             self.failed += 1;
             tracing::warn!(
                 worker = self.p.id,
-                method = %lane.target.0,
-                path = %lane.target.1,
+                method = %stream.target.0,
+                path = %stream.target.1,
                 timeout_s = timeout.as_secs_f64(),
                 "request timed out: 504, the worker is killed"
             );
-            Self::fail_lane(lane, Failure::Timeout);
+            Self::fail_stream(stream, Failure::Timeout);
         }
         if !back.is_empty() {
             self.dispatcher.requeue_front(back);

@@ -30,6 +30,13 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// `kind` label of the temporary-file metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// request (a large body) or response (a slow client's).
+    pub kind: &'static str,
+}
+
 /// Scaling decision labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabel {
@@ -62,10 +69,10 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabel, Counter>,
     /// Spawns the driver refused, by reason (at_max, memory, ...).
     pub refusals: Family<ReasonLabel, Counter>,
-    /// Resident memory of all workers.
-    pub workers_rss: Gauge,
-    /// Largest worker's resident memory.
-    pub worker_rss_max: Gauge,
+    /// Memory (USS) of all workers.
+    pub workers_memory: Gauge,
+    /// Largest worker's memory (USS).
+    pub worker_memory_max: Gauge,
     /// Open client connections.
     pub connections: Gauge,
     /// Accepted client connections.
@@ -76,6 +83,12 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     /// TLS certificate reloads by outcome.
     pub tls_reloads: Family<ReasonLabel, Counter>,
+    /// Temporary files made for bodies, by kind.
+    spill_files: Family<KindLabel, Counter>,
+    /// Bytes written to them, by kind.
+    spill_bytes: Family<KindLabel, Counter>,
+    /// Requests or responses that failed because of their temporary file, by kind.
+    spill_errors: Family<KindLabel, Counter>,
 }
 
 impl Metrics {
@@ -142,17 +155,18 @@ impl Metrics {
             "Spawns or retirements the driver refused, by reason",
             refusals.clone(),
         );
-        let workers_rss = Gauge::default();
+        let workers_memory = Gauge::default();
         r.register(
-            "wsgiscale_workers_resident_memory_bytes",
-            "Resident memory of all workers",
-            workers_rss.clone(),
+            "wsgiscale_workers_memory_bytes",
+            "Memory of all workers: the sum of their unique set sizes (USS), the pages each \
+             has beyond what it shares with the fork server and the others",
+            workers_memory.clone(),
         );
-        let worker_rss_max = Gauge::default();
+        let worker_memory_max = Gauge::default();
         r.register(
-            "wsgiscale_worker_resident_memory_max_bytes",
-            "Resident memory of the largest worker",
-            worker_rss_max.clone(),
+            "wsgiscale_worker_memory_max_bytes",
+            "Memory (USS) of the largest worker, the figure --max-rss compares",
+            worker_memory_max.clone(),
         );
         let connections = Gauge::default();
         r.register(
@@ -184,6 +198,27 @@ impl Metrics {
             "Changed TLS certificate files by outcome (applied, rejected)",
             tls_reloads.clone(),
         );
+        let spill_files = Family::<KindLabel, Counter>::default();
+        r.register(
+            "wsgiscale_spill_files",
+            "Temporary files made for request bodies past --body-buffer and responses past \
+             --response-buffer, by kind",
+            spill_files.clone(),
+        );
+        let spill_bytes = Family::<KindLabel, Counter>::default();
+        r.register_with_unit(
+            "wsgiscale_spill",
+            "Bytes written to temporary files, by kind",
+            prometheus_client::registry::Unit::Bytes,
+            spill_bytes.clone(),
+        );
+        let spill_errors = Family::<KindLabel, Counter>::default();
+        r.register(
+            "wsgiscale_spill_errors",
+            "Requests (500) or responses (cut short) lost to a temporary file that could not \
+             be made, written or read, by kind",
+            spill_errors.clone(),
+        );
         Metrics {
             registry: r,
             workers,
@@ -196,13 +231,40 @@ impl Metrics {
             deaths,
             decisions,
             refusals,
-            workers_rss,
-            worker_rss_max,
+            workers_memory,
+            worker_memory_max,
             connections,
             connections_accepted,
             config_reloads,
             tls_handshake_failures,
             tls_reloads,
+            spill_files,
+            spill_bytes,
+            spill_errors,
+        }
+    }
+
+    /// Temporary files made for `kind` ("request" or "response").
+    pub fn spill_files(&self, kind: &'static str) -> Counter {
+        self.spill_files.get_or_create(&KindLabel { kind }).clone()
+    }
+
+    /// Bytes written to temporary files for `kind`.
+    pub fn spill_bytes(&self, kind: &'static str) -> Counter {
+        self.spill_bytes.get_or_create(&KindLabel { kind }).clone()
+    }
+
+    /// Losses to temporary files for `kind`.
+    pub fn spill_errors(&self, kind: &'static str) -> Counter {
+        self.spill_errors.get_or_create(&KindLabel { kind }).clone()
+    }
+
+    /// The counters a response spool updates.
+    pub fn response_spill_stats(&self) -> crate::spool::SpillStats {
+        crate::spool::SpillStats {
+            files: self.spill_files("response"),
+            bytes: self.spill_bytes("response"),
+            errors: self.spill_errors("response"),
         }
     }
 
@@ -236,10 +298,10 @@ impl Metrics {
                 .set(i64::from(sb.count(state)));
         }
         self.queue_depth.set(i64::from(sb.queue_depth));
-        let rss: Vec<u64> = sb.workers.iter().filter_map(|w| w.rss_bytes).collect();
-        self.workers_rss.set(rss.iter().sum::<u64>() as i64);
-        self.worker_rss_max
-            .set(rss.iter().copied().max().unwrap_or(0) as i64);
+        let memory: Vec<u64> = sb.workers.iter().filter_map(|w| w.memory_bytes).collect();
+        self.workers_memory.set(memory.iter().sum::<u64>() as i64);
+        self.worker_memory_max
+            .set(memory.iter().copied().max().unwrap_or(0) as i64);
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -269,7 +331,12 @@ mod tests {
             .get_or_create(&ReasonLabel { reason: "initial" })
             .inc();
         m.queue_wait.observe(0.002);
+        m.spill_bytes("request").inc_by(5);
         let text = m.render();
+        assert!(
+            text.contains("wsgiscale_spill_bytes_total{kind=\"request\"} 5"),
+            "{text}"
+        );
         assert!(
             text.contains("wsgiscale_requests_total{class=\"2xx\"} 1"),
             "{text}"

@@ -1,15 +1,25 @@
-//! The master <-> worker channel: length-prefixed frames over a unix stream socketpair.
+//! The master <-> worker frames: length-prefixed, carried by the shared-memory rings of
+//! [`crate::ring`].
 //!
 //! Every frame is `len: u32 LE` (bytes after this field), `kind: u8`, `stream: u32 LE`, then a
-//! kind-specific payload. `stream` is the worker thread ("lane") a request runs on, so a worker
-//! with `--threads N` multiplexes N requests on one socket. Encoding and decoding are pure
-//! functions over byte buffers (fuzzed and property-tested); the I/O lives elsewhere.
+//! kind-specific payload. `stream` is one of the worker's streams (`--threads` of them, plus
+//! its look-ahead), so a worker multiplexes its requests on one pair of rings. Encoding and
+//! decoding are pure functions over byte buffers (fuzzed and property-tested); the I/O lives
+//! elsewhere.
 //!
-//! Master -> worker: `Request` (the CGI environ pairs and the whole body), `Cancel` (the client
-//! went away), `Shutdown` (finish in-flight requests and exit).
+//! Master -> worker: `Request` (the CGI environ pairs and the whole body), `RequestFile` (the
+//! same with the body in a temporary file whose descriptor crosses the worker's socket just
+//! before), `Cancel` (the client went away), `Credit` (the stream's response may now carry
+//! more body bytes), `Shutdown` (finish in-flight requests and exit).
 //! Worker -> master: `Ready`, `Head` (status, headers and the first body bytes; `end` when that
 //! is the whole response), `Body`, `End`, `Abort` (the app failed after the head was sent),
 //! `Fatal` (the worker cannot run the app; message for the log).
+//!
+//! Flow control: each stream's response may carry, in its `Head` and `Body` frames together,
+//! as many body bytes as the master's last `Credit` for it allows in total, or the window the
+//! worker was started with before any ([`crate::spool`]). The master holds what it accepted,
+//! so one stream's slow client never stops the others; a worker that sends more breaks the
+//! protocol (its link ends, as for any malformed frame).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -32,6 +42,10 @@ pub enum Kind {
     Cancel = 2,
     /// Master -> worker: finish and exit.
     Shutdown = 3,
+    /// Master -> worker: the stream's response may carry more body bytes.
+    Credit = 4,
+    /// Master -> worker: run a request whose body is in a file passed on the socket.
+    RequestFile = 5,
     /// Worker -> master: ready to take requests.
     Ready = 16,
     /// Worker -> master: status line and headers, maybe the body.
@@ -52,6 +66,8 @@ impl Kind {
             1 => Kind::Request,
             2 => Kind::Cancel,
             3 => Kind::Shutdown,
+            4 => Kind::Credit,
+            5 => Kind::RequestFile,
             16 => Kind::Ready,
             17 => Kind::Head,
             18 => Kind::Body,
@@ -68,17 +84,33 @@ impl Kind {
 pub enum Frame {
     /// Run a request on `stream`.
     Request {
-        /// Lane.
+        /// Stream.
         stream: u32,
         /// CGI environ pairs (keys ASCII, values latin-1 bytes).
         env: Vec<(Bytes, Bytes)>,
         /// The whole request body.
         body: Bytes,
     },
+    /// Run a request on `stream` whose body is the file sent on the socket with it.
+    RequestFile {
+        /// Stream.
+        stream: u32,
+        /// CGI environ pairs.
+        env: Vec<(Bytes, Bytes)>,
+        /// Bytes of the body (the file's length).
+        len: u64,
+    },
     /// The client of `stream` is gone.
     Cancel {
-        /// Lane.
+        /// Stream.
         stream: u32,
+    },
+    /// The response on `stream` may carry `allowed` body bytes in total.
+    Credit {
+        /// Stream.
+        stream: u32,
+        /// Body bytes, head's included, the response may have sent in all.
+        allowed: u64,
     },
     /// Finish in-flight requests and exit.
     Shutdown,
@@ -91,19 +123,19 @@ pub enum Frame {
     Head(Head),
     /// More body for `stream`.
     Body {
-        /// Lane.
+        /// Stream.
         stream: u32,
         /// Body bytes.
         data: Bytes,
     },
     /// The response on `stream` is complete.
     End {
-        /// Lane.
+        /// Stream.
         stream: u32,
     },
     /// The response on `stream` failed after its head.
     Abort {
-        /// Lane.
+        /// Stream.
         stream: u32,
         /// Why, for the log.
         reason: Bytes,
@@ -118,7 +150,7 @@ pub enum Frame {
 /// A response head, possibly with the first (or only) body bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
-    /// Lane.
+    /// Stream.
     pub stream: u32,
     /// True when `body` is the whole response (no `Body`/`End` follow).
     pub end: bool,
@@ -181,21 +213,21 @@ pub fn decode(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, Proto
     let kind = Kind::from_u8(kind_byte).ok_or(ProtoError::UnknownKind(kind_byte))?;
     let mut p = frame;
     Ok(Some(match kind {
-        Kind::Request => {
-            let n = take_u16(&mut p, "environ count")?;
-            let mut env = Vec::with_capacity(n as usize);
-            for _ in 0..n {
-                let k = take_bytes16(&mut p, "environ key")?;
-                let v = take_bytes32(&mut p, "environ value")?;
-                env.push((k, v));
-            }
-            Frame::Request {
-                stream,
-                env,
-                body: p,
-            }
+        Kind::Request => Frame::Request {
+            stream,
+            env: take_environ(&mut p)?,
+            body: p,
+        },
+        Kind::RequestFile => {
+            let env = take_environ(&mut p)?;
+            let len = take_u64(&mut p, "body length")?;
+            Frame::RequestFile { stream, env, len }
         }
         Kind::Cancel => Frame::Cancel { stream },
+        Kind::Credit => Frame::Credit {
+            stream,
+            allowed: take_u64(&mut p, "credit")?,
+        },
         Kind::Shutdown => Frame::Shutdown,
         Kind::Ready => Frame::Ready {
             pid: take_u32(&mut p, "pid")?,
@@ -225,6 +257,24 @@ pub fn decode(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, Proto
         Kind::Abort => Frame::Abort { stream, reason: p },
         Kind::Fatal => Frame::Fatal { message: p },
     }))
+}
+
+fn take_environ(p: &mut Bytes) -> Result<Vec<(Bytes, Bytes)>, ProtoError> {
+    let n = take_u16(p, "environ count")?;
+    let mut env = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let k = take_bytes16(p, "environ key")?;
+        let v = take_bytes32(p, "environ value")?;
+        env.push((k, v));
+    }
+    Ok(env)
+}
+
+fn take_u64(p: &mut Bytes, what: &'static str) -> Result<u64, ProtoError> {
+    if p.remaining() < 8 {
+        return Err(ProtoError::Truncated(what));
+    }
+    Ok(p.get_u64_le())
 }
 
 fn take_u8(p: &mut Bytes, what: &'static str) -> Result<u8, ProtoError> {
@@ -301,6 +351,16 @@ impl<'a> FrameBuf<'a> {
         self.out.put_u32_le(v);
     }
 
+    /// Appends a u64.
+    pub fn put_u64(&mut self, v: u64) {
+        self.out.put_u64_le(v);
+    }
+
+    /// Changes the kind of the frame being written.
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.out[self.start + 4] = kind as u8;
+    }
+
     /// Appends a u16-length-prefixed byte string.
     pub fn put_bytes16(&mut self, b: &[u8], what: &'static str) -> Result<(), ProtoError> {
         let n = u16::try_from(b.len()).map_err(|_| ProtoError::Overflow(what))?;
@@ -337,7 +397,7 @@ impl<'a> FrameBuf<'a> {
 }
 
 /// Sets the stream id of the single frame held in `frame` (a request encoded before it was
-/// known which lane would run it).
+/// known which stream would run it).
 pub fn set_stream(frame: &mut [u8], stream: u32) {
     frame[STREAM_OFFSET..STREAM_OFFSET + 4].copy_from_slice(&stream.to_le_bytes());
 }
@@ -353,6 +413,11 @@ pub fn encode_simple(out: &mut BytesMut, kind: Kind, stream: u32, payload: &[u8]
 /// Encodes a `Ready` frame.
 pub fn encode_ready(out: &mut BytesMut, pid: u32) {
     encode_simple(out, Kind::Ready, 0, &pid.to_le_bytes());
+}
+
+/// Encodes a `Credit` frame: `stream` may have sent `allowed` body bytes in all.
+pub fn encode_credit(out: &mut BytesMut, stream: u32, allowed: u64) {
+    encode_simple(out, Kind::Credit, stream, &allowed.to_le_bytes());
 }
 
 /// Encodes a response head (see [`Head`]).
@@ -421,13 +486,26 @@ impl<'a> RequestEncoder<'a> {
 
     /// Appends the body and completes the frame.
     pub fn finish(mut self, body: &[u8]) -> Result<(), ProtoError> {
-        if let Some(e) = self.error {
+        self.close_environ()?;
+        self.frame.put(body);
+        self.frame.finish()
+    }
+
+    /// Completes the frame as a `RequestFile`: the body, `len` bytes, travels as a file.
+    pub fn finish_file(mut self, len: u64) -> Result<(), ProtoError> {
+        self.close_environ()?;
+        self.frame.put_u64(len);
+        self.frame.set_kind(Kind::RequestFile);
+        self.frame.finish()
+    }
+
+    fn close_environ(&mut self) -> Result<(), ProtoError> {
+        if let Some(e) = self.error.take() {
             return Err(e);
         }
         let n = u16::try_from(self.count).map_err(|_| ProtoError::Overflow("environ count"))?;
         self.frame.patch_u16(self.count_at, n);
-        self.frame.put(body);
-        self.frame.finish()
+        Ok(())
     }
 }
 
@@ -469,6 +547,40 @@ mod tests {
                 ],
                 body: Bytes::from_static(b"hello"),
             }]
+        );
+    }
+
+    #[test]
+    fn request_file_and_credit_round_trip() {
+        let mut buf = BytesMut::new();
+        let mut enc = RequestEncoder::new(&mut buf);
+        enc.push(b"REQUEST_METHOD", b"PUT");
+        enc.finish_file(1 << 33).expect("encodes");
+        set_stream(&mut buf, 2);
+        encode_credit(&mut buf, 2, u64::MAX - 1);
+        let frames = roundtrip(&mut buf);
+        assert_eq!(
+            frames,
+            vec![
+                Frame::RequestFile {
+                    stream: 2,
+                    env: vec![(
+                        Bytes::from_static(b"REQUEST_METHOD"),
+                        Bytes::from_static(b"PUT")
+                    )],
+                    len: 1 << 33,
+                },
+                Frame::Credit {
+                    stream: 2,
+                    allowed: u64::MAX - 1
+                },
+            ]
+        );
+        let mut short = BytesMut::new();
+        encode_simple(&mut short, Kind::Credit, 1, &[1, 2, 3]);
+        assert_eq!(
+            decode(&mut short, MAX),
+            Err(ProtoError::Truncated("credit"))
         );
     }
 

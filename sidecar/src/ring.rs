@@ -64,7 +64,7 @@ impl Word {
     pub const COUNT: usize = 8;
 }
 
-/// Streams (lanes plus look-ahead) a region has claim words for.
+/// Streams (a worker's threads plus its look-ahead) a region has claim words for.
 pub const MAX_STREAMS: usize = 384;
 
 /// Memory holding two rings of [`Mem::capacity`] bytes each and the header words. The ring

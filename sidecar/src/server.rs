@@ -43,6 +43,14 @@ pub enum ServerError {
     /// The TLS certificate, key or client CA cannot be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// No temporary file can be made in `--temp-dir`.
+    #[error("--temp-dir {dir}: cannot make a temporary file there: {source}")]
+    TempDir {
+        /// The directory.
+        dir: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Reads and parses a config file.
@@ -56,6 +64,7 @@ pub fn load_config_file(path: &Path) -> Result<Settings, String> {
 /// the directory the server was started in (the fork server changes into `--chdir` first).
 pub fn zygote_init(cfg: &ServerConfig) -> ZygoteInit {
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let spool = crate::spool::SpoolConfig::from_settings(&cfg.http.buffers);
     ZygoteInit {
         module: cfg.python.app.module.clone(),
         callable: cfg.python.app.callable.clone(),
@@ -64,9 +73,12 @@ pub fn zygote_init(cfg: &ServerConfig) -> ZygoteInit {
         venv: cfg.python.venv.as_deref().map(abs),
         preload: cfg.python.preload,
         threads: cfg.python.threads,
-        max_frame: usize::try_from(cfg.http.max_body)
+        // Larger bodies reach the worker as files, not in frames.
+        max_frame: usize::try_from(cfg.http.max_body.min(cfg.http.buffers.body_buffer))
             .unwrap_or(usize::MAX)
             .saturating_add(proto::HEADER_LEN + 1024 * 1024),
+        response_window: spool.window(),
+        response_piece: spool.piece(),
         log_format: cfg.log.format,
         log_level: cfg.log.level.clone(),
         hooks: cfg.python.hooks.with_paths(abs),
@@ -184,6 +196,15 @@ pub async fn run(args: Settings, cfg: ServerConfig) -> Result<(), ServerError> {
     let mut sighup = sig(SignalKind::hangup())?;
     let mut sigttin = sig(SignalKind::from_raw(libc::SIGTTIN))?;
     let mut sigttou = sig(SignalKind::from_raw(libc::SIGTTOU))?;
+
+    // Large bodies and slow clients' responses go there: find out now, not at the first one.
+    let temp_dir = cfg.http.buffers.temp_dir();
+    if let Err(source) = tempfile::tempfile_in(&temp_dir) {
+        return Err(ServerError::TempDir {
+            dir: temp_dir.display().to_string(),
+            source,
+        });
+    }
 
     let mut listeners = Vec::new();
     for addr in &cfg.binds {

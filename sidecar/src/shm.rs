@@ -1,6 +1,7 @@
 //! The shared-memory region of one worker's link (a memfd the master creates before asking
 //! for the fork and maps on both sides) and its three doorbells (eventfds). The ring logic
-//! itself is safe code in [`crate::ring`]; this file holds the mapping, the only `unsafe`.
+//! itself is safe code in [`crate::ring`]; this file holds the mapping's `unsafe` (the only
+//! other module with any is [`crate::sys`]).
 #![allow(unsafe_code)]
 
 use std::io;

@@ -11,13 +11,16 @@ use wsgiscale_core::loadtrack::LoadTracker;
 
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
+use crate::spool::SpoolConfig;
 
 /// Shared by every task of the master.
 pub struct Shared {
-    /// The queue and the workers' lanes.
+    /// The queue and the workers' lanes (their threads).
     pub dispatcher: Arc<Dispatcher>,
     /// Front limits and timeouts (fixed for the server's life).
     pub http: HttpConfig,
+    /// How streamed responses are buffered (from `http.buffers`).
+    pub spool: Arc<SpoolConfig>,
     /// Python threads per worker.
     pub threads: u32,
     /// Prometheus metrics.
@@ -40,8 +43,10 @@ impl Shared {
         threads: u32,
         live: LiveConfig,
     ) -> Self {
+        let spool = Arc::new(SpoolConfig::from_settings(&http.buffers));
         let s = Shared {
             dispatcher,
+            spool,
             http,
             threads,
             metrics: Metrics::new(),

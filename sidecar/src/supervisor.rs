@@ -198,7 +198,43 @@ fn reap_orphans(zygote_pid: u32) -> bool {
 /// The worker's state (spawned, ready, retiring, ...) is the [`Pool`]'s.
 struct Handle {
     pid: Option<u32>,
+    /// A pidfd opened as soon as the pid is known (the fork server reports it right after
+    /// the fork): signals go through it, so a later process given the same pid is never hit.
+    pidfd: Option<Arc<crate::sys::PidFd>>,
     cmds: mpsc::UnboundedSender<LinkCmd>,
+}
+
+impl Handle {
+    /// Records the worker's pid and opens its pidfd (once).
+    fn learn_pid(&mut self, pid: u32) {
+        self.pid = Some(pid);
+        if self.pidfd.is_none() {
+            match crate::sys::PidFd::open(pid) {
+                Ok(fd) => self.pidfd = Some(Arc::new(fd)),
+                // Before Linux 5.3, or the worker already exited: raw pids it is.
+                Err(e) => tracing::debug!(pid, error = %e, "no pidfd for the worker"),
+            }
+        }
+    }
+
+    /// Sends `sig` to the worker: through its pidfd, or by pid when there is none.
+    fn signal(&self, sig: Signal) {
+        signal_worker(self.pidfd.as_deref(), self.pid, sig);
+    }
+}
+
+/// Sends `sig` through `pidfd` when there is one (an exited worker is then simply gone), else
+/// to `pid`.
+fn signal_worker(pidfd: Option<&crate::sys::PidFd>, pid: Option<u32>, sig: Signal) {
+    match (pidfd, pid) {
+        (Some(fd), _) => {
+            let _ = fd.signal(sig);
+        }
+        (None, Some(pid)) => {
+            let _ = kill(Pid::from_raw(pid as i32), sig);
+        }
+        (None, None) => {}
+    }
 }
 
 /// Requests to the supervisor from signal handlers and the config watcher.
@@ -377,6 +413,8 @@ impl Supervisor {
             threads: self.p.init.threads,
             ahead: self.shared.dispatcher.ahead(),
             max_frame: crate::proto::MAX_RESPONSE_FRAME,
+            spool: self.shared.spool.clone(),
+            spill_stats: self.shared.metrics.response_spill_stats(),
         };
         tokio::spawn(link::run(
             params,
@@ -390,6 +428,7 @@ impl Supervisor {
             id,
             Handle {
                 pid: None,
+                pidfd: None,
                 cmds: cmd_tx,
             },
         );
@@ -529,7 +568,7 @@ impl Supervisor {
         match msg {
             Ok(FromZygote::Spawned { worker, pid }) => {
                 if let Some(h) = self.handles.get_mut(&worker) {
-                    h.pid = Some(pid);
+                    h.learn_pid(pid);
                     tracing::debug!(worker, pid, "worker forked");
                 } else {
                     tracing::warn!(
@@ -572,7 +611,10 @@ impl Supervisor {
         match ev {
             LinkEvent::Ready { id, pid } => {
                 if let Some(h) = self.handles.get_mut(&id) {
-                    h.pid = Some(pid);
+                    if h.pid != Some(pid) {
+                        h.pidfd = None;
+                    }
+                    h.learn_pid(pid);
                 }
                 if let Some(m) = self.pool.member(id) {
                     let fork_to_ready_ms = now.saturating_sub(m.spawned_at).as_secs_f64() * 1000.0;
@@ -669,14 +711,15 @@ impl Supervisor {
             pid,
             "request exceeded --timeout; dumping its Python stack and killing the worker"
         );
-        let pid = Pid::from_raw(pid as i32);
-        let _ = kill(pid, Signal::SIGUSR1);
+        h.signal(Signal::SIGUSR1);
         let cmds = h.cmds.clone();
+        let pidfd = h.pidfd.clone();
         tokio::spawn(async move {
-            // Give faulthandler a moment to write the stack.
+            // Give faulthandler a moment to write the stack. The worker may exit meanwhile;
+            // through its pidfd the kill cannot reach a process that took its pid.
             tokio::time::sleep(Duration::from_millis(200)).await;
             let _ = cmds.send(LinkCmd::TimedOut);
-            let _ = kill(pid, Signal::SIGKILL);
+            signal_worker(pidfd.as_deref(), Some(pid), Signal::SIGKILL);
         });
     }
 
@@ -702,7 +745,9 @@ impl Supervisor {
     fn scale_tick(&mut self) {
         for (id, h) in &self.handles {
             if let Some(pid) = h.pid {
-                self.shared.dispatcher.set_rss(*id, read_rss(pid));
+                self.shared
+                    .dispatcher
+                    .set_memory(*id, crate::procmem::read(pid));
             }
         }
         let sb = self.shared.dispatcher.snapshot();
@@ -715,7 +760,7 @@ impl Supervisor {
         let usage: Vec<_> = sb
             .workers
             .iter()
-            .map(|w| (w.id, w.requests, w.rss_bytes))
+            .map(|w| (w.id, w.requests, w.memory_bytes))
             .collect();
         let actions = self.pool.recycle(self.now(), &usage);
         self.carry_out(actions);
@@ -728,7 +773,7 @@ impl Supervisor {
         let mem = cgroup::read_memory();
         let inputs = DriveInputs {
             manual_delta: std::mem::take(&mut self.manual_delta),
-            memory: MemoryBudget::cgroup(mem.limit, mem.current),
+            memory: MemoryBudget::cgroup(mem.limit, mem.usage()),
         };
         let limits = self.pool.live().workers;
         let plan = drive(verdict, &sb, &limits, &inputs);
@@ -802,7 +847,7 @@ impl Supervisor {
         for h in self.handles.values() {
             if let Some(pid) = h.pid {
                 tracing::warn!(pid, "worker did not exit in time; killing it");
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                h.signal(Signal::SIGKILL);
             }
         }
         let mut stops = tokio::task::JoinSet::new();
@@ -851,17 +896,6 @@ async fn recv_zygote(z: &mut Option<Zygote>) -> Result<FromZygote, ControlError>
         Some(z) => z.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Resident set size of a process from /proc/PID/statm.
-pub fn read_rss(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64;
-    Some(pages * page)
 }
 
 /// Makes a worker's link (socket pair, shared region, three bells), hands the worker's

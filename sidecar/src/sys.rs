@@ -1,5 +1,6 @@
-//! The only `unsafe` code of the server: starting the embedded CPython and forking the fork
-//! server with CPython's fork hooks.
+//! The server's `unsafe` code for processes and FFI: starting the embedded CPython, forking
+//! the fork server with CPython's fork hooks, owning received descriptors, pidfds. The other
+//! module with `unsafe` is [`crate::shm`] (the shared mapping); nothing else has any.
 #![allow(unsafe_code)]
 
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -161,4 +162,72 @@ pub fn set_batch_scheduling() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A pidfd: a handle on one process, which a later process given the same pid is never
+/// mistaken for (signals to it fail with `ESRCH` once it has exited).
+#[derive(Debug)]
+pub struct PidFd(OwnedFd);
+
+impl PidFd {
+    /// Opens a pidfd for `pid` (`pidfd_open`, Linux 5.3).
+    pub fn open(pid: u32) -> std::io::Result<PidFd> {
+        let pid = libc::pid_t::try_from(pid)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+        // SAFETY: pidfd_open takes a pid and flags (none) and returns a new descriptor or -1;
+        // it reads and writes no memory of ours.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = RawFd::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+        // SAFETY: the kernel just returned this descriptor (close-on-exec, as pidfds are);
+        // nothing else owns it.
+        Ok(PidFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Sends `signal` to the process (`pidfd_send_signal`).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is a pidfd we own; a null siginfo (the kernel fills in a
+        // plain kill's) and no flags are valid arguments, and no memory of ours is touched.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                signal as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pidfd signals its own process, and after that process is gone (reaped, its pid free
+    /// for another) it signals nothing: ESRCH, not a stranger.
+    #[test]
+    fn a_pidfd_signals_only_its_own_process() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep starts");
+        let fd = PidFd::open(child.id()).expect("pidfd_open");
+        fd.signal(nix::sys::signal::Signal::SIGKILL)
+            .expect("signal");
+        assert_eq!(child.wait().expect("reaped").signal(), Some(libc::SIGKILL));
+        let err = fd
+            .signal(nix::sys::signal::Signal::SIGKILL)
+            .expect_err("the process is gone");
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
+        assert!(PidFd::open(u32::MAX).is_err());
+    }
 }

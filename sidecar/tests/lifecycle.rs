@@ -42,6 +42,52 @@ fn sigkilled_worker_fails_only_its_request_and_is_replaced() {
     );
 }
 
+/// Child pids of `pid`, from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Whether `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
+    })
+}
+
+/// A master killed outright (SIGKILL, the OOM killer) takes its fork server and workers
+/// with it: each notices the end of its socket and exits, single-threaded or threaded.
+#[test]
+fn a_killed_master_leaves_no_process_behind() {
+    for threads in ["1", "2"] {
+        let s = Server::start(APP, &["--workers", "2", "--threads", threads]);
+        let zygotes = children(s.pid());
+        let workers: Vec<u32> = zygotes.iter().flat_map(|z| children(*z)).collect();
+        assert_eq!(workers.len(), 2, "two workers under {zygotes:?}");
+        s.signal(nix::sys::signal::Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let left = |all: &[u32]| {
+            all.iter()
+                .copied()
+                .filter(|p| running(*p))
+                .collect::<Vec<_>>()
+        };
+        while !left(&workers).is_empty() || !left(&zygotes).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "--threads {threads}: still running: workers {:?}, fork server {:?}",
+                left(&workers),
+                left(&zygotes)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 #[test]
 fn failed_import_is_a_clear_error_and_nonzero_exit() {
     for extra in [&[][..], &["--no-preload", "--workers", "2"][..]] {
@@ -67,6 +113,14 @@ fn bad_flags_are_rejected_before_starting() {
     assert_eq!(status.code(), Some(2));
     let (status, _) = start_failing(APP, &["--cheaper-algo", "sparse"]);
     assert_eq!(status.code(), Some(2));
+    // A temporary directory that cannot take a file is found at start, not at the first
+    // large upload.
+    let (status, log) = start_failing(APP, &["--temp-dir", "/nonexistent/wsgiscale-tmp"]);
+    assert!(!status.success());
+    assert!(
+        log.contains("--temp-dir /nonexistent/wsgiscale-tmp"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -294,7 +294,7 @@ fn metrics_parse_with_a_prometheus_parser() {
         let text = support::get(s.admin, "/metrics").unwrap().text();
         if text
             .lines()
-            .any(|l| l.starts_with("wsgiscale_workers_resident_memory_bytes") && !l.ends_with(" 0"))
+            .any(|l| l.starts_with("wsgiscale_workers_memory_bytes") && !l.ends_with(" 0"))
         {
             break text;
         }
@@ -337,7 +337,7 @@ fn metrics_parse_with_a_prometheus_parser() {
         value("wsgiscale_worker_spawns_total", Some(("reason", "initial"))),
         2.0
     );
-    assert!(value("wsgiscale_workers_resident_memory_bytes", None) > 1e6);
+    assert!(value("wsgiscale_workers_memory_bytes", None) > 1e6);
     for name in [
         "wsgiscale_queue_wait_seconds",
         "wsgiscale_request_duration_seconds",

@@ -61,9 +61,17 @@ Connection: close\r\n\r\nhi";
     assert_eq!(env["SERVER_PORT"], "8080");
 }
 
+/// Every way of reading `wsgi.input`, with the body in memory and (`--body-buffer 0`) in a
+/// temporary file the worker reads itself.
 #[test]
 fn wsgi_input_read_modes_never_pass_the_body() {
-    let s = Server::start(APP, &["--workers", "1"]);
+    for buffer in ["1Mi", "0"] {
+        let s = Server::start(APP, &["--workers", "1", "--body-buffer", buffer]);
+        read_modes(&s);
+    }
+}
+
+fn read_modes(s: &Server) {
     let r = post(s.addr, "/input?read", "text/plain", b"hello world").unwrap();
     assert_eq!(
         r.json(),
@@ -82,17 +90,21 @@ fn wsgi_input_read_modes_never_pass_the_body() {
     assert_eq!(r.json()["lines"], serde_json::json!(["l1\n", "l2"]));
 }
 
+/// A chunked upload, kept in memory, and (`--body-buffer 8`) moved to a temporary file when
+/// its second chunk takes it past the buffer.
 #[test]
 fn chunked_upload_is_readable_to_eof() {
-    let s = Server::start(APP, &["--workers", "1"]);
-    let req = b"POST /input HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+    for buffer in ["1Mi", "8"] {
+        let s = Server::start(APP, &["--workers", "1", "--body-buffer", buffer]);
+        let req = b"POST /input HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
 5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
-    let resp = parse_responses(&raw(s.addr, req, Duration::from_secs(10)));
-    assert_eq!(resp[0].status, 200);
-    let j = resp[0].json();
-    assert_eq!(j["len"], 11);
-    assert_eq!(j["terminated"], true);
-    assert_eq!(j["content_length"], "11");
+        let resp = parse_responses(&raw(s.addr, req, Duration::from_secs(10)));
+        assert_eq!(resp[0].status, 200);
+        let j = resp[0].json();
+        assert_eq!(j["len"], 11);
+        assert_eq!(j["terminated"], true);
+        assert_eq!(j["content_length"], "11");
+    }
 }
 
 #[test]

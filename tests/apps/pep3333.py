@@ -259,3 +259,22 @@ ROUTES["/track"] = track_app
 ROUTES["/maxconc"] = max_concurrency_app
 VALIDATED["/track"] = validator(track_app)
 VALIDATED["/maxconc"] = validator(max_concurrency_app)
+
+
+def digest_app(environ, start_response):
+    """Reads wsgi.input in 1 MiB pieces to its end: the length and CRC-32 of what it read,
+    and how the body reached the worker (a large upload is a file the master passed on)."""
+    import zlib
+    inp = environ["wsgi.input"]
+    n, crc = 0, 0
+    while True:
+        piece = inp.read(1 << 20)
+        if not piece:
+            break
+        n += len(piece)
+        crc = zlib.crc32(piece, crc)
+    return _json(start_response, {"len": n, "crc32": crc})
+
+
+ROUTES["/digest"] = digest_app
+VALIDATED["/digest"] = validator(digest_app)

@@ -17,17 +17,19 @@ pub struct DriveInputs {
     pub memory: MemoryBudget,
 }
 
-/// The memory the workers may use, from the cgroup. Spawns that would likely push
-/// `memory.current` plus one worker's footprint above `memory.max` minus the margin are
-/// refused. With the limit or the current usage unknown, nothing is refused.
+/// The memory the workers may use, from the cgroup. Spawns that would likely push the
+/// cgroup's usage (less its inactive file cache) plus one worker's footprint above
+/// `memory.max` minus the margin are refused. With the limit or the usage unknown, nothing is
+/// refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MemoryBudget {
     /// cgroup `memory.max`, bytes; `None` when unlimited (`max`) or unknown.
     pub limit_bytes: Option<u64>,
-    /// cgroup `memory.current`, bytes; `None` when unknown.
+    /// The cgroup's usage less its inactive file cache (page cache the kernel reclaims before
+    /// it OOM-kills), bytes; `None` when unknown.
     pub current_bytes: Option<u64>,
-    /// Expected footprint of one more worker, bytes. `None`: the median RSS of the ready and
-    /// retiring workers that report one.
+    /// Expected footprint of one more worker, bytes. `None`: the median memory (USS) of the
+    /// ready and retiring workers that report one.
     pub per_worker_bytes: Option<u64>,
     /// Bytes kept free below the limit.
     pub margin_bytes: u64,
@@ -62,14 +64,14 @@ impl MemoryBudget {
         let (limit, current) = (self.limit_bytes?, self.current_bytes?);
         let per_worker = self
             .per_worker_bytes
-            .or_else(|| median_worker_rss(sb))
+            .or_else(|| median_worker_memory(sb))
             .unwrap_or(0);
         // A starting worker has not grown to its full size yet: reserve the rest.
         let pending: u64 = sb
             .workers
             .iter()
             .filter(|w| w.state == SlotState::Starting)
-            .map(|w| per_worker.saturating_sub(w.rss_bytes.unwrap_or(0)))
+            .map(|w| per_worker.saturating_sub(w.memory_bytes.unwrap_or(0)))
             .fold(0, u64::saturating_add);
         let available = limit
             .saturating_sub(self.margin_bytes)
@@ -88,14 +90,14 @@ impl MemoryBudget {
     }
 }
 
-/// The median RSS of the workers past their start that report one (the upper median for an
-/// even count: the estimate errs on the large side).
-pub fn median_worker_rss(sb: &Scoreboard) -> Option<u64> {
+/// The median memory (USS) of the workers past their start that report one (the upper
+/// median for an even count: the estimate errs on the large side).
+pub fn median_worker_memory(sb: &Scoreboard) -> Option<u64> {
     let mut rss: Vec<u64> = sb
         .workers
         .iter()
         .filter(|w| w.state != SlotState::Starting)
-        .filter_map(|w| w.rss_bytes)
+        .filter_map(|w| w.memory_bytes)
         .collect();
     rss.sort_unstable();
     rss.get(rss.len() / 2).copied()
@@ -507,7 +509,7 @@ mod tests {
     fn with_rss(states: &[SlotState], rss: u64) -> Scoreboard {
         let mut sb = board(1, 5, states);
         for w in &mut sb.workers {
-            w.rss_bytes = Some(rss);
+            w.memory_bytes = Some(rss);
         }
         sb
     }
@@ -558,7 +560,7 @@ mod tests {
     fn memory_reserves_for_starting_workers_and_uses_the_median() {
         let mut sb = with_rss(&[Busy, Busy, Busy, Starting], 0);
         for (w, rss) in sb.workers.iter_mut().zip([90, 300, 100, 20]) {
-            w.rss_bytes = Some(rss * MI);
+            w.memory_bytes = Some(rss * MI);
         }
         let budget = MemoryBudget {
             limit_bytes: Some(1000 * MI),
@@ -631,7 +633,7 @@ mod tests {
                     busy_time: Duration::ZERO,
                     spawned_at: Duration::from_secs(spawned),
                     requests: 0,
-                    rss_bytes: rss.map(|r| r * MI),
+                    memory_bytes: rss.map(|r| r * MI),
                 }
             })
     }

@@ -30,7 +30,7 @@ use std::fmt;
 pub use backlog::Backlog;
 pub use busyness::Busyness;
 pub use driver::{
-    drive, is_retirable, median_worker_rss, DriveInputs, MemoryBudget, MemoryRoom, Plan, Reason,
+    drive, is_retirable, median_worker_memory, DriveInputs, MemoryBudget, MemoryRoom, Plan, Reason,
     Refusal,
 };
 pub use spare::Spare;
@@ -241,7 +241,7 @@ pub(crate) mod testkit {
             busy_time: Duration::ZERO,
             spawned_at: Duration::from_secs(id),
             requests: 0,
-            rss_bytes: None,
+            memory_bytes: None,
         }
     }
 

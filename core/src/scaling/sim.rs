@@ -24,7 +24,7 @@ fn new_slot(id: u64, state: SlotState, threads: u32, at: Duration) -> WorkerSlot
         busy_time: Duration::ZERO,
         spawned_at: at,
         requests: 0,
-        rss_bytes: None,
+        memory_bytes: None,
     }
 }
 

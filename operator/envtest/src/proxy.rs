@@ -416,7 +416,7 @@ async fn accept_loop(
                 None
             } else {
                 let mut r = rng.lock().unwrap_or_else(|e| e.into_inner());
-                Some(ready[r.below_or_at(ready.len() as u64 - 1) as usize])
+                Some(ready[r.up_to(ready.len() as u64 - 1) as usize])
             }
         };
         let Some(target) = target else {

@@ -219,7 +219,7 @@ impl Pod {
                     busy_time: Duration::from_secs_f64(busy_time),
                     spawned_at: Duration::from_secs_f64(w.spawned_at.max(0.0)),
                     requests: done,
-                    rss_bytes: None,
+                    memory_bytes: None,
                 }
             })
             .collect();

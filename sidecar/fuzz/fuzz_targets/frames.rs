@@ -1,6 +1,6 @@
 //! Fuzzes the master <-> worker frame decoder: arbitrary bytes must never panic it, it must
-//! never consume a partial frame, and every frame it decodes must re-encode to a frame that
-//! decodes to the same value.
+//! never consume a partial frame, and every head, body, credit and file request it decodes
+//! must re-encode to a frame that decodes to the same value.
 #![no_main]
 
 use bytes::BytesMut;
@@ -32,7 +32,22 @@ fuzz_target!(|data: &[u8]| {
                 if let Frame::Body { stream, data } = &frame {
                     let mut again = BytesMut::new();
                     proto::encode_simple(&mut again, Kind::Body, *stream, data);
-                    assert_eq!(proto::decode(&mut again, 1 << 20).expect("valid"), Some(frame));
+                    assert_eq!(proto::decode(&mut again, 1 << 20).expect("valid"), Some(frame.clone()));
+                }
+                if let Frame::Credit { stream, allowed } = &frame {
+                    let mut again = BytesMut::new();
+                    proto::encode_credit(&mut again, *stream, *allowed);
+                    assert_eq!(proto::decode(&mut again, 1 << 20).expect("valid"), Some(frame.clone()));
+                }
+                if let Frame::RequestFile { stream, env, len } = &frame {
+                    let mut again = BytesMut::new();
+                    let mut enc = proto::RequestEncoder::new(&mut again);
+                    for (k, v) in env {
+                        enc.push(k, v);
+                    }
+                    enc.finish_file(*len).expect("a decoded request re-encodes");
+                    proto::set_stream(&mut again, *stream);
+                    assert_eq!(proto::decode(&mut again, 1 << 20).expect("valid"), Some(frame.clone()));
                 }
             }
             Ok(None) => {

@@ -1,12 +1,14 @@
 //! The worker's end of its link: frames through the shared-memory rings ([`crate::ring`]),
-//! sleeping on a doorbell only when there is nothing to do, and the socket to the master kept
-//! only to notice that the master is gone (it carries no data).
+//! sleeping on a doorbell only when there is nothing to do, and the socket to the master,
+//! which tells the worker that the master is gone (its end of file) and carries the
+//! descriptors of request bodies that are in temporary files.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::proto::{self, Frame};
@@ -67,12 +69,16 @@ impl End {
             ring::retract(&self.region, flag);
             return Ok(());
         }
+        // The socket is watched for the master's end only: no event is asked for, and
+        // POLLHUP (the master closed it) and POLLERR come regardless. A body file's
+        // descriptor waiting in it (POLLIN) is not a wake-up. Any event there, or one nix
+        // does not know, means the master is gone.
         let mut fds = [
             PollFd::new(bell.as_fd(), PollFlags::POLLIN),
-            PollFd::new(self.sock.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.sock.as_fd(), PollFlags::empty()),
         ];
         let polled = poll(&mut fds, PollTimeout::NONE);
-        let master_gone = fds[1].revents().is_some_and(|r| !r.is_empty());
+        let master_gone = fds[1].revents().is_none_or(|r| !r.is_empty());
         bell.clear();
         ring::retract(&self.region, flag);
         match polled {
@@ -137,7 +143,46 @@ impl Writer {
     }
 }
 
-/// Reads frames.
+/// A request body as the worker gets it.
+#[derive(Debug)]
+pub enum Body {
+    /// In the request frame.
+    Memory(Bytes),
+    /// In a temporary file of the master's (unlinked; read with positional reads), and its
+    /// length.
+    File(File, u64),
+}
+
+/// A request to run.
+#[derive(Debug)]
+pub struct Job {
+    /// The stream it runs on.
+    pub stream: u32,
+    /// CGI environ pairs.
+    pub env: Vec<(Bytes, Bytes)>,
+    /// The body.
+    pub body: Body,
+}
+
+/// What the master tells a worker.
+#[derive(Debug)]
+pub enum FromMaster {
+    /// Run a request.
+    Run(Job),
+    /// The client of a stream is gone.
+    Cancel(u32),
+    /// A stream's response may carry `allowed` body bytes in all.
+    Credit {
+        /// The stream.
+        stream: u32,
+        /// Body bytes in all.
+        allowed: u64,
+    },
+    /// Finish and exit.
+    Shutdown,
+}
+
+/// Reads what the master sends.
 pub struct Reader {
     end: Arc<End>,
     rx: Consumer,
@@ -156,9 +201,46 @@ impl Reader {
         }
     }
 
-    fn decode(&mut self) -> io::Result<Option<Frame>> {
-        proto::decode(&mut self.buf, self.max_frame)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    /// The next whole message in the buffer. A request whose body is a file takes the
+    /// file's descriptor off the socket here, in frame order: the master sent it just before
+    /// it wrote the frame, so it is there.
+    fn decode(&mut self) -> io::Result<Option<FromMaster>> {
+        let frame = proto::decode(&mut self.buf, self.max_frame)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let Some(frame) = frame else {
+            return Ok(None);
+        };
+        Ok(Some(match frame {
+            Frame::Request { stream, env, body } => FromMaster::Run(Job {
+                stream,
+                env,
+                body: Body::Memory(body),
+            }),
+            Frame::RequestFile { stream, env, len } => {
+                let (tag, fd) = crate::control::recv_fd(self.end.sock.as_fd())
+                    .map_err(|e| io::Error::other(format!("receiving a body file: {e}")))?;
+                if tag != stream {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("body file for stream {tag} with the request of stream {stream}"),
+                    ));
+                }
+                FromMaster::Run(Job {
+                    stream,
+                    env,
+                    body: Body::File(File::from(fd), len),
+                })
+            }
+            Frame::Cancel { stream } => FromMaster::Cancel(stream),
+            Frame::Credit { stream, allowed } => FromMaster::Credit { stream, allowed },
+            Frame::Shutdown => FromMaster::Shutdown,
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unexpected frame from the master: {other:?}"),
+                ))
+            }
+        }))
     }
 
     /// Moves what the master published into the private buffer; true if anything came.
@@ -173,9 +255,18 @@ impl Reader {
         Ok(n > 0)
     }
 
-    /// Blocks for the next frame; `None` when the master is gone.
-    pub fn next(&mut self) -> io::Result<Option<Frame>> {
+    /// Blocks for the next message; `None` when the master is gone.
+    pub fn next(&mut self) -> io::Result<Option<FromMaster>> {
+        self.next_until(|| false)
+    }
+
+    /// Blocks for the next message, or until `stop` holds after a wake-up (the worker rings
+    /// its own reader with [`Reader::waker`]); `None` when the master is gone or `stop`.
+    pub fn next_until(&mut self, stop: impl Fn() -> bool) -> io::Result<Option<FromMaster>> {
         loop {
+            if stop() {
+                return Ok(None);
+            }
             if let Some(f) = self.decode()? {
                 return Ok(Some(f));
             }
@@ -194,12 +285,28 @@ impl Reader {
         }
     }
 
-    /// Reads whatever frames have already arrived, without blocking.
-    pub fn try_drain(&mut self, out: &mut Vec<Frame>) -> io::Result<()> {
+    /// Something that wakes this reader from another thread of the worker.
+    pub fn waker(&self) -> ReaderWaker {
+        ReaderWaker(self.end.clone())
+    }
+
+    /// Reads whatever messages have already arrived, without blocking.
+    pub fn try_drain(&mut self, out: &mut Vec<FromMaster>) -> io::Result<()> {
         self.pull()?;
         while let Some(f) = self.decode()? {
             out.push(f);
         }
         Ok(())
+    }
+}
+
+/// Wakes a [`Reader`] blocked in [`Reader::next_until`] (which then checks its `stop`).
+#[derive(Clone)]
+pub struct ReaderWaker(Arc<End>);
+
+impl ReaderWaker {
+    /// Rings the reader's bell.
+    pub fn wake(&self) {
+        self.0.read_bell.ring();
     }
 }

@@ -1,23 +1,25 @@
 //! A worker process: one CPython interpreter with its own GIL, forked from the fork server.
-//! It reads request frames from the master (through shared memory, [`conn`]), runs them through the app on one thread or on
-//! `--threads` Python threads, and streams the responses back.
+//! It reads request frames from the master (through shared memory, [`conn`]), runs them
+//! through the app on one thread or on `--threads` Python threads, and streams the responses
+//! back within each stream's credit ([`flow`]).
 
 mod conn;
+pub mod flow;
 pub mod wsgi;
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use pyo3::prelude::*;
 
 use crate::control::ZygoteInit;
 use crate::hooks::Loaded;
-use crate::proto::{self, Frame, Kind};
+use crate::proto::{self, Kind};
 use crate::python;
-use conn::{Reader, Writer};
+use conn::{FromMaster, Job, Reader, Writer};
 use wsgi::{Ctx, Outcome};
 
 /// Exit code of a worker whose app failed to import (no preload).
@@ -80,7 +82,7 @@ pub fn run(
             return EXIT_HOOK_FAILED;
         }
     }
-    let mut ctx = match Ctx::new(py, app, init.threads, writer.clone()) {
+    let mut ctx = match Ctx::new(py, app, init, writer.clone()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(traceback = %wsgi::format_traceback(py, &e), "worker setup failed");
@@ -108,42 +110,46 @@ pub fn run(
     code
 }
 
-fn set_cancel(ctx: &Ctx, stream: u32, value: bool) {
-    if let Some(c) = ctx.cancel.get(stream as usize) {
-        c.store(value, Ordering::Relaxed);
-    }
-}
-
-/// One thread: read a frame, run it, repeat. Between chunks of a streamed response the
-/// socket is polled for `Cancel` frames.
+/// One thread: read a message, run it, repeat. Between chunks of a streamed response, and
+/// while a response waits for credit, the same thread reads the master's messages itself
+/// (`Cancel` and `Credit` apply at once, the rest waits its turn).
 fn serve_single(py: Python<'_>, mut ctx: Ctx, reader: Reader) -> i32 {
     struct Inbox {
         reader: Reader,
-        pending: VecDeque<Frame>,
-        scratch: Vec<Frame>,
+        pending: VecDeque<FromMaster>,
+        scratch: Vec<FromMaster>,
     }
     let inbox = Arc::new(Mutex::new(Inbox {
         reader,
         pending: VecDeque::new(),
         scratch: Vec::new(),
     }));
-    let cancel_flags = ctx.cancel_flags();
+    let flow = ctx.flow.clone();
     let poll_inbox = inbox.clone();
-    ctx.poll_cancel = Some(Box::new(move || {
+    ctx.inbox = Some(Box::new(move |block: bool| {
         let mut ib = poll_inbox.lock().unwrap_or_else(|p| p.into_inner());
         let ib = &mut *ib;
-        if ib.reader.try_drain(&mut ib.scratch).is_err() {
-            return;
-        }
-        for f in ib.scratch.drain(..) {
-            match f {
-                Frame::Cancel { stream } => {
-                    if let Some(c) = cancel_flags.get(stream as usize) {
-                        c.store(true, Ordering::Relaxed);
-                    }
+        let read = if block {
+            match ib.reader.next() {
+                Ok(Some(m)) => {
+                    ib.scratch.push(m);
+                    ib.reader.try_drain(&mut ib.scratch)
                 }
+                Ok(None) => Err(std::io::ErrorKind::BrokenPipe.into()),
+                Err(e) => Err(e),
+            }
+        } else {
+            ib.reader.try_drain(&mut ib.scratch)
+        };
+        for m in ib.scratch.drain(..) {
+            match m {
+                FromMaster::Cancel(stream) => flow.cancel(stream),
+                FromMaster::Credit { stream, allowed } => flow.credit(stream, allowed),
                 other => ib.pending.push_back(other),
             }
+        }
+        if read.is_err() {
+            flow.set_broken();
         }
     }));
     let ctx = Arc::new(ctx);
@@ -151,7 +157,8 @@ fn serve_single(py: Python<'_>, mut ctx: Ctx, reader: Reader) -> i32 {
         let next = {
             let mut ib = inbox.lock().unwrap_or_else(|p| p.into_inner());
             match ib.pending.pop_front() {
-                Some(f) => Ok(Some(f)),
+                Some(m) => Ok(Some(m)),
+                None if ctx.flow.is_broken() => Ok(None),
                 None => {
                     let reader = &mut ib.reader;
                     py.detach(|| reader.next())
@@ -159,23 +166,20 @@ fn serve_single(py: Python<'_>, mut ctx: Ctx, reader: Reader) -> i32 {
             }
         };
         match next {
-            Ok(Some(Frame::Request { stream, env, body })) => {
-                match ctx.out.claim(stream) {
+            Ok(Some(FromMaster::Run(job))) => {
+                match ctx.out.claim(job.stream) {
                     Ok(true) => {}
                     Ok(false) => continue,
                     Err(_) => return EXIT_MASTER_LOST,
                 }
-                set_cancel(&ctx, stream, false);
-                if let Outcome::Broken = wsgi::handle(py, &ctx, stream, &env, body) {
+                ctx.flow.start(job.stream);
+                if let Outcome::Broken = wsgi::handle(py, &ctx, job) {
                     return EXIT_MASTER_LOST;
                 }
             }
-            Ok(Some(Frame::Cancel { stream })) => set_cancel(&ctx, stream, true),
-            Ok(Some(Frame::Shutdown)) | Ok(None) => return 0,
-            Ok(Some(other)) => {
-                tracing::error!(frame = ?other, "unexpected frame from the master");
-                return EXIT_MASTER_LOST;
-            }
+            Ok(Some(FromMaster::Cancel(stream))) => ctx.flow.cancel(stream),
+            Ok(Some(FromMaster::Credit { stream, allowed })) => ctx.flow.credit(stream, allowed),
+            Ok(Some(FromMaster::Shutdown)) | Ok(None) => return 0,
             Err(e) => {
                 tracing::error!(error = %e, "reading from the master failed");
                 return EXIT_MASTER_LOST;
@@ -184,60 +188,61 @@ fn serve_single(py: Python<'_>, mut ctx: Ctx, reader: Reader) -> i32 {
     }
 }
 
-type Job = (u32, Vec<(Bytes, Bytes)>, Bytes);
-
-/// `threads` Python threads take requests from a queue fed by this (GIL-free) reader thread.
+/// `threads` Python threads take requests from a queue fed by this (GIL-free) reader thread,
+/// which also applies `Cancel` and `Credit` as they come. After `Shutdown` it goes on reading
+/// them until the last request is done (a response waiting for credit needs them).
 fn serve_threaded(ctx: &Arc<Ctx>, reader: &mut Reader, threads: u32) -> i32 {
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
+    let alive = Arc::new(AtomicU32::new(0));
     let mut handles = Vec::new();
     for i in 0..threads {
         let rx = rx.clone();
-        let ctx = ctx.clone();
+        let thread_ctx = ctx.clone();
+        let thread_alive = alive.clone();
+        let waker = reader.waker();
+        alive.fetch_add(1, Ordering::AcqRel);
         let spawned = std::thread::Builder::new()
             .name(format!("wsgi-{i}"))
-            .spawn(move || loop {
-                let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                let Ok((stream, env, body)) = job else { return };
-                match ctx.out.claim(stream) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(_) => return,
-                }
-                set_cancel(&ctx, stream, false);
-                let outcome = Python::attach(|py| wsgi::handle(py, &ctx, stream, &env, body));
-                if let Outcome::Broken = outcome {
-                    return;
+            .spawn(move || {
+                run_jobs(&thread_ctx, &rx);
+                // The last one out wakes the reader, which stops once nothing runs.
+                if thread_alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    waker.wake();
                 }
             });
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) => {
+                alive.fetch_sub(1, Ordering::AcqRel);
                 tracing::error!(error = %e, "cannot start a worker thread");
+                ctx.flow.set_broken();
                 return EXIT_MASTER_LOST;
             }
         }
     }
     let mut code = 0;
+    let mut jobs = Some(tx);
     loop {
-        if ctx.broken.load(Ordering::Relaxed) {
+        if ctx.flow.is_broken() {
             code = EXIT_MASTER_LOST;
             break;
         }
-        match reader.next() {
-            Ok(Some(Frame::Request { stream, env, body })) => {
-                if tx.send((stream, env, body)).is_err() {
+        let stopping = jobs.is_none();
+        let next = reader.next_until(|| stopping && alive.load(Ordering::Acquire) == 0);
+        match next {
+            Ok(Some(FromMaster::Run(job))) => {
+                let sent = jobs.as_ref().map(|tx| tx.send(job));
+                if !matches!(sent, Some(Ok(()))) {
                     code = EXIT_MASTER_LOST;
                     break;
                 }
             }
-            Ok(Some(Frame::Cancel { stream })) => set_cancel(ctx, stream, true),
-            Ok(Some(Frame::Shutdown)) | Ok(None) => break,
-            Ok(Some(other)) => {
-                tracing::error!(frame = ?other, "unexpected frame from the master");
-                code = EXIT_MASTER_LOST;
-                break;
-            }
+            Ok(Some(FromMaster::Cancel(stream))) => ctx.flow.cancel(stream),
+            Ok(Some(FromMaster::Credit { stream, allowed })) => ctx.flow.credit(stream, allowed),
+            // No more requests: the threads finish theirs, this loop ends when they have.
+            Ok(Some(FromMaster::Shutdown)) => jobs = None,
+            Ok(None) => break,
             Err(e) => {
                 tracing::error!(error = %e, "reading from the master failed");
                 code = EXIT_MASTER_LOST;
@@ -245,9 +250,33 @@ fn serve_threaded(ctx: &Arc<Ctx>, reader: &mut Reader, threads: u32) -> i32 {
             }
         }
     }
-    drop(tx);
+    drop(jobs);
+    if code != 0 || alive.load(Ordering::Acquire) > 0 {
+        // The master is gone (or broke the protocol): waits for credit end now.
+        ctx.flow.set_broken();
+    }
     for h in handles {
         let _ = h.join();
     }
     code
+}
+
+/// A worker thread's loop: run requests from the queue until it closes or the master is gone.
+fn run_jobs(ctx: &Arc<Ctx>, rx: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok(job) = job else { return };
+        match ctx.out.claim(job.stream) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => {
+                ctx.flow.set_broken();
+                return;
+            }
+        }
+        ctx.flow.start(job.stream);
+        if let Outcome::Broken = Python::attach(|py| wsgi::handle(py, ctx, job)) {
+            return;
+        }
+    }
 }

@@ -2,8 +2,9 @@
 //! `write()` callable, `wsgi.file_wrapper`, and running one request through the app.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
@@ -12,7 +13,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 
-use super::conn::Writer;
+use super::conn::{Body, Job, Writer};
+use super::flow::{Flow, Wait};
 use crate::proto::{self, Kind};
 
 /// Most distinct environ keys kept as interned Python strings.
@@ -20,7 +22,8 @@ const KEY_CACHE_LIMIT: usize = 512;
 /// Block size for sending a file from `wsgi.file_wrapper`.
 const FILE_BLOCK: usize = 256 * 1024;
 /// Most body bytes in one frame; larger bodies are sent in pieces (the master bounds the
-/// frames it accepts, see [`crate::proto::MAX_RESPONSE_FRAME`]).
+/// frames it accepts, see [`crate::proto::MAX_RESPONSE_FRAME`], and sets a smaller piece when
+/// its memory budget per response is smaller, see [`crate::spool::SpoolConfig::piece`]).
 pub const MAX_PIECE: usize = 1 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -35,46 +38,45 @@ pub struct Ctx {
     errors: Py<PyAny>,
     file_wrapper: Py<PyType>,
     multithread: bool,
+    /// Most body bytes in one frame.
+    piece: usize,
     keys: Mutex<HashMap<Bytes, Py<PyString>>>,
     /// Shared writer to the master.
     pub out: Arc<Writer>,
-    /// One flag per lane: the client of the request on that lane is gone.
-    pub cancel: Arc<[AtomicBool]>,
-    /// Polls the master socket for `Cancel` frames (single-threaded workers have no reader
-    /// thread to do it).
-    pub poll_cancel: Option<Box<dyn Fn() + Send + Sync>>,
-    /// Set when the master socket failed: the worker must exit.
-    pub broken: AtomicBool,
+    /// Cancels, credits and the master's end, per stream ([`Flow`]).
+    pub flow: Arc<Flow>,
+    /// Reads the master's messages in this thread (single-threaded workers have no reader
+    /// thread): without blocking, or (`true`) waiting for at least one. `Cancel` and `Credit`
+    /// go to `flow`, the rest waits for the worker's loop.
+    pub inbox: Option<Box<dyn Fn(bool) + Send + Sync>>,
     /// The `pre-request`/`post-request` hooks, if configured.
     pub hooks: Option<crate::hooks::RequestHooks>,
 }
 
 impl Ctx {
-    /// Prepares the per-worker Python objects.
-    pub fn new(py: Python<'_>, app: Py<PyAny>, threads: u32, out: Arc<Writer>) -> PyResult<Ctx> {
+    /// Prepares the per-worker Python objects; responses start with `init.response_window`
+    /// bytes of credit and go in pieces of `init.response_piece` bytes at most.
+    pub fn new(
+        py: Python<'_>,
+        app: Py<PyAny>,
+        init: &crate::control::ZygoteInit,
+        out: Arc<Writer>,
+    ) -> PyResult<Ctx> {
         let sys = py.import("sys")?;
         Ok(Ctx {
             app,
             version: PyTuple::new(py, [1u8, 0u8])?.unbind(),
             errors: sys.getattr("stderr")?.unbind(),
             file_wrapper: py.get_type::<FileWrapper>().unbind(),
-            multithread: threads > 1,
+            multithread: init.threads > 1,
+            piece: init.response_piece.clamp(1, MAX_PIECE),
             keys: Mutex::new(HashMap::new()),
             out,
-            // One flag per stream the master may use (lanes plus look-ahead).
-            cancel: (0..crate::ring::MAX_STREAMS)
-                .map(|_| AtomicBool::new(false))
-                .collect::<Vec<_>>()
-                .into(),
-            poll_cancel: None,
-            broken: AtomicBool::new(false),
+            // Every stream the master may use (threads plus look-ahead).
+            flow: Arc::new(Flow::new(crate::ring::MAX_STREAMS, init.response_window)),
+            inbox: None,
             hooks: None,
         })
-    }
-
-    /// The per-lane cancel flags, shared with whoever reads `Cancel` frames.
-    pub fn cancel_flags(&self) -> Arc<[AtomicBool]> {
-        self.cancel.clone()
     }
 
     fn key<'py>(&self, py: Python<'py>, k: &Bytes) -> Bound<'py, PyString> {
@@ -90,12 +92,29 @@ impl Ctx {
     }
 
     fn cancelled(&self, stream: u32) -> bool {
-        if let Some(poll) = &self.poll_cancel {
-            poll();
+        if let Some(read) = &self.inbox {
+            read(false);
         }
-        self.cancel
-            .get(stream as usize)
-            .is_some_and(|c| c.load(Ordering::Relaxed))
+        self.flow.is_cancelled(stream)
+    }
+
+    /// Waits (call it without the GIL) until `stream`, which has sent `sent` body bytes, may
+    /// send more, its client left or the master is gone.
+    fn wait_credit(&self, stream: u32, sent: u64) -> Wait {
+        loop {
+            if let Some(w) = self.flow.check(stream, sent) {
+                return w;
+            }
+            match &self.inbox {
+                Some(read) => read(true),
+                None => return self.flow.wait(stream, sent),
+            }
+        }
+    }
+
+    /// Whether the master is gone (the worker must exit).
+    pub fn is_broken(&self) -> bool {
+        self.flow.is_broken()
     }
 
     /// Sends a frame, releasing the GIL while writing.
@@ -104,13 +123,15 @@ impl Ctx {
         match py.detach(|| out.send(frame)) {
             Ok(()) => Ok(()),
             Err(e) => {
-                self.broken.store(true, Ordering::Relaxed);
-                Err(PyOSError::new_err(format!(
-                    "connection to the master lost: {e}"
-                )))
+                self.flow.set_broken();
+                Err(master_lost(&e))
             }
         }
     }
+}
+
+fn master_lost(e: &dyn std::fmt::Display) -> PyErr {
+    PyOSError::new_err(format!("connection to the master lost: {e}"))
 }
 
 /// Decodes latin-1 bytes into a Python str (each byte is one code point).
@@ -139,26 +160,114 @@ fn to_latin1(s: &Bound<'_, PyString>, what: &str) -> PyResult<Vec<u8>> {
         .collect()
 }
 
-/// `wsgi.input`: the request body, already complete in memory. Reads never go past it.
+/// Bytes read from a body file at a time for `readline` and iteration.
+const INPUT_BLOCK: usize = 64 * 1024;
+
+/// `wsgi.input`: the request body, complete: in memory, or in the master's temporary file
+/// (read with positional reads, without the GIL). Reads never go past it.
 #[pyclass(module = "wsgiscale", frozen)]
 pub struct Input {
-    state: Mutex<(Bytes, usize)>,
+    state: Mutex<Source>,
+}
+
+enum Source {
+    Memory {
+        data: Bytes,
+        pos: usize,
+    },
+    File {
+        file: File,
+        len: u64,
+        /// File offset of the first byte not read into `ahead`.
+        next: u64,
+        /// Bytes read ahead by `readline`, not yet returned.
+        ahead: BytesMut,
+    },
 }
 
 impl Input {
-    fn take(&self, limit: Option<usize>, line: bool) -> Bytes {
+    fn new(body: Body) -> Input {
+        let source = match body {
+            Body::Memory(data) => Source::Memory { data, pos: 0 },
+            Body::File(file, len) => Source::File {
+                file,
+                len,
+                next: 0,
+                ahead: BytesMut::new(),
+            },
+        };
+        Input {
+            state: Mutex::new(source),
+        }
+    }
+
+    /// The next `limit` bytes (all that is left without one); with `line`, up to and
+    /// including the first newline within them.
+    fn take(&self, limit: Option<usize>, line: bool) -> std::io::Result<Bytes> {
         let mut st = lock(&self.state);
-        let (data, pos) = &mut *st;
-        let rest = &data[*pos..];
-        let mut n = limit.unwrap_or(rest.len()).min(rest.len());
-        if line {
-            if let Some(i) = rest[..n].iter().position(|&b| b == b'\n') {
-                n = i + 1;
+        match &mut *st {
+            Source::Memory { data, pos } => {
+                let rest = &data[*pos..];
+                let mut n = limit.unwrap_or(rest.len()).min(rest.len());
+                if line {
+                    if let Some(i) = rest[..n].iter().position(|&b| b == b'\n') {
+                        n = i + 1;
+                    }
+                }
+                let out = data.slice(*pos..*pos + n);
+                *pos += n;
+                Ok(out)
+            }
+            Source::File {
+                file,
+                len,
+                next,
+                ahead,
+            } => {
+                let left = (*len - *next) as usize + ahead.len();
+                let n = limit.unwrap_or(left).min(left);
+                if !line {
+                    if ahead.len() >= n {
+                        return Ok(ahead.split_to(n).freeze());
+                    }
+                    let mut out = BytesMut::zeroed(n);
+                    let have = ahead.len();
+                    out[..have].copy_from_slice(ahead);
+                    ahead.clear();
+                    file.read_exact_at(&mut out[have..], *next)?;
+                    *next += (n - have) as u64;
+                    return Ok(out.freeze());
+                }
+                loop {
+                    let window = ahead.len().min(n);
+                    if let Some(i) = ahead[..window].iter().position(|&b| b == b'\n') {
+                        return Ok(ahead.split_to(i + 1).freeze());
+                    }
+                    if ahead.len() >= n || *next == *len {
+                        return Ok(ahead.split_to(window).freeze());
+                    }
+                    let more = ((*len - *next) as usize).min(INPUT_BLOCK);
+                    let at = ahead.len();
+                    ahead.resize(at + more, 0);
+                    file.read_exact_at(&mut ahead[at..], *next)?;
+                    *next += more as u64;
+                }
             }
         }
-        let out = data.slice(*pos..*pos + n);
-        *pos += n;
-        out
+    }
+
+    /// [`Input::take`] without the GIL, as a Python bytes object (an OSError if the body
+    /// file cannot be read).
+    fn take_py<'py>(
+        &self,
+        py: Python<'py>,
+        limit: Option<usize>,
+        line: bool,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let data = py
+            .detach(|| self.take(limit, line))
+            .map_err(|e| PyOSError::new_err(format!("reading the request body: {e}")))?;
+        Ok(PyBytes::new(py, &data))
     }
 }
 
@@ -170,14 +279,14 @@ fn size_arg(size: Option<isize>) -> Option<usize> {
 impl Input {
     /// read(size=-1)
     #[pyo3(signature = (size=None))]
-    fn read<'py>(&self, py: Python<'py>, size: Option<isize>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.take(size_arg(size), false))
+    fn read<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
+        self.take_py(py, size_arg(size), false)
     }
 
     /// readline(size=-1)
     #[pyo3(signature = (size=None))]
-    fn readline<'py>(&self, py: Python<'py>, size: Option<isize>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.take(size_arg(size), true))
+    fn readline<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
+        self.take_py(py, size_arg(size), true)
     }
 
     /// readlines(hint=-1)
@@ -187,12 +296,12 @@ impl Input {
         let list = PyList::empty(py);
         let mut total = 0;
         loop {
-            let line = self.take(None, true);
-            if line.is_empty() {
+            let line = self.take_py(py, None, true)?;
+            if line.as_bytes().is_empty() {
                 break;
             }
-            total += line.len();
-            list.append(PyBytes::new(py, &line))?;
+            total += line.as_bytes().len();
+            list.append(line)?;
             if hint.is_some_and(|h| total >= h) {
                 break;
             }
@@ -204,9 +313,9 @@ impl Input {
         slf
     }
 
-    fn __next__<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
-        let line = self.take(None, true);
-        (!line.is_empty()).then(|| PyBytes::new(py, &line))
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let line = self.take_py(py, None, true)?;
+        Ok((!line.as_bytes().is_empty()).then_some(line))
     }
 }
 
@@ -258,6 +367,8 @@ struct ResponseState {
     status: Option<(u16, Vec<u8>)>,
     headers: Vec<(Vec<u8>, Vec<u8>)>,
     head_sent: bool,
+    /// Body bytes sent, the head's included (against the stream's credit).
+    sent: u64,
     /// Body bytes the app's Content-Length still promises (none without one).
     remaining: Option<u64>,
     /// The whole response went to the master: the stream is no longer ours, and anything
@@ -378,31 +489,85 @@ impl StartResponse {
         lock(&self.state).head_sent
     }
 
-    /// Sends the head, with `body` and `end` as given. Fails if start_response was not called.
-    fn send_head(&self, py: Python<'_>, body: &[&[u8]], end: bool) -> PyResult<()> {
-        let mut frame = BytesMut::with_capacity(256 + body.iter().map(|b| b.len()).sum::<usize>());
-        {
-            let mut st = lock(&self.state);
-            let (code, reason) = st.status.as_ref().ok_or_else(|| {
-                PyAssertionError::new_err("the app returned a body before calling start_response")
-            })?;
-            proto::encode_head(
-                &mut frame,
-                self.stream,
-                end,
-                *code,
-                reason,
-                st.headers
-                    .iter()
-                    .map(|(k, v)| (&k[..], &v[..]))
-                    .collect::<Vec<_>>()
-                    .into_iter(),
-                body,
-            )
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            st.head_sent = true;
+    /// Sends body bytes `parts` (in order) and, with `last`, ends the response: the head
+    /// first while it is unsent, then `Body` frames, in pieces of at most `ctx.piece` bytes and
+    /// never past the stream's credit (waiting for more, without the GIL, when it runs out).
+    /// If the client leaves meanwhile, the rest of `parts` is dropped (the response still
+    /// ends when `last`; the caller stops the app's iterable when it sees the cancel). Fails
+    /// if start_response was not called.
+    fn emit(&self, py: Python<'_>, parts: &[&[u8]], last: bool) -> PyResult<()> {
+        let ctx = self.ctx();
+        let mut pieces = Pieces::new(parts);
+        loop {
+            let (sent, head_sent) = {
+                let st = lock(&self.state);
+                (st.sent, st.head_sent)
+            };
+            let mut n = pieces.left().min(ctx.piece);
+            if n > 0 {
+                let wait = match ctx.flow.check(self.stream, sent) {
+                    Some(w) => w,
+                    None => py.detach(|| ctx.wait_credit(self.stream, sent)),
+                };
+                match wait {
+                    Wait::Go(allowed) => n = n.min(usize::try_from(allowed).unwrap_or(n)),
+                    Wait::Cancelled => {
+                        pieces.drop_rest();
+                        n = 0;
+                    }
+                    Wait::Broken => return Err(master_lost(&"the master is gone")),
+                }
+            }
+            let piece = pieces.take(n);
+            let end = last && pieces.left() == 0;
+            let mut frame = BytesMut::with_capacity(2 * proto::HEADER_LEN + 256 + n);
+            if !head_sent {
+                self.encode_head(&mut frame, &piece, end)?;
+            } else {
+                if n > 0 {
+                    let mut f = proto::FrameBuf::begin(&mut frame, Kind::Body, self.stream);
+                    for part in &piece {
+                        f.put(part);
+                    }
+                    f.finish()
+                        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                }
+                if end {
+                    proto::encode_simple(&mut frame, Kind::End, self.stream, b"");
+                }
+            }
+            lock(&self.state).sent += n as u64;
+            if !frame.is_empty() {
+                ctx.send(py, &frame)?;
+            }
+            if pieces.left() == 0 {
+                return Ok(());
+            }
         }
-        self.ctx().send(py, &frame)
+    }
+
+    /// Writes the response head with `body` into `frame`.
+    fn encode_head(&self, frame: &mut BytesMut, body: &[&[u8]], end: bool) -> PyResult<()> {
+        let mut st = lock(&self.state);
+        let (code, reason) = st.status.as_ref().ok_or_else(|| {
+            PyAssertionError::new_err("the app returned a body before calling start_response")
+        })?;
+        proto::encode_head(
+            frame,
+            self.stream,
+            end,
+            *code,
+            reason,
+            st.headers
+                .iter()
+                .map(|(k, v)| (&k[..], &v[..]))
+                .collect::<Vec<_>>()
+                .into_iter(),
+            body,
+        )
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        st.head_sent = true;
+        Ok(())
     }
 
     /// Sends body bytes. When they complete the app's Content-Length, the response ends
@@ -410,65 +575,94 @@ impl StartResponse {
     /// should stop sending once Content-Length bytes went out); the iterable is still run to
     /// its end, and what it yields after that is dropped.
     fn send_chunk(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
         let last = {
             let mut st = lock(&self.state);
             if st.complete {
                 return Ok(());
             }
             match st.remaining {
-                Some(left) if data.len() as u64 >= left && left as usize <= MAX_PIECE => {
-                    Some(left as usize)
-                }
+                Some(left) if data.len() as u64 >= left => Some(left as usize),
                 Some(left) => {
-                    st.remaining = Some(left - (data.len() as u64).min(left));
+                    st.remaining = Some(left - data.len() as u64);
                     None
                 }
                 None => None,
             }
         };
-        if let Some(n) = last {
-            return self.send_last(py, &data[..n]);
-        }
-        for piece in data.chunks(MAX_PIECE) {
-            if !self.head_sent() {
-                self.send_head(py, &[piece], false)?;
-                continue;
+        match last {
+            Some(n) => {
+                self.emit(py, &[&data[..n]], true)?;
+                lock(&self.state).complete = true;
+                Ok(())
             }
-            let mut frame = BytesMut::with_capacity(proto::HEADER_LEN + piece.len());
-            proto::encode_simple(&mut frame, Kind::Body, self.stream, piece);
-            self.ctx().send(py, &frame)?;
+            None => self.emit(py, &[data], false),
         }
-        Ok(())
-    }
-
-    /// Sends the final body bytes and ends the response, in one frame or two written at once.
-    fn send_last(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
-        if !self.head_sent() {
-            self.send_head(py, &[data], true)?;
-        } else {
-            let mut frame = BytesMut::with_capacity(2 * proto::HEADER_LEN + data.len());
-            proto::encode_simple(&mut frame, Kind::Body, self.stream, data);
-            proto::encode_simple(&mut frame, Kind::End, self.stream, b"");
-            self.ctx().send(py, &frame)?;
-        }
-        lock(&self.state).complete = true;
-        Ok(())
     }
 
     fn is_complete(&self) -> bool {
         lock(&self.state).complete
     }
 
+    /// Ends the response (sending the head first if the body was empty).
     fn finish(&self, py: Python<'_>) -> PyResult<()> {
         if self.is_complete() {
             return Ok(());
         }
-        if !self.head_sent() {
-            return self.send_head(py, &[], true);
+        self.emit(py, &[], true)?;
+        lock(&self.state).complete = true;
+        Ok(())
+    }
+}
+
+/// A cursor over body parts, handing out the next bytes as slices of them (no copy).
+struct Pieces<'a> {
+    parts: &'a [&'a [u8]],
+    /// The part the cursor is in, and the offset in it.
+    at: (usize, usize),
+    left: usize,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(parts: &'a [&'a [u8]]) -> Self {
+        Pieces {
+            parts,
+            at: (0, 0),
+            left: parts.iter().map(|p| p.len()).sum(),
         }
-        let mut frame = BytesMut::with_capacity(proto::HEADER_LEN);
-        proto::encode_simple(&mut frame, Kind::End, self.stream, b"");
-        self.ctx().send(py, &frame)
+    }
+
+    fn left(&self) -> usize {
+        self.left
+    }
+
+    /// The next `n` bytes (at most what is left).
+    fn take(&mut self, mut n: usize) -> Vec<&'a [u8]> {
+        n = n.min(self.left);
+        self.left -= n;
+        let mut out = Vec::new();
+        while n > 0 {
+            let (i, off) = self.at;
+            let part = &self.parts[i][off..];
+            let k = part.len().min(n);
+            if k > 0 {
+                out.push(&part[..k]);
+            }
+            n -= k;
+            self.at = if k == part.len() {
+                (i + 1, 0)
+            } else {
+                (i, off + k)
+            };
+        }
+        out
+    }
+
+    /// Drops what is left.
+    fn drop_rest(&mut self) {
+        self.left = 0;
     }
 }
 
@@ -527,20 +721,16 @@ impl StartResponse {
 pub enum Outcome {
     /// Served (whatever the status).
     Done,
-    /// The master socket failed: exit.
+    /// The link to the master failed (or the master is gone): exit.
     Broken,
 }
 
 /// Runs one request through the app and sends its response.
-pub fn handle(
-    py: Python<'_>,
-    ctx: &Arc<Ctx>,
-    stream: u32,
-    env: &[(Bytes, Bytes)],
-    body: Bytes,
-) -> Outcome {
+pub fn handle(py: Python<'_>, ctx: &Arc<Ctx>, job: Job) -> Outcome {
+    let Job { stream, env, body } = job;
+    let env = &env[..];
     let result = run(py, ctx, stream, env, body);
-    if ctx.broken.load(Ordering::Relaxed) {
+    if ctx.is_broken() {
         return Outcome::Broken;
     }
     if let Err(e) = result {
@@ -557,7 +747,7 @@ pub fn handle(
             "request failed inside the app"
         );
     }
-    if ctx.broken.load(Ordering::Relaxed) {
+    if ctx.is_broken() {
         Outcome::Broken
     } else {
         Outcome::Done
@@ -569,22 +759,14 @@ fn run(
     ctx: &Arc<Ctx>,
     stream: u32,
     env: &[(Bytes, Bytes)],
-    body: Bytes,
+    body: Body,
 ) -> PyResult<()> {
     let environ = PyDict::new(py);
     for (k, v) in env {
         environ.set_item(ctx.key(py, k), latin1(py, v))?;
     }
     environ.set_item(intern!(py, "wsgi.version"), ctx.version.bind(py))?;
-    environ.set_item(
-        intern!(py, "wsgi.input"),
-        Bound::new(
-            py,
-            Input {
-                state: Mutex::new((body, 0)),
-            },
-        )?,
-    )?;
+    environ.set_item(intern!(py, "wsgi.input"), Bound::new(py, Input::new(body))?)?;
     environ.set_item(intern!(py, "wsgi.errors"), ctx.errors.bind(py))?;
     environ.set_item(intern!(py, "wsgi.multithread"), ctx.multithread)?;
     environ.set_item(intern!(py, "wsgi.multiprocess"), true)?;
@@ -654,7 +836,7 @@ fn close_iterable(py: Python<'_>, result: &Bound<'_, PyAny>) -> PyResult<()> {
 
 /// Reports an app error: a 500 if nothing was sent yet, else an aborted response.
 fn fail(py: Python<'_>, sr: &StartResponse, err: PyErr) -> PyResult<()> {
-    if sr.ctx().broken.load(Ordering::Relaxed) || sr.is_complete() {
+    if sr.ctx().is_broken() || sr.is_complete() {
         // After the whole response went out the stream is not ours to abort: the error
         // is only logged.
         return Err(err);
@@ -728,7 +910,7 @@ fn send_body(
                 .iter()
                 .map(as_bytes)
                 .collect::<PyResult<Vec<&[u8]>>>()?;
-            return sr.send_head(py, &parts, true);
+            return sr.emit(py, &parts, true);
         }
         if let Ok(fw) = result.cast_exact::<FileWrapper>() {
             if let Some(file) = open_wrapped_file(py, fw.get())? {
