@@ -297,6 +297,8 @@ pub struct Pending {
     pub started: Instant,
     /// The writer.
     pub log: std::sync::Arc<AccessLog>,
+    /// The response's Content-Length, if it has one.
+    pub length: Option<u64>,
 }
 
 /// A response body that counts the bytes it yields and, when hyper is done with it (sent to
@@ -304,15 +306,23 @@ pub struct Pending {
 pub struct Logged<B: Body> {
     inner: B,
     pending: Option<Box<Pending>>,
+    /// The body's length when it is known: hyper stops reading a body once it has written
+    /// that many bytes, without asking it for its end.
+    length: Option<u64>,
     ended: bool,
 }
 
 impl<B: Body> Logged<B> {
     /// Wraps `inner`; with no `pending` line it only passes frames through.
     pub fn new(inner: B, pending: Option<Box<Pending>>) -> Self {
+        let length = pending
+            .as_ref()
+            .and_then(|p| p.length)
+            .or_else(|| inner.size_hint().exact());
         Logged {
             inner,
             pending,
+            length,
             ended: false,
         }
     }
@@ -365,8 +375,13 @@ impl<B: Body> Drop for Logged<B> {
         };
         p.record.duration = p.started.elapsed();
         // hyper drops a body it has not read to the end when the connection fails (the client
-        // went away); one that was empty from the start it never polls.
-        if !self.ended && !self.inner.is_end_stream() && p.record.error.is_none() {
+        // went away). It never reads the body of a HEAD response or one that was empty from
+        // the start, and stops at a known length.
+        let whole = self.ended
+            || self.inner.is_end_stream()
+            || self.length.is_some_and(|n| p.record.bytes >= n)
+            || p.record.method == "HEAD";
+        if !whole && p.record.error.is_none() {
             p.record.error = Some("the connection ended before the whole response was sent".into());
         }
         p.log.write(&p.record);

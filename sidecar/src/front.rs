@@ -334,6 +334,11 @@ async fn handle(
                 },
                 started,
                 log: log.clone(),
+                length: resp
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok()),
             }))
         }
         _ => None,

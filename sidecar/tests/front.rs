@@ -289,6 +289,7 @@ fn access_log_fields_are_escaped_and_carry_bytes_and_durations() {
     assert_eq!(line["bytes"], 7);
     assert_eq!(line["method"], "GET");
     assert_eq!(line["source"], "app");
+    assert!(line.get("error").is_none(), "{line}");
     assert!(line["duration_ms"].as_f64().unwrap() >= line["head_ms"].as_f64().unwrap());
     assert_eq!(
         line["request_headers"]["x-request-id"].as_str().unwrap(),
