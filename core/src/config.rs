@@ -374,7 +374,7 @@ impl OutsideRootPath {
 }
 
 /// A URL path prefix (`--root-path`, a `--static` mount): `/` then segments of URL-safe
-/// characters, kept without a trailing slash (`/static/` is `/static`); the empty prefix is the
+/// characters (no `%`, `,` or `=`), kept without a trailing slash (`/static/` is `/static`); the empty prefix is the
 /// root. It holds no `%`, so its raw and percent-decoded forms are the same bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct UrlPrefix(String);
@@ -413,10 +413,12 @@ impl FromStr for UrlPrefix {
                 return Err(format!("{s:?} has an empty, . or .. segment"));
             }
         }
-        let safe = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+;=:@/".contains(c);
+        // No `%` (raw and decoded forms stay equal), no `,` (the environment's list
+        // separator), no `=` (it ends the prefix in `--static PREFIX=DIR`).
+        let safe = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+;:@/".contains(c);
         if let Some(c) = trimmed.chars().find(|c| !safe(*c)) {
             return Err(format!(
-                "{s:?} holds {c:?}: a prefix is letters, digits and -._~!$&'()*+;=:@ between slashes (no %, no comma)"
+                "{s:?} holds {c:?}: a prefix is letters, digits and -._~!$&'()*+;:@ between slashes"
             ));
         }
         Ok(UrlPrefix(trimmed.to_string()))

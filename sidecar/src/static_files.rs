@@ -166,7 +166,7 @@ struct Mount {
     serve: ServeDir<tower_http::services::fs::DefaultServeDirFallback, Confined>,
 }
 
-/// The static mounts, longest prefix first.
+/// The static mounts, in the order given (the longest matching prefix serves a request).
 pub struct StaticMounts {
     mounts: Vec<Mount>,
     cache_control: Option<HeaderValue>,
@@ -205,7 +205,6 @@ impl StaticMounts {
                 serve,
             });
         }
-        mounts.sort_by(|a, b| b.prefix.as_str().len().cmp(&a.prefix.as_str().len()));
         let cache_control = cfg.max_age.and_then(|age| {
             HeaderValue::from_str(&format!("public, max-age={}", age.as_secs())).ok()
         });
