@@ -660,7 +660,9 @@ pub struct Settings {
     pub graceful_timeout: Option<Dur>,
 
     /// Per-request deadline: a worker still busy after it has its Python stack logged, is
-    /// killed and replaced, and the client gets 504. [default: off]
+    /// killed and replaced, and the client gets 504. With --threads N, the worker's other
+    /// requests in flight die with it and get 502 (as in gunicorn's gthread workers).
+    /// [default: off]
     #[arg(long, env = "WSGISCALE_TIMEOUT", value_name = "DURATION")]
     pub timeout: Option<Dur>,
 

@@ -505,7 +505,9 @@ pub struct BusynessSpec {
 )]
 pub struct LifecycleSpec {
     /// Per-request deadline in seconds: a worker still busy after it has its Python stack
-    /// logged, is killed and replaced, and the client gets 504. 0 or unset: no deadline.
+    /// logged, is killed and replaced, and the client gets 504. With `workers.threads` above
+    /// 1, the worker's other requests in flight die with it and get 502. 0 or unset: no
+    /// deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86400))]
     pub timeout_seconds: Option<i32>,
