@@ -178,10 +178,11 @@ impl FromStr for Dur {
 pub enum Algorithm {
     /// Spawn `step` after `overload` checks with every worker busy; retire one idle worker
     /// every `overload` checks while more than one is idle.
-    #[default]
     Spare,
     /// Keep `idle` spare workers: spawn the shortfall at once (up to `step`), retire one after
-    /// `cheaper-idle` checks of surplus.
+    /// `cheaper-idle` checks of surplus. The default: it measured best on bench/step.py's
+    /// step and spike loads (docs/scaling.md).
+    #[default]
     Spare2,
     /// Spawn while the request queue is deeper than `cheaper-backlog`; retire below it.
     Backlog,
@@ -551,7 +552,7 @@ pub struct Settings {
     #[arg(long, env = "WSGISCALE_WORKERS_INITIAL", value_name = "N")]
     pub workers_initial: Option<u32>,
 
-    /// Worker-count algorithm. [default: spare]
+    /// Worker-count algorithm. [default: spare2]
     #[arg(long, env = "WSGISCALE_CHEAPER_ALGO", value_name = "ALGO")]
     pub cheaper_algo: Option<Algorithm>,
 
@@ -1825,7 +1826,7 @@ mod tests {
                 initial: 2
             }
         );
-        assert_eq!(cfg.live.scaling.algo, Algorithm::Spare);
+        assert_eq!(cfg.live.scaling.algo, Algorithm::Spare2);
         assert_eq!(cfg.live.scaling.step, 1);
         assert!(cfg.python.preload);
         assert_eq!(cfg.python.threads, 1);

@@ -433,7 +433,7 @@ pub struct WorkersSpec {
     pub step: Option<i32>,
 
     /// How the worker count follows load: spare, spare2, backlog, busyness or manual (see
-    /// docs/scaling.md). Default: spare.
+    /// docs/scaling.md). Default: spare2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<Algorithm>,
 
