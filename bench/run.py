@@ -1001,6 +1001,12 @@ def measure(scn, entry, rnd, args, logdir):
         res.update(w)
         res["wrk_out"] = out
         res["errors"] = errors_of(w, srv)
+        # The server's CPU per answered request (all its processes): it moves much less than
+        # req/s when other work shares the cores.
+        cpu = res["cpu"] or {}
+        if w.get("requests") and cpu.get("server_cores") is not None and cpu.get("wall_s"):
+            res["cpu_us_per_req"] = round(cpu["server_cores"] * cpu["wall_s"] / w["requests"]
+                                          * 1e6, 2)
         res["rss_mib"] = round(rss / 1024, 1)
         res["pss_mib"] = round(pss / 1024, 1)
         res["peak_rss_mib"] = round(sampler.peak_rss / 1024, 1)
@@ -1369,7 +1375,7 @@ def summarize(runs):
              "statuses": sorted({r["status"] for r in rs}),
              "detail": next((r.get("detail") for r in rs if r.get("detail")), None),
              "stop_problems": sorted({p for r in rs for p in r.get("stop_problems", [])})}
-        for k in ("rps", "p50_ms", "p99_ms", "rss_mib", "pss_mib", "nprocs"):
+        for k in ("rps", "p50_ms", "p99_ms", "rss_mib", "pss_mib", "nprocs", "cpu_us_per_req"):
             s[k] = med([r.get(k) for r in good])
         s["other_cores_max"] = max([(r.get("cpu") or {}).get("other_cores", 0) for r in good],
                                    default=None)
@@ -1479,16 +1485,18 @@ def pair_section(pair, runs):
     """a / b req/s per round (each round runs both, one after the other) and their median:
     a paired ratio holds better than a ratio of medians on a shared machine."""
     a, b = pair
-    by_round = {}
-    for r in runs:
-        if r["status"] == "ok":
-            by_round.setdefault(r["round"], {})[r["server"]] = r["rps"]
-    ratios = [v[a] / v[b] for _, v in sorted(by_round.items()) if v.get(a) and v.get(b)]
-    if not ratios:
-        return ""
-    each = ", ".join(f"{x:.3f}" for x in ratios)
-    return (f"{a} / {b}, per round: {each}; median {statistics.median(ratios):.3f}, "
-            f"mean {statistics.mean(ratios):.3f}.\n")
+    out = []
+    for key, what in (("rps", "req/s"), ("cpu_us_per_req", "server CPU per request")):
+        by_round = {}
+        for r in runs:
+            if r["status"] == "ok" and r.get(key):
+                by_round.setdefault(r["round"], {})[r["server"]] = r[key]
+        ratios = [v[a] / v[b] for _, v in sorted(by_round.items()) if v.get(a) and v.get(b)]
+        if ratios:
+            each = ", ".join(f"{x:.3f}" for x in ratios)
+            out.append(f"{what}, {a} / {b}, per round: {each}; median "
+                       f"{statistics.median(ratios):.3f}, mean {statistics.mean(ratios):.3f}.")
+    return "\n\n".join(out) + "\n" if out else ""
 
 
 def scenario_section(scn_name, title, measures, summ, notes_for):
@@ -1499,7 +1507,7 @@ def scenario_section(scn_name, title, measures, summ, notes_for):
     for label, s in summ.items():
         if not s["ok_rounds"]:
             rows.append([label, "FAILED: " + ", ".join(s["statuses"])] +
-                        ["-"] * (9 if slow else 8))
+                        ["-"] * (10 if slow else 9))
             continue
         row = [label]
         if slow:
@@ -1511,7 +1519,8 @@ def scenario_section(scn_name, title, measures, summ, notes_for):
                 fmt(s["read"], 0) + (" (closes)" if SERVERS[s["key"]].closes_per_response
                                      and s["read"] else ""),
                 fmt(s["rss_mib"], 1), fmt(s["pss_mib"], 1),
-                f"{fmt(s.get('server_cores'), 2)} / {fmt(s.get('other_cores_max'), 2)}"]
+                f"{fmt(s.get('server_cores'), 2)} / {fmt(s.get('other_cores_max'), 2)}",
+                fmt(s.get("cpu_us_per_req"), 1)]
         if slow:
             row += [f"{fmt(s.get('slow_open'), 0)} / {fmt(s.get('slow_closed'), 0)}"]
         else:
@@ -1520,10 +1529,11 @@ def scenario_section(scn_name, title, measures, summ, notes_for):
     if slow:
         header = ["server", "clean req/s", "with slow req/s", "share", "p50 ms", "p99 ms",
                   "errors", "wrk read errs", "RSS MiB", "PSS MiB", "CPU server / other",
-                  "slow held / closed"]
+                  "server CPU µs/req", "slow held / closed"]
     else:
         header = ["server", "req/s", "p50 ms", "p99 ms", "errors", "wrk read errs",
-                  "RSS MiB", "PSS MiB", "CPU server / other", "wsgiscale ÷ server"]
+                  "RSS MiB", "PSS MiB", "CPU server / other", "server CPU µs/req",
+                  "wsgiscale ÷ server"]
     out.append(md_table(header, rows))
     out.append("")
     wrk = next((s["wrk_cmd"] for s in summ.values() if s.get("wrk_cmd")), None)

@@ -61,7 +61,7 @@ pub struct Route<'a> {
     pub scheme: &'static str,
     /// The host (and port) the client asked for, when a proxy said so: it replaces the Host
     /// header in `HTTP_HOST`, `SERVER_NAME` and `SERVER_PORT`.
-    pub host: Option<String>,
+    pub host: Option<Cow<'a, str>>,
     /// `SCRIPT_NAME`, percent-decoded bytes.
     pub script_name: Cow<'a, [u8]>,
     /// `PATH_INFO`, percent-decoded bytes.
@@ -97,7 +97,7 @@ impl Outcome<'_> {
 pub fn decide<'a>(
     peer: Option<SocketAddr>,
     conn_scheme: &'static str,
-    headers: &HeaderMap,
+    headers: &'a HeaderMap,
     path: &'a [u8],
     policy: &'a ProxyConfig,
 ) -> Outcome<'a> {
@@ -121,26 +121,28 @@ pub fn decide<'a>(
             policy,
         );
     }
+    let found = Found::gather(headers);
     let said = match policy.headers {
-        ForwardedHeaders::XForwarded => read_x_forwarded(headers, policy),
-        ForwardedHeaders::Forwarded => read_forwarded(headers, policy),
+        ForwardedHeaders::XForwarded => read_x_forwarded(headers, &found, policy),
+        ForwardedHeaders::Forwarded => read_forwarded(headers, &found, policy),
     };
     let scheme = said.scheme.unwrap_or(conn_scheme);
     let host = match (said.host, said.port) {
         (None, None) => None,
-        (host, port) => {
-            let given = host.or_else(|| {
+        (host, port) => host
+            .or_else(|| {
                 headers
                     .get(header::HOST)
                     .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            });
-            given.map(|h| with_port(&h, port, scheme))
-        }
+                    .map(Cow::Borrowed)
+            })
+            .map(|h| with_port(h, port, scheme)),
     };
-    let prefix = last_element(headers, &X_FORWARDED_PREFIX).and_then(|p| p.parse().ok());
-    let script_name = headers
-        .get(&SCRIPT_NAME)
+    let prefix = found
+        .last_element(headers, Field::Prefix)
+        .and_then(|p| p.parse().ok());
+    let script_name = found
+        .first(headers, Field::ScriptName)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<UrlPrefix>().ok());
     mount(
@@ -197,62 +199,165 @@ fn mount<'a>(
 
 /// What a trusted proxy's headers said.
 #[derive(Debug, Default)]
-struct Said {
+struct Said<'h> {
     client: Option<Client>,
     scheme: Option<&'static str>,
-    host: Option<String>,
+    host: Option<Cow<'h, str>>,
     port: Option<u16>,
 }
 
-fn read_x_forwarded(headers: &HeaderMap, policy: &ProxyConfig) -> Said {
-    let hops: Vec<Option<Client>> = elements(headers, &X_FORWARDED_FOR)
-        .map(parse_node)
-        .collect();
-    let (client, _) = walk(&hops, policy);
-    Said {
-        client,
-        scheme: last_element(headers, &X_FORWARDED_PROTO).and_then(scheme),
-        host: last_element(headers, &X_FORWARDED_HOST)
-            .filter(|h| valid_host(h))
-            .map(str::to_string),
-        port: last_element(headers, &X_FORWARDED_PORT).and_then(|p| p.parse().ok()),
+/// The forwarding headers a request has.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    For,
+    Proto,
+    Host,
+    Port,
+    Prefix,
+    ScriptName,
+    Forwarded,
+}
+
+impl Field {
+    fn name(self) -> &'static HeaderName {
+        match self {
+            Field::For => &X_FORWARDED_FOR,
+            Field::Proto => &X_FORWARDED_PROTO,
+            Field::Host => &X_FORWARDED_HOST,
+            Field::Port => &X_FORWARDED_PORT,
+            Field::Prefix => &X_FORWARDED_PREFIX,
+            Field::ScriptName => &SCRIPT_NAME,
+            Field::Forwarded => &header::FORWARDED,
+        }
     }
 }
 
-fn read_forwarded(headers: &HeaderMap, policy: &ProxyConfig) -> Said {
+/// Where a request's forwarding headers are, found in one pass over its headers: a lookup per
+/// name would hash each of these non-standard names byte by byte, several times the cost.
+#[derive(Debug, Default)]
+struct Found<'h> {
+    /// Per [`Field`]: how many lines (up to 2: one or more than one) and the last one.
+    slots: [(u8, Option<&'h http::HeaderValue>); 7],
+}
+
+impl<'h> Found<'h> {
+    fn gather(headers: &'h HeaderMap) -> Found<'h> {
+        let mut found = Found::default();
+        for (name, value) in headers {
+            let field = match name.as_str() {
+                "x-forwarded-for" => Field::For,
+                "x-forwarded-proto" => Field::Proto,
+                "x-forwarded-host" => Field::Host,
+                "x-forwarded-port" => Field::Port,
+                "x-forwarded-prefix" => Field::Prefix,
+                "script_name" => Field::ScriptName,
+                "forwarded" => Field::Forwarded,
+                _ => continue,
+            };
+            let slot = &mut found.slots[field as usize];
+            slot.0 = (slot.0 + 1).min(2);
+            slot.1 = Some(value);
+        }
+        found
+    }
+
+    /// The elements of `field`, the rightmost first (see [`elements_rev`]).
+    fn elements_rev(&self, headers: &'h HeaderMap, field: Field) -> impl Iterator<Item = &'h str> {
+        let (one, all) = match self.slots[field as usize] {
+            (1, Some(only)) => (Some(only), None),
+            (2, Some(_)) => (None, Some(field.name())),
+            _ => (None, None),
+        };
+        one.into_iter()
+            .flat_map(split_rev)
+            .chain(all.into_iter().flat_map(|name| elements_rev(headers, name)))
+    }
+
+    /// The rightmost element of `field` (the nearest proxy's).
+    fn last_element(&self, headers: &'h HeaderMap, field: Field) -> Option<&'h str> {
+        match self.slots[field as usize] {
+            (0, _) | (_, None) => None,
+            (1, Some(only)) => split_rev(only).next(),
+            _ => elements_rev(headers, field.name()).next(),
+        }
+    }
+
+    /// The first line of `field`.
+    fn first(&self, headers: &'h HeaderMap, field: Field) -> Option<&'h http::HeaderValue> {
+        match self.slots[field as usize] {
+            (0, _) | (_, None) => None,
+            (1, only) => only,
+            _ => headers.get(field.name()),
+        }
+    }
+}
+
+fn read_x_forwarded<'h>(
+    headers: &'h HeaderMap,
+    found: &Found<'h>,
+    policy: &ProxyConfig,
+) -> Said<'h> {
+    let (client, _) = walk(
+        found.elements_rev(headers, Field::For).map(parse_node),
+        policy,
+    );
+    Said {
+        client,
+        scheme: found.last_element(headers, Field::Proto).and_then(scheme),
+        host: found
+            .last_element(headers, Field::Host)
+            .filter(|h| valid_host(h))
+            .map(Cow::Borrowed),
+        port: found
+            .last_element(headers, Field::Port)
+            .and_then(|p| p.parse().ok()),
+    }
+}
+
+fn read_forwarded<'h>(headers: &'h HeaderMap, found: &Found<'h>, policy: &ProxyConfig) -> Said<'h> {
+    if found.first(headers, Field::Forwarded).is_none() {
+        return Said::default();
+    }
+    // Parsed only in this mode, and only from a trusted peer.
     let elements: Vec<Element> = headers
         .get_all(header::FORWARDED)
         .iter()
         .flat_map(|v| parse_forwarded(v.as_bytes()))
         .collect();
-    let hops: Vec<Option<Client>> = elements.iter().map(|e| e.for_).collect();
-    let (client, at) = walk(&hops, policy);
-    let Some(element) = at.and_then(|i| elements.get(i)) else {
+    let (client, at) = walk(elements.iter().rev().map(|e| e.for_), policy);
+    let Some(element) = at
+        .and_then(|i| elements.len().checked_sub(i + 1))
+        .map(|i| &elements[i])
+    else {
         return Said::default();
     };
-    let (host, port) = match element.host.as_deref().filter(|h| valid_host(h)) {
-        Some(h) => (Some(h.to_string()), None),
-        None => (None, None),
-    };
+    let host = element
+        .host
+        .clone()
+        .filter(|h| valid_host(h))
+        .map(Cow::Owned);
     Said {
         client,
         scheme: element.proto.as_deref().and_then(scheme),
         host,
-        port,
+        port: None,
     }
 }
 
-/// Walks `hops` (leftmost first, as the proxies appended them) from the right; returns the
-/// client and the index of the hop the walk stopped at (the leftmost when every hop is
-/// trusted). None, None for no hops.
-fn walk(hops: &[Option<Client>], policy: &ProxyConfig) -> (Option<Client>, Option<usize>) {
+/// Walks the hops from the right (the nearest proxy's first): returns the client and how
+/// many hops from the right the walk stopped at (0: the rightmost; the leftmost when every
+/// hop is trusted). None, None for no hops.
+fn walk(
+    hops_from_right: impl Iterator<Item = Option<Client>>,
+    policy: &ProxyConfig,
+) -> (Option<Client>, Option<usize>) {
     let mut client = None;
     let mut at = None;
-    for (i, hop) in hops.iter().enumerate().rev() {
+    for (i, hop) in hops_from_right.enumerate() {
         at = Some(i);
         match hop {
             Some(c) => {
-                client = Some(*c);
+                client = Some(c);
                 if !policy.trusted.contains(c.ip) {
                     break;
                 }
@@ -263,20 +368,21 @@ fn walk(hops: &[Option<Client>], policy: &ProxyConfig) -> (Option<Client>, Optio
     (client, at)
 }
 
-/// The comma-separated elements of every line of header `name`, in order, trimmed, empty
-/// ones skipped.
-fn elements<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'h str> {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("").split(','))
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
+/// The comma-separated elements of every line of header `name`, the rightmost first,
+/// trimmed, empty ones skipped.
+fn elements_rev<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'h str> {
+    headers.get_all(name).iter().rev().flat_map(split_rev)
 }
 
-/// The rightmost element of header `name` (the nearest proxy's).
-fn last_element<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
-    elements(headers, name).last()
+/// The comma-separated elements of one header line, the rightmost first, trimmed, empty ones
+/// skipped; a line that is not visible ASCII has none.
+fn split_rev(value: &http::HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or("")
+        .rsplit(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
 }
 
 fn scheme(s: &str) -> Option<&'static str> {
@@ -298,19 +404,26 @@ fn valid_host(h: &str) -> bool {
 }
 
 /// `host` with its port replaced by `port` (dropped when it is the scheme's default).
-fn with_port(host: &str, port: Option<u16>, scheme: &str) -> String {
+fn with_port<'h>(host: Cow<'h, str>, port: Option<u16>, scheme: &str) -> Cow<'h, str> {
     let Some(port) = port else {
-        return host.to_string();
+        return host;
     };
-    let name = match host.rsplit_once(':') {
-        Some((name, p)) if !host.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
+    let name_len = match host.rsplit_once(':') {
+        Some((name, p)) if !host.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => {
+            name.len()
+        }
+        _ => host.len(),
     };
     let default = if scheme == "https" { 443 } else { 80 };
-    if port == default {
-        name.to_string()
-    } else {
-        format!("{name}:{port}")
+    if port != default {
+        return Cow::Owned(format!("{}:{port}", &host[..name_len]));
+    }
+    match host {
+        Cow::Borrowed(h) => Cow::Borrowed(&h[..name_len]),
+        Cow::Owned(mut h) => {
+            h.truncate(name_len);
+            Cow::Owned(h)
+        }
     }
 }
 
@@ -453,7 +566,7 @@ mod tests {
 
     fn serve<'a>(
         p: Option<SocketAddr>,
-        h: &HeaderMap,
+        h: &'a HeaderMap,
         path: &'a [u8],
         pol: &'a ProxyConfig,
     ) -> Route<'a> {
@@ -618,7 +731,8 @@ mod tests {
     #[test]
     fn unix_socket_peers_are_trusted_and_may_have_no_client() {
         let pol = policy("", ForwardedHeaders::XForwarded);
-        let r = serve(None, &HeaderMap::new(), b"/", &pol);
+        let none = HeaderMap::new();
+        let r = serve(None, &none, b"/", &pol);
         assert!(r.trusted);
         assert_eq!(r.client, None);
         let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
@@ -734,9 +848,10 @@ mod tests {
                 ("script_name", "/x"),
             ]);
             let p = peer("192.0.2.1:9");
+            let none = HeaderMap::new();
             prop_assert_eq!(
                 decide(p, "http", &h, b"/x/y", &pol),
-                decide(p, "http", &HeaderMap::new(), b"/x/y", &pol)
+                decide(p, "http", &none, b"/x/y", &pol)
             );
         }
 

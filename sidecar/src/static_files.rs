@@ -13,7 +13,11 @@
 //!   with `O_NOFOLLOW`, so only someone who can write to the directory could race the check;
 //! - `If-Range` (ServeDir ignores it: a 206 whose validator no longer matches is replaced by
 //!   the whole file), `Cache-Control: public, max-age` from `--static-max-age`, and plain-text
-//!   bodies for 404/405.
+//!   bodies for 404/405;
+//! - fewer trips to tokio's blocking pool: a file up to [`INLINE_MAX`] is opened, described
+//!   and read in the one trip that resolves it, while the memory such files hold at once stays
+//!   under [`INLINE_BUDGET`] (beyond it, and for larger files, the file is streamed from disk
+//!   in [`CHUNK`] reads).
 
 use std::future::Future;
 use std::io;
@@ -85,30 +89,83 @@ impl Confined {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;
 
-/// A file [`Confined`] opened.
+/// Largest file read whole when it is opened.
+pub const INLINE_MAX: u64 = 256 << 10;
+/// Most bytes of such files held at once by all responses together.
+pub const INLINE_BUDGET: u64 = 32 << 20;
+/// Read size of a file streamed from disk.
+pub const CHUNK: usize = 128 << 10;
+
+/// Bytes of inline files in memory now.
+static INLINE_HELD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A share of [`INLINE_BUDGET`], given back when dropped.
 #[derive(Debug)]
-pub struct ConfinedFile(tokio::fs::File);
+struct Held(u64);
+
+impl Held {
+    fn take(n: u64) -> Option<Held> {
+        use std::sync::atomic::Ordering;
+        INLINE_HELD
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held + n <= INLINE_BUDGET).then_some(held + n)
+            })
+            .ok()
+            .map(|_| Held(n))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        INLINE_HELD.fetch_sub(self.0, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A file [`Confined`] opened: read whole already, or to be streamed from disk.
+#[derive(Debug)]
+pub struct ConfinedFile(Opened);
+
+#[derive(Debug)]
+enum Opened {
+    /// Its bytes, with a read position, what fstat said of it, and its share of the budget.
+    Inline {
+        data: std::io::Cursor<Vec<u8>>,
+        meta: std::fs::Metadata,
+        _held: Held,
+    },
+    /// An open file.
+    Disk(tokio::fs::File),
+}
 
 impl tokio::io::AsyncRead for ConfinedFile {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        match &mut self.get_mut().0 {
+            Opened::Inline { data, .. } => Pin::new(data).poll_read(cx, buf),
+            Opened::Disk(f) => Pin::new(f).poll_read(cx, buf),
+        }
     }
 }
 
 impl tokio::io::AsyncSeek for ConfinedFile {
-    fn start_seek(mut self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
-        Pin::new(&mut self.0).start_seek(position)
+    fn start_seek(self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        match &mut self.get_mut().0 {
+            Opened::Inline { data, .. } => Pin::new(data).start_seek(position),
+            Opened::Disk(f) => Pin::new(f).start_seek(position),
+        }
     }
 
     fn poll_complete(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<u64>> {
-        Pin::new(&mut self.0).poll_complete(cx)
+        match &mut self.get_mut().0 {
+            Opened::Inline { data, .. } => Pin::new(data).poll_complete(cx),
+            Opened::Disk(f) => Pin::new(f).poll_complete(cx),
+        }
     }
 }
 
@@ -119,8 +176,37 @@ impl tower_http::services::fs::File for ConfinedFile {
 
     fn metadata(&self) -> Self::MetadataFuture<'_> {
         // The open file's own (fstat), not the path's: what is described is what was opened.
-        Box::pin(self.0.metadata())
+        match &self.0 {
+            Opened::Inline { meta, .. } => {
+                let meta = meta.clone();
+                Box::pin(async move { Ok(meta) })
+            }
+            Opened::Disk(f) => Box::pin(f.metadata()),
+        }
     }
+}
+
+/// Opens the file at the real path `real`, reading it whole when it is small and the budget
+/// allows.
+fn open_real(real: &Path) -> io::Result<ConfinedFile> {
+    use std::io::Read;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(real)?;
+    let meta = file.metadata()?;
+    if meta.is_file() && meta.len() <= INLINE_MAX {
+        if let Some(held) = Held::take(meta.len()) {
+            let mut data = Vec::with_capacity(meta.len() as usize);
+            file.read_to_end(&mut data)?;
+            return Ok(ConfinedFile(Opened::Inline {
+                data: std::io::Cursor::new(data),
+                meta,
+                _held: held,
+            }));
+        }
+    }
+    Ok(ConfinedFile(Opened::Disk(tokio::fs::File::from_std(file))))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -139,17 +225,9 @@ impl Backend for Confined {
 
     fn open(&self, path: PathBuf) -> Self::OpenFuture {
         let root = self.root.clone();
-        Box::pin(async move {
-            let file = blocking(move || {
-                let real = Confined::resolve(&root, &path)?;
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(real)
-            })
-            .await?;
-            Ok(ConfinedFile(tokio::fs::File::from_std(file)))
-        })
+        Box::pin(blocking(move || {
+            open_real(&Confined::resolve(&root, &path)?)
+        }))
     }
 
     fn metadata(&self, path: PathBuf) -> Self::MetadataFuture {
@@ -198,6 +276,7 @@ impl StaticMounts {
             };
             let serve = ServeDir::with_backend(&root, backend)
                 .append_index_html_on_directories(false)
+                .with_buf_chunk_size(CHUNK)
                 .precompressed_br()
                 .precompressed_gzip();
             mounts.push(Mount {
@@ -404,6 +483,17 @@ mod tests {
         for (p, got, want) in result {
             assert_eq!(got, want, "{p}");
         }
+    }
+
+    #[test]
+    fn inline_files_stay_within_their_budget() {
+        let a = Held::take(INLINE_BUDGET / 2).expect("room");
+        let b = Held::take(INLINE_BUDGET / 2).expect("room");
+        assert!(Held::take(1).is_none(), "over the budget");
+        drop(a);
+        let c = Held::take(INLINE_BUDGET / 4).expect("room again");
+        drop((b, c));
+        assert_eq!(INLINE_HELD.load(std::sync::atomic::Ordering::Acquire), 0);
     }
 
     #[test]

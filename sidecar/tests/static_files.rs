@@ -26,6 +26,8 @@ fn tree(dir: &Path) -> String {
     w("app.css.gz", "GZ-BYTES");
     w("app.css.br", "BR-BYTES");
     w("sub/x.js", "let x = 1;\n");
+    // Above the size read whole when opened: streamed from disk.
+    w("big.txt", &"0123456789abcdef".repeat(20 * 1024));
     w(".env", "SECRET-ENV");
     w(".git/config", "SECRET-GIT");
     std::fs::create_dir_all(dir.join("outside")).unwrap();
@@ -111,6 +113,11 @@ fn static_files_have_validators_ranges_and_precompressed_variants() {
     }
 
     assert_eq!(get_with(s.addr, "/static/sub/x.js", &[]).status, 200);
+    let big = get_with(s.addr, "/static/big.txt", &[]);
+    assert_eq!(big.status, 200);
+    assert_eq!(big.body, "0123456789abcdef".repeat(20 * 1024).into_bytes());
+    let tail = get_with(s.addr, "/static/big.txt", &[("Range", "bytes=-5")]);
+    assert_eq!((tail.status, tail.text().as_str()), (206, "bcdef"));
     assert_eq!(get_with(s.addr, "/static/in.css", &[]).text(), CSS);
     let r = raw_one(
         s.addr,
@@ -123,7 +130,7 @@ fn static_files_have_validators_ranges_and_precompressed_variants() {
     assert_eq!(s.metric("wsgiscale_requests_total{class=\"2xx\"}"), 0.0);
     assert_eq!(
         s.metric("wsgiscale_static_requests_total{class=\"2xx\"}"),
-        12.0
+        14.0
     );
     assert_eq!(
         s.metric("wsgiscale_static_requests_total{class=\"3xx\"}"),
