@@ -95,12 +95,8 @@ pub fn for_each_pair(req: RequestView<'_>, conn: &ConnInfo, mut emit: impl FnMut
         }
         None => match conn.local {
             Some(local) => {
-                scratch.clear();
-                let _ = write!(scratch, "{}", local.ip());
-                emit(b"SERVER_NAME", scratch.as_bytes());
-                scratch.clear();
-                let _ = write!(scratch, "{}", local.port());
-                emit(b"SERVER_PORT", scratch.as_bytes());
+                emit_display(&mut scratch, &mut emit, b"SERVER_NAME", local.ip());
+                emit_display(&mut scratch, &mut emit, b"SERVER_PORT", local.port());
             }
             None => {
                 emit(b"SERVER_NAME", b"localhost");
@@ -110,33 +106,23 @@ pub fn for_each_pair(req: RequestView<'_>, conn: &ConnInfo, mut emit: impl FnMut
     }
     match route.client {
         Some(client) => {
-            scratch.clear();
-            let _ = write!(scratch, "{}", client.ip);
-            emit(b"REMOTE_ADDR", scratch.as_bytes());
+            emit_display(&mut scratch, &mut emit, b"REMOTE_ADDR", client.ip);
             if let Some(port) = client.port {
-                scratch.clear();
-                let _ = write!(scratch, "{port}");
-                emit(b"REMOTE_PORT", scratch.as_bytes());
+                emit_display(&mut scratch, &mut emit, b"REMOTE_PORT", port);
             }
         }
         None => emit(b"REMOTE_ADDR", b""),
     }
     match conn.remote {
         Some(peer) => {
-            scratch.clear();
-            let _ = write!(scratch, "{}", peer.ip());
-            emit(b"wsgiscale.peer_addr", scratch.as_bytes());
-            scratch.clear();
-            let _ = write!(scratch, "{}", peer.port());
-            emit(b"wsgiscale.peer_port", scratch.as_bytes());
+            emit_display(&mut scratch, &mut emit, b"wsgiscale.peer_addr", peer.ip());
+            emit_display(&mut scratch, &mut emit, b"wsgiscale.peer_port", peer.port());
         }
         None => emit(b"wsgiscale.peer_addr", b""),
     }
 
     if req.body_len > 0 || req.headers.contains_key(header::CONTENT_LENGTH) {
-        scratch.clear();
-        let _ = write!(scratch, "{}", req.body_len);
-        emit(b"CONTENT_LENGTH", scratch.as_bytes());
+        emit_display(&mut scratch, &mut emit, b"CONTENT_LENGTH", req.body_len);
     }
 
     let mut key: Vec<u8> = Vec::with_capacity(64);
@@ -177,6 +163,18 @@ pub fn for_each_pair(req: RequestView<'_>, conn: &ConnInfo, mut emit: impl FnMut
             }
         }
     }
+}
+
+/// Emits `key` with `value`'s text, written into the reused `scratch`.
+fn emit_display(
+    scratch: &mut String,
+    emit: &mut impl FnMut(&[u8], &[u8]),
+    key: &[u8],
+    value: impl std::fmt::Display,
+) {
+    scratch.clear();
+    let _ = write!(scratch, "{value}");
+    emit(key, scratch.as_bytes());
 }
 
 /// Splits a Host header into name and optional port (`[::1]:8080`, `example.com:80`,
