@@ -693,7 +693,9 @@ pub struct Settings {
     #[arg(long, env = "WSGISCALE_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
 
-    /// Log one line per request (method, path, status, bytes, duration).
+    /// Log one line per request when its response has ended, in --log-format: method, path,
+    /// status, bytes sent, head_ms (to the response head) and duration_ms (to the last byte),
+    /// the client; every value escaped.
     #[arg(
         long,
         env = "WSGISCALE_ACCESS_LOG",
