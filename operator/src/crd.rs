@@ -701,7 +701,8 @@ pub struct StaticMountSpec {
     #[schemars(length(min = 2, max = 256))]
     pub url_prefix: String,
 
-    /// The directory in the container, an absolute path. Required.
+    /// The directory in the container, an absolute path; the server does not start without
+    /// it (a missing `collectstatic` step shows in the pod's log). Required.
     #[schemars(length(min = 2, max = 1024))]
     #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains(',')").message("directory must be an absolute path without ','"))]
     pub directory: String,
