@@ -23,7 +23,7 @@ run: build
 	@echo "  admin: http://127.0.0.1:$(ADMIN_PORT)/load  /metrics  /readyz"
 	@echo "  load:  wrk -c32 -d20s 'http://127.0.0.1:$(PORT)/work?ms=50'   (Ctrl-C stops)"
 	exec $(BIN) serve --bind 127.0.0.1:$(PORT) --admin-bind 127.0.0.1:$(ADMIN_PORT) \
-		--workers 1:8 --cheaper-algo spare2 --chdir examples/apps demo:application
+		--workers 1:8 --chdir examples/apps demo:application
 
 $(VENV)/.installed: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)

@@ -618,12 +618,15 @@ SERVERS = {s.key: s for s in (Wsgiscale(), WsgiscaleBaseline(), WsgiscaleWheel()
 
 
 class Entry:
-    """One server configuration in a scenario."""
+    """One server configuration in a scenario: `extra` flags go before the app argument,
+    `env` is added to the server's environment."""
 
-    def __init__(self, key, label=None, **opts):
+    def __init__(self, key, label=None, extra=(), env=None, **opts):
         self.key = key
         self.server = SERVERS[key]
         self.opts = opts
+        self.extra = list(extra)
+        self.env = env or {}
         self.label = label or self.server.label
 
     @property
@@ -673,12 +676,65 @@ def _check_cpu(status, body):
 
 class Scenario:
     def __init__(self, name, title, app, check, method="GET", path="/", body=b"",
-                 lua=None, entries=None, slow=False, measures=""):
+                 lua=None, entries=None, slow=False, measures="", headers=(), pairs=()):
         self.name, self.title, self.app, self.check = name, title, app, check
         self.method, self.path, self.body, self.lua = method, path, body, lua
         self.entries = entries or default_entries
         self.slow = slow
         self.measures = measures
+        self.headers = list(headers)  # sent by wrk (-H) and by the body check
+        self.pairs = list(pairs)  # (label a, label b): the report gives a / b per round
+
+
+# Static files, the same for every server: generated once into bench/out/static/.
+STATIC_DIR = BENCH / "out" / "static"
+STATIC_FILES = {"bench16k.css": 16 * 1024, "bench256k.js": 256 * 1024}
+
+
+def static_bytes(name):
+    """Deterministic text of the size STATIC_FILES gives (CSS/JS-like, compressible)."""
+    line = b"/* wsgiscale static bench: the quick brown fox jumps over the lazy dog */\n"
+    n = STATIC_FILES[name]
+    return (line * (n // len(line) + 1))[:n]
+
+
+def static_dir():
+    """bench/out/static with the files (rewritten only when their content differs)."""
+    STATIC_DIR.mkdir(parents=True, exist_ok=True)
+    for name in STATIC_FILES:
+        p = STATIC_DIR / name
+        want = static_bytes(name)
+        if not p.exists() or p.read_bytes() != want:
+            p.write_bytes(want)
+    return str(STATIC_DIR)
+
+
+def static_entries():
+    """The same files from wsgiscale's front, granian's static mount and whitenoise (Django
+    middleware, under wsgiscale's workers)."""
+    d = static_dir()
+    return [
+        Entry("wsgiscale", "wsgiscale --static", extra=["--static", f"/static={d}"]),
+        Entry("granian", "granian --static-path-mount",
+              extra=["--static-path-route", "/static", "--static-path-mount", d]),
+        Entry("wsgiscale", "whitenoise (Django, wsgiscale workers)",
+              env={"BENCH_WHITENOISE": "1", "BENCH_STATIC_ROOT": d}, app="djproj.wsgi:application"),
+    ]
+
+
+STATIC_PAIRS = [("wsgiscale --static", "granian --static-path-mount"),
+                ("wsgiscale --static", "whitenoise (Django, wsgiscale workers)")]
+
+PROXY_HEADERS = ["X-Forwarded-For: 198.51.100.7, 203.0.113.9", "X-Forwarded-Proto: https",
+                 "X-Forwarded-Host: bench.example.com", "X-Forwarded-Port: 443"]
+
+
+def proxy_entries():
+    """wsgiscale with the proxy headers read (the peer, loopback, is trusted by default) and
+    ignored (nobody trusted), same requests."""
+    return [Entry("wsgiscale", "wsgiscale proxy headers on"),
+            Entry("wsgiscale", "wsgiscale proxy headers off",
+                  extra=["--forwarded-allow-ips", ""])]
 
 
 SCENARIOS = [
@@ -711,6 +767,28 @@ SCENARIOS = [
     Scenario("flask", "Flask JSON route, c64", "flask_app:app",
              _check_json(lambda d, b: d.get("framework") == "flask"), entries=with_wheel,
              measures="a framework's per-request cost on top of the server (Flask 3, jsonify)"),
+    Scenario("proxy-hello", "hello with X-Forwarded-* headers, read vs ignored, c64",
+             "basic:hello", _check_eq(b"Hello, World!"), entries=proxy_entries,
+             headers=PROXY_HEADERS,
+             pairs=[("wsgiscale proxy headers on", "wsgiscale proxy headers off")],
+             measures="the cost of the trusted-proxy handling: the same requests with their "
+                      "X-Forwarded-* headers applied (loopback trusted, the default) and "
+                      "ignored (--forwarded-allow-ips '')"),
+    Scenario("proxy-flask", "Flask route with X-Forwarded-* headers, read vs ignored, c64",
+             "flask_app:app", _check_json(lambda d, b: d.get("framework") == "flask"),
+             entries=proxy_entries, headers=PROXY_HEADERS,
+             pairs=[("wsgiscale proxy headers on", "wsgiscale proxy headers off")],
+             measures="the same on a Flask route"),
+    Scenario("static16k", "a 16 KiB static file, c64", "basic:hello",
+             _check_eq(static_bytes("bench16k.css")), path="/static/bench16k.css",
+             entries=static_entries, pairs=STATIC_PAIRS,
+             measures="static file serving: wsgiscale's --static (the front, no Python), "
+                      "granian's static mount, whitenoise in Django's middleware under "
+                      "wsgiscale's 2 workers; same file, no Accept-Encoding"),
+    Scenario("static256k", "a 256 KiB static file, c64", "basic:hello",
+             _check_eq(static_bytes("bench256k.js")), path="/static/bench256k.js",
+             entries=static_entries, pairs=STATIC_PAIRS,
+             measures="the same with a 256 KiB file"),
     Scenario("slowclients", "hello while 200 slow clients trickle headers", "basic:hello",
              _check_eq(b"Hello, World!"), slow="send",
              measures="hello throughput (c64) while 200 other connections send their request "
@@ -730,10 +808,11 @@ SCENARIO_NAMES = [s.name for s in SCENARIOS] + ["newworker", "ceiling"]
 # ----------------------------------------------------------------------------------------
 
 
-def http_request(port, method="GET", path="/", body=b"", timeout=5.0):
+def http_request(port, method="GET", path="/", body=b"", timeout=5.0, extra_headers=()):
     c = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         headers = {"Content-Type": "application/octet-stream"} if body else {}
+        headers.update(h.split(": ", 1) for h in extra_headers)
         c.request(method, path, body=body or None, headers=headers)
         r = c.getresponse()
         return r.status, r.read()
@@ -797,8 +876,10 @@ def parse_wrk(out):
     return r
 
 
-def wrk_cmd(port, duration, path="/", lua=None, conns=CONNS):
+def wrk_cmd(port, duration, path="/", lua=None, conns=CONNS, headers=()):
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{int(duration)}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
     if lua:
         cmd += ["-s", str(lua)]
     return cmd + [f"http://{HOST}:{port}{path}"]
@@ -842,13 +923,16 @@ def placeholder_cmd(argv, port, aport):
 def measure(scn, entry, rnd, args, logdir):
     srv = entry.server
     port, aport = free_port(), free_port()
-    argv = srv.argv(scn.app, port, aport, **entry.opts)
+    opts = dict(entry.opts)
+    app = opts.pop("app", scn.app)
+    argv = srv.argv(app, port, aport, **opts)
+    argv = argv[:-1] + entry.extra + argv[-1:]  # every server takes the app last
     log_path = logdir / f"{scn.name}-{entry.slug}-r{rnd}.log"
     res = {"scenario": scn.name, "server": entry.label, "key": entry.key, "round": rnd,
            "cmd": placeholder_cmd(argv, port, aport), "log": rel(log_path),
            "status": "ok"}
     t_start = time.monotonic()
-    p = spawn(argv, srv.env(), log_path)
+    p = spawn(argv, {**srv.env(), **entry.env}, log_path)
     slow_proc = None
     try:
         ok, why = wait_ready(p, entry, port, aport, "/")
@@ -857,17 +941,19 @@ def measure(scn, entry, rnd, args, logdir):
             res["status"] = "failed-start"
             res["detail"] = why + "\n" + log_tail(log_path)
             return res
-        st, body = http_request(port, scn.method, scn.path, scn.body, timeout=10)
+        st, body = http_request(port, scn.method, scn.path, scn.body, timeout=10,
+                                extra_headers=scn.headers)
         body_ok, detail = scn.check(st, body)
         res["body_ok"], res["body_detail"] = body_ok, detail
         if not body_ok:
             res["status"] = "bad-response"
             res["detail"] = detail
             return res
-        cmd = wrk_cmd(port, args.duration, scn.path, scn.lua)
+        cmd = wrk_cmd(port, args.duration, scn.path, scn.lua, headers=scn.headers)
         res["wrk_cmd"] = placeholder_cmd(cmd, port, None)
         if args.warmup > 0:
-            run_wrk(wrk_cmd(port, args.warmup, scn.path, scn.lua), args.warmup)
+            run_wrk(wrk_cmd(port, args.warmup, scn.path, scn.lua, headers=scn.headers),
+                    args.warmup)
         if scn.slow:
             # clean figure first, same server, same process
             clean, out = run_wrk(cmd, args.duration)
@@ -898,6 +984,12 @@ def measure(scn, entry, rnd, args, logdir):
         res.update(w)
         res["wrk_out"] = out
         res["errors"] = errors_of(w, srv)
+        # The server's CPU per answered request (all its processes): it moves much less than
+        # req/s when other work shares the cores.
+        cpu = res["cpu"] or {}
+        if w.get("requests") and cpu.get("server_cores") is not None and cpu.get("wall_s"):
+            res["cpu_us_per_req"] = round(cpu["server_cores"] * cpu["wall_s"] / w["requests"]
+                                          * 1e6, 2)
         res["rss_mib"] = round(rss / 1024, 1)
         res["pss_mib"] = round(pss / 1024, 1)
         res["peak_rss_mib"] = round(sampler.peak_rss / 1024, 1)
@@ -1265,7 +1357,7 @@ def summarize(runs):
              "statuses": sorted({r["status"] for r in rs}),
              "detail": next((r.get("detail") for r in rs if r.get("detail")), None),
              "stop_problems": sorted({p for r in rs for p in r.get("stop_problems", [])})}
-        for k in ("rps", "p50_ms", "p99_ms", "rss_mib", "pss_mib", "nprocs"):
+        for k in ("rps", "p50_ms", "p99_ms", "rss_mib", "pss_mib", "nprocs", "cpu_us_per_req"):
             s[k] = med([r.get(k) for r in good])
         s["other_cores_max"] = max([(r.get("cpu") or {}).get("other_cores", 0) for r in good],
                                    default=None)
@@ -1373,6 +1465,24 @@ def targets_section(summaries, newworker, ceiling):
     return md_table(["target", "measured", "verdict"], rows)
 
 
+def pair_section(pair, runs):
+    """a / b req/s per round (each round runs both, one after the other) and their median:
+    a paired ratio holds better than a ratio of medians on a shared machine."""
+    a, b = pair
+    out = []
+    for key, what in (("rps", "req/s"), ("cpu_us_per_req", "server CPU per request")):
+        by_round = {}
+        for r in runs:
+            if r["status"] == "ok" and r.get(key):
+                by_round.setdefault(r["round"], {})[r["server"]] = r[key]
+        ratios = [v[a] / v[b] for _, v in sorted(by_round.items()) if v.get(a) and v.get(b)]
+        if ratios:
+            each = ", ".join(f"{x:.3f}" for x in ratios)
+            out.append(f"{what}, {a} / {b}, per round: {each}; median "
+                       f"{statistics.median(ratios):.3f}, mean {statistics.mean(ratios):.3f}.")
+    return "\n\n".join(out) + "\n" if out else ""
+
+
 def scenario_section(scn_name, title, measures, summ, notes_for):
     out = [f"## {scn_name}: {title}", "", f"What it measures: {measures}.", ""]
     ws = rps_of(summ, "wsgiscale") or rps_of(summ, "wsgiscale --threads 4")
@@ -1381,7 +1491,7 @@ def scenario_section(scn_name, title, measures, summ, notes_for):
     for label, s in summ.items():
         if not s["ok_rounds"]:
             rows.append([label, "FAILED: " + ", ".join(s["statuses"])] +
-                        ["-"] * (10 if slow else 8))
+                        ["-"] * (11 if slow else 9))
             continue
         row = [label]
         if slow:
@@ -1393,7 +1503,8 @@ def scenario_section(scn_name, title, measures, summ, notes_for):
                 fmt(s["read"], 0) + (" (closes)" if SERVERS[s["key"]].closes_per_response
                                      and s["read"] else ""),
                 fmt(s["rss_mib"], 1), fmt(s["pss_mib"], 1),
-                f"{fmt(s.get('server_cores'), 2)} / {fmt(s.get('other_cores_max'), 2)}"]
+                f"{fmt(s.get('server_cores'), 2)} / {fmt(s.get('other_cores_max'), 2)}",
+                fmt(s.get("cpu_us_per_req"), 1)]
         if slow:
             row += [f"{fmt(s.get('slow_open'), 0)} / {fmt(s.get('slow_closed'), 0)}",
                     fmt(s.get("slow_kib"), 0)]
@@ -1403,10 +1514,11 @@ def scenario_section(scn_name, title, measures, summ, notes_for):
     if slow:
         header = ["server", "clean req/s", "with slow req/s", "share", "p50 ms", "p99 ms",
                   "errors", "wrk read errs", "RSS MiB", "PSS MiB", "CPU server / other",
-                  "slow held / closed", "slow clients got KiB"]
+                  "server CPU µs/req", "slow held / closed", "slow clients got KiB"]
     else:
         header = ["server", "req/s", "p50 ms", "p99 ms", "errors", "wrk read errs",
-                  "RSS MiB", "PSS MiB", "CPU server / other", "wsgiscale ÷ server"]
+                  "RSS MiB", "PSS MiB", "CPU server / other", "server CPU µs/req",
+                  "wsgiscale ÷ server"]
     out.append(md_table(header, rows))
     out.append("")
     wrk = next((s["wrk_cmd"] for s in summ.values() if s.get("wrk_cmd")), None)
@@ -1637,6 +1749,8 @@ def write_report(args, meta, runs_by_scn, newworker, ceiling, stamp, outdir):
         if scn.name in summaries:
             lines.append(scenario_section(scn.name, scn.title, scn.measures,
                                           summaries[scn.name], None))
+            for pair in scn.pairs:
+                lines.append(pair_section(pair, runs_by_scn.get(scn.name, [])))
     if newworker:
         lines.append(newworker_section(newworker))
     if ceiling:

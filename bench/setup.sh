@@ -38,7 +38,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 "$venv/bin/python" - <<'PY'
 import importlib, sys
-mods = ["gunicorn", "granian", "bjoern", "fastpysgi", "cheroot", "flask", "django", "psutil"]
+mods = ["gunicorn", "granian", "bjoern", "fastpysgi", "cheroot", "flask", "django", "psutil", "whitenoise"]
 for m in mods:
     importlib.import_module(m)
 PY

@@ -180,10 +180,11 @@ impl FromStr for Dur {
 pub enum Algorithm {
     /// Spawn `step` after `overload` checks with every worker busy; retire one idle worker
     /// every `overload` checks while more than one is idle.
-    #[default]
     Spare,
     /// Keep `idle` spare workers: spawn the shortfall at once (up to `step`), retire one after
-    /// `cheaper-idle` checks of surplus.
+    /// `cheaper-idle` checks of surplus. The default: it measured best on bench/step.py's
+    /// step and spike loads (docs/scaling.md).
+    #[default]
     Spare2,
     /// Spawn while the request queue is deeper than `cheaper-backlog`; retire below it.
     Backlog,
@@ -235,6 +236,270 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line.
     Json,
+}
+
+/// Peers whose forwarding headers are believed (`--forwarded-allow-ips`): addresses and CIDR
+/// blocks, or every peer (`*`). Written as a comma-separated list; the empty list trusts no TCP
+/// peer (a unix-socket peer is always trusted: the socket's file permissions decide who
+/// connects).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProxyList {
+    /// `*`: every peer is trusted.
+    pub any: bool,
+    /// The trusted blocks (a single address is a /32 or /128).
+    pub nets: Vec<ipnet::IpNet>,
+}
+
+impl ProxyList {
+    /// Whether `ip` is trusted. An IPv4 peer that reaches a dual-stack socket as an
+    /// IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) is matched as the IPv4 address it is.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        if self.any {
+            return true;
+        }
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.nets.iter().any(|n| n.contains(&ip))
+    }
+}
+
+impl FromStr for ProxyList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut list = ProxyList::default();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            if item == "*" {
+                list.any = true;
+                continue;
+            }
+            let net = match item.parse::<ipnet::IpNet>() {
+                Ok(n) => n.trunc(),
+                Err(_) => item
+                    .parse::<IpAddr>()
+                    .map(ipnet::IpNet::from)
+                    .map_err(|_| format!("{item:?} is not an IP address, a CIDR block or *"))?,
+            };
+            if !list.nets.contains(&net) {
+                list.nets.push(net);
+            }
+        }
+        Ok(list)
+    }
+}
+
+impl std::fmt::Display for ProxyList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut items: Vec<String> = Vec::new();
+        if self.any {
+            items.push("*".into());
+        }
+        for n in &self.nets {
+            items.push(if n.prefix_len() == n.max_prefix_len() {
+                n.addr().to_string()
+            } else {
+                n.to_string()
+            });
+        }
+        f.write_str(&items.join(","))
+    }
+}
+
+/// Which headers of a trusted proxy name the client, the scheme and the host
+/// (`--forwarded-headers`). One family only: most proxies set one and pass the other through
+/// from the client untouched, so reading both would let a client forge the one its proxy
+/// does not set. One type for the flag, the file and the WsgiApp's field.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+#[schemars(transform = no_description)]
+pub enum ForwardedHeaders {
+    /// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-Port` (what
+    /// ingress-nginx, Envoy, Traefik and the cloud load balancers set).
+    #[default]
+    XForwarded,
+    /// RFC 7239 `Forwarded: for=...;proto=...;host=...` (HAProxy's `option forwarded`).
+    Forwarded,
+}
+
+impl ForwardedHeaders {
+    /// The name used on the command line and in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardedHeaders::XForwarded => "x-forwarded",
+            ForwardedHeaders::Forwarded => "forwarded",
+        }
+    }
+}
+
+/// What a request whose path is outside the root path gets (`--outside-root-path`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+#[schemars(transform = no_description)]
+pub enum OutsideRootPath {
+    /// 404 from the server; the app never sees it.
+    #[default]
+    NotFound,
+    /// The app gets it with an empty `SCRIPT_NAME` and the whole path in `PATH_INFO`.
+    Pass,
+}
+
+impl OutsideRootPath {
+    /// The name used on the command line and in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutsideRootPath::NotFound => "not-found",
+            OutsideRootPath::Pass => "pass",
+        }
+    }
+}
+
+/// A URL path prefix (`--root-path`, a `--static` mount): `/` then segments of URL-safe
+/// characters (no `%`, `,` or `=`), kept without a trailing slash (`/static/` is `/static`); the empty prefix is the
+/// root. It holds no `%`, so its raw and percent-decoded forms are the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct UrlPrefix(String);
+
+impl UrlPrefix {
+    /// The prefix without a trailing slash; empty for the root.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is the root (no prefix).
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The rest of `path` after this prefix when `path` is under it on a segment boundary
+    /// (`/app` matches `/app` and `/app/x`, not `/apple`): empty or starting with `/`.
+    pub fn strip<'p>(&self, path: &'p [u8]) -> Option<&'p [u8]> {
+        let rest = path.strip_prefix(self.0.as_bytes())?;
+        (rest.is_empty() || rest[0] == b'/').then_some(rest)
+    }
+}
+
+impl FromStr for UrlPrefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Ok(UrlPrefix::default());
+        }
+        if !s.starts_with('/') {
+            return Err(format!("{s:?} must start with /"));
+        }
+        let trimmed = s.trim_end_matches('/');
+        for segment in trimmed.split('/').skip(1) {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                return Err(format!("{s:?} has an empty, . or .. segment"));
+            }
+        }
+        // No `%` (raw and decoded forms stay equal), no `,` (the environment's list
+        // separator), no `=` (it ends the prefix in `--static PREFIX=DIR`).
+        let safe = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+;:@/".contains(c);
+        if let Some(c) = trimmed.chars().find(|c| !safe(*c)) {
+            return Err(format!(
+                "{s:?} holds {c:?}: a prefix is letters, digits and -._~!$&'()*+;:@ between slashes"
+            ));
+        }
+        Ok(UrlPrefix(trimmed.to_string()))
+    }
+}
+
+impl std::fmt::Display for UrlPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `--static URL_PREFIX=DIR`: files of DIR served by the front under URL_PREFIX.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticMount {
+    /// The URL prefix, never the root (that would hide the app).
+    pub prefix: UrlPrefix,
+    /// The directory, as given (a relative one is relative to where the server starts).
+    pub dir: PathBuf,
+}
+
+impl FromStr for StaticMount {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (prefix, dir) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not URL_PREFIX=DIR"))?;
+        let prefix: UrlPrefix = prefix.parse()?;
+        if prefix.is_root() {
+            return Err(format!(
+                "{s:?}: a static mount at / would hide the application; mount it under a prefix such as /static"
+            ));
+        }
+        if dir.is_empty() {
+            return Err(format!("{s:?} names no directory"));
+        }
+        Ok(StaticMount {
+            prefix,
+            dir: PathBuf::from(dir),
+        })
+    }
+}
+
+impl std::fmt::Display for StaticMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.prefix, self.dir.display())
+    }
+}
+
+/// A header name for the access log (`--access-log-request-header X-Request-ID`): an HTTP
+/// token, kept in lowercase (the form HTTP/2 and the log's keys use).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogHeader(String);
+
+impl LogHeader {
+    /// The lowercase name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for LogHeader {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if s.is_empty() || s.len() > 64 || !s.chars().all(token) {
+            return Err(format!(
+                "{s:?} is not a header name (1 to 64 letters, digits and !#$%&'*+-.^_`|~)"
+            ));
+        }
+        Ok(LogHeader(s.to_ascii_lowercase()))
+    }
+}
+
+impl std::fmt::Display for LogHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Every setting of `wsgiscale serve`, declared once: the field's name is the flag (`--max-rss`)
@@ -289,7 +554,7 @@ pub struct Settings {
     #[arg(long, env = "WSGISCALE_WORKERS_INITIAL", value_name = "N")]
     pub workers_initial: Option<u32>,
 
-    /// Worker-count algorithm. [default: spare]
+    /// Worker-count algorithm. [default: spare2]
     #[arg(long, env = "WSGISCALE_CHEAPER_ALGO", value_name = "ALGO")]
     pub cheaper_algo: Option<Algorithm>,
 
@@ -422,7 +687,9 @@ pub struct Settings {
     pub graceful_timeout: Option<Dur>,
 
     /// Per-request deadline: a worker still busy after it has its Python stack logged, is
-    /// killed and replaced, and the client gets 504. [default: off]
+    /// killed and replaced, and the client gets 504. With --threads N, the worker's other
+    /// requests in flight die with it and get 502 (as in gunicorn's gthread workers).
+    /// [default: off]
     #[arg(long, env = "WSGISCALE_TIMEOUT", value_name = "DURATION")]
     pub timeout: Option<Dur>,
 
@@ -454,7 +721,9 @@ pub struct Settings {
     #[arg(long, env = "WSGISCALE_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
 
-    /// Log one line per request (method, path, status, bytes, duration).
+    /// Log one line per request when its response has ended, in --log-format: method, path,
+    /// status, bytes sent, head_ms (to the response head) and duration_ms (to the last byte),
+    /// the client; every value escaped.
     #[arg(
         long,
         env = "WSGISCALE_ACCESS_LOG",
@@ -568,6 +837,85 @@ pub struct Settings {
         value_delimiter = ','
     )]
     pub h2c_allow_ips: Vec<Cidr>,
+    /// A request header logged in each access log line, e.g. `X-Request-ID` or `traceparent`.
+    /// Repeatable; comma-separated in the environment.
+    #[arg(
+        long,
+        env = "WSGISCALE_ACCESS_LOG_REQUEST_HEADER",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub access_log_request_header: Vec<LogHeader>,
+
+    /// A response header logged in each access log line, e.g. `Content-Type`. Repeatable;
+    /// comma-separated in the environment.
+    #[arg(
+        long,
+        env = "WSGISCALE_ACCESS_LOG_RESPONSE_HEADER",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub access_log_response_header: Vec<LogHeader>,
+
+    /// Peers whose forwarding headers are believed: comma-separated addresses and CIDR blocks
+    /// (`10.0.0.0/8,127.0.0.1`); `*` trusts every peer (unsafe unless only your proxies can
+    /// reach the server); an empty value trusts no TCP peer. A unix-socket peer is always
+    /// trusted. [default: 127.0.0.1,::1]
+    #[arg(long, env = "WSGISCALE_FORWARDED_ALLOW_IPS", value_name = "CIDRS")]
+    pub forwarded_allow_ips: Option<ProxyList>,
+
+    /// Which headers of a trusted peer give the client address, scheme and host:
+    /// `x-forwarded` (X-Forwarded-For/-Proto/-Host/-Port) or `forwarded` (RFC 7239). The other
+    /// family reaches the app untouched and changes nothing. [default: x-forwarded]
+    #[arg(long, env = "WSGISCALE_FORWARDED_HEADERS", value_name = "KIND")]
+    pub forwarded_headers: Option<ForwardedHeaders>,
+
+    /// URL prefix the application is mounted under, e.g. `/app`: it becomes SCRIPT_NAME and is
+    /// cut from PATH_INFO (`/app/x` -> `/x`; `/apple` is outside). A trusted peer's
+    /// `SCRIPT_NAME` header replaces it for its request. [default: none]
+    #[arg(long, env = "WSGISCALE_ROOT_PATH", value_name = "PREFIX")]
+    pub root_path: Option<UrlPrefix>,
+
+    /// What a request outside the root path gets: `not-found` (a 404 from the server) or
+    /// `pass` (the app gets it with an empty SCRIPT_NAME). [default: not-found]
+    #[arg(long, env = "WSGISCALE_OUTSIDE_ROOT_PATH", value_name = "ACTION")]
+    pub outside_root_path: Option<OutsideRootPath>,
+
+    /// Longest request line (method, target and version), bytes; longer gets 414.
+    /// [default: 16Ki]
+    #[arg(long, env = "WSGISCALE_LIMIT_REQUEST_LINE", value_name = "BYTES")]
+    pub limit_request_line: Option<ByteSize>,
+
+    /// Most header fields in a request; more get 431. [default: 100]
+    #[arg(long, env = "WSGISCALE_LIMIT_REQUEST_FIELDS", value_name = "N")]
+    pub limit_request_fields: Option<u32>,
+
+    /// Largest header field (`Name: value`), bytes; larger gets 431. [default: 32Ki]
+    #[arg(long, env = "WSGISCALE_LIMIT_REQUEST_FIELD_SIZE", value_name = "BYTES")]
+    pub limit_request_field_size: Option<ByteSize>,
+
+    /// Largest header section (every `Name: value` line), bytes; larger gets 431.
+    /// [default: 64Ki]
+    #[arg(
+        long,
+        env = "WSGISCALE_LIMIT_REQUEST_HEADERS_SIZE",
+        value_name = "BYTES"
+    )]
+    pub limit_request_headers_size: Option<ByteSize>,
+
+    /// Serve the files of DIR under URL_PREFIX from the HTTP front, without the app, e.g.
+    /// `/static=/app/staticfiles`. Repeatable; comma-separated in the environment.
+    #[arg(
+        long = "static",
+        env = "WSGISCALE_STATIC",
+        value_name = "URL_PREFIX=DIR",
+        value_delimiter = ','
+    )]
+    pub r#static: Vec<StaticMount>,
+
+    /// `Cache-Control: max-age` of static files (0: no Cache-Control). [default: 1h]
+    #[arg(long, env = "WSGISCALE_STATIC_MAX_AGE", value_name = "DURATION")]
+    pub static_max_age: Option<Dur>,
 }
 
 impl Settings {
@@ -621,6 +969,18 @@ impl Settings {
                 .iter()
                 .map(|c| c.parse().expect("the default h2c networks parse"))
                 .collect(),
+            forwarded_allow_ips: Some(
+                defaults::FORWARDED_ALLOW_IPS
+                    .parse()
+                    .expect("the default trusted proxies parse"),
+            ),
+            forwarded_headers: Some(ForwardedHeaders::default()),
+            outside_root_path: Some(OutsideRootPath::default()),
+            limit_request_line: Some(ByteSize(defaults::LIMIT_REQUEST_LINE)),
+            limit_request_fields: Some(defaults::LIMIT_REQUEST_FIELDS),
+            limit_request_field_size: Some(ByteSize(defaults::LIMIT_REQUEST_FIELD_SIZE)),
+            limit_request_headers_size: Some(ByteSize(defaults::LIMIT_REQUEST_HEADERS_SIZE)),
+            static_max_age: Some(Dur(defaults::STATIC_MAX_AGE)),
             ..Settings::default()
         }
     }
@@ -703,6 +1063,18 @@ impl Settings {
             http2,
             h2c,
             h2c_allow_ips,
+            access_log_request_header,
+            access_log_response_header,
+            forwarded_allow_ips,
+            forwarded_headers,
+            root_path,
+            outside_root_path,
+            limit_request_line,
+            limit_request_fields,
+            limit_request_field_size,
+            limit_request_headers_size,
+            r#static,
+            static_max_age,
         } = self;
         let restart = Settings {
             app,
@@ -743,6 +1115,18 @@ impl Settings {
             http2,
             h2c,
             h2c_allow_ips,
+            access_log_request_header,
+            access_log_response_header,
+            forwarded_allow_ips,
+            forwarded_headers,
+            root_path,
+            outside_root_path,
+            limit_request_line,
+            limit_request_fields,
+            limit_request_field_size,
+            limit_request_headers_size,
+            r#static,
+            static_max_age,
             ..Settings::default()
         };
         let live = Settings {
@@ -916,7 +1300,16 @@ macro_rules! text_serde {
         }
     )*};
 }
-text_serde!(BindAddr, WorkerRange, ByteSize, Dur);
+text_serde!(
+    BindAddr,
+    WorkerRange,
+    ByteSize,
+    Dur,
+    ProxyList,
+    UrlPrefix,
+    StaticMount,
+    LogHeader
+);
 pub(crate) use text_serde;
 
 pub(crate) struct TextVisitor<T>(pub(crate) std::marker::PhantomData<T>);
@@ -1010,8 +1403,14 @@ pub struct HttpConfig {
     pub body_timeout: Duration,
     /// Drain deadline on shutdown.
     pub graceful_timeout: Duration,
-    /// Whether to log one line per request.
-    pub access_log: bool,
+    /// The access log.
+    pub access_log: AccessLogConfig,
+    /// Limits of a request's head.
+    pub limits: HeaderLimits,
+    /// Trusted proxies and the root path.
+    pub proxy: ProxyConfig,
+    /// Files served by the front.
+    pub static_files: StaticConfig,
     /// Request and response buffering.
     pub buffers: BufferConfig,
 }
@@ -1034,6 +1433,52 @@ impl BufferConfig {
     pub fn temp_dir(&self) -> PathBuf {
         self.temp_dir.clone().unwrap_or_else(std::env::temp_dir)
     }
+}
+
+/// The access log: whether it is written and which headers each line carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AccessLogConfig {
+    /// One line per request.
+    pub enabled: bool,
+    /// Request headers added to each line.
+    pub request_headers: Vec<LogHeader>,
+    /// Response headers added to each line.
+    pub response_headers: Vec<LogHeader>,
+}
+
+/// Limits of a request's head, in bytes except `fields`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderLimits {
+    /// Request line: method, target and version with their two spaces.
+    pub request_line: usize,
+    /// Header fields (a repeated name counts each time).
+    pub fields: usize,
+    /// One field: name, `: ` and value.
+    pub field_size: usize,
+    /// Every field: name, `: `, value and CRLF each.
+    pub headers_size: usize,
+}
+
+/// Which peers' forwarding headers are believed, and where the app is mounted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProxyConfig {
+    /// Trusted peers.
+    pub trusted: ProxyList,
+    /// The header family read from them.
+    pub headers: ForwardedHeaders,
+    /// The app's URL prefix (root: none).
+    pub root_path: UrlPrefix,
+    /// What a path outside it gets.
+    pub outside_root_path: OutsideRootPath,
+}
+
+/// Static files served by the front.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StaticConfig {
+    /// The mounts, as given.
+    pub mounts: Vec<StaticMount>,
+    /// `Cache-Control: max-age`, if any.
+    pub max_age: Option<Duration>,
 }
 
 /// Worker-count limits.
@@ -1207,6 +1652,34 @@ pub mod defaults {
     pub const WORKERS_LIMIT: u32 = 1024;
     /// Most threads per worker accepted.
     pub const THREADS_LIMIT: u32 = 256;
+    /// Default `--forwarded-allow-ips`: loopback only, as gunicorn (a proxy on the same host).
+    pub const FORWARDED_ALLOW_IPS: &str = "127.0.0.1,::1";
+    /// The trusted peers of a pod behind a Service (the WsgiApp's default): the private and
+    /// shared ranges pods and nodes get their addresses from (RFC 1918, RFC 6598, IPv6 unique
+    /// local) and loopback. Narrow it to the cluster's pod CIDR, or to the ingress
+    /// controller's, when other pods or a node-level load balancer could reach the app.
+    pub const FORWARDED_ALLOW_IPS_IN_CLUSTER: &str =
+        "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7,127.0.0.1,::1";
+    /// Default `--limit-request-line`: 16 KiB, 4x gunicorn's 4094 and AWS ALB's own limit,
+    /// room for an OIDC or SAML redirect's query string.
+    pub const LIMIT_REQUEST_LINE: u64 = 16 << 10;
+    /// Default `--limit-request-fields`: gunicorn's and Envoy's 100.
+    pub const LIMIT_REQUEST_FIELDS: u32 = 100;
+    /// Default `--limit-request-field-size`: 32 KiB, 4x gunicorn's 8190, so one OIDC session
+    /// cookie header (split tokens of 4 KiB each) or a Kerberos `Authorization` fits.
+    pub const LIMIT_REQUEST_FIELD_SIZE: u64 = 32 << 10;
+    /// Default `--limit-request-headers-size`: 64 KiB, what AWS ALB and Envoy (60 KiB) pass.
+    pub const LIMIT_REQUEST_HEADERS_SIZE: u64 = 64 << 10;
+    /// Largest `--limit-request-line`: the longest target hyper (and the `http` crate) parse.
+    pub const LIMIT_REQUEST_LINE_MAX: u64 = 64 << 10;
+    /// Largest `--limit-request-fields`.
+    pub const LIMIT_REQUEST_FIELDS_MAX: u32 = 1000;
+    /// Largest `--limit-request-headers-size` (and so field size).
+    pub const LIMIT_REQUEST_HEADERS_SIZE_MAX: u64 = 1 << 20;
+    /// Smallest byte limit of a request's head.
+    pub const LIMIT_BYTES_MIN: u64 = 256;
+    /// Default `--static-max-age`.
+    pub const STATIC_MAX_AGE: Duration = Duration::from_secs(3600);
 }
 
 /// Resolves `settings` (the layers stacked with [`Settings::over`]: flags and environment
@@ -1274,6 +1747,18 @@ pub fn resolve(
         http2,
         h2c,
         h2c_allow_ips,
+        access_log_request_header,
+        access_log_response_header,
+        forwarded_allow_ips,
+        forwarded_headers,
+        root_path,
+        outside_root_path,
+        limit_request_line,
+        limit_request_fields,
+        limit_request_field_size,
+        limit_request_headers_size,
+        r#static,
+        static_max_age,
     } = settings.over(&Settings::defaults());
     // Every setting with a default is Some after the merge; `need` says so once.
     fn need<T>(value: Option<T>) -> T {
@@ -1401,6 +1886,18 @@ pub fn resolve(
         response_spill: need(response_spill).0,
         temp_dir: temp_dir.filter(|p| !p.as_os_str().is_empty()),
     };
+    let limits = resolve_limits(
+        need(limit_request_line).0,
+        need(limit_request_fields),
+        need(limit_request_field_size).0,
+        need(limit_request_headers_size).0,
+    )?;
+    let mut prefixes = std::collections::BTreeSet::new();
+    for m in &r#static {
+        if !prefixes.insert(&m.prefix) {
+            return Err(invalid("static", format!("{} is mounted twice", m.prefix)));
+        }
+    }
 
     let lifecycle = LifecycleConfig {
         timeout: nonzero(timeout),
@@ -1452,7 +1949,22 @@ pub fn resolve(
             keepalive_timeout,
             body_timeout,
             graceful_timeout: need(graceful_timeout).0,
-            access_log: need(access_log),
+            access_log: AccessLogConfig {
+                enabled: need(access_log),
+                request_headers: access_log_request_header,
+                response_headers: access_log_response_header,
+            },
+            limits,
+            proxy: ProxyConfig {
+                trusted: need(forwarded_allow_ips),
+                headers: need(forwarded_headers),
+                root_path: root_path.unwrap_or_default(),
+                outside_root_path: need(outside_root_path),
+            },
+            static_files: StaticConfig {
+                mounts: r#static,
+                max_age: nonzero(static_max_age),
+            },
             buffers,
         },
         live: LiveConfig {
@@ -1471,6 +1983,56 @@ pub fn resolve(
         config_file: config,
         front_threads,
         protocols,
+    })
+}
+
+/// The head limits, checked against each other and their bounds.
+fn resolve_limits(
+    line: u64,
+    fields: u32,
+    field_size: u64,
+    headers_size: u64,
+) -> Result<HeaderLimits, ConfigError> {
+    use defaults::{
+        LIMIT_BYTES_MIN, LIMIT_REQUEST_FIELDS_MAX, LIMIT_REQUEST_HEADERS_SIZE_MAX,
+        LIMIT_REQUEST_LINE_MAX,
+    };
+    let within = |key, v: u64, max: u64| {
+        if (LIMIT_BYTES_MIN..=max).contains(&v) {
+            Ok(v as usize)
+        } else {
+            Err(invalid(
+                key,
+                format!("{v} is outside {LIMIT_BYTES_MIN}..={max} bytes"),
+            ))
+        }
+    };
+    let request_line = within("limit-request-line", line, LIMIT_REQUEST_LINE_MAX)?;
+    let headers_size = within(
+        "limit-request-headers-size",
+        headers_size,
+        LIMIT_REQUEST_HEADERS_SIZE_MAX,
+    )?;
+    let field_size = within("limit-request-field-size", field_size, headers_size as u64)
+        .map_err(|_| {
+            invalid(
+                "limit-request-field-size",
+                format!(
+                    "{field_size} is outside {LIMIT_BYTES_MIN}..={headers_size} (the headers' size limit)"
+                ),
+            )
+        })?;
+    if fields == 0 || fields > LIMIT_REQUEST_FIELDS_MAX {
+        return Err(invalid(
+            "limit-request-fields",
+            format!("{fields} is outside 1..={LIMIT_REQUEST_FIELDS_MAX}"),
+        ));
+    }
+    Ok(HeaderLimits {
+        request_line,
+        fields: fields as usize,
+        field_size,
+        headers_size,
     })
 }
 
@@ -1546,7 +2108,7 @@ mod tests {
                 initial: 2
             }
         );
-        assert_eq!(cfg.live.scaling.algo, Algorithm::Spare);
+        assert_eq!(cfg.live.scaling.algo, Algorithm::Spare2);
         assert_eq!(cfg.live.scaling.step, 1);
         assert!(cfg.python.preload);
         assert_eq!(cfg.python.threads, 1);
@@ -1694,6 +2256,180 @@ mod tests {
             let mut argv = vec!["wsgiscale", "serve"];
             argv.extend_from_slice(bad);
             assert!(parse_serve_argv(argv).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn proxy_lists_parse_match_and_print() {
+        let list: ProxyList = "10.0.0.0/8, 192.168.1.7,::1,fd00::/8"
+            .parse()
+            .expect("valid");
+        assert!(!list.any);
+        for (ip, trusted) in [
+            ("10.1.2.3", true),
+            ("11.0.0.1", false),
+            ("192.168.1.7", true),
+            ("192.168.1.8", false),
+            ("::1", true),
+            ("fd12::5", true),
+            ("fe80::1", false),
+            // An IPv4 peer on a dual-stack socket.
+            ("::ffff:10.9.9.9", true),
+            ("::ffff:11.9.9.9", false),
+        ] {
+            assert_eq!(list.contains(ip.parse().expect("ip")), trusted, "{ip}");
+        }
+        assert_eq!(list.to_string(), "10.0.0.0/8,192.168.1.7,::1,fd00::/8");
+        // Host bits are dropped: the block is what is trusted.
+        assert_eq!(
+            "10.1.2.3/8"
+                .parse::<ProxyList>()
+                .expect("valid")
+                .to_string(),
+            "10.0.0.0/8"
+        );
+        let all: ProxyList = "*".parse().expect("valid");
+        assert!(all.contains("8.8.8.8".parse().expect("ip")));
+        let none: ProxyList = "".parse().expect("valid");
+        assert!(!none.contains("127.0.0.1".parse().expect("ip")));
+        assert_eq!(none.to_string(), "");
+        for bad in ["10.0.0.0/33", "example.com", "10.0.0.1/x", "1.2.3"] {
+            assert!(bad.parse::<ProxyList>().is_err(), "{bad}");
+        }
+        let cfg = resolve_argv(&["a:b"]).expect("valid");
+        assert!(cfg
+            .http
+            .proxy
+            .trusted
+            .contains("127.0.0.1".parse().expect("ip")));
+        assert!(cfg.http.proxy.trusted.contains("::1".parse().expect("ip")));
+        assert!(!cfg
+            .http
+            .proxy
+            .trusted
+            .contains("10.0.0.1".parse().expect("ip")));
+        let cluster: ProxyList = defaults::FORWARDED_ALLOW_IPS_IN_CLUSTER
+            .parse()
+            .expect("valid");
+        for ip in [
+            "10.244.1.5",
+            "172.20.0.3",
+            "192.168.49.2",
+            "100.64.3.2",
+            "fd00::12",
+        ] {
+            assert!(cluster.contains(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["8.8.8.8", "172.32.0.1", "2001:db8::1"] {
+            assert!(!cluster.contains(ip.parse().expect("ip")), "{ip}");
+        }
+    }
+
+    #[test]
+    fn url_prefixes_match_on_a_segment_boundary() {
+        let app: UrlPrefix = "/app/".parse().expect("valid");
+        assert_eq!(app.as_str(), "/app");
+        assert_eq!(app.strip(b"/app"), Some(&b""[..]));
+        assert_eq!(app.strip(b"/app/"), Some(&b"/"[..]));
+        assert_eq!(app.strip(b"/app/x/y"), Some(&b"/x/y"[..]));
+        assert_eq!(app.strip(b"/apple"), None);
+        assert_eq!(app.strip(b"/ap"), None);
+        assert_eq!(app.strip(b"/"), None);
+        let root: UrlPrefix = "/".parse().expect("valid");
+        assert!(root.is_root());
+        assert_eq!(root.strip(b"/x"), Some(&b"/x"[..]));
+        assert_eq!("".parse::<UrlPrefix>(), Ok(UrlPrefix::default()));
+        assert_eq!(
+            "/a/b~c".parse::<UrlPrefix>().expect("valid").as_str(),
+            "/a/b~c"
+        );
+        for bad in [
+            "app", "/a//b", "/a/../b", "/a/./b", "/a%2Fb", "/a b", "/a,b", "/a?b",
+        ] {
+            assert!(bad.parse::<UrlPrefix>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn static_mounts_and_log_headers_parse() {
+        let m: StaticMount = "/static/=/srv/static".parse().expect("valid");
+        assert_eq!(m.prefix.as_str(), "/static");
+        assert_eq!(m.dir, PathBuf::from("/srv/static"));
+        assert_eq!(m.to_string(), "/static=/srv/static");
+        for bad in ["/static", "/=/srv", "=/srv", "/static=", "static=/srv"] {
+            assert!(bad.parse::<StaticMount>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "X-Request-ID".parse::<LogHeader>().expect("valid").as_str(),
+            "x-request-id"
+        );
+        for bad in ["", "X Request", "a:b", "é"] {
+            assert!(bad.parse::<LogHeader>().is_err(), "{bad}");
+        }
+        let cfg = resolve_argv(&[
+            "a:b",
+            "--static",
+            "/static=/s",
+            "--static",
+            "/media=/m",
+            "--access-log-request-header",
+            "X-Request-ID,traceparent",
+        ])
+        .expect("valid");
+        assert_eq!(cfg.http.static_files.mounts.len(), 2);
+        assert_eq!(
+            cfg.http.static_files.max_age,
+            Some(defaults::STATIC_MAX_AGE)
+        );
+        assert_eq!(
+            cfg.http
+                .access_log
+                .request_headers
+                .iter()
+                .map(LogHeader::as_str)
+                .collect::<Vec<_>>(),
+            ["x-request-id", "traceparent"]
+        );
+        assert_eq!(
+            resolve_argv(&["a:b", "--static", "/s=/a", "--static", "/s/=/b"]).map(|_| ()),
+            Err(invalid("static", "/s is mounted twice"))
+        );
+    }
+
+    #[test]
+    fn head_limits_default_above_gunicorn_and_are_checked() {
+        let limits = resolve_argv(&["a:b"]).expect("valid").http.limits;
+        // gunicorn: --limit-request-line 4094, --limit-request-fields 100,
+        // --limit-request-field_size 8190.
+        assert!(limits.request_line >= 4094);
+        assert!(limits.fields >= 100);
+        assert!(limits.field_size >= 8190);
+        assert!(limits.headers_size >= limits.field_size);
+        let cases: &[(&[&str], &str)] = &[
+            (&["--limit-request-line", "100"], "limit-request-line"),
+            (&["--limit-request-line", "1Mi"], "limit-request-line"),
+            (&["--limit-request-fields", "0"], "limit-request-fields"),
+            (
+                &[
+                    "--limit-request-field-size",
+                    "8Ki",
+                    "--limit-request-headers-size",
+                    "4Ki",
+                ],
+                "limit-request-field-size",
+            ),
+            (
+                &["--limit-request-headers-size", "2Mi"],
+                "limit-request-headers-size",
+            ),
+        ];
+        for (argv, key) in cases {
+            let mut full = vec!["a:b"];
+            full.extend_from_slice(argv);
+            match resolve_argv(&full) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, *key, "{argv:?}"),
+                other => panic!("{argv:?}: expected invalid {key}, got {other:?}"),
+            }
         }
     }
 
@@ -1971,8 +2707,38 @@ mod tests {
                 proptest::option::of((0u64..1 << 40).prop_map(ByteSize)),
                 proptest::option::of("/[a-z]{1,8}".prop_map(PathBuf::from)),
             ),
+            (
+                proptest::collection::vec(header(), 0..3),
+                proptest::collection::vec(header(), 0..3),
+                proptest::option::of(proxies()),
+                proptest::option::of(prop_oneof![
+                    Just(ForwardedHeaders::XForwarded),
+                    Just(ForwardedHeaders::Forwarded)
+                ]),
+                proptest::option::of(prefix()),
+                proptest::option::of(prop_oneof![
+                    Just(OutsideRootPath::NotFound),
+                    Just(OutsideRootPath::Pass)
+                ]),
+                proptest::option::of((0u64..1 << 21).prop_map(ByteSize)),
+                small(),
+                proptest::option::of((0u64..1 << 21).prop_map(ByteSize)),
+                proptest::option::of((0u64..1 << 21).prop_map(ByteSize)),
+                proptest::collection::vec(
+                    (
+                        prefix().prop_filter("not the root", |p| !p.is_root()),
+                        "/[a-z]{1,8}",
+                    )
+                        .prop_map(|(prefix, dir)| StaticMount {
+                            prefix,
+                            dir: dir.into(),
+                        }),
+                    0..3,
+                ),
+                dur(),
+            ),
         )
-            .prop_map(|(a, b, c, d, e, f)| Settings {
+            .prop_map(|(a, b, c, d, e, f, g)| Settings {
                 app: a.0,
                 config: a.1,
                 ignore_env: a.2,
@@ -2030,6 +2796,18 @@ mod tests {
                 http2: e.4,
                 h2c: e.5,
                 h2c_allow_ips: e.6,
+                access_log_request_header: g.0,
+                access_log_response_header: g.1,
+                forwarded_allow_ips: g.2,
+                forwarded_headers: g.3,
+                root_path: g.4,
+                outside_root_path: g.5,
+                limit_request_line: g.6,
+                limit_request_fields: g.7,
+                limit_request_field_size: g.8,
+                limit_request_headers_size: g.9,
+                r#static: g.10,
+                static_max_age: g.11,
             })
     }
 
@@ -2041,6 +2819,44 @@ mod tests {
             ]
             .prop_map(|s| s.parse::<HookSpec>().expect("valid")),
         )
+    }
+
+    fn header() -> impl Strategy<Value = LogHeader> {
+        "[A-Za-z][A-Za-z0-9-]{0,15}".prop_map(|h| h.parse().expect("a token"))
+    }
+
+    fn prefix() -> impl Strategy<Value = UrlPrefix> {
+        proptest::collection::vec("[a-z0-9_.~-]{1,6}", 0..3).prop_filter_map(
+            "no . or .. segment",
+            |segs| {
+                if segs.iter().any(|s| s == "." || s == "..") {
+                    return None;
+                }
+                let text: String = segs.iter().map(|s| format!("/{s}")).collect();
+                Some(text.parse().expect("a valid prefix"))
+            },
+        )
+    }
+
+    fn proxies() -> impl Strategy<Value = ProxyList> {
+        let net = prop_oneof![
+            (any::<u32>(), 0u8..=32).prop_map(|(a, p)| ipnet::IpNet::V4(
+                ipnet::Ipv4Net::new(a.into(), p)
+                    .expect("prefix <= 32")
+                    .trunc()
+            )),
+            (any::<u128>(), 0u8..=128).prop_map(|(a, p)| ipnet::IpNet::V6(
+                ipnet::Ipv6Net::new(a.into(), p)
+                    .expect("prefix <= 128")
+                    .trunc()
+            )),
+        ];
+        (any::<bool>(), proptest::collection::btree_set(net, 0..4)).prop_map(|(any, nets)| {
+            ProxyList {
+                any,
+                nets: nets.into_iter().collect(),
+            }
+        })
     }
 
     proptest! {

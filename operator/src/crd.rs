@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-pub use wsgiscale_core::config::{Algorithm, LogFormat};
+pub use wsgiscale_core::config::{Algorithm, ForwardedHeaders, LogFormat, OutsideRootPath};
 pub use wsgiscale_core::protocols::ClientVerify;
 
 /// API group of the resource.
@@ -248,6 +248,12 @@ pub struct WsgiAppSpec {
     /// Log format and level of the server. Changing them rolls the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logging: Option<LoggingSpec>,
+
+    /// Files the server's HTTP front serves itself, without the app (a Django project's
+    /// `collectstatic` folder, say), from directories in the image. Changing them rolls the
+    /// pods. Default: none.
+    #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
+    pub static_files: Option<StaticSpec>,
 
     /// Bounds on the number of pods, and the count that `kubectl scale`, an HPA or KEDA set
     /// through the scale subresource when `autoscaling.enabled` is false. Default: 1 pod.
@@ -575,7 +581,7 @@ pub struct WorkersSpec {
     pub step: Option<i32>,
 
     /// How the worker count follows load: spare, spare2, backlog, busyness or manual (see
-    /// docs/scaling.md). Default: spare.
+    /// docs/scaling.md). Default: spare2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<Algorithm>,
 
@@ -647,7 +653,9 @@ pub struct BusynessSpec {
 )]
 pub struct LifecycleSpec {
     /// Per-request deadline in seconds: a worker still busy after it has its Python stack
-    /// logged, is killed and replaced, and the client gets 504. 0 or unset: no deadline.
+    /// logged, is killed and replaced, and the client gets 504. With `workers.threads` above
+    /// 1, the worker's other requests in flight die with it and get 502. 0 or unset: no
+    /// deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86400))]
     pub timeout_seconds: Option<i32>,
@@ -719,9 +727,135 @@ pub struct HttpSpec {
     #[schemars(range(min = 1, max = 86400))]
     pub body_timeout_seconds: Option<i32>,
 
-    /// Log one line per request (method, path, status, bytes, duration). Default: false.
+    /// Log one line per request (method, path, status, bytes sent, time to the response
+    /// head and to the last byte), JSON or plain as `logging.format`. Default: false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<bool>,
+
+    /// Request headers added to each access log line, e.g. `X-Request-ID`, `traceparent`.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 64)))]
+    pub access_log_request_headers: Vec<String>,
+
+    /// Response headers added to each access log line, e.g. `Content-Type`. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 64)))]
+    pub access_log_response_headers: Vec<String>,
+
+    /// Which proxies are believed about the client's address, scheme and host, and the URL
+    /// prefix the app is mounted under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
+
+    /// Limits of a request's head (request line and headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
+}
+
+/// Trusted proxies and the root path.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySpec {
+    /// Peers whose forwarding headers (`X-Forwarded-For`/`-Proto`/`-Host`/`-Port`/`-Prefix`,
+    /// or `Forwarded`) are believed: addresses and CIDR blocks, or `*` for every peer (unsafe
+    /// unless only your proxies can reach the pods). From other peers the headers reach the
+    /// app untouched and change nothing. The default trusts the private and shared ranges
+    /// that pod and node addresses come from, which fits a pod behind a Service reached
+    /// through an ingress controller; narrow it to your cluster's pod CIDR (or the ingress
+    /// controller's) when other pods, or a LoadBalancer Service with
+    /// externalTrafficPolicy: Cluster that exposes the pods directly, could reach them; an
+    /// empty list trusts nobody. Default: 10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7,127.0.0.1,::1
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
+    pub forwarded_allow_ips: Option<Vec<String>>,
+
+    /// Which header family of a trusted proxy is read: x-forwarded (`X-Forwarded-For`,
+    /// `-Proto`, `-Host`, `-Port`: ingress-nginx, Envoy, Traefik, cloud load balancers) or
+    /// forwarded (RFC 7239). The other family changes nothing. Default: x-forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_headers: Option<ForwardedHeaders>,
+
+    /// URL prefix the app is mounted under, e.g. `/shop`, when the Ingress passes the prefix
+    /// on: it becomes SCRIPT_NAME and is cut from PATH_INFO (`/shop/cart` -> `/cart`;
+    /// `/shopping` is outside it). When the Ingress cuts the prefix itself, leave this unset
+    /// and have it send `X-Forwarded-Prefix`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub root_path: Option<String>,
+
+    /// What a request outside `rootPath` gets: not-found (a 404 from the server) or pass
+    /// (the app gets it with an empty SCRIPT_NAME). Default: not-found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside_root_path: Option<OutsideRootPath>,
+}
+
+/// Limits of a request's head.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("(has(self.headerFieldBytes) ? self.headerFieldBytes : 32768) <= (has(self.headersBytes) ? self.headersBytes : 65536)")
+        .message("limits.headerFieldBytes must be at most limits.headersBytes (defaults 32768 and 65536)")
+        .field_path(".headerFieldBytes"),
+)]
+pub struct LimitsSpec {
+    /// Longest request line (method, target and version) in bytes; longer gets 414.
+    /// Default: 16384.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 256, max = 65536))]
+    pub request_line_bytes: Option<i32>,
+
+    /// Most header fields in a request; more get 431. Default: 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub header_fields: Option<i32>,
+
+    /// Largest header field (`Name: value`) in bytes; larger gets 431. Room for OIDC session
+    /// cookies and Kerberos tokens. Default: 32768.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 256, max = 1048576))]
+    pub header_field_bytes: Option<i32>,
+
+    /// Largest header section (all fields) in bytes; larger gets 431. Default: 65536.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 256, max = 1048576))]
+    pub headers_bytes: Option<i32>,
+}
+
+/// Files served by the server's front.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticSpec {
+    /// URL prefixes and the image's directories they serve, e.g. `/static/` from
+    /// `/app/staticfiles` (Django's STATIC_URL and STATIC_ROOT). Files get ETag and
+    /// Last-Modified (304s), ranges, and a `.br` or `.gz` file next to them when the client
+    /// accepts it; dotfiles and symlinks that lead out of the directory are not served.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub mounts: Vec<StaticMountSpec>,
+
+    /// `Cache-Control: max-age` of the files, in seconds; 0: no Cache-Control. Raise it for
+    /// hashed file names (ManifestStaticFilesStorage). Default: 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 31536000))]
+    pub max_age_seconds: Option<i32>,
+}
+
+/// One static mount.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticMountSpec {
+    /// The URL prefix, e.g. `/static/`: letters, digits and `-._~!$&'()*+;:@` between
+    /// slashes. Required.
+    #[schemars(length(min = 2, max = 256))]
+    pub url_prefix: String,
+
+    /// The directory in the container, an absolute path; the server does not start without
+    /// it (a missing `collectstatic` step shows in the pod's log). Required.
+    #[schemars(length(min = 2, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains(',')").message("directory must be an absolute path without ','"))]
+    pub directory: String,
 }
 
 /// Log format and level of the server.
@@ -1376,6 +1510,35 @@ mod default_tests {
                     .collect::<Vec<_>>()
                     .join(","),
             ),
+            (
+                "spec.http.proxy.forwardedAllowIps",
+                server::FORWARDED_ALLOW_IPS_IN_CLUSTER.into(),
+            ),
+            (
+                "spec.http.proxy.forwardedHeaders",
+                d.forwarded_headers.expect("set").as_str().into(),
+            ),
+            (
+                "spec.http.proxy.outsideRootPath",
+                d.outside_root_path.expect("set").as_str().into(),
+            ),
+            (
+                "spec.http.limits.requestLineBytes",
+                server::LIMIT_REQUEST_LINE.to_string(),
+            ),
+            (
+                "spec.http.limits.headerFields",
+                n(server::LIMIT_REQUEST_FIELDS),
+            ),
+            (
+                "spec.http.limits.headerFieldBytes",
+                server::LIMIT_REQUEST_FIELD_SIZE.to_string(),
+            ),
+            (
+                "spec.http.limits.headersBytes",
+                server::LIMIT_REQUEST_HEADERS_SIZE.to_string(),
+            ),
+            ("spec.static.maxAgeSeconds", secs(server::STATIC_MAX_AGE)),
         ]
         .into();
         for (path, want) in &expected {
@@ -1424,6 +1587,7 @@ mod default_tests {
                 "spec.logging.",
                 "spec.tls.",
                 "spec.http2.",
+                "spec.static.",
             ]
             .iter()
             .any(|p| path.starts_with(p));

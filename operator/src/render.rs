@@ -548,13 +548,15 @@ mod tests {
     use k8s_openapi::api::core::v1::EnvVar;
     use proptest::prelude::*;
     use wsgiscale_core::config::{
-        parse_serve_argv, resolve, Algorithm, BindAddr, LogFormat, ServerConfig, WorkerLimits,
+        parse_serve_argv, resolve, Algorithm, BindAddr, ForwardedHeaders, HeaderLimits, LogFormat,
+        OutsideRootPath, ServerConfig, WorkerLimits,
     };
 
     use super::*;
     use crate::crd::{
-        BusynessSpec, ClientVerify, HooksSpec, Http2Spec, HttpSpec, LifecycleSpec, LoggingSpec,
-        PodOverrides, TlsSpec, WorkersSpec, WsgiApp,
+        BusynessSpec, ClientVerify, HooksSpec, Http2Spec, HttpSpec, LifecycleSpec, LimitsSpec,
+        LoggingSpec, PodOverrides, ProxySpec, StaticMountSpec, StaticSpec, TlsSpec, WorkersSpec,
+        WsgiApp,
     };
     use crate::fixtures::mk_app;
     use crate::validate::validate_app;
@@ -631,6 +633,33 @@ mod tests {
                 keepalive_timeout_seconds: Some(120),
                 body_timeout_seconds: Some(30),
                 access_log: Some(true),
+                access_log_request_headers: vec!["X-Request-ID".into(), "traceparent".into()],
+                access_log_response_headers: vec!["Content-Type".into()],
+                proxy: Some(ProxySpec {
+                    forwarded_allow_ips: Some(vec!["10.244.0.0/16".into(), "fd00::/8".into()]),
+                    forwarded_headers: Some(ForwardedHeaders::Forwarded),
+                    root_path: Some("/shop/".into()),
+                    outside_root_path: Some(OutsideRootPath::Pass),
+                }),
+                limits: Some(LimitsSpec {
+                    request_line_bytes: Some(8192),
+                    header_fields: Some(150),
+                    header_field_bytes: Some(65536),
+                    headers_bytes: Some(131072),
+                }),
+            });
+            a.spec.static_files = Some(StaticSpec {
+                mounts: vec![
+                    StaticMountSpec {
+                        url_prefix: "/static/".into(),
+                        directory: "/srv/app/staticfiles".into(),
+                    },
+                    StaticMountSpec {
+                        url_prefix: "/media".into(),
+                        directory: "/srv/media".into(),
+                    },
+                ],
+                max_age_seconds: Some(86400),
             });
             a.spec.logging = Some(LoggingSpec {
                 format: Some(LogFormat::Json),
@@ -742,7 +771,44 @@ mod tests {
         assert_eq!(cfg.http.keepalive_timeout, Duration::from_secs(120));
         assert_eq!(cfg.http.body_timeout, Duration::from_secs(30));
         assert_eq!(cfg.http.graceful_timeout, Duration::from_secs(40));
-        assert!(cfg.http.access_log);
+        assert!(cfg.http.access_log.enabled);
+        assert_eq!(
+            cfg.http
+                .access_log
+                .request_headers
+                .iter()
+                .map(|h| h.as_str())
+                .collect::<Vec<_>>(),
+            ["x-request-id", "traceparent"]
+        );
+        assert_eq!(cfg.http.access_log.response_headers.len(), 1);
+        let p = &cfg.http.proxy;
+        assert_eq!(p.trusted.to_string(), "10.244.0.0/16,fd00::/8");
+        assert_eq!(p.headers, ForwardedHeaders::Forwarded);
+        assert_eq!(p.root_path.as_str(), "/shop");
+        assert_eq!(p.outside_root_path, OutsideRootPath::Pass);
+        assert_eq!(
+            cfg.http.limits,
+            HeaderLimits {
+                request_line: 8192,
+                fields: 150,
+                field_size: 65536,
+                headers_size: 131072
+            }
+        );
+        assert_eq!(
+            cfg.http
+                .static_files
+                .mounts
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>(),
+            ["/static=/srv/app/staticfiles", "/media=/srv/media"]
+        );
+        assert_eq!(
+            cfg.http.static_files.max_age,
+            Some(Duration::from_secs(86400))
+        );
         assert_eq!(cfg.log.format, LogFormat::Json);
         assert_eq!(cfg.log.level, "wsgiscale=debug");
     }

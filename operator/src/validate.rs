@@ -18,7 +18,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use wsgiscale_core::config::{
-    resolve, Algorithm, AppSpec, BindAddr, ByteSize, Dur, LogFormat, Settings, WorkerRange,
+    resolve, Algorithm, AppSpec, BindAddr, ByteSize, Dur, HeaderLimits, LogFormat, LogHeader,
+    ProxyConfig, ProxyList, Settings, StaticConfig, StaticMount, UrlPrefix, WorkerRange,
 };
 use wsgiscale_core::hooks::Hooks;
 use wsgiscale_core::protocols::ClientVerify;
@@ -26,8 +27,9 @@ use wsgiscale_core::shutdown::ShutdownBudget;
 use wsgiscale_core::units::parse_size;
 
 use crate::crd::{
-    AutoscalingSpec, BusynessSpec, HttpSpec, LifecycleSpec, LoggingSpec, PodOverrides, PullPolicy,
-    ReplicasSpec, ServiceSpec, ServiceType, WorkersSpec, WsgiApp,
+    AutoscalingSpec, BusynessSpec, HttpSpec, LifecycleSpec, LimitsSpec, LoggingSpec, PodOverrides,
+    ProxySpec, PullPolicy, ReplicasSpec, ServiceSpec, ServiceType, StaticSpec, WorkersSpec,
+    WsgiApp,
 };
 
 mod serving;
@@ -94,6 +96,18 @@ pub mod defaults {
     pub const BODY_TIMEOUT_SECONDS: i32 = server::BODY_TIMEOUT.as_secs() as i32;
     /// Log filter.
     pub const LOG_LEVEL: &str = server::LOG_LEVEL;
+    /// Trusted proxies of a pod behind a Service.
+    pub const FORWARDED_ALLOW_IPS: &str = server::FORWARDED_ALLOW_IPS_IN_CLUSTER;
+    /// Longest request line, bytes.
+    pub const REQUEST_LINE_BYTES: i32 = server::LIMIT_REQUEST_LINE as i32;
+    /// Most header fields.
+    pub const HEADER_FIELDS: i32 = server::LIMIT_REQUEST_FIELDS as i32;
+    /// Largest header field, bytes.
+    pub const HEADER_FIELD_BYTES: i32 = server::LIMIT_REQUEST_FIELD_SIZE as i32;
+    /// Largest header section, bytes.
+    pub const HEADERS_BYTES: i32 = server::LIMIT_REQUEST_HEADERS_SIZE as i32;
+    /// Static files' max-age, seconds.
+    pub const STATIC_MAX_AGE_SECONDS: i32 = server::STATIC_MAX_AGE.as_secs() as i32;
     /// Fewest pods.
     pub const REPLICAS_MIN: i32 = 1;
     /// The program that runs the server.
@@ -224,7 +238,7 @@ impl Lifecycle {
 }
 
 /// HTTP front, resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Http {
     /// Largest request body, bytes.
     pub max_body: u64,
@@ -236,6 +250,14 @@ pub struct Http {
     pub body_timeout: Duration,
     /// One log line per request.
     pub access_log: bool,
+    /// Request headers in each access line.
+    pub access_log_request_headers: Vec<LogHeader>,
+    /// Response headers in each access line.
+    pub access_log_response_headers: Vec<LogHeader>,
+    /// Trusted proxies and the root path.
+    pub proxy: ProxyConfig,
+    /// Head limits.
+    pub limits: HeaderLimits,
 }
 
 /// Replica bounds, resolved.
@@ -333,6 +355,8 @@ pub struct ValidatedApp {
     pub lifecycle: Lifecycle,
     /// HTTP front.
     pub http: Http,
+    /// Static files.
+    pub static_files: StaticConfig,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -432,6 +456,18 @@ impl ValidatedApp {
             http2: (!self.http2.enabled).then_some(false),
             h2c: self.http2.h2c.then_some(true),
             h2c_allow_ips: self.http2.h2c_allow_ips.clone(),
+            access_log_request_header: h.access_log_request_headers.clone(),
+            access_log_response_header: h.access_log_response_headers.clone(),
+            forwarded_allow_ips: Some(h.proxy.trusted.clone()),
+            forwarded_headers: Some(h.proxy.headers),
+            root_path: (!h.proxy.root_path.is_root()).then(|| h.proxy.root_path.clone()),
+            outside_root_path: Some(h.proxy.outside_root_path),
+            limit_request_line: Some(ByteSize(h.limits.request_line as u64)),
+            limit_request_fields: Some(h.limits.fields as u32),
+            limit_request_field_size: Some(ByteSize(h.limits.field_size as u64)),
+            limit_request_headers_size: Some(ByteSize(h.limits.headers_size as u64)),
+            r#static: self.static_files.mounts.clone(),
+            static_max_age: Some(Dur(self.static_files.max_age.unwrap_or_default())),
         }
     }
 }
@@ -491,6 +527,17 @@ impl Errors {
                 0
             }
             Some(v) => v as u64,
+        }
+    }
+
+    /// `value` parsed by `T`'s own parser (the server's).
+    fn parse<T: std::str::FromStr<Err = String>>(&mut self, field: &str, value: &str) -> Option<T> {
+        match value.parse() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.push(field, e);
+                None
+            }
         }
     }
 
@@ -622,6 +669,7 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
     let workers = resolve_workers(spec.workers.as_ref(), &mut errs);
     let lifecycle_spec = spec.lifecycle.clone().unwrap_or_default();
     let http = resolve_http(spec.http.as_ref(), &mut errs);
+    let static_files = resolve_static(spec.static_files.as_ref(), &mut errs);
     let LoggingSpec { format, level } = spec.logging.clone().unwrap_or_default();
     let replicas = resolve_replicas(spec.replicas.as_ref(), &mut errs);
     let autoscaling = resolve_autoscaling(spec.autoscaling.as_ref(), &mut errs);
@@ -734,6 +782,7 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
         workers,
         lifecycle,
         http,
+        static_files,
         log_format: format.unwrap_or_default(),
         log_level: level.unwrap_or_else(|| defaults::LOG_LEVEL.to_string()),
         replicas,
@@ -970,12 +1019,140 @@ fn resolve_http(spec: Option<&HttpSpec>, errs: &mut Errors) -> Http {
         1,
         86_400,
     );
+    let headers = |field: &str, names: &[String], errs: &mut Errors| -> Vec<LogHeader> {
+        names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| errs.parse(&format!("{field}[{i}]"), n))
+            .collect()
+    };
     Http {
         max_body,
         max_queue: max_queue as u32,
         keepalive_timeout: seconds(keepalive),
         body_timeout: seconds(body),
         access_log: spec.access_log.unwrap_or(false),
+        access_log_request_headers: headers(
+            "spec.http.accessLogRequestHeaders",
+            &spec.access_log_request_headers,
+            errs,
+        ),
+        access_log_response_headers: headers(
+            "spec.http.accessLogResponseHeaders",
+            &spec.access_log_response_headers,
+            errs,
+        ),
+        proxy: resolve_proxy(spec.proxy.as_ref(), errs),
+        limits: resolve_limits(spec.limits.as_ref(), errs),
+    }
+}
+
+fn resolve_proxy(spec: Option<&ProxySpec>, errs: &mut Errors) -> ProxyConfig {
+    let spec = spec.cloned().unwrap_or_default();
+    let trusted = match &spec.forwarded_allow_ips {
+        None => defaults::FORWARDED_ALLOW_IPS
+            .parse()
+            .expect("the default trusted proxies parse"),
+        Some(list) => {
+            let mut all = ProxyList::default();
+            for (i, item) in list.iter().enumerate() {
+                let field = format!("spec.http.proxy.forwardedAllowIps[{i}]");
+                if item.contains(',') {
+                    errs.push(&field, "one address, CIDR block or * per entry");
+                    continue;
+                }
+                if let Some(one) = errs.parse::<ProxyList>(&field, item) {
+                    all.any |= one.any;
+                    all.nets.extend(one.nets);
+                }
+            }
+            all
+        }
+    };
+    let root_path = match &spec.root_path {
+        Some(p) => errs
+            .parse::<UrlPrefix>("spec.http.proxy.rootPath", p)
+            .unwrap_or_default(),
+        None => UrlPrefix::default(),
+    };
+    ProxyConfig {
+        trusted,
+        headers: spec.forwarded_headers.unwrap_or_default(),
+        root_path,
+        outside_root_path: spec.outside_root_path.unwrap_or_default(),
+    }
+}
+
+fn resolve_limits(spec: Option<&LimitsSpec>, errs: &mut Errors) -> HeaderLimits {
+    let spec = spec.cloned().unwrap_or_default();
+    let bytes_max = wsgiscale_core::config::defaults::LIMIT_REQUEST_HEADERS_SIZE_MAX as i32;
+    let line_max = wsgiscale_core::config::defaults::LIMIT_REQUEST_LINE_MAX as i32;
+    let fields_max = wsgiscale_core::config::defaults::LIMIT_REQUEST_FIELDS_MAX as i32;
+    let min = wsgiscale_core::config::defaults::LIMIT_BYTES_MIN as i32;
+    let request_line = errs.int(
+        "spec.http.limits.requestLineBytes",
+        spec.request_line_bytes,
+        defaults::REQUEST_LINE_BYTES,
+        min,
+        line_max,
+    );
+    let fields = errs.int(
+        "spec.http.limits.headerFields",
+        spec.header_fields,
+        defaults::HEADER_FIELDS,
+        1,
+        fields_max,
+    );
+    let headers_size = errs.int(
+        "spec.http.limits.headersBytes",
+        spec.headers_bytes,
+        defaults::HEADERS_BYTES,
+        min,
+        bytes_max,
+    );
+    let field_size = errs.int(
+        "spec.http.limits.headerFieldBytes",
+        spec.header_field_bytes,
+        defaults::HEADER_FIELD_BYTES,
+        min,
+        headers_size,
+    );
+    HeaderLimits {
+        request_line: request_line as usize,
+        fields: fields as usize,
+        field_size: field_size as usize,
+        headers_size: headers_size as usize,
+    }
+}
+
+fn resolve_static(spec: Option<&StaticSpec>, errs: &mut Errors) -> StaticConfig {
+    let spec = spec.cloned().unwrap_or_default();
+    let mut mounts = Vec::new();
+    for (i, m) in spec.mounts.iter().enumerate() {
+        if !m.directory.starts_with('/') || m.directory.contains(',') {
+            errs.push(
+                &format!("spec.static.mounts[{i}].directory"),
+                "must be an absolute path without ','",
+            );
+            continue;
+        }
+        if let Some(mount) = errs.parse::<StaticMount>(
+            &format!("spec.static.mounts[{i}].urlPrefix"),
+            &format!("{}={}", m.url_prefix, m.directory),
+        ) {
+            mounts.push(mount);
+        }
+    }
+    let max_age = errs.int(
+        "spec.static.maxAgeSeconds",
+        spec.max_age_seconds,
+        defaults::STATIC_MAX_AGE_SECONDS,
+        0,
+        31_536_000,
+    );
+    StaticConfig {
+        mounts,
+        max_age: (max_age > 0).then(|| seconds(max_age)),
     }
 }
 
@@ -1199,7 +1376,7 @@ mod tests {
         assert_eq!(v.workers.min, 2);
         assert_eq!(v.workers.max, 2);
         assert_eq!(v.workers.initial, 2);
-        assert_eq!(v.workers.algorithm, Algorithm::Spare);
+        assert_eq!(v.workers.algorithm, Algorithm::default());
         assert_eq!(v.port, 8000);
         assert_eq!(v.admin_port, 9191);
         assert_eq!(v.service.port, 80);
@@ -1216,6 +1393,22 @@ mod tests {
         assert_eq!(v.lifecycle.graceful_timeout, Duration::from_secs(25));
         assert_eq!(v.lifecycle.termination_grace_period_seconds(), 39);
         assert_eq!(v.http.max_body, 64 << 20);
+        // A pod behind a Service trusts the ingress controller's pod addresses, not the world.
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        assert!(v.http.proxy.trusted.contains(ip("10.244.3.7")));
+        assert!(v.http.proxy.trusted.contains(ip("fd00:10:244::7")));
+        assert!(!v.http.proxy.trusted.contains(ip("203.0.113.9")));
+        let server = resolve(
+            &Settings {
+                app: Some("a:b".into()),
+                ..Settings::default()
+            },
+            None,
+        )
+        .expect("valid");
+        assert_eq!(v.http.limits, server.http.limits);
+        assert_eq!(v.static_files.mounts, vec![]);
+        assert_eq!(v.static_files.max_age, server.http.static_files.max_age);
         assert!(v.preload);
         assert!(!v.autoscaling.enabled);
         assert_eq!(v.autoscaling.target_utilization_percent, 70);
@@ -1372,6 +1565,76 @@ mod tests {
                     })
                 }),
                 "spec.pod.labels",
+            ),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.http = Some(HttpSpec {
+                        proxy: Some(ProxySpec {
+                            forwarded_allow_ips: Some(vec!["10.0.0.0/8".into(), "lan".into()]),
+                            ..ProxySpec::default()
+                        }),
+                        ..HttpSpec::default()
+                    })
+                }),
+                "spec.http.proxy.forwardedAllowIps[1]",
+            ),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.http = Some(HttpSpec {
+                        proxy: Some(ProxySpec {
+                            root_path: Some("shop".into()),
+                            ..ProxySpec::default()
+                        }),
+                        ..HttpSpec::default()
+                    })
+                }),
+                "spec.http.proxy.rootPath",
+            ),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.http = Some(HttpSpec {
+                        limits: Some(LimitsSpec {
+                            header_field_bytes: Some(70_000),
+                            ..LimitsSpec::default()
+                        }),
+                        access_log_request_headers: vec!["X Request".into()],
+                        ..HttpSpec::default()
+                    })
+                }),
+                "spec.http.limits.headerFieldBytes",
+            ),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.http = Some(HttpSpec {
+                        access_log_request_headers: vec!["X Request".into()],
+                        ..HttpSpec::default()
+                    })
+                }),
+                "spec.http.accessLogRequestHeaders[0]",
+            ),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.static_files = Some(StaticSpec {
+                        mounts: vec![crate::crd::StaticMountSpec {
+                            url_prefix: "/".into(),
+                            directory: "/app/static".into(),
+                        }],
+                        ..StaticSpec::default()
+                    })
+                }),
+                "spec.static.mounts[0].urlPrefix",
+            ),
+            (
+                mk_app("shop").map(|a| {
+                    a.spec.static_files = Some(StaticSpec {
+                        mounts: vec![crate::crd::StaticMountSpec {
+                            url_prefix: "/static".into(),
+                            directory: "static".into(),
+                        }],
+                        ..StaticSpec::default()
+                    })
+                }),
+                "spec.static.mounts[0].directory",
             ),
         ];
         for (app, field) in cases {

@@ -1,5 +1,6 @@
-//! The sample manifests (tests/manifests/, examples/wsgiapp.yaml) against the CRD's CEL rules,
-//! evaluated locally with the rule strings of the generated schema, and against `validate`.
+//! The sample manifests (tests/manifests/, examples/wsgiapp.yaml,
+//! examples/django-ingress/wsgiapp.yaml) against the CRD's CEL rules, evaluated locally with
+//! the rule strings of the generated schema, and against `validate`.
 //!
 //! Every `valid-*.yaml` must pass every rule and validate; every `invalid-*.yaml` names, on its
 //! first line (`# expect: ...`), the message of the rule that must refuse it, and `validate`
@@ -74,6 +75,7 @@ fn valid_samples_pass_every_rule_and_validate() {
     let mut files = samples("valid-");
     assert!(files.len() >= 4, "valid samples: {files:?}");
     files.push(repo_root().join("examples/wsgiapp.yaml"));
+    files.push(repo_root().join("examples/django-ingress/wsgiapp.yaml"));
     for file in files {
         let docs = wsgiapps(&file);
         assert_eq!(docs.len(), 1, "{} holds one WsgiApp", file.display());

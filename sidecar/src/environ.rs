@@ -2,8 +2,11 @@
 //! master. The worker only turns these byte pairs into Python strings and adds the `wsgi.*`
 //! objects.
 //!
-//! Rules: `SCRIPT_NAME` is empty and `PATH_INFO` is the percent-decoded path (bytes, shown to
-//! Python as latin-1); `QUERY_STRING` stays raw; `CONTENT_TYPE`/`CONTENT_LENGTH` have no `HTTP_`
+//! Rules: `SCRIPT_NAME` and `PATH_INFO` are the request's [`Route`] (the root path cut from the
+//! percent-decoded path: bytes, shown to Python as latin-1); `REMOTE_ADDR`, `wsgi.url_scheme`
+//! (and `HTTPS=on`) and the host are the route's too, so a trusted proxy's forwarding headers
+//! count; the socket's peer stays in `wsgiscale.peer_addr` and `wsgiscale.peer_port`;
+//! `QUERY_STRING` stays raw; `CONTENT_TYPE`/`CONTENT_LENGTH` have no `HTTP_`
 //! prefix, and `CONTENT_LENGTH` is the length of the body the master received (also for chunked
 //! uploads, which it has de-chunked); other headers become `HTTP_*`, repeated ones joined with
 //! `,` (cookies with `; `); header names containing `_` are dropped, since `X_Foo` and `X-Foo`
@@ -15,6 +18,7 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use http::{header, HeaderMap, Method, Uri, Version};
 
+use crate::forwarded::Route;
 use crate::proto::{self, ProtoError};
 
 /// What the master knows about the connection a request came on.
@@ -41,19 +45,27 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
     /// Length of the received body.
     pub body_len: usize,
+    /// Client, scheme, host and mount point ([`crate::forwarded::decide`]).
+    pub route: &'a Route<'a>,
+}
+
+/// The percent-decoded path of `uri` (bytes; `%2F` becomes `/` as in every WSGI server).
+pub fn decoded_path(uri: &Uri) -> std::borrow::Cow<'_, [u8]> {
+    percent_encoding::percent_decode(uri.path().as_bytes()).into()
 }
 
 /// Calls `emit(key, value)` for every CGI environ pair of the request.
 pub fn for_each_pair(req: RequestView<'_>, conn: &ConnInfo, mut emit: impl FnMut(&[u8], &[u8])) {
     let mut scratch = String::new();
+    let route = req.route;
     emit(b"REQUEST_METHOD", req.method.as_str().as_bytes());
-    emit(b"SCRIPT_NAME", b"");
-    let path = req.uri.path();
-    let decoded = percent_encoding::percent_decode(path.as_bytes());
-    let decoded: std::borrow::Cow<'_, [u8]> = decoded.into();
-    emit(b"PATH_INFO", &decoded);
+    emit(b"SCRIPT_NAME", &route.script_name);
+    emit(b"PATH_INFO", route.path_info);
     emit(b"QUERY_STRING", req.uri.query().unwrap_or("").as_bytes());
-    emit(b"wsgi.url_scheme", conn.url_scheme.as_bytes());
+    emit(b"wsgi.url_scheme", route.scheme.as_bytes());
+    if route.scheme == "https" {
+        emit(b"HTTPS", b"on");
+    }
     emit(
         b"SERVER_PROTOCOL",
         match req.version {
@@ -64,17 +76,18 @@ pub fn for_each_pair(req: RequestView<'_>, conn: &ConnInfo, mut emit: impl FnMut
         },
     );
 
-    // SERVER_NAME / SERVER_PORT: from Host when present, else the socket.
-    let default_port = if conn.url_scheme == "https" {
-        "443"
-    } else {
-        "80"
-    };
-    let host = req
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty());
+    // SERVER_NAME / SERVER_PORT: from the route's host (a trusted proxy's), the Host header,
+    // else the socket.
+    let default_port = if route.scheme == "https" { "443" } else { "80" };
+    let host = route.host.as_deref().or_else(|| {
+        req.headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty())
+    });
+    if let Some(h) = &route.host {
+        emit(b"HTTP_HOST", h.as_bytes());
+    }
     match host {
         Some(h) => {
             let (name, port) = split_host_port(h);
@@ -83,12 +96,8 @@ pub fn for_each_pair(req: RequestView<'_>, conn: &ConnInfo, mut emit: impl FnMut
         }
         None => match conn.local {
             Some(local) => {
-                scratch.clear();
-                let _ = write!(scratch, "{}", local.ip());
-                emit(b"SERVER_NAME", scratch.as_bytes());
-                scratch.clear();
-                let _ = write!(scratch, "{}", local.port());
-                emit(b"SERVER_PORT", scratch.as_bytes());
+                emit_display(&mut scratch, &mut emit, b"SERVER_NAME", local.ip());
+                emit_display(&mut scratch, &mut emit, b"SERVER_PORT", local.port());
             }
             None => {
                 emit(b"SERVER_NAME", b"localhost");
@@ -96,22 +105,25 @@ pub fn for_each_pair(req: RequestView<'_>, conn: &ConnInfo, mut emit: impl FnMut
             }
         },
     }
-    match conn.remote {
-        Some(remote) => {
-            scratch.clear();
-            let _ = write!(scratch, "{}", remote.ip());
-            emit(b"REMOTE_ADDR", scratch.as_bytes());
-            scratch.clear();
-            let _ = write!(scratch, "{}", remote.port());
-            emit(b"REMOTE_PORT", scratch.as_bytes());
+    match route.client {
+        Some(client) => {
+            emit_display(&mut scratch, &mut emit, b"REMOTE_ADDR", client.ip);
+            if let Some(port) = client.port {
+                emit_display(&mut scratch, &mut emit, b"REMOTE_PORT", port);
+            }
         }
         None => emit(b"REMOTE_ADDR", b""),
     }
+    match conn.remote {
+        Some(peer) => {
+            emit_display(&mut scratch, &mut emit, b"wsgiscale.peer_addr", peer.ip());
+            emit_display(&mut scratch, &mut emit, b"wsgiscale.peer_port", peer.port());
+        }
+        None => emit(b"wsgiscale.peer_addr", b""),
+    }
 
     if req.body_len > 0 || req.headers.contains_key(header::CONTENT_LENGTH) {
-        scratch.clear();
-        let _ = write!(scratch, "{}", req.body_len);
-        emit(b"CONTENT_LENGTH", scratch.as_bytes());
+        emit_display(&mut scratch, &mut emit, b"CONTENT_LENGTH", req.body_len);
     }
 
     let mut key: Vec<u8> = Vec::with_capacity(64);
@@ -121,7 +133,7 @@ pub fn for_each_pair(req: RequestView<'_>, conn: &ConnInfo, mut emit: impl FnMut
             continue;
         }
         let n = name.as_str();
-        if n.contains('_') {
+        if n.contains('_') || (*name == header::HOST && route.host.is_some()) {
             continue;
         }
         key.clear();
@@ -152,6 +164,18 @@ pub fn for_each_pair(req: RequestView<'_>, conn: &ConnInfo, mut emit: impl FnMut
             }
         }
     }
+}
+
+/// Emits `key` with `value`'s text, written into the reused `scratch`.
+fn emit_display(
+    scratch: &mut String,
+    emit: &mut impl FnMut(&[u8], &[u8]),
+    key: &[u8],
+    value: impl std::fmt::Display,
+) {
+    scratch.clear();
+    let _ = write!(scratch, "{value}");
+    emit(key, scratch.as_bytes());
 }
 
 /// Splits a Host header into name and optional port (`[::1]:8080`, `example.com:80`,
@@ -201,7 +225,9 @@ pub fn encode_request_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forwarded::{decide, Outcome};
     use std::collections::BTreeMap;
+    use wsgiscale_core::config::ProxyConfig;
 
     fn environ(
         method: &str,
@@ -209,6 +235,18 @@ mod tests {
         version: Version,
         headers: &[(&str, &str)],
         body_len: usize,
+    ) -> BTreeMap<String, Vec<u8>> {
+        environ_with(method, target, version, headers, body_len, "")
+    }
+
+    /// The environ of a request from 10.1.2.3:5555, with `trusted` as --forwarded-allow-ips.
+    fn environ_with(
+        method: &str,
+        target: &str,
+        version: Version,
+        headers: &[(&str, &str)],
+        body_len: usize,
+        trusted: &str,
     ) -> BTreeMap<String, Vec<u8>> {
         let method: Method = method.parse().expect("method");
         let uri: Uri = target.parse().expect("uri");
@@ -225,12 +263,22 @@ mod tests {
             url_scheme: "http",
         };
         let mut out = BTreeMap::new();
+        let policy = ProxyConfig {
+            trusted: trusted.parse().expect("valid list"),
+            ..ProxyConfig::default()
+        };
+        let path = decoded_path(&uri);
+        let Outcome::Serve(route) = decide(conn.remote, conn.url_scheme, &map, &path, &policy)
+        else {
+            panic!("no root path, so every request is served");
+        };
         let view = RequestView {
             method: &method,
             uri: &uri,
             version,
             headers: &map,
             body_len,
+            route: &route,
         };
         for_each_pair(view, &conn, |k, v| {
             let prev = out.insert(
@@ -316,6 +364,36 @@ mod tests {
     }
 
     #[test]
+    fn the_peer_stays_available_and_a_trusted_proxy_sets_client_scheme_and_host() {
+        let forwarded = [
+            ("host", "pod:8000"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "shop.example"),
+        ];
+        let env = environ_with("GET", "/", Version::HTTP_11, &forwarded, 0, "10.0.0.0/8");
+        assert_eq!(get(&env, "REMOTE_ADDR"), Some(&b"203.0.113.9"[..]));
+        assert_eq!(get(&env, "REMOTE_PORT"), None);
+        assert_eq!(get(&env, "wsgiscale.peer_addr"), Some(&b"10.1.2.3"[..]));
+        assert_eq!(get(&env, "wsgiscale.peer_port"), Some(&b"5555"[..]));
+        assert_eq!(get(&env, "wsgi.url_scheme"), Some(&b"https"[..]));
+        assert_eq!(get(&env, "HTTPS"), Some(&b"on"[..]));
+        assert_eq!(get(&env, "HTTP_HOST"), Some(&b"shop.example"[..]));
+        assert_eq!(get(&env, "SERVER_NAME"), Some(&b"shop.example"[..]));
+        assert_eq!(get(&env, "SERVER_PORT"), Some(&b"443"[..]));
+        assert_eq!(get(&env, "HTTP_X_FORWARDED_FOR"), Some(&b"203.0.113.9"[..]));
+        // The same request from a peer nobody trusts: the headers pass, nothing changes.
+        let env = environ_with("GET", "/", Version::HTTP_11, &forwarded, 0, "");
+        assert_eq!(get(&env, "REMOTE_ADDR"), Some(&b"10.1.2.3"[..]));
+        assert_eq!(get(&env, "REMOTE_PORT"), Some(&b"5555"[..]));
+        assert_eq!(get(&env, "wsgi.url_scheme"), Some(&b"http"[..]));
+        assert_eq!(get(&env, "HTTPS"), None);
+        assert_eq!(get(&env, "HTTP_HOST"), Some(&b"pod:8000"[..]));
+        assert_eq!(get(&env, "SERVER_NAME"), Some(&b"pod"[..]));
+        assert_eq!(get(&env, "HTTP_X_FORWARDED_PROTO"), Some(&b"https"[..]));
+    }
+
+    #[test]
     fn latin1_bytes_survive_in_path() {
         let env = environ("GET", "/%FF%00x", Version::HTTP_11, &[], 0);
         assert_eq!(get(&env, "PATH_INFO"), Some(&b"/\xff\x00x"[..]));
@@ -332,12 +410,21 @@ mod tests {
             local: None,
             url_scheme: "https",
         };
+        let route = Route {
+            trusted: true,
+            client: None,
+            scheme: "https",
+            host: None,
+            script_name: std::borrow::Cow::Borrowed(b"/mnt"),
+            path_info: b"/p",
+        };
         let view = RequestView {
             method: &method,
             uri: &uri,
             version: Version::HTTP_11,
             headers: &headers,
             body_len: 3,
+            route: &route,
         };
         let mut buf = BytesMut::new();
         encode_request(view, &conn, b"abc", &mut buf).expect("encodes");
@@ -353,6 +440,8 @@ mod tests {
                 assert_eq!(&body[..], b"abc");
                 assert!(got.contains(&(b"SERVER_PORT".to_vec(), b"443".to_vec())));
                 assert!(got.contains(&(b"REMOTE_ADDR".to_vec(), b"".to_vec())));
+                assert!(got.contains(&(b"SCRIPT_NAME".to_vec(), b"/mnt".to_vec())));
+                assert!(got.contains(&(b"HTTPS".to_vec(), b"on".to_vec())));
             }
             other => panic!("expected request, got {other:?}"),
         }

@@ -5,6 +5,7 @@
 //! body into a temporary file), and a streamed response is buffered by the master
 //! ([`crate::spool`]) while its client reads it.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fs::File;
 use std::io::{self, Write};
@@ -12,38 +13,50 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::request::Parts;
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::oneshot;
-use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use wsgiscale_core::config::{BindAddr, HttpConfig};
 use wsgiscale_core::protocols::ProtocolConfig;
 
+use crate::access::{self, Logged, Pending, Record, Source};
 use crate::dispatch::{Failure, Job, Reply};
 use crate::environ::{self, ConnInfo, RequestView};
+use crate::forwarded::{self, Client, Outcome, Route};
+use crate::limits;
 use crate::metrics::Metrics;
 use crate::proto::Head;
 use crate::protocol::{Connections, HandshakeError};
 use crate::spool::SpoolReader;
 use crate::state::Shared;
+use crate::static_files::StaticBody;
 use crate::tls::Certs;
 
-/// Longest request target (path and query) accepted; longer gets 414.
-pub const MAX_REQUEST_TARGET: usize = 8190;
-/// Most header bytes accepted (names and values); more gets 431.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// hyper's read buffer: large enough that our own limits above decide, not hyper's.
-const MAX_BUF: usize = 256 * 1024;
+/// The body of every response of the front: the app's (or the server's own), or a static
+/// file's, counted for the access log.
+pub type FrontBody = Logged<Either<RespBody, StaticBody>>;
+
+/// Why the server answered a request itself, or replaced the app's answer: a response
+/// extension the access log reads.
+#[derive(Debug, Clone)]
+pub struct Note(pub Cow<'static, str>);
+
+/// `resp` with the reason the server answered it.
+fn noted<B>(mut resp: Response<B>, why: impl Into<Cow<'static, str>>) -> Response<B> {
+    resp.extensions_mut().insert(Note(why.into()));
+    resp
+}
 
 /// A bound listener.
 pub enum Listener {
@@ -114,12 +127,7 @@ pub async fn accept_loop(
     stop: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
-    let conns = Arc::new(Connections::new(
-        &ctx.http,
-        &protocols,
-        MAX_BUF,
-        MAX_HEADER_BYTES,
-    ));
+    let conns = Arc::new(Connections::new(&ctx.http, &protocols));
     let serve = |(io, mut conn): (TokioIo<Stream>, ConnInfo)| {
         if tls.is_some() {
             conn.url_scheme = "https";
@@ -179,16 +187,24 @@ fn connection_error(ctx: &Shared, conn: &ConnInfo, e: &(dyn std::error::Error + 
         // count and log it as the request it was.
         Some(status) => {
             ctx.metrics.count_status(status);
-            if ctx.http.access_log {
-                tracing::info!(
-                    target: "access",
-                    method = "-",
-                    path = "-",
+            if let Some(log) = &ctx.access {
+                log.write(&Record {
+                    time: SystemTime::now(),
+                    message: "malformed request",
+                    method: "-".into(),
+                    path: "-".into(),
+                    protocol: "-",
                     status,
-                    remote = %remote_text(conn),
-                    error = %e,
-                    "malformed request"
-                );
+                    bytes: 0,
+                    head: Duration::ZERO,
+                    duration: Duration::ZERO,
+                    remote: conn.remote.map(|r| r.ip()),
+                    peer: None,
+                    source: Source::Server,
+                    error: Some(e.to_string().into()),
+                    request_headers: Vec::new(),
+                    response_headers: Vec::new(),
+                });
             }
         }
         None => tracing::debug!(error = %e, "connection ended with an error"),
@@ -197,7 +213,7 @@ fn connection_error(ctx: &Shared, conn: &ConnInfo, e: &(dyn std::error::Error + 
 
 /// Either kind of accepted stream (tokio-util's `Either` forwards reads and writes, vectored
 /// writes included).
-pub type Stream = Either<tokio::net::TcpStream, tokio::net::UnixStream>;
+pub type Stream = tokio_util::either::Either<tokio::net::TcpStream, tokio::net::UnixStream>;
 
 async fn accept(l: &Listener) -> io::Result<(TokioIo<Stream>, ConnInfo)> {
     match l {
@@ -206,7 +222,7 @@ async fn accept(l: &Listener) -> io::Result<(TokioIo<Stream>, ConnInfo)> {
             let _ = s.set_nodelay(true);
             let local = s.local_addr().ok();
             Ok((
-                TokioIo::new(Either::Left(s)),
+                TokioIo::new(tokio_util::either::Either::Left(s)),
                 ConnInfo {
                     remote: Some(remote),
                     local,
@@ -217,7 +233,7 @@ async fn accept(l: &Listener) -> io::Result<(TokioIo<Stream>, ConnInfo)> {
         Listener::Unix(l, _) => {
             let (s, _) = l.accept().await?;
             Ok((
-                TokioIo::new(Either::Right(s)),
+                TokioIo::new(tokio_util::either::Either::Right(s)),
                 ConnInfo {
                     remote: None,
                     local: None,
@@ -248,31 +264,153 @@ async fn handle(
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
     ctx: Arc<Shared>,
-) -> Result<Response<RespBody>, Infallible> {
+) -> Result<Response<FrontBody>, Infallible> {
     let started = Instant::now();
-    let method = req.method().clone();
-    let target = ctx.http.access_log.then(|| req.uri().to_string());
-    let mut resp = respond(req, &conn, &ctx).await;
-    ctx.metrics.count_status(resp.status().as_u16());
-    ctx.metrics
-        .request_duration
-        .observe(started.elapsed().as_secs_f64());
+    let (parts, body) = req.into_parts();
+    // What the access line needs from the request, taken before the request is consumed.
+    let logged = ctx.access.as_ref().map(|log| {
+        (
+            SystemTime::now(),
+            parts.method.to_string(),
+            parts.uri.to_string(),
+            access::pick(&log.config.request_headers, &parts.headers),
+        )
+    });
+    let version = parts.version;
+    let (mut resp, source, client) = route(parts, body, &conn, &ctx).await;
+    let status = resp.status().as_u16();
+    let head = started.elapsed();
+    if source == Source::Static {
+        ctx.metrics.count_static(status);
+    } else {
+        ctx.metrics.count_status(status);
+        ctx.metrics.request_duration.observe(head.as_secs_f64());
+    }
     if ctx.is_draining() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if let Some(target) = target {
-        tracing::info!(
-            target: "access",
-            method = %method,
-            path = %target,
-            status = resp.status().as_u16(),
-            remote = %remote_text(&conn),
-            duration_ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
-            "request"
-        );
+    let pending = match (logged, &ctx.access) {
+        (Some((time, method, path, request_headers)), Some(log)) => {
+            let peer = conn.remote.map(|r| r.ip());
+            let remote = client.map(|c| c.ip);
+            Some(Box::new(Pending {
+                record: Record {
+                    time,
+                    message: "request",
+                    method,
+                    path,
+                    protocol: protocol(version),
+                    status,
+                    bytes: 0,
+                    head,
+                    duration: head,
+                    remote,
+                    peer: peer.filter(|p| Some(*p) != remote),
+                    source,
+                    error: resp.extensions().get::<Note>().map(|n| n.0.clone()),
+                    request_headers,
+                    response_headers: access::pick(&log.config.response_headers, resp.headers()),
+                },
+                started,
+                log: log.clone(),
+                length: resp
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok()),
+            }))
+        }
+        _ => None,
+    };
+    Ok(resp.map(|b| Logged::new(b, pending)))
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
     }
-    Ok(resp)
+}
+
+/// Where a request goes: the head limits, then a static mount (matched on the raw path),
+/// then the root path, then the app.
+async fn route(
+    parts: Parts,
+    body: Incoming,
+    conn: &ConnInfo,
+    ctx: &Shared,
+) -> (
+    Response<Either<RespBody, StaticBody>>,
+    Source,
+    Option<Client>,
+) {
+    let peer = conn.remote.map(|p| Client {
+        ip: p.ip(),
+        port: Some(p.port()),
+    });
+    if let Err(too_large) =
+        limits::check_head(&parts.method, &parts.uri, &parts.headers, &ctx.http.limits)
+    {
+        let status = StatusCode::from_u16(too_large.status())
+            .unwrap_or(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let text = too_large.message();
+        let resp = noted(plain(status, &text, true), text.trim_end().to_string());
+        return (resp.map(Either::Left), Source::Server, peer);
+    }
+    let path = environ::decoded_path(&parts.uri);
+    let outcome = forwarded::decide(
+        conn.remote,
+        conn.url_scheme,
+        &parts.headers,
+        &path,
+        &ctx.http.proxy,
+    );
+    let client = outcome.client();
+    if let Some((mount, rest)) = ctx.statics.find(parts.uri.path()) {
+        let resp = ctx
+            .statics
+            .serve(mount, rest, &parts.method, &parts.headers)
+            .await;
+        return (resp.map(Either::Right), Source::Static, client);
+    }
+    let resp = match outcome {
+        Outcome::OutsideRootPath { root, .. } => noted(
+            plain(
+                StatusCode::NOT_FOUND,
+                &format!("Not Found: this server serves the paths under {root}\n"),
+                false,
+            ),
+            format!("the path is outside the root path {root}"),
+        ),
+        Outcome::Serve(route) => respond(&parts, body, &route, conn, ctx).await,
+    };
+    let source = if resp.extensions().get::<Note>().is_some() {
+        Source::Server
+    } else {
+        Source::App
+    };
+    (resp.map(Either::Left), source, client)
+}
+
+/// The status hyper answered a request it could not parse with, if that is how the
+/// connection ended (414 for a target longer than it parses, 431 for a head over its
+/// buffer or field count, 400 for the rest).
+fn malformed_status(e: &hyper::Error) -> Option<u16> {
+    if e.is_parse_too_large() {
+        // hyper tells the two apart only in its message.
+        Some(if e.to_string().contains("URI") {
+            414
+        } else {
+            431
+        })
+    } else if e.is_parse() {
+        Some(400)
+    } else {
+        None
+    }
 }
 
 /// The client's IP for the log; "-" on a unix socket (as common log format writes it).
@@ -281,50 +419,24 @@ fn remote_text(conn: &ConnInfo) -> String {
         .map_or_else(|| "-".to_string(), |r| r.ip().to_string())
 }
 
-/// The status hyper answered a request it could not parse with, if that is how the
-/// connection ended (431 for headers over the buffer, 400 for the rest).
-fn malformed_status(e: &hyper::Error) -> Option<u16> {
-    if e.is_parse_too_large() {
-        Some(431)
-    } else if e.is_parse() {
-        Some(400)
-    } else {
-        None
-    }
-}
-
-fn header_bytes(req: &Request<Incoming>) -> usize {
-    req.headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum()
-}
-
-async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Response<RespBody> {
-    let target_len = req
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str().len())
-        .unwrap_or(0);
-    if target_len > MAX_REQUEST_TARGET {
-        return plain(StatusCode::URI_TOO_LONG, "Request-URI Too Long\n", true);
-    }
-    if header_bytes(&req) > MAX_HEADER_BYTES {
-        return plain(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "Request Header Fields Too Large\n",
-            true,
-        );
-    }
-    let declared = req
-        .headers()
+async fn respond(
+    parts: &Parts,
+    body: Incoming,
+    route: &Route<'_>,
+    conn: &ConnInfo,
+    ctx: &Shared,
+) -> Response<RespBody> {
+    let declared = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > ctx.http.max_body) {
-        return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n", true);
+        return noted(
+            plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n", true),
+            "the body is larger than --max-body",
+        );
     }
-    let (parts, body) = req.into_parts();
     let body = match tokio::time::timeout(
         ctx.http.body_timeout,
         read_body(body, declared, &ctx.http, &ctx.metrics),
@@ -333,13 +445,19 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Respo
     {
         Ok(Ok(body)) => body,
         Ok(Err(ReadBodyError::TooLarge)) => {
-            return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n", true)
+            return noted(
+                plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n", true),
+                "the body is larger than --max-body",
+            )
         }
-        Ok(Err(ReadBodyError::Client)) => {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "Bad Request: could not read the body\n",
-                true,
+        Ok(Err(ReadBodyError::Client(e))) => {
+            return noted(
+                plain(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: could not read the body\n",
+                    true,
+                ),
+                format!("could not read the body: {e}"),
             )
         }
         Ok(Err(ReadBodyError::Spill(e))) => {
@@ -348,13 +466,21 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Respo
                 dir = %ctx.http.buffers.temp_dir().display(),
                 "cannot write a request body to a temporary file: 500"
             );
-            return plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal Server Error: the request body could not be stored\n",
-                true,
+            return noted(
+                plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error: the request body could not be stored\n",
+                    true,
+                ),
+                format!("the request body could not be stored: {e}"),
             );
         }
-        Err(_) => return plain(StatusCode::REQUEST_TIMEOUT, "Request Timeout\n", true),
+        Err(_) => {
+            return noted(
+                plain(StatusCode::REQUEST_TIMEOUT, "Request Timeout\n", true),
+                "the body took longer than --body-timeout",
+            )
+        }
     };
     let view = RequestView {
         method: &parts.method,
@@ -362,6 +488,7 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Respo
         version: parts.version,
         headers: &parts.headers,
         body_len: usize::try_from(body.len()).unwrap_or(usize::MAX),
+        route,
     };
     let (encoded, body_file) = match body {
         ReqBody::Memory(body) => {
@@ -379,7 +506,10 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Respo
         Ok(frame) => frame,
         Err(e) => {
             tracing::debug!(error = %e, "request cannot be encoded");
-            return plain(StatusCode::BAD_REQUEST, "Bad Request\n", true);
+            return noted(
+                plain(StatusCode::BAD_REQUEST, "Bad Request\n", true),
+                format!("the request cannot be encoded: {e}"),
+            );
         }
     };
     let (tx, rx) = oneshot::channel();
@@ -400,19 +530,23 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Respo
         );
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
+        return noted(r, "the queue is full (--max-queue)");
     }
     match rx.await {
         Ok(Reply::Response { head, rest }) => {
             build_response(head, rest, parts.method == Method::HEAD)
         }
-        Ok(Reply::Failed(Failure::Timeout)) => {
-            plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n", false)
-        }
-        Ok(Reply::Failed(Failure::WorkerDied)) | Err(_) => plain(
-            StatusCode::BAD_GATEWAY,
-            "Bad Gateway: the worker died\n",
-            false,
+        Ok(Reply::Failed(Failure::Timeout)) => noted(
+            plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n", false),
+            "the request ran longer than --timeout; its worker was killed",
+        ),
+        Ok(Reply::Failed(Failure::WorkerDied)) | Err(_) => noted(
+            plain(
+                StatusCode::BAD_GATEWAY,
+                "Bad Gateway: the worker died\n",
+                false,
+            ),
+            "the worker died before it answered",
         ),
     }
 }
@@ -440,8 +574,8 @@ enum ReadBodyError {
     #[error("request body too large")]
     TooLarge,
     /// The client sent a broken body or went away.
-    #[error("the client's body could not be read")]
-    Client,
+    #[error("the client's body could not be read: {0}")]
+    Client(hyper::Error),
     /// The temporary file could not be made or written.
     #[error("request body file: {0}")]
     Spill(io::Error),
@@ -469,7 +603,7 @@ async fn read_body(
         file = Some(new_body_file(http, metrics).map_err(|e| spill(metrics, e))?);
     }
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ReadBodyError::Client)?;
+        let frame = frame.map_err(ReadBodyError::Client)?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
@@ -520,13 +654,38 @@ fn build_response(head: Head, rest: Option<SpoolReader>, is_head: bool) -> Respo
         body,
         ..
     } = head;
-    let Ok(status) = StatusCode::from_u16(status) else {
-        tracing::error!(status, "app returned an invalid status code");
-        return plain(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal Server Error\n",
-            false,
-        );
+    let status = match StatusCode::from_u16(status) {
+        // An informational status cannot end a request (hyper would send a 500 of its own
+        // without saying so): answer the 500 here, so the metrics and the log say it.
+        Ok(s) if s.is_informational() => {
+            tracing::error!(
+                status = s.as_u16(),
+                "the app returned an informational (1xx) status as its final status; sent 500"
+            );
+            return noted(
+                plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error\n",
+                    false,
+                ),
+                format!(
+                    "the app returned {}, an informational status, as its final status",
+                    s.as_u16()
+                ),
+            );
+        }
+        Ok(s) => s,
+        Err(_) => {
+            tracing::error!(status, "the app returned an invalid status code; sent 500");
+            return noted(
+                plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error\n",
+                    false,
+                ),
+                format!("the app returned an invalid status code {status}"),
+            );
+        }
     };
     let mut content_length = None;
     let mut map = http::HeaderMap::with_capacity(headers.len() + 1);

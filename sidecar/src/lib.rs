@@ -8,6 +8,7 @@
 //! from the runtime's park hook, [`park`]), and [`environ`] builds the CGI
 //! environ; the framing, the rings' arithmetic and the environ are pure.
 
+pub mod access;
 pub mod admin;
 pub mod cgroup;
 pub mod cli;
@@ -15,9 +16,11 @@ pub mod control;
 pub mod dispatch;
 pub mod entry;
 pub mod environ;
+pub mod forwarded;
 pub mod front;
 pub mod hooks;
 pub mod launch;
+pub mod limits;
 pub mod link;
 pub mod logging;
 pub mod metrics;
@@ -32,6 +35,7 @@ pub mod server;
 pub mod shm;
 pub mod spool;
 pub mod state;
+pub mod static_files;
 pub mod supervisor;
 pub mod sys;
 pub mod tls;

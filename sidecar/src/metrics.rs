@@ -59,6 +59,8 @@ pub struct Metrics {
     pub request_duration: Histogram,
     /// Requests answered, by status class.
     pub requests: Family<ClassLabel, Counter>,
+    /// Requests answered by a static mount, by status class.
+    pub static_requests: Family<ClassLabel, Counter>,
     /// Worker spawns by reason.
     pub spawns: Family<ReasonLabel, Counter>,
     /// Worker retirements by reason.
@@ -124,6 +126,12 @@ impl Metrics {
             "wsgiscale_requests",
             "Requests answered, by status class",
             requests.clone(),
+        );
+        let static_requests = Family::<ClassLabel, Counter>::default();
+        r.register(
+            "wsgiscale_static_requests",
+            "Requests answered by a static mount in the front, by status class (never queued, never counted in wsgiscale_requests or the load report)",
+            static_requests.clone(),
         );
         let spawns = Family::<ReasonLabel, Counter>::default();
         r.register(
@@ -226,6 +234,7 @@ impl Metrics {
             queue_wait,
             request_duration,
             requests,
+            static_requests,
             spawns,
             retirements,
             deaths,
@@ -273,16 +282,22 @@ impl Metrics {
         self.tls_handshake_failures.inc();
     }
 
-    /// Counts one answered request.
+    /// Counts one answered request (the status the client got).
     pub fn count_status(&self, status: u16) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.requests.get_or_create(&ClassLabel { class }).inc();
+        self.requests
+            .get_or_create(&ClassLabel {
+                class: class(status),
+            })
+            .inc();
+    }
+
+    /// Counts one request a static mount answered.
+    pub fn count_static(&self, status: u16) {
+        self.static_requests
+            .get_or_create(&ClassLabel {
+                class: class(status),
+            })
+            .inc();
     }
 
     /// Updates the gauges that mirror the scoreboard.
@@ -310,6 +325,16 @@ impl Metrics {
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+fn class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }
 

@@ -62,16 +62,17 @@ impl Connections {
     /// Builders configured from the front's limits. `max_buf` is hyper's HTTP/1 read
     /// buffer and `max_header_bytes` the front's header limit, which an HTTP/2 header list
     /// may reach too before the front answers it 431.
-    pub fn new(
-        http: &HttpConfig,
-        protocols: &ProtocolConfig,
-        max_buf: usize,
-        max_header_bytes: usize,
-    ) -> Connections {
+    pub fn new(http: &HttpConfig, protocols: &ProtocolConfig) -> Connections {
+        // Above --limit-request-*: a request just over them gets the front's 414/431 with a
+        // body (crate::limits), not hyper's bare one.
+        let max_buf = crate::limits::hyper_max_buf(&http.limits);
+        let max_headers = crate::limits::hyper_max_headers(&http.limits);
+        let max_header_bytes = http.limits.headers_size;
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(http.keepalive_timeout)
             .max_buf_size(max_buf)
+            .max_headers(max_headers)
             // A client may send a whole request and shut down its write side (`nc -N`, some
             // HTTP/1.0 clients and proxies): answer it instead of dropping it at EOF.
             .half_close(true);
@@ -87,6 +88,7 @@ impl Connections {
             .timer(TokioTimer::new())
             .header_read_timeout(http.keepalive_timeout)
             .max_buf_size(max_buf)
+            .max_headers(max_headers)
             .half_close(true);
         auto.http2()
             .timer(TokioTimer::new())

@@ -12,11 +12,13 @@ use tokio_util::sync::CancellationToken;
 use wsgiscale_core::config::{resolve, ServerConfig, Settings};
 use wsgiscale_core::shutdown::ShutdownBudget;
 
+use crate::access::AccessLog;
 use crate::control::ZygoteInit;
 use crate::dispatch::Dispatcher;
 use crate::front;
 use crate::metrics::ReasonLabel;
 use crate::state::Shared;
+use crate::static_files::StaticMounts;
 use crate::supervisor::{Supervisor, SupervisorCmd, SupervisorError, SupervisorParams, Zygote};
 use crate::{admin, proto};
 
@@ -34,6 +36,9 @@ pub enum ServerError {
     /// The supervisor failed (the app cannot be loaded, the fork server cannot start).
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// A static mount's directory cannot be served.
+    #[error(transparent)]
+    Static(#[from] crate::static_files::StaticError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -231,6 +236,12 @@ pub async fn run(args: Settings, cfg: ServerConfig) -> Result<(), ServerError> {
         source,
     })?;
 
+    let statics = StaticMounts::open(&cfg.http.static_files)?;
+    let access = cfg.http.access_log.enabled.then(|| AccessLog {
+        config: cfg.http.access_log.clone(),
+        format: cfg.log.format,
+    });
+
     let init = zygote_init(&cfg);
     let zygote = Zygote::start(&init).await?;
     let dispatcher = Arc::new(Dispatcher::new(cfg.http.max_queue, crate::dispatch::AHEAD));
@@ -239,6 +250,8 @@ pub async fn run(args: Settings, cfg: ServerConfig) -> Result<(), ServerError> {
         cfg.http.clone(),
         cfg.python.threads,
         cfg.live,
+        access,
+        statics,
     ));
 
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();

@@ -9,9 +9,11 @@ use wsgiscale_core::config::{HttpConfig, LiveConfig};
 use wsgiscale_core::load::LoadReport;
 use wsgiscale_core::loadtrack::LoadTracker;
 
+use crate::access::AccessLog;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::spool::SpoolConfig;
+use crate::static_files::StaticMounts;
 
 /// Shared by every task of the master.
 pub struct Shared {
@@ -33,6 +35,10 @@ pub struct Shared {
     pub live: Mutex<LiveConfig>,
     /// One load sample per second, for /load.
     pub load: Mutex<LoadTracker>,
+    /// The access log, when it is on.
+    pub access: Option<Arc<AccessLog>>,
+    /// Static mounts served by the front (never queued, never in the load report).
+    pub statics: StaticMounts,
 }
 
 impl Shared {
@@ -42,11 +48,15 @@ impl Shared {
         http: HttpConfig,
         threads: u32,
         live: LiveConfig,
+        access: Option<AccessLog>,
+        statics: StaticMounts,
     ) -> Self {
         let spool = Arc::new(SpoolConfig::from_settings(&http.buffers));
         let s = Shared {
             dispatcher,
             spool,
+            access: access.map(Arc::new),
+            statics,
             http,
             threads,
             metrics: Metrics::new(),

@@ -124,7 +124,7 @@ fn a_django_gunicorn_conf_migrates_parses_back_and_its_hooks_run_under_wsgiscale
     assert_eq!(cfg.http.graceful_timeout, Duration::from_secs(20));
     assert_eq!(cfg.http.keepalive_timeout, Duration::from_secs(65));
     assert_eq!(cfg.live.lifecycle.max_requests, 2000);
-    assert!(cfg.http.access_log && cfg.python.preload);
+    assert!(cfg.http.access_log.enabled && cfg.python.preload);
     assert_eq!(cfg.log.level, "warn");
     let hook = |h: &Option<wsgiscale_core::hooks::HookSpec>| h.as_ref().map(ToString::to_string);
     assert_eq!(

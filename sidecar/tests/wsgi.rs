@@ -363,7 +363,7 @@ fn malformed_and_oversized_requests_get_4xx_and_the_server_keeps_serving() {
         (b"THIS IS NOT HTTP\r\n\r\n".to_vec(), "HTTP/1.1 400"),
         (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(), "HTTP/1.1 400"),
         (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n".to_vec(), "HTTP/1.1 400"),
-        (format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000)).into_bytes(), "HTTP/1.1 414"),
+        (format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(17_000)).into_bytes(), "HTTP/1.1 414"),
         (format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(70_000)).into_bytes(), "HTTP/1.1 431"),
         (b"POST /input HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".to_vec(), "HTTP/1.1 413"),
         (

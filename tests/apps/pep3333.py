@@ -179,6 +179,21 @@ def pid_app(environ, start_response):
     return _json(start_response, {"pid": os.getpid()})
 
 
+def informational_app(environ, start_response):
+    # A 1xx cannot be a final status: the server must answer 500 (and say so).
+    start_response("103 Early Hints", [("Link", "</style.css>; rel=preload")])
+    return [b""]
+
+
+def headers_app(environ, start_response):
+    # Echoes X-Echo as a response header (for the access log's response header fields).
+    body = b"headers"
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body))),
+                              ("X-Echo", environ.get("HTTP_X_ECHO", "none"))])
+    return [body]
+
+
 ROUTES = {
     "/environ": environ_app,
     "/input": input_app,
@@ -197,10 +212,13 @@ ROUTES = {
     "/raise": raise_app,
     "/sleep": sleep_app,
     "/pid": pid_app,
+    "/informational": informational_app,
+    "/headers": headers_app,
 }
 VALIDATED = {path: validator(app) for path, app in ROUTES.items()}
 # These break the protocol on purpose (validator would reject the app, not the server).
-UNVALIDATED = {"/short", "/long", "/raise", "/exc_info_late", "/closing_raises"}
+UNVALIDATED = {"/short", "/long", "/raise", "/exc_info_late", "/closing_raises", "/informational",
+               "/headers"}
 
 
 def application(environ, start_response):

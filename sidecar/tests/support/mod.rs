@@ -64,7 +64,13 @@ fn spawn_env(app: &str, extra: &[&str], envs: &[(&str, &str)]) -> Spawned {
             "--admin-bind",
             "127.0.0.1:0",
         ])
-        .args(["--log-format", "json", "--chdir"])
+        .args(
+            (!extra.contains(&"--log-format"))
+                .then_some(["--log-format", "json"])
+                .into_iter()
+                .flatten(),
+        )
+        .arg("--chdir")
         .arg(apps())
         .args(extra)
         .args((!app.is_empty()).then_some(app))
@@ -85,6 +91,15 @@ fn spawn_env(app: &str, extra: &[&str], envs: &[(&str, &str)]) -> Spawned {
                 if let (Some(msg), Some(addr)) = (v["message"].as_str(), v["addr"].as_str()) {
                     let _ = tx.send((msg.to_string(), addr.to_string()));
                 }
+            } else if let Some((before, after)) = line.split_once(" listening addr=") {
+                // A plain line: `... INFO listening addr=127.0.0.1:8000 app=...`.
+                let msg = if before.ends_with("admin") {
+                    "admin listening"
+                } else {
+                    "listening"
+                };
+                let addr = after.split(' ').next().unwrap_or_default();
+                let _ = tx.send((msg.to_string(), addr.to_string()));
             }
             sink.lock().unwrap().push(line);
         }
@@ -518,5 +533,86 @@ pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A directory under the system's temp dir, removed (with everything in it) when dropped, so
+/// a failing test leaves nothing behind.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("wsgiscale-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sends one raw request and returns the (first) response.
+pub fn raw_one(addr: SocketAddr, bytes: &[u8]) -> Resp {
+    let out = raw(addr, bytes, Duration::from_secs(10));
+    parse_responses(&out)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no response: {:?}", String::from_utf8_lossy(&out)))
+}
+
+/// A GET with extra headers, on a connection closed after the response.
+pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    raw_one(addr, req.as_bytes())
+}
+
+impl Server {
+    /// The access log lines (JSON) seen so far.
+    pub fn access_lines(&self) -> Vec<serde_json::Value> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "access")
+            .collect()
+    }
+
+    /// Waits for an access log line whose path is `path`.
+    pub fn access_line(&self, path: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = self.access_lines().into_iter().find(|l| l["path"] == path) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no access line for {path}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The value of a Prometheus sample line starting with `series` (0 when absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = get(self.admin, "/metrics").unwrap().text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
     }
 }
