@@ -20,6 +20,7 @@ pub mod drift;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod overrides;
 pub mod reconcile;
 pub mod render;
 pub mod run;

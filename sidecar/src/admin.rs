@@ -60,11 +60,7 @@ async fn route(req: Request<Incoming>, ctx: Arc<Shared>) -> Result<Response<Resp
             ctx.dispatcher.any_ready(),
         ) {
             Ok(()) => plain(StatusCode::OK, "ready\n", false),
-            Err(why) => plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("{why}\n"),
-                false,
-            ),
+            Err(why) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{why}\n"), false),
         },
         "/metrics" => {
             let mut r = plain(StatusCode::OK, &ctx.metrics.render(), false);
@@ -90,7 +86,11 @@ async fn route(req: Request<Incoming>, ctx: Arc<Shared>) -> Result<Response<Resp
 
 /// Whether the server can take a request, or why not (the body of `/readyz`'s 503). Draining
 /// comes first: a SIGTERM during the import must not read as "still importing".
-pub fn readiness(importing: bool, draining: bool, any_worker_ready: bool) -> Result<(), &'static str> {
+pub fn readiness(
+    importing: bool,
+    draining: bool,
+    any_worker_ready: bool,
+) -> Result<(), &'static str> {
     if draining {
         Err("draining")
     } else if importing {
