@@ -18,11 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
@@ -32,12 +32,14 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::crd::WsgiApp;
 use crate::drift::{compute_list_repair, is_applied, stamp_hash};
+use crate::explain::compute_pod_issue;
 use crate::http::Health;
 use crate::metrics::Metrics;
+use crate::pods::PodCache;
 use crate::render::{config_map_name, render_children};
 use crate::status::{
     compute_replicas, compute_status, compute_unservable, degraded_transition, ready_transition,
-    reconciler_fields, Outcome, Unservable,
+    reconciler_fields, warning_transition, Outcome, SCALE_CONFLICT,
 };
 use crate::validate::{validate_app, ValidatedApp, ValidationError};
 
@@ -151,6 +153,8 @@ pub struct Context {
     pub resync: Duration,
     /// What `/readyz` reports; the controllers' watches report to it.
     pub health: Arc<Health>,
+    /// The apps' pods, from the controllers' pod watches.
+    pub pods: PodCache,
     /// The failing objects and their backoff.
     failures: Mutex<HashMap<String, Failure>>,
 }
@@ -173,6 +177,7 @@ impl Context {
             metrics,
             resync,
             health: Arc::new(Health::default()),
+            pods: PodCache::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -357,10 +362,7 @@ async fn reconcile_app(app: &WsgiApp, ctx: &Context) -> Result<(Action, &'static
         }
     };
     let (error_reason, kind, message) = match apply_children(ctx, app, &validated).await {
-        Ok(Settled::Yes) => return Ok((Action::requeue(ctx.resync), "ok")),
-        Ok(Settled::WatchPods) => {
-            return Ok((Action::requeue(ctx.resync.min(INJECT_RECHECK)), "ok"))
-        }
+        Ok(()) => return Ok((Action::requeue(ctx.resync), "ok")),
         Err(Refusal::Api(e)) => {
             let Some((kind, message)) = e.rejection() else {
                 return Err(e);
@@ -560,11 +562,7 @@ where
     Ok(applied)
 }
 
-async fn apply_children(
-    ctx: &Context,
-    app: &WsgiApp,
-    v: &ValidatedApp,
-) -> Result<Settled, Refusal> {
+async fn apply_children(ctx: &Context, app: &WsgiApp, v: &ValidatedApp) -> Result<(), Refusal> {
     let client = &ctx.client;
     let ns = &v.namespace;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -624,16 +622,16 @@ async fn apply_children(
         (None, _) => {}
     }
 
-    // With spec.inject, an image the package cannot run shows only in its pods' termination
-    // messages (the Deployment just sees unready pods): read them while pods are not ready.
-    let all_ready = deployment
-        .status
+    // Why pods are not ready, from the pod watch (whose changes wake this reconcile). With
+    // spec.inject, an image the package cannot run shows only in its pods' termination
+    // messages: the start command's verdict comes first.
+    let pods = ctx.pods.pods_of(&v.namespace, &v.name);
+    let pods = pods.iter().map(AsRef::as_ref);
+    let unservable = v
+        .inject
         .as_ref()
-        .is_some_and(|s| s.ready_replicas.unwrap_or(0) >= replicas);
-    let unservable = match &v.inject {
-        Some(_) if !all_ready => unservable_verdict(ctx, v).await,
-        _ => None,
-    };
+        .and_then(|_| compute_unservable(pods.clone(), &v.image));
+    let pod_issue = compute_pod_issue(pods);
     let status = compute_status(
         app,
         Outcome::Applied {
@@ -641,41 +639,12 @@ async fn apply_children(
             deployment: Some(&deployment),
             desired: replicas,
             unservable: unservable.as_ref(),
+            pod_issue: pod_issue.as_ref(),
         },
         now(),
     );
     publish_status(ctx, app, status).await?;
-    Ok(if v.inject.is_some() && !all_ready {
-        Settled::WatchPods
-    } else {
-        Settled::Yes
-    })
-}
-
-/// Whether the children have settled, or the pods need another look soon.
-enum Settled {
-    /// Nothing to look at before the next change or resync.
-    Yes,
-    /// Injected pods are not all ready: their start command may yet report on the image.
-    WatchPods,
-}
-
-/// How soon the pods of an injected app that are not ready are looked at again.
-const INJECT_RECHECK: Duration = Duration::from_secs(15);
-
-/// The start command's verdict on the image of an injected app, from its pods (best effort:
-/// a failed list is logged and counted, and the status says what the Deployment says).
-async fn unservable_verdict(ctx: &Context, v: &ValidatedApp) -> Option<Unservable> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &v.namespace);
-    let selector = crate::render::selector_string(&v.name);
-    match pods.list(&ListParams::default().labels(&selector)).await {
-        Ok(list) => compute_unservable(&list.items, &v.image),
-        Err(e) => {
-            ctx.metrics.count_error("list_injected_pods");
-            warn!(error = %e, "cannot list the pods of an injected app");
-            None
-        }
-    }
+    Ok(())
 }
 
 /// Writes `status` when it differs from what the WsgiApp has, and publishes the events of its
@@ -709,6 +678,19 @@ async fn publish_status(
     })?;
     if let Some((reason, message)) = degraded_transition(old, &status) {
         warn!(reason, message, "degraded");
+        publish_event(
+            ctx,
+            app,
+            EventType::Warning,
+            &reason,
+            "Reconcile",
+            message,
+            None,
+        )
+        .await;
+    }
+    if let Some((reason, message)) = warning_transition(old, &status, SCALE_CONFLICT) {
+        warn!(reason, message, "another manager writes the scale");
         publish_event(
             ctx,
             app,

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{WsgiApp, WsgiAppStatus};
+use crate::explain::PodIssue;
 use crate::render::{selector_string, CONTAINER_NAME};
 use crate::validate::{ValidatedApp, ValidationError};
 
@@ -18,8 +19,11 @@ pub const READY: &str = "Ready";
 /// Condition type: a rollout or a scaling is under way.
 pub const PROGRESSING: &str = "Progressing";
 /// Condition type: something needs a human: an invalid spec, an object the API server
-/// refused, a stuck rollout or pods that cannot be created.
+/// refused, a stuck rollout, pods that cannot be created or cannot start.
 pub const DEGRADED: &str = "Degraded";
+/// Condition type: another manager (an HPA, KEDA, `kubectl scale`) wrote the scale of an app
+/// whose autoscaling is on, and is ignored.
+pub const SCALE_CONFLICT: &str = "ScaleConflict";
 
 /// Condition reasons, machine-readable (CamelCase).
 pub mod reasons {
@@ -47,6 +51,12 @@ pub mod reasons {
     pub const AS_EXPECTED: &str = "AsExpected";
     /// The API server keeps failing a request of the operator's (retried with backoff).
     pub const API_ERROR: &str = "ApiError";
+    /// Another manager wrote the scale subresource while autoscaling is on.
+    pub const SCALE_WRITTEN_BY_OTHER: &str = "ScaleWrittenByOther";
+    /// Autoscaling is off: the scale subresource sets the pod count, whoever writes it.
+    pub const AUTOSCALING_OFF: &str = "AutoscalingOff";
+    // The first reason pods are not ready is the pods' own (see crate::explain):
+    // Unschedulable, ImagePullBackOff, CrashLoopBackOff, StartupProbeFailed....
     // With spec.inject, the start command's verdict on the app image is the reason itself:
     // NoPython, UnsupportedPython, MuslLibc or OldGlibc (see wsgiscale-start).
 }
@@ -62,8 +72,11 @@ pub struct Unservable {
 
 /// The start command's verdict, from the pods of an app with spec.inject: the termination
 /// message of the app container (now or at its last exit) of a pod that runs `image`.
-pub fn compute_unservable(pods: &[Pod], image: &str) -> Option<Unservable> {
-    pods.iter()
+pub fn compute_unservable<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    image: &str,
+) -> Option<Unservable> {
+    pods.into_iter()
         .filter(|p| {
             p.spec.as_ref().is_some_and(|s| {
                 s.containers
@@ -115,6 +128,8 @@ pub enum Outcome<'a> {
         desired: i32,
         /// With spec.inject: the app image cannot run wsgiscale, says its start command.
         unservable: Option<&'a Unservable>,
+        /// The first reason the pods of the current spec are not ready, if any.
+        pod_issue: Option<&'a PodIssue>,
     },
 }
 
@@ -165,6 +180,9 @@ struct Rollout {
     seen: bool,
     deadline_exceeded: Option<String>,
     replica_failure: Option<String>,
+    /// The Deployment's own Progressing reason (`NewReplicaSetAvailable` once a rollout
+    /// completed).
+    progress_reason: Option<String>,
 }
 
 fn rollout(dep: Option<&Deployment>) -> Rollout {
@@ -195,6 +213,10 @@ fn rollout(dep: Option<&Deployment>) -> Rollout {
                 .clone()
                 .unwrap_or_else(|| "pods cannot be created".into())
         }),
+        progress_reason: conds
+            .iter()
+            .find(|c| c.type_.as_deref() == Some("Progressing"))
+            .and_then(|c| c.reason.clone()),
     }
 }
 
@@ -255,6 +277,7 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
             deployment,
             desired,
             unservable,
+            pod_issue,
         } => {
             let r = rollout(deployment);
             status.replicas = Some(r.replicas);
@@ -281,6 +304,8 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
                 }
             } else if let Some(u) = unservable {
                 (false, u.reason.as_str(), u.message.clone())
+            } else if let Some(i) = pod_issue {
+                (false, i.reason.as_str(), i.message.clone())
             } else if let Some(m) = &r.deadline_exceeded {
                 (false, reasons::PROGRESS_DEADLINE_EXCEEDED, m.clone())
             } else if !r.seen {
@@ -301,25 +326,42 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
             };
             c.set(READY, ready, reason, msg);
 
+            // Why the pods are not ready, after what the Deployment says.
+            let why = |msg: String| match pod_issue {
+                Some(i) => format!("{msg}; {}: {}", i.reason, i.message),
+                None => msg,
+            };
+            let healthy = complete && r.ready >= desired;
             let (progressing, reason, msg) = if let Some(m) = &r.deadline_exceeded {
-                (false, reasons::PROGRESS_DEADLINE_EXCEEDED, m.clone())
+                (false, reasons::PROGRESS_DEADLINE_EXCEEDED, why(m.clone()))
             } else if rolling {
                 let msg = format!("rolling out generation {}", generation.unwrap_or(0));
-                (true, reasons::ROLLING_OUT, msg)
+                (true, reasons::ROLLING_OUT, why(msg))
             } else if scaling {
                 let msg = format!("scaling from {} to {desired} pods", r.replicas);
-                (true, reasons::SCALING, msg)
+                (true, reasons::SCALING, why(msg))
+            } else if !healthy {
+                // Every pod runs the current spec but not all are ready: still coming up
+                // while the Deployment's rollout is under way, else (it had completed) no
+                // longer progressing. Never "Complete".
+                let msg = format!(
+                    "every pod runs the current spec, {} of {desired} ready",
+                    r.ready
+                );
+                let progressing = r.progress_reason.as_deref() != Some("NewReplicaSetAvailable");
+                (progressing, reasons::PODS_NOT_READY, why(msg))
             } else {
                 let msg = "every pod runs the current spec".to_string();
                 (false, reasons::COMPLETE, msg)
             };
             c.set(PROGRESSING, progressing, reason, msg);
 
-            let healthy = complete && r.ready >= desired;
             let (degraded, reason, msg) = if let Some(u) = unservable.filter(|_| !healthy) {
                 (true, u.reason.as_str(), u.message.clone())
+            } else if let Some(i) = pod_issue.filter(|i| i.needs_attention) {
+                (true, i.reason.as_str(), i.message.clone())
             } else if let Some(m) = &r.deadline_exceeded {
-                (true, reasons::PROGRESS_DEADLINE_EXCEEDED, m.clone())
+                (true, reasons::PROGRESS_DEADLINE_EXCEEDED, why(m.clone()))
             } else if let Some(m) = &r.replica_failure {
                 (true, reasons::REPLICA_FAILURE, m.clone())
             } else {
@@ -329,8 +371,66 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
             c.set(DEGRADED, degraded, reason, msg);
         }
     }
+    let (conflict, reason, msg) = compute_scale_conflict(app);
+    c.set(SCALE_CONFLICT, conflict, reason, msg);
     status.conditions = c.out;
     status
+}
+
+/// Who wrote `spec.replicas.desired` through the scale subresource, by managedFields: the
+/// manager and how (`Update`), or None. The operator itself never writes it.
+pub fn compute_scale_writer(app: &WsgiApp) -> Option<(String, String)> {
+    app.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| e.subresource.as_deref() == Some("scale"))
+        .filter(|e| e.manager.as_deref() != Some(crate::reconcile::FIELD_MANAGER))
+        .find(|e| {
+            e.fields_v1
+                .as_ref()
+                .is_some_and(|f| !f.0["f:spec"]["f:replicas"]["f:desired"].is_null())
+        })
+        .map(|e| {
+            (
+                e.manager
+                    .clone()
+                    .unwrap_or_else(|| "an unnamed manager".into()),
+                e.operation.clone().unwrap_or_else(|| "Update".into()),
+            )
+        })
+}
+
+/// The ScaleConflict condition: True while autoscaling is on and another manager's value sits
+/// in `replicas.desired`, written through the scale subresource (an HPA, KEDA's HPA,
+/// `kubectl scale`): the operator ignores it. The message names the writer (from
+/// managedFields) and says how to end the conflict; it holds no value or time, so an HPA that
+/// keeps writing does not rewrite the status each time.
+fn compute_scale_conflict(app: &WsgiApp) -> (bool, &'static str, String) {
+    let autoscaling = app
+        .spec
+        .autoscaling
+        .as_ref()
+        .and_then(|a| a.enabled)
+        .unwrap_or(false);
+    if !autoscaling {
+        let msg = "autoscaling is off: the scale subresource (kubectl scale, an HPA, KEDA) sets the pod count".to_string();
+        return (false, reasons::AUTOSCALING_OFF, msg);
+    }
+    let Some((manager, operation)) = compute_scale_writer(app) else {
+        let msg = "only the operator's autoscaler sets the pod count".to_string();
+        return (false, reasons::AS_EXPECTED, msg);
+    };
+    let who = match manager.as_str() {
+        "kube-controller-manager" => " (a HorizontalPodAutoscaler, or KEDA's)",
+        m if m.starts_with("kubectl") => " (kubectl scale)",
+        _ => "",
+    };
+    let name = app.metadata.name.as_deref().unwrap_or_default();
+    let msg = format!(
+        "{manager}{who} writes the pod count through the scale subresource ({operation} of spec.replicas.desired),          but autoscaling.enabled is true: the operator's autoscaler alone sets the pod count and ignores it.          Remove the other autoscaler (or set autoscaling.enabled: false to let it scale the app), then take          its value out: kubectl patch wsgiapp {name} --type=json -p '[{{\"op\":\"remove\",\"path\":\"/spec/replicas/desired\"}}]'"
+    );
+    (true, reasons::SCALE_WRITTEN_BY_OTHER, msg)
 }
 
 /// The Deployment's replica count: the scale subresource's `replicas.desired` while the
@@ -358,8 +458,18 @@ pub fn degraded_transition(
     old: Option<&WsgiAppStatus>,
     new: &WsgiAppStatus,
 ) -> Option<(String, String)> {
-    let now = condition(new, DEGRADED).filter(|c| c.status == "True")?;
-    let before = old.and_then(|o| condition(o, DEGRADED));
+    warning_transition(old, new, DEGRADED)
+}
+
+/// A Warning event worth publishing when the condition `type_` turned True (or changed why)
+/// from `old` to `new`: (reason, message).
+pub fn warning_transition(
+    old: Option<&WsgiAppStatus>,
+    new: &WsgiAppStatus,
+    type_: &str,
+) -> Option<(String, String)> {
+    let now = condition(new, type_).filter(|c| c.status == "True")?;
+    let before = old.and_then(|o| condition(o, type_));
     let same = before.is_some_and(|b| {
         b.status == now.status && b.reason == now.reason && b.message == now.message
     });
@@ -424,6 +534,7 @@ mod tests {
                 deployment: Some(d),
                 desired,
                 unservable: None,
+                pod_issue: None,
             },
             t("2026-01-01T00:00:00Z"),
         )
@@ -454,7 +565,7 @@ mod tests {
             (
                 (2, 2, 2, 2, 1, 2),
                 no(reasons::PODS_NOT_READY),
-                no(reasons::COMPLETE),
+                yes(reasons::PODS_NOT_READY),
             ),
             (
                 (2, 2, 2, 2, 2, 4),
@@ -583,6 +694,7 @@ mod tests {
                 deployment: Some(&d),
                 desired: 1,
                 unservable: None,
+                pod_issue: None,
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -593,6 +705,7 @@ mod tests {
                 deployment: Some(&d),
                 desired: 1,
                 unservable: None,
+                pod_issue: None,
             },
             t("2026-01-01T01:00:00Z"),
         );
@@ -606,6 +719,7 @@ mod tests {
                 deployment: Some(&not_ready),
                 desired: 1,
                 unservable: None,
+                pod_issue: None,
             },
             t("2026-01-01T02:00:00Z"),
         );
@@ -633,6 +747,7 @@ mod tests {
                 deployment: None,
                 desired: 1,
                 unservable: None,
+                pod_issue: None,
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -698,6 +813,7 @@ mod tests {
                 deployment: Some(&d),
                 desired: 1,
                 unservable: None,
+                pod_issue: None,
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -769,6 +885,7 @@ mod tests {
                 deployment: Some(&d),
                 desired: 2,
                 unservable: Some(&u),
+                pod_issue: None,
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -777,5 +894,205 @@ mod tests {
         assert!(condition(&s, READY).expect("set").message.contains("musl"));
         let (reason, _) = degraded_transition(None, &s).expect("a Warning event");
         assert_eq!(reason, "MuslLibc");
+    }
+
+    fn issue(reason: &str, attention: bool) -> PodIssue {
+        PodIssue {
+            reason: reason.into(),
+            message: format!("4 of 4 pods of the current spec: {reason} because"),
+            needs_attention: attention,
+        }
+    }
+
+    fn with_issue(d: &Deployment, desired: i32, i: Option<&PodIssue>) -> WsgiAppStatus {
+        let app = mk_app("shop");
+        let v = validate_app(&app).expect("valid");
+        compute_status(
+            &app,
+            Outcome::Applied {
+                app: &v,
+                deployment: Some(d),
+                desired,
+                unservable: None,
+                pod_issue: i,
+            },
+            t("2026-01-01T00:00:00Z"),
+        )
+    }
+
+    fn dep_progress(reason: &str, status: &str, message: &str) -> Deployment {
+        let mut d = dep(1, 1, 4, 4, 0);
+        d.status.as_mut().expect("status").conditions = Some(vec![DeploymentCondition {
+            type_: Some("Progressing".into()),
+            status: Some(status.into()),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            ..DeploymentCondition::default()
+        }]);
+        d
+    }
+
+    #[test]
+    fn the_status_says_why_pods_are_not_ready_and_is_never_complete_meanwhile() {
+        // 0 of 4 pods ready, the rollout under way: the pods' reason everywhere it belongs.
+        let starting = dep_progress(
+            "ReplicaSetUpdated",
+            "True",
+            "ReplicaSet \"shop-1\" is progressing.",
+        );
+        let unsched = issue("Unschedulable", false);
+        let s = with_issue(&starting, 4, Some(&unsched));
+        assert_eq!(cond(&s, READY), ("False".into(), "Unschedulable".into()));
+        assert_eq!(condition(&s, READY).expect("set").message, unsched.message);
+        assert_eq!(
+            cond(&s, PROGRESSING),
+            ("True".into(), reasons::PODS_NOT_READY.into())
+        );
+        let p = &condition(&s, PROGRESSING).expect("set").message;
+        assert!(
+            p.contains("0 of 4 ready") && p.contains("Unschedulable: 4 of 4 pods"),
+            "{p}"
+        );
+        // A cluster autoscaler may still add nodes: not (yet) Degraded.
+        assert_eq!(
+            cond(&s, DEGRADED),
+            ("False".into(), reasons::AS_EXPECTED.into())
+        );
+
+        // A wrong image needs a human at once.
+        let pull = issue("ImagePullBackOff", true);
+        let s = with_issue(&starting, 4, Some(&pull));
+        assert_eq!(
+            cond(&s, DEGRADED),
+            ("True".into(), "ImagePullBackOff".into())
+        );
+        assert!(degraded_transition(None, &s).is_some());
+
+        // At the deadline, the Deployment's words and the pods' reason.
+        let stuck = dep_progress(
+            "ProgressDeadlineExceeded",
+            "False",
+            "ReplicaSet \"shop-1\" has timed out progressing.",
+        );
+        let s = with_issue(&stuck, 4, Some(&unsched));
+        assert_eq!(cond(&s, READY), ("False".into(), "Unschedulable".into()));
+        for ty in [PROGRESSING, DEGRADED] {
+            let c = condition(&s, ty).expect("set");
+            assert_eq!(c.reason, reasons::PROGRESS_DEADLINE_EXCEEDED);
+            assert!(
+                c.message.contains("timed out progressing")
+                    && c.message.contains("Unschedulable: 4 of 4"),
+                "{}",
+                c.message
+            );
+        }
+
+        // After a completed rollout, pods that turn unready: not progressing, not complete.
+        let done = dep_progress(
+            "NewReplicaSetAvailable",
+            "True",
+            "ReplicaSet \"shop-1\" has successfully progressed.",
+        );
+        let crash = issue("CrashLoopBackOff", true);
+        let s = with_issue(&done, 4, Some(&crash));
+        assert_eq!(
+            cond(&s, PROGRESSING),
+            ("False".into(), reasons::PODS_NOT_READY.into())
+        );
+        assert_eq!(
+            cond(&s, DEGRADED),
+            ("True".into(), "CrashLoopBackOff".into())
+        );
+
+        // All ready: Complete, and no pod reason.
+        let mut fine = dep_progress("NewReplicaSetAvailable", "True", "ok");
+        fine.status.as_mut().expect("status").ready_replicas = Some(4);
+        let s = with_issue(&fine, 4, None);
+        assert_eq!(cond(&s, READY), ("True".into(), reasons::AVAILABLE.into()));
+        assert_eq!(
+            cond(&s, PROGRESSING),
+            ("False".into(), reasons::COMPLETE.into())
+        );
+    }
+
+    fn scaled_by(manager: &str, subresource: Option<&str>, autoscaling: bool) -> WsgiApp {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+        mk_app("shop").with_replicas(1, Some(10)).map(|a| {
+            a.spec.autoscaling = Some(AutoscalingSpec {
+                enabled: Some(autoscaling),
+                ..AutoscalingSpec::default()
+            });
+            a.metadata.managed_fields = Some(vec![
+                ManagedFieldsEntry {
+                    manager: Some("kubectl".into()),
+                    operation: Some("Apply".into()),
+                    fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {"f:image": {}}}))),
+                    ..ManagedFieldsEntry::default()
+                },
+                ManagedFieldsEntry {
+                    manager: Some(manager.into()),
+                    operation: Some("Update".into()),
+                    subresource: subresource.map(Into::into),
+                    fields_v1: Some(FieldsV1(
+                        serde_json::json!({"f:spec": {"f:replicas": {"f:desired": {}}}}),
+                    )),
+                    ..ManagedFieldsEntry::default()
+                },
+            ]);
+        })
+    }
+
+    #[test]
+    fn another_scale_writer_of_an_autoscaled_app_is_named() {
+        let at = t("2026-01-01T00:00:00Z");
+        let status = |app: &WsgiApp| {
+            compute_status(
+                app,
+                Outcome::Invalid(&ValidationError::InvalidSpec(vec![])),
+                at.clone(),
+            )
+        };
+        let hpa = status(&scaled_by("kube-controller-manager", Some("scale"), true));
+        let c = condition(&hpa, SCALE_CONFLICT).expect("set");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reasons::SCALE_WRITTEN_BY_OTHER)
+        );
+        assert!(
+            c.message.starts_with(
+                "kube-controller-manager (a HorizontalPodAutoscaler, or KEDA's) writes"
+            ),
+            "{}",
+            c.message
+        );
+        assert!(
+            c.message.contains("kubectl patch wsgiapp shop --type=json"),
+            "{}",
+            c.message
+        );
+        let (reason, _) = warning_transition(None, &hpa, SCALE_CONFLICT).expect("a Warning event");
+        assert_eq!(reason, reasons::SCALE_WRITTEN_BY_OTHER);
+        assert!(
+            warning_transition(Some(&hpa), &hpa, SCALE_CONFLICT).is_none(),
+            "once"
+        );
+
+        // The same writer while autoscaling is off is the way it should be.
+        let off = status(&scaled_by("kube-controller-manager", Some("scale"), false));
+        assert_eq!(
+            cond(&off, SCALE_CONFLICT),
+            ("False".into(), reasons::AUTOSCALING_OFF.into())
+        );
+        // A user's own edit of the spec (not the scale subresource) is no other autoscaler.
+        let own = status(&scaled_by("kubectl-edit", None, true));
+        assert_eq!(
+            cond(&own, SCALE_CONFLICT),
+            ("False".into(), reasons::AS_EXPECTED.into())
+        );
+        let kubectl = status(&scaled_by("kubectl", Some("scale"), true));
+        assert!(condition(&kubectl, SCALE_CONFLICT)
+            .expect("set")
+            .message
+            .starts_with("kubectl (kubectl scale) writes"));
     }
 }

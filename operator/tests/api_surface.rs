@@ -691,7 +691,7 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
             cms.get_opt("shop-config").await.ok()??;
             svcs.get_opt("shop").await.ok()??;
             let s = apps.get_status("shop").await.ok()?.status?;
-            (s.conditions.len() == 3).then_some(())
+            (s.conditions.len() == 4).then_some(())
         }
     })
     .await;
@@ -706,6 +706,14 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
                 .any(|e| e.reporting_controller.as_deref() == Some("wsgiscale-operator"))
                 .then_some(())
         }
+    })
+    .await;
+    // Every watch (the apps', their children's, their pods') lists and watches under it.
+    ctx.health.set_ready(true);
+    let health = ctx.health.clone();
+    eventually("every watch to work under the chart's RBAC", 60, || {
+        let health = health.clone();
+        async move { health.readiness().ok() }
     })
     .await;
     let errors = ctx.metrics.encode();

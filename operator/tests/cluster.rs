@@ -141,12 +141,12 @@ async fn example_runs_reloads_limits_live_and_is_collected() {
         let apps = apps.clone();
         async move {
             let s = apps.get_status("shop").await.ok()?.status?;
-            (s.observed_generation == Some(1) && s.conditions.len() == 3).then_some(s)
+            (s.observed_generation == Some(1) && s.conditions.len() == 4).then_some(s)
         }
     })
     .await;
     let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
-    assert_eq!(types, ["Ready", "Progressing", "Degraded"]);
+    assert_eq!(types, ["Ready", "Progressing", "Degraded", "ScaleConflict"]);
     assert_eq!(status.selector.as_deref(), Some("wsgiscale.dev/app=shop"));
 
     // workers.max changes: the ConfigMap follows, the pod template (and so the pods) does not.
