@@ -31,7 +31,10 @@ use serde::Serialize;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::crd::WsgiApp;
-use crate::drift::{compute_list_repair, is_applied, stamp_hash};
+use crate::drift::{
+    compute_drift, compute_field_managers, compute_list_repair, display_path, hash_matches,
+    is_applied, owning_field, stamp_hash,
+};
 use crate::explain::compute_pod_issue;
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -454,10 +457,58 @@ where
             debug!(kind, name, "unchanged");
             return Ok(observed);
         }
+        // The operator applied this very object last: what differs, another manager changed.
+        let reverted = hash_matches(&desired, &observed)
+            .then(|| describe_drift(app, kind, &name, &desired, &observed))
+            .flatten();
         repair_lists(ctx, app, api, &desired, &observed).await?;
-        return apply(ctx, app, api, &desired, "Updated").await;
+        return match reverted {
+            Some(note) => apply(ctx, app, api, &desired, "Reverted", Some(note)).await,
+            None => apply(ctx, app, api, &desired, "Updated", None).await,
+        };
     }
-    apply(ctx, app, api, &desired, "Created").await
+    apply(ctx, app, api, &desired, "Created", None).await
+}
+
+/// What another manager changed in a child the operator applied, for the Event that says it
+/// was put back: each field, the manager that changed it (from the child's managedFields) and
+/// the WsgiApp field that sets it. None when no field of the operator's differs (an entry
+/// added to a list, which [`repair_lists`] reports).
+fn describe_drift<K>(
+    app: &WsgiApp,
+    kind: &str,
+    name: &str,
+    desired: &K,
+    observed: &K,
+) -> Option<String>
+where
+    K: Resource<DynamicType = ()> + Serialize,
+{
+    let d = serde_json::to_value(desired).expect("k8s objects serialize to JSON");
+    let o = serde_json::to_value(observed).expect("k8s objects serialize to JSON");
+    let managed = observed.meta().managed_fields.clone().unwrap_or_default();
+    let autoscaling = app
+        .spec
+        .autoscaling
+        .as_ref()
+        .and_then(|a| a.enabled)
+        .unwrap_or(false);
+    let app_name = app.name_any();
+    let changes: Vec<String> = compute_drift(&d, &o)
+        .iter()
+        .map(|path| {
+            let field = display_path(path);
+            let managers = compute_field_managers(&managed, path, FIELD_MANAGER);
+            let who = if managers.is_empty() {
+                "another manager".to_string()
+            } else {
+                managers.join(" and ")
+            };
+            let owner = owning_field(kind, &field, &app_name, autoscaling);
+            format!("{who} changed {field}, which the WsgiApp sets through {owner}")
+        })
+        .collect();
+    (!changes.is_empty()).then(|| format!("Put back {kind} {name}: {}", changes.join("; ")))
 }
 
 fn apply_error<'a>(kind: &'static str, name: &'a str) -> impl FnOnce(kube::Error) -> Error + 'a {
@@ -530,6 +581,7 @@ async fn apply<K>(
     api: &Api<K>,
     desired: &K,
     verb: &str,
+    note: Option<String>,
 ) -> Result<K, Refusal>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
@@ -543,10 +595,12 @@ where
         .map_err(apply_error(kind, &name))?;
     ctx.metrics.count_write(kind);
     info!(kind, name, verb, "applied");
-    let note = if kind == "ConfigMap" {
-        format!("{verb} {kind} {name}: running servers reload it without a restart")
-    } else {
-        format!("{verb} {kind} {name}")
+    let note = match note {
+        Some(note) => note,
+        None if kind == "ConfigMap" => {
+            format!("{verb} {kind} {name}: running servers reload it without a restart")
+        }
+        None => format!("{verb} {kind} {name}"),
     };
     let related = applied.object_ref(&());
     publish_event(
