@@ -18,11 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
@@ -41,8 +42,9 @@ use crate::metrics::Metrics;
 use crate::pods::PodCache;
 use crate::render::{config_map_name, render_children};
 use crate::status::{
-    compute_replicas, compute_status, compute_unservable, degraded_transition, ready_transition,
-    reconciler_fields, warning_transition, Outcome, SCALE_CONFLICT,
+    compute_hpas_targeting, compute_replicas, compute_status, compute_unservable,
+    degraded_transition, needs_scale_writers, ready_transition, reconciler_fields,
+    warning_transition, Outcome, SCALE_CONFLICT,
 };
 use crate::validate::{validate_app, ValidatedApp, ValidationError};
 
@@ -686,6 +688,11 @@ async fn apply_children(ctx: &Context, app: &WsgiApp, v: &ValidatedApp) -> Resul
         .as_ref()
         .and_then(|_| compute_unservable(pods.clone(), &v.image));
     let pod_issue = compute_pod_issue(pods);
+    let scale_writers = if needs_scale_writers(app) {
+        hpas_targeting(ctx, v).await
+    } else {
+        Vec::new()
+    };
     let status = compute_status(
         app,
         Outcome::Applied {
@@ -694,11 +701,28 @@ async fn apply_children(ctx: &Context, app: &WsgiApp, v: &ValidatedApp) -> Resul
             desired: replicas,
             unservable: unservable.as_ref(),
             pod_issue: pod_issue.as_ref(),
+            scale_writers: &scale_writers,
         },
         now(),
     );
     publish_status(ctx, app, status).await?;
     Ok(())
+}
+
+/// The HorizontalPodAutoscalers in the app's namespace that target it, to name who writes
+/// its scale (the API server does not record it for a custom resource). Listed only while
+/// autoscaling is on and the scale was written; best effort: a failed list is logged and
+/// counted, and the condition says the writer is unknown.
+async fn hpas_targeting(ctx: &Context, v: &ValidatedApp) -> Vec<String> {
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &v.namespace);
+    match api.list(&ListParams::default()).await {
+        Ok(list) => compute_hpas_targeting(&list.items, &v.name),
+        Err(e) => {
+            ctx.metrics.count_error("list_hpas");
+            warn!(error = %e, "cannot list the HorizontalPodAutoscalers");
+            Vec::new()
+        }
+    }
 }
 
 /// Writes `status` when it differs from what the WsgiApp has, and publishes the events of its

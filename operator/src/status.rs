@@ -130,6 +130,9 @@ pub enum Outcome<'a> {
         unservable: Option<&'a Unservable>,
         /// The first reason the pods of the current spec are not ready, if any.
         pod_issue: Option<&'a PodIssue>,
+        /// The HorizontalPodAutoscalers that target the app, when its scale was written
+        /// while its autoscaling is on ([`needs_scale_writers`]).
+        scale_writers: &'a [String],
     },
 }
 
@@ -278,6 +281,7 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
             desired,
             unservable,
             pod_issue,
+            scale_writers: _,
         } => {
             let r = rollout(deployment);
             status.replicas = Some(r.replicas);
@@ -371,64 +375,142 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
             c.set(DEGRADED, degraded, reason, msg);
         }
     }
-    let (conflict, reason, msg) = compute_scale_conflict(app);
+    let hpas = match outcome {
+        Outcome::Applied { scale_writers, .. } => scale_writers,
+        _ => &[],
+    };
+    let (conflict, reason, msg) = compute_scale_conflict(app, hpas);
     c.set(SCALE_CONFLICT, conflict, reason, msg);
     status.conditions = c.out;
     status
 }
 
-/// Who wrote `spec.replicas.desired` through the scale subresource, by managedFields: the
-/// manager and how (`Update`), or None. The operator itself never writes it.
-pub fn compute_scale_writer(app: &WsgiApp) -> Option<(String, String)> {
-    app.metadata
+/// Who writes `spec.replicas.desired` of an app whose autoscaling is on, as far as can be
+/// known. The API server records an update of a field in managedFields, but not one through
+/// the scale subresource of a custom resource (kubernetes/kubernetes#131892, open): such a
+/// write leaves `desired` set with no manager. Then the HorizontalPodAutoscalers that target
+/// the app name the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScaleWriter {
+    /// A managedFields entry of the scale subresource owns it (API servers that record it).
+    Recorded {
+        /// The entry's manager.
+        manager: String,
+    },
+    /// `desired` is set and no manager owns it: written through the scale subresource.
+    Unrecorded,
+}
+
+/// Whether `app` has autoscaling on.
+fn autoscaling_on(app: &WsgiApp) -> bool {
+    app.spec
+        .autoscaling
+        .as_ref()
+        .and_then(|a| a.enabled)
+        .unwrap_or(false)
+}
+
+/// Who wrote `spec.replicas.desired` through the scale subresource, from managedFields; None
+/// when it is unset, or set by an ordinary update or apply (the user's own manifest).
+pub fn compute_scale_writer(app: &WsgiApp) -> Option<ScaleWriter> {
+    app.spec.replicas.as_ref()?.desired?;
+    let owners: Vec<_> = app
+        .metadata
         .managed_fields
         .iter()
         .flatten()
-        .filter(|e| e.subresource.as_deref() == Some("scale"))
-        .filter(|e| e.manager.as_deref() != Some(crate::reconcile::FIELD_MANAGER))
-        .find(|e| {
+        .filter(|e| {
             e.fields_v1
                 .as_ref()
                 .is_some_and(|f| !f.0["f:spec"]["f:replicas"]["f:desired"].is_null())
         })
-        .map(|e| {
-            (
-                e.manager
-                    .clone()
-                    .unwrap_or_else(|| "an unnamed manager".into()),
-                e.operation.clone().unwrap_or_else(|| "Update".into()),
-            )
-        })
+        .collect();
+    if let Some(e) = owners
+        .iter()
+        .find(|e| e.subresource.as_deref() == Some("scale"))
+    {
+        return Some(ScaleWriter::Recorded {
+            manager: e
+                .manager
+                .clone()
+                .unwrap_or_else(|| "an unnamed manager".into()),
+        });
+    }
+    owners.is_empty().then_some(ScaleWriter::Unrecorded)
 }
 
-/// The ScaleConflict condition: True while autoscaling is on and another manager's value sits
-/// in `replicas.desired`, written through the scale subresource (an HPA, KEDA's HPA,
-/// `kubectl scale`): the operator ignores it. The message names the writer (from
-/// managedFields) and says how to end the conflict; it holds no value or time, so an HPA that
-/// keeps writing does not rewrite the status each time.
-fn compute_scale_conflict(app: &WsgiApp) -> (bool, &'static str, String) {
-    let autoscaling = app
-        .spec
-        .autoscaling
-        .as_ref()
-        .and_then(|a| a.enabled)
-        .unwrap_or(false);
-    if !autoscaling {
+/// Whether the reconcile should look for the HorizontalPodAutoscalers that target the app:
+/// autoscaling is on and something wrote its scale.
+pub fn needs_scale_writers(app: &WsgiApp) -> bool {
+    autoscaling_on(app) && compute_scale_writer(app).is_some()
+}
+
+/// The HorizontalPodAutoscalers of `hpas` whose target is the WsgiApp `name`, as names for a
+/// message (`shop`, or `keda-hpa-shop (KEDA ScaledObject shop)`).
+pub fn compute_hpas_targeting(
+    hpas: &[k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler],
+    name: &str,
+) -> Vec<String> {
+    hpas.iter()
+        .filter(|h| {
+            let t = &h.spec.scale_target_ref;
+            t.kind == "WsgiApp"
+                && t.name == name
+                && t.api_version
+                    .as_deref()
+                    .unwrap_or_default()
+                    .starts_with("wsgiscale.dev/")
+        })
+        .map(|h| {
+            let hpa = h.metadata.name.clone().unwrap_or_default();
+            let keda = h
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("scaledobject.keda.sh/name"));
+            match keda {
+                Some(so) => format!("{hpa} (KEDA ScaledObject {so})"),
+                None => hpa,
+            }
+        })
+        .collect()
+}
+
+/// The ScaleConflict condition: True while autoscaling is on and another writer's value sits
+/// in `replicas.desired`, written through the scale subresource (an HPA, KEDA's HPA, `kubectl
+/// scale`): the operator ignores it. The message names the writer (the managedFields entry,
+/// else the HPAs in `hpas` that target the app) and how to end the conflict; it holds no value
+/// or time, so an HPA that keeps writing does not rewrite the status each time.
+fn compute_scale_conflict(app: &WsgiApp, hpas: &[String]) -> (bool, &'static str, String) {
+    if !autoscaling_on(app) {
         let msg = "autoscaling is off: the scale subresource (kubectl scale, an HPA, KEDA) sets the pod count".to_string();
         return (false, reasons::AUTOSCALING_OFF, msg);
     }
-    let Some((manager, operation)) = compute_scale_writer(app) else {
+    let Some(writer) = compute_scale_writer(app) else {
         let msg = "only the operator's autoscaler sets the pod count".to_string();
         return (false, reasons::AS_EXPECTED, msg);
     };
-    let who = match manager.as_str() {
-        "kube-controller-manager" => " (a HorizontalPodAutoscaler, or KEDA's)",
-        m if m.starts_with("kubectl") => " (kubectl scale)",
-        _ => "",
+    let who = match (&writer, hpas) {
+        (ScaleWriter::Recorded { manager }, _) => {
+            let hint = match manager.as_str() {
+                "kube-controller-manager" => " (a HorizontalPodAutoscaler, or KEDA's)",
+                m if m.starts_with("kubectl") => " (kubectl scale)",
+                _ => "",
+            };
+            format!("{manager}{hint}")
+        }
+        (ScaleWriter::Unrecorded, []) => "a client (kubectl scale, or an autoscaler outside this namespace; the API server does not record who writes the scale of a custom resource)".to_string(),
+        (ScaleWriter::Unrecorded, [one]) => format!("HorizontalPodAutoscaler {one}"),
+        (ScaleWriter::Unrecorded, many) => {
+            format!("the HorizontalPodAutoscalers {}", many.join(", "))
+        }
     };
     let name = app.metadata.name.as_deref().unwrap_or_default();
     let msg = format!(
-        "{manager}{who} writes the pod count through the scale subresource ({operation} of spec.replicas.desired),          but autoscaling.enabled is true: the operator's autoscaler alone sets the pod count and ignores it.          Remove the other autoscaler (or set autoscaling.enabled: false to let it scale the app), then take          its value out: kubectl patch wsgiapp {name} --type=json -p '[{{\"op\":\"remove\",\"path\":\"/spec/replicas/desired\"}}]'"
+        "{who} writes the pod count through the scale subresource (spec.replicas.desired), \
+         but autoscaling.enabled is true: the operator's autoscaler alone sets the pod count and ignores it. \
+         Remove the other autoscaler (or set autoscaling.enabled: false to let it scale the app), then take \
+         its value out: kubectl patch wsgiapp {name} --type=json -p '[{{\"op\":\"remove\",\"path\":\"/spec/replicas/desired\"}}]'"
     );
     (true, reasons::SCALE_WRITTEN_BY_OTHER, msg)
 }
@@ -535,6 +617,7 @@ mod tests {
                 desired,
                 unservable: None,
                 pod_issue: None,
+                scale_writers: &[],
             },
             t("2026-01-01T00:00:00Z"),
         )
@@ -695,6 +778,7 @@ mod tests {
                 desired: 1,
                 unservable: None,
                 pod_issue: None,
+                scale_writers: &[],
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -706,6 +790,7 @@ mod tests {
                 desired: 1,
                 unservable: None,
                 pod_issue: None,
+                scale_writers: &[],
             },
             t("2026-01-01T01:00:00Z"),
         );
@@ -720,6 +805,7 @@ mod tests {
                 desired: 1,
                 unservable: None,
                 pod_issue: None,
+                scale_writers: &[],
             },
             t("2026-01-01T02:00:00Z"),
         );
@@ -748,6 +834,7 @@ mod tests {
                 desired: 1,
                 unservable: None,
                 pod_issue: None,
+                scale_writers: &[],
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -814,6 +901,7 @@ mod tests {
                 desired: 1,
                 unservable: None,
                 pod_issue: None,
+                scale_writers: &[],
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -886,6 +974,7 @@ mod tests {
                 desired: 2,
                 unservable: Some(&u),
                 pod_issue: None,
+                scale_writers: &[],
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -915,6 +1004,7 @@ mod tests {
                 desired,
                 unservable: None,
                 pod_issue: i,
+                scale_writers: &[],
             },
             t("2026-01-01T00:00:00Z"),
         )
@@ -1022,14 +1112,15 @@ mod tests {
                 enabled: Some(autoscaling),
                 ..AutoscalingSpec::default()
             });
-            a.metadata.managed_fields = Some(vec![
-                ManagedFieldsEntry {
-                    manager: Some("kubectl".into()),
-                    operation: Some("Apply".into()),
-                    fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {"f:image": {}}}))),
-                    ..ManagedFieldsEntry::default()
-                },
-                ManagedFieldsEntry {
+            a.spec.replicas.as_mut().expect("set").desired = Some(3);
+            let mut entries = vec![ManagedFieldsEntry {
+                manager: Some("kubectl".into()),
+                operation: Some("Apply".into()),
+                fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {"f:image": {}}}))),
+                ..ManagedFieldsEntry::default()
+            }];
+            if !manager.is_empty() {
+                entries.push(ManagedFieldsEntry {
                     manager: Some(manager.into()),
                     operation: Some("Update".into()),
                     subresource: subresource.map(Into::into),
@@ -1037,22 +1128,35 @@ mod tests {
                         serde_json::json!({"f:spec": {"f:replicas": {"f:desired": {}}}}),
                     )),
                     ..ManagedFieldsEntry::default()
-                },
-            ]);
+                });
+            }
+            a.metadata.managed_fields = Some(entries);
         })
+    }
+
+    fn conflict_of(app: &WsgiApp, hpas: &[String]) -> WsgiAppStatus {
+        let v = validate_app(app).expect("valid");
+        compute_status(
+            app,
+            Outcome::Applied {
+                app: &v,
+                deployment: None,
+                desired: 1,
+                unservable: None,
+                pod_issue: None,
+                scale_writers: hpas,
+            },
+            t("2026-01-01T00:00:00Z"),
+        )
     }
 
     #[test]
     fn another_scale_writer_of_an_autoscaled_app_is_named() {
-        let at = t("2026-01-01T00:00:00Z");
-        let status = |app: &WsgiApp| {
-            compute_status(
-                app,
-                Outcome::Invalid(&ValidationError::InvalidSpec(vec![])),
-                at.clone(),
-            )
-        };
-        let hpa = status(&scaled_by("kube-controller-manager", Some("scale"), true));
+        // Recorded in managedFields (API servers that do for custom resources).
+        let hpa = conflict_of(
+            &scaled_by("kube-controller-manager", Some("scale"), true),
+            &[],
+        );
         let c = condition(&hpa, SCALE_CONFLICT).expect("set");
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -1077,22 +1181,75 @@ mod tests {
             "once"
         );
 
+        // Not recorded (this API server, kubernetes#131892): desired set, no owner. The HPAs
+        // that target the app name the writer.
+        let unrecorded = scaled_by("", None, true);
+        assert!(needs_scale_writers(&unrecorded));
+        let named = conflict_of(&unrecorded, &["shop-cpu".to_string()]);
+        assert!(condition(&named, SCALE_CONFLICT)
+            .expect("set")
+            .message
+            .starts_with("HorizontalPodAutoscaler shop-cpu writes"));
+        let anonymous = conflict_of(&unrecorded, &[]);
+        let c = condition(&anonymous, SCALE_CONFLICT).expect("set");
+        assert_eq!(c.status, "True");
+        assert!(
+            c.message.starts_with("a client (kubectl scale"),
+            "{}",
+            c.message
+        );
+
         // The same writer while autoscaling is off is the way it should be.
-        let off = status(&scaled_by("kube-controller-manager", Some("scale"), false));
+        let off = conflict_of(
+            &scaled_by("kube-controller-manager", Some("scale"), false),
+            &[],
+        );
         assert_eq!(
             cond(&off, SCALE_CONFLICT),
             ("False".into(), reasons::AUTOSCALING_OFF.into())
         );
+        assert!(!needs_scale_writers(&scaled_by("", None, false)));
         // A user's own edit of the spec (not the scale subresource) is no other autoscaler.
-        let own = status(&scaled_by("kubectl-edit", None, true));
+        let own = conflict_of(&scaled_by("kubectl-edit", None, true), &[]);
         assert_eq!(
             cond(&own, SCALE_CONFLICT),
             ("False".into(), reasons::AS_EXPECTED.into())
         );
-        let kubectl = status(&scaled_by("kubectl", Some("scale"), true));
-        assert!(condition(&kubectl, SCALE_CONFLICT)
-            .expect("set")
-            .message
-            .starts_with("kubectl (kubectl scale) writes"));
+    }
+
+    #[test]
+    fn hpas_are_matched_by_their_target() {
+        use k8s_openapi::api::autoscaling::v2::{
+            CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+        };
+        let hpa = |name: &str, kind: &str, target: &str, keda: bool| HorizontalPodAutoscaler {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: keda.then(|| {
+                    [("scaledobject.keda.sh/name".to_string(), target.to_string())].into()
+                }),
+                ..ObjectMeta::default()
+            },
+            spec: HorizontalPodAutoscalerSpec {
+                scale_target_ref: CrossVersionObjectReference {
+                    api_version: Some("wsgiscale.dev/v1alpha1".into()),
+                    kind: kind.into(),
+                    name: target.into(),
+                },
+                max_replicas: 10,
+                ..HorizontalPodAutoscalerSpec::default()
+            },
+            ..HorizontalPodAutoscaler::default()
+        };
+        let all = [
+            hpa("shop-cpu", "WsgiApp", "shop", false),
+            hpa("keda-hpa-shop", "WsgiApp", "shop", true),
+            hpa("cart", "WsgiApp", "cart", false),
+            hpa("shop-dep", "Deployment", "shop", false),
+        ];
+        assert_eq!(
+            compute_hpas_targeting(&all, "shop"),
+            ["shop-cpu", "keda-hpa-shop (KEDA ScaledObject shop)"]
+        );
     }
 }

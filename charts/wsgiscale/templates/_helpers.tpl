@@ -88,6 +88,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# The HorizontalPodAutoscalers of an app's namespace, read only while another writer sets
+# the scale of an app whose autoscaling is on: they name that writer in the status.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["list"]
 # Events on WsgiApps.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
