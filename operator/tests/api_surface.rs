@@ -336,6 +336,45 @@ async fn kubectl_explain_shows_descriptions_as_flowing_text() {
     }
 }
 
+/// `kubectl explain wsgiapps.spec.image` says what is true of the image: the server ships as
+/// the `wsgiscale` Python package (the one pyproject.toml builds, which examples/Dockerfile
+/// installs) or is brought in by `inject.enabled` (a field the CRD has), never as "the
+/// wsgiscale binary".
+#[tokio::test]
+async fn kubectl_explain_of_the_image_says_what_is_true() {
+    let Some(cluster) = wsgiscale_envtest::shared() else {
+        return;
+    };
+    if kubectl_path().is_none() {
+        skip_line("no kubectl on PATH (or KUBECTL)");
+        return;
+    }
+    install_crd(&cluster.client().await, MANAGER).await;
+    let explained = eventually("kubectl explain wsgiapps.spec.image", 60, || async {
+        let text = kubectl_try(cluster, &["explain", "wsgiapps.spec.image"])?;
+        text.contains("DESCRIPTION:").then_some(text)
+    })
+    .await;
+    let text = explain_description(&explained).join(" ");
+    let pyproject =
+        std::fs::read_to_string(repo_root().join("pyproject.toml")).expect("pyproject.toml");
+    let package = pyproject
+        .lines()
+        .find_map(|l| l.strip_prefix("name = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("the project's name");
+    assert!(text.contains(&format!("pip install {package}")), "{text}");
+    let dockerfile = std::fs::read_to_string(repo_root().join("examples/Dockerfile"))
+        .expect("the image example it names");
+    assert!(text.contains("examples/Dockerfile") && dockerfile.contains("pip install"));
+    assert!(!text.contains("binary"), "{text}");
+    assert!(text.contains("`inject.enabled`"), "{text}");
+    // The field it points to exists.
+    let inject = kubectl_try(cluster, &["explain", "wsgiapps.spec.inject.enabled"])
+        .expect("spec.inject.enabled exists");
+    assert!(inject.contains("DESCRIPTION:"), "{inject}");
+}
+
 #[tokio::test]
 async fn an_invalid_name_is_refused_at_metadata_name() {
     let Some(cluster) = wsgiscale_envtest::shared() else {
