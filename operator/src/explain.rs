@@ -423,7 +423,9 @@ mod tests {
     #[test]
     fn the_first_reason_and_how_many_pods_share_it() {
         let traceback = "Traceback (most recent call last):\n  File \"shop/wsgi.py\", line 3\nModuleNotFoundError: No module named 'shop.settings'\n";
-        let cases: Vec<(Vec<Pod>, Option<(&str, &str, bool)>)> = vec![
+        // (pods, the issue: reason, message, needs attention)
+        type Case<'a> = (Vec<Pod>, Option<(&'a str, &'a str, bool)>);
+        let cases: Vec<Case> = vec![
             (vec![], None),
             (vec![pod("a", "h1", 1, ready(), true)], None),
             (
