@@ -43,8 +43,8 @@ use crate::pods::PodCache;
 use crate::render::{config_map_name, render_children};
 use crate::status::{
     compute_hpas_targeting, compute_replicas, compute_status, compute_unservable,
-    degraded_transition, needs_scale_writers, ready_transition, reconciler_fields,
-    warning_transition, Outcome, SCALE_CONFLICT,
+    needs_scale_writers, ready_transition, reconciler_fields, warning_transition, Outcome,
+    DEGRADED, SCALE_CONFLICT,
 };
 use crate::validate::{validate_app, ValidatedApp, ValidationError};
 
@@ -754,31 +754,23 @@ async fn publish_status(
         name: name.clone(),
         source,
     })?;
-    if let Some((reason, message)) = degraded_transition(old, &status) {
-        warn!(reason, message, "degraded");
-        publish_event(
-            ctx,
-            app,
-            EventType::Warning,
-            &reason,
-            "Reconcile",
-            message,
-            None,
-        )
-        .await;
-    }
-    if let Some((reason, message)) = warning_transition(old, &status, SCALE_CONFLICT) {
-        warn!(reason, message, "another manager writes the scale");
-        publish_event(
-            ctx,
-            app,
-            EventType::Warning,
-            &reason,
-            "Reconcile",
-            message,
-            None,
-        )
-        .await;
+    for (condition, what) in [
+        (DEGRADED, "degraded"),
+        (SCALE_CONFLICT, "another writer sets the scale"),
+    ] {
+        if let Some((reason, message)) = warning_transition(old, &status, condition) {
+            warn!(reason, message, "{what}");
+            publish_event(
+                ctx,
+                app,
+                EventType::Warning,
+                &reason,
+                "Reconcile",
+                message,
+                None,
+            )
+            .await;
+        }
     }
     if let Some((reason, message)) = ready_transition(old, &status) {
         info!(reason, message, "ready");

@@ -266,6 +266,17 @@ fn kubectl_args<'a>(cluster: &'a Cluster, args: &[&'a str]) -> Vec<&'a str> {
     all
 }
 
+/// `kubectl explain FIELD` once the CRD is served: it is a moment after it is Established,
+/// and kubectl reads it from the OpenAPI document, which lags a little more.
+async fn explain(cluster: &Cluster, field: &str) -> String {
+    install_crd(&cluster.client().await, MANAGER).await;
+    eventually(&format!("kubectl explain {field}"), 60, || async {
+        let text = kubectl_try(cluster, &["explain", field])?;
+        text.contains("DESCRIPTION:").then_some(text)
+    })
+    .await
+}
+
 /// The DESCRIPTION block of `kubectl explain` output, one entry per line, without the indent.
 fn explain_description(text: &str) -> Vec<String> {
     text.lines()
@@ -285,14 +296,7 @@ async fn kubectl_explain_shows_descriptions_as_flowing_text() {
         skip_line("no kubectl on PATH (or KUBECTL)");
         return;
     }
-    install_crd(&cluster.client().await, MANAGER).await;
-    // The CRD is served a moment after it is Established; kubectl reads it from the
-    // OpenAPI document, which lags a little more.
-    let explained = eventually("kubectl explain wsgiapps.spec.workers", 60, || async {
-        let text = kubectl_try(cluster, &["explain", "wsgiapps.spec.workers"])?;
-        text.contains("DESCRIPTION:").then_some(text)
-    })
-    .await;
+    let explained = explain(cluster, "wsgiapps.spec.workers").await;
 
     // The comment of `WsgiAppSpec::workers` spans three `///` lines.
     let schema = crd().spec.versions[0]
@@ -349,12 +353,7 @@ async fn kubectl_explain_of_the_image_says_what_is_true() {
         skip_line("no kubectl on PATH (or KUBECTL)");
         return;
     }
-    install_crd(&cluster.client().await, MANAGER).await;
-    let explained = eventually("kubectl explain wsgiapps.spec.image", 60, || async {
-        let text = kubectl_try(cluster, &["explain", "wsgiapps.spec.image"])?;
-        text.contains("DESCRIPTION:").then_some(text)
-    })
-    .await;
+    let explained = explain(cluster, "wsgiapps.spec.image").await;
     let text = explain_description(&explained).join(" ");
     let pyproject =
         std::fs::read_to_string(repo_root().join("pyproject.toml")).expect("pyproject.toml");
