@@ -90,6 +90,12 @@ def sdist_check(dist):
     return path
 
 
+def lock_packages(path):
+    """(name, version) of every package in a Cargo.lock."""
+    with open(path) as f:
+        return set(re.findall(r'\[\[package\]\]\nname = "([^"]+)"\nversion = "([^"]+)"', f.read()))
+
+
 def checksums(dist):
     files = sorted(
         f for f in os.listdir(dist)
@@ -157,13 +163,19 @@ def dry_run(dist, pythons, cross_pythons, helm):
         src = os.path.join(tmp, "wsgiscale-%s" % v)
         out = os.path.join(tmp, "out")
         env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(ROOT, "target"))
-        run(["maturin", "build", "--release", "--locked", "--zig", "--compatibility", "manylinux_2_28",
+        # Not --locked: the sdist holds only the crates the package needs, so cargo prunes the
+        # workspace's other crates from its Cargo.lock. It must add or change none.
+        pinned = lock_packages(os.path.join(src, "Cargo.lock"))
+        run(["maturin", "build", "--release", "--zig", "--compatibility", "manylinux_2_28",
              "--interpreter", subprocess.run([py, "packaging/wheels.py", "interpreter", pythons[-1]], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip(),
              "--out", out], cwd=src, env=env)
+        unpinned = lock_packages(os.path.join(src, "Cargo.lock")) - pinned
+        if unpinned:
+            raise SystemExit("release.py: building the sdist resolved crates its Cargo.lock did not pin: %s" % sorted(unpinned))
         built = glob.glob(os.path.join(out, "*.whl"))
         if len(built) != 1:
             raise SystemExit("release.py: the sdist built %s" % built)
-        print("ok   the sdist builds a wheel: %s" % os.path.basename(built[0]))
+        print("ok   the sdist builds a wheel with only the crates its Cargo.lock pins: %s" % os.path.basename(built[0]))
     expect(dist, plan)
     # 2. Installed as the app image installs it, into a fresh venv, serving requests.
     run([py, "tests/wheel/run.py", "--dist", dist, pythons[-1]], cwd=ROOT)
