@@ -178,7 +178,10 @@ def dry_run(dist, pythons, cross_pythons, helm):
         print("ok   the sdist builds a wheel with only the crates its Cargo.lock pins: %s" % os.path.basename(built[0]))
     expect(dist, plan)
     # 2. Installed as the app image installs it, into a fresh venv, serving requests.
-    run([py, "tests/wheel/run.py", "--dist", dist, pythons[-1]], cwd=ROOT)
+    # With the machine's Pythons, not this build venv's.
+    venv_bin = os.path.dirname(py)
+    plain = dict(os.environ, PATH=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin))
+    run(["python3", "tests/wheel/run.py", "--dist", dist, pythons[-1]], cwd=ROOT, env=plain)
     # 3. The chart, packaged and linted as published.
     run([helm, "package", "charts/wsgiscale", "--destination", dist], cwd=ROOT)
     tgz = os.path.join(dist, "wsgiscale-%s.tgz" % v)
