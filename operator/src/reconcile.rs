@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Service};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -31,13 +32,19 @@ use serde::Serialize;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::crd::WsgiApp;
-use crate::drift::{compute_list_repair, is_applied, stamp_hash};
+use crate::drift::{
+    compute_drift, compute_field_managers, compute_list_repair, display_path, hash_matches,
+    is_applied, owning_field, stamp_hash,
+};
+use crate::explain::compute_pod_issue;
 use crate::http::Health;
 use crate::metrics::Metrics;
+use crate::pods::PodCache;
 use crate::render::{config_map_name, render_children};
 use crate::status::{
-    compute_replicas, compute_status, compute_unservable, degraded_transition, ready_transition,
-    reconciler_fields, Outcome, Unservable,
+    compute_hpas_targeting, compute_replicas, compute_status, compute_unservable,
+    needs_scale_writers, ready_transition, reconciler_fields, warning_transition, Outcome,
+    DEGRADED, SCALE_CONFLICT,
 };
 use crate::validate::{validate_app, ValidatedApp, ValidationError};
 
@@ -151,6 +158,8 @@ pub struct Context {
     pub resync: Duration,
     /// What `/readyz` reports; the controllers' watches report to it.
     pub health: Arc<Health>,
+    /// The apps' pods, from the controllers' pod watches.
+    pub pods: PodCache,
     /// The failing objects and their backoff.
     failures: Mutex<HashMap<String, Failure>>,
 }
@@ -173,6 +182,7 @@ impl Context {
             metrics,
             resync,
             health: Arc::new(Health::default()),
+            pods: PodCache::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -357,10 +367,7 @@ async fn reconcile_app(app: &WsgiApp, ctx: &Context) -> Result<(Action, &'static
         }
     };
     let (error_reason, kind, message) = match apply_children(ctx, app, &validated).await {
-        Ok(Settled::Yes) => return Ok((Action::requeue(ctx.resync), "ok")),
-        Ok(Settled::WatchPods) => {
-            return Ok((Action::requeue(ctx.resync.min(INJECT_RECHECK)), "ok"))
-        }
+        Ok(()) => return Ok((Action::requeue(ctx.resync), "ok")),
         Err(Refusal::Api(e)) => {
             let Some((kind, message)) = e.rejection() else {
                 return Err(e);
@@ -452,10 +459,58 @@ where
             debug!(kind, name, "unchanged");
             return Ok(observed);
         }
+        // The operator applied this very object last: what differs, another manager changed.
+        let reverted = hash_matches(&desired, &observed)
+            .then(|| describe_drift(app, kind, &name, &desired, &observed))
+            .flatten();
         repair_lists(ctx, app, api, &desired, &observed).await?;
-        return apply(ctx, app, api, &desired, "Updated").await;
+        return match reverted {
+            Some(note) => apply(ctx, app, api, &desired, "Reverted", Some(note)).await,
+            None => apply(ctx, app, api, &desired, "Updated", None).await,
+        };
     }
-    apply(ctx, app, api, &desired, "Created").await
+    apply(ctx, app, api, &desired, "Created", None).await
+}
+
+/// What another manager changed in a child the operator applied, for the Event that says it
+/// was put back: each field, the manager that changed it (from the child's managedFields) and
+/// the WsgiApp field that sets it. None when no field of the operator's differs (an entry
+/// added to a list, which [`repair_lists`] reports).
+fn describe_drift<K>(
+    app: &WsgiApp,
+    kind: &str,
+    name: &str,
+    desired: &K,
+    observed: &K,
+) -> Option<String>
+where
+    K: Resource<DynamicType = ()> + Serialize,
+{
+    let d = serde_json::to_value(desired).expect("k8s objects serialize to JSON");
+    let o = serde_json::to_value(observed).expect("k8s objects serialize to JSON");
+    let managed = observed.meta().managed_fields.clone().unwrap_or_default();
+    let autoscaling = app
+        .spec
+        .autoscaling
+        .as_ref()
+        .and_then(|a| a.enabled)
+        .unwrap_or(false);
+    let app_name = app.name_any();
+    let changes: Vec<String> = compute_drift(&d, &o)
+        .iter()
+        .map(|path| {
+            let field = display_path(path);
+            let managers = compute_field_managers(&managed, path, FIELD_MANAGER);
+            let who = if managers.is_empty() {
+                "another manager".to_string()
+            } else {
+                managers.join(" and ")
+            };
+            let owner = owning_field(kind, &field, &app_name, autoscaling);
+            format!("{who} changed {field}, which the WsgiApp sets through {owner}")
+        })
+        .collect();
+    (!changes.is_empty()).then(|| format!("Put back {kind} {name}: {}", changes.join("; ")))
 }
 
 fn apply_error<'a>(kind: &'static str, name: &'a str) -> impl FnOnce(kube::Error) -> Error + 'a {
@@ -528,6 +583,7 @@ async fn apply<K>(
     api: &Api<K>,
     desired: &K,
     verb: &str,
+    note: Option<String>,
 ) -> Result<K, Refusal>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
@@ -541,10 +597,12 @@ where
         .map_err(apply_error(kind, &name))?;
     ctx.metrics.count_write(kind);
     info!(kind, name, verb, "applied");
-    let note = if kind == "ConfigMap" {
-        format!("{verb} {kind} {name}: running servers reload it without a restart")
-    } else {
-        format!("{verb} {kind} {name}")
+    let note = match note {
+        Some(note) => note,
+        None if kind == "ConfigMap" => {
+            format!("{verb} {kind} {name}: running servers reload it without a restart")
+        }
+        None => format!("{verb} {kind} {name}"),
     };
     let related = applied.object_ref(&());
     publish_event(
@@ -560,11 +618,7 @@ where
     Ok(applied)
 }
 
-async fn apply_children(
-    ctx: &Context,
-    app: &WsgiApp,
-    v: &ValidatedApp,
-) -> Result<Settled, Refusal> {
+async fn apply_children(ctx: &Context, app: &WsgiApp, v: &ValidatedApp) -> Result<(), Refusal> {
     let client = &ctx.client;
     let ns = &v.namespace;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -624,15 +678,20 @@ async fn apply_children(
         (None, _) => {}
     }
 
-    // With spec.inject, an image the package cannot run shows only in its pods' termination
-    // messages (the Deployment just sees unready pods): read them while pods are not ready.
-    let all_ready = deployment
-        .status
+    // Why pods are not ready, from the pod watch (whose changes wake this reconcile). With
+    // spec.inject, an image the package cannot run shows only in its pods' termination
+    // messages: the start command's verdict comes first.
+    let pods = ctx.pods.pods_of(&v.namespace, &v.name);
+    let pods = pods.iter().map(AsRef::as_ref);
+    let unservable = v
+        .inject
         .as_ref()
-        .is_some_and(|s| s.ready_replicas.unwrap_or(0) >= replicas);
-    let unservable = match &v.inject {
-        Some(_) if !all_ready => unservable_verdict(ctx, v).await,
-        _ => None,
+        .and_then(|_| compute_unservable(pods.clone(), &v.image));
+    let pod_issue = compute_pod_issue(pods);
+    let scale_writers = if needs_scale_writers(app) {
+        hpas_targeting(ctx, v).await
+    } else {
+        Vec::new()
     };
     let status = compute_status(
         app,
@@ -641,39 +700,27 @@ async fn apply_children(
             deployment: Some(&deployment),
             desired: replicas,
             unservable: unservable.as_ref(),
+            pod_issue: pod_issue.as_ref(),
+            scale_writers: &scale_writers,
         },
         now(),
     );
     publish_status(ctx, app, status).await?;
-    Ok(if v.inject.is_some() && !all_ready {
-        Settled::WatchPods
-    } else {
-        Settled::Yes
-    })
+    Ok(())
 }
 
-/// Whether the children have settled, or the pods need another look soon.
-enum Settled {
-    /// Nothing to look at before the next change or resync.
-    Yes,
-    /// Injected pods are not all ready: their start command may yet report on the image.
-    WatchPods,
-}
-
-/// How soon the pods of an injected app that are not ready are looked at again.
-const INJECT_RECHECK: Duration = Duration::from_secs(15);
-
-/// The start command's verdict on the image of an injected app, from its pods (best effort:
-/// a failed list is logged and counted, and the status says what the Deployment says).
-async fn unservable_verdict(ctx: &Context, v: &ValidatedApp) -> Option<Unservable> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &v.namespace);
-    let selector = crate::render::selector_string(&v.name);
-    match pods.list(&ListParams::default().labels(&selector)).await {
-        Ok(list) => compute_unservable(&list.items, &v.image),
+/// The HorizontalPodAutoscalers in the app's namespace that target it, to name who writes
+/// its scale (the API server does not record it for a custom resource). Listed only while
+/// autoscaling is on and the scale was written; best effort: a failed list is logged and
+/// counted, and the condition says the writer is unknown.
+async fn hpas_targeting(ctx: &Context, v: &ValidatedApp) -> Vec<String> {
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &v.namespace);
+    match api.list(&ListParams::default()).await {
+        Ok(list) => compute_hpas_targeting(&list.items, &v.name),
         Err(e) => {
-            ctx.metrics.count_error("list_injected_pods");
-            warn!(error = %e, "cannot list the pods of an injected app");
-            None
+            ctx.metrics.count_error("list_hpas");
+            warn!(error = %e, "cannot list the HorizontalPodAutoscalers");
+            Vec::new()
         }
     }
 }
@@ -707,18 +754,23 @@ async fn publish_status(
         name: name.clone(),
         source,
     })?;
-    if let Some((reason, message)) = degraded_transition(old, &status) {
-        warn!(reason, message, "degraded");
-        publish_event(
-            ctx,
-            app,
-            EventType::Warning,
-            &reason,
-            "Reconcile",
-            message,
-            None,
-        )
-        .await;
+    for (condition, what) in [
+        (DEGRADED, "degraded"),
+        (SCALE_CONFLICT, "another writer sets the scale"),
+    ] {
+        if let Some((reason, message)) = warning_transition(old, &status, condition) {
+            warn!(reason, message, "{what}");
+            publish_event(
+                ctx,
+                app,
+                EventType::Warning,
+                &reason,
+                "Reconcile",
+                message,
+                None,
+            )
+            .await;
+        }
     }
     if let Some((reason, message)) = ready_transition(old, &status) {
         info!(reason, message, "ready");

@@ -31,9 +31,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use wsgiscale_core::config::Settings;
 
 use crate::crd::InjectSource;
+use crate::overrides::merge_pod_template;
 use crate::validate::{
-    Inject, ValidatedApp, APP_LABEL, CLIENT_CA_DIR, CONFIG_DIR, CONFIG_KEY, INJECT_DIR, TLS_DIR,
-    TMP_DIR,
+    Inject, ProbeTiming, ValidatedApp, APP_LABEL, CLIENT_CA_DIR, CONFIG_DIR, CONFIG_KEY,
+    INJECT_DIR, TLS_DIR, TMP_DIR,
 };
 
 /// The name of the server container.
@@ -150,6 +151,16 @@ fn http_get(path: &str) -> Option<HTTPGetAction> {
     })
 }
 
+fn render_probe(path: &str, t: ProbeTiming) -> Probe {
+    Probe {
+        http_get: http_get(path),
+        period_seconds: Some(t.period_seconds),
+        timeout_seconds: Some(t.timeout_seconds),
+        failure_threshold: Some(t.failure_threshold),
+        ..Probe::default()
+    }
+}
+
 fn render_container(app: &ValidatedApp) -> Container {
     let mut mounts = vec![
         VolumeMount {
@@ -235,20 +246,12 @@ fn render_container(app: &ValidatedApp) -> Container {
         ports: Some(ports),
         resources: app.resources.clone(),
         volume_mounts: Some(mounts),
-        liveness_probe: Some(Probe {
-            http_get: http_get("/healthz"),
-            period_seconds: Some(10),
-            timeout_seconds: Some(2),
-            failure_threshold: Some(3),
-            ..Probe::default()
-        }),
-        readiness_probe: Some(Probe {
-            http_get: http_get("/readyz"),
-            period_seconds: Some(5),
-            timeout_seconds: Some(2),
-            failure_threshold: Some(2),
-            ..Probe::default()
-        }),
+        // Until the app is imported and a worker is ready (/readyz), only the startup probe
+        // runs, within its budget; then /healthz says the master runs and /readyz that a
+        // worker can take a request.
+        startup_probe: Some(render_probe("/readyz", app.probes.startup)),
+        liveness_probe: Some(render_probe("/healthz", app.probes.liveness)),
+        readiness_probe: Some(render_probe("/readyz", app.probes.readiness)),
         lifecycle: (pre_stop > 0).then(|| ContainerLifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction {
@@ -330,7 +333,12 @@ fn render_inject(inject: &Inject) -> (Volume, Option<Container>) {
     }
 }
 
+/// The pod template: what the operator renders, with `spec.podOverrides` merged over it.
 fn render_pod_template(app: &ValidatedApp) -> PodTemplateSpec {
+    merge_pod_template(render_own_pod_template(app), app.pod_overrides.as_ref())
+}
+
+fn render_own_pod_template(app: &ValidatedApp) -> PodTemplateSpec {
     let pod = &app.pod;
     // Our labels, then the user's on top, then the selector label (reserved by validation).
     let mut labels = common_labels(&app.name);
@@ -1010,6 +1018,16 @@ mod tests {
             .http_get
             .expect("http");
         assert_eq!(ready.path.as_deref(), Some("/readyz"));
+        // Five minutes to import the app and start a worker, /readyz every 2 s.
+        let startup = c.startup_probe.clone().expect("startup");
+        assert_eq!(
+            startup.http_get.and_then(|h| h.path).as_deref(),
+            Some("/readyz")
+        );
+        assert_eq!(
+            (startup.period_seconds, startup.failure_threshold),
+            (Some(2), Some(150))
+        );
         let sleep = c
             .lifecycle
             .clone()
@@ -1128,6 +1146,72 @@ mod tests {
         );
         assert_eq!(pod.service_account_name.as_deref(), Some("shop"));
         assert_eq!(pod.automount_service_account_token, Some(true));
+    }
+
+    #[test]
+    fn probe_settings_and_pod_overrides_reach_the_pod() {
+        use crate::crd::{ProbeTiming, ProbesSpec};
+        let app = mk_app("shop").map(|a| {
+            a.spec.probes = Some(ProbesSpec {
+                startup_timeout_seconds: Some(601),
+                liveness: Some(ProbeTiming {
+                    period_seconds: Some(30),
+                    ..ProbeTiming::default()
+                }),
+                readiness: None,
+            });
+            a.spec.pod_overrides = Some(serde_json::json!({
+                "metadata": {"annotations": {"a": "b"}},
+                "spec": {
+                    "initContainers": [{"name": "migrate", "image": "shop:1", "command": ["migrate"]},
+                                       {"name": "proxy", "image": "proxy:2", "restartPolicy": "Always"}],
+                    "containers": [{"name": "app", "readinessProbe": {"periodSeconds": 1},
+                                    "securityContext": {"readOnlyRootFilesystem": false}}],
+                    "volumes": [{"name": "media", "emptyDir": {}}],
+                    "hostAliases": [{"ip": "10.0.0.1", "hostnames": ["db"]}],
+                },
+            }));
+        });
+        let tpl = render_deployment(&valid(&app), 1).spec.template;
+        assert_eq!(
+            tpl.metadata.expect("meta").annotations.expect("a")["a"],
+            "b"
+        );
+        let pod = tpl.spec.expect("pod");
+        let c = &pod.containers[0];
+        let startup = c.startup_probe.clone().expect("startup");
+        assert_eq!(startup.failure_threshold, Some(301), "601 s in 2 s probes");
+        let live = c.liveness_probe.clone().expect("liveness");
+        assert_eq!(
+            (live.period_seconds, live.failure_threshold),
+            (Some(30), Some(3))
+        );
+        let ready = c.readiness_probe.clone().expect("readiness");
+        assert_eq!(ready.period_seconds, Some(1));
+        assert_eq!(
+            ready.http_get.and_then(|h| h.path).as_deref(),
+            Some("/readyz"),
+            "the handler stays"
+        );
+        let sc = c.security_context.clone().expect("sc");
+        assert_eq!(sc.read_only_root_filesystem, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true), "the rest stays");
+        let init: Vec<&str> = pod
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(init, ["migrate", "proxy"]);
+        let volumes: Vec<&str> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(volumes, [CONFIG_VOLUME, TMP_VOLUME, "media"]);
+        assert_eq!(pod.host_aliases.expect("aliases")[0].ip, "10.0.0.1");
+        assert_eq!(c.image.as_deref(), Some("registry.example.com/shop:1.0"));
     }
 
     proptest! {

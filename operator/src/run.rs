@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
@@ -25,6 +25,7 @@ use crate::crd::WsgiApp;
 use crate::http::{self, Health};
 use crate::leader::{LeaderElector, LeaseTiming};
 use crate::metrics::Metrics;
+use crate::pods::{app_of_pod, compute_pod_trigger_hash, strip_pod};
 use crate::reconcile::{compute_trigger_hash, error_policy, reconcile, Context};
 use crate::scrape::{run_autoscaler, Autoscaler};
 
@@ -325,12 +326,33 @@ pub async fn run_controllers(
                 };
             }
             let apps = objects(apps).predicate_filter(compute_trigger_hash, Default::default());
+            // The apps' pods: kept for the status's explanations, and a pod whose state
+            // changes wakes its app.
+            let (pod_reader, pod_writer) = reflector::store();
+            ctx.pods.register(pod_reader);
+            let pods = objects(
+                reflector(
+                    pod_writer,
+                    guarded(
+                        watcher(
+                            api::<Pod>(&client, ns),
+                            watcher::Config::default().labels(crate::validate::APP_LABEL),
+                        ),
+                        ctx.health.clone(),
+                        source("Pod"),
+                    )
+                    .modify(strip_pod),
+                )
+                .touched_objects(),
+            )
+            .predicate_filter(compute_pod_trigger_hash, Default::default());
             let controller = Controller::for_stream(apps, reader)
                 .with_config(ControllerConfig::default().concurrency(concurrency))
                 .owns_stream(owned!(ConfigMap, "ConfigMap"))
                 .owns_stream(owned!(Deployment, "Deployment"))
                 .owns_stream(owned!(Service, "Service"))
-                .owns_stream(owned!(PodDisruptionBudget, "PodDisruptionBudget"));
+                .owns_stream(owned!(PodDisruptionBudget, "PodDisruptionBudget"))
+                .watches_stream(pods, |pod| app_of_pod(&pod));
             // The autoscaler reads the WsgiApps from the controllers' caches.
             stores.push(controller.store());
             controller
@@ -359,4 +381,5 @@ pub async fn run_controllers(
     for name in sources {
         ctx.health.forget(&name);
     }
+    ctx.pods.clear();
 }

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{WsgiApp, WsgiAppStatus};
+use crate::explain::PodIssue;
 use crate::render::{selector_string, CONTAINER_NAME};
 use crate::validate::{ValidatedApp, ValidationError};
 
@@ -18,8 +19,11 @@ pub const READY: &str = "Ready";
 /// Condition type: a rollout or a scaling is under way.
 pub const PROGRESSING: &str = "Progressing";
 /// Condition type: something needs a human: an invalid spec, an object the API server
-/// refused, a stuck rollout or pods that cannot be created.
+/// refused, a stuck rollout, pods that cannot be created or cannot start.
 pub const DEGRADED: &str = "Degraded";
+/// Condition type: another manager (an HPA, KEDA, `kubectl scale`) wrote the scale of an app
+/// whose autoscaling is on, and is ignored.
+pub const SCALE_CONFLICT: &str = "ScaleConflict";
 
 /// Condition reasons, machine-readable (CamelCase).
 pub mod reasons {
@@ -47,6 +51,12 @@ pub mod reasons {
     pub const AS_EXPECTED: &str = "AsExpected";
     /// The API server keeps failing a request of the operator's (retried with backoff).
     pub const API_ERROR: &str = "ApiError";
+    /// Another manager wrote the scale subresource while autoscaling is on.
+    pub const SCALE_WRITTEN_BY_OTHER: &str = "ScaleWrittenByOther";
+    /// Autoscaling is off: the scale subresource sets the pod count, whoever writes it.
+    pub const AUTOSCALING_OFF: &str = "AutoscalingOff";
+    // The first reason pods are not ready is the pods' own (see crate::explain):
+    // Unschedulable, ImagePullBackOff, CrashLoopBackOff, StartupProbeFailed....
     // With spec.inject, the start command's verdict on the app image is the reason itself:
     // NoPython, UnsupportedPython, MuslLibc or OldGlibc (see wsgiscale-start).
 }
@@ -62,8 +72,11 @@ pub struct Unservable {
 
 /// The start command's verdict, from the pods of an app with spec.inject: the termination
 /// message of the app container (now or at its last exit) of a pod that runs `image`.
-pub fn compute_unservable(pods: &[Pod], image: &str) -> Option<Unservable> {
-    pods.iter()
+pub fn compute_unservable<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    image: &str,
+) -> Option<Unservable> {
+    pods.into_iter()
         .filter(|p| {
             p.spec.as_ref().is_some_and(|s| {
                 s.containers
@@ -115,6 +128,11 @@ pub enum Outcome<'a> {
         desired: i32,
         /// With spec.inject: the app image cannot run wsgiscale, says its start command.
         unservable: Option<&'a Unservable>,
+        /// The first reason the pods of the current spec are not ready, if any.
+        pod_issue: Option<&'a PodIssue>,
+        /// The HorizontalPodAutoscalers that target the app, when its scale was written
+        /// while its autoscaling is on ([`needs_scale_writers`]).
+        scale_writers: &'a [String],
     },
 }
 
@@ -165,6 +183,9 @@ struct Rollout {
     seen: bool,
     deadline_exceeded: Option<String>,
     replica_failure: Option<String>,
+    /// The Deployment's own Progressing reason (`NewReplicaSetAvailable` once a rollout
+    /// completed).
+    progress_reason: Option<String>,
 }
 
 fn rollout(dep: Option<&Deployment>) -> Rollout {
@@ -195,6 +216,10 @@ fn rollout(dep: Option<&Deployment>) -> Rollout {
                 .clone()
                 .unwrap_or_else(|| "pods cannot be created".into())
         }),
+        progress_reason: conds
+            .iter()
+            .find(|c| c.type_.as_deref() == Some("Progressing"))
+            .and_then(|c| c.reason.clone()),
     }
 }
 
@@ -255,6 +280,8 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
             deployment,
             desired,
             unservable,
+            pod_issue,
+            scale_writers: _,
         } => {
             let r = rollout(deployment);
             status.replicas = Some(r.replicas);
@@ -281,6 +308,8 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
                 }
             } else if let Some(u) = unservable {
                 (false, u.reason.as_str(), u.message.clone())
+            } else if let Some(i) = pod_issue {
+                (false, i.reason.as_str(), i.message.clone())
             } else if let Some(m) = &r.deadline_exceeded {
                 (false, reasons::PROGRESS_DEADLINE_EXCEEDED, m.clone())
             } else if !r.seen {
@@ -301,25 +330,42 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
             };
             c.set(READY, ready, reason, msg);
 
+            // Why the pods are not ready, after what the Deployment says.
+            let why = |msg: String| match pod_issue {
+                Some(i) => format!("{msg}; {}: {}", i.reason, i.message),
+                None => msg,
+            };
+            let healthy = complete && r.ready >= desired;
             let (progressing, reason, msg) = if let Some(m) = &r.deadline_exceeded {
-                (false, reasons::PROGRESS_DEADLINE_EXCEEDED, m.clone())
+                (false, reasons::PROGRESS_DEADLINE_EXCEEDED, why(m.clone()))
             } else if rolling {
                 let msg = format!("rolling out generation {}", generation.unwrap_or(0));
-                (true, reasons::ROLLING_OUT, msg)
+                (true, reasons::ROLLING_OUT, why(msg))
             } else if scaling {
                 let msg = format!("scaling from {} to {desired} pods", r.replicas);
-                (true, reasons::SCALING, msg)
+                (true, reasons::SCALING, why(msg))
+            } else if !healthy {
+                // Every pod runs the current spec but not all are ready: still coming up
+                // while the Deployment's rollout is under way, else (it had completed) no
+                // longer progressing. Never "Complete".
+                let msg = format!(
+                    "every pod runs the current spec, {} of {desired} ready",
+                    r.ready
+                );
+                let progressing = r.progress_reason.as_deref() != Some("NewReplicaSetAvailable");
+                (progressing, reasons::PODS_NOT_READY, why(msg))
             } else {
                 let msg = "every pod runs the current spec".to_string();
                 (false, reasons::COMPLETE, msg)
             };
             c.set(PROGRESSING, progressing, reason, msg);
 
-            let healthy = complete && r.ready >= desired;
             let (degraded, reason, msg) = if let Some(u) = unservable.filter(|_| !healthy) {
                 (true, u.reason.as_str(), u.message.clone())
+            } else if let Some(i) = pod_issue.filter(|i| i.needs_attention) {
+                (true, i.reason.as_str(), i.message.clone())
             } else if let Some(m) = &r.deadline_exceeded {
-                (true, reasons::PROGRESS_DEADLINE_EXCEEDED, m.clone())
+                (true, reasons::PROGRESS_DEADLINE_EXCEEDED, why(m.clone()))
             } else if let Some(m) = &r.replica_failure {
                 (true, reasons::REPLICA_FAILURE, m.clone())
             } else {
@@ -329,8 +375,144 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
             c.set(DEGRADED, degraded, reason, msg);
         }
     }
+    let hpas = match outcome {
+        Outcome::Applied { scale_writers, .. } => scale_writers,
+        _ => &[],
+    };
+    let (conflict, reason, msg) = compute_scale_conflict(app, hpas);
+    c.set(SCALE_CONFLICT, conflict, reason, msg);
     status.conditions = c.out;
     status
+}
+
+/// Who writes `spec.replicas.desired` of an app whose autoscaling is on, as far as can be
+/// known. The API server records an update of a field in managedFields, but not one through
+/// the scale subresource of a custom resource (kubernetes/kubernetes#131892, open): such a
+/// write leaves `desired` set with no manager. Then the HorizontalPodAutoscalers that target
+/// the app name the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScaleWriter {
+    /// A managedFields entry of the scale subresource owns it (API servers that record it).
+    Recorded {
+        /// The entry's manager.
+        manager: String,
+    },
+    /// `desired` is set and no manager owns it: written through the scale subresource.
+    Unrecorded,
+}
+
+/// Whether `app` has autoscaling on.
+fn autoscaling_on(app: &WsgiApp) -> bool {
+    app.spec
+        .autoscaling
+        .as_ref()
+        .and_then(|a| a.enabled)
+        .unwrap_or(false)
+}
+
+/// Who wrote `spec.replicas.desired` through the scale subresource, from managedFields; None
+/// when it is unset, or set by an ordinary update or apply (the user's own manifest).
+pub fn compute_scale_writer(app: &WsgiApp) -> Option<ScaleWriter> {
+    app.spec.replicas.as_ref()?.desired?;
+    let owners: Vec<_> = app
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| {
+            e.fields_v1
+                .as_ref()
+                .is_some_and(|f| !f.0["f:spec"]["f:replicas"]["f:desired"].is_null())
+        })
+        .collect();
+    if let Some(e) = owners
+        .iter()
+        .find(|e| e.subresource.as_deref() == Some("scale"))
+    {
+        return Some(ScaleWriter::Recorded {
+            manager: e
+                .manager
+                .clone()
+                .unwrap_or_else(|| "an unnamed manager".into()),
+        });
+    }
+    owners.is_empty().then_some(ScaleWriter::Unrecorded)
+}
+
+/// Whether the reconcile should look for the HorizontalPodAutoscalers that target the app:
+/// autoscaling is on and something wrote its scale.
+pub fn needs_scale_writers(app: &WsgiApp) -> bool {
+    autoscaling_on(app) && compute_scale_writer(app).is_some()
+}
+
+/// The HorizontalPodAutoscalers of `hpas` whose target is the WsgiApp `name`, as names for a
+/// message (`shop`, or `keda-hpa-shop (KEDA ScaledObject shop)`).
+pub fn compute_hpas_targeting(
+    hpas: &[k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler],
+    name: &str,
+) -> Vec<String> {
+    hpas.iter()
+        .filter(|h| {
+            let t = &h.spec.scale_target_ref;
+            t.kind == "WsgiApp"
+                && t.name == name
+                && t.api_version
+                    .as_deref()
+                    .unwrap_or_default()
+                    .starts_with("wsgiscale.dev/")
+        })
+        .map(|h| {
+            let hpa = h.metadata.name.clone().unwrap_or_default();
+            let keda = h
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("scaledobject.keda.sh/name"));
+            match keda {
+                Some(so) => format!("{hpa} (KEDA ScaledObject {so})"),
+                None => hpa,
+            }
+        })
+        .collect()
+}
+
+/// The ScaleConflict condition: True while autoscaling is on and another writer's value sits
+/// in `replicas.desired`, written through the scale subresource (an HPA, KEDA's HPA, `kubectl
+/// scale`): the operator ignores it. The message names the writer (the managedFields entry,
+/// else the HPAs in `hpas` that target the app) and how to end the conflict; it holds no value
+/// or time, so an HPA that keeps writing does not rewrite the status each time.
+fn compute_scale_conflict(app: &WsgiApp, hpas: &[String]) -> (bool, &'static str, String) {
+    if !autoscaling_on(app) {
+        let msg = "autoscaling is off: the scale subresource (kubectl scale, an HPA, KEDA) sets the pod count".to_string();
+        return (false, reasons::AUTOSCALING_OFF, msg);
+    }
+    let Some(writer) = compute_scale_writer(app) else {
+        let msg = "only the operator's autoscaler sets the pod count".to_string();
+        return (false, reasons::AS_EXPECTED, msg);
+    };
+    let who = match (&writer, hpas) {
+        (ScaleWriter::Recorded { manager }, _) => {
+            let hint = match manager.as_str() {
+                "kube-controller-manager" => " (a HorizontalPodAutoscaler, or KEDA's)",
+                m if m.starts_with("kubectl") => " (kubectl scale)",
+                _ => "",
+            };
+            format!("{manager}{hint}")
+        }
+        (ScaleWriter::Unrecorded, []) => "a client (kubectl scale, or an autoscaler outside this namespace; the API server does not record who writes the scale of a custom resource)".to_string(),
+        (ScaleWriter::Unrecorded, [one]) => format!("HorizontalPodAutoscaler {one}"),
+        (ScaleWriter::Unrecorded, many) => {
+            format!("the HorizontalPodAutoscalers {}", many.join(", "))
+        }
+    };
+    let name = app.metadata.name.as_deref().unwrap_or_default();
+    let msg = format!(
+        "{who} writes the pod count through the scale subresource (spec.replicas.desired), \
+         but autoscaling.enabled is true: the operator's autoscaler alone sets the pod count and ignores it. \
+         Remove the other autoscaler (or set autoscaling.enabled: false to let it scale the app), then take \
+         its value out: kubectl patch wsgiapp {name} --type=json -p '[{{\"op\":\"remove\",\"path\":\"/spec/replicas/desired\"}}]'"
+    );
+    (true, reasons::SCALE_WRITTEN_BY_OTHER, msg)
 }
 
 /// The Deployment's replica count: the scale subresource's `replicas.desired` while the
@@ -358,8 +540,18 @@ pub fn degraded_transition(
     old: Option<&WsgiAppStatus>,
     new: &WsgiAppStatus,
 ) -> Option<(String, String)> {
-    let now = condition(new, DEGRADED).filter(|c| c.status == "True")?;
-    let before = old.and_then(|o| condition(o, DEGRADED));
+    warning_transition(old, new, DEGRADED)
+}
+
+/// A Warning event worth publishing when the condition `type_` turned True (or changed why)
+/// from `old` to `new`: (reason, message).
+pub fn warning_transition(
+    old: Option<&WsgiAppStatus>,
+    new: &WsgiAppStatus,
+    type_: &str,
+) -> Option<(String, String)> {
+    let now = condition(new, type_).filter(|c| c.status == "True")?;
+    let before = old.and_then(|o| condition(o, type_));
     let same = before.is_some_and(|b| {
         b.status == now.status && b.reason == now.reason && b.message == now.message
     });
@@ -424,6 +616,8 @@ mod tests {
                 deployment: Some(d),
                 desired,
                 unservable: None,
+                pod_issue: None,
+                scale_writers: &[],
             },
             t("2026-01-01T00:00:00Z"),
         )
@@ -454,7 +648,7 @@ mod tests {
             (
                 (2, 2, 2, 2, 1, 2),
                 no(reasons::PODS_NOT_READY),
-                no(reasons::COMPLETE),
+                yes(reasons::PODS_NOT_READY),
             ),
             (
                 (2, 2, 2, 2, 2, 4),
@@ -583,6 +777,8 @@ mod tests {
                 deployment: Some(&d),
                 desired: 1,
                 unservable: None,
+                pod_issue: None,
+                scale_writers: &[],
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -593,6 +789,8 @@ mod tests {
                 deployment: Some(&d),
                 desired: 1,
                 unservable: None,
+                pod_issue: None,
+                scale_writers: &[],
             },
             t("2026-01-01T01:00:00Z"),
         );
@@ -606,6 +804,8 @@ mod tests {
                 deployment: Some(&not_ready),
                 desired: 1,
                 unservable: None,
+                pod_issue: None,
+                scale_writers: &[],
             },
             t("2026-01-01T02:00:00Z"),
         );
@@ -633,6 +833,8 @@ mod tests {
                 deployment: None,
                 desired: 1,
                 unservable: None,
+                pod_issue: None,
+                scale_writers: &[],
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -698,6 +900,8 @@ mod tests {
                 deployment: Some(&d),
                 desired: 1,
                 unservable: None,
+                pod_issue: None,
+                scale_writers: &[],
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -769,6 +973,8 @@ mod tests {
                 deployment: Some(&d),
                 desired: 2,
                 unservable: Some(&u),
+                pod_issue: None,
+                scale_writers: &[],
             },
             t("2026-01-01T00:00:00Z"),
         );
@@ -777,5 +983,273 @@ mod tests {
         assert!(condition(&s, READY).expect("set").message.contains("musl"));
         let (reason, _) = degraded_transition(None, &s).expect("a Warning event");
         assert_eq!(reason, "MuslLibc");
+    }
+
+    fn issue(reason: &str, attention: bool) -> PodIssue {
+        PodIssue {
+            reason: reason.into(),
+            message: format!("4 of 4 pods of the current spec: {reason} because"),
+            needs_attention: attention,
+        }
+    }
+
+    fn with_issue(d: &Deployment, desired: i32, i: Option<&PodIssue>) -> WsgiAppStatus {
+        let app = mk_app("shop");
+        let v = validate_app(&app).expect("valid");
+        compute_status(
+            &app,
+            Outcome::Applied {
+                app: &v,
+                deployment: Some(d),
+                desired,
+                unservable: None,
+                pod_issue: i,
+                scale_writers: &[],
+            },
+            t("2026-01-01T00:00:00Z"),
+        )
+    }
+
+    fn dep_progress(reason: &str, status: &str, message: &str) -> Deployment {
+        let mut d = dep(1, 1, 4, 4, 0);
+        d.status.as_mut().expect("status").conditions = Some(vec![DeploymentCondition {
+            type_: Some("Progressing".into()),
+            status: Some(status.into()),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            ..DeploymentCondition::default()
+        }]);
+        d
+    }
+
+    #[test]
+    fn the_status_says_why_pods_are_not_ready_and_is_never_complete_meanwhile() {
+        // 0 of 4 pods ready, the rollout under way: the pods' reason everywhere it belongs.
+        let starting = dep_progress(
+            "ReplicaSetUpdated",
+            "True",
+            "ReplicaSet \"shop-1\" is progressing.",
+        );
+        let unsched = issue("Unschedulable", false);
+        let s = with_issue(&starting, 4, Some(&unsched));
+        assert_eq!(cond(&s, READY), ("False".into(), "Unschedulable".into()));
+        assert_eq!(condition(&s, READY).expect("set").message, unsched.message);
+        assert_eq!(
+            cond(&s, PROGRESSING),
+            ("True".into(), reasons::PODS_NOT_READY.into())
+        );
+        let p = &condition(&s, PROGRESSING).expect("set").message;
+        assert!(
+            p.contains("0 of 4 ready") && p.contains("Unschedulable: 4 of 4 pods"),
+            "{p}"
+        );
+        // A cluster autoscaler may still add nodes: not (yet) Degraded.
+        assert_eq!(
+            cond(&s, DEGRADED),
+            ("False".into(), reasons::AS_EXPECTED.into())
+        );
+
+        // A wrong image needs a human at once.
+        let pull = issue("ImagePullBackOff", true);
+        let s = with_issue(&starting, 4, Some(&pull));
+        assert_eq!(
+            cond(&s, DEGRADED),
+            ("True".into(), "ImagePullBackOff".into())
+        );
+        assert!(degraded_transition(None, &s).is_some());
+
+        // At the deadline, the Deployment's words and the pods' reason.
+        let stuck = dep_progress(
+            "ProgressDeadlineExceeded",
+            "False",
+            "ReplicaSet \"shop-1\" has timed out progressing.",
+        );
+        let s = with_issue(&stuck, 4, Some(&unsched));
+        assert_eq!(cond(&s, READY), ("False".into(), "Unschedulable".into()));
+        for ty in [PROGRESSING, DEGRADED] {
+            let c = condition(&s, ty).expect("set");
+            assert_eq!(c.reason, reasons::PROGRESS_DEADLINE_EXCEEDED);
+            assert!(
+                c.message.contains("timed out progressing")
+                    && c.message.contains("Unschedulable: 4 of 4"),
+                "{}",
+                c.message
+            );
+        }
+
+        // After a completed rollout, pods that turn unready: not progressing, not complete.
+        let done = dep_progress(
+            "NewReplicaSetAvailable",
+            "True",
+            "ReplicaSet \"shop-1\" has successfully progressed.",
+        );
+        let crash = issue("CrashLoopBackOff", true);
+        let s = with_issue(&done, 4, Some(&crash));
+        assert_eq!(
+            cond(&s, PROGRESSING),
+            ("False".into(), reasons::PODS_NOT_READY.into())
+        );
+        assert_eq!(
+            cond(&s, DEGRADED),
+            ("True".into(), "CrashLoopBackOff".into())
+        );
+
+        // All ready: Complete, and no pod reason.
+        let mut fine = dep_progress("NewReplicaSetAvailable", "True", "ok");
+        fine.status.as_mut().expect("status").ready_replicas = Some(4);
+        let s = with_issue(&fine, 4, None);
+        assert_eq!(cond(&s, READY), ("True".into(), reasons::AVAILABLE.into()));
+        assert_eq!(
+            cond(&s, PROGRESSING),
+            ("False".into(), reasons::COMPLETE.into())
+        );
+    }
+
+    fn scaled_by(manager: &str, subresource: Option<&str>, autoscaling: bool) -> WsgiApp {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+        mk_app("shop").with_replicas(1, Some(10)).map(|a| {
+            a.spec.autoscaling = Some(AutoscalingSpec {
+                enabled: Some(autoscaling),
+                ..AutoscalingSpec::default()
+            });
+            a.spec.replicas.as_mut().expect("set").desired = Some(3);
+            let mut entries = vec![ManagedFieldsEntry {
+                manager: Some("kubectl".into()),
+                operation: Some("Apply".into()),
+                fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {"f:image": {}}}))),
+                ..ManagedFieldsEntry::default()
+            }];
+            if !manager.is_empty() {
+                entries.push(ManagedFieldsEntry {
+                    manager: Some(manager.into()),
+                    operation: Some("Update".into()),
+                    subresource: subresource.map(Into::into),
+                    fields_v1: Some(FieldsV1(
+                        serde_json::json!({"f:spec": {"f:replicas": {"f:desired": {}}}}),
+                    )),
+                    ..ManagedFieldsEntry::default()
+                });
+            }
+            a.metadata.managed_fields = Some(entries);
+        })
+    }
+
+    fn conflict_of(app: &WsgiApp, hpas: &[String]) -> WsgiAppStatus {
+        let v = validate_app(app).expect("valid");
+        compute_status(
+            app,
+            Outcome::Applied {
+                app: &v,
+                deployment: None,
+                desired: 1,
+                unservable: None,
+                pod_issue: None,
+                scale_writers: hpas,
+            },
+            t("2026-01-01T00:00:00Z"),
+        )
+    }
+
+    #[test]
+    fn another_scale_writer_of_an_autoscaled_app_is_named() {
+        // Recorded in managedFields (API servers that do for custom resources).
+        let hpa = conflict_of(
+            &scaled_by("kube-controller-manager", Some("scale"), true),
+            &[],
+        );
+        let c = condition(&hpa, SCALE_CONFLICT).expect("set");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reasons::SCALE_WRITTEN_BY_OTHER)
+        );
+        assert!(
+            c.message.starts_with(
+                "kube-controller-manager (a HorizontalPodAutoscaler, or KEDA's) writes"
+            ),
+            "{}",
+            c.message
+        );
+        assert!(
+            c.message.contains("kubectl patch wsgiapp shop --type=json"),
+            "{}",
+            c.message
+        );
+        let (reason, _) = warning_transition(None, &hpa, SCALE_CONFLICT).expect("a Warning event");
+        assert_eq!(reason, reasons::SCALE_WRITTEN_BY_OTHER);
+        assert!(
+            warning_transition(Some(&hpa), &hpa, SCALE_CONFLICT).is_none(),
+            "once"
+        );
+
+        // Not recorded (this API server, kubernetes#131892): desired set, no owner. The HPAs
+        // that target the app name the writer.
+        let unrecorded = scaled_by("", None, true);
+        assert!(needs_scale_writers(&unrecorded));
+        let named = conflict_of(&unrecorded, &["shop-cpu".to_string()]);
+        assert!(condition(&named, SCALE_CONFLICT)
+            .expect("set")
+            .message
+            .starts_with("HorizontalPodAutoscaler shop-cpu writes"));
+        let anonymous = conflict_of(&unrecorded, &[]);
+        let c = condition(&anonymous, SCALE_CONFLICT).expect("set");
+        assert_eq!(c.status, "True");
+        assert!(
+            c.message.starts_with("a client (kubectl scale"),
+            "{}",
+            c.message
+        );
+
+        // The same writer while autoscaling is off is the way it should be.
+        let off = conflict_of(
+            &scaled_by("kube-controller-manager", Some("scale"), false),
+            &[],
+        );
+        assert_eq!(
+            cond(&off, SCALE_CONFLICT),
+            ("False".into(), reasons::AUTOSCALING_OFF.into())
+        );
+        assert!(!needs_scale_writers(&scaled_by("", None, false)));
+        // A user's own edit of the spec (not the scale subresource) is no other autoscaler.
+        let own = conflict_of(&scaled_by("kubectl-edit", None, true), &[]);
+        assert_eq!(
+            cond(&own, SCALE_CONFLICT),
+            ("False".into(), reasons::AS_EXPECTED.into())
+        );
+    }
+
+    #[test]
+    fn hpas_are_matched_by_their_target() {
+        use k8s_openapi::api::autoscaling::v2::{
+            CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+        };
+        let hpa = |name: &str, kind: &str, target: &str, keda: bool| HorizontalPodAutoscaler {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: keda.then(|| {
+                    [("scaledobject.keda.sh/name".to_string(), target.to_string())].into()
+                }),
+                ..ObjectMeta::default()
+            },
+            spec: HorizontalPodAutoscalerSpec {
+                scale_target_ref: CrossVersionObjectReference {
+                    api_version: Some("wsgiscale.dev/v1alpha1".into()),
+                    kind: kind.into(),
+                    name: target.into(),
+                },
+                max_replicas: 10,
+                ..HorizontalPodAutoscalerSpec::default()
+            },
+            ..HorizontalPodAutoscaler::default()
+        };
+        let all = [
+            hpa("shop-cpu", "WsgiApp", "shop", false),
+            hpa("keda-hpa-shop", "WsgiApp", "shop", true),
+            hpa("cart", "WsgiApp", "cart", false),
+            hpa("shop-dep", "Deployment", "shop", false),
+        ];
+        assert_eq!(
+            compute_hpas_targeting(&all, "shop"),
+            ["shop-cpu", "keda-hpa-shop (KEDA ScaledObject shop)"]
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements,
+    EnvFromSource, EnvVar, LocalObjectReference, PodTemplateSpec, ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -28,9 +28,10 @@ use wsgiscale_core::units::parse_size;
 
 use crate::crd::{
     AutoscalingSpec, BusynessSpec, HttpSpec, LifecycleSpec, LimitsSpec, LoggingSpec, PodOverrides,
-    ProxySpec, PullPolicy, ReplicasSpec, ServiceSpec, ServiceType, StaticSpec, WorkersSpec,
-    WsgiApp,
+    ProbesSpec, ProxySpec, PullPolicy, ReplicasSpec, ServiceSpec, ServiceType, StaticSpec,
+    WorkersSpec, WsgiApp,
 };
+use crate::overrides::{validate_pod_overrides, Owned};
 
 mod serving;
 pub use serving::{Http2, Tls, CLIENT_CA_DIR, TLS_DIR};
@@ -134,6 +135,22 @@ pub mod defaults {
     pub const TICK_SECONDS: i32 = 2;
     /// Autoscaler most pods scraped per decision.
     pub const MAX_PODS_SCRAPED: i32 = 16;
+    /// Seconds a new pod gets to pass its startup probe.
+    pub const STARTUP_TIMEOUT_SECONDS: i32 = 300;
+    /// Seconds between two startup probes (not a setting: the budget is).
+    pub const STARTUP_PERIOD_SECONDS: i32 = 2;
+    /// Liveness probe: seconds between probes.
+    pub const LIVENESS_PERIOD_SECONDS: i32 = 10;
+    /// Liveness probe: seconds one probe may take.
+    pub const LIVENESS_TIMEOUT_SECONDS: i32 = 2;
+    /// Liveness probe: failures in a row before a restart.
+    pub const LIVENESS_FAILURE_THRESHOLD: i32 = 3;
+    /// Readiness probe: seconds between probes.
+    pub const READINESS_PERIOD_SECONDS: i32 = 5;
+    /// Readiness probe: seconds one probe may take.
+    pub const READINESS_TIMEOUT_SECONDS: i32 = 2;
+    /// Readiness probe: failures in a row before the pod is unready.
+    pub const READINESS_FAILURE_THRESHOLD: i32 = 2;
 }
 
 /// One thing wrong with a spec.
@@ -282,6 +299,28 @@ impl Replicas {
     }
 }
 
+/// One probe's timing, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTiming {
+    /// Seconds between two probes.
+    pub period_seconds: i32,
+    /// Seconds one probe may take.
+    pub timeout_seconds: i32,
+    /// Failures in a row that count.
+    pub failure_threshold: i32,
+}
+
+/// The server container's probes, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probes {
+    /// The startup probe's timing: `failure_threshold x period_seconds` covers the budget.
+    pub startup: ProbeTiming,
+    /// The liveness probe's.
+    pub liveness: ProbeTiming,
+    /// The readiness probe's.
+    pub readiness: ProbeTiming,
+}
+
 /// Autoscaling policy, resolved (used by the autoscaler).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Autoscaling {
@@ -369,6 +408,10 @@ pub struct ValidatedApp {
     pub resources: Option<ResourceRequirements>,
     /// Pod settings.
     pub pod: PodOverrides,
+    /// The server container's probes.
+    pub probes: Probes,
+    /// `spec.podOverrides`, read and checked: merged over the rendered pod template.
+    pub pod_overrides: Option<PodTemplateSpec>,
     /// wsgiscale brought into the pod, when the image lacks it.
     pub inject: Option<Inject>,
     /// Server hooks.
@@ -745,6 +788,17 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
             }
         }
     }
+    let probes = resolve_probes(spec.probes.as_ref(), &mut errs);
+    let pod_overrides = match &spec.pod_overrides {
+        None => None,
+        Some(v) => match validate_pod_overrides(v, Owned { port, admin_port }) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errs.0.extend(e);
+                None
+            }
+        },
+    };
 
     let command = if spec.command.is_empty() {
         vec![defaults::COMMAND.to_string()]
@@ -792,6 +846,8 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
         hooks,
         tls,
         http2,
+        probes,
+        pod_overrides,
     };
 
     // The last word is the server's: what the pods get must resolve with its own rules.
@@ -1295,6 +1351,55 @@ fn resolve_autoscaling(spec: Option<&AutoscalingSpec>, errs: &mut Errors) -> Aut
     }
 }
 
+fn resolve_probes(spec: Option<&ProbesSpec>, errs: &mut Errors) -> Probes {
+    let spec = spec.cloned().unwrap_or_default();
+    let budget = errs.int(
+        "spec.probes.startupTimeoutSeconds",
+        spec.startup_timeout_seconds,
+        defaults::STARTUP_TIMEOUT_SECONDS,
+        2,
+        86_400,
+    );
+    let period = defaults::STARTUP_PERIOD_SECONDS;
+    let mut timing = |name: &str, t: Option<&crate::crd::ProbeTiming>, d: (i32, i32, i32)| {
+        let t = t.cloned().unwrap_or_default();
+        let f = |key: &str| format!("spec.probes.{name}.{key}");
+        ProbeTiming {
+            period_seconds: errs.int(&f("periodSeconds"), t.period_seconds, d.0, 1, 3600),
+            timeout_seconds: errs.int(&f("timeoutSeconds"), t.timeout_seconds, d.1, 1, 3600),
+            failure_threshold: errs.int(&f("failureThreshold"), t.failure_threshold, d.2, 1, 1000),
+        }
+    };
+    let liveness = timing(
+        "liveness",
+        spec.liveness.as_ref(),
+        (
+            defaults::LIVENESS_PERIOD_SECONDS,
+            defaults::LIVENESS_TIMEOUT_SECONDS,
+            defaults::LIVENESS_FAILURE_THRESHOLD,
+        ),
+    );
+    let readiness = timing(
+        "readiness",
+        spec.readiness.as_ref(),
+        (
+            defaults::READINESS_PERIOD_SECONDS,
+            defaults::READINESS_TIMEOUT_SECONDS,
+            defaults::READINESS_FAILURE_THRESHOLD,
+        ),
+    );
+    Probes {
+        startup: ProbeTiming {
+            period_seconds: period,
+            timeout_seconds: readiness.timeout_seconds,
+            // Enough probes to cover the budget, rounded up.
+            failure_threshold: (budget + period - 1) / period,
+        },
+        liveness,
+        readiness,
+    }
+}
+
 fn check_pod(pod: &PodOverrides, errs: &mut Errors) {
     if pod.labels.contains_key(APP_LABEL) {
         errs.push(
@@ -1420,6 +1525,28 @@ mod tests {
         assert_eq!(v.owner.kind, "WsgiApp");
         assert_eq!(v.owner.controller, Some(true));
         assert_eq!(v.resources, None);
+        assert_eq!(v.pod_overrides, None);
+        let p = v.probes;
+        assert_eq!(
+            (p.startup.period_seconds, p.startup.failure_threshold),
+            (2, 150)
+        );
+        assert_eq!(
+            (
+                p.liveness.period_seconds,
+                p.liveness.timeout_seconds,
+                p.liveness.failure_threshold
+            ),
+            (10, 2, 3)
+        );
+        assert_eq!(
+            (
+                p.readiness.period_seconds,
+                p.readiness.timeout_seconds,
+                p.readiness.failure_threshold
+            ),
+            (5, 2, 2)
+        );
     }
 
     #[test]
@@ -1438,7 +1565,7 @@ mod tests {
             client_ca_secret_name: ca.map(Into::into),
             ..Default::default()
         };
-        let cases: Vec<(WsgiApp, &str)> = vec![
+        let mut cases: Vec<(WsgiApp, &str)> = vec![
             (mk_app("shop").with_workers(4, Some(2)), "spec.workers.min"),
             (
                 mk_app("shop").map(|a| {
@@ -1637,6 +1764,33 @@ mod tests {
                 "spec.static.mounts[0].directory",
             ),
         ];
+        cases.push((
+            mk_app("shop").map(|a| {
+                a.spec.probes = Some(crate::crd::ProbesSpec {
+                    startup_timeout_seconds: Some(1),
+                    ..Default::default()
+                })
+            }),
+            "spec.probes.startupTimeoutSeconds",
+        ));
+        cases.push((
+            mk_app("shop").map(|a| {
+                a.spec.pod_overrides = Some(serde_json::json!({
+                    "spec": {"containers": [{"name": "app", "image": "other:1"}]}
+                }))
+            }),
+            "spec.podOverrides.spec.containers[0].image",
+        ));
+        cases.push((
+            // The admin port moved: the overrides' sidecar may not take it.
+            mk_app("shop").map(|a| {
+                a.spec.admin_port = Some(9000);
+                a.spec.pod_overrides = Some(serde_json::json!({
+                    "spec": {"containers": [{"name": "proxy", "image": "p:1", "ports": [{"containerPort": 9000}]}]}
+                }))
+            }),
+            "spec.podOverrides.spec.containers[0].ports[0].containerPort",
+        ));
         for (app, field) in cases {
             let fields = invalid_fields(&app);
             assert!(

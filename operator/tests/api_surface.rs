@@ -266,6 +266,17 @@ fn kubectl_args<'a>(cluster: &'a Cluster, args: &[&'a str]) -> Vec<&'a str> {
     all
 }
 
+/// `kubectl explain FIELD` once the CRD is served: it is a moment after it is Established,
+/// and kubectl reads it from the OpenAPI document, which lags a little more.
+async fn explain(cluster: &Cluster, field: &str) -> String {
+    install_crd(&cluster.client().await, MANAGER).await;
+    eventually(&format!("kubectl explain {field}"), 60, || async {
+        let text = kubectl_try(cluster, &["explain", field])?;
+        text.contains("DESCRIPTION:").then_some(text)
+    })
+    .await
+}
+
 /// The DESCRIPTION block of `kubectl explain` output, one entry per line, without the indent.
 fn explain_description(text: &str) -> Vec<String> {
     text.lines()
@@ -285,14 +296,7 @@ async fn kubectl_explain_shows_descriptions_as_flowing_text() {
         skip_line("no kubectl on PATH (or KUBECTL)");
         return;
     }
-    install_crd(&cluster.client().await, MANAGER).await;
-    // The CRD is served a moment after it is Established; kubectl reads it from the
-    // OpenAPI document, which lags a little more.
-    let explained = eventually("kubectl explain wsgiapps.spec.workers", 60, || async {
-        let text = kubectl_try(cluster, &["explain", "wsgiapps.spec.workers"])?;
-        text.contains("DESCRIPTION:").then_some(text)
-    })
-    .await;
+    let explained = explain(cluster, "wsgiapps.spec.workers").await;
 
     // The comment of `WsgiAppSpec::workers` spans three `///` lines.
     let schema = crd().spec.versions[0]
@@ -334,6 +338,40 @@ async fn kubectl_explain_shows_descriptions_as_flowing_text() {
             pair[0]
         );
     }
+}
+
+/// `kubectl explain wsgiapps.spec.image` says what is true of the image: the server ships as
+/// the `wsgiscale` Python package (the one pyproject.toml builds, which examples/Dockerfile
+/// installs) or is brought in by `inject.enabled` (a field the CRD has), never as "the
+/// wsgiscale binary".
+#[tokio::test]
+async fn kubectl_explain_of_the_image_says_what_is_true() {
+    let Some(cluster) = wsgiscale_envtest::shared() else {
+        return;
+    };
+    if kubectl_path().is_none() {
+        skip_line("no kubectl on PATH (or KUBECTL)");
+        return;
+    }
+    let explained = explain(cluster, "wsgiapps.spec.image").await;
+    let text = explain_description(&explained).join(" ");
+    let pyproject =
+        std::fs::read_to_string(repo_root().join("pyproject.toml")).expect("pyproject.toml");
+    let package = pyproject
+        .lines()
+        .find_map(|l| l.strip_prefix("name = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("the project's name");
+    assert!(text.contains(&format!("pip install {package}")), "{text}");
+    let dockerfile = std::fs::read_to_string(repo_root().join("examples/Dockerfile"))
+        .expect("the image example it names");
+    assert!(text.contains("examples/Dockerfile") && dockerfile.contains("pip install"));
+    assert!(!text.contains("binary"), "{text}");
+    assert!(text.contains("`inject.enabled`"), "{text}");
+    // The field it points to exists.
+    let inject = kubectl_try(cluster, &["explain", "wsgiapps.spec.inject.enabled"])
+        .expect("spec.inject.enabled exists");
+    assert!(inject.contains("DESCRIPTION:"), "{inject}");
 }
 
 #[tokio::test]
@@ -691,7 +729,7 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
             cms.get_opt("shop-config").await.ok()??;
             svcs.get_opt("shop").await.ok()??;
             let s = apps.get_status("shop").await.ok()?.status?;
-            (s.conditions.len() == 3).then_some(())
+            (s.conditions.len() == 4).then_some(())
         }
     })
     .await;
@@ -706,6 +744,14 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
                 .any(|e| e.reporting_controller.as_deref() == Some("wsgiscale-operator"))
                 .then_some(())
         }
+    })
+    .await;
+    // Every watch (the apps', their children's, their pods') lists and watches under it.
+    ctx.health.set_ready(true);
+    let health = ctx.health.clone();
+    eventually("every watch to work under the chart's RBAC", 60, || {
+        let health = health.clone();
+        async move { health.readiness().ok() }
     })
     .await;
     let errors = ctx.metrics.encode();

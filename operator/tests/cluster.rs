@@ -141,12 +141,12 @@ async fn example_runs_reloads_limits_live_and_is_collected() {
         let apps = apps.clone();
         async move {
             let s = apps.get_status("shop").await.ok()?.status?;
-            (s.observed_generation == Some(1) && s.conditions.len() == 3).then_some(s)
+            (s.observed_generation == Some(1) && s.conditions.len() == 4).then_some(s)
         }
     })
     .await;
     let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
-    assert_eq!(types, ["Ready", "Progressing", "Degraded"]);
+    assert_eq!(types, ["Ready", "Progressing", "Degraded", "ScaleConflict"]);
     assert_eq!(status.selector.as_deref(), Some("wsgiscale.dev/app=shop"));
 
     // workers.max changes: the ConfigMap follows, the pod template (and so the pods) does not.
@@ -584,5 +584,559 @@ async fn kubectl_applies_every_valid_sample_and_refuses_every_invalid_one_with_i
             assert!(stderr.contains(expect), "{name}: {stderr}");
         }
     }
+    teardown(env).await;
+}
+
+/// A file under the test target's temporary directory, removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn write(name: &str, text: &str) -> TempFile {
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{}-{name}", std::process::id()));
+        std::fs::write(&path, text).expect("write a temporary manifest");
+        TempFile(path)
+    }
+
+    fn arg(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// What a Django app on Kubernetes carries, through `spec.podOverrides`: a migrate init
+/// container, a native sidecar (cloud-sql-proxy), an old-style sidecar with a volume of its
+/// own, the security context of an added container, the probe timing of the server
+/// container, pod fields the WsgiApp does not name.
+fn overrides() -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"annotations": {"example.com/team": "web"}},
+        "spec": {
+            "initContainers": [
+                {"name": "migrate", "image": "ghcr.io/wsgiscale/demo:0.1.0",
+                 "command": ["python", "manage.py", "migrate", "--noinput"],
+                 "securityContext": {"runAsNonRoot": true, "allowPrivilegeEscalation": false,
+                                     "capabilities": {"drop": ["ALL"]}},
+                 "resources": {"requests": {"cpu": "0.1", "memory": "128Mi"}}},
+                {"name": "cloud-sql-proxy", "image": "gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.14.0",
+                 "restartPolicy": "Always", "args": ["--port=5432", "project:region:db"],
+                 "ports": [{"containerPort": 5432, "name": "postgres"}],
+                 "securityContext": {"runAsNonRoot": true, "readOnlyRootFilesystem": true}},
+            ],
+            "containers": [
+                {"name": "app",
+                 "livenessProbe": {"periodSeconds": 20, "failureThreshold": 6},
+                 "env": [{"name": "DATABASE_HOST", "value": "127.0.0.1"}],
+                 "volumeMounts": [{"name": "media", "mountPath": "/srv/media"}]},
+                {"name": "log-shipper", "image": "fluent/fluent-bit:3.2",
+                 "volumeMounts": [{"name": "media", "mountPath": "/logs", "readOnly": true}],
+                 "resources": {"limits": {"memory": "64Mi"}}},
+            ],
+            "volumes": [{"name": "media", "emptyDir": {"sizeLimit": "1Gi"}}],
+            "shareProcessNamespace": true,
+            "hostAliases": [{"ip": "10.0.0.10", "hostnames": ["db.internal"]}],
+            "dnsConfig": {"options": [{"name": "ndots", "value": "2"}]},
+        },
+    })
+}
+
+/// The operator's own entry in an object's managedFields: (operation, time, fields).
+fn operator_entry(meta: &kube::api::ObjectMeta) -> Option<serde_json::Value> {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .find(|e| e.manager.as_deref() == Some("wsgiscale-operator") && e.subresource.is_none())
+        .map(|e| serde_json::to_value(e).expect("json"))
+}
+
+#[tokio::test]
+async fn pod_overrides_are_accepted_merged_as_the_api_server_merges_and_show_no_drift() {
+    use wsgiscale_operator::drift::stamp_hash;
+    use wsgiscale_operator::render::render_children;
+    use wsgiscale_operator::validate::validate_app;
+
+    let Some(env) = setup("overrides").await else {
+        return;
+    };
+    let apps: Api<WsgiApp> = env.api();
+    let deployments: Api<Deployment> = env.api();
+    let mut app = example_app(&env.ns);
+    app.spec.pod_overrides = Some(overrides());
+    app.spec.probes = Some(wsgiscale_operator::crd::ProbesSpec {
+        startup_timeout_seconds: Some(600),
+        ..Default::default()
+    });
+
+    // Applied as a GitOps tool does: server-side, from a manifest.
+    let manifest = TempFile::write(
+        "overrides-app.yaml",
+        &serde_saphyr::to_string(&app).expect("yaml"),
+    );
+    let Some(out) = kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager",
+        "gitops",
+        "-f",
+        &manifest.arg(),
+    ]) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The API server accepts what the operator renders from it.
+    let dep = eventually("the Deployment with the overrides", 60, || {
+        let d = deployments.clone();
+        async move { d.get_opt("shop").await.ok().flatten() }
+    })
+    .await;
+    let pod = dep.spec.template.spec.clone().expect("pod");
+    let init: Vec<(&str, Option<&str>)> = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| (c.name.as_str(), c.restart_policy.as_deref()))
+        .collect();
+    assert_eq!(
+        init,
+        [("migrate", None), ("cloud-sql-proxy", Some("Always"))]
+    );
+    let containers: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(containers, ["app", "log-shipper"]);
+    let server = &pod.containers[0];
+    let live = server.liveness_probe.clone().expect("liveness");
+    assert_eq!(
+        (live.period_seconds, live.failure_threshold),
+        (Some(20), Some(6))
+    );
+    assert_eq!(
+        live.http_get.and_then(|h| h.path).as_deref(),
+        Some("/healthz")
+    );
+    let startup = server.startup_probe.clone().expect("startup");
+    assert_eq!(startup.failure_threshold, Some(300));
+    assert_eq!(pod.share_process_namespace, Some(true));
+    assert!(pod.volumes.iter().flatten().any(|v| v.name == "media"));
+    let status = eventually("a status for the current generation", 60, || {
+        let apps = apps.clone();
+        async move {
+            let s = apps.get_status("shop").await.ok()?.status?;
+            (s.observed_generation == Some(1) && !s.conditions.is_empty()).then_some(s)
+        }
+    })
+    .await;
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.reason != "InvalidSpec" && c.reason != "ApplyRejected"),
+        "{:?}",
+        status.conditions
+    );
+
+    // GitOps sees no drift: the WsgiApp is stored as applied.
+    let Some(diff) = kubectl(&[
+        "diff",
+        "--server-side",
+        "--field-manager",
+        "gitops",
+        "-f",
+        &manifest.arg(),
+    ]) else {
+        return;
+    };
+    assert_eq!(
+        diff.status.code(),
+        Some(0),
+        "kubectl diff of the WsgiApp: {}{}",
+        String::from_utf8_lossy(&diff.stdout),
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    // Nor in the Deployment: what the operator would apply now changes nothing.
+    let stored = apps.get("shop").await.expect("the app");
+    let validated = validate_app(&stored).expect("valid");
+    let replicas = dep.spec.replicas.expect("replicas");
+    let desired = stamp_hash(render_children(&validated, replicas).deployment);
+    let rendered = TempFile::write(
+        "overrides-deployment.yaml",
+        &serde_saphyr::to_string(&desired).expect("yaml"),
+    );
+    let diff = kubectl(&[
+        "diff",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager",
+        "wsgiscale-operator",
+        "-f",
+        &rendered.arg(),
+    ])
+    .expect("kubectl ran before");
+    assert_eq!(
+        diff.status.code(),
+        Some(0),
+        "kubectl diff of the rendered Deployment: {}{}",
+        String::from_utf8_lossy(&diff.stdout),
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    // And reconciles write nothing: the operator's managed fields and the generation stay.
+    let before = (dep.metadata.generation, operator_entry(&dep.metadata));
+    let config_maps: Api<ConfigMap> = env.api();
+    let reconciled = || {
+        env.metrics
+            .reconciles
+            .get_or_create(&wsgiscale_operator::metrics::ResultLabels { result: "ok" })
+            .get()
+    };
+    for poke in 0..3 {
+        let count = reconciled();
+        let patch = serde_json::json!({"metadata": {"annotations": {"test.wsgiscale.dev/poke": poke.to_string()}}});
+        config_maps
+            .patch(
+                "shop-config",
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .expect("poke the ConfigMap");
+        eventually("a reconcile", 30, || async {
+            (reconciled() > count).then_some(())
+        })
+        .await;
+    }
+    let after = deployments.get("shop").await.expect("the Deployment");
+    assert_eq!(
+        (after.metadata.generation, operator_entry(&after.metadata)),
+        before
+    );
+
+    // The merge is the API server's own: a Deployment of the operator's template without the
+    // overrides, then the overrides applied by a second manager, comes out the same.
+    let mut plain = validated.clone();
+    plain.pod_overrides = None;
+    let mut base = render_children(&plain, 0).deployment;
+    base.metadata.name = Some("merge-check".into());
+    base.metadata.owner_references = None;
+    deployments
+        .patch(
+            "merge-check",
+            &PatchParams::apply("base"),
+            &Patch::Apply(&base),
+        )
+        .await
+        .expect("apply the base");
+    let over = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "merge-check"},
+        "spec": {"template": overrides()},
+    });
+    let merged = deployments
+        .patch(
+            "merge-check",
+            &PatchParams::apply("overrides").force().dry_run(),
+            &Patch::Apply(&over),
+        )
+        .await
+        .expect("the API server merges the overrides");
+    let ours = serde_json::to_value(&after.spec.template).expect("json");
+    let theirs = serde_json::to_value(&merged.spec.template).expect("json");
+    assert_eq!(ours, theirs);
+    teardown(env).await;
+}
+
+#[tokio::test]
+async fn an_override_of_what_the_operator_owns_is_refused_with_the_field() {
+    let Some(env) = setup("owned").await else {
+        return;
+    };
+    let apps: Api<WsgiApp> = env.api();
+    let mut app = example_app(&env.ns);
+    app.spec.pod_overrides = Some(serde_json::json!({
+        "spec": {"containers": [{"name": "app", "image": "other:1", "args": ["serve", "x:y"]}],
+                 "initContainers": [{"name": "migrate", "image": "shop:1", "comand": ["migrate"]}]}
+    }));
+    env.apply(&app).await;
+    let ready = eventually("Ready=False InvalidSpec", 60, || {
+        let apps = apps.clone();
+        async move {
+            let s = apps.get_status("shop").await.ok()?.status?;
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready" && c.reason == "InvalidSpec")
+        }
+    })
+    .await;
+    for field in [
+        "spec.podOverrides.spec.containers[0].image: is spec.image",
+        "spec.podOverrides.spec.containers[0].args",
+        "spec.podOverrides.spec.initContainers[0].comand: is not a field",
+    ] {
+        assert!(ready.message.contains(field), "{field}: {}", ready.message);
+    }
+    let deployments: Api<Deployment> = env.api();
+    assert!(
+        deployments.get_opt("shop").await.expect("get").is_none(),
+        "nothing rendered"
+    );
+    teardown(env).await;
+}
+
+/// Patches the status of every pod of the app as the scheduler or the kubelet would.
+async fn set_pod_status(env: &Env, status: serde_json::Value) -> usize {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = env.api();
+    let list = eventually("the app's pods", 60, || {
+        let pods = pods.clone();
+        async move {
+            let l = pods
+                .list(&ListParams::default().labels("wsgiscale.dev/app=shop"))
+                .await
+                .ok()?;
+            (!l.items.is_empty()).then_some(l)
+        }
+    })
+    .await;
+    for p in &list.items {
+        pods.patch_status(
+            &p.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"status": status})),
+        )
+        .await
+        .expect("patch the pod's status");
+    }
+    list.items.len()
+}
+
+async fn condition_of(
+    apps: &Api<WsgiApp>,
+    type_: &str,
+    reason: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    eventually(&format!("{type_} with reason {reason}"), 60, || {
+        let apps = apps.clone();
+        async move {
+            let s = apps.get_status("shop").await.ok()?.status?;
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == type_ && c.reason == reason)
+        }
+    })
+    .await
+}
+
+async fn event_with(env: &Env, type_: &str, reason: &str) -> Event {
+    let events: Api<Event> = env.api();
+    eventually(&format!("a {type_} Event {reason}"), 60, || {
+        let e = events.clone();
+        async move {
+            let list = e.list(&ListParams::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some(type_))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_status_says_why_pods_are_not_ready_from_the_pods_themselves() {
+    let Some(env) = setup("explain").await else {
+        return;
+    };
+    let apps: Api<WsgiApp> = env.api();
+    env.apply(&example_app(&env.ns)).await;
+
+    // No pod is placed: the scheduler's words. Not Complete, not (yet) Degraded.
+    let scheduler = "0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.";
+    let n = set_pod_status(
+        &env,
+        serde_json::json!({"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": scheduler}
+        ]}),
+    )
+    .await;
+    // Every pod's status reached the operator through its pod watch.
+    let want = format!(
+        "{n} of {n} pods of the current spec: the scheduler cannot place them: {scheduler}"
+    );
+    eventually("Ready=False Unschedulable for every pod", 60, || {
+        let (apps, want) = (apps.clone(), want.clone());
+        async move {
+            let s = apps.get_status("shop").await.ok()?.status?;
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready" && c.reason == "Unschedulable" && c.message == want)
+        }
+    })
+    .await;
+    let progressing = condition_of(&apps, "Progressing", "PodsNotReady").await;
+    assert!(
+        progressing.message.contains("Unschedulable"),
+        "{}",
+        progressing.message
+    );
+    let status = apps
+        .get_status("shop")
+        .await
+        .expect("app")
+        .status
+        .expect("status");
+    assert!(
+        status.conditions.iter().all(|c| c.reason != "Complete"),
+        "{:?}",
+        status.conditions
+    );
+    assert!(status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Degraded" && c.status == "False"));
+
+    // Placed, but the image cannot be pulled: Degraded, with the image, and a Warning Event.
+    set_pod_status(
+        &env,
+        serde_json::json!({"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "False", "reason": "ContainersNotReady"}
+        ], "containerStatuses": [{
+            "name": "app", "image": "ghcr.io/wsgiscale/demo:0.1.0", "imageID": "", "ready": false,
+            "restartCount": 0, "started": false,
+            "state": {"waiting": {"reason": "ImagePullBackOff",
+                      "message": "Back-off pulling image \"ghcr.io/wsgiscale/demo:0.1.0\""}}
+        }]}),
+    )
+    .await;
+    let degraded = condition_of(&apps, "Degraded", "ImagePullBackOff").await;
+    assert!(
+        degraded
+            .message
+            .contains("container app cannot pull image ghcr.io/wsgiscale/demo:0.1.0"),
+        "{}",
+        degraded.message
+    );
+    let event = event_with(&env, "Warning", "ImagePullBackOff").await;
+    assert!(event
+        .note
+        .unwrap_or_default()
+        .contains("ghcr.io/wsgiscale/demo:0.1.0"));
+    teardown(env).await;
+}
+
+#[tokio::test]
+async fn a_reverted_scale_of_the_deployment_names_the_field_the_manager_and_the_owner() {
+    let Some(env) = setup("revert").await else {
+        return;
+    };
+    let deployments: Api<Deployment> = env.api();
+    env.apply(&example_app(&env.ns)).await;
+    eventually("the Deployment at 2", 60, || {
+        let d = deployments.clone();
+        async move { (d.get_opt("shop").await.ok()??.spec.replicas == Some(2)).then_some(()) }
+    })
+    .await;
+    let Some(out) = kubectl(&["-n", &env.ns, "scale", "deployment/shop", "--replicas", "1"]) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let event = event_with(&env, "Normal", "Reverted").await;
+    let note = event.note.unwrap_or_default();
+    assert!(
+        note.starts_with("Put back Deployment shop: kubectl"),
+        "{note}"
+    );
+    assert!(
+        note.contains("changed spec.replicas, which the WsgiApp sets through spec.replicas.desired: change it with kubectl scale wsgiapp/shop --replicas=N"),
+        "{note}"
+    );
+    eventually("the Deployment back at 2", 60, || {
+        let d = deployments.clone();
+        async move { (d.get_opt("shop").await.ok()??.spec.replicas == Some(2)).then_some(()) }
+    })
+    .await;
+    teardown(env).await;
+}
+
+#[tokio::test]
+async fn another_scale_writer_of_an_autoscaled_app_is_a_condition_and_a_warning() {
+    let Some(env) = setup("conflict").await else {
+        return;
+    };
+    let apps: Api<WsgiApp> = env.api();
+    let mut app = example_app(&env.ns);
+    app.spec.autoscaling = Some(wsgiscale_operator::crd::AutoscalingSpec {
+        enabled: Some(true),
+        ..Default::default()
+    });
+    env.apply(&app).await;
+    let calm = condition_of(&apps, "ScaleConflict", "AsExpected").await;
+    assert_eq!(calm.status, "False");
+    // An HPA on the WsgiApp, and a write of its scale (what the HPA does, here by kubectl:
+    // without metrics this control plane's HPA controller writes nothing).
+    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> = env.api();
+    let hpa = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "shop-cpu"},
+        "spec": {"scaleTargetRef": {"apiVersion": "wsgiscale.dev/v1alpha1", "kind": "WsgiApp", "name": "shop"},
+                 "minReplicas": 2, "maxReplicas": 10,
+                 "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]},
+    }))
+    .expect("an HPA literal");
+    hpas.create(&PostParams::default(), &hpa)
+        .await
+        .expect("create the HPA");
+    let Some(out) = kubectl(&["-n", &env.ns, "scale", "wsgiapp/shop", "--replicas", "3"]) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // This API server records no manager for a write of a custom resource's scale
+    // (kubernetes#131892): the HPA that targets the app names the writer.
+    let conflict = condition_of(&apps, "ScaleConflict", "ScaleWrittenByOther").await;
+    assert_eq!(conflict.status, "True");
+    assert!(
+        conflict
+            .message
+            .starts_with("HorizontalPodAutoscaler shop-cpu writes"),
+        "{}",
+        conflict.message
+    );
+    let event = event_with(&env, "Warning", "ScaleWrittenByOther").await;
+    assert!(event
+        .note
+        .unwrap_or_default()
+        .starts_with("HorizontalPodAutoscaler shop-cpu"));
+    // Taken out as the message says, the conflict ends.
+    let Some(out) = kubectl(&[
+        "-n",
+        &env.ns,
+        "patch",
+        "wsgiapp",
+        "shop",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/replicas/desired"}]"#,
+    ]) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    condition_of(&apps, "ScaleConflict", "AsExpected").await;
     teardown(env).await;
 }

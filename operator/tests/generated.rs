@@ -75,10 +75,11 @@ fn crd_keeps_subresources_columns_and_short_name() {
             "Panic",
             "Status",
             "Age",
+            "Message",
             "Last Scale"
         ]
     );
-    // The long reason only in `-o wide`.
+    // The long texts only in `-o wide`: why the app is not ready, why it last scaled.
     let wide: Vec<&str> = v
         .additional_printer_columns
         .iter()
@@ -86,7 +87,7 @@ fn crd_keeps_subresources_columns_and_short_name() {
         .filter(|c| c.priority.unwrap_or(0) > 0)
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(wide, ["Last Scale"]);
+    assert_eq!(wide, ["Message", "Last Scale"]);
 
     // Every field of the spec is documented: that text is what `kubectl explain` shows.
     fn undocumented(path: &str, v: &serde_json::Value, out: &mut Vec<String>) {

@@ -1,5 +1,10 @@
 //! The admin server: liveness (`/healthz`) and readiness (`/readyz`) for Kubernetes probes,
 //! Prometheus metrics (`/metrics`) and the load report for the operator (`/load`).
+//!
+//! It listens and answers from the moment the master starts, before the app is imported:
+//! `/healthz` is 200 as long as the master runs (a slow import is not a dead server), and
+//! `/readyz` is 503 with the reason (`importing the app`, `no worker ready`, `draining`) until
+//! the server can take a request.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -49,15 +54,14 @@ async fn route(req: Request<Incoming>, ctx: Arc<Shared>) -> Result<Response<Resp
     }
     Ok(match req.uri().path() {
         "/healthz" => plain(StatusCode::OK, "ok\n", false),
-        "/readyz" => {
-            if ctx.is_draining() {
-                plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n", false)
-            } else if !ctx.dispatcher.any_ready() {
-                plain(StatusCode::SERVICE_UNAVAILABLE, "no worker ready\n", false)
-            } else {
-                plain(StatusCode::OK, "ready\n", false)
-            }
-        }
+        "/readyz" => match readiness(
+            ctx.is_importing(),
+            ctx.is_draining(),
+            ctx.dispatcher.any_ready(),
+        ) {
+            Ok(()) => plain(StatusCode::OK, "ready\n", false),
+            Err(why) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{why}\n"), false),
+        },
         "/metrics" => {
             let mut r = plain(StatusCode::OK, &ctx.metrics.render(), false);
             r.headers_mut().insert(
@@ -78,4 +82,41 @@ async fn route(req: Request<Incoming>, ctx: Arc<Shared>) -> Result<Response<Resp
         }
         _ => plain(StatusCode::NOT_FOUND, "not found\n", false),
     })
+}
+
+/// Whether the server can take a request, or why not (the body of `/readyz`'s 503). Draining
+/// comes first: a SIGTERM during the import must not read as "still importing".
+pub fn readiness(
+    importing: bool,
+    draining: bool,
+    any_worker_ready: bool,
+) -> Result<(), &'static str> {
+    if draining {
+        Err("draining")
+    } else if importing {
+        Err("importing the app")
+    } else if !any_worker_ready {
+        Err("no worker ready")
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readiness;
+
+    #[test]
+    fn readiness_says_why_not() {
+        let cases = [
+            ((true, false, false), Err("importing the app")),
+            ((true, true, false), Err("draining")),
+            ((false, false, false), Err("no worker ready")),
+            ((false, true, true), Err("draining")),
+            ((false, false, true), Ok(())),
+        ];
+        for ((importing, draining, ready), want) in cases {
+            assert_eq!(readiness(importing, draining, ready), want);
+        }
+    }
 }

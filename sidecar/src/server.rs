@@ -242,8 +242,6 @@ pub async fn run(args: Settings, cfg: ServerConfig) -> Result<(), ServerError> {
         format: cfg.log.format,
     });
 
-    let init = zygote_init(&cfg);
-    let zygote = Zygote::start(&init).await?;
     let dispatcher = Arc::new(Dispatcher::new(cfg.http.max_queue, crate::dispatch::AHEAD));
     let shared = Arc::new(Shared::new(
         dispatcher,
@@ -253,6 +251,37 @@ pub async fn run(args: Settings, cfg: ServerConfig) -> Result<(), ServerError> {
         access,
         statics,
     ));
+    // The admin port answers from now on: /healthz while the app imports (the master runs),
+    // /readyz with why it cannot serve yet. A slow import is not a dead server.
+    tracing::info!(addr = %admin_listener.describe(), "admin listening");
+    let stop_admin = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        shared.clone(),
+        stop_admin.clone(),
+    ));
+
+    let init = zygote_init(&cfg);
+    // A stop asked for during the import ends it (the fork server is killed): the kubelet
+    // must not wait out its grace period for an import nobody will use.
+    let started = tokio::select! {
+        z = Zygote::start(&init) => Some(z),
+        _ = sigterm.recv() => { tracing::info!(signal = "SIGTERM", "stopping during the import"); None }
+        _ = sigint.recv() => { tracing::info!(signal = "SIGINT", "stopping during the import"); None }
+    };
+    let zygote = match started {
+        Some(Ok(z)) => z,
+        other => {
+            shared.draining.store(true, Ordering::Relaxed);
+            stop_admin.cancel();
+            let _ = admin_task.await;
+            return match other {
+                Some(Err(e)) => Err(e.into()),
+                _ => Ok(()),
+            };
+        }
+    };
+    shared.importing.store(false, Ordering::Relaxed);
 
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let supervisor = Supervisor::new(
@@ -298,13 +327,6 @@ pub async fn run(args: Settings, cfg: ServerConfig) -> Result<(), ServerError> {
             stop_accepting.clone(),
         ));
     }
-    tracing::info!(addr = %admin_listener.describe(), "admin listening");
-    let stop_admin = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(
-        admin_listener,
-        shared.clone(),
-        stop_admin.clone(),
-    ));
     let watcher = cfg.config_file.clone().map(|path| {
         tokio::spawn(watch_config(
             args.clone(),

@@ -29,6 +29,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Set on SIGTERM: readiness fails and connections close after their current request.
     pub draining: AtomicBool,
+    /// True until the fork server has imported the app (or, without preload, started):
+    /// the admin port answers from the start, and readiness says why it fails meanwhile.
+    pub importing: AtomicBool,
     /// Per-request deadline in milliseconds (0: none); live-reloadable.
     pub timeout_ms: AtomicU64,
     /// The live settings in force.
@@ -61,6 +64,7 @@ impl Shared {
             threads,
             metrics: Metrics::new(),
             draining: AtomicBool::new(false),
+            importing: AtomicBool::new(true),
             timeout_ms: AtomicU64::new(0),
             live: Mutex::new(live),
             load: Mutex::new(LoadTracker::new()),
@@ -90,6 +94,11 @@ impl Shared {
     /// Whether SIGTERM was received.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether the app is still being imported.
+    pub fn is_importing(&self) -> bool {
+        self.importing.load(Ordering::Relaxed)
     }
 
     /// The `/load` document as of now.

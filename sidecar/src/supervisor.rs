@@ -74,6 +74,9 @@ impl Zygote {
             ))
         })?;
         drop(theirs);
+        // Until it reports ready, a fork server whose start is abandoned (the master told to
+        // stop during the import, or an error below) is killed and reaped, not left importing.
+        let mut starting = Starting(Some(child.id()));
         nix::fcntl::fcntl(
             &ours,
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -88,6 +91,7 @@ impl Zygote {
         loop {
             match z.recv().await? {
                 FromZygote::Ready { import_ms, .. } => {
+                    starting.0 = None;
                     tracing::info!(
                         pid = z.pid,
                         import_ms,
@@ -97,6 +101,7 @@ impl Zygote {
                     return Ok(z);
                 }
                 FromZygote::ImportFailed { message } => {
+                    starting.0 = None;
                     let _ = reap_pid(z.pid, Duration::from_secs(2)).await;
                     return Err(SupervisorError::Import(message));
                 }
@@ -175,6 +180,20 @@ async fn reap_pid(pid: u32, within: Duration) -> bool {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A fork server that has not reported ready yet: killed and reaped if dropped so.
+struct Starting(Option<u32>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let pid = Pid::from_raw(pid as i32);
+            let _ = kill(pid, Signal::SIGKILL);
+            // SIGKILL cannot be caught: the wait is short.
+            let _ = waitpid(pid, None);
+        }
     }
 }
 

@@ -155,7 +155,11 @@ pub fn initialize_python(venv: Option<&std::path::Path>) -> Result<(), String> {
 /// CPU-bound worker that is woken no longer preempts the master that woke it, which then
 /// finishes what it was doing (writing more requests, answering clients) first.
 pub fn set_batch_scheduling() -> std::io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
+    // Priority 0, the only one SCHED_BATCH takes. Not a struct literal: musl's sched_param
+    // has more fields than glibc's (its sporadic-server ones), which must be zero too.
+    // SAFETY: sched_param holds only integers and timespecs, for which all zero bits are a
+    // valid value.
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
     // SAFETY: sched_setscheduler reads `param` (a valid, initialised struct) and changes only
     // this process's own policy.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {

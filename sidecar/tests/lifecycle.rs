@@ -224,3 +224,67 @@ fn environment_twins_configure_the_server() {
         s.log_text()
     );
 }
+
+/// A file path removed when dropped (also when the test fails).
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("wsgiscale-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_admin_port_answers_while_the_app_imports_and_sigterm_ends_the_import() {
+    let done = Scratch::new("slow-import-done");
+    let marker = done.0.to_string_lossy().into_owned();
+    let s = Server::start_admin_only(
+        "slow_import:application",
+        &["--workers", "1"],
+        &[("SLOW_IMPORT_SECONDS", "20"), ("SLOW_IMPORT_DONE", &marker)],
+    );
+    // Alive: the master runs, however long the import takes.
+    let health = support::get(s.admin, "/healthz").unwrap();
+    assert_eq!(health.status, 200, "{}", s.log_text());
+    // Not ready, and why; and the import is indeed still running (it has not written its mark).
+    let ready = support::get(s.admin, "/readyz").unwrap();
+    assert_eq!(
+        (ready.status, ready.text().trim()),
+        (503, "importing the app")
+    );
+    assert!(
+        !done.0.exists(),
+        "the import had ended before /healthz answered"
+    );
+    assert!(!s.log_text().contains("fork server ready"));
+    // A stop during the import ends it: no wait for an import nobody will use.
+    let (status, log) = s.terminate_within(Duration::from_secs(15));
+    assert!(status.success(), "exit {status:?}: {log}");
+    assert!(log.contains("stopping during the import"), "{log}");
+    assert!(!done.0.exists(), "the import went on after the stop: {log}");
+}
+
+#[test]
+fn readiness_goes_from_importing_to_ready() {
+    let s = Server::start_admin_only(
+        "slow_import:application",
+        &["--workers", "1"],
+        &[("SLOW_IMPORT_SECONDS", "2")],
+    );
+    let first = support::get(s.admin, "/readyz").unwrap();
+    assert_eq!(
+        (first.status, first.text().trim()),
+        (503, "importing the app")
+    );
+    s.wait_ready();
+    assert_eq!(support::get(s.admin, "/healthz").unwrap().status, 200);
+    assert!(s.log_text().contains("fork server ready"));
+}

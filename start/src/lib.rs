@@ -108,14 +108,16 @@ pub fn decide(python: &Path, found: &Found, extensions: &[String]) -> Result<(),
         found.version_text
     );
     let supported = format!(
-        "the injected wsgiscale serves CPython {}.{} to {}.{} on glibc {}.{} or newer (x86_64); \
+        "the injected wsgiscale serves CPython {}.{} to {}.{} on glibc {}.{} or newer ({}); \
          build the image FROM such a Python, or install wsgiscale into the image and turn spec.inject off",
         SUPPORTED.start().0,
         SUPPORTED.start().1,
         SUPPORTED.end().0,
         SUPPORTED.end().1,
         MIN_GLIBC.0,
-        MIN_GLIBC.1
+        MIN_GLIBC.1,
+        // The inject image of each platform holds that architecture's package.
+        std::env::consts::ARCH
     );
     if found.implementation != "CPython" {
         return Err(Unservable::new(

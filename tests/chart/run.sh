@@ -47,6 +47,11 @@ for case in "${cases[@]}"; do
   if "$helm" install wsgiscale "$chart" --namespace "$ns" --dry-run=client "${args[@]}" >"$out/$case.install" 2>&1 \
      && grep -q "kubectl get wsgi" "$out/$case.install"; then
     ok "NOTES.txt renders ($case)"
+    if python3 "$here/notes.py" "$out/$case.install"; then
+      ok "NOTES.txt says what is true ($case)"
+    else
+      fail "NOTES.txt says what is true ($case)"
+    fi
   else
     fail "NOTES.txt renders ($case)"; tail -5 "$out/$case.install"
   fi

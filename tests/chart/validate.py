@@ -49,7 +49,8 @@ APP_RULES = {
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "pods"): {"get", "list"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("autoscaling", "horizontalpodautoscalers"): {"list"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
 

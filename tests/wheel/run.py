@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -140,7 +141,13 @@ def one(python, wheel, label):
     os.chmod(tmp, 0o755)
     try:
         vpy, pip = make_venv(python, os.path.join(tmp, "venv"))
-        subprocess.run(pip + ["install", "--quiet", "--disable-pip-version-check", wheel, FLASK], check=True)
+        # As examples/Dockerfile installs it: pip picks the wheel for this interpreter and
+        # platform from the folder, and finds nothing on an index.
+        quiet = ["--quiet", "--disable-pip-version-check"]
+        subprocess.run(pip + ["install"] + quiet + ["--no-index", "--find-links", os.path.dirname(os.path.abspath(wheel)), "wsgiscale==%s" % cargo_version()], check=True)
+        installed = subprocess.run([vpy, "-c", "import wsgiscale._wsgiscale as m; print(m.__file__)"], capture_output=True, text=True, check=True).stdout.strip()
+        assert os.path.basename(installed) in {n.split("/")[-1] for n in zipfile.ZipFile(wheel).namelist()}, (installed, wheel)
+        subprocess.run(pip + ["install"] + quiet + [FLASK], check=True)
         env = clean_env()
         script = os.path.join(tmp, "venv", "bin", "wsgiscale")
         want = cargo_version()
@@ -200,8 +207,11 @@ def one(python, wheel, label):
 
 
 def wheel_for(dist, version):
+    """The manylinux wheel of this machine's architecture for CPython `version` (dist/ may
+    also hold musllinux and other architectures' wheels)."""
     tag = "cp" + version.replace(".", "")
-    found = sorted(glob.glob(os.path.join(dist, "wsgiscale-*-%s-%s-*.whl" % (tag, tag))))
+    pattern = "wsgiscale-%s-%s-%s-manylinux_*_%s.whl" % (cargo_version(), tag, tag, os.uname().machine)
+    found = sorted(glob.glob(os.path.join(dist, pattern)))
     if not found:
         raise SystemExit("run.py: no wheel for CPython %s in %s (run make wheel)" % (version, dist))
     return found[-1]

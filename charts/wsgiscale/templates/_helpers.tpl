@@ -83,10 +83,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# The app's pods: their addresses, to read the servers' load reports.
+# The app's pods: their addresses, to read the servers' load reports, and a watch of their
+# states, to say in the status why they are not ready.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
+  verbs: ["get", "list", "watch"]
+# The HorizontalPodAutoscalers of an app's namespace, read only while another writer sets
+# the scale of an app whose autoscaling is on: they name that writer in the status.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["list"]
 # Events on WsgiApps.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

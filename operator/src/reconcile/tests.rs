@@ -454,7 +454,13 @@ async fn an_edited_deployment_is_taken_back() {
         s.get_children(&served).await;
         let applied = s.apply(DEP).await;
         assert_eq!(applied["spec"]["replicas"], 2);
-        s.event("Normal", "Updated").await;
+        // The Event names the field and the WsgiApp field that sets it (the manager too when
+        // the object has managedFields: this scripted server keeps none).
+        let event = s.event("Normal", "Reverted").await;
+        assert_eq!(
+            event["note"],
+            "Put back Deployment shop: another manager changed spec.replicas, which the WsgiApp sets through spec.replicas.desired: change it with kubectl scale wsgiapp/shop --replicas=N"
+        );
         // The answer to the apply has no rollout status yet, as after the first reconcile:
         // the status is unchanged and not written.
         s

@@ -155,6 +155,33 @@ impl Server {
         guard
     }
 
+    /// Starts `app` and returns as soon as the admin port listens, without waiting for the
+    /// app's import, the front or readiness (`addr` is unset).
+    pub fn start_admin_only(app: &str, extra: &[&str], envs: &[(&str, &str)]) -> Server {
+        let (child, log, rx) = spawn_env(app, extra, envs);
+        let mut guard = Server {
+            child: Some(child),
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log: log.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((msg, a)) if msg == "admin listening" => {
+                    guard.admin = a.parse().unwrap();
+                    return guard;
+                }
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "the admin port never listened; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                ),
+            }
+        }
+    }
+
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
