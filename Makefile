@@ -46,7 +46,7 @@ test-rust: venv tools
 # A short run of the HPA showdown's harness (one trace, two contenders, debug builds): the
 # stand-in node, kube-proxy and metrics-server, the real HPA and the operator work end to end.
 # Needs root (network namespaces, cgroups) and the envtest assets; elsewhere it says why and passes.
-SHOWDOWN_SMOKE := --smoke --traces step --kinds cpu --contenders gunicorn-cpu,wsgiscale --seconds 40 \
+SHOWDOWN_SMOKE := --smoke --traces step --kinds cpu --contenders gunicorn-cpu,wsgiscale --seconds 60 --peak-share 0.2 \
 	--python-bin $(VENV)/bin --server-bin target/debug/wsgiscale \
 	--operator-bin target/debug/wsgiscale-operator --out .cache/showdown-smoke
 test-showdown: venv

@@ -880,8 +880,15 @@ fn smoke_check(results: &[RunResult]) -> anyhow::Result<()> {
             r.contender
         );
         if let Some(h) = &r.hpa_status {
-            let metrics = h["currentMetrics"].as_array().map_or(0, Vec::len);
-            ensure!(metrics > 0, "{}: the HPA read no metric: {h}", r.contender);
+            // A metric the HPA computed: a current utilization or average value.
+            let read = h["currentMetrics"].as_array().is_some_and(|m| {
+                m.iter().any(|x| {
+                    x["resource"]["current"]["averageUtilization"].is_number()
+                        || x["resource"]["current"]["averageValue"].is_string()
+                        || x["pods"]["current"]["averageValue"].is_string()
+                })
+            });
+            ensure!(read, "{}: the HPA read no metric: {h}", r.contender);
         }
     }
     eprintln!("showdown: smoke checks passed");

@@ -88,18 +88,42 @@ fn sweep(x: u8) {
     let _ = ip(&["link", "del", &bridge_name(x)]);
 }
 
+/// Removes every subnet whose owner died without cleaning up (a test killed mid-run, a
+/// process that exited with its network still held), so that leftovers do not pile up.
+fn sweep_dead_owners() {
+    let Ok(entries) = std::fs::read_dir(LOCK_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(x) = name.strip_prefix("net-").and_then(|x| x.parse::<u8>().ok()) else {
+            continue;
+        };
+        let owner = std::fs::read_to_string(entry.path())
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if owner.is_some_and(alive) {
+            continue;
+        }
+        sweep(x);
+        let _ = std::fs::remove_file(entry.path());
+    }
+}
+
 /// A pod subnet: its bridge and the addresses handed out.
 #[derive(Debug)]
 pub struct PodNetwork {
     x: u8,
     lock: PathBuf,
     used: Mutex<[bool; 256]>,
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl PodNetwork {
     /// Allocates a free subnet 198.18.X.0/24 and makes its bridge.
     pub fn create() -> Result<PodNetwork, NetError> {
         std::fs::create_dir_all(LOCK_DIR)?;
+        sweep_dead_owners();
         let me = std::process::id();
         // Start at a pid-derived subnet so that concurrent test binaries rarely race.
         let first = (me % 256) as u8;
@@ -140,6 +164,7 @@ impl PodNetwork {
                 x,
                 lock,
                 used: Mutex::new([false; 256]),
+                released: std::sync::atomic::AtomicBool::new(false),
             };
             let br = bridge_name(x);
             ip(&["link", "add", &br, "type", "bridge"])?;
@@ -148,6 +173,22 @@ impl PodNetwork {
             return Ok(net);
         }
         Err(NetError::Exhausted)
+    }
+
+    /// Removes the bridge and every pod namespace of this subnet and frees the subnet. The
+    /// node calls it when it stops, whoever still holds the network; dropping does it too.
+    pub fn release(&self) {
+        // Once only: after the first release the subnet may belong to another process.
+        if self.released.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        sweep(self.x);
+        let _ = std::fs::remove_file(&self.lock);
+    }
+
+    /// The prefix of this subnet's pod namespaces (`wsgiscale-pod-X-`).
+    pub fn netns_prefix(&self) -> String {
+        format!("wsgiscale-pod-{}-", self.x)
     }
 
     /// The gateway address (the root namespace's address on the bridge): stand-ins that run
@@ -220,8 +261,7 @@ impl PodNetwork {
 
 impl Drop for PodNetwork {
     fn drop(&mut self) {
-        sweep(self.x);
-        let _ = std::fs::remove_file(&self.lock);
+        self.release();
     }
 }
 

@@ -376,6 +376,7 @@ async fn pods_run_limited_ready_routed_measured_and_scaled() {
         "{web_rec:?}"
     );
 
+    let prefix = standin.node.netns_prefix();
     standin.stop().await;
     let netns = std::process::Command::new("ip")
         .args(["netns", "list"])
@@ -383,7 +384,7 @@ async fn pods_run_limited_ready_routed_measured_and_scaled() {
         .expect("ip");
     let left = String::from_utf8_lossy(&netns.stdout).to_string();
     assert!(
-        !left.lines().any(|l| l.contains("wsgiscale-pod-")),
+        !left.lines().any(|l| l.starts_with(&prefix)),
         "network namespaces left: {left}"
     );
 }

@@ -317,6 +317,11 @@ impl StandInNode {
         &self.inner.config.name
     }
 
+    /// The prefix of this node's pod network namespaces (`wsgiscale-pod-X-`).
+    pub fn netns_prefix(&self) -> String {
+        self.inner.network.netns_prefix()
+    }
+
     /// The node's own address on the pod network (stand-ins that run in the root namespace,
     /// such as the metrics-server, listen on it).
     pub fn address(&self) -> Ipv4Addr {
@@ -416,6 +421,9 @@ impl StandInNode {
             .delete(&self.inner.config.name, &DeleteParams::default())
             .await;
         cgroup::remove_node(&self.inner.hierarchy, &self.inner.config.name);
+        // A pod task that did not end within its grace still holds the network: remove it
+        // here rather than when the last holder goes.
+        self.inner.network.release();
         let _ = std::fs::remove_dir_all(&self.inner.dir);
     }
 }
@@ -437,6 +445,7 @@ impl Drop for StandInNode {
         }
         drop(running);
         cgroup::remove_node(&self.inner.hierarchy, &self.inner.config.name);
+        self.inner.network.release();
         let _ = std::fs::remove_dir_all(&self.inner.dir);
     }
 }
