@@ -381,6 +381,7 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Respo
         ahead: false,
     };
     if ctx.dispatcher.submit(job).is_err() {
+        ctx.metrics.count_server_error("queue_full");
         let mut r = plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable: queue full\n",
@@ -395,13 +396,17 @@ async fn respond(req: Request<Incoming>, conn: &ConnInfo, ctx: &Shared) -> Respo
             build_response(head, rest, parts.method == Method::HEAD)
         }
         Ok(Reply::Failed(Failure::Timeout)) => {
+            ctx.metrics.count_server_error("timeout");
             plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n", false)
         }
-        Ok(Reply::Failed(Failure::WorkerDied)) | Err(_) => plain(
-            StatusCode::BAD_GATEWAY,
-            "Bad Gateway: the worker died\n",
-            false,
-        ),
+        Ok(Reply::Failed(Failure::WorkerDied)) | Err(_) => {
+            ctx.metrics.count_server_error("worker_died");
+            plain(
+                StatusCode::BAD_GATEWAY,
+                "Bad Gateway: the worker died\n",
+                false,
+            )
+        }
     }
 }
 
