@@ -87,6 +87,8 @@ pub struct RunArgs {
     pub log_format: LogFormat,
 
     /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `wsgiscale_operator=debug,kube=info`.
+    /// kube-client's line per failed request is off unless the filter names `kube_client`: a
+    /// failing dependency is logged once when it fails and once when it recovers.
     #[arg(
         long,
         env = "WSGISCALE_OPERATOR_LOG_LEVEL",

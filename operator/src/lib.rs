@@ -14,9 +14,12 @@
 //! file, never on the server itself, so it does not link libpython.
 
 pub mod autoscale;
+pub mod cache;
 pub mod cli;
 pub mod crd;
+pub mod dependency;
 pub mod drift;
+pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -28,6 +31,7 @@ pub mod simulate;
 pub mod status;
 pub mod telemetry;
 pub mod validate;
+pub mod watch;
 
 #[cfg(test)]
 mod fixtures;

@@ -358,7 +358,7 @@ impl ValidatedApp {
             config: Some(format!("{CONFIG_DIR}/{CONFIG_KEY}").into()),
             ignore_env: true,
             bind: vec![BindAddr::Tcp((any, port_u16(self.port)).into())],
-            admin_bind: Some(BindAddr::Tcp((any, port_u16(self.admin_port)).into())),
+            admin_bind: Some(BindAddr::Tcp((any, self.admin_port_number()).into())),
             workers: Some(WorkerRange {
                 min: w.min,
                 max: w.max,
@@ -397,9 +397,16 @@ impl ValidatedApp {
     }
 }
 
-/// A port validated to 1..=65535.
+/// A port validated to 1..=65535 (0 is unreachable: validation refused anything else).
 fn port_u16(port: i32) -> u16 {
     u16::try_from(port).unwrap_or_default()
+}
+
+impl ValidatedApp {
+    /// The admin port as the server binds it and the autoscaler scrapes it: one rule for both.
+    pub fn admin_port_number(&self) -> u16 {
+        port_u16(self.admin_port)
+    }
 }
 
 /// `spec.inject`, resolved.
