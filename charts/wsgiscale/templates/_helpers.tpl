@@ -83,10 +83,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# The app's pods: their addresses, to read the servers' load reports.
+# The app's pods: one shared watch, for their addresses (the servers' load reports) and
+# their containers' state.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
+  verbs: ["get", "list", "watch"]
 # Events on WsgiApps.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
