@@ -78,7 +78,7 @@ pub struct RunArgs {
     #[arg(long, env = "WSGISCALE_OPERATOR_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=86400), value_name = "SECONDS")]
     pub resync_seconds: u64,
 
-    /// WsgiApps reconciled at once.
+    /// WsgiApps reconciled at once (one app is never reconciled twice at once).
     #[arg(long, env = "WSGISCALE_OPERATOR_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
     pub concurrency: u16,
 
