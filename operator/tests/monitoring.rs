@@ -34,25 +34,10 @@ use wsgiscale_envtest::TestNamespace;
 use wsgiscale_operator::crd::{AutoscalingSpec, ReplicasSpec, WorkersSpec, WsgiApp, WsgiAppSpec};
 
 mod support;
-use support::{eventually, install_crd};
+use support::{eventually, install_crd, repo, server_bin};
 
 const MANAGER: &str = "wsgiscale-monitoring-test";
 const APP: &str = "shop";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn server_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("WSGISCALE_BIN") {
-        return PathBuf::from(bin);
-    }
-    let release = repo().join("target/release/wsgiscale");
-    if release.exists() {
-        return release;
-    }
-    repo().join("target/debug/wsgiscale")
-}
 
 /// `name` on the PATH, or in /usr/bin.
 fn tool(name: &str) -> Option<PathBuf> {

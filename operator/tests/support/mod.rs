@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -75,4 +76,22 @@ pub fn example_app(ns: &str) -> WsgiApp {
     let mut app: WsgiApp = serde_saphyr::from_str(doc).expect("the example parses");
     app.metadata.namespace = Some(ns.to_string());
     app
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The server binary: WSGISCALE_BIN, else target/release/wsgiscale when built, else the
+/// target/debug/wsgiscale that `cargo test --workspace` builds.
+pub fn server_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("WSGISCALE_BIN") {
+        return PathBuf::from(bin);
+    }
+    let release = repo().join("target/release/wsgiscale");
+    if release.exists() {
+        return release;
+    }
+    repo().join("target/debug/wsgiscale")
 }
