@@ -833,3 +833,81 @@ fn only_the_spec_deletion_and_recommendation_trigger_a_reconcile() {
     });
     assert_ne!(compute_trigger_hash(&deleting), base);
 }
+
+#[tokio::test]
+async fn an_injected_apps_pods_are_read_from_the_pod_cache() {
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerState, ContainerStateTerminated, ContainerStatus, PodSpec, PodStatus,
+    };
+    use kube::runtime::watcher::Event;
+
+    let app = mk_app("shop").with_replicas(2, Some(4)).map(|a| {
+        a.spec.inject = Some(crate::crd::InjectSpec {
+            enabled: Some(true),
+            ..Default::default()
+        })
+    });
+    // The children as applied, served with no pod ready.
+    let children = render_children(&validate_app(&app).expect("valid"), 2);
+    let served_as = |obj: serde_json::Value| as_served(obj, 0);
+    let served = Served {
+        cm: served_as(to_json(&stamp_hash(children.config_map))),
+        dep: served_as(to_json(&stamp_hash(children.deployment))),
+        svc: served_as(to_json(&stamp_hash(children.service))),
+        pdb: served_as(to_json(&stamp_hash(children.pdb.expect("min 2: a PDB")))),
+    };
+    // The start command refused the image, as the kubelet reports it in the pod's status.
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some("shop-1".into()),
+            namespace: Some("default".into()),
+            labels: Some([("wsgiscale.dev/app".to_string(), "shop".to_string())].into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: crate::render::CONTAINER_NAME.into(),
+                image: Some(app.spec.image.clone()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        status: Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: crate::render::CONTAINER_NAME.into(),
+                last_state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: 3,
+                        message: Some(
+                            "wsgiscale-start: MuslLibc: python3 is CPython 3.12.7 built for musl libc"
+                                .into(),
+                        ),
+                        ..ContainerStateTerminated::default()
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        }),
+    };
+    let caches = caches_of(&served);
+    caches.pods.apply(None, &Event::Init);
+    caches.pods.apply(None, &Event::InitApply(pod));
+    caches.pods.apply(None, &Event::InitDone);
+    let captured = Arc::new(Mutex::new(None));
+    let out = captured.clone();
+    // No pod LIST: only the status, from the children and the pods in the caches.
+    let (result, _) = run_with(caches, app, |mut s| async move {
+        *out.lock().expect("lock") = Some(s.status().await);
+        s
+    })
+    .await;
+    assert_eq!(result.expect("ok"), Action::requeue(INJECT_RECHECK));
+    let status = captured.lock().expect("lock").take().expect("status");
+    let ready = condition(&status, READY).expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "MuslLibc")
+    );
+}
