@@ -846,11 +846,14 @@ pub struct WsgiAppStatus {
     pub autoscaler: Option<AutoscalerStatus>,
 }
 
-/// The servers' load, summed over the pods scraped.
+/// The servers' load, summed over the pods scraped. The autoscaler writes it when its
+/// recommendation or panic mode changes, the ready pods change, utilization moves 10 points or
+/// more, or requests start or stop queueing; otherwise at least every 60 s.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadSummary {
-    /// When the pods were scraped.
+    /// When the pods were scraped for this summary (at most 60 s ago while the autoscaler
+    /// runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<Time>,
 
