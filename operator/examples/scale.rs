@@ -1205,7 +1205,7 @@ async fn bench(
         if pdb { 4 } else { 3 },
         if pdb { ", PodDisruptionBudget" } else { "" },
         args.apps as i64 * i64::from(args.min_replicas),
-        args.concurrency.map(|c| c.to_string()).unwrap_or_else(|| "4 (default)".into())
+        args.concurrency.map(|c| c.to_string()).unwrap_or_else(|| "(the operator's default)".into())
     );
 
     // Targets.

@@ -70,6 +70,32 @@ pub fn trim<K: kube::Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
+/// What the pod cache keeps of a pod: its metadata but annotations and managed fields, the
+/// name and image of each container, its node, and its whole status (addresses, conditions,
+/// container states with their termination messages). The rest of the spec (the rendered
+/// command, environment, volumes, probes) is most of a pod's size and nothing reads it from
+/// here; a reader that needs more of it adds it here.
+pub fn trim_pod(pod: &mut Pod) {
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    trim(pod);
+    pod.metadata.annotations = None;
+    if let Some(spec) = pod.spec.take() {
+        let keep = |c: Container| Container {
+            name: c.name,
+            image: c.image,
+            ..Container::default()
+        };
+        pod.spec = Some(PodSpec {
+            containers: spec.containers.into_iter().map(keep).collect(),
+            init_containers: spec
+                .init_containers
+                .map(|cs| cs.into_iter().map(keep).collect()),
+            node_name: spec.node_name,
+            ..PodSpec::default()
+        });
+    }
+}
+
 /// A namespace and an app name.
 pub type AppKey = (String, String);
 
@@ -97,7 +123,7 @@ impl ScopeIndex {
     }
 
     fn insert(&mut self, mut pod: Pod) {
-        trim(&mut pod);
+        trim_pod(&mut pod);
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         self.remove(&ns, &name);
@@ -204,6 +230,7 @@ mod tests {
     use super::*;
 
     fn pod(ns: &str, name: &str, app: Option<&str>) -> Pod {
+        use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
         Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -212,6 +239,16 @@ mod tests {
                 managed_fields: Some(vec![Default::default()]),
                 ..ObjectMeta::default()
             },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "app".into(),
+                    image: Some("shop:1".into()),
+                    args: Some(vec!["serve".into()]),
+                    ..Container::default()
+                }],
+                volumes: Some(vec![Volume::default()]),
+                ..PodSpec::default()
+            }),
             ..Pod::default()
         }
     }

@@ -79,7 +79,7 @@ pub struct RunArgs {
     pub resync_seconds: u64,
 
     /// WsgiApps reconciled at once (one app is never reconciled twice at once).
-    #[arg(long, env = "WSGISCALE_OPERATOR_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
+    #[arg(long, env = "WSGISCALE_OPERATOR_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
     pub concurrency: u16,
 
     /// Log format.

@@ -402,16 +402,14 @@ pub async fn run_controllers(
     let mut controllers = Vec::new();
     for scope in scopes {
         let (reader, writer) = reflector::store();
+        let events = watcher(
+            api::<WsgiApp>(&ctx.client, scope),
+            watcher::Config::default().any_semantic(),
+        )
+        .map_ok(|e| e.modify(trim));
         let apps = reflector(
             writer,
-            resilient(
-                watcher(
-                    api::<WsgiApp>(&ctx.client, scope),
-                    watcher::Config::default().any_semantic(),
-                ),
-                ctx.health.clone(),
-                sources.add("WsgiApp", scope),
-            ),
+            resilient(events, ctx.health.clone(), sources.add("WsgiApp", scope)),
         )
         .applied_objects();
         let apps = objects(apps).predicate_filter(compute_trigger_hash, Default::default());
