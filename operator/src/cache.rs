@@ -146,7 +146,11 @@ impl ScopeIndex {
             }
             watcher::Event::Init => self.relist = Some(Vec::new()),
             watcher::Event::InitApply(pod) => {
-                self.relist.get_or_insert_with(Vec::new).push(pod.clone())
+                // Trimmed now, not at the end of the list: a relist of thousands of pods held
+                // whole until then was most of the operator's peak memory.
+                let mut pod = pod.clone();
+                trim_pod(&mut pod);
+                self.relist.get_or_insert_with(Vec::new).push(pod)
             }
             watcher::Event::InitDone => {
                 let pods = self.relist.take().unwrap_or_default();

@@ -41,6 +41,10 @@ use crate::scrape::{run_autoscaler, Autoscaler};
 use crate::validate::APP_LABEL;
 use crate::watch::{objects, resilient, QUIET};
 
+/// Objects per page of a watch's (re)list: a page is held whole while its objects are filed,
+/// so smaller pages lower the peak memory of a start with thousands of children and pods.
+const LIST_PAGE: u32 = 100;
+
 /// Two-second attempts at listing WsgiApps before giving up at startup.
 const CRD_WAIT_ATTEMPTS: u32 = 30;
 
@@ -341,8 +345,9 @@ where
         + Sync
         + 'static,
 {
-    let owned =
-        watcher::Config::default().labels("app.kubernetes.io/managed-by=wsgiscale-operator");
+    let owned = watcher::Config::default()
+        .labels("app.kubernetes.io/managed-by=wsgiscale-operator")
+        .page_size(LIST_PAGE);
     let (reader, writer) = reflector::store();
     stores.add(scope, reader);
     let kind = K::kind(&()).to_string();
@@ -365,7 +370,9 @@ async fn run_pod_watch(
     scope: Option<String>,
     stop: CancellationToken,
 ) {
-    let config = watcher::Config::default().labels(APP_LABEL);
+    let config = watcher::Config::default()
+        .labels(APP_LABEL)
+        .page_size(LIST_PAGE);
     let events = watcher(api::<Pod>(&ctx.client, scope.as_deref()), config);
     resilient(events, ctx.health.clone(), name)
         .take_until(stop.cancelled())

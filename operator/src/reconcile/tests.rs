@@ -255,10 +255,13 @@ async fn first_reconcile(app: WsgiApp) -> (Value, Value, Value, Value, WsgiAppSt
     })
     .await;
     assert!(result.is_ok(), "{result:?}");
-    // An event per child, queued (published by another task, not awaited here).
+    // One event for the four children, queued (published by another task, not awaited here).
     let events = queued_events(&ctx);
-    assert_eq!(reasons_of(&events), [(false, "Created"); 4]);
-    assert!(events[0].2.contains("ConfigMap shop-config"), "{events:?}");
+    assert_eq!(reasons_of(&events), [(false, "Created")]);
+    assert_eq!(
+        events[0].2,
+        "Created ConfigMap shop-config, Deployment shop, Service shop and PodDisruptionBudget shop"
+    );
     let taken = captured.lock().expect("lock").take();
     taken.expect("captured")
 }
@@ -641,13 +644,14 @@ async fn an_object_the_api_server_refuses_is_reported_not_retried_hot() {
         s
     })
     .await;
+    let events = queued_events(&ctx);
     assert_eq!(
-        reasons_of(&queued_events(&ctx)),
-        [
-            (false, "Created"),
-            (false, "Created"),
-            (true, reasons::APPLY_REJECTED)
-        ]
+        reasons_of(&events),
+        [(false, "Created"), (true, reasons::APPLY_REJECTED)]
+    );
+    assert_eq!(
+        events[0].2,
+        "Created ConfigMap shop-config and Service shop"
     );
     let action = result.expect("a refusal is reported in the status, not retried with backoff");
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
@@ -909,5 +913,46 @@ async fn an_injected_apps_pods_are_read_from_the_pod_cache() {
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", "MuslLibc")
+    );
+}
+
+#[test]
+fn one_event_per_verb_names_every_child() {
+    let change = |verb, kind, name: &str| Change {
+        verb,
+        kind,
+        name: name.to_string(),
+        related: ObjectReference {
+            kind: Some(kind.to_string()),
+            name: Some(name.to_string()),
+            ..ObjectReference::default()
+        },
+    };
+    assert!(build_change_events(&[]).is_empty());
+    let events = build_change_events(&[
+        change("Updated", "Deployment", "shop"),
+        change("Created", "ConfigMap", "shop-config"),
+        change("Updated", "ConfigMap", "shop-config"),
+        change("Deleted", "PodDisruptionBudget", "shop"),
+    ]);
+    let notes: Vec<(&str, &str, bool)> = events
+        .iter()
+        .map(|(verb, note, related)| (*verb, note.as_str(), related.is_some()))
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            ("Created", "Created ConfigMap shop-config", true),
+            (
+                "Updated",
+                "Updated Deployment shop and ConfigMap shop-config: running servers reload the ConfigMap without a restart",
+                false
+            ),
+            (
+                "Deleted",
+                "Deleted PodDisruptionBudget shop: replicas.min is 1 or less",
+                true
+            ),
+        ]
     );
 }
