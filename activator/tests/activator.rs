@@ -28,15 +28,16 @@ fn repo() -> PathBuf {
 }
 
 fn server_dir() -> PathBuf {
+    // The newer of the release and debug builds (a stale one must not stand in).
+    let built = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let release = repo().join("target/release/wsgiscale");
+    let debug = repo().join("target/debug/wsgiscale");
     let bin = std::env::var_os("WSGISCALE_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            if release.exists() {
-                release
-            } else {
-                repo().join("target/debug/wsgiscale")
-            }
+        .unwrap_or_else(|| match (built(&release), built(&debug)) {
+            (Some(r), Some(d)) if r >= d => release,
+            (Some(_), None) => release,
+            _ => debug,
         });
     std::fs::canonicalize(&bin)
         .unwrap_or(bin)

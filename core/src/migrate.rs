@@ -1280,7 +1280,7 @@ pub const UWSGI: &[(&str, Treatment)] = &[
     ("manage-script-name", Pending),
     ("stats", Skip("the admin port's /load and /metrics")),
     ("stats-http", Skip("the admin port's /load and /metrics")),
-    ("memory-report", Skip("worker memory is in /load and wsgiscale_workers_resident_memory_bytes")),
+    ("memory-report", Skip("worker memory is in /load and wsgiscale_workers_memory_bytes")),
     ("offload-threads", Skip("the master sends responses; workers never wait on clients")),
     ("plugins", Skip("Python is built in")),
     ("plugin", Skip("Python is built in")),

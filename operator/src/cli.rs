@@ -78,8 +78,8 @@ pub struct RunArgs {
     #[arg(long, env = "WSGISCALE_OPERATOR_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=86400), value_name = "SECONDS")]
     pub resync_seconds: u64,
 
-    /// WsgiApps reconciled at once.
-    #[arg(long, env = "WSGISCALE_OPERATOR_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
+    /// WsgiApps reconciled at once (one app is never reconciled twice at once).
+    #[arg(long, env = "WSGISCALE_OPERATOR_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
     pub concurrency: u16,
 
     /// Log format.
@@ -87,6 +87,8 @@ pub struct RunArgs {
     pub log_format: LogFormat,
 
     /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `wsgiscale_operator=debug,kube=info`.
+    /// kube-client's line per failed request is off unless the filter names `kube_client`: a
+    /// failing dependency is logged once when it fails and once when it recovers.
     #[arg(
         long,
         env = "WSGISCALE_OPERATOR_LOG_LEVEL",

@@ -140,6 +140,9 @@ const SIZE_MESSAGE: &str =
     validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.enabled) || !self.autoscaling.enabled || (has(self.replicas) && has(self.replicas.max))")
         .message("autoscaling.enabled needs replicas.max: the operator never scales beyond it")
         .field_path(".replicas"),
+    validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.enabled) || !self.autoscaling.enabled || !has(self.replicas) || !has(self.replicas.min) || self.replicas.min >= 1")
+        .message("autoscaling.enabled needs replicas.min of at least 1: the autoscaler reads load from ready pods, so nothing would bring an app at zero pods back")
+        .field_path(".replicas.min"),
     validation = Rule::new("!has(self.inject) || !has(self.inject.enabled) || !self.inject.enabled || !has(self.command)")
         .message("command and inject.enabled are exclusive: with inject the operator runs the wsgiscale it brings")
         .field_path(".command"),
@@ -923,7 +926,9 @@ pub struct LoggingSpec {
 )]
 pub struct ReplicasSpec {
     /// Fewest pods, whoever sets the count. Above 1 the operator also keeps a
-    /// PodDisruptionBudget allowing one pod down at a time. 0 allows scaling to zero.
+    /// PodDisruptionBudget allowing one pod down at a time. 0 lets `kubectl scale
+    /// --replicas=0` park the app; with autoscaling enabled it must be at least 1 (the
+    /// autoscaler reads load from ready pods, so nothing would wake an app at zero).
     /// Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
@@ -1227,11 +1232,14 @@ pub struct WsgiAppStatus {
     pub autoscaler: Option<AutoscalerStatus>,
 }
 
-/// The servers' load, summed over the pods scraped.
+/// The servers' load, summed over the pods scraped. The autoscaler writes it when its
+/// recommendation or panic mode changes, the ready pods change, utilization moves 10 points or
+/// more, or requests start or stop queueing; otherwise at least every 60 s.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadSummary {
-    /// When the pods were scraped.
+    /// When the pods were scraped for this summary (at most 60 s ago while the autoscaler
+    /// runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<Time>,
 

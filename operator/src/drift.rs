@@ -14,6 +14,8 @@
 //! managers) and the API server normalises some values (quantities, omitted zero values); the
 //! comparison allows for exactly that.
 
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{PatchOperation, ReplaceOperation, TestOperation};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -179,10 +181,6 @@ fn entry_key(entry: &Value, keys: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-fn pointer_escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
-}
-
 /// JSON Patch operations that take out of `observed` the entries of keyed lists that
 /// `desired` does not have: entries another manager added, or whose key it changed (`kubectl
 /// patch` of a Service port from 80 to 81). Server-side apply cannot: a forced apply takes
@@ -192,19 +190,31 @@ fn pointer_escape(key: &str) -> String {
 /// that values the API server filled in (a Service's nodePort) stay; a `test` of the list as
 /// observed comes first, so a list that changed meanwhile is left for the next reconcile.
 /// Pure; empty when nothing foreign is there.
-pub fn compute_list_repair(desired: &Value, observed: &Value) -> Vec<Value> {
+pub fn compute_list_repair(desired: &Value, observed: &Value) -> json_patch::Patch {
     let mut ops = Vec::new();
-    repair_into(desired, observed, String::new(), &mut ops);
-    ops
+    repair_into(desired, observed, PointerBuf::root(), &mut ops);
+    json_patch::Patch(ops)
 }
 
-fn repair_into(desired: &Value, observed: &Value, path: String, ops: &mut Vec<Value>) {
+/// The paths of the lists a repair replaces, for the log and the Event.
+pub fn repaired_paths(patch: &json_patch::Patch) -> Vec<String> {
+    patch
+        .0
+        .iter()
+        .filter_map(|op| match op {
+            PatchOperation::Replace(r) => Some(r.path.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn repair_into(desired: &Value, observed: &Value, path: PointerBuf, ops: &mut Vec<PatchOperation>) {
     let (Value::Object(d), Value::Object(o)) = (desired, observed) else {
         return;
     };
     for (field, dv) in d {
         let Some(ov) = o.get(field) else { continue };
-        let here = format!("{path}/{}", pointer_escape(field));
+        let here = path.with_trailing_token(field);
         match (dv, ov) {
             (Value::Array(dl), Value::Array(ol)) => {
                 let Some(keys) = list_keys(field, dl) else {
@@ -222,12 +232,18 @@ fn repair_into(desired: &Value, observed: &Value, path: String, ops: &mut Vec<Va
                             None => de.clone(),
                         })
                         .collect();
-                    ops.push(serde_json::json!({"op": "test", "path": here, "value": ov}));
-                    ops.push(serde_json::json!({"op": "replace", "path": here, "value": merged}));
+                    ops.push(PatchOperation::Test(TestOperation {
+                        path: here.clone(),
+                        value: ov.clone(),
+                    }));
+                    ops.push(PatchOperation::Replace(ReplaceOperation {
+                        path: here,
+                        value: Value::Array(merged),
+                    }));
                 } else {
                     for (de, k) in dl.iter().zip(&dkeys) {
                         if let Some(i) = twin(k) {
-                            repair_into(de, &ol[i], format!("{here}/{i}"), ops);
+                            repair_into(de, &ol[i], here.with_trailing_token(i), ops);
                         }
                     }
                 }
@@ -583,8 +599,8 @@ mod tests {
         let observed = json!({"spec": {"ports": [
             {"name": "http", "port": 81, "protocol": "TCP", "targetPort": "http"}
         ]}});
-        let ops = compute_list_repair(&desired, &observed);
-        assert_eq!(ops.len(), 2);
+        let ops = as_json(&compute_list_repair(&desired, &observed));
+        assert_eq!(ops.as_array().map(Vec::len), Some(2));
         assert_eq!(ops[0]["op"], "test");
         assert_eq!(
             ops[1],
@@ -596,7 +612,7 @@ mod tests {
             {"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080},
             {"name": "extra", "port": 9000, "protocol": "TCP"}
         ]}});
-        let ops = compute_list_repair(&desired, &observed);
+        let ops = as_json(&compute_list_repair(&desired, &observed));
         assert_eq!(
             ops[1]["value"],
             json!([{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080, "targetPort": "http"}])
@@ -610,8 +626,8 @@ mod tests {
             {"name": "app", "image": "x", "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
              "ports": [{"containerPort": 8000, "protocol": "TCP"}]}
         ]}}}});
-        let ops = compute_list_repair(&desired, &observed);
-        assert_eq!(ops.len(), 2, "{ops:?}");
+        let ops = as_json(&compute_list_repair(&desired, &observed));
+        assert_eq!(ops.as_array().map(Vec::len), Some(2), "{ops}");
         assert_eq!(ops[1]["path"], "/spec/template/spec/containers/0/env");
         assert_eq!(ops[1]["value"], json!([{"name": "A", "value": "1"}]));
 
@@ -620,7 +636,19 @@ mod tests {
             {"name": "app", "image": "x", "env": [{"name": "A", "value": "1"}],
              "ports": [{"containerPort": 8000, "protocol": "TCP"}]}
         ]}}}});
-        assert!(compute_list_repair(&desired, &observed).is_empty());
+        assert!(compute_list_repair(&desired, &observed).0.is_empty());
+
+        // Keys are escaped in the paths (RFC 6901), and the replaced paths are reported.
+        let desired = json!({"a/b~c": {"env": [{"name": "A"}]}});
+        let observed = json!({"a/b~c": {"env": [{"name": "A"}, {"name": "B"}]}});
+        let patch = compute_list_repair(&desired, &observed);
+        assert_eq!(as_json(&patch)[1]["path"], "/a~1b~0c/env");
+        assert_eq!(repaired_paths(&patch), ["/a~1b~0c/env"]);
+    }
+
+    /// The patch as it goes over the wire.
+    fn as_json(patch: &json_patch::Patch) -> Value {
+        serde_json::to_value(patch).expect("a patch serializes")
     }
 
     #[test]

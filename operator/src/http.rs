@@ -18,21 +18,23 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::dependency::{log_change, Dependency};
 use crate::metrics::Metrics;
 
 /// What the probes report: the operator is ready once it has started (connected, CRD found)
 /// and while every source it depends on can reach the API server: each watch of each
 /// controller, and the leader lease's renewals. A source that fails (a watch cut by an API
-/// server outage) makes it unready until that source succeeds again (the watch is back).
+/// server outage) makes it unready until that source succeeds again (the watch is back). Each
+/// source is a [`Dependency`]: its failures are logged once per change of state, with a count.
 #[derive(Debug, Default)]
 pub struct Health {
     started: AtomicBool,
-    sources: Mutex<BTreeMap<String, Option<(String, Instant)>>>,
+    sources: Mutex<BTreeMap<String, Dependency>>,
 }
 
 /// Whether the operator is ready, and why not: the failing sources, `name: error` each.
 /// Pure, for the table test.
-pub fn compute_readiness<'a, E: std::fmt::Display + 'a>(
+pub fn compute_readiness<'a, E: std::fmt::Display + ?Sized + 'a>(
     started: bool,
     sources: impl IntoIterator<Item = (&'a String, Option<&'a E>)>,
 ) -> Result<(), Vec<String>> {
@@ -54,48 +56,64 @@ impl Health {
         self.started.store(ready, Ordering::SeqCst);
     }
 
+    fn sources(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Dependency>> {
+        // A poisoned lock only means a reporter panicked; the records are still usable.
+        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers `source` as not ready yet (a watch before its first list), without a log line.
+    pub fn expect(&self, source: &str) {
+        self.sources()
+            .insert(source.to_string(), Dependency::new(source));
+    }
+
     /// Records how `source` (a watch, the lease, the API probe) last fared: `None` for a
-    /// success, or the error. A new source counts from its first report.
+    /// success, or the error. Logs only a change of state. A new source counts from its first
+    /// report.
     pub fn report(&self, source: &str, error: Option<String>) {
-        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = error.map(|e| (e, Instant::now()));
-        match sources.get_mut(source) {
-            Some(slot) => *slot = entry,
-            None => {
-                sources.insert(source.to_string(), entry);
-            }
+        let mut sources = self.sources();
+        let dep = sources
+            .entry(source.to_string())
+            .or_insert_with(|| Dependency::new(source));
+        let change = dep.record(error, Instant::now());
+        drop(sources);
+        if let Some(change) = change {
+            log_change(source, &change);
         }
     }
 
-    /// After a successful call to the API server: clears every error older than `quiet`. A
-    /// watch retries within its backoff's cap (30 s), so one whose last error is older than
-    /// that while the API server answers has resumed, even if no object changed since.
+    /// After a successful call to the API server: counts as recovered every source whose last
+    /// failure is older than `quiet`. A watch retries within its backoff's cap, so one whose
+    /// last error is older than that while the API server answers has resumed, even if no
+    /// object changed since.
     pub fn settle(&self, quiet: std::time::Duration, now: Instant) {
-        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        for slot in sources.values_mut() {
-            if slot
-                .as_ref()
-                .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= quiet)
-            {
-                *slot = None;
+        let mut changes = Vec::new();
+        for (name, dep) in self.sources().iter_mut() {
+            let resumed = dep
+                .last_failure()
+                .is_some_and(|at| now.saturating_duration_since(at) >= quiet);
+            if resumed {
+                if let Some(change) = dep.record(None, now) {
+                    changes.push((name.clone(), change));
+                }
             }
+        }
+        for (name, change) in changes {
+            log_change(&name, &change);
         }
     }
 
     /// Forgets `source` (its controller stopped).
     pub fn forget(&self, source: &str) {
-        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        sources.remove(source);
+        self.sources().remove(source);
     }
 
     /// Whether the operator is ready, and if not the reasons.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
-        let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let sources = self.sources();
         compute_readiness(
             self.started.load(Ordering::SeqCst),
-            sources
-                .iter()
-                .map(|(name, err)| (name, err.as_ref().map(|(e, _)| e))),
+            sources.iter().map(|(name, dep)| (name, dep.error())),
         )
     }
 

@@ -141,7 +141,11 @@ pub struct LeaderElector {
     timing: LeaseTiming,
     observed: Option<(RecordKey, Instant)>,
     last_renewal: Option<Instant>,
+    health: Option<std::sync::Arc<crate::http::Health>>,
 }
+
+/// The readiness source (and log name) of the lease's rounds.
+const SOURCE: &str = "leader lease";
 
 impl LeaderElector {
     /// An elector for the lease `name` of `api`'s namespace.
@@ -153,7 +157,15 @@ impl LeaderElector {
             timing,
             observed: None,
             last_renewal: None,
+            health: None,
         }
+    }
+
+    /// Reports each round to `health` (unready while the lease cannot be read or written;
+    /// a failing lease is logged once when it fails and once when it recovers).
+    pub fn with_health(mut self, health: std::sync::Arc<crate::http::Health>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// One round: read the lease, decide, write. Returns whether we lead.
@@ -214,7 +226,11 @@ impl LeaderElector {
                 self.observed = None;
                 Ok(true)
             }
+            // A conflict: someone else wrote the lease since we read it, so someone else may
+            // hold it now. We stop leading at once (two leaders would fight over every child).
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            // Anything else (the API server unreachable, a 5xx) says nothing about the other
+            // candidates: see `run`, which keeps leading through it until the renew deadline.
             Err(e) => Err(e),
         }
     }
@@ -223,11 +239,20 @@ impl LeaderElector {
     /// on the way out if we hold it.
     pub async fn run(mut self, leading: watch::Sender<bool>, shutdown: CancellationToken) {
         loop {
-            let lead = match self.try_acquire_or_renew().await {
+            let round = self.try_acquire_or_renew().await;
+            if let Some(health) = &self.health {
+                health.report(SOURCE, round.as_ref().err().map(|e| e.to_string()));
+            }
+            let lead = match round {
                 Ok(lead) => lead,
+                // A network error or a 5xx: nobody else can have renewed the lease through
+                // the same outage, and nobody may take it over before `lease_duration` without
+                // a renewal, so the holder keeps leading until `renew_deadline` (shorter) and
+                // steps down then. A 409 (someone else wrote the lease) is no error: it ends
+                // the term at once, in `try_acquire_or_renew`. Logged once per outage, through
+                // `health`.
                 Err(e) => {
-                    warn!(error = %e, "leader lease round failed");
-                    // Keep leading only within the renew deadline.
+                    tracing::debug!(error = %e, "leader lease round failed");
                     self.last_renewal
                         .is_some_and(|t| t.elapsed() < self.timing.renew_deadline)
                         && *leading.borrow()

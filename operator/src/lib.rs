@@ -15,9 +15,12 @@
 
 pub mod activation;
 pub mod autoscale;
+pub mod cache;
 pub mod cli;
 pub mod crd;
+pub mod dependency;
 pub mod drift;
+pub mod events;
 pub mod explain;
 pub mod http;
 pub mod leader;
@@ -32,6 +35,7 @@ pub mod simulate;
 pub mod status;
 pub mod telemetry;
 pub mod validate;
+pub mod watch;
 
 #[cfg(test)]
 mod fixtures;

@@ -1,53 +1,58 @@
-//! The apps' pods, from a watch (a reflector store per controller scope), so that the status
-//! can say why pods are not ready ([`crate::explain`]) without a LIST per reconcile, and so
-//! that a pod that changes state wakes its app's reconcile.
-//!
-//! Only the lookup is used by the reconciler ([`PodCache::pods_of`]): a shared store of the
-//! operator's (one reflector for every purpose) can take its place without touching the
-//! reconcile.
+//! Which app a pod wakes, and when: the shared pod watch ([`crate::cache::PodCache`], read by
+//! the status's explanations in [`crate::explain`] and by the autoscaler) wakes an app's
+//! reconcile when one of its pods changes state ([`PodWakes`]).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 use kube::ResourceExt;
 
 use crate::crd::WsgiApp;
 use crate::validate::APP_LABEL;
 
-/// The pods of the apps, looked up by the app label.
+/// Which apps a pod event wakes: those of pods whose state (status, deletion) changed since
+/// last seen. The first list wakes nothing (every app is reconciled at start); a relist after
+/// an outage wakes the apps of pods that changed meanwhile. Pure: fed the watch's events.
 #[derive(Default)]
-pub struct PodCache {
-    stores: RwLock<Vec<Store<Pod>>>,
+pub struct PodWakes {
+    seen: std::collections::HashMap<(String, String), u64>,
+    listed: bool,
 }
 
-impl PodCache {
-    /// Adds the store of one watch (a controller's scope: a namespace, or all).
-    pub fn register(&self, store: Store<Pod>) {
-        self.write().push(store);
-    }
-
-    /// Forgets every store (the controllers stopped).
-    pub fn clear(&self) {
-        self.write().clear();
-    }
-
-    /// The pods of app `name` in `namespace`, as last seen by the watch.
-    pub fn pods_of(&self, namespace: &str, name: &str) -> Vec<Arc<Pod>> {
-        let stores = self.stores.read().unwrap_or_else(|e| e.into_inner());
-        stores
-            .iter()
-            .flat_map(|s| s.state())
-            .filter(|p| p.namespace().as_deref() == Some(namespace))
-            .filter(|p| p.labels().get(APP_LABEL).map(String::as_str) == Some(name))
-            .collect()
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Store<Pod>>> {
-        // A poisoned lock only means a reader panicked; the list is still whole.
-        self.stores.write().unwrap_or_else(|e| e.into_inner())
+impl PodWakes {
+    /// The apps `event` wakes.
+    pub fn apply(&mut self, event: &watcher::Event<Pod>) -> Vec<ObjectRef<WsgiApp>> {
+        let key = |p: &Pod| (p.namespace().unwrap_or_default(), p.name_any());
+        match event {
+            watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                let hash = compute_pod_trigger_hash(p);
+                let old = match hash {
+                    Some(h) => self.seen.insert(key(p), h),
+                    None => None,
+                };
+                let changed = match old {
+                    Some(old) => Some(old) != hash,
+                    None => self.listed,
+                };
+                if changed {
+                    app_of_pod(p).into_iter().collect()
+                } else {
+                    Vec::new()
+                }
+            }
+            watcher::Event::Delete(p) => {
+                self.seen.remove(&key(p));
+                app_of_pod(p).into_iter().collect()
+            }
+            watcher::Event::Init => Vec::new(),
+            watcher::Event::InitDone => {
+                self.listed = true;
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -64,11 +69,6 @@ pub fn compute_pod_trigger_hash(pod: &Pod) -> Option<u64> {
     serde_json::to_string(&pod.status).ok()?.hash(&mut h);
     pod.metadata.deletion_timestamp.is_some().hash(&mut h);
     Some(h.finish())
-}
-
-/// A pod as the cache keeps it: without its managed fields, which no decision reads.
-pub fn strip_pod(pod: &mut Pod) {
-    pod.managed_fields_mut().clear();
 }
 
 #[cfg(test)]
@@ -117,23 +117,40 @@ mod tests {
     }
 
     #[test]
-    fn lookup_is_by_namespace_and_app_label() {
-        let (reader, mut writer) = kube::runtime::reflector::store();
-        let mut other_ns = pod("other", Some("shop"));
-        other_ns.metadata.name = Some("q".into());
-        for p in [pod("ns", Some("shop")), other_ns, {
-            let mut p = pod("ns", Some("cart"));
-            p.metadata.name = Some("r".into());
-            p
-        }] {
-            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(p));
-        }
-        let cache = PodCache::default();
-        cache.register(reader);
-        let found = cache.pods_of("ns", "shop");
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].name_any(), "p");
-        cache.clear();
-        assert!(cache.pods_of("ns", "shop").is_empty());
+    fn pods_wake_their_app_when_their_state_changes_after_the_first_list() {
+        use kube::runtime::watcher::Event;
+        let mut wakes = PodWakes::default();
+        let shop = ObjectRef::new("shop").within("ns");
+        let p = pod("ns", Some("shop"));
+        // The first list wakes nothing: every app is reconciled at start.
+        assert!(wakes.apply(&Event::Init).is_empty());
+        assert!(wakes.apply(&Event::InitApply(p.clone())).is_empty());
+        assert!(wakes.apply(&Event::InitDone).is_empty());
+        // The same state again (a label, a resync) wakes nothing; a new state wakes the app.
+        let mut labelled = p.clone();
+        labelled.labels_mut().insert("x".into(), "y".into());
+        assert!(wakes.apply(&Event::Apply(labelled)).is_empty());
+        let mut running = p.clone();
+        running.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            ..PodStatus::default()
+        });
+        assert_eq!(
+            wakes.apply(&Event::Apply(running.clone())),
+            vec![shop.clone()]
+        );
+        // A relist after an outage wakes the apps of pods that changed or are new.
+        let mut other = pod("ns", Some("cart"));
+        other.metadata.name = Some("q".into());
+        wakes.apply(&Event::Init);
+        assert!(wakes.apply(&Event::InitApply(running.clone())).is_empty());
+        assert_eq!(
+            wakes.apply(&Event::InitApply(other)),
+            vec![ObjectRef::new("cart").within("ns")]
+        );
+        wakes.apply(&Event::InitDone);
+        // A deleted pod wakes its app; a pod without the app label wakes nothing.
+        assert_eq!(wakes.apply(&Event::Delete(running)), vec![shop]);
+        assert!(wakes.apply(&Event::Apply(pod("ns", None))).is_empty());
     }
 }

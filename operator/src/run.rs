@@ -1,33 +1,50 @@
 //! `wsgiscale-operator run`: wires the client, the HTTP server, leader election and one
 //! controller per watched namespace, and shuts them all down on SIGTERM.
+//!
+//! Each leadership term runs, per watched scope (a namespace, or all of them): a watch of the
+//! WsgiApps (the controller's trigger and store), one watch per kind of child (the triggers of
+//! `owns`, and the reflector stores the reconciler reads instead of GETs) and one shared pod
+//! watch (the [`PodCache`] the autoscaler and the reconciler read by app); plus the
+//! autoscaler and the task that publishes the queued Events. Every watch retries as
+//! [`crate::watch`] says.
 
+use std::future::ready;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, ListParams};
-use kube::core::PartialObjectMeta;
+use kube::client::ClientBuilder;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::reflector::{self, reflector};
+use kube::runtime::reflector::{self, reflector, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::cache::{trim, Caches, PodCache, Stores};
 use crate::cli::RunArgs;
 use crate::crd::WsgiApp;
+use crate::events::publish_events;
 use crate::http::{self, Health};
 use crate::leader::{LeaderElector, LeaseTiming};
-use crate::metrics::Metrics;
-use crate::pods::{app_of_pod, compute_pod_trigger_hash, strip_pod};
+use crate::metrics::{ApiLatencyLayer, Metrics};
+use crate::pods::PodWakes;
 use crate::reconcile::{compute_trigger_hash, error_policy, reconcile, Context};
 use crate::scrape::{run_autoscaler, Autoscaler};
+use crate::validate::APP_LABEL;
+use crate::watch::{objects, resilient, QUIET};
+
+/// Objects per page of a watch's (re)list: a page is held whole while its objects are filed,
+/// so smaller pages lower the peak memory of a start with thousands of children and pods.
+const LIST_PAGE: u32 = 100;
 
 /// Two-second attempts at listing WsgiApps before giving up at startup.
 const CRD_WAIT_ATTEMPTS: u32 = 30;
@@ -72,28 +89,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     } = args;
 
     // Installed before anything else, so a SIGTERM during startup is not lost.
+    let shutdown = shutdown_on_signal()?;
     // An empty WSGISCALE_OPERATOR_NAMESPACES means all namespaces, not the namespace "".
     let namespaces: Vec<String> = namespaces
         .into_iter()
         .filter(|n| !n.trim().is_empty())
         .collect();
-    let shutdown = CancellationToken::new();
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM: shutting down"),
-                _ = int.recv() => info!("SIGINT: shutting down"),
-            }
-            shutdown.cancel();
-        });
-    }
 
-    let client = Client::try_default().await.map_err(RunError::Client)?;
     let metrics = Arc::new(Metrics::default());
+    let client = build_client(&metrics).await?;
     let health = Arc::new(Health::default());
     let listener = http::bind(http_bind)
         .await
@@ -108,29 +112,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         shutdown.clone(),
     ));
 
-    // The CRD may be installed together with the operator and not be served yet: wait a
-    // little for it, then fail with a hint.
     let probe: Api<WsgiApp> = match namespaces.first() {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let mut attempt = 0u32;
-    loop {
-        match probe.list(&ListParams::default().limit(1)).await {
-            Ok(_) => break,
-            Err(e) if attempt < CRD_WAIT_ATTEMPTS && !shutdown.is_cancelled() => {
-                attempt += 1;
-                warn!(error = %e, attempt, "cannot list WsgiApps yet; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
-            Err(e) => return Err(RunError::Crd(e)),
-        }
-    }
+    wait_for_crd(&probe, &shutdown).await?;
     health.set_ready(true);
-    let prober = tokio::spawn(probe_api(probe, health.clone(), shutdown.clone()));
 
     let identity = identity
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -144,29 +131,108 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         )
         .with_health(health.clone()),
     );
+    let prober = tokio::spawn(probe_api(probe, ctx.clone(), shutdown.clone()));
 
-    let (leading_tx, mut leading) = watch::channel(!leader_election);
-    let elector = if leader_election {
+    let (leading, elector) = if leader_election {
         let ns = lease_namespace.unwrap_or_else(|| client.default_namespace().to_string());
-        let api: Api<Lease> = Api::namespaced(client.clone(), &ns);
         let timing = LeaseTiming::from_lease_duration(Duration::from_secs(lease_duration_seconds));
         info!(lease = %lease_name, namespace = %ns, identity = %identity, "campaigning for the leader lease");
-        let elector = LeaderElector::new(api, lease_name, identity, timing);
-        Some(tokio::spawn(elector.run(leading_tx, shutdown.clone())))
+        let elector = LeaderElector::new(
+            Api::namespaced(client.clone(), &ns),
+            lease_name,
+            identity,
+            timing,
+        )
+        .with_health(health.clone());
+        let (tx, rx) = watch::channel(false);
+        (rx, Some(tokio::spawn(elector.run(tx, shutdown.clone()))))
     } else {
-        drop(leading_tx);
-        None
+        // No election: this replica leads until shutdown (the sender is dropped at once).
+        (watch::channel(true).1, None)
     };
 
-    'outer: loop {
+    lead_while_elected(&ctx, &namespaces, concurrency, leading, &shutdown).await;
+
+    health.set_ready(false);
+    shutdown.cancel();
+    if let Some(elector) = elector {
+        if let Err(e) = elector.await {
+            error!(error = %e, "leader election task failed");
+        }
+    }
+    let _ = prober.await;
+    let _ = http_task.await;
+    info!("stopped");
+    Ok(())
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+fn shutdown_on_signal() -> Result<CancellationToken, RunError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
+    Ok(shutdown)
+}
+
+/// The client from KUBECONFIG or the pod's service account, every request timed into
+/// `metrics`.
+async fn build_client(metrics: &Arc<Metrics>) -> Result<Client, RunError> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| RunError::Client(kube::Error::InferConfig(e)))?;
+    let builder = ClientBuilder::try_from(config).map_err(RunError::Client)?;
+    Ok(builder
+        .with_layer(&ApiLatencyLayer::new(metrics.clone()))
+        .build())
+}
+
+/// The CRD may be installed together with the operator and not be served yet: waits a little
+/// for it, then fails with a hint.
+async fn wait_for_crd(probe: &Api<WsgiApp>, shutdown: &CancellationToken) -> Result<(), RunError> {
+    let mut attempt = 0u32;
+    loop {
+        match probe.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < CRD_WAIT_ATTEMPTS && !shutdown.is_cancelled() => {
+                attempt += 1;
+                warn!(error = %e, attempt, "cannot list WsgiApps yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+            Err(e) => return Err(RunError::Crd(e)),
+        }
+    }
+}
+
+/// Runs the controllers during each term this replica leads, standing by between terms, until
+/// `shutdown` (or until the elector is gone).
+async fn lead_while_elected(
+    ctx: &Arc<Context>,
+    namespaces: &[String],
+    concurrency: u16,
+    mut leading: watch::Receiver<bool>,
+    shutdown: &CancellationToken,
+) {
+    loop {
         // Standby until we lead.
         while !*leading.borrow_and_update() {
             tokio::select! {
-                _ = shutdown.cancelled() => break 'outer,
-                changed = leading.changed() => if changed.is_err() { break 'outer },
+                _ = shutdown.cancelled() => return,
+                changed = leading.changed() => if changed.is_err() { return },
             }
         }
-        metrics.leader.set(1);
+        ctx.metrics.leader.set(1);
         info!("leading: starting the controllers");
         let stop = shutdown.child_token();
         let lost = {
@@ -182,87 +248,153 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 }
             })
         };
-        run_controllers(&ctx, &namespaces, concurrency, stop.clone()).await;
+        run_controllers(ctx, namespaces, concurrency, stop).await;
         lost.abort();
-        metrics.leader.set(0);
+        ctx.metrics.leader.set(0);
         if shutdown.is_cancelled() {
-            break;
+            return;
         }
         warn!("lost leadership: controllers stopped, back to standby");
     }
-
-    health.set_ready(false);
-    shutdown.cancel();
-    if let Some(elector) = elector {
-        if let Err(e) = elector.await {
-            error!(error = %e, "leader election task failed");
-        }
-    }
-    let _ = prober.await;
-    let _ = http_task.await;
-    info!("stopped");
-    Ok(())
 }
 
-/// How long a watch must stay quiet, while the API server answers, to count as resumed: past
-/// the cap of its backoff (client-go's default, 30 s), a watch that still failed would have
-/// failed again.
-const WATCH_QUIET: Duration = Duration::from_secs(35);
-
-/// How often the API server is probed for readiness.
+/// How often the API server is probed for readiness while it answers, and while it does not.
 const PROBE_PERIOD: Duration = Duration::from_secs(5);
+const PROBE_PERIOD_FAILING: Duration = Duration::from_secs(1);
 
-/// Probes the API server (a one-item list of WsgiApps) every few seconds until `stop`, for
-/// `/readyz`: unready while it does not answer, and once it answers again the watches that
-/// stayed quiet since count as resumed.
-pub async fn probe_api(probe: Api<WsgiApp>, health: Arc<Health>, stop: CancellationToken) {
+/// Probes the API server (a one-item list of WsgiApps) until `stop`, for `/readyz`: unready
+/// while it does not answer; once it answers again, the watches that stayed quiet since count
+/// as resumed, and the apps whose reconciles failed only for the outage are retried at once.
+pub async fn probe_api(probe: Api<WsgiApp>, ctx: Arc<Context>, stop: CancellationToken) {
+    const SOURCE: &str = "api server";
+    let mut failing = false;
     loop {
         match probe.list_metadata(&ListParams::default().limit(1)).await {
             Ok(_) => {
-                health.report("api server", None);
-                health.settle(WATCH_QUIET, std::time::Instant::now());
+                ctx.health.report(SOURCE, None);
+                ctx.health.settle(QUIET, std::time::Instant::now());
+                if std::mem::replace(&mut failing, false) {
+                    ctx.forget_unreachable_failures();
+                }
             }
-            Err(e) => health.report("api server", Some(e.to_string())),
+            Err(e) => {
+                failing = true;
+                ctx.health.report(SOURCE, Some(e.to_string()));
+            }
         }
+        let period = if failing {
+            PROBE_PERIOD_FAILING
+        } else {
+            PROBE_PERIOD
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(PROBE_PERIOD) => {}
+            _ = tokio::time::sleep(period) => {}
         }
     }
 }
 
-/// A watch stream that backs off on its own (client-go's default backoff) and reports how it
-/// fares to `health` as `source`; the controller gets only its objects, so one failing watch
-/// never pauses the others. (With the controller's shared trigger backoff, every error of any
-/// of the five watches lengthened one common pause: after an API server restart each watch's
-/// "resource version too old" cost another 30-40 s, and the controllers stayed blind for
-/// minutes.)
-fn guarded<K, S>(
-    events: S,
-    health: Arc<Health>,
-    source: String,
-) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+/// The API of a namespaced kind in `scope` (a namespace, or all).
+fn api<K>(client: &Client, scope: Option<&str>) -> Api<K>
 where
-    K: Send + 'static,
-    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
 {
-    events.default_backoff().inspect(move |event| match event {
-        Ok(_) => health.report(&source, None),
-        Err(e) => {
-            warn!(watch = %source, error = %e, "watch failed; retrying with backoff");
-            health.report(&source, Some(e.to_string()));
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The watch sources of one leadership term, for `/readyz`: registered as not ready yet (until
+/// each watch's first list) and forgotten when the term ends.
+struct Sources {
+    health: Arc<Health>,
+    names: Vec<String>,
+}
+
+impl Sources {
+    fn add(&mut self, kind: &str, scope: Option<&str>) -> String {
+        let name = format!("watch {kind} in {}", scope.unwrap_or("all namespaces"));
+        self.health.expect(&name);
+        self.names.push(name.clone());
+        name
+    }
+}
+
+impl Drop for Sources {
+    fn drop(&mut self) {
+        for name in &self.names {
+            self.health.forget(name);
         }
-    })
+    }
 }
 
-/// Only the objects of a watch stream whose errors [`guarded`] has already handled.
-fn objects<T: Send>(
-    stream: impl futures::Stream<Item = Result<T, watcher::Error>> + Send,
-) -> impl futures::Stream<Item = Result<T, watcher::Error>> + Send {
-    stream.filter_map(|r| std::future::ready(r.ok().map(Ok)))
+/// A watch of the children of kind `K` labelled as the operator's in `scope`: its reflector
+/// store goes into `stores`, the stream of touched children (for `owns`) is returned.
+fn child_watch<K>(
+    ctx: &Context,
+    sources: &mut Sources,
+    stores: &mut Stores<K>,
+    scope: Option<&str>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let owned = watcher::Config::default()
+        .labels("app.kubernetes.io/managed-by=wsgiscale-operator")
+        .page_size(LIST_PAGE);
+    let (reader, writer) = reflector::store();
+    stores.add(scope, reader);
+    let kind = K::kind(&()).to_string();
+    let events = watcher(api::<K>(&ctx.client, scope), owned).map_ok(|e| e.modify(trim));
+    objects(
+        reflector(
+            writer,
+            resilient(events, ctx.health.clone(), sources.add(&kind, scope)),
+        )
+        .touched_objects(),
+    )
 }
 
-/// One controller per namespace (or one for all), until `stop`; in-flight reconciles finish.
+/// The shared pod watch of `scope`: every pod labelled with an app, filed into `pods` by app.
+/// Runs until `stop`.
+async fn run_pod_watch(
+    ctx: Arc<Context>,
+    name: String,
+    pods: PodCache,
+    wake: futures::channel::mpsc::UnboundedSender<ObjectRef<WsgiApp>>,
+    scope: Option<String>,
+    stop: CancellationToken,
+) {
+    let config = watcher::Config::default()
+        .labels(APP_LABEL)
+        .page_size(LIST_PAGE);
+    let events = watcher(api::<Pod>(&ctx.client, scope.as_deref()), config);
+    let mut wakes = PodWakes::default();
+    resilient(events, ctx.health.clone(), name)
+        .take_until(stop.cancelled())
+        .for_each(|r| {
+            if let Ok(event) = r {
+                pods.apply(scope.as_deref(), &event);
+                for app in wakes.apply(&event) {
+                    // The controller is gone only when stopping.
+                    let _ = wake.unbounded_send(app);
+                }
+            }
+            ready(())
+        })
+        .await;
+    pods.forget(scope.as_deref());
+}
+
+/// One controller per namespace (or one for all), the shared pod watches, the autoscaler and
+/// the Event publisher, until `stop`; in-flight reconciles finish.
 pub async fn run_controllers(
     ctx: &Arc<Context>,
     namespaces: &[String],
@@ -274,87 +406,69 @@ pub async fn run_controllers(
     } else {
         namespaces.iter().map(|n| Some(n.as_str())).collect()
     };
-    let mut stores = Vec::new();
-    let mut sources = Vec::new();
-    let controllers: Vec<_> = scopes
-        .into_iter()
-        .map(|ns| {
-            let client = ctx.client.clone();
-            fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
-            where
-                K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-            {
-                match ns {
-                    Some(ns) => Api::namespaced(client.clone(), ns),
-                    None => Api::all(client.clone()),
-                }
-            }
-            let scope = ns.unwrap_or("all namespaces");
-            let mut source = |kind: &str| {
-                let name = format!("watch {kind} in {scope}");
-                // Unready until the watch's first list arrives.
-                ctx.health.report(&name, Some("not listed yet".into()));
-                sources.push(name.clone());
-                name
-            };
-            let stop = stop.clone();
-            let owned = watcher::Config::default()
-                .labels("app.kubernetes.io/managed-by=wsgiscale-operator");
-            let (reader, writer) = reflector::store();
-            let apps = reflector(
-                writer,
-                guarded(
-                    watcher(
-                        api::<WsgiApp>(&client, ns),
-                        watcher::Config::default().any_semantic(),
-                    ),
-                    ctx.health.clone(),
-                    source("WsgiApp"),
-                ),
-            )
-            .applied_objects();
-            macro_rules! owned {
-                ($kind:ty, $name:literal) => {
-                    objects(
-                        guarded(
-                            watcher(api::<PartialObjectMeta<$kind>>(&client, ns), owned.clone()),
-                            ctx.health.clone(),
-                            source($name),
-                        )
-                        .touched_objects(),
-                    )
-                };
-            }
-            let apps = objects(apps).predicate_filter(compute_trigger_hash, Default::default());
-            // The apps' pods: kept for the status's explanations, and a pod whose state
-            // changes wakes its app.
-            let (pod_reader, pod_writer) = reflector::store();
-            ctx.pods.register(pod_reader);
-            let pods = objects(
-                reflector(
-                    pod_writer,
-                    guarded(
-                        watcher(
-                            api::<Pod>(&client, ns),
-                            watcher::Config::default().labels(crate::validate::APP_LABEL),
-                        ),
-                        ctx.health.clone(),
-                        source("Pod"),
-                    )
-                    .modify(strip_pod),
-                )
-                .touched_objects(),
-            )
-            .predicate_filter(compute_pod_trigger_hash, Default::default());
-            let controller = Controller::for_stream(apps, reader)
-                .with_config(ControllerConfig::default().concurrency(concurrency))
-                .owns_stream(owned!(ConfigMap, "ConfigMap"))
-                .owns_stream(owned!(Deployment, "Deployment"))
-                .owns_stream(owned!(Service, "Service"))
-                .owns_stream(owned!(PodDisruptionBudget, "PodDisruptionBudget"))
-                .watches_stream(pods, |pod| app_of_pod(&pod));
-            // The autoscaler reads the WsgiApps from the controllers' caches.
-            stores.push(controller.store());
+    let mut sources = Sources {
+        health: ctx.health.clone(),
+        names: Vec::new(),
+    };
+    let mut caches = Caches::default();
+    let mut app_stores: Vec<Store<WsgiApp>> = Vec::new();
+    let mut pod_watches = Vec::new();
+    let mut controllers = Vec::new();
+    for scope in scopes {
+        let (reader, writer) = reflector::store();
+        let events = watcher(
+            api::<WsgiApp>(&ctx.client, scope),
+            watcher::Config::default().any_semantic(),
+        )
+        .map_ok(|e| e.modify(trim));
+        let apps = reflector(
+            writer,
+            resilient(events, ctx.health.clone(), sources.add("WsgiApp", scope)),
+        )
+        .applied_objects();
+        let apps = objects(apps).predicate_filter(compute_trigger_hash, Default::default());
+        let c = &mut caches.children;
+        // A pod whose state changes wakes its app (the status says why pods are not ready).
+        let (wake, woken) = futures::channel::mpsc::unbounded();
+        let controller = Controller::for_stream(apps, reader)
+            .reconcile_on(woken)
+            .with_config(ControllerConfig::default().concurrency(concurrency))
+            .owns_stream(child_watch::<ConfigMap>(
+                ctx,
+                &mut sources,
+                &mut c.config_maps,
+                scope,
+            ))
+            .owns_stream(child_watch::<Deployment>(
+                ctx,
+                &mut sources,
+                &mut c.deployments,
+                scope,
+            ))
+            .owns_stream(child_watch::<Service>(
+                ctx,
+                &mut sources,
+                &mut c.services,
+                scope,
+            ))
+            .owns_stream(child_watch::<PodDisruptionBudget>(
+                ctx,
+                &mut sources,
+                &mut c.pdbs,
+                scope,
+            ));
+        // The autoscaler and the per-app metrics read the WsgiApps from the controllers' caches.
+        app_stores.push(controller.store());
+        pod_watches.push(run_pod_watch(
+            ctx.clone(),
+            sources.add("Pod", scope),
+            caches.pods.clone(),
+            wake,
+            scope.map(str::to_string),
+            stop.clone(),
+        ));
+        let stop = stop.clone();
+        controllers.push(
             controller
                 .graceful_shutdown_on(async move { stop.cancelled().await })
                 .run(reconcile, error_policy, ctx.clone())
@@ -363,23 +477,43 @@ pub async fn run_controllers(
                         Ok((obj, _)) => tracing::debug!(name = %obj.name, "reconciled"),
                         Err(e) => tracing::debug!(error = %e, "reconcile error"),
                     }
-                })
-        })
-        .collect();
+                }),
+        );
+    }
+    let pods = caches.pods.clone();
+    ctx.set_caches(caches);
+    ctx.metrics.set_app_stores(app_stores.clone());
+
     // Pod autoscaling from the servers' load reports, for the apps that enable it. It writes
     // only its recommendation to the status; the reconcilers apply it to the Deployments.
     let autoscaler = Arc::new(Autoscaler::new(
         ctx.client.clone(),
-        std::env::var("HOSTNAME").ok(),
+        ctx.events.clone(),
         ctx.metrics.clone(),
+        pods,
     ));
-    futures::future::join(
+    let events = async {
+        // Published by this term's task; the receiver goes back for the next term.
+        if let Some(rx) = ctx.take_event_receiver() {
+            let rx = publish_events(
+                ctx.client.clone(),
+                ctx.instance.clone(),
+                rx,
+                ctx.metrics.clone(),
+                stop.clone(),
+            )
+            .await;
+            ctx.return_event_receiver(rx);
+        }
+    };
+    futures::future::join4(
         futures::future::join_all(controllers),
-        run_autoscaler(autoscaler, stores, stop),
+        futures::future::join_all(pod_watches),
+        run_autoscaler(autoscaler, app_stores, stop.clone()),
+        events,
     )
     .await;
-    for name in sources {
-        ctx.health.forget(&name);
-    }
-    ctx.pods.clear();
+    ctx.set_caches(Caches::default());
+    ctx.metrics.set_app_stores(Vec::new());
+    drop(sources);
 }

@@ -1,8 +1,11 @@
 //! The autoscaler's I/O around the pure decision ([`crate::autoscale`]): every tick, for each
-//! WsgiApp with `autoscaling.enabled`, list its ready pods, read `GET /load` from their admin
+//! WsgiApp with `autoscaling.enabled`, take its ready pods from the shared pod cache
+//! ([`crate::cache::PodCache`]: no LIST per app per tick), read `GET /load` from their admin
 //! port (concurrently, with a timeout and a bound; a random sample above `maxPodsScraped`),
-//! decide, and publish: the status' `load` and `autoscaler` blocks (with the autoscaler's own
-//! field manager), an Event and a log line when the recommendation changes, and metrics.
+//! then the pure [`compute_step`] (samples, decision, status, whether to write), and publish:
+//! an Event (queued) and a log line when the recommendation changes, metrics, and the status'
+//! `load` and `autoscaler` blocks (with the autoscaler's own field manager) only when they
+//! changed beyond a threshold, or every [`STATUS_HEARTBEAT`] ([`compute_write`]).
 //!
 //! One owner for the Deployment's replicas: this module never writes the Deployment. It
 //! writes `status.autoscaler.recommendedReplicas`; the status change wakes the reconciler,
@@ -11,6 +14,7 @@
 //! `kubectl scale`, an HPA or KEDA drive) when autoscaling is off. While autoscaling is off
 //! this module does nothing at all.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -22,19 +26,20 @@ use http_body_util::{BodyExt, Empty, Limited};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 use wsgiscale_core::load::LoadReport;
 
 use crate::autoscale::{
     compute_tick, decide, pick_sample, Action, Decision, PodLoad, PodSample, Policy, Samples,
     State, TickSample,
 };
+use crate::cache::PodCache;
 use crate::crd::{AutoscalerStatus, LoadSummary, WsgiApp};
+use crate::dependency::Dependency;
+use crate::events::{EventSink, Queued, Reporting};
 use crate::metrics::Metrics;
-use crate::render::selector_string;
 use crate::validate::validate_app;
 
 /// The field manager of the autoscaler's status writes (`status.load`, `status.autoscaler`).
@@ -83,15 +88,6 @@ impl ScrapeError {
 /// Why a tick of one app failed (it is retried at the next tick).
 #[derive(Debug, thiserror::Error)]
 pub enum AutoscaleError {
-    /// Listing the app's pods failed.
-    #[error("list pods of {name}: {source}")]
-    ListPods {
-        /// The WsgiApp.
-        name: String,
-        /// The API error.
-        #[source]
-        source: kube::Error,
-    },
     /// Writing the status failed.
     #[error("patch status of {name}: {source}")]
     PatchStatus {
@@ -135,23 +131,29 @@ pub async fn scrape_load(addr: SocketAddr, timeout: Duration) -> Result<LoadRepo
     .map_err(|_| ScrapeError::Timeout)?
 }
 
+/// One read of a load report: what came back, and how long it took.
+pub type Scraped = (Result<LoadReport, ScrapeError>, Duration);
+
 /// Reads every address in `targets`, at most `concurrency` at once; the results are in the
 /// order of `targets`.
 pub async fn scrape_all(
     targets: &[SocketAddr],
     concurrency: usize,
     timeout: Duration,
-) -> Vec<Result<LoadReport, ScrapeError>> {
-    let mut out: Vec<Option<Result<LoadReport, ScrapeError>>> =
-        targets.iter().map(|_| None).collect();
+) -> Vec<Scraped> {
+    let mut out: Vec<Option<Scraped>> = targets.iter().map(|_| None).collect();
     let mut results = futures::stream::iter(targets.iter().copied().enumerate())
-        .map(|(i, addr)| async move { (i, scrape_load(addr, timeout).await) })
+        .map(|(i, addr)| async move {
+            let start = Instant::now();
+            let r = scrape_load(addr, timeout).await;
+            (i, (r, start.elapsed()))
+        })
         .buffer_unordered(concurrency.max(1));
     while let Some((i, r)) = results.next().await {
         out[i] = Some(r);
     }
     out.into_iter()
-        .map(|r| r.unwrap_or(Err(ScrapeError::Timeout)))
+        .map(|r| r.unwrap_or((Err(ScrapeError::Timeout), timeout)))
         .collect()
 }
 
@@ -166,8 +168,9 @@ pub struct ReadyPod {
 
 /// The pods of `pods` that serve: Ready, with an IP, not being deleted. `now` is the wall
 /// clock, for their age (from the Ready condition's transition, else the start time).
-pub fn compute_ready_pods(pods: &[Pod], now: Timestamp) -> Vec<ReadyPod> {
+pub fn compute_ready_pods<P: Borrow<Pod>>(pods: &[P], now: Timestamp) -> Vec<ReadyPod> {
     pods.iter()
+        .map(Borrow::borrow)
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| {
             let status = p.status.as_ref()?;
@@ -225,76 +228,262 @@ pub fn build_status(
     (load, autoscaler)
 }
 
-/// Whether the status is worth writing: the recommendation or panic mode changed, or the load
-/// summary last written is older than `refresh`.
-pub fn should_write_status(
-    previous: Option<&AutoscalerStatus>,
-    new: &AutoscalerStatus,
-    last_write: Option<Instant>,
-    now: Instant,
-    refresh: Duration,
-) -> bool {
-    let changed = previous.is_none_or(|p| {
-        p.recommended_replicas != new.recommended_replicas || p.panic_mode != new.panic_mode
-    });
-    changed || last_write.is_none_or(|w| now.saturating_duration_since(w) >= refresh)
+/// How often the load summary is rewritten while nothing changes beyond
+/// [`LOAD_CHANGE_POINTS`]: its `time` then says the autoscaler is alive, and `kubectl get
+/// wsgi` never shows a summary older than this.
+pub const STATUS_HEARTBEAT: Duration = Duration::from_secs(60);
+
+/// Utilization points (of 100) the load summary must move from the value last written to be
+/// written before the heartbeat.
+pub const LOAD_CHANGE_POINTS: i32 = 10;
+
+/// Why the autoscaler writes its status blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteCause {
+    /// The recommendation, panic mode or the load changed enough to matter.
+    Change,
+    /// Nothing changed, but the summary last written is [`STATUS_HEARTBEAT`] old.
+    Heartbeat,
 }
 
-/// What the autoscaler keeps per app.
+impl WriteCause {
+    /// A fixed label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteCause::Change => "change",
+            WriteCause::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+/// Whether the load summary changed enough to be written before the heartbeat: the ready pods
+/// changed, utilization moved [`LOAD_CHANGE_POINTS`] or more, requests started or stopped
+/// queueing, or the pods started or stopped answering. Busy and total worker counts alone
+/// move with every request and do not count.
+pub fn load_changed(old: &LoadSummary, new: &LoadSummary) -> bool {
+    let u = |l: &LoadSummary| l.utilization_percent.unwrap_or(0);
+    let some = |v: Option<i32>| v.unwrap_or(0) > 0;
+    old.pods_ready != new.pods_ready
+        || (u(old) - u(new)).abs() >= LOAD_CHANGE_POINTS
+        || some(old.queue_depth) != some(new.queue_depth)
+        || some(old.pods_scraped) != some(new.pods_scraped)
+}
+
+/// Whether to write the status blocks, and why: `written` is what the WsgiApp holds (the
+/// autoscaler's last write, or another replica's), `now` the wall clock. A recommendation or
+/// panic mode that changed, or a load that changed beyond [`load_changed`], is written at
+/// once; otherwise the summary is rewritten every `heartbeat` (its `time` is when it was
+/// last written). Pure.
+pub fn compute_write(
+    written: Option<(&AutoscalerStatus, &LoadSummary)>,
+    status: &AutoscalerStatus,
+    load: &LoadSummary,
+    now: Timestamp,
+    heartbeat: Duration,
+) -> Option<WriteCause> {
+    let Some((old_status, old_load)) = written else {
+        return Some(WriteCause::Change);
+    };
+    let changed = old_status.recommended_replicas != status.recommended_replicas
+        || old_status.panic_mode != status.panic_mode
+        || load_changed(old_load, load);
+    if changed {
+        return Some(WriteCause::Change);
+    }
+    let age = old_load
+        .time
+        .as_ref()
+        .and_then(|t| Duration::try_from(now.duration_since(t.0)).ok());
+    match age {
+        Some(age) if age < heartbeat => None,
+        _ => Some(WriteCause::Heartbeat),
+    }
+}
+
+/// What the autoscaler keeps per app between ticks.
 #[derive(Debug, Clone)]
-struct AppState {
+pub struct AppState {
     samples: Samples,
     state: State,
     next: Instant,
-    last_write: Option<Instant>,
-    written: Option<AutoscalerStatus>,
+    /// The blocks the WsgiApp holds, as last written (by this replica or another).
+    written: Option<(AutoscalerStatus, LoadSummary)>,
 }
 
-/// The autoscaler: its clients and the state of every autoscaled app.
+impl AppState {
+    /// The state of an app first seen at `now`, whose status holds `status` (the count of pods
+    /// the reconciler last asked for, and the autoscaler blocks another replica may have
+    /// written).
+    pub fn new(app: &WsgiApp, ready_pods: u32, now: Instant) -> Self {
+        let status = app.status.as_ref();
+        let current = status
+            .and_then(|s| s.desired_replicas)
+            .and_then(|r| u32::try_from(r).ok());
+        AppState {
+            samples: Samples::new(),
+            state: State::new(current.unwrap_or(ready_pods)),
+            next: now,
+            written: status.and_then(|s| Some((s.autoscaler.clone()?, s.load.clone()?))),
+        }
+    }
+
+    /// Records a successful write of `status` and `load`.
+    pub fn mark_written(&mut self, status: AutoscalerStatus, load: LoadSummary) {
+        self.written = Some((status, load));
+    }
+}
+
+/// Where to scrape in one tick: the ready pods, the sample of them to read, and their admin
+/// addresses. Pure.
+pub fn plan_scrape<P: Borrow<Pod>>(
+    pods: &[P],
+    wall: Timestamp,
+    policy: &Policy,
+    admin_port: u16,
+    seed: u64,
+) -> (Vec<ReadyPod>, Vec<usize>, Vec<SocketAddr>) {
+    let ready = compute_ready_pods(pods, wall);
+    let pick = pick_sample(ready.len(), policy.max_pods_scraped as usize, seed);
+    let targets = pick
+        .iter()
+        .map(|&i| SocketAddr::new(ready[i].ip, admin_port))
+        .collect();
+    (ready, pick, targets)
+}
+
+/// The outcome of one tick of one app, for the I/O to carry out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The decision.
+    pub decision: Decision,
+    /// The pod count before it.
+    pub before: u32,
+    /// The load summary.
+    pub load: LoadSummary,
+    /// The autoscaler block.
+    pub status: AutoscalerStatus,
+    /// Whether to write both, and why.
+    pub write: Option<WriteCause>,
+    /// The result label of each scrape (`ok`, `draining`, an error kind), in order.
+    pub scrapes: Vec<&'static str>,
+}
+
+/// One tick of one app from what its pods answered: the samples, the decision, the status
+/// and whether to write it. `at` is the monotonic time since the autoscaler started, `now`
+/// the monotonic and `wall` the wall clock; `current` the pod count the reconciler last asked
+/// for. Updates `state` (samples, decision state, next tick). Pure.
+#[allow(clippy::too_many_arguments)]
+pub fn compute_step(
+    state: &mut AppState,
+    policy: &Policy,
+    ready: &[ReadyPod],
+    pick: &[usize],
+    results: &[Result<LoadReport, ScrapeError>],
+    current: Option<u32>,
+    (at, now, wall): (Duration, Instant, Timestamp),
+    heartbeat: Duration,
+) -> Step {
+    let mut scrapes = Vec::with_capacity(results.len());
+    let samples: Vec<PodSample> = pick
+        .iter()
+        .zip(results)
+        .map(|(&i, r)| {
+            let load = match r {
+                Ok(report) if !report.draining => {
+                    scrapes.push("ok");
+                    Some(PodLoad::from_report(report))
+                }
+                Ok(_) => {
+                    scrapes.push("draining");
+                    None
+                }
+                Err(e) => {
+                    scrapes.push(e.as_str());
+                    None
+                }
+            };
+            PodSample {
+                age: ready[i].age,
+                load,
+            }
+        })
+        .collect();
+    let tick = compute_tick(at, ready.len() as u32, &samples, policy);
+    state.samples.push(tick, policy.stable_window);
+    if let Some(c) = current {
+        state.state.current = c;
+    }
+    let before = state.state.current;
+    let decision = decide(policy, &state.samples, &state.state, at);
+    state.state = decision.state.clone();
+    state.next = now + policy.tick;
+    let previous = state.written.as_ref().map(|(s, _)| s);
+    let (load, status) = build_status(&tick, &decision, Time(wall), previous);
+    let write = compute_write(
+        state.written.as_ref().map(|(s, l)| (s, l)),
+        &status,
+        &load,
+        wall,
+        heartbeat,
+    );
+    Step {
+        decision,
+        before,
+        load,
+        status,
+        write,
+        scrapes,
+    }
+}
+
+/// The autoscaler: its clients, the shared pod cache, and the state of every autoscaled app.
 pub struct Autoscaler {
     client: Client,
-    recorder: Recorder,
+    events: EventSink,
     metrics: Arc<Metrics>,
+    pods: PodCache,
     /// Timeout of one scrape.
     pub scrape_timeout: Duration,
     /// Scrapes at once, per app.
     pub scrape_concurrency: usize,
     /// The load summary is rewritten at least this often while nothing else changes.
-    pub status_refresh: Duration,
+    pub status_heartbeat: Duration,
     start: Instant,
     apps: tokio::sync::Mutex<HashMap<String, AppState>>,
     /// Each autoscaled app's policy and admin port, for the generation it was validated at.
     policies: std::sync::Mutex<HashMap<String, Validated>>,
+    /// How the status writes fare, logged once per change of state.
+    writes: std::sync::Mutex<Dependency>,
 }
 
 /// An app's policy and admin port (None: its spec is invalid or not autoscaled) for the
 /// generation it was validated at.
-type Validated = (Option<i64>, Option<(Policy, i32)>);
+type Validated = (Option<i64>, Option<(Policy, u16)>);
 
 impl Autoscaler {
-    /// An autoscaler on `client`; `instance` names this operator replica in events.
-    pub fn new(client: Client, instance: Option<String>, metrics: Arc<Metrics>) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance,
-        };
+    /// An autoscaler on `client` that reads pods from `pods` and queues its events on `events`.
+    pub fn new(client: Client, events: EventSink, metrics: Arc<Metrics>, pods: PodCache) -> Self {
         Autoscaler {
-            recorder: Recorder::new(client.clone(), reporter),
             client,
+            events,
             metrics,
+            pods,
             scrape_timeout: Duration::from_secs(1),
             scrape_concurrency: 16,
-            status_refresh: Duration::from_secs(10),
+            status_heartbeat: STATUS_HEARTBEAT,
             start: Instant::now(),
             apps: tokio::sync::Mutex::new(HashMap::new()),
             policies: std::sync::Mutex::new(HashMap::new()),
+            writes: std::sync::Mutex::new(Dependency::new("autoscaler status writes")),
         }
     }
 
     /// One tick at `now` over `apps` (the WsgiApps the operator watches): each autoscaled app
     /// whose own tick is due is measured and decided; the state of apps no longer autoscaled is
-    /// dropped. Errors are logged and counted; the app is retried at its next tick.
+    /// dropped. Errors are counted, logged once per change from working to failing, and the
+    /// app is retried at its next tick.
     pub async fn tick(&self, apps: &[Arc<WsgiApp>], now: Instant) {
+        let started = Instant::now();
         let mut keep = Vec::new();
         let mut due = Vec::new();
         {
@@ -314,14 +503,14 @@ impl Autoscaler {
                     let policy = validate_app(app)
                         .ok()
                         .filter(|v| v.autoscaling.enabled)
-                        .map(|v| (Policy::from_app(&v), v.admin_port));
+                        .map(|v| (Policy::from_app(&v), v.admin_port_number()));
                     policies.insert(key.clone(), (generation, policy));
                 }
                 let Some((_, Some((policy, port)))) = policies.get(&key) else {
                     continue;
                 };
                 if states.get(&key).is_none_or(|s| now >= s.next) {
-                    due.push((app.clone(), *policy, *port, key.clone()));
+                    due.push((app.clone(), *policy, *port));
                 }
                 keep.push(key);
             }
@@ -329,133 +518,137 @@ impl Autoscaler {
         }
         // Apps are measured side by side, so one slow app does not delay the others.
         futures::stream::iter(due)
-            .for_each_concurrent(8, |(app, policy, port, key)| async move {
-                if let Err(e) = self.tick_app(&app, &policy, port, now).await {
+            .for_each_concurrent(8, |(app, policy, port)| async move {
+                let result = self.tick_app(&app, &policy, port, now).await;
+                if let Err(e) = &result {
                     self.metrics.count_error(match e {
-                        AutoscaleError::ListPods { .. } => "autoscale_list_pods",
                         AutoscaleError::PatchStatus { .. } => "autoscale_patch_status",
                     });
-                    warn!(app = %key, error = %e, "autoscaler tick failed");
+                    debug!(app = %app.name_any(), error = %e, "autoscaler tick failed");
                 }
+                let error = match result {
+                    Ok(step) if step.write.is_some() => None,
+                    Ok(_) => return,
+                    Err(e) => Some(e.to_string()),
+                };
+                self.writes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .observe(error);
             })
             .await;
-        self.apps.lock().await.retain(|k, _| keep.contains(k));
+        let mut states = self.apps.lock().await;
+        states.retain(|k, _| {
+            let kept = keep.contains(k);
+            if !kept {
+                let (ns, name) = k.split_once('/').unwrap_or_default();
+                self.metrics.forget_scale(ns, name);
+            }
+            kept
+        });
+        drop(states);
+        self.metrics.observe_tick(started.elapsed());
     }
 
-    /// Measures and decides one app at `now`, publishing the outcome. Returns the decision.
+    /// Measures and decides one app at `now`: its pods from the shared cache, their load
+    /// reports (the I/O), the pure [`compute_step`], then what it publishes (metrics, a log
+    /// line and an Event for a change, the status when [`compute_write`] says so). Returns the
+    /// step.
     pub async fn tick_app(
         &self,
         app: &WsgiApp,
         policy: &Policy,
-        admin_port: i32,
+        admin_port: u16,
         now: Instant,
-    ) -> Result<Decision, AutoscaleError> {
+    ) -> Result<Step, AutoscaleError> {
         let ns = app.namespace().unwrap_or_default();
         let name = app.name_any();
         let key = format!("{ns}/{name}");
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let list = pods
-            .list(&ListParams::default().labels(&selector_string(&name)))
-            .await
-            .map_err(|source| AutoscaleError::ListPods {
-                name: key.clone(),
-                source,
-            })?;
-        let ready = compute_ready_pods(&list.items, Timestamp::now());
+        let pods = self.pods.pods_of(&ns, &name);
+        let wall = Timestamp::now();
         let seed = now.duration_since(self.start).as_nanos() as u64 ^ 0x5851_F42D_4C95_7F2D;
-        let pick = pick_sample(ready.len(), policy.max_pods_scraped as usize, seed);
-        let port = u16::try_from(admin_port).unwrap_or(9191);
-        let targets: Vec<SocketAddr> = pick
-            .iter()
-            .map(|&i| SocketAddr::new(ready[i].ip, port))
-            .collect();
-        let results = scrape_all(&targets, self.scrape_concurrency, self.scrape_timeout).await;
-        let mut samples = Vec::with_capacity(results.len());
-        for (i, r) in pick.iter().zip(results) {
-            let load = match r {
-                Ok(report) if !report.draining => {
-                    self.metrics.count_scrape("ok");
-                    Some(PodLoad::from_report(&report))
-                }
-                Ok(_) => {
-                    self.metrics.count_scrape("draining");
-                    None
-                }
-                Err(e) => {
-                    self.metrics.count_scrape(e.as_str());
-                    debug!(app = %key, pod = %ready[*i].ip, error = %e, "no load report");
-                    None
-                }
-            };
-            samples.push(PodSample {
-                age: ready[*i].age,
-                load,
-            });
+        let (ready, pick, targets) = plan_scrape(&pods, wall, policy, admin_port, seed);
+        let scraped = scrape_all(&targets, self.scrape_concurrency, self.scrape_timeout).await;
+        let (results, elapsed): (Vec<_>, Vec<_>) = scraped.into_iter().unzip();
+        for (r, t) in results.iter().zip(&targets) {
+            if let Err(e) = r {
+                debug!(app = %key, pod = %t.ip(), error = %e, "no load report");
+            }
         }
 
-        let at = now.saturating_duration_since(self.start);
         let current = app
             .status
             .as_ref()
             .and_then(|s| s.desired_replicas)
             .and_then(|r| u32::try_from(r).ok());
-        let tick = compute_tick(at, ready.len() as u32, &samples, policy);
-        let (decision, before, previous, last_write) = {
+        let at = now.saturating_duration_since(self.start);
+        let step = {
             let mut states = self.apps.lock().await;
-            let entry = states.entry(key.clone()).or_insert_with(|| AppState {
-                samples: Samples::new(),
-                state: State::new(current.unwrap_or(ready.len() as u32)),
-                next: now,
-                last_write: None,
-                written: app.status.as_ref().and_then(|s| s.autoscaler.clone()),
+            let state = states.entry(key.clone()).or_insert_with(|| {
+                self.metrics.init_scale(&ns, &name);
+                AppState::new(app, ready.len() as u32, now)
             });
-            entry.samples.push(tick, policy.stable_window);
-            if let Some(c) = current {
-                entry.state.current = c;
-            }
-            let before = entry.state.current;
-            let decision = decide(policy, &entry.samples, &entry.state, at);
-            entry.state = decision.state.clone();
-            entry.next = now + policy.tick;
-            (decision, before, entry.written.clone(), entry.last_write)
+            compute_step(
+                state,
+                policy,
+                &ready,
+                &pick,
+                &results,
+                current,
+                (at, now, wall),
+                self.status_heartbeat,
+            )
         };
+        for (result, took) in step.scrapes.iter().zip(elapsed) {
+            self.metrics.count_scrape(&ns, &name, result, took);
+        }
+        self.publish_decision(app, &step);
+        let Some(cause) = step.write else {
+            return Ok(step);
+        };
+        self.patch_status(app, &step.load, &step.status).await?;
+        self.metrics.count_autoscale_write(cause.as_str());
+        if let Some(state) = self.apps.lock().await.get_mut(&key) {
+            state.mark_written(step.status.clone(), step.load.clone());
+        }
+        Ok(step)
+    }
 
-        let wall = Time(Timestamp::now());
-        let (load, status) = build_status(&tick, &decision, wall, previous.as_ref());
-        if decision.action != Action::Hold {
-            self.metrics.count_scale(decision.action.as_str());
-            info!(
-                app = %key,
-                from = before,
-                replicas = decision.desired,
-                panic = decision.panic,
-                reason = %decision.reason,
-                "autoscaler: {}",
-                decision.action.as_str()
-            );
-            let verb = if decision.action == Action::ScaleUp {
-                "ScaledUp"
-            } else {
-                "ScaledDown"
-            };
-            let note = format!("{before} -> {} pods: {}", decision.desired, decision.reason);
-            self.publish_event(app, verb, note).await;
+    /// Logs, counts and queues an event for a decision that changes the pod count.
+    fn publish_decision(&self, app: &WsgiApp, step: &Step) {
+        let decision = &step.decision;
+        if decision.action == Action::Hold {
+            return;
         }
-        if should_write_status(
-            previous.as_ref(),
-            &status,
-            last_write,
-            now,
-            self.status_refresh,
-        ) {
-            self.patch_status(app, &load, &status).await?;
-            let mut states = self.apps.lock().await;
-            if let Some(entry) = states.get_mut(&key) {
-                entry.last_write = Some(now);
-                entry.written = Some(status);
-            }
-        }
-        Ok(decision)
+        let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
+        self.metrics
+            .count_scale(&ns, &name, decision.action.as_str(), decision.panic);
+        info!(
+            app = %format!("{ns}/{name}"),
+            from = step.before,
+            replicas = decision.desired,
+            panic = decision.panic,
+            reason = %decision.reason,
+            "autoscaler: {}",
+            decision.action.as_str()
+        );
+        let verb = if decision.action == Action::ScaleUp {
+            "ScaledUp"
+        } else {
+            "ScaledDown"
+        };
+        self.events.queue(Queued {
+            reporting: Reporting::Autoscaler,
+            regarding: app.object_ref(&()),
+            warning: false,
+            reason: verb.into(),
+            action: "Autoscale".into(),
+            note: format!(
+                "{} -> {} pods: {}",
+                step.before, decision.desired, decision.reason
+            ),
+            related: None,
+        });
     }
 
     async fn patch_status(
@@ -480,21 +673,6 @@ impl Autoscaler {
         .await
         .map_err(|source| AutoscaleError::PatchStatus { name, source })?;
         Ok(())
-    }
-
-    /// Events are best effort: a failure is logged and counted.
-    async fn publish_event(&self, app: &WsgiApp, reason: &str, note: String) {
-        let event = Event {
-            type_: EventType::Normal,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Autoscale".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &app.object_ref(&())).await {
-            self.metrics.count_error("publish_event");
-            warn!(error = %e, reason, "cannot publish event");
-        }
     }
 }
 

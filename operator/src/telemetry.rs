@@ -21,12 +21,30 @@ pub enum TelemetryError {
     AlreadySet,
 }
 
+/// kube-client's request layer logs every failed request at ERROR (`failed with error ...`):
+/// during an API server outage, a line per watch retry and per request. The operator logs
+/// each failing dependency itself, once per change of state ([`crate::dependency`]), so that
+/// layer is silenced unless the filter names `kube_client` itself.
+const QUIET_KUBE_CLIENT: &str = "kube_client::client::builder=off";
+
+/// The EnvFilter directives for the user's `filter`. Pure.
+pub fn compute_filter(filter: &str) -> String {
+    if filter.contains("kube_client") {
+        filter.to_string()
+    } else if filter.trim().is_empty() {
+        format!("info,{QUIET_KUBE_CLIENT}")
+    } else {
+        format!("{filter},{QUIET_KUBE_CLIENT}")
+    }
+}
+
 /// Installs the global subscriber.
 pub fn init(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
-    let env_filter = EnvFilter::try_new(filter).map_err(|source| TelemetryError::Filter {
-        filter: filter.to_string(),
-        source,
-    })?;
+    let env_filter =
+        EnvFilter::try_new(compute_filter(filter)).map_err(|source| TelemetryError::Filter {
+            filter: filter.to_string(),
+            source,
+        })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_writer(std::io::stderr)
@@ -36,4 +54,26 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     result.map_err(|_| TelemetryError::AlreadySet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_clients_request_errors_are_quiet_unless_asked_for() {
+        assert_eq!(
+            compute_filter("info"),
+            "info,kube_client::client::builder=off"
+        );
+        assert_eq!(compute_filter(""), "info,kube_client::client::builder=off");
+        assert_eq!(
+            compute_filter("wsgiscale_operator=debug,kube=info"),
+            "wsgiscale_operator=debug,kube=info,kube_client::client::builder=off"
+        );
+        assert_eq!(compute_filter("kube_client=debug"), "kube_client=debug");
+        for f in ["info", "debug", "wsgiscale_operator=debug,kube=info"] {
+            assert!(EnvFilter::try_new(compute_filter(f)).is_ok(), "{f}");
+        }
+    }
 }

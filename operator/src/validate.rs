@@ -437,7 +437,7 @@ impl ValidatedApp {
             config: Some(format!("{CONFIG_DIR}/{CONFIG_KEY}").into()),
             ignore_env: true,
             bind: vec![BindAddr::Tcp((any, port_u16(self.port)).into())],
-            admin_bind: Some(BindAddr::Tcp((any, port_u16(self.admin_port)).into())),
+            admin_bind: Some(BindAddr::Tcp((any, self.admin_port_number()).into())),
             workers: Some(WorkerRange {
                 min: w.min,
                 max: w.max,
@@ -515,9 +515,16 @@ impl ValidatedApp {
     }
 }
 
-/// A port validated to 1..=65535.
+/// A port validated to 1..=65535 (0 is unreachable: validation refused anything else).
 fn port_u16(port: i32) -> u16 {
     u16::try_from(port).unwrap_or_default()
+}
+
+impl ValidatedApp {
+    /// The admin port as the server binds it and the autoscaler scrapes it: one rule for both.
+    pub fn admin_port_number(&self) -> u16 {
+        port_u16(self.admin_port)
+    }
 }
 
 /// `spec.inject`, resolved.
@@ -720,6 +727,13 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
         errs.push(
             "spec.replicas.max",
             "is required when autoscaling.enabled is true",
+        );
+    }
+    if autoscaling.enabled && replicas.min == 0 {
+        errs.push(
+            "spec.replicas.min",
+            "must be at least 1 when autoscaling.enabled is true: the autoscaler reads load \
+             from ready pods, so nothing would bring an app at zero pods back",
         );
     }
 
@@ -1636,6 +1650,15 @@ mod tests {
             (mk_app("shop").with_app("not-a-callable"), "spec.app"),
             (
                 mk_app("shop").with_replicas(3, Some(2)),
+                "spec.replicas.min",
+            ),
+            (
+                mk_app("shop").with_replicas(0, Some(4)).map(|a| {
+                    a.spec.autoscaling = Some(crate::crd::AutoscalingSpec {
+                        enabled: Some(true),
+                        ..Default::default()
+                    })
+                }),
                 "spec.replicas.min",
             ),
             (mk_app("Shop"), "metadata.name"),

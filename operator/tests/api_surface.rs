@@ -411,6 +411,46 @@ async fn an_invalid_name_is_refused_at_metadata_name() {
     assert!(!err.message.contains("<nil>"), "{}", err.message);
 }
 
+#[tokio::test]
+async fn an_autoscaled_app_at_zero_pods_is_refused() {
+    let Some(cluster) = wsgiscale_envtest::shared() else {
+        return;
+    };
+    let client = cluster.client().await;
+    install_crd(&client, MANAGER).await;
+    let ns = TestNamespace::create(cluster, "min-zero").await;
+    let app: WsgiApp = serde_json::from_value(serde_json::json!({
+        "apiVersion": "wsgiscale.dev/v1alpha1",
+        "kind": "WsgiApp",
+        "metadata": {"name": "shop", "namespace": ns.name},
+        "spec": {
+            "image": "shop:1",
+            "app": "shop.wsgi:application",
+            "replicas": {"min": 0, "max": 4},
+            "autoscaling": {"enabled": true},
+        },
+    }))
+    .expect("a WsgiApp");
+    let apps: Api<WsgiApp> = Api::namespaced(client, &ns.name);
+    let err = eventually("the API server to refuse min 0", 60, || {
+        let (apps, app) = (apps.clone(), app.clone());
+        async move {
+            match apps.create(&PostParams::default(), &app).await {
+                Ok(created) => panic!("{} was accepted", created.name_any()),
+                Err(kube::Error::Api(e)) if e.code == 422 => Some(e),
+                Err(_) => None,
+            }
+        }
+    })
+    .await;
+    assert!(
+        err.message.contains("spec.replicas.min")
+            && err.message.contains("autoscaling.enabled needs replicas.min of at least 1"),
+        "{}",
+        err.message
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // helm install beside a CRD applied with kubectl.
 

@@ -50,27 +50,12 @@ use wsgiscale_operator::run::run_controllers;
 use wsgiscale_operator::scrape::scrape_load;
 
 mod support;
-use support::install_crd;
+use support::{install_crd, repo, server_bin};
 
 const MANAGER: &str = "wsgiscale-e2e";
 const APP: &str = "shop";
 const ADMIN_PORT: u16 = 9191;
 const HTTP_PORT: u16 = 8000;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn server_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("WSGISCALE_BIN") {
-        return PathBuf::from(bin);
-    }
-    let release = repo().join("target/release/wsgiscale");
-    if release.exists() {
-        return release;
-    }
-    repo().join("target/debug/wsgiscale")
-}
 
 const IMAGE: &str = "registry.invalid/stand-in:never-pulled";
 

@@ -523,6 +523,7 @@ async fn respond(
         ahead: false,
     };
     if ctx.dispatcher.submit(job).is_err() {
+        ctx.metrics.count_server_error("queue_full");
         let mut r = plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable: queue full\n",
@@ -536,18 +537,24 @@ async fn respond(
         Ok(Reply::Response { head, rest }) => {
             build_response(head, rest, parts.method == Method::HEAD)
         }
-        Ok(Reply::Failed(Failure::Timeout)) => noted(
-            plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n", false),
-            "the request ran longer than --timeout; its worker was killed",
-        ),
-        Ok(Reply::Failed(Failure::WorkerDied)) | Err(_) => noted(
-            plain(
-                StatusCode::BAD_GATEWAY,
-                "Bad Gateway: the worker died\n",
-                false,
-            ),
-            "the worker died before it answered",
-        ),
+        Ok(Reply::Failed(Failure::Timeout)) => {
+            ctx.metrics.count_server_error("timeout");
+            noted(
+                plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n", false),
+                "the request ran longer than --timeout; its worker was killed",
+            )
+        }
+        Ok(Reply::Failed(Failure::WorkerDied)) | Err(_) => {
+            ctx.metrics.count_server_error("worker_died");
+            noted(
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    "Bad Gateway: the worker died\n",
+                    false,
+                ),
+                "the worker died before it answered",
+            )
+        }
     }
 }
 

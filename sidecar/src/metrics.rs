@@ -91,7 +91,17 @@ pub struct Metrics {
     spill_bytes: Family<KindLabel, Counter>,
     /// Requests or responses that failed because of their temporary file, by kind.
     spill_errors: Family<KindLabel, Counter>,
+    /// The configured workers.min.
+    pub workers_min: Gauge,
+    /// The configured workers.max.
+    pub workers_max: Gauge,
+    /// Responses the server made itself for want of one from the app, by reason.
+    pub server_errors: Family<ReasonLabel, Counter>,
 }
+
+/// Why the server answered a 5xx itself: 502 (the worker died running the request), 503
+/// (the queue was full), 504 (the request ran past its deadline).
+pub const SERVER_ERROR_REASONS: [&str; 3] = ["worker_died", "queue_full", "timeout"];
 
 impl Metrics {
     /// Creates and registers every metric.
@@ -227,8 +237,42 @@ impl Metrics {
              be made, written or read, by kind",
             spill_errors.clone(),
         );
+        let workers_min = Gauge::default();
+        r.register(
+            "wsgiscale_workers_min",
+            "The configured workers.min (live-reloadable)",
+            workers_min.clone(),
+        );
+        let workers_max = Gauge::default();
+        r.register(
+            "wsgiscale_workers_max",
+            "The configured workers.max (live-reloadable)",
+            workers_max.clone(),
+        );
+        let server_errors = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "wsgiscale_server_errors",
+            "5xx responses the server made itself, by reason (worker_died 502, queue_full 503, timeout 504)",
+            server_errors.clone(),
+        );
+        // Known reasons start at zero, so a rate over them is 0 rather than no data.
+        for reason in SERVER_ERROR_REASONS {
+            drop(server_errors.get_or_create(&ReasonLabel { reason }));
+        }
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            drop(requests.get_or_create(&ClassLabel { class }));
+        }
+        for reason in ["crash", "timeout"] {
+            drop(deaths.get_or_create(&ReasonLabel { reason }));
+        }
+        for reason in ["max-requests", "lifetime", "rss"] {
+            drop(retirements.get_or_create(&ReasonLabel { reason }));
+        }
         Metrics {
             registry: r,
+            workers_min,
+            workers_max,
+            server_errors,
             workers,
             queue_depth,
             queue_wait,
@@ -298,6 +342,19 @@ impl Metrics {
                 class: class(status),
             })
             .inc();
+    }
+
+    /// Counts one 5xx the server made itself (`reason` one of [`SERVER_ERROR_REASONS`]).
+    pub fn count_server_error(&self, reason: &'static str) {
+        self.server_errors
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Sets the configured worker limits.
+    pub fn observe_limits(&self, min: u32, max: u32) {
+        self.workers_min.set(i64::from(min));
+        self.workers_max.set(i64::from(max));
     }
 
     /// Updates the gauges that mirror the scoreboard.
@@ -379,5 +436,17 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("# EOF"), "Prometheus text, not OpenMetrics");
+        m.observe_limits(2, 8);
+        m.count_server_error("queue_full");
+        let text = m.render();
+        for want in [
+            "wsgiscale_workers_min 2",
+            "wsgiscale_workers_max 8",
+            "wsgiscale_server_errors_total{reason=\"queue_full\"} 1",
+            "wsgiscale_server_errors_total{reason=\"worker_died\"} 0",
+            "wsgiscale_worker_deaths_total{reason=\"crash\"} 0",
+        ] {
+            assert!(text.contains(want), "{want} missing from:\n{text}");
+        }
     }
 }

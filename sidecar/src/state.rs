@@ -75,6 +75,8 @@ impl Shared {
 
     /// Installs new live settings.
     pub fn set_live(&self, live: LiveConfig) {
+        self.metrics
+            .observe_limits(live.workers.min, live.workers.max);
         let ms = live
             .lifecycle
             .timeout

@@ -75,6 +75,8 @@ refuse "an unknown log format" "/logging/format" --set logging.format=xml
 refuse "a lease shorter than 3 s" "/leaderElection/leaseDurationSeconds" --set leaderElection.leaseDurationSeconds=1
 refuse "an invalid namespace name" "/watchNamespaces/0" --set 'watchNamespaces[0]=Not_A_Namespace'
 refuse "a privileged metrics port" "/metrics/port" --set metrics.port=80
+refuse "a PodMonitor interval that is no duration" "/podMonitor/interval" --set podMonitor.interval=soon
+refuse "a misspelt dashboards key" "additional properties 'enable' not allowed" --set dashboards.enable=true
 refuse "a ServiceMonitor without the metrics Service" "serviceMonitor.enabled needs metrics.service.enabled" \
   --set serviceMonitor.enabled=true --set metrics.service.enabled=false
 

@@ -6,12 +6,21 @@ Kubernetes the chart supports, then the chart's own promises are checked: select
 pods and never carry the version, the CRD is the generated one, RBAC is least privilege, the
 operator's environment variables are flags the operator has, the pods are hardened.
 
+The Prometheus Operator's objects (ServiceMonitor, PodMonitor, PrometheusRule) are checked
+against the openAPIV3Schema of that project's published CRDs, vendored in tests/chart/crds
+(see its README for the version), strictly: an unknown field is an error. The dashboards'
+ConfigMaps must hold the chart's dashboard files as valid JSON, labelled for Grafana's sidecar.
+
 Usage: validate.py CASE RENDERED.yaml   (CASE names the values file used: see CASES)
 """
+import copy
+import glob
+import json
 import os
 import re
 import sys
 
+import jsonschema
 import yaml
 import kubernetes_validate
 
@@ -19,25 +28,29 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 K8S_VERSIONS = ["1.30.0", "1.37.0"]
 NAMESPACE = "wsgiscale-system"
 
-# What each values file must produce.
+# What each values file must produce (pod_monitor: the namespaces it selects, True for all).
 CASES = {
     "default": dict(fullname="wsgiscale", replicas=2, crd=True, keep=True, cluster_rbac=True,
                     lease=True, pdb=True, metrics_service=True, service_monitor=False,
                     sa="wsgiscale", image="ghcr.io/wsgiscale/wsgiscale-operator:{app}",
-                    namespaces=None, port=8080),
+                    namespaces=None, port=8080, pod_monitor=None, prometheus_rule=False,
+                    dashboards=None),
     "namespaced-single": dict(fullname="wsgiscale", replicas=1, crd=False, keep=True,
                               cluster_rbac=False, role_namespaces=["shop", "blog"], lease=False,
                               pdb=False, metrics_service=True, service_monitor=False,
                               sa="wsgiscale", image="ghcr.io/wsgiscale/wsgiscale-operator:{app}",
-                              namespaces="shop,blog", port=8080),
+                              namespaces="shop,blog", port=8080, pod_monitor=["shop", "blog"],
+                              prometheus_rule=False, dashboards=None),
     "monitoring-ha": dict(fullname="wso", replicas=3, crd=True, keep=False, cluster_rbac=True,
                           lease=True, pdb=True, metrics_service=True, service_monitor=True,
                           sa="wso", image="registry.example.com/mirror/wsgiscale-operator:0.2.0-rc.1",
-                          namespaces=None, port=9090),
+                          namespaces=None, port=9090, pod_monitor=True, prometheus_rule=True,
+                          dashboards="monitoring"),
     "external-rbac": dict(fullname="wsgiscale", replicas=2, crd=True, keep=True, cluster_rbac=None,
                           lease=None, pdb=True, metrics_service=False, service_monitor=False,
                           sa="preexisting-operator", image="ghcr.io/wsgiscale/wsgiscale-operator:{app}",
-                          namespaces=None, port=8080),
+                          namespaces=None, port=8080, pod_monitor=None, prometheus_rule=False,
+                          dashboards=None),
 }
 
 # The permissions the operator needs, and no more (apiGroup, resource) -> verbs.
@@ -89,6 +102,44 @@ def matches(selector, labels):
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def strict(schema):
+    """The schema with additionalProperties: false wherever it lists properties and does not
+    say otherwise (as the API server prunes and field validation refuses unknown fields)."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node):
+        if isinstance(node, dict):
+            if ("properties" in node and "additionalProperties" not in node
+                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+                node["additionalProperties"] = False
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(schema)
+    return schema
+
+
+def monitoring_schemas():
+    """(apiVersion, kind) -> the strict schema of the vendored Prometheus Operator CRDs."""
+    out = {}
+    for path in glob.glob(os.path.join(ROOT, "tests/chart/crds/*.yaml")):
+        crd = yaml.safe_load(open(path))
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for v in crd["spec"]["versions"]:
+            out[(f"{group}/{v['name']}", kind)] = strict(v["schema"]["openAPIV3Schema"])
+    return out
+
+
+def operator_const(name):
+    """A string constant of the operator's Rust source (render.rs)."""
+    src = open(os.path.join(ROOT, "operator/src/render.rs")).read()
+    m = re.search(rf'pub const {name}: &str = "([^"]*)";', src)
+    return m.group(1) if m else None
+
+
 def operator_env_names():
     src = open(os.path.join(ROOT, "operator/src/cli.rs")).read()
     return set(re.findall(r'env = "(WSGISCALE_OPERATOR_[A-Z_]+)"', src))
@@ -101,9 +152,17 @@ def main():
     app_version = chart["appVersion"]
     docs = [d for d in yaml.safe_load_all(open(path)) if d]
 
-    # 1. The Kubernetes schemas, strict.
+    # 1. The Kubernetes schemas, strict; the Prometheus Operator's from its CRDs.
+    schemas = monitoring_schemas()
     for d in docs:
         if d["apiVersion"].startswith("monitoring.coreos.com/"):
+            schema = schemas.get((d["apiVersion"], d["kind"]))
+            if schema is None:
+                errors.append(f"{d['kind']} {d['apiVersion']}: no vendored CRD in tests/chart/crds")
+                continue
+            for e in jsonschema.Draft7Validator(schema).iter_errors(d):
+                errors.append(f"{d['kind']}/{d['metadata']['name']} invalid against its CRD: "
+                              f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}")
             continue
         for v in K8S_VERSIONS:
             try:
@@ -119,7 +178,8 @@ def main():
         labels = d["metadata"].get("labels", {})
         check(labels.get("app.kubernetes.io/managed-by") == "Helm", f"{d['kind']} lacks the chart labels")
         check(d["kind"] in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding")
-              or d["metadata"].get("namespace") in [NAMESPACE] + want.get("role_namespaces", []),
+              or d["metadata"].get("namespace") in [NAMESPACE] + want.get("role_namespaces", [])
+              + ([want["dashboards"]] if isinstance(want["dashboards"], str) else []),
               f"{d['kind']}/{d['metadata']['name']} has no namespace")
 
     dep = one(docs, "Deployment")
@@ -211,8 +271,65 @@ def main():
         check(matches(sm["spec"]["selector"]["matchLabels"], svcs[0]["metadata"]["labels"]), "ServiceMonitor misses the Service")
         check(sm["spec"]["endpoints"][0]["port"] == svcs[0]["spec"]["ports"][0]["name"], "ServiceMonitor port name")
         check(sm["metadata"]["labels"].get("release") == "prometheus", "ServiceMonitor extra labels")
+        check(sm["spec"]["endpoints"][0].get("honorLabels") is True,
+              "ServiceMonitor must honor the per-app series' namespace label")
     else:
         check(not sms, "ServiceMonitor rendered although disabled")
+
+    # 6b. The app pods' PodMonitor, the alerts, the dashboards.
+    pms = by_kind(docs, "PodMonitor")
+    if want["pod_monitor"]:
+        (pm,) = pms
+        check(pm["spec"]["selector"] == {"matchExpressions": [{"key": "wsgiscale.dev/app", "operator": "Exists"}]},
+              f"PodMonitor selector {pm['spec']['selector']}")
+        ns_sel = pm["spec"]["namespaceSelector"]
+        check(ns_sel == ({"any": True} if want["pod_monitor"] is True else {"matchNames": want["pod_monitor"]}),
+              f"PodMonitor namespaceSelector {ns_sel}")
+        (ep,) = pm["spec"]["podMetricsEndpoints"]
+        check(ep["port"] == operator_const("ADMIN_PORT_NAME"), f"PodMonitor port {ep['port']} is not the pods' admin port")
+        check(ep["path"] == "/metrics", "PodMonitor path")
+        check({"sourceLabels": ["__meta_kubernetes_pod_label_wsgiscale_dev_app"], "targetLabel": "wsgiapp"}
+              in ep.get("relabelings", []), "PodMonitor does not add the wsgiapp label")
+        check(pm["metadata"]["labels"].get("release") == "prometheus", "PodMonitor extra labels")
+    else:
+        check(not pms, "PodMonitor rendered although disabled")
+    prs = by_kind(docs, "PrometheusRule")
+    rules_file = yaml.safe_load(open(os.path.join(ROOT, "charts/wsgiscale/files/prometheus/rules.yaml")))
+    if want["prometheus_rule"]:
+        (pr,) = prs
+        got = copy.deepcopy(pr["spec"])
+        for g in got["groups"]:
+            for r in g["rules"]:
+                check(r.get("labels", {}).get("team") == "platform", f"{r.get('alert')} lacks additionalRuleLabels")
+                r.get("labels", {}).pop("team", None)
+        check(got == rules_file, "the PrometheusRule differs from files/prometheus/rules.yaml")
+        for g in pr["spec"]["groups"]:
+            for r in g["rules"]:
+                check(r.get("annotations", {}).get("runbook_url", "").startswith(
+                    "https://github.com/wsgiscale/wsgiscale/blob/main/docs/runbook.md#"), f"{r.get('alert')} has no runbook_url")
+    else:
+        check(not prs, "PrometheusRule rendered although disabled")
+    files = sorted(glob.glob(os.path.join(ROOT, "charts/wsgiscale/files/dashboards/*.json")))
+    dash_cms = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith(want["fullname"] + "-dashboard-")]
+    if want["dashboards"]:
+        check(len(dash_cms) == len(files) >= 2, f"{len(dash_cms)} dashboard ConfigMaps for {len(files)} files")
+        for cm in dash_cms:
+            check(cm["metadata"]["labels"].get("grafana_dashboard") == "1", f"{cm['metadata']['name']} lacks the sidecar label")
+            check(cm["metadata"]["namespace"] == want["dashboards"], f"{cm['metadata']['name']} namespace")
+            (key, text), = cm["data"].items()
+            try:
+                dash = json.loads(text)
+            except ValueError as e:
+                errors.append(f"{cm['metadata']['name']}: {key} is not JSON: {e}")
+                continue
+            source = os.path.join(ROOT, "charts/wsgiscale/files/dashboards", key)
+            check(os.path.exists(source) and dash == json.load(open(source)), f"{key} differs from its file")
+            check(dash.get("uid") and dash.get("panels"), f"{key}: no uid or no panels")
+            for panel in dash.get("panels", []):
+                check(all(t.get("expr") for t in panel.get("targets", [])) and panel.get("targets"),
+                      f"{key}: panel {panel.get('title')} has no query")
+    else:
+        check(not dash_cms, "dashboard ConfigMaps rendered although disabled")
     pdbs = by_kind(docs, "PodDisruptionBudget")
     if want["pdb"]:
         (pdb,) = pdbs

@@ -83,8 +83,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# The app's pods: their addresses, to read the servers' load reports, and a watch of their
-# states, to say in the status why they are not ready.
+# The app's pods: one shared watch, for their addresses (the servers' load reports) and
+# their states, to say in the status why they are not ready.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]

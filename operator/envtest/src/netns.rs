@@ -179,7 +179,10 @@ impl PodNetwork {
     /// node calls it when it stops, whoever still holds the network; dropping does it too.
     pub fn release(&self) {
         // Once only: after the first release the subnet may belong to another process.
-        if self.released.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if self
+            .released
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
             return;
         }
         sweep(self.x);

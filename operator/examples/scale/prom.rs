@@ -1,9 +1,9 @@
-//! The Prometheus text format, as far as the benchmark needs it: samples, sums over label
-//! filters, and quantiles from cumulative histogram buckets.
+//! The Prometheus text format as the benchmark needs it: samples (parsed by prometheus-parse),
+//! sums over label filters, and quantiles from cumulative histogram buckets.
 
 use std::collections::BTreeMap;
 
-/// One sample line.
+/// One sample line (a histogram's buckets come back as `NAME_bucket` samples with `le`).
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub name: String,
@@ -17,55 +17,48 @@ impl Sample {
     }
 }
 
-/// Every sample of `text` (comments and blank lines skipped, malformed lines ignored).
+/// Every sample of `text` (the Prometheus text format or OpenMetrics; lines it cannot parse
+/// are skipped).
 pub fn parse(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(parse_line)
-        .collect()
-}
-
-fn parse_line(line: &str) -> Option<Sample> {
-    let name_end = line.find(['{', ' '])?;
-    let name = line[..name_end].to_string();
-    let mut labels = BTreeMap::new();
-    let mut rest = &line[name_end..];
-    if rest.starts_with('{') {
-        let (mut key, mut val) = (String::new(), String::new());
-        let (mut in_val, mut esc) = (false, false);
-        let mut end = None;
-        for (i, c) in rest.char_indices().skip(1) {
-            if !in_val {
-                match c {
-                    '}' => {
-                        end = Some(i);
-                        break;
-                    }
-                    '"' => in_val = true,
-                    '=' | ',' => {}
-                    c if c.is_whitespace() => {}
-                    c => key.push(c),
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let Ok(scrape) = prometheus_parse::Scrape::parse(lines) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for s in scrape.samples {
+        let labels: BTreeMap<String, String> = s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => out.push(Sample {
+                name: s.metric,
+                labels,
+                value: v,
+            }),
+            prometheus_parse::Value::Histogram(buckets) => {
+                for b in buckets {
+                    let mut labels = labels.clone();
+                    let le = if b.less_than.is_infinite() {
+                        "+Inf".to_string()
+                    } else {
+                        b.less_than.to_string()
+                    };
+                    labels.insert("le".into(), le);
+                    out.push(Sample {
+                        name: format!("{}_bucket", s.metric),
+                        labels,
+                        value: b.count,
+                    });
                 }
-            } else if esc {
-                val.push(if c == 'n' { '\n' } else { c });
-                esc = false;
-            } else if c == '\\' {
-                esc = true;
-            } else if c == '"' {
-                in_val = false;
-                labels.insert(std::mem::take(&mut key), std::mem::take(&mut val));
-            } else {
-                val.push(c);
             }
+            prometheus_parse::Value::Summary(_) => {}
         }
-        rest = &rest[end? + 1..];
     }
-    let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
-    Some(Sample {
-        name,
-        labels,
-        value,
-    })
+    out
 }
 
 /// The sum of the samples named `name` whose labels pass `keep`.
@@ -157,12 +150,13 @@ mod tests {
 
     #[test]
     fn parses_labels_and_interpolates() {
-        let text = "# HELP x\nh_bucket{le=\"0.01\"} 50\nh_bucket{le=\"0.02\"} 100\nh_bucket{le=\"+Inf\"} 100\nc_total{a=\"x,y\",b=\"q\\\"\"} 3\n";
+        let text = "# HELP h x\n# TYPE h histogram\nh_bucket{le=\"0.01\"} 50\nh_bucket{le=\"0.02\"} 100\nh_bucket{le=\"+Inf\"} 100\n# TYPE c counter\nc_total{a=\"x\",b=\"q\"} 3\n";
         let s = parse(text);
         assert_eq!(s.len(), 4);
-        assert_eq!(s[3].label("a"), "x,y");
-        assert_eq!(s[3].label("b"), "q\"");
+        let c = s.iter().find(|s| s.name == "c_total").expect("c_total");
+        assert_eq!((c.label("a"), c.label("b"), c.value), ("x", "q", 3.0));
         let b = buckets(&s, "h");
+        assert_eq!(b.last(), Some(&(f64::INFINITY, 100.0)));
         let (v, lo, hi) = quantile(&b, 0.99).expect("observations");
         assert!((v - 0.0198).abs() < 1e-9 && lo == 0.01 && hi == 0.02);
     }

@@ -20,7 +20,6 @@ const DEP: &str = "/apis/apps/v1/namespaces/default/deployments/shop";
 const SVC: &str = "/api/v1/namespaces/default/services/shop";
 const PDB: &str = "/apis/policy/v1/namespaces/default/poddisruptionbudgets/shop";
 const STATUS: &str = "/apis/wsgiscale.dev/v1alpha1/namespaces/default/wsgiapps/shop/status";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 
 /// The scripted API server.
 struct ApiServer {
@@ -122,24 +121,6 @@ impl ApiServer {
         send.send_response(json_response(StatusCode::OK, &api_status(200, "", "")));
     }
 
-    /// An event of `type_` and `reason` about the WsgiApp.
-    async fn event(&mut self, type_: &str, reason: &str) -> Value {
-        let (req, send) = self.expect(Method::POST, EVENTS).await;
-        let body: Value =
-            serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body"))
-                .expect("json body");
-        assert_eq!(
-            (body["type"].as_str(), body["reason"].as_str()),
-            (Some(type_), Some(reason)),
-            "{body}"
-        );
-        assert_eq!(body["regarding"]["kind"], "WsgiApp");
-        assert_eq!(body["regarding"]["name"], "shop");
-        assert_eq!(body["reportingController"], FIELD_MANAGER);
-        send.send_response(json_response(StatusCode::OK, &body));
-        body
-    }
-
     /// The status apply; returns the status sent.
     async fn status(&mut self) -> WsgiAppStatus {
         let (req, send) = self.expect(Method::PATCH, STATUS).await;
@@ -177,6 +158,26 @@ impl ApiServer {
     }
 }
 
+/// The events a reconcile queued: (Warning?, reason, note), in order; each about the WsgiApp
+/// `shop` and reported by the reconciler.
+fn queued_events(ctx: &Context) -> Vec<(bool, String, String)> {
+    let mut rx = ctx.take_event_receiver().expect("the receiver");
+    let mut out = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        assert_eq!(e.regarding.kind.as_deref(), Some("WsgiApp"));
+        assert_eq!(e.regarding.name.as_deref(), Some("shop"));
+        assert_eq!(e.reporting, Reporting::Reconciler);
+        out.push((e.warning, e.reason, e.note));
+    }
+    ctx.return_event_receiver(rx);
+    out
+}
+
+/// The (Warning?, reason) of the queued events.
+fn reasons_of(events: &[(bool, String, String)]) -> Vec<(bool, &str)> {
+    events.iter().map(|(w, r, _)| (*w, r.as_str())).collect()
+}
+
 fn url_pairs(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
@@ -198,13 +199,27 @@ fn test_context() -> (Arc<Context>, ApiServer) {
     (Arc::new(ctx), ApiServer { handle })
 }
 
-/// Runs one reconcile against `script`; returns its result and the server for more checks.
+/// Runs one reconcile against `script`, nothing cached; returns its result and the context.
 async fn run<F, Fut>(app: WsgiApp, script: F) -> (Result<Action, Error>, Arc<Context>)
 where
     F: FnOnce(ApiServer) -> Fut,
     Fut: std::future::Future<Output = ApiServer> + Send + 'static,
 {
+    run_with(Caches::default(), app, script).await
+}
+
+/// Runs one reconcile with `caches` against `script`.
+async fn run_with<F, Fut>(
+    caches: Caches,
+    app: WsgiApp,
+    script: F,
+) -> (Result<Action, Error>, Arc<Context>)
+where
+    F: FnOnce(ApiServer) -> Fut,
+    Fut: std::future::Future<Output = ApiServer> + Send + 'static,
+{
     let (ctx, server) = test_context();
+    ctx.set_caches(caches);
     let scenario = tokio::spawn(script(server));
     let result = reconcile(Arc::new(app), ctx.clone()).await;
     let mut server = tokio::time::timeout(std::time::Duration::from_secs(5), scenario)
@@ -223,25 +238,30 @@ fn owner_of(obj: &Value) -> &Value {
 async fn first_reconcile(app: WsgiApp) -> (Value, Value, Value, Value, WsgiAppStatus) {
     let captured = Arc::new(Mutex::new(None));
     let out = captured.clone();
-    let (result, _) = run(app, |mut s| async move {
+    let (result, ctx) = run(app, |mut s| async move {
+        // Nothing cached: the four reads go out together, then the ConfigMap, then the rest
+        // together, then the status.
         s.get_missing(CM).await;
         s.get_missing(DEP).await;
         s.get_missing(SVC).await;
         s.get_missing(PDB).await;
         let cm = s.apply(CM).await;
-        s.event("Normal", "Created").await;
         let dep = s.apply(DEP).await;
-        s.event("Normal", "Created").await;
         let svc = s.apply(SVC).await;
-        s.event("Normal", "Created").await;
         let pdb = s.apply(PDB).await;
-        s.event("Normal", "Created").await;
         let status = s.status().await;
         *out.lock().expect("lock") = Some((cm, dep, svc, pdb, status));
         s
     })
     .await;
     assert!(result.is_ok(), "{result:?}");
+    // One event for the four children, queued (published by another task, not awaited here).
+    let events = queued_events(&ctx);
+    assert_eq!(reasons_of(&events), [(false, "Created")]);
+    assert_eq!(
+        events[0].2,
+        "Created ConfigMap shop-config, Deployment shop, Service shop and PodDisruptionBudget shop"
+    );
     let taken = captured.lock().expect("lock").take();
     taken.expect("captured")
 }
@@ -384,15 +404,18 @@ async fn steady_state_writes_nothing() {
     let served2 = served.clone();
     let captured = Arc::new(Mutex::new(None));
     let out = captured.clone();
-    let (result, _) = run(app.clone(), |mut s| async move {
+    let (result, ctx) = run(app.clone(), |mut s| async move {
         s.get_children(&served2).await;
         let status = s.status().await;
-        s.event("Normal", reasons::AVAILABLE).await;
         *out.lock().expect("lock") = Some(status);
         s
     })
     .await;
     assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        reasons_of(&queued_events(&ctx)),
+        [(false, reasons::AVAILABLE)]
+    );
     let status = captured.lock().expect("lock").take().expect("status");
     let ready = condition(&status, READY).expect("Ready");
     assert_eq!(
@@ -403,12 +426,86 @@ async fn steady_state_writes_nothing() {
 
     // And then, nothing changes: reads only, no apply, no status patch, no event.
     let app = app.with_status(status);
-    let (result, _) = run(app, |mut s| async move {
-        s.get_children(&served).await;
+    let served3 = served.clone();
+    let (result, ctx) = run(app.clone(), |mut s| async move {
+        s.get_children(&served3).await;
         s
     })
     .await;
     assert!(result.is_ok(), "{result:?}");
+    assert!(queued_events(&ctx).is_empty());
+
+    // With the children in the watches' caches: no request at all.
+    let (result, ctx) = run_cached(app, &served, |s| async move { s }).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert!(queued_events(&ctx).is_empty());
+    let metrics = ctx.metrics.encode();
+    assert!(
+        metrics.contains("wsgiscale_operator_child_reads_total{source=\"cache\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wsgiscale_operator_child_reads_total{source=\"api\"} 0"),
+        "{metrics}"
+    );
+}
+
+/// The children of `served` in the caches, as the controllers' watches would hold them.
+fn caches_of(served: &Served) -> Caches {
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+    fn store<K>(obj: &Value) -> kube::runtime::reflector::Store<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + 'static,
+    {
+        let mut w: Writer<K> = Writer::default();
+        w.apply_watcher_event(&Event::Apply(
+            serde_json::from_value(obj.clone()).expect("a served object"),
+        ));
+        w.as_reader()
+    }
+    let mut c = Caches::default();
+    c.children.config_maps.add(None, store(&served.cm));
+    c.children.deployments.add(None, store(&served.dep));
+    c.children.services.add(None, store(&served.svc));
+    c.children.pdbs.add(Some("default"), store(&served.pdb));
+    c
+}
+
+/// [`run`], with the children of `served` in the context's caches.
+async fn run_cached<F, Fut>(
+    app: WsgiApp,
+    served: &Served,
+    script: F,
+) -> (Result<Action, Error>, Arc<Context>)
+where
+    F: FnOnce(ApiServer) -> Fut,
+    Fut: std::future::Future<Output = ApiServer> + Send + 'static,
+{
+    run_with(caches_of(served), app, script).await
+}
+
+#[tokio::test]
+async fn a_cache_miss_is_read_from_the_api_server() {
+    let app = scaled_app();
+    let (mut served, status) = served_children(app.clone()).await;
+    let app = app.with_status(status);
+    // The Service is not in the cache (its watch has not listed yet, or it lost its label):
+    // it is read, and the rest comes from the caches.
+    let svc = served.svc.clone();
+    served.svc["metadata"]["name"] = json!("not-this-one");
+    let (result, ctx) = run_cached(app, &served, |mut s| async move {
+        s.get(SVC, &svc).await;
+        s.status().await;
+        s
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    let metrics = ctx.metrics.encode();
+    assert!(
+        metrics.contains("wsgiscale_operator_child_reads_total{source=\"api\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -424,18 +521,21 @@ async fn a_worker_limit_change_updates_only_the_config_map() {
     });
     let captured = Arc::new(Mutex::new(None));
     let out = captured.clone();
-    let (result, _) = run(app, |mut s| async move {
+    let (result, ctx) = run(app, |mut s| async move {
         s.get_children(&served).await;
         let applied = s.apply(CM).await;
-        let event = s.event("Normal", "Updated").await;
-        assert!(event["note"].as_str().expect("note").contains("reload"));
         let status = s.status().await;
-        s.event("Normal", reasons::AVAILABLE).await;
         *out.lock().expect("lock") = Some((applied, status));
         s
     })
     .await;
     assert!(result.is_ok(), "{result:?}");
+    let events = queued_events(&ctx);
+    assert_eq!(
+        reasons_of(&events),
+        [(false, "Updated"), (false, reasons::AVAILABLE)]
+    );
+    assert!(events[0].2.contains("reload"), "{events:?}");
     let (applied, status) = captured.lock().expect("lock").take().expect("captured");
     assert!(applied["data"]["config.yaml"]
         .as_str()
@@ -450,23 +550,24 @@ async fn an_edited_deployment_is_taken_back() {
     let (mut served, status) = served_children(app.clone()).await;
     served.dep["spec"]["replicas"] = json!(5); // kubectl scale deployment shop --replicas=5
     let app = app.with_status(status);
-    let (result, _) = run(app, |mut s| async move {
+    let (result, ctx) = run(app, |mut s| async move {
         s.get_children(&served).await;
         let applied = s.apply(DEP).await;
         assert_eq!(applied["spec"]["replicas"], 2);
-        // The Event names the field and the WsgiApp field that sets it (the manager too when
-        // the object has managedFields: this scripted server keeps none).
-        let event = s.event("Normal", "Reverted").await;
-        assert_eq!(
-            event["note"],
-            "Put back Deployment shop: another manager changed spec.replicas, which the WsgiApp sets through spec.replicas.desired: change it with kubectl scale wsgiapp/shop --replicas=N"
-        );
         // The answer to the apply has no rollout status yet, as after the first reconcile:
         // the status is unchanged and not written.
         s
     })
     .await;
     assert!(result.is_ok(), "{result:?}");
+    // The Event names the field and the WsgiApp field that sets it, and the manager from the
+    // managed fields (the scripted server records only the operator's, so "another manager").
+    let events = queued_events(&ctx);
+    assert_eq!(reasons_of(&events), [(false, "Reverted")]);
+    assert_eq!(
+        events[0].2,
+        "Put back Deployment shop: another manager changed spec.replicas, which the WsgiApp sets through spec.replicas.desired: change it with kubectl scale wsgiapp/shop --replicas=N"
+    );
 }
 
 #[tokio::test]
@@ -477,19 +578,22 @@ async fn the_pdb_goes_when_min_drops_to_one() {
         .with_generation(2)
         .with_status(status)
         .with_replicas(1, Some(6));
-    let (result, _) = run(app, |mut s| async move {
+    let (result, ctx) = run(app, |mut s| async move {
         s.get_children(&served).await;
-        // With no replicas.desired the pod count is replicas.min: the Deployment goes to 1.
+        // With no replicas.desired the pod count is replicas.min: the Deployment goes to 1,
+        // and the PodDisruptionBudget goes, side by side.
         let applied = s.apply(DEP).await;
         assert_eq!(applied["spec"]["replicas"], 1);
-        s.event("Normal", "Updated").await;
         s.delete(PDB).await;
-        s.event("Normal", "Deleted").await;
         s.status().await;
         s
     })
     .await;
     assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        reasons_of(&queued_events(&ctx)),
+        [(false, "Updated"), (false, "Deleted")]
+    );
 }
 
 #[tokio::test]
@@ -497,18 +601,16 @@ async fn an_invalid_spec_is_reported_and_touches_nothing() {
     let app = mk_app("shop").with_workers(4, Some(2));
     let captured = Arc::new(Mutex::new(None));
     let out = captured.clone();
-    let (result, _) = run(app.clone(), |mut s| async move {
+    let (result, ctx) = run(app.clone(), |mut s| async move {
         let status = s.status().await;
-        let event = s.event("Warning", reasons::INVALID_SPEC).await;
-        assert!(event["note"]
-            .as_str()
-            .expect("note")
-            .contains("spec.workers.min"));
         *out.lock().expect("lock") = Some(status);
         s
     })
     .await;
     assert!(result.is_ok(), "an invalid spec is not retried: {result:?}");
+    let events = queued_events(&ctx);
+    assert_eq!(reasons_of(&events), [(true, reasons::INVALID_SPEC)]);
+    assert!(events[0].2.contains("spec.workers.min"), "{events:?}");
     let status = captured.lock().expect("lock").take().expect("status");
     let ready = condition(&status, READY).expect("Ready");
     assert_eq!(
@@ -523,6 +625,7 @@ async fn an_invalid_spec_is_reported_and_touches_nothing() {
     // Reconciled again while still invalid: no status patch, no second event.
     let (result, ctx) = run(app.with_status(status), |s| async move { s }).await;
     assert!(result.is_ok());
+    assert!(queued_events(&ctx).is_empty());
     assert!(ctx
         .metrics
         .encode()
@@ -540,14 +643,23 @@ async fn an_object_the_api_server_refuses_is_reported_not_retried_hot() {
         s.get_missing(SVC).await;
         s.get_missing(PDB).await;
         s.apply(CM).await;
-        s.event("Normal", "Created").await;
         s.apply_rejected(DEP, "Deployment.apps \"shop\" is invalid: spec.template.spec.volumes[2].name: Duplicate value").await;
+        // Applied beside the Deployment, each to its end.
+        s.apply(SVC).await;
         let status = s.status().await;
-        s.event("Warning", reasons::APPLY_REJECTED).await;
         *out.lock().expect("lock") = Some(status);
         s
     })
     .await;
+    let events = queued_events(&ctx);
+    assert_eq!(
+        reasons_of(&events),
+        [(false, "Created"), (true, reasons::APPLY_REJECTED)]
+    );
+    assert_eq!(
+        events[0].2,
+        "Created ConfigMap shop-config and Service shop"
+    );
     let action = result.expect("a refusal is reported in the status, not retried with backoff");
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     let status = captured.lock().expect("lock").take().expect("status");
@@ -565,15 +677,12 @@ async fn a_foreign_object_with_our_name_is_left_alone() {
         "metadata": {"name": "shop", "namespace": "default", "uid": "someone-else", "resourceVersion": "5"},
         "spec": {"ports": [{"port": 80}]},
     });
-    let (result, _) = run(app, |mut s| async move {
+    let (result, ctx) = run(app, |mut s| async move {
         s.get_missing(CM).await;
         s.get_missing(DEP).await;
         s.get(SVC, &foreign).await;
         s.get_missing(PDB).await;
-        s.apply(CM).await;
-        s.event("Normal", "Created").await;
-        s.apply(DEP).await;
-        s.event("Normal", "Created").await;
+        // Nothing is applied: the clash is reported in the status.
         let status = s.status().await;
         let ready = condition(&status, READY).expect("Ready");
         assert!(
@@ -583,11 +692,14 @@ async fn a_foreign_object_with_our_name_is_left_alone() {
             "{}",
             ready.message
         );
-        s.event("Warning", reasons::APPLY_REJECTED).await;
         s
     })
     .await;
     assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        reasons_of(&queued_events(&ctx)),
+        [(true, reasons::APPLY_REJECTED)]
+    );
 }
 
 #[tokio::test]
@@ -595,8 +707,13 @@ async fn transient_errors_back_off_exponentially() {
     let app = Arc::new(mk_app("shop"));
     let (ctx, mut server) = test_context();
     let scenario = tokio::spawn(async move {
-        server.get_error(CM).await;
-        server.get_error(CM).await;
+        for _ in 0..2 {
+            // The four reads go out together; the first error is the one reported.
+            server.get_error(CM).await;
+            server.get_missing(DEP).await;
+            server.get_missing(SVC).await;
+            server.get_missing(PDB).await;
+        }
         server
     });
     let err = reconcile(app.clone(), ctx.clone())
@@ -726,4 +843,124 @@ fn only_the_spec_deletion_and_recommendation_trigger_a_reconcile() {
         ))
     });
     assert_ne!(compute_trigger_hash(&deleting), base);
+}
+
+#[tokio::test]
+async fn an_injected_apps_pods_are_read_from_the_pod_cache() {
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerState, ContainerStateTerminated, ContainerStatus, PodSpec, PodStatus,
+    };
+    use kube::runtime::watcher::Event;
+
+    let app = mk_app("shop").with_replicas(2, Some(4)).map(|a| {
+        a.spec.inject = Some(crate::crd::InjectSpec {
+            enabled: Some(true),
+            ..Default::default()
+        })
+    });
+    // The children as applied, served with no pod ready.
+    let children = render_children(&validate_app(&app).expect("valid"), 2);
+    let served_as = |obj: serde_json::Value| as_served(obj, 0);
+    let served = Served {
+        cm: served_as(to_json(&stamp_hash(children.config_map))),
+        dep: served_as(to_json(&stamp_hash(children.deployment))),
+        svc: served_as(to_json(&stamp_hash(children.service))),
+        pdb: served_as(to_json(&stamp_hash(children.pdb.expect("min 2: a PDB")))),
+    };
+    // The start command refused the image, as the kubelet reports it in the pod's status.
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some("shop-1".into()),
+            namespace: Some("default".into()),
+            labels: Some([("wsgiscale.dev/app".to_string(), "shop".to_string())].into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: crate::render::CONTAINER_NAME.into(),
+                image: Some(app.spec.image.clone()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        status: Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: crate::render::CONTAINER_NAME.into(),
+                last_state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: 3,
+                        message: Some(
+                            "wsgiscale-start: MuslLibc: python3 is CPython 3.12.7 built for musl libc"
+                                .into(),
+                        ),
+                        ..ContainerStateTerminated::default()
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        }),
+    };
+    let caches = caches_of(&served);
+    caches.pods.apply(None, &Event::Init);
+    caches.pods.apply(None, &Event::InitApply(pod));
+    caches.pods.apply(None, &Event::InitDone);
+    let captured = Arc::new(Mutex::new(None));
+    let out = captured.clone();
+    // No pod LIST: only the status, from the children and the pods in the caches.
+    let (result, _) = run_with(caches, app, |mut s| async move {
+        *out.lock().expect("lock") = Some(s.status().await);
+        s
+    })
+    .await;
+    assert_eq!(result.expect("ok"), Action::requeue(INJECT_RECHECK));
+    let status = captured.lock().expect("lock").take().expect("status");
+    let ready = condition(&status, READY).expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "MuslLibc")
+    );
+}
+
+#[test]
+fn one_event_per_verb_names_every_child() {
+    let change = |verb, kind, name: &str| Change {
+        verb,
+        kind,
+        name: name.to_string(),
+        related: ObjectReference {
+            kind: Some(kind.to_string()),
+            name: Some(name.to_string()),
+            ..ObjectReference::default()
+        },
+        note: None,
+    };
+    assert!(build_change_events(&[]).is_empty());
+    let events = build_change_events(&[
+        change("Updated", "Deployment", "shop"),
+        change("Created", "ConfigMap", "shop-config"),
+        change("Updated", "ConfigMap", "shop-config"),
+        change("Deleted", "PodDisruptionBudget", "shop"),
+    ]);
+    let notes: Vec<(&str, &str, bool)> = events
+        .iter()
+        .map(|(verb, note, related)| (*verb, note.as_str(), related.is_some()))
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            ("Created", "Created ConfigMap shop-config", true),
+            (
+                "Updated",
+                "Updated Deployment shop and ConfigMap shop-config: running servers reload the ConfigMap without a restart",
+                false
+            ),
+            (
+                "Deleted",
+                "Deleted PodDisruptionBudget shop: replicas.min is 1 or less",
+                true
+            ),
+        ]
+    );
 }

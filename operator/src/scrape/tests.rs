@@ -1,5 +1,6 @@
-//! The scrape against real local HTTP servers (127.0.0.x), and one autoscaler tick (list the
-//! pods, scrape them, decide, publish) against a scripted API server.
+//! The scrape against real local HTTP servers (127.0.0.x), the pure step and its write rule
+//! over a steady load, and one autoscaler tick (pods from the cache, scrape them, decide,
+//! publish) against a scripted API server.
 
 use std::task::Poll;
 
@@ -7,7 +8,7 @@ use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::client::Body;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use wsgiscale_core::load::{QueueStats, WorkerCounts, LOAD_REPORT_VERSION};
@@ -151,9 +152,13 @@ async fn scrape_all_keeps_the_order_and_bounds_the_time() {
     )
     .await;
     let out = scrape_all(&[a, slow, b], 2, Duration::from_millis(400)).await;
-    assert_eq!(out[0].as_ref().expect("a").in_flight, 1);
-    assert_eq!(out[1].as_ref().expect_err("slow").as_str(), "timeout");
-    assert_eq!(out[2].as_ref().expect("b").in_flight, 3);
+    assert_eq!(out[0].0.as_ref().expect("a").in_flight, 1);
+    assert_eq!(out[1].0.as_ref().expect_err("slow").as_str(), "timeout");
+    assert_eq!(out[2].0.as_ref().expect("b").in_flight, 3);
+    assert!(
+        out[1].1 >= Duration::from_millis(400),
+        "the timeout is what it took"
+    );
 }
 
 fn mk_pod(name: &str, ip: Option<&str>, ready: bool, deleting: bool) -> Pod {
@@ -161,6 +166,7 @@ fn mk_pod(name: &str, ip: Option<&str>, ready: bool, deleting: bool) -> Pod {
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some("default".into()),
+            labels: Some([("wsgiscale.dev/app".to_string(), "shop".to_string())].into()),
             deletion_timestamp: deleting.then(|| Time(Timestamp::now())),
             ..ObjectMeta::default()
         },
@@ -200,44 +206,164 @@ fn only_ready_pods_with_an_ip_that_are_not_leaving_count() {
     );
 }
 
+fn summary(time: &str, ready: i32, util: i32, queue: i32, scraped: i32) -> LoadSummary {
+    LoadSummary {
+        time: Some(Time(time.parse().expect("timestamp"))),
+        pods_scraped: Some(scraped),
+        pods_ready: Some(ready),
+        busy_workers: Some(3),
+        total_workers: Some(8),
+        queue_depth: Some(queue),
+        utilization_percent: Some(util),
+    }
+}
+
 #[test]
-fn status_is_written_on_change_or_every_refresh() {
-    let t0 = Instant::now();
+fn the_load_summary_changes_only_beyond_its_threshold() {
+    let base = summary("2026-01-01T00:00:00Z", 2, 50, 0, 2);
+    let cases = [
+        (summary("2026-01-01T00:00:00Z", 2, 50, 0, 2), false),
+        // Busy and total workers move with every request: no change by themselves.
+        (
+            LoadSummary {
+                busy_workers: Some(5),
+                total_workers: Some(9),
+                ..base.clone()
+            },
+            false,
+        ),
+        (summary("2026-01-01T00:00:00Z", 2, 59, 0, 2), false),
+        (summary("2026-01-01T00:00:00Z", 2, 41, 0, 2), false),
+        (summary("2026-01-01T00:00:00Z", 2, 60, 0, 2), true),
+        (summary("2026-01-01T00:00:00Z", 2, 40, 0, 2), true),
+        (summary("2026-01-01T00:00:00Z", 3, 50, 0, 2), true),
+        (summary("2026-01-01T00:00:00Z", 2, 50, 4, 2), true),
+        (summary("2026-01-01T00:00:00Z", 2, 50, 0, 0), true),
+    ];
+    for (new, want) in cases {
+        assert_eq!(load_changed(&base, &new), want, "{new:?}");
+    }
+}
+
+#[test]
+fn status_is_written_on_change_or_at_the_heartbeat() {
     let s = |n: i32, panic: bool| AutoscalerStatus {
         recommended_replicas: Some(n),
         panic_mode: Some(panic),
         ..AutoscalerStatus::default()
     };
-    let r = Duration::from_secs(10);
-    assert!(should_write_status(None, &s(2, false), None, t0, r));
-    assert!(!should_write_status(
-        Some(&s(2, false)),
-        &s(2, false),
-        Some(t0),
-        t0 + Duration::from_secs(2),
-        r
-    ));
-    assert!(should_write_status(
-        Some(&s(2, false)),
-        &s(3, false),
-        Some(t0),
-        t0 + Duration::from_secs(2),
-        r
-    ));
-    assert!(should_write_status(
-        Some(&s(2, false)),
-        &s(2, true),
-        Some(t0),
-        t0 + Duration::from_secs(2),
-        r
-    ));
-    assert!(should_write_status(
-        Some(&s(2, false)),
-        &s(2, false),
-        Some(t0),
-        t0 + r,
-        r
-    ));
+    let written = summary("2026-01-01T00:00:00Z", 2, 50, 0, 2);
+    let at = |t: &str| t.parse::<Timestamp>().expect("timestamp");
+    let now = at("2026-01-01T00:00:30Z");
+    let new = summary("2026-01-01T00:00:30Z", 2, 52, 0, 2);
+    let hb = STATUS_HEARTBEAT;
+    assert_eq!(
+        compute_write(None, &s(2, false), &new, now, hb),
+        Some(WriteCause::Change),
+        "nothing written yet"
+    );
+    assert_eq!(
+        compute_write(Some((&s(2, false), &written)), &s(2, false), &new, now, hb),
+        None,
+        "30 s after the last write, nothing changed"
+    );
+    for changed in [s(3, false), s(2, true)] {
+        assert_eq!(
+            compute_write(Some((&s(2, false), &written)), &changed, &new, now, hb),
+            Some(WriteCause::Change)
+        );
+    }
+    let busier = summary("2026-01-01T00:00:30Z", 2, 75, 0, 2);
+    assert_eq!(
+        compute_write(
+            Some((&s(2, false), &written)),
+            &s(2, false),
+            &busier,
+            now,
+            hb
+        ),
+        Some(WriteCause::Change)
+    );
+    assert_eq!(
+        compute_write(
+            Some((&s(2, false), &written)),
+            &s(2, false),
+            &new,
+            at("2026-01-01T00:01:00Z"),
+            hb
+        ),
+        Some(WriteCause::Heartbeat),
+        "60 s after the last write"
+    );
+    // A summary without a time (written by an older operator) is refreshed.
+    let timeless = LoadSummary {
+        time: None,
+        ..written.clone()
+    };
+    assert_eq!(
+        compute_write(Some((&s(2, false), &timeless)), &s(2, false), &new, now, hb),
+        Some(WriteCause::Heartbeat)
+    );
+}
+
+/// The writes of a steady load over 10 minutes: one heartbeat a minute (the target is fewer
+/// than 200 a minute for 100 apps).
+#[test]
+fn a_steady_load_writes_once_a_minute() {
+    let app = mk_app("shop")
+        .with_workers(1, Some(4))
+        .with_replicas(1, Some(10))
+        .map(|a| {
+            a.spec.autoscaling = Some(AutoscalingSpec {
+                enabled: Some(true),
+                tick_seconds: Some(2),
+                ..AutoscalingSpec::default()
+            })
+        })
+        .with_status(WsgiAppStatus {
+            desired_replicas: Some(2),
+            ..WsgiAppStatus::default()
+        });
+    let policy = Policy::from_app(&validate_app(&app).expect("valid"));
+    let pods: Vec<Pod> = ["10.0.0.1", "10.0.0.2"]
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| mk_pod(&format!("shop-{i}"), Some(ip), true, false))
+        .collect();
+    let t0 = Instant::now();
+    let wall0: Timestamp = "2026-01-01T00:10:00Z".parse().expect("timestamp");
+    let mut state = AppState::new(&app, 2, t0);
+    let mut writes = Vec::new();
+    for tick in 0..300u64 {
+        let at = Duration::from_secs(2 * tick);
+        let wall = wall0 + std::time::Duration::from_secs(2 * tick);
+        let (ready, pick, _) = plan_scrape(&pods, wall, &policy, 9191, tick);
+        let results: Vec<Result<LoadReport, ScrapeError>> =
+            pick.iter().map(|_| Ok(report(1, 0, false))).collect();
+        let step = compute_step(
+            &mut state,
+            &policy,
+            &ready,
+            &pick,
+            &results,
+            Some(2),
+            (at, t0 + at, wall),
+            STATUS_HEARTBEAT,
+        );
+        assert_eq!(step.scrapes, ["ok", "ok"]);
+        if let Some(cause) = step.write {
+            writes.push((tick, cause));
+            state.mark_written(step.status.clone(), step.load.clone());
+        }
+    }
+    let changes = writes
+        .iter()
+        .filter(|(_, c)| *c == WriteCause::Change)
+        .count();
+    let heartbeats = writes.len() - changes;
+    // The first write, maybe a change while the stable window fills, then heartbeats only.
+    assert!(changes <= 3, "{writes:?}");
+    assert!((9..=10).contains(&heartbeats), "{writes:?}");
 }
 
 async fn body_of(req: Request<Body>) -> Value {
@@ -245,12 +371,12 @@ async fn body_of(req: Request<Body>) -> Value {
 }
 
 /// One tick: two ready pods (127.0.0.1 and 127.0.0.2, the same admin port) report a burst
-/// (saturated, 40 queued each). The autoscaler lists the pods, scrapes both, goes into panic,
-/// recommends replicas.max, publishes a ScaledUp event and writes its status blocks with its
-/// own field manager; the Deployment is never touched. A second tick with nothing new only
-/// lists the pods.
+/// (saturated, 40 queued each). The autoscaler takes the pods from the shared pod cache (no
+/// LIST), scrapes both, goes into panic, recommends replicas.max, queues a ScaledUp event and
+/// writes its status blocks with its own field manager; the Deployment is never touched. A
+/// second tick with nothing new sends the API server nothing.
 #[tokio::test]
-async fn a_tick_lists_scrapes_decides_and_publishes() {
+async fn a_tick_reads_the_cache_scrapes_decides_and_publishes() {
     let burst = json_of(&report(4, 40, true));
     let (one, hits_one) = serve("127.0.0.1:0", 200, burst.clone(), Duration::ZERO).await;
     let (two, hits_two) = serve(
@@ -279,50 +405,25 @@ async fn a_tick_lists_scrapes_decides_and_publishes() {
     let v = validate_app(&app).expect("valid");
     let policy = Policy::from_app(&v);
 
+    let pods = PodCache::default();
+    pods.apply(None, &kube::runtime::watcher::Event::Init);
+    for p in [
+        mk_pod("shop-a", Some("127.0.0.1"), true, false),
+        mk_pod("shop-b", Some("127.0.0.2"), true, false),
+        mk_pod("shop-c", Some("127.0.0.3"), false, false),
+    ] {
+        pods.apply(None, &kube::runtime::watcher::Event::InitApply(p));
+    }
+    pods.apply(None, &kube::runtime::watcher::Event::InitDone);
+
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let metrics = Arc::new(Metrics::default());
-    let autoscaler = Autoscaler::new(client, Some("test".into()), metrics.clone());
+    let (events, mut queued) = EventSink::new(metrics.clone());
+    let autoscaler = Autoscaler::new(client, events, metrics.clone(), pods);
     let now = Instant::now();
 
     let script = async {
-        let (req, send) = next_request(&mut handle).await;
-        assert_eq!(req.method(), Method::GET);
-        assert_eq!(req.uri().path(), "/api/v1/namespaces/default/pods");
-        assert!(
-            req.uri()
-                .query()
-                .unwrap_or_default()
-                .contains("labelSelector=wsgiscale.dev%2Fapp%3Dshop"),
-            "{}",
-            req.uri()
-        );
-        let pods = json!({
-            "apiVersion": "v1", "kind": "PodList", "metadata": {},
-            "items": [
-                serde_json::to_value(mk_pod("shop-a", Some("127.0.0.1"), true, false)).expect("json"),
-                serde_json::to_value(mk_pod("shop-b", Some("127.0.0.2"), true, false)).expect("json"),
-                serde_json::to_value(mk_pod("shop-c", Some("127.0.0.3"), false, false)).expect("json"),
-            ],
-        });
-        send.send_response(json_response(StatusCode::OK, &pods));
-
-        let (req, send) = next_request(&mut handle).await;
-        assert_eq!(req.method(), Method::POST);
-        assert_eq!(
-            req.uri().path(),
-            "/apis/events.k8s.io/v1/namespaces/default/events"
-        );
-        let event = body_of(req).await;
-        assert_eq!(event["reason"], "ScaledUp");
-        assert_eq!(event["reportingController"], FIELD_MANAGER);
-        let note = event["note"].as_str().unwrap_or_default().to_string();
-        assert!(
-            note.starts_with("2 -> 10 pods: panic: demand 88.0"),
-            "{note}"
-        );
-        send.send_response(json_response(StatusCode::OK, &event));
-
         let (req, send) = next_request(&mut handle).await;
         assert_eq!(req.method(), Method::PATCH);
         assert_eq!(
@@ -356,50 +457,63 @@ async fn a_tick_lists_scrapes_decides_and_publishes() {
         stored["status"]["autoscaler"] = status["autoscaler"].clone();
         send.send_response(json_response(StatusCode::OK, &stored));
     };
-    let (decision, ()) = tokio::join!(
-        autoscaler.tick_app(&app, &policy, v.admin_port, now),
+    let (step, ()) = tokio::join!(
+        autoscaler.tick_app(&app, &policy, v.admin_port_number(), now),
         script
     );
-    let decision = decision.expect("tick");
+    let step = step.expect("tick");
+    let decision = &step.decision;
     assert_eq!(
         (decision.desired, decision.action, decision.panic),
         (10, Action::ScaleUp, true)
     );
+    assert_eq!(step.write, Some(WriteCause::Change));
     assert_eq!(hits_one.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(hits_two.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let event = queued.try_recv().expect("a queued event");
+    assert_eq!(
+        (event.reporting, event.reason.as_str(), event.warning),
+        (Reporting::Autoscaler, "ScaledUp", false)
+    );
+    assert!(
+        event.note.starts_with("2 -> 10 pods: panic: demand 88.0"),
+        "{}",
+        event.note
+    );
 
     // The next tick: the reconciler has applied 10; the same load keeps it (panic), nothing
-    // changed, the summary is fresh: only the pod list.
+    // changed, the summary is fresh: no request at all.
     let app = app.with_status(WsgiAppStatus {
         desired_replicas: Some(10),
         ..WsgiAppStatus::default()
     });
-    let script = async {
-        let (req, send) = next_request(&mut handle).await;
-        assert_eq!(req.uri().path(), "/api/v1/namespaces/default/pods");
-        let pods = json!({
-            "apiVersion": "v1", "kind": "PodList", "metadata": {},
-            "items": [serde_json::to_value(mk_pod("shop-a", Some("127.0.0.1"), true, false)).expect("json")],
-        });
-        send.send_response(json_response(StatusCode::OK, &pods));
-    };
-    let (decision, ()) = tokio::join!(
-        autoscaler.tick_app(&app, &policy, v.admin_port, now + Duration::from_secs(2)),
-        script
+    let step = autoscaler
+        .tick_app(
+            &app,
+            &policy,
+            v.admin_port_number(),
+            now + Duration::from_secs(2),
+        )
+        .await
+        .expect("tick");
+    assert_eq!(
+        (step.decision.desired, step.decision.action),
+        (10, Action::Hold)
     );
-    let decision = decision.expect("tick");
-    assert_eq!((decision.desired, decision.action), (10, Action::Hold));
-    assert!(
-        matches!(handle.poll_request(), Poll::Pending),
-        "no other request"
-    );
+    assert_eq!(step.write, None);
+    assert!(matches!(handle.poll_request(), Poll::Pending), "no request");
+    assert!(queued.try_recv().is_err(), "no event");
     let text = metrics.encode();
     assert!(
-        text.contains("wsgiscale_operator_autoscale_decisions_total{result=\"scale_up\"} 1"),
+        text.contains("wsgiscale_operator_autoscale_decisions_total{namespace=\"default\",wsgiapp=\"shop\",direction=\"scale_up\",mode=\"panic\"} 1"),
         "{text}"
     );
     assert!(
-        text.contains("wsgiscale_operator_load_scrapes_total{result=\"ok\"} 3"),
+        text.contains("wsgiscale_operator_load_scrapes_total{namespace=\"default\",wsgiapp=\"shop\",result=\"ok\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("wsgiscale_operator_autoscale_status_writes_total{result=\"change\"} 1"),
         "{text}"
     );
 }

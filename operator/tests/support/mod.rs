@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -75,4 +76,27 @@ pub fn example_app(ns: &str) -> WsgiApp {
     let mut app: WsgiApp = serde_saphyr::from_str(doc).expect("the example parses");
     app.metadata.namespace = Some(ns.to_string());
     app
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The server binary: WSGISCALE_BIN, else target/release/wsgiscale when built, else the
+/// target/debug/wsgiscale that `cargo test --workspace` builds.
+pub fn server_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("WSGISCALE_BIN") {
+        return PathBuf::from(bin);
+    }
+    // The newer of the two builds: a release binary left from an older commit must not stand
+    // in for the debug one `cargo test` just built (or the other way round).
+    let built = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let release = repo().join("target/release/wsgiscale");
+    let debug = repo().join("target/debug/wsgiscale");
+    match (built(&release), built(&debug)) {
+        (Some(r), Some(d)) if r >= d => release,
+        (Some(_), None) => release,
+        _ => debug,
+    }
 }
