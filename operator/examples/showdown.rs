@@ -607,7 +607,7 @@ fn markdown(results: &[RunResult], args: &Args, pods: &Pods, header: &str) -> St
                 s.p999_ms,
                 s.ok,
                 s.rejected_503,
-                s.errors,
+                describe_errors(s),
                 s.pod_seconds,
                 s.worker_seconds,
                 s.step_to_ready_s.map_or("–".into(), |v| format!("{v:.1}")),
@@ -616,6 +616,10 @@ fn markdown(results: &[RunResult], args: &Args, pods: &Pods, header: &str) -> St
             );
         }
     }
+    let _ = writeln!(
+        md,
+        "\nErrors: the count, then in brackets: refused (connection refused or reset before a response), broken (cut short), timeouts, other statuses."
+    );
     let _ = writeln!(md, "\n### Against the target\n");
     let _ = writeln!(
         md,
@@ -861,6 +865,27 @@ async fn main() -> anyhow::Result<()> {
         smoke_check(&results)?;
     }
     Ok(())
+}
+
+/// A run's errors with their kinds: `15 (refused 10, timeout 2, 502 x3)`.
+fn describe_errors(s: &Summary) -> String {
+    if s.errors == 0 {
+        return "0".into();
+    }
+    let mut kinds = Vec::new();
+    for (name, n) in [
+        ("refused", s.refused),
+        ("broken", s.broken),
+        ("timeout", s.timeouts),
+    ] {
+        if n > 0 {
+            kinds.push(format!("{name} {n}"));
+        }
+    }
+    for (status, n) in &s.error_statuses {
+        kinds.push(format!("{status} x{n}"));
+    }
+    format!("{} ({})", s.errors, kinds.join(", "))
 }
 
 /// What `make test` checks of a short run: the harness worked end to end.

@@ -445,7 +445,9 @@ async fn an_autoscaled_app_at_zero_pods_is_refused() {
     .await;
     assert!(
         err.message.contains("spec.replicas.min")
-            && err.message.contains("autoscaling.enabled needs replicas.min of at least 1"),
+            && err
+                .message
+                .contains("autoscaling.enabled needs replicas.min of at least 1"),
         "{}",
         err.message
     );

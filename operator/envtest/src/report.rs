@@ -38,6 +38,12 @@ pub struct Summary {
     pub errors: usize,
     /// Of those, timeouts.
     pub timeouts: usize,
+    /// Of those, connections refused or reset before a response began.
+    pub refused: usize,
+    /// Of those, responses cut short.
+    pub broken: usize,
+    /// Of those, responses with a status of 400 or more other than 503, by status.
+    pub error_statuses: std::collections::BTreeMap<u16, usize>,
     /// Latency of successful requests, milliseconds.
     pub p50_ms: f64,
     /// 99th percentile.
@@ -103,6 +109,22 @@ pub fn summarize(
         .iter()
         .filter(|r| r.outcome == Outcome::Timeout)
         .count();
+    let refused = records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Refused)
+        .count();
+    let broken = records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Broken)
+        .count();
+    let mut error_statuses = std::collections::BTreeMap::new();
+    for r in records {
+        if let Outcome::Status(s) = r.outcome {
+            if s >= 400 && s != 503 {
+                *error_statuses.entry(s).or_insert(0) += 1;
+            }
+        }
+    }
     let end = start + duration;
     let pod_seconds = pods
         .iter()
@@ -134,6 +156,9 @@ pub fn summarize(
         rejected_503,
         errors: records.len() - ok.len() - rejected_503,
         timeouts,
+        refused,
+        broken,
+        error_statuses,
         p50_ms: quantile(&ok, 0.50),
         p99_ms: quantile(&ok, 0.99),
         p999_ms: quantile(&ok, 0.999),
@@ -251,6 +276,7 @@ mod tests {
             (s.requests, s.ok, s.rejected_503, s.errors, s.timeouts),
             (5, 2, 1, 2, 1)
         );
+        assert_eq!((s.refused, s.broken, s.error_statuses.len()), (1, 0, 0));
         assert_eq!((s.p50_ms, s.p99_ms), (10.0, 30.0));
         assert!(
             (s.pod_seconds - (30.0 + 14.0)).abs() < 1e-9,
