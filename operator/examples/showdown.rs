@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context as _};
 use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::Client;
@@ -137,6 +137,11 @@ struct Args {
     /// Where the report goes. [default: bench/results/showdown-YYYYMMDD-HHMMSS]
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Before each run, wait (at most 75 s) until fewer than this many TCP connections are in
+    /// TIME_WAIT, so that a run does not start among its predecessor's closed connections;
+    /// 0 starts at once.
+    #[arg(long, default_value_t = 0)]
+    settle_time_wait: usize,
     /// A short run for `make test`: checks that every run served requests, that the HPA read
     /// its metric and that the report and plots were written; exits 1 otherwise.
     #[arg(long)]
@@ -181,9 +186,11 @@ fn contender(name: &str) -> anyhow::Result<Contender> {
         "gunicorn-cpu" => ("gunicorn + HPA (CPU 70%)", 1, true),
         "uwsgi-cpu" => ("uWSGI cheaper + HPA (CPU 70%)", 1, true),
         "gunicorn-rif" => ("gunicorn + HPA (requests in flight)", 1, true),
+        // A sensitivity run outside the table: gunicorn-cpu with TCP probes.
+        "gunicorn-cpu-tcp" => ("gunicorn + HPA (CPU 70%), TCP probes", 1, true),
         "wsgiscale" => ("wsgiscale (operator's autoscaler)", 2, false),
         other => {
-            bail!("unknown contender {other:?} (gunicorn-cpu, uwsgi-cpu, gunicorn-rif, wsgiscale)")
+            bail!("unknown contender {other:?} (gunicorn-cpu, uwsgi-cpu, gunicorn-rif, wsgiscale, gunicorn-cpu-tcp)")
         }
     };
     Ok(Contender {
@@ -307,6 +314,10 @@ struct RunResult {
     summary: Summary,
     /// What the HPA last reported (current metrics, desired replicas), for HPA contenders.
     hpa_status: Option<Value>,
+    /// The most descriptors the harness process held during the run (proxy, load, probes).
+    peak_fds: usize,
+    /// TCP connections in TIME_WAIT when the run started.
+    time_wait_at_start: usize,
     samples: Vec<Sample>,
     plot: String,
 }
@@ -319,18 +330,55 @@ async fn sample_loop(
     overhead: usize,
     t0: Instant,
     stop: tokio_util::sync::CancellationToken,
-) -> Vec<Sample> {
+) -> (Vec<Sample>, usize) {
+    let deploys_client = client.clone();
     let deploys: Api<Deployment> = Api::namespaced(client, &ns);
+    let mut last_endpoints = usize::MAX;
     let mut out = Vec::new();
     let mut last_cpu: HashMap<String, u64> = HashMap::new();
     let mut last_t = t0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut peak_fds = 0;
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return out,
+            _ = stop.cancelled() => return (out, peak_fds),
             _ = tick.tick() => {}
         }
+        peak_fds = peak_fds.max(wsgiscale_envtest::fdlimit::open_now());
         let now = Instant::now();
+        // The Service's ready endpoints as the kube-proxy sees them, logged when they change:
+        // what the load can reach, beside what the node reports.
+        let endpoints = standin.proxy.endpoints(&ns, "app").len();
+        if endpoints != last_endpoints {
+            let pods: Api<Pod> = Api::namespaced(deploys_client.clone(), &ns);
+            let conditions: Vec<String> = pods
+                .list(&Default::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .map(|p| {
+                            let ready = p
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.conditions.as_ref())
+                                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                                .map(|c| {
+                                    format!("{} {}", c.status, c.reason.clone().unwrap_or_default())
+                                })
+                                .unwrap_or_default();
+                            format!("{}={ready}", p.metadata.name.clone().unwrap_or_default())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            eprintln!(
+                "showdown: {ns} t={:.0}s: {endpoints} endpoints in the Service; pods Ready: {}",
+                now.saturating_duration_since(t0).as_secs_f64(),
+                conditions.join(", ")
+            );
+            last_endpoints = endpoints;
+        }
         let desired = deploys
             .get_opt("app")
             .await
@@ -440,7 +488,7 @@ async fn run_one(
     )
     .await;
     stop.cancel();
-    let samples = sampler.await.unwrap_or_default();
+    let (samples, peak_fds) = sampler.await.unwrap_or_default();
     let duration = trace.duration();
     let pod_records: Vec<_> = standin
         .node
@@ -498,6 +546,8 @@ async fn run_one(
         peak_rps: peak,
         summary,
         hpa_status,
+        peak_fds,
+        time_wait_at_start: 0,
         samples,
         plot,
     })
@@ -619,6 +669,14 @@ fn markdown(results: &[RunResult], args: &Args, pods: &Pods, header: &str) -> St
     let _ = writeln!(
         md,
         "\nErrors: the count, then in brackets: refused (connection refused or reset before a response), broken (cut short), timeouts, other statuses."
+    );
+    let _ = writeln!(
+        md,
+        "\nHarness: at most {} descriptors open in the harness process during a run (its limit {}; the pods keep {}); at most {} TCP connections in TIME_WAIT when a run started.",
+        results.iter().map(|r| r.peak_fds).max().unwrap_or(0),
+        wsgiscale_envtest::fdlimit::limit_now(),
+        wsgiscale_envtest::fdlimit::for_pods().map_or("the same".into(), |n| n.to_string()),
+        results.iter().map(|r| r.time_wait_at_start).max().unwrap_or(0),
     );
     let _ = writeln!(md, "\n### Against the target\n");
     let _ = writeln!(
@@ -815,14 +873,19 @@ async fn main() -> anyhow::Result<()> {
                     // 70% of the worker slots, in milli-requests.
                     ("INFLIGHT_TARGET", format!("{}m", slots * 700)),
                 ]);
-                let r = run_one(
+                // The last run's closed connections wait out TIME_WAIT (60 s); optionally a
+                // run starts only when most are gone. Their count is recorded either way.
+                settle_time_wait(args.settle_time_wait).await;
+                let time_wait = time_wait_count();
+                let mut r = run_one(
                     &client, &standin, &args, &out, kind, trace_name, &trace, &note, c, &vars,
                     &pods, peak,
                 )
                 .await
                 .with_context(|| format!("{} / {trace_name} / {}", kind.name, c.name))?;
+                r.time_wait_at_start = time_wait;
                 eprintln!(
-                    "showdown: {} {} {}: p99 {:.0} ms, ok {}, 503 {}, errors {}, pod-s {:.0} ({:.0} s so far)",
+                    "showdown: {} {} {}: p99 {:.0} ms, ok {}, 503 {}, errors {}, pod-s {:.0}, fds {}, TIME_WAIT at start {} ({:.0} s so far)",
                     r.kind,
                     r.trace,
                     r.contender,
@@ -831,6 +894,8 @@ async fn main() -> anyhow::Result<()> {
                     r.summary.rejected_503,
                     r.summary.errors,
                     r.summary.pod_seconds,
+                    r.peak_fds,
+                    r.time_wait_at_start,
                     started.elapsed().as_secs_f64()
                 );
                 results.push(r);
@@ -865,6 +930,38 @@ async fn main() -> anyhow::Result<()> {
         smoke_check(&results)?;
     }
     Ok(())
+}
+
+/// TCP connections in TIME_WAIT in this network namespace (IPv4 and IPv6).
+fn time_wait_count() -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter(|l| l.split_whitespace().nth(3) == Some("06"))
+                .count()
+        })
+        .sum()
+}
+
+/// Waits (at most 75 s) until fewer than `most` connections are in TIME_WAIT.
+async fn settle_time_wait(most: usize) {
+    if most == 0 {
+        return;
+    }
+    let until = Instant::now() + Duration::from_secs(75);
+    loop {
+        let n = time_wait_count();
+        if n < most || Instant::now() >= until {
+            if n >= most {
+                eprintln!("showdown: starting with {n} connections still in TIME_WAIT");
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// A run's errors with their kinds: `15 (refused 10, timeout 2, 502 x3)`.

@@ -19,6 +19,7 @@
 //! when the test panics.
 
 pub mod cgroup;
+pub mod fdlimit;
 pub mod load;
 pub mod metrics_server;
 pub mod netns;

@@ -84,8 +84,38 @@ pub fn parse_response(buf: &[u8]) -> Outcome {
     }
 }
 
+/// Source addresses for connections to a loopback target: 64 of 127.0.100.0/24, in turn.
+/// One source address gives at most the ephemeral port range (28,232 ports) of connections to
+/// one Service address per TIME_WAIT period (60 s), which 470 requests a second fill; the
+/// closed connections' TIME_WAIT entries then meet the new connections' SYNs.
+const SOURCES: u32 = 64;
+
+fn source_for(target: SocketAddr) -> Option<SocketAddr> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    if !target.ip().is_loopback() || !target.is_ipv4() {
+        return None;
+    }
+    let k = NEXT.fetch_add(1, Ordering::Relaxed) % SOURCES;
+    Some(SocketAddr::from((
+        std::net::Ipv4Addr::new(127, 0, 100, 1 + k as u8),
+        0,
+    )))
+}
+
+async fn connect(target: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    match source_for(target) {
+        Some(src) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(src)?;
+            socket.connect(target).await
+        }
+        None => tokio::net::TcpStream::connect(target).await,
+    }
+}
+
 async fn one(target: SocketAddr, request: Arc<Vec<u8>>) -> Outcome {
-    let mut s = match tokio::net::TcpStream::connect(target).await {
+    let mut s = match connect(target).await {
         Ok(s) => s,
         Err(_) => return Outcome::Refused,
     };

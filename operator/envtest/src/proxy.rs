@@ -426,6 +426,9 @@ async fn accept_loop(
             continue;
         };
         let inflight = inflight.clone();
+        // The connection ends with the listener: a Service deleted (or a run torn down) frees
+        // its connections' descriptors even where a pod died without a FIN.
+        let cancel = cancel.clone();
         tokio::spawn(async move {
             let ip = match target.ip() {
                 std::net::IpAddr::V4(ip) => ip,
@@ -448,7 +451,10 @@ async fn accept_loop(
                 e.now += 1;
                 e.total += 1;
             }
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::io::copy_bidirectional(&mut client, &mut backend) => {}
+            }
             let mut f = inflight.lock().unwrap_or_else(|e| e.into_inner());
             let e = f.entry(ip).or_default();
             e.advance(Instant::now());

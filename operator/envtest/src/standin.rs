@@ -54,6 +54,7 @@ pub struct StandIn {
 impl StandIn {
     /// Starts all three (the metrics APIs registered and available).
     pub async fn start(client: Client, config: StandInConfig) -> Result<StandIn, StandInError> {
+        crate::fdlimit::raise();
         let namespaces = config.node.namespaces.clone();
         let node = Arc::new(StandInNode::start(client.clone(), config.node).await?);
         let proxy = Arc::new(StandInProxy::start(client.clone(), &namespaces));

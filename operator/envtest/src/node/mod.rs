@@ -170,6 +170,10 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// How often a pod's status is checked against the API server's copy (the kubelet's status
+/// manager's sync period).
+const STATUS_RESYNC: Duration = Duration::from_secs(10);
+
 fn rfc3339_now() -> String {
     k8s_openapi::jiff::Timestamp::now()
         .round(k8s_openapi::jiff::Unit::Second)
@@ -513,26 +517,49 @@ async fn patch_node_status(inner: &Inner) -> Result<(), kube::Error> {
 }
 
 /// Renews the node's Lease every 10 s (the node lifecycle controller's signal of a live
-/// kubelet) and re-posts its status every minute.
+/// kubelet) and re-posts its status every minute. A renewal that fails is logged once and once
+/// when renewals succeed again: without them the node lifecycle controller marks the node and
+/// every pod on it NotReady 50 s after the last status post.
 async fn heartbeat(inner: Arc<Inner>, cancel: CancellationToken) {
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
     let leases: Api<Lease> = Api::namespaced(inner.client.clone(), "kube-node-lease");
     let name = inner.config.name.clone();
     let mut n = 0u64;
+    let mut failing = false;
     loop {
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let lease = json!({
-            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": name},
-            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40,
-                     "renewTime": now.to_string()},
-        });
-        let _ = leases
+        // Typed, so the renew time is a MicroTime as the API server parses it (exactly six
+        // fractional digits); a timestamp with nine is refused.
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(name.clone()),
+                lease_duration_seconds: Some(40),
+                renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+                ..Default::default()
+            }),
+        };
+        let renewed = leases
             .patch(
                 &name,
                 &PatchParams::apply("stand-in-kubelet").force(),
                 &Patch::Apply(&lease),
             )
             .await;
+        match (renewed, failing) {
+            (Err(e), false) => {
+                tracing::warn!(node = %name, error = %e, "stand-in node: Lease not renewed");
+                failing = true;
+            }
+            (Ok(_), true) => {
+                tracing::info!(node = %name, "stand-in node: Lease renewed again");
+                failing = false;
+            }
+            _ => {}
+        }
         if n % 6 == 5 {
             let _ = patch_node_status(&inner).await;
         }
@@ -830,6 +857,8 @@ struct PodTask {
     state: PodState,
     transitions: Transitions,
     written: Option<serde_json::Value>,
+    /// When the status was last written or checked against the API server's copy.
+    written_at: Instant,
     net: Option<PodNet>,
     cgroup: Option<Arc<PodCgroup>>,
 }
@@ -839,7 +868,12 @@ impl PodTask {
         let now = rfc3339_now();
         let status = status::render(&self.state, &mut self.transitions, &now);
         if self.written.as_ref() == Some(&status) {
-            return;
+            // As the kubelet's status manager does every 10 s: put back a status that someone
+            // else changed (the node lifecycle controller marks pods NotReady when it loses
+            // the node, and a kubelet that comes back makes them Ready again).
+            if self.written_at.elapsed() < STATUS_RESYNC || self.api_agrees(&status).await {
+                return;
+            }
         }
         let ready = status::ready(&self.state);
         {
@@ -860,12 +894,29 @@ impl PodTask {
             )
             .await
         {
-            Ok(_) => self.written = Some(status),
+            Ok(_) => {
+                self.written = Some(status);
+                self.written_at = Instant::now();
+            }
             Err(e) => {
                 tracing::debug!(pod = %self.pod.name_any(), error = %e, "stand-in node: status not written");
                 self.written = None
             }
         }
+    }
+
+    /// Whether the API server's copy of the pod has the conditions of `status` (and notes the
+    /// time of the check). A failed read counts as agreement: the next resync asks again.
+    async fn api_agrees(&mut self, status: &serde_json::Value) -> bool {
+        self.written_at = Instant::now();
+        let Ok(pod) = self.api.get(&self.pod.name_any()).await else {
+            return true;
+        };
+        let agrees = status::conditions_agree(status, pod.status.as_ref());
+        if !agrees {
+            tracing::info!(pod = %self.pod.name_any(), "stand-in node: pod conditions changed by someone else; putting them back");
+        }
+        agrees
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
@@ -918,6 +969,7 @@ async fn run_pod(
         },
         transitions: Transitions::default(),
         written: None,
+        written_at: Instant::now(),
         net: None,
         cgroup: None,
         inner,
@@ -1376,7 +1428,11 @@ fn spawn_in_pod(
         .iter()
         .map(|f| format!("echo $$ > '{}' || exit 126", f.display()))
         .collect();
-    let script = format!("{}; exec \"$@\"", joins.join("; "));
+    // The pod's open-file limit stays what the node had, however far the harness raised its own.
+    let limit = crate::fdlimit::for_pods()
+        .map(|n| format!("ulimit -n {n} || exit 126; "))
+        .unwrap_or_default();
+    let script = format!("{limit}{}; exec \"$@\"", joins.join("; "));
     let mut cmd = tokio::process::Command::new(&t.inner.nsenter);
     cmd.arg(format!("--net={}", net.ns_path().display()))
         .arg("--")

@@ -184,6 +184,30 @@ pub fn render(p: &PodState, transitions: &mut Transitions, now: &str) -> Value {
     status
 }
 
+/// Whether the API server's copy of a pod's status (`theirs`) has every condition of a
+/// rendered status (`ours`) with the same status: what the kubelet's status manager checks
+/// before it puts its own view back.
+pub fn conditions_agree(
+    ours: &Value,
+    theirs: Option<&k8s_openapi::api::core::v1::PodStatus>,
+) -> bool {
+    let theirs: std::collections::BTreeMap<&str, &str> = theirs
+        .and_then(|s| s.conditions.as_ref())
+        .map(|c| {
+            c.iter()
+                .map(|c| (c.type_.as_str(), c.status.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    ours["conditions"].as_array().is_none_or(|c| {
+        c.iter()
+            .all(|c| match (c["type"].as_str(), c["status"].as_str()) {
+                (Some(t), Some(s)) => theirs.get(t) == Some(&s),
+                _ => true,
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +303,25 @@ mod tests {
             s["containerStatuses"][0]["state"]["waiting"]["reason"],
             "CrashLoopBackOff"
         );
+    }
+
+    #[test]
+    fn a_pod_marked_not_ready_by_someone_else_disagrees() {
+        let ours = serde_json::json!({"conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "ContainersReady", "status": "True"},
+        ]});
+        let theirs = |ready: &str| -> k8s_openapi::api::core::v1::PodStatus {
+            serde_json::from_value(serde_json::json!({"conditions": [
+                {"type": "Ready", "status": ready},
+                {"type": "ContainersReady", "status": "True"},
+                {"type": "PodScheduled", "status": "True"},
+            ]}))
+            .expect("a status")
+        };
+        assert!(conditions_agree(&ours, Some(&theirs("True"))));
+        assert!(!conditions_agree(&ours, Some(&theirs("False"))));
+        assert!(!conditions_agree(&ours, None));
+        assert!(conditions_agree(&serde_json::json!({}), None));
     }
 }
