@@ -668,7 +668,7 @@ fn markdown(results: &[RunResult], args: &Args, pods: &Pods, header: &str) -> St
     }
     let _ = writeln!(
         md,
-        "\nErrors: the count, then in brackets: refused (connection refused or reset before a response), broken (cut short), timeouts, other statuses."
+        "\nErrors: the count, then in brackets: refused (connection refused or reset before a response), broken (cut short), timeouts, other statuses; shed: not sent, the load generator already had {} requests outstanding (its limit, the same for everyone).", wsgiscale_envtest::load::MAX_OUTSTANDING
     );
     let _ = writeln!(
         md,
@@ -678,6 +678,22 @@ fn markdown(results: &[RunResult], args: &Args, pods: &Pods, header: &str) -> St
         wsgiscale_envtest::fdlimit::for_pods().map_or("the same".into(), |n| n.to_string()),
         results.iter().map(|r| r.time_wait_at_start).max().unwrap_or(0),
     );
+    // A run whose harness ran out of descriptors refused some connections itself: its
+    // refusals are partly the harness's (requests that would have waited, most of them into
+    // the timeout, in an overloaded contender).
+    let limit = wsgiscale_envtest::fdlimit::limit_now() as usize;
+    let starved: Vec<String> = results
+        .iter()
+        .filter(|r| limit > 0 && r.peak_fds * 100 >= limit * 98)
+        .map(|r| format!("{} {} {}", r.kind, r.trace, r.contender))
+        .collect();
+    if !starved.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n**At the harness's descriptor limit** (some refusals are the harness's, not the contender's): {}.",
+            starved.join(", ")
+        );
+    }
     let _ = writeln!(md, "\n### Against the target\n");
     let _ = writeln!(
         md,
@@ -974,6 +990,7 @@ fn describe_errors(s: &Summary) -> String {
         ("refused", s.refused),
         ("broken", s.broken),
         ("timeout", s.timeouts),
+        ("shed", s.shed),
     ] {
         if n > 0 {
             kinds.push(format!("{name} {n}"));

@@ -22,7 +22,19 @@ pub enum Outcome {
     Broken,
     /// No whole response within the timeout.
     Timeout,
+    /// Not sent: [`MAX_OUTSTANDING`] requests were already waiting for their responses. It
+    /// fails at once, as a request beyond an upstream proxy's connection limit does.
+    Shed,
 }
+
+/// The most requests a run keeps outstanding. Each costs three descriptors in the harness's
+/// process (the generator's socket and the stand-in kube-proxy's two), and the process's
+/// open-file limit here is 20,000 and cannot be raised (no CAP_SYS_RESOURCE): a contender
+/// that falls more than 5,000 requests behind (10.6 s of the io app's peak rate) would
+/// otherwise exhaust the descriptors of the harness itself, which then refuses everyone's
+/// connections and probes. The same for every contender; it binds only one that is already
+/// failing, and its shed requests count as errors.
+pub const MAX_OUTSTANDING: usize = 5000;
 
 impl Outcome {
     /// A 2xx or 3xx response.
@@ -152,8 +164,19 @@ pub async fn run(
     for (i, &at) in arrivals.iter().enumerate() {
         let due = t0 + Duration::from_secs_f64(at);
         tokio::time::sleep_until(due.into()).await;
-        let (request, records, progress) = (request.clone(), records.clone(), progress.clone());
+        // Reap finished tasks, so the set holds only what is in flight.
+        while tasks.try_join_next().is_some() {}
         progress.sent.fetch_add(1, Ordering::Relaxed);
+        if tasks.len() >= MAX_OUTSTANDING {
+            records.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(Record {
+                start: at,
+                latency: 0.0,
+                outcome: Outcome::Shed,
+            });
+            progress.done.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let (request, records, progress) = (request.clone(), records.clone(), progress.clone());
         tasks.spawn(async move {
             let outcome = match tokio::time::timeout(timeout, one(target, request)).await {
                 Ok(o) => o,
@@ -167,8 +190,6 @@ pub async fn run(
             });
             progress.done.fetch_add(1, Ordering::Relaxed);
         });
-        // Reap finished tasks as we go, so the set holds only what is in flight.
-        while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
     let records = std::mem::take(&mut *records.lock().unwrap_or_else(|e| e.into_inner()));

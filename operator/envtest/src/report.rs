@@ -42,6 +42,9 @@ pub struct Summary {
     pub refused: usize,
     /// Of those, responses cut short.
     pub broken: usize,
+    /// Of those, requests not sent because the generator's limit of outstanding requests
+    /// was reached ([`crate::load::MAX_OUTSTANDING`]).
+    pub shed: usize,
     /// Of those, responses with a status of 400 or more other than 503, by status.
     pub error_statuses: std::collections::BTreeMap<u16, usize>,
     /// Latency of successful requests, milliseconds.
@@ -117,6 +120,10 @@ pub fn summarize(
         .iter()
         .filter(|r| r.outcome == Outcome::Broken)
         .count();
+    let shed = records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Shed)
+        .count();
     let mut error_statuses = std::collections::BTreeMap::new();
     for r in records {
         if let Outcome::Status(s) = r.outcome {
@@ -158,6 +165,7 @@ pub fn summarize(
         timeouts,
         refused,
         broken,
+        shed,
         error_statuses,
         p50_ms: quantile(&ok, 0.50),
         p99_ms: quantile(&ok, 0.99),
