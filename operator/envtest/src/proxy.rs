@@ -451,9 +451,23 @@ async fn accept_loop(
                 e.now += 1;
                 e.total += 1;
             }
+            // Both ways, until the client is gone. When the client closes first (a client
+            // that gave up), the backend connection is closed too, not half-closed: the
+            // backend sees the same FIN it would through iptables' DNAT, and a response it
+            // writes later is refused as the client's kernel would refuse it, while the proxy
+            // holds no descriptors for connections whose client left.
+            let (mut cr, mut cw) = client.split();
+            let (mut br, mut bw) = backend.split();
+            let up = tokio::io::copy(&mut cr, &mut bw);
+            let down = async {
+                let _ = tokio::io::copy(&mut br, &mut cw).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut cw).await;
+                std::future::pending::<()>().await
+            };
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = tokio::io::copy_bidirectional(&mut client, &mut backend) => {}
+                _ = up => {}
+                _ = down => {}
             }
             let mut f = inflight.lock().unwrap_or_else(|e| e.into_inner());
             let e = f.entry(ip).or_default();
