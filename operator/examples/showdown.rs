@@ -450,10 +450,25 @@ async fn run_one(
     // Ready to serve: the Service answers through the proxy with the minimum pods behind it.
     let deadline = Instant::now() + Duration::from_secs(180);
     let target: SocketAddr = loop {
-        ensure!(
-            Instant::now() < deadline,
-            "{ns}: no ready pods behind the Service after 180 s"
-        );
+        if Instant::now() >= deadline {
+            let seen: Vec<String> = standin
+                .node
+                .pods()
+                .into_iter()
+                .filter(|p| p.namespace == ns)
+                .map(|p| {
+                    format!(
+                        "{} (ready {}, terminating {}, {} processes)",
+                        p.name, p.ready, p.terminating, p.processes
+                    )
+                })
+                .collect();
+            bail!(
+                "{ns}: no ready pods behind the Service after 180 s; the node runs: [{}]; the proxy has {} endpoints",
+                seen.join(", "),
+                standin.proxy.endpoints(&ns, "app").len()
+            );
+        }
         if let Some(addr) = standin.proxy.address(&ns, "app") {
             if standin.proxy.endpoints(&ns, "app").len() >= pods.min as usize {
                 break SocketAddr::from((addr, 80));
@@ -865,6 +880,7 @@ async fn main() -> anyhow::Result<()> {
     let (client, standin) = (cluster.client.clone(), cluster.standin.clone());
 
     let mut results = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
     let started = Instant::now();
     for kind in &kinds {
         let capacity = pod_capacity(kind, cpu_millis, slots);
@@ -893,12 +909,26 @@ async fn main() -> anyhow::Result<()> {
                 // run starts only when most are gone. Their count is recorded either way.
                 settle_time_wait(args.settle_time_wait).await;
                 let time_wait = time_wait_count();
-                let mut r = run_one(
+                let run = run_one(
                     &client, &standin, &args, &out, kind, trace_name, &trace, &note, c, &vars,
                     &pods, peak,
                 )
-                .await
-                .with_context(|| format!("{} / {trace_name} / {}", kind.name, c.name))?;
+                .await;
+                let mut r = match run {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // One run that could not be measured does not end the table: it is
+                        // reported as such, its namespace torn down, and the next one runs.
+                        let what = format!("{} {trace_name} {}: {e:#}", kind.name, c.name);
+                        eprintln!("showdown: run failed: {what}");
+                        failed.push(what);
+                        let ns = format!("sd-{}-{}-{}", kind.name, trace_name, c.name);
+                        standin.node.stop_at_once(&ns);
+                        let namespaces: Api<Namespace> = Api::all(client.clone());
+                        let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+                        continue;
+                    }
+                };
                 r.time_wait_at_start = time_wait;
                 eprintln!(
                     "showdown: {} {} {}: p99 {:.0} ms, ok {}, 503 {}, errors {}, pod-s {:.0}, fds {}, TIME_WAIT at start {} ({:.0} s so far)",
@@ -915,6 +945,11 @@ async fn main() -> anyhow::Result<()> {
                     started.elapsed().as_secs_f64()
                 );
                 results.push(r);
+                // What is measured so far, in case the harness itself dies later.
+                let _ = std::fs::write(
+                    out.join("results.json"),
+                    serde_json::to_string_pretty(&results).unwrap_or_default(),
+                );
             }
         }
     }
@@ -931,7 +966,13 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64() / 60.0,
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
-    let md = markdown(&results, &args, &pods, &header);
+    let mut md = markdown(&results, &args, &pods, &header);
+    if !failed.is_empty() {
+        let _ = writeln!(md, "\n### Runs that could not be measured\n");
+        for f in &failed {
+            let _ = writeln!(md, "- {f}");
+        }
+    }
     std::fs::write(out.join("report.md"), &md)?;
     std::fs::write(
         out.join("results.json"),
@@ -943,6 +984,7 @@ async fn main() -> anyhow::Result<()> {
     drop(standin);
     cluster.stop().await;
     if args.smoke {
+        ensure!(failed.is_empty(), "runs failed: {}", failed.join("; "));
         smoke_check(&results)?;
     }
     Ok(())
