@@ -104,26 +104,12 @@ pub fn summarize(
         .map(|r| r.latency * 1000.0)
         .collect();
     ok.sort_by(f64::total_cmp);
-    let rejected_503 = records
-        .iter()
-        .filter(|r| r.outcome == Outcome::Status(503))
-        .count();
-    let timeouts = records
-        .iter()
-        .filter(|r| r.outcome == Outcome::Timeout)
-        .count();
-    let refused = records
-        .iter()
-        .filter(|r| r.outcome == Outcome::Refused)
-        .count();
-    let broken = records
-        .iter()
-        .filter(|r| r.outcome == Outcome::Broken)
-        .count();
-    let shed = records
-        .iter()
-        .filter(|r| r.outcome == Outcome::Shed)
-        .count();
+    let count = |o: Outcome| records.iter().filter(|r| r.outcome == o).count();
+    let rejected_503 = count(Outcome::Status(503));
+    let timeouts = count(Outcome::Timeout);
+    let refused = count(Outcome::Refused);
+    let broken = count(Outcome::Broken);
+    let shed = count(Outcome::Shed);
     let mut error_statuses = std::collections::BTreeMap::new();
     for r in records {
         if let Outcome::Status(s) = r.outcome {
