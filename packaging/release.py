@@ -137,9 +137,23 @@ def run(cmd, **kw):
     subprocess.run(cmd, check=True, **kw)
 
 
+def rust_targets():
+    """The Rust standard libraries the cross builds link against, added with rustup where this
+    toolchain lacks them (a fresh machine has only the host's)."""
+    wanted = sorted({target for target, _ in TARGETS.values()})
+    have = subprocess.run(["rustup", "target", "list", "--installed"], capture_output=True, text=True)
+    if have.returncode != 0:
+        print("skip rustup target add: rustup is not available (%s); the toolchain must have %s" % (have.stderr.strip(), ", ".join(wanted)))
+        return
+    missing = [t for t in wanted if t not in have.stdout.split()]
+    if missing:
+        run(["rustup", "target", "add"] + missing)
+
+
 def dry_run(dist, pythons, cross_pythons, helm):
     v = version()
     py = sys.executable
+    rust_targets()
     os.makedirs(dist, exist_ok=True)
     for f in glob.glob(os.path.join(dist, "wsgiscale*")) + glob.glob(os.path.join(dist, "SHA256SUMS")):
         if os.path.isfile(f):

@@ -149,6 +149,17 @@ pub fn decide(python: &Path, found: &Found, extensions: &[String]) -> Result<(),
             "UnsupportedPython",
             format!("{what} with ABI {}; {supported}", found.soabi),
         ));
+    } else if !found.soabi.is_empty() {
+        // No glibc version: another C library. A musl CPython before 3.11 (python:3.10-alpine)
+        // still names its ABI `...-linux-gnu` (bpo-43112), and would fail to load the glibc
+        // extension with a linker error instead of this message.
+        return Err(Unservable::new(
+            "MuslLibc",
+            format!(
+                "{what} with ABI {} but no glibc (os.confstr CS_GNU_LIBC_VERSION is unset: musl or another C library); {supported}",
+                found.soabi
+            ),
+        ));
     }
     let want = extension_name(&found.soabi);
     if found.soabi.is_empty() || !extensions.contains(&want) {
@@ -302,6 +313,11 @@ mod tests {
                 found("CPython", "3.12.7", "cpython-312-x86_64-linux-musl", ""),
                 "MuslLibc",
                 "musl",
+            ),
+            (
+                found("CPython", "3.10.14", "cpython-310-x86_64-linux-gnu", ""),
+                "MuslLibc",
+                "no glibc",
             ),
             (
                 found(
