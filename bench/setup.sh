@@ -45,7 +45,9 @@ PY
 # wsgiscale as pip installs it (the "wsgiscale (wheel)" server), when make wheel built one for
 # this venv's Python; reinstalled whenever the wheel changes.
 tag="$("$venv/bin/python" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"
-wheel="$(ls -t "$here/../dist"/wsgiscale-*-"$tag"-"$tag"-*.whl 2>/dev/null | head -1 || true)"
+# The manylinux wheel of this machine's architecture only: dist/ of a release dry run also
+# holds musllinux and other architectures' wheels, which pip refuses here.
+wheel="$(ls -t "$here/../dist"/wsgiscale-*-"$tag"-"$tag"-manylinux_*_"$(uname -m)".whl 2>/dev/null | head -1 || true)"
 if [ -n "$wheel" ]; then
   wsum="$(sha256sum "$wheel" | cut -d' ' -f1)"
   if [ "$(cat "$venv/.wheel.sha" 2>/dev/null)" != "$wsum" ]; then
