@@ -24,6 +24,7 @@ import glob
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -141,10 +142,10 @@ def rust_targets():
     """The Rust standard libraries the cross builds link against, added with rustup where this
     toolchain lacks them (a fresh machine has only the host's)."""
     wanted = sorted({target for target, _ in TARGETS.values()})
-    have = subprocess.run(["rustup", "target", "list", "--installed"], capture_output=True, text=True)
-    if have.returncode != 0:
-        print("skip rustup target add: rustup is not available (%s); the toolchain must have %s" % (have.stderr.strip(), ", ".join(wanted)))
+    if shutil.which("rustup") is None:
+        print("skip rustup target add: rustup is not on PATH; the toolchain must have %s" % ", ".join(wanted))
         return
+    have = subprocess.run(["rustup", "target", "list", "--installed"], capture_output=True, text=True, check=True)
     missing = [t for t in wanted if t not in have.stdout.split()]
     if missing:
         run(["rustup", "target", "add"] + missing)

@@ -114,10 +114,10 @@ def check(wheels):
             continue
         family, arch = m.group(4), m.group(7)
         claimed = (int(m.group(5)), int(m.group(6)))
-        minor = (int(m.group(1)), int(m.group(2)))
+        python = (int(m.group(1)), int(m.group(2)))
         # CPython names musl in its extension suffix only from 3.11 (bpo-43112); a musl
         # CPython 3.9 or 3.10 (Alpine's, python:3.10-alpine) imports `...-linux-gnu.so`.
-        libc = "musl" if family == "musllinux" and minor >= (3, 11) else "gnu"
+        libc = "musl" if family == "musllinux" and python >= (3, 11) else "gnu"
         tag = "cpython-%s%s-%s-linux-%s" % (m.group(1), m.group(2), arch, libc)
         with zipfile.ZipFile(whl) as z:
             names = z.namelist()
