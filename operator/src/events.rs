@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::Client;
+use k8s_openapi::api::events::v1::{Event as K8sEvent, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +42,7 @@ pub fn truncate_note(note: &str, max: usize) -> &str {
 }
 
 /// Which controller reports an event (its `reportingController`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reporting {
     /// The reconciler (`wsgiscale-operator`).
     Reconciler,
@@ -63,8 +65,8 @@ pub struct Queued {
     pub action: String,
     /// The note, at most [`MAX_NOTE_BYTES`].
     pub note: String,
-    /// The child it is about, if any: the recorder folds repeats of the same event into a
-    /// series, and the child tells "Created ConfigMap" from "Created Deployment".
+    /// The child it is about, if any ("Created ConfigMap" and "Created Deployment" are two
+    /// events).
     pub related: Option<ObjectReference>,
 }
 
@@ -93,6 +95,154 @@ impl EventSink {
     }
 }
 
+/// What identifies one event for folding repeats into a series: client-go's key (reporting
+/// controller and instance, regarding, related, type, reason, action and note). kube-runtime's
+/// `Recorder` leaves the note out of its key, so "ScaledUp 1 -> 5 pods: demand 12" after
+/// "ScaledUp 0 -> 1 pods" became a second count of the first note and the numbers that explain
+/// the decision were lost; this module keeps its own series for that reason.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SeriesKey {
+    reporting: Reporting,
+    regarding: (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ),
+    related: Option<(Option<String>, Option<String>, Option<String>)>,
+    warning: bool,
+    reason: String,
+    action: String,
+    note: String,
+}
+
+impl SeriesKey {
+    fn of(q: &Queued) -> SeriesKey {
+        let r = &q.regarding;
+        SeriesKey {
+            reporting: q.reporting,
+            regarding: (
+                r.kind.clone(),
+                r.namespace.clone(),
+                r.name.clone(),
+                r.uid.clone(),
+            ),
+            related: q
+                .related
+                .as_ref()
+                .map(|o| (o.kind.clone(), o.namespace.clone(), o.name.clone())),
+            warning: q.warning,
+            reason: q.reason.clone(),
+            action: q.action.clone(),
+            note: q.note.clone(),
+        }
+    }
+}
+
+/// How long an event is remembered for folding repeats (client-go and kube-runtime: 6 min).
+pub const SERIES_TTL_MS: i64 = 6 * 60 * 1000;
+
+/// What to send for one distinct event of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Publish {
+    /// A new Event object of this name, seen `count` times in its batch (a series when more
+    /// than once).
+    Create {
+        /// The Event's name.
+        name: String,
+        /// Occurrences so far.
+        count: i32,
+    },
+    /// Another occurrence of the Event of this name: a series with this count.
+    Repeat {
+        /// The Event's name.
+        name: String,
+        /// Occurrences so far.
+        count: i32,
+    },
+}
+
+impl Publish {
+    /// The Event's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Publish::Create { name, .. } | Publish::Repeat { name, .. } => name,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    name: String,
+    count: i32,
+    last_ms: i64,
+}
+
+/// The events published in the last [`SERIES_TTL_MS`], by [`SeriesKey`]; pure (the caller
+/// passes the time).
+#[derive(Debug, Default)]
+pub struct Series {
+    seen: std::collections::HashMap<SeriesKey, Seen>,
+    created: u64,
+}
+
+impl Series {
+    /// Decides a batch: one [`Publish`] per distinct event, in first-seen order, with repeats
+    /// inside the batch folded into the count.
+    pub fn plan(&mut self, batch: Vec<Queued>, now_ms: i64) -> Vec<(Queued, SeriesKey, Publish)> {
+        self.seen.retain(|_, s| s.last_ms + SERIES_TTL_MS > now_ms);
+        let mut fresh = std::collections::HashSet::new();
+        let mut order: Vec<(Queued, SeriesKey)> = Vec::new();
+        for q in batch {
+            let key = SeriesKey::of(&q);
+            match self.seen.get_mut(&key) {
+                Some(s) => {
+                    s.count += 1;
+                    s.last_ms = now_ms;
+                }
+                None => {
+                    self.created += 1;
+                    let base = q
+                        .regarding
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| "wsgiscale".into());
+                    // Unique within this process even when two are made in the same instant.
+                    let name = format!("{base}.{:x}{:04x}", now_ms, self.created & 0xffff);
+                    let seen = Seen {
+                        name,
+                        count: 1,
+                        last_ms: now_ms,
+                    };
+                    self.seen.insert(key.clone(), seen);
+                    fresh.insert(key.clone());
+                }
+            }
+            if !order.iter().any(|(_, k)| *k == key) {
+                order.push((q, key));
+            }
+        }
+        order
+            .into_iter()
+            .map(|(q, key)| {
+                let s = &self.seen[&key];
+                let (name, count) = (s.name.clone(), s.count);
+                let publish = if fresh.contains(&key) {
+                    Publish::Create { name, count }
+                } else {
+                    Publish::Repeat { name, count }
+                };
+                (q, key, publish)
+            })
+            .collect()
+    }
+
+    /// After a failed create, or a repeat whose Event is gone: the next occurrence creates.
+    pub fn forget(&mut self, key: &SeriesKey) {
+        self.seen.remove(key);
+    }
+}
+
 /// Publishes queued events until `stop`, then what is still queued, and returns the receiver
 /// (so a later leadership term publishes through it again).
 pub async fn publish_events(
@@ -102,18 +252,15 @@ pub async fn publish_events(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> mpsc::Receiver<Queued> {
-    let recorder = |controller: &str| {
-        Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: controller.into(),
-                instance: instance.clone(),
-            },
-        )
-    };
-    let reconciler = recorder(crate::reconcile::FIELD_MANAGER);
-    let autoscaler = recorder(crate::scrape::FIELD_MANAGER);
     let health = std::sync::Mutex::new(Dependency::new("publish events"));
+    let series = std::sync::Mutex::new(Series::default());
+    let out = Out {
+        client,
+        instance,
+        metrics: &metrics,
+        health: &health,
+        series: &series,
+    };
     loop {
         // Whatever is queued now, a few at once.
         let mut batch = Vec::new();
@@ -121,49 +268,123 @@ pub async fn publish_events(
             _ = stop.cancelled() => {
                 rx.close();
                 while let Ok(e) = rx.try_recv() { batch.push(e); }
-                publish_batch(&reconciler, &autoscaler, batch, &metrics, &health).await;
+                out.batch(batch).await;
                 return rx;
             }
             n = rx.recv_many(&mut batch, 256) => if n == 0 { return rx },
         }
-        publish_batch(&reconciler, &autoscaler, batch, &metrics, &health).await;
+        out.batch(batch).await;
     }
 }
 
-async fn publish_batch(
-    reconciler: &Recorder,
-    autoscaler: &Recorder,
-    batch: Vec<Queued>,
-    metrics: &Metrics,
-    health: &std::sync::Mutex<Dependency>,
-) {
-    futures::stream::iter(batch)
-        .for_each_concurrent(PUBLISH_CONCURRENCY, |q| async move {
-            let recorder = match q.reporting {
-                Reporting::Reconciler => reconciler,
-                Reporting::Autoscaler => autoscaler,
-            };
-            let event = Event {
-                type_: if q.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: q.reason,
-                note: Some(q.note),
-                action: q.action,
-                secondary: q.related,
-            };
-            let result = recorder.publish(&event, &q.regarding).await;
-            if result.is_err() {
-                metrics.count_error("publish_event");
+struct Out<'a> {
+    client: Client,
+    instance: Option<String>,
+    metrics: &'a Metrics,
+    health: &'a std::sync::Mutex<Dependency>,
+    series: &'a std::sync::Mutex<Series>,
+}
+
+impl Out<'_> {
+    async fn batch(&self, batch: Vec<Queued>) {
+        if batch.is_empty() {
+            return;
+        }
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let plan = self
+            .series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .plan(batch, now.as_millisecond());
+        futures::stream::iter(plan)
+            .for_each_concurrent(PUBLISH_CONCURRENCY, |(q, key, publish)| async move {
+                let result = self.one(&q, &publish, now).await;
+                {
+                    let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+                    if result.is_err() {
+                        series.forget(&key);
+                    }
+                }
+                if result.is_err() {
+                    self.metrics.count_error("publish_event");
+                }
+                self.health
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .observe(result.err().map(|e| e.to_string()));
+            })
+            .await;
+    }
+
+    async fn one(
+        &self,
+        q: &Queued,
+        publish: &Publish,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> Result<(), kube::Error> {
+        let namespace = q.regarding.namespace.as_deref().unwrap_or("default");
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace);
+        match publish {
+            Publish::Create { name, count } => {
+                let event = self.event(q, name, *count, now);
+                api.create(&PostParams::default(), &event).await.map(|_| ())
             }
-            health
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .observe(result.err().map(|e| e.to_string()));
-        })
-        .await;
+            Publish::Repeat { name, count } => {
+                let patch = serde_json::json!({
+                    "series": {"count": count, "lastObservedTime": MicroTime(now)},
+                });
+                match api
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    // Gone (expired by the API server's TTL, or deleted): a new one.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        let event = self.event(q, name, *count, now);
+                        api.create(&PostParams::default(), &event).await.map(|_| ())
+                    }
+                    other => other.map(|_| ()),
+                }
+            }
+        }
+    }
+
+    fn event(
+        &self,
+        q: &Queued,
+        name: &str,
+        count: i32,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> K8sEvent {
+        let controller = match q.reporting {
+            Reporting::Reconciler => crate::reconcile::FIELD_MANAGER,
+            Reporting::Autoscaler => crate::scrape::FIELD_MANAGER,
+        };
+        K8sEvent {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: q.regarding.namespace.clone(),
+                ..Default::default()
+            },
+            action: Some(q.action.clone()),
+            reason: Some(q.reason.clone()),
+            note: Some(q.note.clone()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(q.regarding.clone()),
+            related: q.related.clone(),
+            reporting_controller: Some(controller.to_string()),
+            reporting_instance: Some(
+                self.instance
+                    .clone()
+                    .unwrap_or_else(|| controller.to_string()),
+            ),
+            type_: Some(if q.warning { "Warning" } else { "Normal" }.to_string()),
+            series: (count > 1).then(|| EventSeries {
+                count,
+                last_observed_time: MicroTime(now),
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -184,6 +405,71 @@ mod tests {
         // Exactly at the limit: unchanged.
         let exact = "é".repeat(512);
         assert_eq!(truncate_note(&exact, 1024), exact);
+    }
+
+    fn scaled(note: &str) -> Queued {
+        Queued {
+            reporting: Reporting::Autoscaler,
+            regarding: ObjectReference {
+                kind: Some("WsgiApp".into()),
+                namespace: Some("shop".into()),
+                name: Some("shop".into()),
+                uid: Some("u1".into()),
+                ..Default::default()
+            },
+            warning: false,
+            reason: "ScaledUp".into(),
+            action: "Scale".into(),
+            note: note.into(),
+            related: None,
+        }
+    }
+
+    #[test]
+    fn events_with_different_notes_are_different_events() {
+        let mut series = Series::default();
+        let first = series.plan(vec![scaled("0 -> 1 pods")], 1_000);
+        // Same reason, new numbers: a new Event, not a count on the first one's note.
+        let second = series.plan(vec![scaled("1 -> 5 pods: demand 12")], 5_000);
+        let (Publish::Create { name: a, .. }, Publish::Create { name: b, .. }) =
+            (&first[0].2, &second[0].2)
+        else {
+            panic!("{first:?} {second:?}");
+        };
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn repeats_fold_into_a_series_within_the_ttl_and_within_a_batch() {
+        let mut series = Series::default();
+        let plan = series.plan(vec![scaled("x"), scaled("x"), scaled("y"), scaled("x")], 0);
+        assert_eq!(plan.len(), 2, "{plan:?}");
+        let Publish::Create { name, count: 3 } = plan[0].2.clone() else {
+            panic!("{plan:?}")
+        };
+        // Three in one batch: one Event with a series of 3; the next one is its fourth.
+        let again = series.plan(vec![scaled("x")], 60_000);
+        assert_eq!(
+            again[0].2,
+            Publish::Repeat {
+                name: name.clone(),
+                count: 4
+            }
+        );
+        // After the TTL without a repeat: a new Event.
+        let later = series.plan(vec![scaled("x")], 60_000 + SERIES_TTL_MS);
+        assert!(
+            matches!(later[0].2, Publish::Create { ref name, count: 1 } if *name != plan[0].2.name())
+        );
+    }
+
+    #[test]
+    fn a_failed_publish_is_forgotten_so_the_next_one_creates() {
+        let mut series = Series::default();
+        let plan = series.plan(vec![scaled("x")], 0);
+        series.forget(&plan[0].1);
+        let next = series.plan(vec![scaled("x")], 1);
+        assert!(matches!(next[0].2, Publish::Create { .. }));
     }
 
     #[tokio::test]
