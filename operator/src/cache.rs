@@ -170,6 +170,8 @@ impl ScopeIndex {
 #[derive(Debug, Clone, Default)]
 pub struct PodCache {
     scopes: Arc<RwLock<BTreeMap<Option<String>, ScopeIndex>>>,
+    /// Woken when a scope's watch has listed.
+    listed: Arc<tokio::sync::Notify>,
 }
 
 impl PodCache {
@@ -180,6 +182,35 @@ impl PodCache {
             .entry(scope.map(str::to_string))
             .or_default()
             .apply(event);
+        drop(scopes);
+        if matches!(event, watcher::Event::InitDone) {
+            self.listed.notify_waiters();
+        }
+    }
+
+    /// Whether the watch of the scope that holds `namespace` has listed once.
+    pub fn is_listed_in(&self, namespace: &str) -> bool {
+        let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
+        scopes
+            .iter()
+            .any(|(scope, s)| s.listed && scope.as_deref().is_none_or(|n| n == namespace))
+    }
+
+    /// Waits at most `limit` for [`Self::is_listed_in`] (right after a start, the pod watch
+    /// is still listing while the first reconciles run); returns it.
+    pub async fn wait_listed_in(&self, namespace: &str, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.listed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_listed_in(namespace) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.is_listed_in(namespace);
+            }
+        }
     }
 
     /// Forgets the scope (its watch stopped: leadership lost).
@@ -276,6 +307,7 @@ mod tests {
         );
         cache.apply(s, &InitDone);
         assert!(cache.is_listed());
+        assert!(cache.is_listed_in("shop") && !cache.is_listed_in("blog"));
         assert_eq!(names(&cache.pods_of("shop", "web")), ["web-1"]);
         assert!(
             cache.pods_of("shop", "web")[0]
@@ -332,5 +364,26 @@ mod tests {
         assert!(stores.get("shop", "web-config").is_some());
         assert!(stores.get("blog", "web-config").is_some());
         assert!(stores.get("shop", "other").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_waits_for_the_first_list_of_its_scope_and_no_longer_than_told() {
+        use std::time::Duration;
+        let cache = PodCache::default();
+        let waiting = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.wait_listed_in("shop", Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cache.apply(Some("shop"), &watcher::Event::Init);
+        assert!(!waiting.is_finished());
+        cache.apply(Some("shop"), &watcher::Event::InitDone);
+        assert!(waiting.await.expect("joined"));
+        // Another scope never lists: the wait ends at its limit, saying so.
+        assert!(
+            !cache
+                .wait_listed_in("blog", Duration::from_millis(30))
+                .await
+        );
     }
 }

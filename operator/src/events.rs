@@ -378,7 +378,7 @@ impl Out<'_> {
                     .unwrap_or_else(|| controller.to_string()),
             ),
             type_: Some(if q.warning { "Warning" } else { "Normal" }.to_string()),
-            series: (count > 1).then(|| EventSeries {
+            series: (count > 1).then_some(EventSeries {
                 count,
                 last_observed_time: MicroTime(now),
             }),

@@ -205,7 +205,14 @@ where
     F: FnOnce(ApiServer) -> Fut,
     Fut: std::future::Future<Output = ApiServer> + Send + 'static,
 {
-    run_with(Caches::default(), app, script).await
+    run_with(listed(Caches::default()), app, script).await
+}
+
+/// `c` with its pod watch listed (no pods), as after the first moments of a run.
+fn listed(c: Caches) -> Caches {
+    c.pods.apply(None, &kube::runtime::watcher::Event::Init);
+    c.pods.apply(None, &kube::runtime::watcher::Event::InitDone);
+    c
 }
 
 /// Runs one reconcile with `caches` against `script`.
@@ -469,7 +476,7 @@ fn caches_of(served: &Served) -> Caches {
     c.children.deployments.add(None, store(&served.dep));
     c.children.services.add(None, store(&served.svc));
     c.children.pdbs.add(Some("default"), store(&served.pdb));
-    c
+    listed(c)
 }
 
 /// [`run`], with the children of `served` in the context's caches.
