@@ -58,7 +58,7 @@ SHOWDOWN_SMOKE := --smoke --traces step --kinds cpu --contenders gunicorn-cpu,ws
 	--python-bin $(VENV)/bin --server-bin target/debug/wsgiscale \
 	--operator-bin target/debug/wsgiscale-operator --out .cache/showdown-smoke
 test-showdown: venv
-	$(CARGO) build -p wsgiscale-sidecar -p wsgiscale-operator --example showdown
+	$(CARGO) build -p wsgiscale-sidecar -p wsgiscale-operator --bins --example showdown
 	target/debug/examples/showdown $(SHOWDOWN_SMOKE)
 
 test-chart:

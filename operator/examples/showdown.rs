@@ -148,6 +148,9 @@ struct Args {
     smoke: bool,
 }
 
+/// How old the pods that are there before a trace starts look (the stand-in node's `backdate`).
+const HISTORY: Duration = Duration::from_secs(3600);
+
 const IMAGE: &str = "showdown-app:1";
 
 /// An app kind: what each request costs.
@@ -421,6 +424,37 @@ async fn sample_loop(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Fails unless every running pod of `ns` has a start time in the API server at least half of
+/// [`HISTORY`] ago (the stand-in node writes its status a moment after a change).
+async fn check_history(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let pods = api.list(&Default::default()).await?;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let young: Vec<String> = pods
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.start_time.as_ref())
+                    .and_then(|t| now.duration_since(t.0).try_into().ok())
+                    .is_none_or(|age: Duration| age < HISTORY / 2)
+            })
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect();
+        if young.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{ns}: the pods there before the trace do not look {HISTORY:?} old: {young:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn run_one(
     client: &Client,
     standin: &Arc<StandIn>,
@@ -443,6 +477,11 @@ async fn run_one(
         .await
         .with_context(|| format!("namespace {ns}"))?;
     standin.serve(&ns);
+    // The pods there before the trace look an hour old, as those of a Deployment that has
+    // served for a while: the HPA ignores the CPU of an unready pod younger than its CPU
+    // initialization period (5 min) but counts that of an older one that has been ready, so
+    // brand-new pods would blind it under overload in a way a running service does not.
+    standin.node.backdate(&ns, Some(HISTORY));
     let template =
         std::fs::read_to_string(repo().join(format!("bench/showdown/contenders/{}.yaml", c.name)))?;
     apply_manifests(client, &ns, &fill(&template, vars)).await?;
@@ -481,6 +520,10 @@ async fn run_one(
         trace.duration()
     );
 
+    // Pods started from here on are new, with the times of now. The ones serving now must
+    // show their history to the API server (the HPA reads it there).
+    standin.node.backdate(&ns, None);
+    check_history(client, &ns).await?;
     let t0 = Instant::now();
     let start_unix = unix_now();
     let stop = tokio_util::sync::CancellationToken::new();

@@ -175,10 +175,33 @@ fn unix_now() -> f64 {
 const STATUS_RESYNC: Duration = Duration::from_secs(10);
 
 fn rfc3339_now() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .round(k8s_openapi::jiff::Unit::Second)
+    rfc3339_ago(Duration::ZERO)
+}
+
+/// RFC 3339, whole seconds, `ago` before now.
+fn rfc3339_ago(ago: Duration) -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let then = k8s_openapi::jiff::SignedDuration::try_from(ago)
+        .ok()
+        .and_then(|d| now.checked_sub(d).ok())
+        .unwrap_or(now);
+    then.round(k8s_openapi::jiff::Unit::Second)
         .map(|t| t.to_string())
         .unwrap_or_default()
+}
+
+impl Inner {
+    /// Now, as the pods of `namespace` write it ([`StandInNode::backdate`]).
+    fn pod_now(&self, namespace: &str) -> String {
+        let ago = self
+            .history
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(namespace)
+            .copied()
+            .unwrap_or_default();
+        rfc3339_ago(ago)
+    }
 }
 
 /// What the node shares with each pod's task.
@@ -221,6 +244,8 @@ struct Inner {
     nsenter: PathBuf,
     served: RwLock<HashSet<String>>,
     fast: RwLock<HashSet<String>>,
+    /// Per namespace: how much earlier than now its pods' times are written ([`StandInNode::backdate`]).
+    history: RwLock<HashMap<String, Duration>>,
     running: Mutex<HashMap<String, RunningPod>>,
     records: Mutex<BTreeMap<String, PodRecord>>,
     recorder: Option<Recorder>,
@@ -298,6 +323,7 @@ impl StandInNode {
             dir,
             nsenter,
             fast: RwLock::new(HashSet::new()),
+            history: RwLock::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             records: Mutex::new(BTreeMap::new()),
             recorder,
@@ -339,6 +365,26 @@ impl StandInNode {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(namespace.to_string());
+    }
+
+    /// Until called again with `None`, the pods of `namespace` write the times of what
+    /// happens to them (start, container start and finish, condition transitions) `by`
+    /// earlier than now: pods that are there before a measurement starts look like those of
+    /// a Deployment that has run for a while, not like pods started a moment ago. The
+    /// HorizontalPodAutoscaler treats pods younger than its CPU initialization period (5 min)
+    /// differently: it ignores the CPU of such a pod whenever it is unready, where it counts
+    /// that of an older pod that has been ready; so a measurement compressed into minutes
+    /// must not start with brand-new pods.
+    pub fn backdate(&self, namespace: &str, by: Option<Duration>) {
+        let mut h = self
+            .inner
+            .history
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        match by {
+            Some(by) => h.insert(namespace.to_string(), by),
+            None => h.remove(namespace),
+        };
     }
 
     /// From now on, pods of `namespace` that are deleted stop at once (SIGKILL, no preStop,
@@ -864,8 +910,14 @@ struct PodTask {
 }
 
 impl PodTask {
+    /// Now, as this pod writes it.
+    fn now(&self) -> String {
+        self.inner
+            .pod_now(&self.pod.namespace().unwrap_or_default())
+    }
+
     async fn write_status(&mut self) {
-        let now = rfc3339_now();
+        let now = self.now();
         let status = status::render(&self.state, &mut self.transitions, &now);
         if self.written.as_ref() == Some(&status) {
             // As the kubelet's status manager does every 10 s: put back a status that someone
@@ -964,7 +1016,7 @@ async fn run_pod(
         live,
         state: PodState {
             host_ip: inner.network.gateway().to_string(),
-            start_time: rfc3339_now(),
+            start_time: inner.pod_now(&ns),
             ..PodState::default()
         },
         transitions: Transitions::default(),
@@ -1484,7 +1536,7 @@ async fn start_container(
     match spawn_in_pod(t, &argv, &env, &workdir, log) {
         Ok(child) => {
             run.child = Some(child);
-            run.started_at = rfc3339_now();
+            run.started_at = t.now();
             run.generation += 1;
             run.status.state = CState::Running {
                 started_at: run.started_at.clone(),
@@ -1771,7 +1823,7 @@ async fn container_exited(
         },
         message,
         started_at: run.started_at.clone(),
-        finished_at: rfc3339_now(),
+        finished_at: t.now(),
     };
     run.status.ready = false;
     run.status.started = false;
