@@ -423,7 +423,6 @@ async fn sample_loop(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Fails unless every running pod of `ns` has a start time in the API server at least half of
 /// [`HISTORY`] ago (the stand-in node writes its status a moment after a change).
 async fn check_history(client: &Client, ns: &str) -> anyhow::Result<()> {
@@ -455,6 +454,7 @@ async fn check_history(client: &Client, ns: &str) -> anyhow::Result<()> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_one(
     client: &Client,
     standin: &Arc<StandIn>,
