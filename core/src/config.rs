@@ -261,7 +261,24 @@ impl ProxyList {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        self.nets.iter().any(|n| n.contains(&ip))
+        // Compared as integers under the prefix's mask: this runs for the peer and every
+        // forwarded hop of every request, and `IpNet::contains` builds the network and
+        // broadcast addresses each time (a third of what reading the headers cost).
+        self.nets.iter().any(|n| match (n, ip) {
+            (ipnet::IpNet::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(n.prefix_len()))
+                    .unwrap_or(0);
+                (u32::from(a) ^ u32::from(n.addr())) & mask == 0
+            }
+            (ipnet::IpNet::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(n.prefix_len()))
+                    .unwrap_or(0);
+                (u128::from(a) ^ u128::from(n.addr())) & mask == 0
+            }
+            _ => false,
+        })
     }
 }
 
@@ -2859,7 +2876,46 @@ mod tests {
         })
     }
 
+    fn any_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<u32>().prop_map(|a| IpAddr::V4(a.into())),
+            any::<u128>().prop_map(|a| IpAddr::V6(a.into())),
+            // IPv4-mapped IPv6 addresses (a dual-stack socket's IPv4 peers).
+            any::<u32>().prop_map(|a| IpAddr::V6(std::net::Ipv4Addr::from(a).to_ipv6_mapped())),
+        ]
+    }
+
     proptest! {
+        /// The integer comparison under the prefix's mask says what `ipnet` says, for the
+        /// blocks themselves, addresses near them and any address.
+        #[test]
+        fn proxy_lists_match_as_ipnet_does(list in proxies(), ip in any_ip(), pick in any::<usize>(), flip in 0u32..128) {
+            let expected = |ip: IpAddr| {
+                let ip = match ip {
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                    v4 => v4,
+                };
+                list.any || list.nets.iter().any(|n| n.contains(&ip))
+            };
+            prop_assert_eq!(list.contains(ip), expected(ip));
+            if !list.nets.is_empty() {
+                // An address of one of the blocks, and the same with one bit flipped.
+                let n = list.nets[pick % list.nets.len()];
+                let (inside, near) = match n.addr() {
+                    IpAddr::V4(a) => {
+                        let a = u32::from(a);
+                        (IpAddr::V4(a.into()), IpAddr::V4((a ^ (1 << (flip % 32))).into()))
+                    }
+                    IpAddr::V6(a) => {
+                        let a = u128::from(a);
+                        (IpAddr::V6(a.into()), IpAddr::V6((a ^ (1 << flip)).into()))
+                    }
+                };
+                prop_assert!(list.contains(inside));
+                prop_assert_eq!(list.contains(near), expected(near));
+            }
+        }
+
         /// What `to_args` writes, the server's parser reads back unchanged.
         #[test]
         fn settings_round_trip_through_the_command_line(s in any_settings()) {

@@ -376,13 +376,35 @@ fn elements_rev<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<
 
 /// The comma-separated elements of one header line, the rightmost first, trimmed, empty ones
 /// skipped; a line that is not visible ASCII has none.
-fn split_rev(value: &http::HeaderValue) -> impl Iterator<Item = &str> {
-    value
-        .to_str()
-        .unwrap_or("")
-        .rsplit(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
+fn split_rev(value: &http::HeaderValue) -> RevElements<'_> {
+    RevElements {
+        rest: Some(value.to_str().unwrap_or("")),
+    }
+}
+
+/// [`split_rev`]'s iterator: a byte loop from the end of a short visible-ASCII line, where
+/// `str::rsplit(',')` and `str::trim` went through `memrchr` and Unicode whitespace.
+struct RevElements<'h> {
+    rest: Option<&'h str>,
+}
+
+impl<'h> Iterator for RevElements<'h> {
+    type Item = &'h str;
+
+    fn next(&mut self) -> Option<&'h str> {
+        loop {
+            let rest = self.rest?;
+            let (element, before) = match rest.bytes().rposition(|b| b == b',') {
+                Some(i) => (&rest[i + 1..], Some(&rest[..i])),
+                None => (rest, None),
+            };
+            self.rest = before;
+            let element = element.trim_ascii();
+            if !element.is_empty() {
+                return Some(element);
+            }
+        }
+    }
 }
 
 fn scheme(s: &str) -> Option<&'static str> {
@@ -399,8 +421,9 @@ fn scheme(s: &str) -> Option<&'static str> {
 fn valid_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 255
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+        && h.bytes().all(|b| {
+            matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b':' | b'[' | b']')
+        })
 }
 
 /// `host` with its port replaced by `port` (dropped when it is the scheme's default).
@@ -430,7 +453,7 @@ fn with_port<'h>(host: Cow<'h, str>, port: Option<u16>, scheme: &str) -> Cow<'h,
 /// A hop as proxies write it: `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]`, `[::1]:5678`
 /// (quotes around it allowed). Anything else (`unknown`, `_hidden`) is None.
 fn parse_node(s: &str) -> Option<Client> {
-    let s = s.trim().trim_matches('"');
+    let s = s.trim_ascii().trim_matches('"');
     if let Some(rest) = s.strip_prefix('[') {
         let (ip, after) = rest.split_once(']')?;
         let ip: IpAddr = ip.parse().ok()?;
