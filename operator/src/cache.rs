@@ -219,12 +219,6 @@ impl PodCache {
         scopes.remove(&scope.map(str::to_string));
     }
 
-    /// Whether the watch of every scope has listed once (before that a lookup may miss pods).
-    pub fn is_listed(&self) -> bool {
-        let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
-        !scopes.is_empty() && scopes.values().all(|s| s.listed)
-    }
-
     /// The pods of app `name` in `namespace` (label `wsgiscale.dev/app=name`), by pod name.
     pub fn pods_of(&self, namespace: &str, name: &str) -> Vec<Arc<Pod>> {
         let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
@@ -297,7 +291,7 @@ mod tests {
         use watcher::Event::*;
         let cache = PodCache::default();
         let s = Some("shop");
-        assert!(!cache.is_listed());
+        assert!(!cache.is_listed_in("shop"));
         cache.apply(s, &Init);
         cache.apply(s, &InitApply(pod("shop", "web-1", Some("web"))));
         cache.apply(s, &InitApply(pod("shop", "api-1", Some("api"))));
@@ -306,7 +300,6 @@ mod tests {
             "not before the list ends"
         );
         cache.apply(s, &InitDone);
-        assert!(cache.is_listed());
         assert!(cache.is_listed_in("shop") && !cache.is_listed_in("blog"));
         assert_eq!(names(&cache.pods_of("shop", "web")), ["web-1"]);
         assert!(

@@ -299,13 +299,12 @@ impl Out<'_> {
         futures::stream::iter(plan)
             .for_each_concurrent(PUBLISH_CONCURRENCY, |(q, key, publish)| async move {
                 let result = self.one(&q, &publish, now).await;
-                {
-                    let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-                    if result.is_err() {
-                        series.forget(&key);
-                    }
-                }
                 if result.is_err() {
+                    // The next occurrence creates the Event again.
+                    self.series
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .forget(&key);
                     self.metrics.count_error("publish_event");
                 }
                 self.health

@@ -376,35 +376,13 @@ fn elements_rev<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<
 
 /// The comma-separated elements of one header line, the rightmost first, trimmed, empty ones
 /// skipped; a line that is not visible ASCII has none.
-fn split_rev(value: &http::HeaderValue) -> RevElements<'_> {
-    RevElements {
-        rest: Some(value.to_str().unwrap_or("")),
-    }
-}
-
-/// [`split_rev`]'s iterator: a byte loop from the end of a short visible-ASCII line, where
-/// `str::rsplit(',')` and `str::trim` went through `memrchr` and Unicode whitespace.
-struct RevElements<'h> {
-    rest: Option<&'h str>,
-}
-
-impl<'h> Iterator for RevElements<'h> {
-    type Item = &'h str;
-
-    fn next(&mut self) -> Option<&'h str> {
-        loop {
-            let rest = self.rest?;
-            let (element, before) = match rest.bytes().rposition(|b| b == b',') {
-                Some(i) => (&rest[i + 1..], Some(&rest[..i])),
-                None => (rest, None),
-            };
-            self.rest = before;
-            let element = element.trim_ascii();
-            if !element.is_empty() {
-                return Some(element);
-            }
-        }
-    }
+fn split_rev(value: &http::HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or("")
+        .rsplit(',')
+        .map(str::trim_ascii)
+        .filter(|e| !e.is_empty())
 }
 
 fn scheme(s: &str) -> Option<&'static str> {
