@@ -155,8 +155,12 @@ impl Inner {
                 return;
             };
             let uri = format!("{}{DEMAND_PATH}", base.trim_end_matches('/'));
+            // A connection per push: the operator's Service spreads connections over its
+            // replicas and only the leader takes reports (a standby answers 503), so the next
+            // push, 500 ms later, must be free to reach another replica.
             let Ok(req) = http::Request::post(uri)
                 .header(http::header::CONTENT_TYPE, "application/json")
+                .header(http::header::CONNECTION, "close")
                 .body(Full::new(Bytes::from(body)))
             else {
                 return;

@@ -16,7 +16,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// slices of other managers alone).
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 /// Our value of it.
-pub const MANAGED_BY: &str = "wsgiscale.dev/operator";
+pub const MANAGED_BY: &str = "operator.wsgiscale.dev";
 
 /// Where the app's traffic goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]

@@ -82,6 +82,27 @@ pub struct RunArgs {
     #[arg(long, env = "WSGISCALE_OPERATOR_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
     pub concurrency: u16,
 
+    /// The activator's headless Service in the operator's namespace (its EndpointSlices list
+    /// the ready activators). Set: autoscaled apps without TLS are routed through it at zero
+    /// pods and below their burst capacity, and may scale to zero. Unset: no activator.
+    #[arg(long, env = "WSGISCALE_ACTIVATOR_SERVICE", value_name = "NAME")]
+    pub activator_service: Option<String>,
+
+    /// The ConfigMap (in the operator's namespace) the operator writes the activator's route
+    /// table to.
+    #[arg(
+        long,
+        env = "WSGISCALE_ACTIVATOR_ROUTES",
+        default_value = "wsgiscale-activator-routes",
+        value_name = "NAME"
+    )]
+    pub activator_routes: String,
+
+    /// The namespace of the activator's Service and route table. [default: the operator's
+    /// own namespace]
+    #[arg(long, env = "WSGISCALE_ACTIVATOR_NAMESPACE", value_name = "NS")]
+    pub activator_namespace: Option<String>,
+
     /// Log format.
     #[arg(long, env = "WSGISCALE_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,

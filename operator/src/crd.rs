@@ -140,9 +140,12 @@ const SIZE_MESSAGE: &str =
     validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.enabled) || !self.autoscaling.enabled || (has(self.replicas) && has(self.replicas.max))")
         .message("autoscaling.enabled needs replicas.max: the operator never scales beyond it")
         .field_path(".replicas"),
-    validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.enabled) || !self.autoscaling.enabled || !has(self.replicas) || !has(self.replicas.min) || self.replicas.min >= 1")
-        .message("autoscaling.enabled needs replicas.min of at least 1: the autoscaler reads load from ready pods, so nothing would bring an app at zero pods back")
+    validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.enabled) || !self.autoscaling.enabled || !has(self.replicas) || !has(self.replicas.min) || self.replicas.min >= 1 || (has(self.scaleToZero) && has(self.scaleToZero.enabled) && self.scaleToZero.enabled)")
+        .message("autoscaling.enabled needs replicas.min of at least 1 unless scaleToZero.enabled: only then does the activator hold the first request and wake the app")
         .field_path(".replicas.min"),
+    validation = Rule::new("!has(self.scaleToZero) || !has(self.scaleToZero.enabled) || !self.scaleToZero.enabled || (has(self.autoscaling) && has(self.autoscaling.enabled) && self.autoscaling.enabled && !has(self.tls))")
+        .message("scaleToZero.enabled needs autoscaling.enabled, and an app without tls (the activator forwards plain HTTP)")
+        .field_path(".scaleToZero.enabled"),
     validation = Rule::new("!has(self.inject) || !has(self.inject.enabled) || !self.inject.enabled || !has(self.command)")
         .message("command and inject.enabled are exclusive: with inject the operator runs the wsgiscale it brings")
         .field_path(".command"),
@@ -277,6 +280,13 @@ pub struct WsgiAppSpec {
     /// ignores replicas.desired. Default: disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
+
+    /// Scale to zero pods when idle (needs `autoscaling.enabled` and an operator installed
+    /// with the activator): after `idleSeconds` without a request the activator takes the
+    /// app's traffic, then the last pod goes; the first request after that is held by the
+    /// activator until a pod is ready. Allows `replicas.min: 0`. Default: disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_to_zero: Option<ScaleToZeroSpec>,
 
     /// Compute resources of the server container (the standard requests and limits). Memory
     /// not given here is derived from `memorySizing` when that is set. Default: none.
@@ -927,8 +937,8 @@ pub struct LoggingSpec {
 pub struct ReplicasSpec {
     /// Fewest pods, whoever sets the count. Above 1 the operator also keeps a
     /// PodDisruptionBudget allowing one pod down at a time. 0 lets `kubectl scale
-    /// --replicas=0` park the app; with autoscaling enabled it must be at least 1 (the
-    /// autoscaler reads load from ready pods, so nothing would wake an app at zero).
+    /// --replicas=0` park the app; with autoscaling enabled it must be at least 1 unless
+    /// `scaleToZero.enabled` (then the activator holds the first request and wakes the app).
     /// Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
@@ -1022,6 +1032,29 @@ pub struct AutoscalingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_pods_scraped: Option<i32>,
+
+    /// Spare capacity, in requests, the ready pods must have beyond the current demand for
+    /// traffic to go straight to them (Knative's target burst capacity); below it, and at
+    /// zero pods, the activator (when the operator has one) holds requests in one queue and
+    /// hands them to whichever pod frees first. 0: the activator is in the path only at zero
+    /// pods; -1: always. Default: one pod's worth (workers.max x threads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1, max = 100000))]
+    pub burst_capacity: Option<i32>,
+}
+
+/// Scale to zero when idle.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleToZeroSpec {
+    /// Let the app go to zero pods when idle. Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+
+    /// Seconds without a request before the last pod goes. Default: 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub idle_seconds: Option<i32>,
 }
 
 /// Memory sizing from the worker count.

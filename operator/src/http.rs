@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -18,8 +17,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use http_body_util::{BodyExt, Full, Limited};
+use wsgiscale_core::activator::{Demand, DEMAND_PATH};
+
 use crate::dependency::{log_change, Dependency};
 use crate::metrics::Metrics;
+use crate::routing::{DemandBoard, Routing};
 
 /// What the probes report: the operator is ready once it has started (connected, CRD found)
 /// and while every source it depends on can reach the API server: each watch of each
@@ -165,11 +168,65 @@ pub fn route(
     }
 }
 
-/// Serves on `listener` until `shutdown`, then lets open connections finish.
+/// Largest demand report read, bytes.
+const MAX_DEMAND_BYTES: usize = 64 << 10;
+
+/// What `POST /v1/demand` answers (pure over the board, for the table test): 202 once
+/// filed, 400 for a report that does not parse, 403 from a peer that is neither loopback
+/// nor a ready activator, 404 when the operator runs without an activator, 405 for another
+/// method, 503 on a standby replica (the activator pushes again within 500 ms).
+pub fn take_demand(
+    method: &Method,
+    body: Result<&[u8], String>,
+    peer_allowed: bool,
+    board: Option<&DemandBoard>,
+) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    let Some(board) = board else {
+        return text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            "no activator: the operator runs without --activator-service\n",
+        );
+    };
+    if method != Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            PLAIN,
+            "POST a demand report\n",
+        );
+    }
+    if !peer_allowed {
+        return text(
+            StatusCode::FORBIDDEN,
+            PLAIN,
+            "demand is taken only from the ready activators\n",
+        );
+    }
+    let demand = match body.and_then(|b| {
+        serde_json::from_slice::<Demand>(b).map_err(|e| format!("not a demand report: {e}"))
+    }) {
+        Ok(d) => d,
+        Err(why) => return text(StatusCode::BAD_REQUEST, PLAIN, format!("{why}\n")),
+    };
+    if board.record(demand, Instant::now()) {
+        text(StatusCode::ACCEPTED, PLAIN, "accepted\n")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PLAIN,
+            "not the leader: this replica stands by\n",
+        )
+    }
+}
+
+/// Serves on `listener` until `shutdown`, then lets open connections finish. With `routing`,
+/// also takes the activators' demand reports.
 pub async fn serve(
     listener: TcpListener,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    routing: Option<Arc<Routing>>,
     shutdown: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
@@ -177,10 +234,31 @@ pub async fn serve(
         info!(%addr, "serving /healthz, /readyz and /metrics");
     }
     let serve = |(stream, peer): (tokio::net::TcpStream, SocketAddr)| {
-        let (health, metrics) = (health.clone(), metrics.clone());
+        let (health, metrics, routing) = (health.clone(), metrics.clone(), routing.clone());
         let service = service_fn(move |req: Request<Incoming>| {
-            let resp = route(req.method(), req.uri().path(), &health, &metrics);
-            async move { Ok::<_, std::convert::Infallible>(resp) }
+            let (health, metrics, routing) = (health.clone(), metrics.clone(), routing.clone());
+            async move {
+                if req.uri().path() != DEMAND_PATH {
+                    let resp = route(req.method(), req.uri().path(), &health, &metrics);
+                    return Ok::<_, std::convert::Infallible>(resp);
+                }
+                let method = req.method().clone();
+                let body = Limited::new(req.into_body(), MAX_DEMAND_BYTES)
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .map_err(|e| format!("cannot read the report: {e}"));
+                let allowed = peer.ip().is_loopback()
+                    || routing
+                        .as_ref()
+                        .is_some_and(|r| r.activators().contains(&peer.ip().to_string()));
+                Ok(take_demand(
+                    &method,
+                    body.as_deref().map_err(Clone::clone),
+                    allowed,
+                    routing.as_ref().map(|r| r.demand.as_ref()),
+                ))
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
@@ -241,6 +319,34 @@ mod tests {
     }
 
     #[test]
+    fn demand_reports_are_taken_from_activators_on_the_leader_only() {
+        let board = DemandBoard::default();
+        let report = br#"{"namespace":"ns","app":"web","activator":"a-1","held":2,"inFlight":0,"oldestWaitMs":10,"timeUnixMs":1}"#;
+        let post = |body: Result<&[u8], String>, allowed, board| {
+            take_demand(&Method::POST, body, allowed, board).status()
+        };
+        assert_eq!(post(Ok(report), true, None), StatusCode::NOT_FOUND);
+        assert_eq!(
+            post(Ok(report), true, Some(&board)),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        board.set_accepting(true);
+        assert_eq!(post(Ok(report), false, Some(&board)), StatusCode::FORBIDDEN);
+        assert_eq!(post(Ok(b"{"), true, Some(&board)), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            post(Err("length limit exceeded".into()), true, Some(&board)),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            take_demand(&Method::GET, Ok(report), true, Some(&board)).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(post(Ok(report), true, Some(&board)), StatusCode::ACCEPTED);
+        let key = ("ns".to_string(), "web".to_string());
+        assert_eq!(board.of(&key, Instant::now()).0, 2);
+    }
+
+    #[test]
     fn readiness_needs_a_start_and_every_source_healthy() {
         let s = |v: &[(&str, Option<&'static str>)]| -> BTreeMap<String, Option<&'static str>> {
             v.iter().map(|(k, e)| (k.to_string(), *e)).collect()
@@ -276,7 +382,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         metrics.count_write("Deployment");
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, health, metrics, shutdown.clone()));
+        let server = tokio::spawn(serve(listener, health, metrics, None, shutdown.clone()));
 
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

@@ -9,7 +9,8 @@
 //!
 //! The process around it: [`cli`] (flags with env twins), [`run`] (client, controllers,
 //! shutdown), [`leader`] (Lease-based leader election), [`http`] and [`metrics`] (`/healthz`,
-//! `/readyz`, `/metrics`), [`telemetry`] (logs). [`crd`] holds the resource's types and
+//! `/readyz`, `/metrics`), [`telemetry`] (logs), [`activation`] (pure) and [`routing`] (its I/O: the
+//! activator's path, route table and demand reports). [`crd`] holds the resource's types and
 //! generates the CRD. It depends on `wsgiscale-core` for the server's command line and config
 //! file, never on the server itself, so it does not link libpython.
 
@@ -29,6 +30,7 @@ pub mod overrides;
 pub mod pods;
 pub mod reconcile;
 pub mod render;
+pub mod routing;
 pub mod run;
 pub mod scrape;
 pub mod simulate;

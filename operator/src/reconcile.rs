@@ -48,7 +48,7 @@ use crate::events::{EventSink, Queued, Reporting};
 use crate::explain::compute_pod_issue;
 use crate::http::Health;
 use crate::metrics::Metrics;
-use crate::render::{config_map_name, render_children};
+use crate::render::{config_map_name, pods_service_name, render_routed_children, Routed};
 use crate::status::{
     compute_hpas_targeting, compute_replicas, compute_status, compute_unservable,
     needs_scale_writers, ready_transition, reconciler_fields, warning_transition, Outcome,
@@ -191,6 +191,8 @@ pub struct Context {
     caches: RwLock<Arc<Caches>>,
     /// The failing objects and their backoff.
     failures: Mutex<HashMap<String, Failure>>,
+    /// The activator's path, when the operator runs with an activator.
+    pub routing: Option<Arc<crate::routing::Routing>>,
 }
 
 impl Context {
@@ -212,7 +214,14 @@ impl Context {
             health: Arc::new(Health::default()),
             caches: RwLock::new(Arc::default()),
             failures: Mutex::new(HashMap::new()),
+            routing: None,
         }
+    }
+
+    /// The same context with the activator's path.
+    pub fn with_routing(mut self, routing: Option<Arc<crate::routing::Routing>>) -> Self {
+        self.routing = routing;
+        self
     }
 
     /// The same context reporting to `health` (the HTTP server's).
@@ -821,6 +830,61 @@ async fn delete_pdb(
     }))
 }
 
+/// An app that left the activator's path (autoscaling off, TLS on): the public Service has
+/// its selector back (applied beside this), so the operator's EndpointSlice and the pods
+/// Service go.
+async fn leave_activator_path(
+    ctx: &Context,
+    services: &Api<Service>,
+    stale: &Service,
+    v: &ValidatedApp,
+) -> Result<Option<Change>, Refusal> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &v.namespace);
+    let slice = format!("{}{}", v.name, crate::routing::PUBLIC_SLICE_SUFFIX);
+    for (kind, result) in [
+        (
+            "EndpointSlice",
+            slices
+                .delete(&slice, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "Service",
+            services
+                .delete(&stale.name_any(), &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        ),
+    ] {
+        match result {
+            Ok(()) => ctx.metrics.count_write(kind),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::DeleteObject {
+                    kind,
+                    name: if kind == "Service" {
+                        stale.name_any()
+                    } else {
+                        slice
+                    },
+                    source,
+                }
+                .into())
+            }
+        }
+    }
+    info!(app = %v.name, "left the activator's path: deleted its pods Service and EndpointSlice");
+    Ok(Some(Change {
+        verb: "Deleted",
+        kind: "Service",
+        name: stale.name_any(),
+        related: stale.object_ref(&()),
+        note: None,
+    }))
+}
+
 async fn apply_children(
     ctx: &Context,
     app: &WsgiApp,
@@ -853,7 +917,21 @@ async fn apply_children(
         .and_then(|a| a.recommended_replicas);
     let current = observed_dep.as_ref().and_then(|d| d.spec.replicas);
     let replicas = compute_replicas(v, recommended, current);
-    let children = render_children(v, replicas);
+    // On the activator's path: a pods Service, and the public one without a selector once
+    // the operator's EndpointSlice exists.
+    let routed = match &ctx.routing {
+        Some(r) if crate::routing::takes_part(v) => Routed {
+            enabled: true,
+            public_slice: r.public_slice(ns, &v.name).is_some(),
+        },
+        _ => Routed::default(),
+    };
+    let pods_svc_name = pods_service_name(&v.name);
+    let observed_pods_svc = match &ctx.routing {
+        Some(_) => observe(ctx, &cached.services, &services, ns, &pods_svc_name).await?,
+        None => None,
+    };
+    let children = render_routed_children(v, replicas, routed);
 
     // A name taken by someone else's object: touch nothing (a permanent refusal until a human
     // renames one of them). A PodDisruptionBudget the app does not want is not its business.
@@ -893,7 +971,18 @@ async fn apply_children(
             (None, _) => Ok(None),
         }
     };
-    let (deployment, service, pdb) = futures::join!(
+    let pods_service = async {
+        match (children.pods_service, observed_pods_svc) {
+            (Some(svc), observed) => Box::pin(ensure(ctx, app, &services, svc, observed))
+                .await
+                .map(|(_, c)| c),
+            (None, Some(stale)) if controlled_by(&stale.metadata, &v.owner.uid) => {
+                leave_activator_path(ctx, &services, &stale, v).await
+            }
+            (None, _) => Ok(None),
+        }
+    };
+    let (deployment, service, pdb, pods_service) = futures::join!(
         Box::pin(ensure(
             ctx,
             app,
@@ -903,12 +992,14 @@ async fn apply_children(
         )),
         Box::pin(ensure(ctx, app, &services, children.service, observed_svc)),
         pdb,
+        pods_service,
     );
     let changes: Vec<Change> = [
         cm_change,
         deployment.as_ref().ok().and_then(|(_, c)| c.clone()),
         service.as_ref().ok().and_then(|(_, c)| c.clone()),
         pdb.as_ref().ok().and_then(Clone::clone),
+        pods_service.as_ref().ok().and_then(Clone::clone),
     ]
     .into_iter()
     .flatten()
@@ -920,6 +1011,7 @@ async fn apply_children(
     let (deployment, _) = deployment?;
     service?;
     pdb?;
+    pods_service?;
 
     // Why pods are not ready, from the shared pod watch (whose changes wake this reconcile).
     // With spec.inject, an image the package cannot run shows only in its pods' termination

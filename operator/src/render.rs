@@ -76,6 +76,25 @@ pub struct Children {
     pub service: KubeService,
     /// One pod down at a time, when replicas.min is above 1.
     pub pdb: Option<PodDisruptionBudget>,
+    /// The pods Service (headless, with the selector) of an app on the activator's path:
+    /// the activator reads its EndpointSlices.
+    pub pods_service: Option<KubeService>,
+}
+
+/// How an app's Service is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Routed {
+    /// The app takes part in the activator's path (the operator has an activator, the app
+    /// is autoscaled and has no TLS): it gets a pods Service.
+    pub enabled: bool,
+    /// The operator's EndpointSlice of the public Service exists: the public Service drops
+    /// its selector (only then, so the Service is never without endpoints).
+    pub public_slice: bool,
+}
+
+/// The name of the pods Service of the app `name`.
+pub fn pods_service_name(name: &str) -> String {
+    format!("{name}{}", crate::routing::PODS_SERVICE_SUFFIX)
 }
 
 /// The ConfigMap's name for the app `name`.
@@ -489,6 +508,44 @@ pub fn render_deployment(app: &ValidatedApp, replicas: i32) -> Deployment {
 
 /// The Service in front of the pods (HTTP only; the admin port stays pod-local).
 pub fn render_service(app: &ValidatedApp) -> KubeService {
+    render_public_service(app, Routed::default())
+}
+
+/// The headless pods Service of an app on the activator's path: the pods' HTTP and admin
+/// ports, selected by the app's labels; the endpointslice controller lists its pods.
+pub fn render_pods_service(app: &ValidatedApp) -> KubeService {
+    let meta = metadata(app, pods_service_name(&app.name));
+    KubeService {
+        metadata: meta,
+        spec: Some(KubeServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector_labels(&app.name)),
+            // The activator probes pods that are not ready yet.
+            publish_not_ready_addresses: Some(false),
+            ports: Some(
+                [
+                    (HTTP_PORT_NAME, app.port),
+                    (ADMIN_PORT_NAME, app.admin_port),
+                ]
+                .into_iter()
+                .map(|(name, port)| ServicePort {
+                    name: Some(name.into()),
+                    port,
+                    target_port: Some(IntOrString::String(name.into())),
+                    protocol: Some("TCP".into()),
+                    ..ServicePort::default()
+                })
+                .collect(),
+            ),
+            ..KubeServiceSpec::default()
+        }),
+        ..KubeService::default()
+    }
+}
+
+/// The app's public Service: with a selector, unless the operator writes its EndpointSlice
+/// (`routed.public_slice`).
+pub fn render_public_service(app: &ValidatedApp, routed: Routed) -> KubeService {
     let mut meta = metadata(app, app.name.clone());
     if let Some(labels) = meta.labels.as_mut() {
         let mut merged = app.service.labels.clone();
@@ -502,7 +559,8 @@ pub fn render_service(app: &ValidatedApp) -> KubeService {
         metadata: meta,
         spec: Some(KubeServiceSpec {
             type_: Some(app.service.type_.as_str().into()),
-            selector: Some(selector_labels(&app.name)),
+            selector: (!(routed.enabled && routed.public_slice))
+                .then(|| selector_labels(&app.name)),
             ports: Some(
                 std::iter::once((HTTP_PORT_NAME, app.service.port))
                     .chain(app.tls.as_ref().map(|t| (HTTPS_PORT_NAME, t.service_port)))
@@ -541,11 +599,17 @@ pub fn render_pdb(app: &ValidatedApp) -> Option<PodDisruptionBudget> {
 
 /// Every child of the app, the Deployment sized to `replicas`.
 pub fn render_children(app: &ValidatedApp, replicas: i32) -> Children {
+    render_routed_children(app, replicas, Routed::default())
+}
+
+/// Every child of the app, routed as `routed` says.
+pub fn render_routed_children(app: &ValidatedApp, replicas: i32, routed: Routed) -> Children {
     Children {
         config_map: render_config_map(app),
         deployment: render_deployment(app, replicas),
-        service: render_service(app),
+        service: render_public_service(app, routed),
         pdb: render_pdb(app),
+        pods_service: routed.enabled.then(|| render_pods_service(app)),
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, ListParams};
@@ -38,6 +39,7 @@ use crate::leader::{LeaderElector, LeaseTiming};
 use crate::metrics::{ApiLatencyLayer, Metrics};
 use crate::pods::PodWakes;
 use crate::reconcile::{compute_trigger_hash, error_policy, reconcile, Context};
+use crate::routing::{public_slice_selector, ActivatorConfig, DemandBoard, Routing, RoutingStores};
 use crate::scrape::{run_autoscaler, Autoscaler};
 use crate::validate::APP_LABEL;
 use crate::watch::{objects, resilient, QUIET};
@@ -84,6 +86,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         identity,
         resync_seconds,
         concurrency,
+        activator_service,
+        activator_routes,
+        activator_namespace,
         log_format: _,
         log_level: _,
     } = args;
@@ -105,10 +110,28 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             addr: http_bind,
             source,
         })?;
+    let demand = Arc::new(DemandBoard::default());
+    let routing = activator_service.map(|service| {
+        let namespace = activator_namespace
+            .clone()
+            .or_else(|| lease_namespace.clone())
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        info!(%namespace, %service, routes = %activator_routes, "routing autoscaled apps through the activator");
+        Arc::new(Routing::new(
+            client.clone(),
+            ActivatorConfig {
+                namespace,
+                service,
+                routes: activator_routes.clone(),
+            },
+            demand.clone(),
+        ))
+    });
     let http_task = tokio::spawn(http::serve(
         listener,
         health.clone(),
         metrics.clone(),
+        routing.clone(),
         shutdown.clone(),
     ));
 
@@ -129,7 +152,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             metrics.clone(),
             Duration::from_secs(resync_seconds),
         )
-        .with_health(health.clone()),
+        .with_health(health.clone())
+        .with_routing(routing),
     );
     let prober = tokio::spawn(probe_api(probe, ctx.clone(), shutdown.clone()));
 
@@ -346,8 +370,34 @@ where
         + Sync
         + 'static,
 {
+    labelled_watch(
+        ctx,
+        sources,
+        stores,
+        scope,
+        "app.kubernetes.io/managed-by=wsgiscale-operator",
+    )
+}
+
+/// A watch of the objects of kind `K` in `scope` matching `labels`, filed into `stores`.
+fn labelled_watch<K>(
+    ctx: &Context,
+    sources: &mut Sources,
+    stores: &mut Stores<K>,
+    scope: Option<&str>,
+    labels: &str,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let owned = watcher::Config::default()
-        .labels("app.kubernetes.io/managed-by=wsgiscale-operator")
+        .labels(labels)
         .page_size(LIST_PAGE);
     let (reader, writer) = reflector::store();
     stores.add(scope, reader);
@@ -411,6 +461,7 @@ pub async fn run_controllers(
         names: Vec::new(),
     };
     let mut caches = Caches::default();
+    let mut public_slices: Stores<EndpointSlice> = Stores::default();
     let mut app_stores: Vec<Store<WsgiApp>> = Vec::new();
     let mut pod_watches = Vec::new();
     let mut controllers = Vec::new();
@@ -457,6 +508,18 @@ pub async fn run_controllers(
                 &mut c.pdbs,
                 scope,
             ));
+        // The public EndpointSlices the operator writes (owned by their app, so a change or a
+        // deletion wakes it).
+        let controller = match &ctx.routing {
+            Some(_) => controller.owns_stream(labelled_watch::<EndpointSlice>(
+                ctx,
+                &mut sources,
+                &mut public_slices,
+                scope,
+                &public_slice_selector(),
+            )),
+            None => controller,
+        };
         // The autoscaler and the per-app metrics read the WsgiApps from the controllers' caches.
         app_stores.push(controller.store());
         pod_watches.push(run_pod_watch(
@@ -480,18 +543,50 @@ pub async fn run_controllers(
                 }),
         );
     }
+    // The ready activators, from their Service's EndpointSlices.
+    let activator_watch = match &ctx.routing {
+        Some(routing) => {
+            let (reader, writer) = reflector::store();
+            routing.set_stores(Some(RoutingStores {
+                activators: reader,
+                public: public_slices,
+            }));
+            routing.demand.set_accepting(true);
+            let config = watcher::Config::default().labels(&format!(
+                "kubernetes.io/service-name={}",
+                routing.config.service
+            ));
+            let name = sources.add("EndpointSlice (activator)", Some(&routing.config.namespace));
+            let events = watcher(
+                Api::<EndpointSlice>::namespaced(ctx.client.clone(), &routing.config.namespace),
+                config,
+            );
+            let stop = stop.clone();
+            let health = ctx.health.clone();
+            futures::future::Either::Left(async move {
+                reflector(writer, resilient(events, health, name))
+                    .take_until(stop.cancelled())
+                    .for_each(|_| ready(()))
+                    .await;
+            })
+        }
+        None => futures::future::Either::Right(ready(())),
+    };
     let pods = caches.pods.clone();
     ctx.set_caches(caches);
     ctx.metrics.set_app_stores(app_stores.clone());
 
     // Pod autoscaling from the servers' load reports, for the apps that enable it. It writes
     // only its recommendation to the status; the reconcilers apply it to the Deployments.
-    let autoscaler = Arc::new(Autoscaler::new(
-        ctx.client.clone(),
-        ctx.events.clone(),
-        ctx.metrics.clone(),
-        pods,
-    ));
+    let autoscaler = Arc::new(
+        Autoscaler::new(
+            ctx.client.clone(),
+            ctx.events.clone(),
+            ctx.metrics.clone(),
+            pods,
+        )
+        .with_routing(ctx.routing.clone()),
+    );
     let events = async {
         // Published by this term's task; the receiver goes back for the next term.
         if let Some(rx) = ctx.take_event_receiver() {
@@ -506,13 +601,18 @@ pub async fn run_controllers(
             ctx.return_event_receiver(rx);
         }
     };
-    futures::future::join4(
+    futures::future::join5(
         futures::future::join_all(controllers),
         futures::future::join_all(pod_watches),
         run_autoscaler(autoscaler, app_stores, stop.clone()),
         events,
+        activator_watch,
     )
     .await;
+    if let Some(routing) = &ctx.routing {
+        routing.demand.set_accepting(false);
+        routing.set_stores(None);
+    }
     ctx.set_caches(Caches::default());
     ctx.metrics.set_app_stores(Vec::new());
     drop(sources);

@@ -31,6 +31,9 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info};
 use wsgiscale_core::load::LoadReport;
 
+use crate::activation::{
+    decide_path, may_scale_to_zero, render_public_slice, PathInputs, PathState, PodEndpoint, Route,
+};
 use crate::autoscale::{
     compute_tick, decide, pick_sample, Action, Decision, PodLoad, PodSample, Policy, Samples,
     State, TickSample,
@@ -40,7 +43,8 @@ use crate::crd::{AutoscalerStatus, LoadSummary, WsgiApp};
 use crate::dependency::Dependency;
 use crate::events::{EventSink, Queued, Reporting};
 use crate::metrics::Metrics;
-use crate::validate::validate_app;
+use crate::routing::{self, Routing};
+use crate::validate::{validate_app, ValidatedApp};
 
 /// The field manager of the autoscaler's status writes (`status.load`, `status.autoscaler`).
 pub const FIELD_MANAGER: &str = "wsgiscale-autoscaler";
@@ -308,6 +312,9 @@ pub struct AppState {
     next: Instant,
     /// The blocks the WsgiApp holds, as last written (by this replica or another).
     written: Option<(AutoscalerStatus, LoadSummary)>,
+    /// When (monotonic, since the autoscaler started) a request was last seen: in a pod's
+    /// report (running, queued, or any in its last 10 s) or held by the activator.
+    pub last_request: Option<Duration>,
 }
 
 impl AppState {
@@ -324,6 +331,7 @@ impl AppState {
             state: State::new(current.unwrap_or(ready_pods)),
             next: now,
             written: status.and_then(|s| Some((s.autoscaler.clone()?, s.load.clone()?))),
+            last_request: None,
         }
     }
 
@@ -368,6 +376,34 @@ pub struct Step {
     pub scrapes: Vec<&'static str>,
 }
 
+/// What the activator adds to one tick of an app: the requests it holds and has in flight
+/// (from the demand board), and whether the app may go to zero pods.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct HeldDemand {
+    /// Requests waiting at the activators.
+    pub held: u32,
+    /// Requests the activators forwarded and have not seen answered.
+    pub in_flight: u32,
+    /// The idle period of scale to zero (None: off, or the operator has no activator).
+    pub scale_to_zero: Option<Duration>,
+    /// Where the app's traffic goes now.
+    pub route: Route,
+}
+
+impl HeldDemand {
+    /// Whether the last pod may go at `at`, the last request seen at `last_request`.
+    pub fn zero_allowed(&self, last_request: Option<Duration>, at: Duration) -> bool {
+        may_scale_to_zero(self.scale_to_zero, self.route, last_request, at)
+    }
+
+    /// Whether the app has been idle for its scale-to-zero period (the activator must take
+    /// the path before the last pod goes).
+    pub fn idle(&self, last_request: Option<Duration>, at: Duration) -> bool {
+        self.scale_to_zero
+            .is_some_and(|idle| last_request.is_none_or(|t| at.saturating_sub(t) >= idle))
+    }
+}
+
 /// One tick of one app from what its pods answered: the samples, the decision, the status
 /// and whether to write it. `at` is the monotonic time since the autoscaler started, `now`
 /// the monotonic and `wall` the wall clock; `current` the pod count the reconciler last asked
@@ -382,6 +418,7 @@ pub fn compute_step(
     current: Option<u32>,
     (at, now, wall): (Duration, Instant, Timestamp),
     heartbeat: Duration,
+    activator: HeldDemand,
 ) -> Step {
     let mut scrapes = Vec::with_capacity(results.len());
     let samples: Vec<PodSample> = pick
@@ -408,11 +445,27 @@ pub fn compute_step(
             }
         })
         .collect();
-    let tick = compute_tick(at, ready.len() as u32, &samples, policy);
+    let mut tick = compute_tick(at, ready.len() as u32, &samples, policy);
+    // Held requests are demand the pods have not seen yet.
+    tick.held = activator.held;
+    tick.demand_up += f64::from(activator.held);
+    tick.demand_down += f64::from(activator.held);
+    let active = activator.held > 0
+        || activator.in_flight > 0
+        || results
+            .iter()
+            .flatten()
+            .any(|r| r.in_flight > 0 || r.queue.depth > 0 || r.rates.s10.requests_per_second > 0.0);
+    if active || state.last_request.is_none() {
+        // A first sight counts as activity: the idle period runs from the autoscaler's
+        // start, not from an unknown past.
+        state.last_request = Some(at);
+    }
     state.samples.push(tick, policy.stable_window);
     if let Some(c) = current {
         state.state.current = c;
     }
+    state.state.zero_allowed = activator.zero_allowed(state.last_request, at);
     let before = state.state.current;
     let decision = decide(policy, &state.samples, &state.state, at);
     state.state = decision.state.clone();
@@ -454,11 +507,13 @@ pub struct Autoscaler {
     policies: std::sync::Mutex<HashMap<String, Validated>>,
     /// How the status writes fare, logged once per change of state.
     writes: std::sync::Mutex<Dependency>,
+    /// The activator's path, when the operator has an activator.
+    routing: Option<Arc<Routing>>,
 }
 
-/// An app's policy and admin port (None: its spec is invalid or not autoscaled) for the
-/// generation it was validated at.
-type Validated = (Option<i64>, Option<(Policy, u16)>);
+/// An app's policy, admin port and validated spec (None: its spec is invalid or not
+/// autoscaled) for the generation it was validated at.
+type Validated = (Option<i64>, Option<(Policy, u16, Arc<ValidatedApp>)>);
 
 impl Autoscaler {
     /// An autoscaler on `client` that reads pods from `pods` and queues its events on `events`.
@@ -475,7 +530,14 @@ impl Autoscaler {
             apps: tokio::sync::Mutex::new(HashMap::new()),
             policies: std::sync::Mutex::new(HashMap::new()),
             writes: std::sync::Mutex::new(Dependency::new("autoscaler status writes")),
+            routing: None,
         }
+    }
+
+    /// The same autoscaler, routing its apps through the activator when `routing` is set.
+    pub fn with_routing(mut self, routing: Option<Arc<Routing>>) -> Self {
+        self.routing = routing;
+        self
     }
 
     /// One tick at `now` over `apps` (the WsgiApps the operator watches): each autoscaled app
@@ -486,6 +548,13 @@ impl Autoscaler {
         let started = Instant::now();
         let mut keep = Vec::new();
         let mut due = Vec::new();
+        let mut routed: Vec<Arc<ValidatedApp>> = Vec::new();
+        // Apps whose requests wait at the activator are decided now, not at their next tick.
+        let urgent = self
+            .routing
+            .as_ref()
+            .map(|r| r.demand.take_urgent())
+            .unwrap_or_default();
         {
             let states = self.apps.lock().await;
             let mut policies = self.policies.lock().unwrap_or_else(|e| e.into_inner());
@@ -503,23 +572,53 @@ impl Autoscaler {
                     let policy = validate_app(app)
                         .ok()
                         .filter(|v| v.autoscaling.enabled)
-                        .map(|v| (Policy::from_app(&v), v.admin_port_number()));
+                        .map(|v| (Policy::from_app(&v), v.admin_port_number(), Arc::new(v)));
                     policies.insert(key.clone(), (generation, policy));
                 }
-                let Some((_, Some((policy, port)))) = policies.get(&key) else {
+                let Some((_, Some((policy, port, validated)))) = policies.get(&key) else {
                     continue;
                 };
-                if states.get(&key).is_none_or(|s| now >= s.next) {
-                    due.push((app.clone(), *policy, *port));
+                let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
+                let pressing = urgent.contains(&(ns, name));
+                if pressing || states.get(&key).is_none_or(|s| now >= s.next) {
+                    due.push((app.clone(), *policy, *port, validated.clone()));
+                }
+                if routing::takes_part(validated) {
+                    routed.push(validated.clone());
                 }
                 keep.push(key);
             }
             policies.retain(|k, _| keep.contains(k));
         }
+        // The route table first: a new app's activator port is known before its first path
+        // decision.
+        if let Some(r) = &self.routing {
+            let apps: Vec<&ValidatedApp> = routed.iter().map(AsRef::as_ref).collect();
+            match r.sync_table(&apps).await {
+                Ok(t) if t.routes.len() < apps.len() => {
+                    debug!(
+                        apps = apps.len(),
+                        routed = t.routes.len(),
+                        "the activator's ports are all taken: some apps are not routed"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.metrics.count_error("activator_routes");
+                    debug!(error = %e, "cannot write the activator's route table");
+                }
+            }
+            r.retain(
+                &routed
+                    .iter()
+                    .map(|v| (v.namespace.clone(), v.name.clone()))
+                    .collect(),
+            );
+        }
         // Apps are measured side by side, so one slow app does not delay the others.
         futures::stream::iter(due)
-            .for_each_concurrent(8, |(app, policy, port)| async move {
-                let result = self.tick_app(&app, &policy, port, now).await;
+            .for_each_concurrent(8, |(app, policy, port, validated)| async move {
+                let result = self.tick_app(&app, &policy, port, &validated, now).await;
                 if let Err(e) = &result {
                     self.metrics.count_error(match e {
                         AutoscaleError::PatchStatus { .. } => "autoscale_patch_status",
@@ -559,6 +658,7 @@ impl Autoscaler {
         app: &WsgiApp,
         policy: &Policy,
         admin_port: u16,
+        validated: &ValidatedApp,
         now: Instant,
     ) -> Result<Step, AutoscaleError> {
         let ns = app.namespace().unwrap_or_default();
@@ -582,6 +682,27 @@ impl Autoscaler {
             .and_then(|s| s.desired_replicas)
             .and_then(|r| u32::try_from(r).ok());
         let at = now.saturating_duration_since(self.start);
+        let routing = self
+            .routing
+            .as_ref()
+            .filter(|_| routing::takes_part(validated));
+        let activator_port = match routing {
+            Some(r) => r.port_of(&ns, &name).await,
+            None => None,
+        };
+        let key2 = (ns.clone(), name.clone());
+        let held = match routing {
+            Some(r) => {
+                let (held, in_flight) = r.demand.of(&key2, now);
+                HeldDemand {
+                    held,
+                    in_flight,
+                    scale_to_zero: validated.autoscaling.scale_to_zero,
+                    route: r.path(&key2, activator_port).route,
+                }
+            }
+            None => HeldDemand::default(),
+        };
         let step = {
             let mut states = self.apps.lock().await;
             let state = states.entry(key.clone()).or_insert_with(|| {
@@ -597,8 +718,30 @@ impl Autoscaler {
                 current,
                 (at, now, wall),
                 self.status_heartbeat,
+                held,
             )
         };
+        if let (Some(r), Some(port)) = (routing, activator_port) {
+            let last_request = self
+                .apps
+                .lock()
+                .await
+                .get(&key)
+                .and_then(|s| s.last_request);
+            self.route_app(
+                r,
+                app,
+                validated,
+                policy,
+                &ready,
+                &step,
+                held,
+                last_request,
+                port,
+                at,
+            )
+            .await;
+        }
         for (result, took) in step.scrapes.iter().zip(elapsed) {
             self.metrics.count_scrape(&ns, &name, result, took);
         }
@@ -612,6 +755,113 @@ impl Autoscaler {
             state.mark_written(step.status.clone(), step.load.clone());
         }
         Ok(step)
+    }
+
+    /// Decides where the app's traffic goes (Knative's rule, [`decide_path`]) and writes its
+    /// public EndpointSlice when that changes: the ready pods, or the ready activators on the
+    /// app's port. An idle app with scale to zero puts the activator in the path first, so the
+    /// last pod goes only once requests are held instead of refused.
+    #[allow(clippy::too_many_arguments)]
+    async fn route_app(
+        &self,
+        routing: &Routing,
+        app: &WsgiApp,
+        v: &ValidatedApp,
+        policy: &Policy,
+        ready: &[ReadyPod],
+        step: &Step,
+        held: HeldDemand,
+        last_request: Option<Duration>,
+        port: u16,
+        at: Duration,
+    ) {
+        let key = (v.namespace.clone(), v.name.clone());
+        let before = routing.path(&key, Some(port));
+        let demand = step.decision.figures.panic_demand.max(f64::from(held.held));
+        let inputs = PathInputs {
+            ready_pods: ready.len() as u32,
+            pod_capacity: policy.pod_capacity,
+            demand,
+            burst_capacity: if held.idle(last_request, at) {
+                -1.0
+            } else {
+                routing::burst_capacity(v)
+            },
+            settle: routing::SETTLE,
+        };
+        let decided = decide_path(before, &inputs, at);
+        let pods: Vec<PodEndpoint> = ready
+            .iter()
+            .map(|p| PodEndpoint {
+                ip: p.ip.to_string(),
+                ready: true,
+                serving: true,
+                terminating: false,
+                pod: None,
+                node: None,
+            })
+            .collect();
+        let activators = routing.activators();
+        let (slice, route) = render_public_slice(
+            &format!("{}{}", v.name, routing::PUBLIC_SLICE_SUFFIX),
+            &v.namespace,
+            &v.name,
+            &v.owner,
+            crate::render::HTTP_PORT_NAME,
+            decided.route,
+            &pods,
+            Some(v.port),
+            &activators,
+            port,
+        );
+        match routing.apply_slice(&slice).await {
+            Ok(written) => {
+                if written {
+                    self.metrics.count_write("EndpointSlice");
+                }
+                routing.set_path(
+                    &key,
+                    PathState {
+                        route,
+                        covered_since: decided.covered_since,
+                    },
+                );
+                if route != before.route {
+                    let why = if route == Route::Activator {
+                        format!(
+                            "{} ready pods, demand {demand:.1}, burst capacity {}: requests wait at the activator",
+                            ready.len(),
+                            inputs.burst_capacity
+                        )
+                    } else {
+                        format!(
+                            "{} ready pods cover demand {demand:.1} and burst capacity {} for {} s",
+                            ready.len(),
+                            inputs.burst_capacity,
+                            routing::SETTLE.as_secs()
+                        )
+                    };
+                    info!(app = %format!("{}/{}", v.namespace, v.name), route = route.as_str(), reason = %why, "traffic path changed");
+                    self.events.queue(Queued {
+                        reporting: Reporting::Autoscaler,
+                        regarding: app.object_ref(&()),
+                        warning: false,
+                        reason: if route == Route::Activator {
+                            "ActivatorInPath".into()
+                        } else {
+                            "ActivatorOutOfPath".into()
+                        },
+                        action: "Route".into(),
+                        note: why,
+                        related: None,
+                    });
+                }
+            }
+            Err(e) => {
+                self.metrics.count_error("apply_endpointslice");
+                debug!(app = %v.name, error = %e, "cannot write the public EndpointSlice");
+            }
+        }
     }
 
     /// Logs, counts and queues an event for a decision that changes the pod count.
@@ -676,6 +926,14 @@ impl Autoscaler {
     }
 }
 
+/// Until an activator pushes held demand (forever without an activator).
+async fn wait_for_push(demand: Option<&routing::DemandBoard>) {
+    match demand {
+        Some(d) => d.wake.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the autoscaler once a second over the WsgiApps in `stores` (the controllers' caches)
 /// until `stop`.
 pub async fn run_autoscaler(
@@ -685,12 +943,15 @@ pub async fn run_autoscaler(
 ) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let demand = autoscaler.routing.as_ref().map(|r| r.demand.clone());
     loop {
         // The tick's scheduled instant, not the time it was polled: an app due every 2 s is
         // due on the grid, and a tick polled a little late does not push it to the third second.
+        // A demand push with requests held runs a tick at once (the pushed apps are due).
         let at = tokio::select! {
             _ = stop.cancelled() => break,
             at = interval.tick() => at.into_std(),
+            () = wait_for_push(demand.as_deref()) => Instant::now(),
         };
         let apps: Vec<Arc<WsgiApp>> = stores.iter().flat_map(|s| s.state()).collect();
         autoscaler.tick(&apps, at).await;

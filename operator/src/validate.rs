@@ -346,6 +346,11 @@ pub struct Autoscaling {
     pub tick: Duration,
     /// Most pods scraped per decision.
     pub max_pods_scraped: u32,
+    /// Spare capacity in requests below which the activator is in the path (None: one
+    /// pod's worth; negative: always).
+    pub burst_capacity: Option<i32>,
+    /// The idle period after which the app may go to zero pods (None: scale to zero off).
+    pub scale_to_zero: Option<Duration>,
 }
 
 /// A WsgiApp with every default resolved and every rule checked: what `render` needs, and
@@ -729,11 +734,35 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
             "is required when autoscaling.enabled is true",
         );
     }
-    if autoscaling.enabled && replicas.min == 0 {
+    let mut autoscaling = autoscaling;
+    let to_zero = spec.scale_to_zero.clone().unwrap_or_default();
+    let idle = errs.int(
+        "spec.scaleToZero.idleSeconds",
+        to_zero.idle_seconds,
+        300,
+        30,
+        86_400,
+    );
+    if to_zero.enabled == Some(true) {
+        if !autoscaling.enabled {
+            errs.push(
+                "spec.scaleToZero.enabled",
+                "needs autoscaling.enabled: the autoscaler decides when the last pod goes",
+            );
+        }
+        if spec.tls.is_some() {
+            errs.push(
+                "spec.scaleToZero.enabled",
+                "is not available with tls: the activator forwards plain HTTP",
+            );
+        }
+        autoscaling.scale_to_zero = Some(seconds(idle));
+    }
+    if autoscaling.enabled && replicas.min == 0 && autoscaling.scale_to_zero.is_none() {
         errs.push(
             "spec.replicas.min",
-            "must be at least 1 when autoscaling.enabled is true: the autoscaler reads load \
-             from ready pods, so nothing would bring an app at zero pods back",
+            "must be at least 1 when autoscaling.enabled is true unless scaleToZero.enabled: \
+             only then does the activator hold the first request and wake the app",
         );
     }
 
@@ -1362,6 +1391,10 @@ fn resolve_autoscaling(spec: Option<&AutoscalingSpec>, errs: &mut Errors) -> Aut
         tolerance_percent: tolerance as u32,
         tick: seconds(tick),
         max_pods_scraped: scraped as u32,
+        burst_capacity: spec
+            .burst_capacity
+            .map(|b| errs.int("spec.autoscaling.burstCapacity", Some(b), 0, -1, 100_000)),
+        scale_to_zero: None,
     }
 }
 

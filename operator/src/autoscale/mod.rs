@@ -134,6 +134,11 @@ pub struct State {
     pub last_scale_reason: Option<String>,
     /// Recent recommendations, for the scale-down delay (oldest first).
     pub recommendations: VecDeque<(Duration, u32)>,
+    /// Whether the last pod may go now (set by the driver before each decision: scale to
+    /// zero is on, the activator is in the path and the app has been idle for its idle
+    /// period, [`crate::activation::may_scale_to_zero`]). Without it a decision for 0 pods
+    /// keeps 1.
+    pub zero_allowed: bool,
 }
 
 impl State {
@@ -263,6 +268,19 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
         panic_pods: pods_for(panic.demand_up, per_pod),
         utilization: stable.utilization,
     };
+    if ready == 0 && latest.held > 0 {
+        // Scale from zero (or while the first pods start): the held requests are the demand,
+        // at once, without waiting for a window.
+        let raw = current
+            .max(pods_for(f64::from(latest.held), per_pod))
+            .max(1);
+        let why = format!(
+            "{} requests held by the activator and no ready pod -> {raw} pods",
+            latest.held
+        );
+        let panicking = st.in_panic();
+        return finish(policy, st, raw, why, panicking, fig, now);
+    }
     if ready == 0 || latest.answered == 0 {
         let why = if ready == 0 {
             "no ready pod to measure"
@@ -473,7 +491,7 @@ fn finish(
     now: Duration,
 ) -> Decision {
     let current = st.current;
-    let desired = policy.clamp(raw);
+    let mut desired = policy.clamp(raw);
     if desired != raw {
         let bound = if desired > raw {
             format!("replicas.min {}", policy.min_replicas)
@@ -481,6 +499,15 @@ fn finish(
             format!("replicas.max {}", policy.max_replicas)
         };
         let _ = write!(why, "; {desired} by {bound}");
+    }
+    // The last pod goes only once the activator holds the path and the app has been idle
+    // for its idle period (the driver says so in `zero_allowed`).
+    if desired == 0 && current > 0 && !st.zero_allowed {
+        desired = 1.min(policy.max_replicas);
+        let _ = write!(
+            why,
+            "; {desired}: not yet idle behind the activator for the scale-to-zero period"
+        );
     }
     let action = match desired.cmp(&current) {
         std::cmp::Ordering::Greater => Action::ScaleUp,
@@ -543,6 +570,7 @@ pub(crate) mod testkit {
             total_workers: ready * 4,
             queue_depth: 0,
             saturated_pods: 0,
+            held: 0,
         }
     }
 }

@@ -106,6 +106,9 @@ pub struct TickSample {
     pub queue_depth: u32,
     /// Pods that answered saturated (at workers.max, all busy, queueing).
     pub saturated_pods: u32,
+    /// Requests the activator holds for the app (waiting for a pod), included in both
+    /// demands: held requests are demand the pods have not seen yet.
+    pub held: u32,
 }
 
 /// How much a pod of age `age` counts in the averages that extrapolate a sample: its age over

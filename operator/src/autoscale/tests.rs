@@ -507,3 +507,72 @@ proptest! {
         prop_assert!(k <= bound, "needed {} from {} after {} ticks (bound {})", needed, n, k, bound);
     }
 }
+
+#[test]
+fn held_requests_start_pods_from_zero_at_once() {
+    let p = Policy {
+        min_replicas: 0,
+        ..policy()
+    };
+    // At zero, nothing held: stay at zero.
+    let mut samples = Samples::new();
+    samples.push(tick(10, 0, 0.0), s(60));
+    let d = decide(&p, &samples, &State::new(0), s(10));
+    assert_eq!((d.desired, d.action), (0, Action::Hold), "{}", d.reason);
+    // One request held: one pod, on this tick, without a window of history.
+    samples.push(
+        TickSample {
+            held: 1,
+            demand_up: 1.0,
+            demand_down: 1.0,
+            ..tick(12, 0, 0.0)
+        },
+        s(60),
+    );
+    let d = decide(&p, &samples, &State::new(0), s(12));
+    assert_eq!((d.desired, d.action), (1, Action::ScaleUp), "{}", d.reason);
+    assert!(
+        d.reason.contains("1 requests held by the activator"),
+        "{}",
+        d.reason
+    );
+    // 20 held at 2.8 per pod: 8 pods, within max.
+    samples.push(
+        TickSample {
+            held: 20,
+            ..tick(14, 0, 0.0)
+        },
+        s(60),
+    );
+    let d = decide(&p, &samples, &State::new(1), s(14));
+    assert_eq!(d.desired, 8, "{}", d.reason);
+    let small = Policy {
+        max_replicas: 3,
+        ..p
+    };
+    assert_eq!(decide(&small, &samples, &State::new(1), s(14)).desired, 3);
+}
+
+#[test]
+fn the_last_pod_goes_only_when_the_driver_allows_it() {
+    let p = Policy {
+        min_replicas: 0,
+        ..policy()
+    };
+    // A minute of no load on one pod: the policy wants 0.
+    let samples = flat(120, 60, 1, 0.0);
+    let d = decide(&p, &samples, &State::new(1), s(120));
+    assert_eq!(d.desired, 1, "{}", d.reason);
+    assert!(d.reason.contains("scale-to-zero period"), "{}", d.reason);
+    let allowed = State {
+        zero_allowed: true,
+        ..State::new(1)
+    };
+    let d = decide(&p, &samples, &allowed, s(120));
+    assert_eq!(
+        (d.desired, d.action),
+        (0, Action::ScaleDown),
+        "{}",
+        d.reason
+    );
+}

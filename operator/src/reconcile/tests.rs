@@ -866,7 +866,7 @@ async fn an_injected_apps_pods_are_read_from_the_pod_cache() {
         })
     });
     // The children as applied, served with no pod ready.
-    let children = render_children(&validate_app(&app).expect("valid"), 2);
+    let children = crate::render::render_children(&validate_app(&app).expect("valid"), 2);
     let served_as = |obj: serde_json::Value| as_served(obj, 0);
     let served = Served {
         cm: served_as(to_json(&stamp_hash(children.config_map))),

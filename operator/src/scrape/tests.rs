@@ -349,6 +349,7 @@ fn a_steady_load_writes_once_a_minute() {
             Some(2),
             (at, t0 + at, wall),
             STATUS_HEARTBEAT,
+            HeldDemand::default(),
         );
         assert_eq!(step.scrapes, ["ok", "ok"]);
         if let Some(cause) = step.write {
@@ -458,7 +459,7 @@ async fn a_tick_reads_the_cache_scrapes_decides_and_publishes() {
         send.send_response(json_response(StatusCode::OK, &stored));
     };
     let (step, ()) = tokio::join!(
-        autoscaler.tick_app(&app, &policy, v.admin_port_number(), now),
+        autoscaler.tick_app(&app, &policy, v.admin_port_number(), &v, now),
         script
     );
     let step = step.expect("tick");
@@ -492,6 +493,7 @@ async fn a_tick_reads_the_cache_scrapes_decides_and_publishes() {
             &app,
             &policy,
             v.admin_port_number(),
+            &v,
             now + Duration::from_secs(2),
         )
         .await

@@ -1,0 +1,320 @@
+//! The activator's path end to end, against a real API server with the stand-in node (real
+//! server processes in their own network namespaces, their CPU limits, a stand-in kube-proxy
+//! that follows EndpointSlices): the operator (in-process, with its demand endpoint) routes
+//! an autoscaled app with `scaleToZero` through the activator (in-process, listening on the
+//! node's address as a pod would), and
+//!
+//! - at zero pods the app's Service leads to the activator (the operator's EndpointSlice; the
+//!   public Service has no selector), and a request through the Service is held, its demand
+//!   pushed, a pod started from zero and the request answered, with its time measured;
+//! - the ScaledUp Event says the activator's held requests caused it;
+//! - after the idle period the app goes back to zero pods, the activator in the path before
+//!   the last pod goes, and the next request wakes it again.
+//!
+//! Needs root (the stand-in node) and the envtest assets; elsewhere it says why and passes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use wsgiscale_activator::{Activator, Config};
+use wsgiscale_envtest::node::plan::Image;
+use wsgiscale_envtest::node::NodeConfig;
+use wsgiscale_envtest::standin::{StandIn, StandInConfig};
+use wsgiscale_envtest::TestNamespace;
+use wsgiscale_operator::metrics::Metrics;
+use wsgiscale_operator::reconcile::Context;
+use wsgiscale_operator::routing::{ActivatorConfig, DemandBoard, Routing};
+use wsgiscale_operator::run::run_controllers;
+
+mod support;
+use support::{eventually, install_crd, repo, server_bin};
+
+const MANAGER: &str = "wsgiscale-activator-path-test";
+const IMAGE: &str = "wsgiscale:activator-path";
+const ACTIVATOR_SERVICE: &str = "wsgiscale-activator";
+const ROUTES: &str = "wsgiscale-activator-routes";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// GET `path` on a connection of its own: the status, the time it took and the response.
+async fn get(addr: SocketAddr, path: &str) -> (u16, Duration, String) {
+    let t = Instant::now();
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, t.elapsed(), String::new());
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, t.elapsed(), String::new());
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let code = wsgiscale_envtest::node::probe::parse_status_line(&buf).unwrap_or(0);
+    (code, t.elapsed(), String::from_utf8_lossy(&buf).to_string())
+}
+
+fn app() -> serde_json::Value {
+    json!({
+        "apiVersion": "wsgiscale.dev/v1alpha1", "kind": "WsgiApp", "metadata": {"name": "web"},
+        "spec": {
+            "image": IMAGE, "app": "demo:application", "chdir": "/app",
+            "workers": {"min": 1, "max": 2},
+            "replicas": {"min": 0, "max": 2},
+            "autoscaling": {"enabled": true, "stableWindowSeconds": 10, "panicWindowSeconds": 2,
+                            "tickSeconds": 1},
+            "scaleToZero": {"enabled": true, "idleSeconds": 30},
+            "service": {"port": 80},
+            "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}},
+        },
+    })
+}
+
+async fn replicas(deploys: &Api<Deployment>) -> Option<i32> {
+    deploys.get_opt("web").await.ok().flatten()?.spec.replicas
+}
+
+/// The port of the operator's EndpointSlice of the public Service, when it exists.
+async fn public_port(slices: &Api<EndpointSlice>) -> Option<i32> {
+    slices
+        .get_opt("web-wsgiscale")
+        .await
+        .ok()
+        .flatten()?
+        .ports?
+        .first()?
+        .port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scale_from_zero_through_the_activator_and_back_to_zero_when_idle() {
+    let Some(cluster) = wsgiscale_envtest::shared() else {
+        return;
+    };
+    if let Err(why) = wsgiscale_envtest::node::check_available() {
+        wsgiscale_envtest::skip_line(&format!("stand-in node: {why}"));
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("wsgiscale_operator=debug,wsgiscale_activator=debug,kube=warn")
+        .with_test_writer()
+        .try_init();
+    let client = cluster.client().await;
+    install_crd(&client, MANAGER).await;
+    let ns = TestNamespace::create(cluster, "activator-path").await;
+    let standin = StandIn::start(
+        client.clone(),
+        StandInConfig {
+            node: NodeConfig {
+                name: format!("activator-path-{}", std::process::id()),
+                namespaces: vec![ns.name.clone()],
+                start_delay: Duration::from_millis(500),
+                images: BTreeMap::from([(
+                    IMAGE.to_string(),
+                    Image {
+                        path: vec![server_bin().parent().expect("bin dir").to_path_buf()],
+                        files: vec![("/app".into(), repo().join("examples/apps"))],
+                        workdir: Some("/app".into()),
+                        ..Image::default()
+                    },
+                )]),
+                ..NodeConfig::default()
+            },
+            metrics_resolution: Duration::from_secs(15),
+        },
+    )
+    .await
+    .expect("the stand-ins start");
+    let node_ip = standin.node.address();
+    let pp = PatchParams::apply(MANAGER).force();
+
+    // The activator "pod": the node's address, published like the chart's headless Service.
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    services
+        .patch(
+            ACTIVATOR_SERVICE,
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": ACTIVATOR_SERVICE},
+                "spec": {"clusterIP": "None", "ports": [{"name": "admin", "port": 9090}]},
+            })),
+        )
+        .await
+        .expect("activator service");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns.name);
+    slices
+        .patch(
+            "wsgiscale-activator-1",
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "wsgiscale-activator-1",
+                             "labels": {"kubernetes.io/service-name": ACTIVATOR_SERVICE}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [node_ip.to_string()], "conditions": {"ready": true}}],
+                "ports": [{"name": "admin", "port": 9090, "protocol": "TCP"}],
+            })),
+        )
+        .await
+        .expect("activator slice");
+
+    // The operator, in-process, with its demand endpoint on loopback.
+    let stop = CancellationToken::new();
+    let demand = Arc::new(DemandBoard::default());
+    let routing = Arc::new(Routing::new(
+        client.clone(),
+        ActivatorConfig {
+            namespace: ns.name.clone(),
+            service: ACTIVATOR_SERVICE.into(),
+            routes: ROUTES.into(),
+        },
+        demand,
+    ));
+    let metrics = Arc::new(Metrics::default());
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Some("activator-path".into()),
+            metrics.clone(),
+            Duration::from_secs(60),
+        )
+        .with_routing(Some(routing.clone())),
+    );
+    let http_port = free_port();
+    let listener = wsgiscale_operator::http::bind(SocketAddr::from(([127, 0, 0, 1], http_port)))
+        .await
+        .expect("bind");
+    let http = tokio::spawn(wsgiscale_operator::http::serve(
+        listener,
+        ctx.health.clone(),
+        metrics,
+        Some(routing),
+        stop.clone(),
+    ));
+    let operator = {
+        let (ctx, ns, stop) = (ctx.clone(), ns.name.clone(), stop.clone());
+        tokio::spawn(async move { run_controllers(&ctx, &[ns], 2, stop).await })
+    };
+
+    // The activator, in-process, on the node's address.
+    let activator = Arc::new(Activator::new(Config {
+        listen_ip: node_ip.into(),
+        admin_bind: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        routes_namespace: ns.name.clone(),
+        routes_configmap: ROUTES.into(),
+        operator_url: Some(format!("http://127.0.0.1:{http_port}")),
+        pod_name: "activator-path-test".into(),
+        drain_timeout: Duration::from_secs(10),
+    }));
+    let activator_stop = CancellationToken::new();
+    let activator_run = {
+        let (a, c, s) = (activator.clone(), client.clone(), activator_stop.clone());
+        tokio::spawn(async move { a.run(c, s).await })
+    };
+
+    let apps: Api<wsgiscale_operator::crd::WsgiApp> = Api::namespaced(client.clone(), &ns.name);
+    apps.patch("web", &pp, &Patch::Apply(app()))
+        .await
+        .expect("the WsgiApp with replicas.min 0 and scaleToZero is accepted");
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+
+    // At zero pods the Service leads to the activator, and has no selector.
+    let port = eventually("the public slice on the activator's port", 60, || async {
+        public_port(&slices).await.filter(|p| *p >= 20000)
+    })
+    .await;
+    assert_eq!(replicas(&deploys).await, Some(0), "the app starts at zero");
+    eventually("the public Service without a selector", 60, || async {
+        let svc = services.get_opt("web").await.ok().flatten()?;
+        svc.spec?.selector.is_none().then_some(())
+    })
+    .await;
+    let service = standin
+        .proxy
+        .wait_for(&ns.name, "web", 80, Duration::from_secs(60))
+        .await
+        .expect("the stand-in kube-proxy serves the Service");
+    let activator_addr = SocketAddr::from((node_ip, u16::try_from(port).expect("port")));
+    eventually("the activator listening on the app's port", 60, || async {
+        tokio::net::TcpStream::connect(activator_addr)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+
+    // The first request: held, a pod started from zero, answered.
+    let (code, took, text) = get(service, "/work?ms=10").await;
+    assert_eq!(
+        code, 200,
+        "the first request after zero is answered: {text}"
+    );
+    eprintln!(
+        "cold start through the activator: {} ms (pod start delay 500 ms + import + readiness)",
+        took.as_millis()
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    eventually("a ScaledUp Event naming the held requests", 30, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("ScaledUp")
+                    && e.note
+                        .as_deref()
+                        .is_some_and(|n| n.contains("held by the activator"))
+            })
+            .then_some(())
+    })
+    .await;
+
+    // Idle for 30 s: the activator takes the path first, then the last pod goes.
+    let t = Instant::now();
+    eventually("the app back at zero pods", 180, || async {
+        (replicas(&deploys).await == Some(0)).then_some(())
+    })
+    .await;
+    eprintln!(
+        "back to zero {} s after the last request",
+        t.elapsed().as_secs()
+    );
+    assert_eq!(
+        public_port(&slices).await,
+        Some(port),
+        "at zero the Service leads to the activator"
+    );
+    eventually("the pod gone", 60, || async {
+        (!standin.node.pods().iter().any(|p| p.namespace == ns.name)).then_some(())
+    })
+    .await;
+
+    // And it wakes again.
+    let (code, took, text) = get(service, "/work?ms=10").await;
+    assert_eq!(
+        code, 200,
+        "the request after the second zero is answered: {text}"
+    );
+    eprintln!("second cold start: {} ms", took.as_millis());
+
+    activator_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), activator_run).await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), operator).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), http).await;
+    standin.node.stop_at_once(&ns.name);
+    standin.stop().await;
+    drop(ns);
+}
