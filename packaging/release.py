@@ -13,8 +13,9 @@ dist/) and .github/workflows/release.yml (on a tag).
 The dry run does what the workflow does, except what needs the forge: pushing images and the
 chart, publishing to PyPI, keyless signing and attestations (they need the workflow's OIDC
 identity). Images are not built (no Docker daemon needed): their build steps are proven as
-`make test` proves them, by running the same commands outside Docker (the operator's cargo
-build for amd64 and, cross-compiled with zig, arm64; the inject image's start command and
+`make test` proves them, by running the same commands outside Docker (the operator image's
+cargo build of both its binaries, wsgiscale-operator and wsgiscale-activator, for amd64 and,
+cross-compiled with zig, arm64; the inject image's start command and
 package folder; the app image's pip install from the wheels, in a fresh venv, serving a
 request).
 """
@@ -40,6 +41,8 @@ TARGETS = {
     "musllinux_1_2_x86_64": ("x86_64-unknown-linux-musl", "musllinux_1_2"),
     "musllinux_1_2_aarch64": ("aarch64-unknown-linux-musl", "musllinux_1_2"),
 }
+# The binaries in the operator image (/usr/local/bin/NAME), each the crate of that name.
+OPERATOR_IMAGE_CRATES = ["wsgiscale-operator", "wsgiscale-activator"]
 
 
 def read(rel):
@@ -128,9 +131,18 @@ def dockerfiles():
         text = read(rel)
         if "--platform=$BUILDPLATFORM" not in text or '--target "$(cat /rust-target)"' not in text:
             problems.append("%s: the build stage must cross-compile for TARGETARCH" % rel)
+    # The operator image holds both binaries (the chart runs the activator from it by path).
+    operator = read("operator/Dockerfile")
+    final = operator.rsplit("\nFROM ", 1)[-1]
+    for binary in OPERATOR_IMAGE_CRATES:
+        if "-p %s" % binary not in operator:
+            problems.append("operator/Dockerfile: the build stage must build -p %s" % binary)
+        if not re.search(r"^COPY --from=build [^\n]*/%s\b[^\n]* /usr/local/bin/" % re.escape(binary), final, re.M):
+            problems.append("operator/Dockerfile: the image must ship /usr/local/bin/%s" % binary)
     if problems:
         raise SystemExit("release.py: " + "; ".join(problems))
-    print("ok   Dockerfiles: the app image's wheels come only from the wheels context; operator and inject images cross-compile")
+    print("ok   Dockerfiles: the app image's wheels come only from the wheels context; operator and inject images cross-compile;"
+          " the operator image ships %s" % " and ".join(OPERATOR_IMAGE_CRATES))
 
 
 def run(cmd, **kw):
@@ -207,21 +219,24 @@ def dry_run(dist, pythons, cross_pythons, helm):
     run(["hadolint", "examples/Dockerfile", "operator/Dockerfile", "packaging/inject.Dockerfile"], cwd=ROOT)
     dockerfiles()
     host = "%s-unknown-linux-gnu" % os.uname().machine
-    run(["cargo", "build", "--release", "--locked", "-p", "wsgiscale-operator", "--target", host], cwd=ROOT)
+    image_crates = [arg for crate in OPERATOR_IMAGE_CRATES for arg in ("-p", crate)]
+    run(["cargo", "build", "--release", "--locked"] + image_crates + ["--target", host], cwd=ROOT)
     other = "aarch64-unknown-linux-gnu" if host.startswith("x86_64") else "x86_64-unknown-linux-gnu"
-    run(["cargo", "zigbuild", "--release", "--locked", "-p", "wsgiscale-operator", "--target", other], cwd=ROOT)
+    run(["cargo", "zigbuild", "--release", "--locked"] + image_crates + ["--target", other], cwd=ROOT)
     static = dict(os.environ, RUSTFLAGS="-C target-feature=+crt-static")
     run(["cargo", "build", "--release", "--locked", "-p", "wsgiscale-start", "--target", host], cwd=ROOT, env=static)
     start = os.path.join(ROOT, "target", host, "release", "wsgiscale-start")
     for arch in ("x86_64", "aarch64"):
         run([py, "packaging/wheels.py", "unpack", "--out", os.path.join(ROOT, ".cache", "inject-" + arch), "--arch", arch, "--start", start]
             + glob.glob(os.path.join(dist, "wsgiscale-%s-*.whl" % v)), cwd=ROOT)
-    print("ok   images' steps: operator for %s and %s, the static start command, the inject folders of both architectures" % (host, other))
+    print("ok   images' steps: %s for %s and %s, the static start command, the inject folders of both architectures"
+          % (" and ".join(OPERATOR_IMAGE_CRATES), host, other))
     # 5. SBOMs, checksums.
     run([py, "packaging/sbom.py", "--crate", "wsgiscale-py", "--name", "wsgiscale", "--purl-type", "pypi",
          "--out", os.path.join(dist, "wsgiscale-%s.cdx.json" % v)], cwd=ROOT)
-    run([py, "packaging/sbom.py", "--crate", "wsgiscale-operator", "--name", "wsgiscale-operator", "--purl-type", "oci",
-         "--out", os.path.join(dist, "wsgiscale-operator-%s.cdx.json" % v)], cwd=ROOT)
+    # The operator image's SBOM: every crate either of its binaries links.
+    run([py, "packaging/sbom.py"] + [arg for crate in OPERATOR_IMAGE_CRATES for arg in ("--crate", crate)]
+        + ["--name", "wsgiscale-operator", "--purl-type", "oci", "--out", os.path.join(dist, "wsgiscale-operator-%s.cdx.json" % v)], cwd=ROOT)
     checksums(dist)
     print("skip signatures and attestations: keyless signing (cosign, actions/attest-build-provenance) needs the release workflow's OIDC identity")
     print("skip pushes: PyPI (trusted publishing), ghcr.io images and chart happen only in the release workflow")

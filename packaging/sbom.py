@@ -3,9 +3,10 @@
 Cargo.lock through `cargo metadata`, and what it is.
 
     sbom.py --crate wsgiscale-py --name wsgiscale --purl-type pypi --out dist/wsgiscale.cdx.json
-    sbom.py --crate wsgiscale-operator --name wsgiscale-operator --purl-type oci --out ...
+    sbom.py --crate wsgiscale-operator --crate wsgiscale-activator --name wsgiscale-operator ...
 
-Only the crates the artifact links are listed: the normal dependencies of `--crate`, for
+Only the crates the artifact links are listed: the normal dependencies of `--crate` (of every
+`--crate`, for an image holding several binaries: the operator image holds two), for
 Linux targets (no build scripts' or tests' crates, no other platform's), each with its version,
 its package URL (pkg:cargo/NAME@VERSION) and its licence expression. The document is built and
 written by CycloneDX's own library (cyclonedx-python-lib), which validates it against the
@@ -41,13 +42,17 @@ def metadata():
     return json.loads(out.stdout)
 
 
-def linked(meta, crate):
-    """The package ids `crate` links: itself and its normal dependencies, transitively."""
+def linked(meta, crates):
+    """The packages `crates` link: themselves and their normal dependencies, transitively; and
+    the first crate's package id (the artifact's version is that crate's)."""
     packages = {p["id"]: p for p in meta["packages"]}
     nodes = {n["id"]: n for n in meta["resolve"]["nodes"]}
-    roots = [p["id"] for p in meta["packages"] if p["name"] == crate and p["source"] is None]
-    if not roots:
-        raise SystemExit("sbom.py: no workspace crate named %s" % crate)
+    roots = []
+    for crate in crates:
+        found = [p["id"] for p in meta["packages"] if p["name"] == crate and p["source"] is None]
+        if not found:
+            raise SystemExit("sbom.py: no workspace crate named %s" % crate)
+        roots += found
     seen, todo = set(), list(roots)
     while todo:
         pid = todo.pop()
@@ -65,9 +70,9 @@ def licence(expr):
     return re.sub(r"\s*/\s*", " OR ", expr) if expr else None
 
 
-def build(crate, name, purl_type, artifact=None):
+def build(crates, name, purl_type, artifact=None):
     meta = metadata()
-    packages, root_id = linked(meta, crate)
+    packages, root_id = linked(meta, crates)
     version = next(p["version"] for p in packages if p["id"] == root_id)
     bom = Bom()
     top = Component(
@@ -105,7 +110,8 @@ def build(crate, name, purl_type, artifact=None):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--crate", required=True)
+    p.add_argument("--crate", required=True, action="append",
+                   help="a workspace crate the artifact holds; again for each binary of an image")
     p.add_argument("--name", required=True)
     p.add_argument("--purl-type", default="pypi", choices=["pypi", "oci", "generic"])
     p.add_argument("--artifact", help="a file whose SHA-256 the SBOM's subject carries")

@@ -78,7 +78,18 @@ refuse "a privileged metrics port" "/metrics/port" --set metrics.port=80
 refuse "a PodMonitor interval that is no duration" "/podMonitor/interval" --set podMonitor.interval=soon
 refuse "a misspelt dashboards key" "additional properties 'enable' not allowed" --set dashboards.enable=true
 refuse "a ServiceMonitor without the metrics Service" "serviceMonitor.enabled needs metrics.service.enabled" \
-  --set serviceMonitor.enabled=true --set metrics.service.enabled=false
+  --set serviceMonitor.enabled=true --set metrics.service.enabled=false --set activator.enabled=false
+refuse "the activator without the metrics Service (its demand pushes go there)" \
+  "activator.enabled needs metrics.service.enabled" --set metrics.service.enabled=false
+refuse "an activator drain not below its grace period" \
+  "activator.drainTimeoutSeconds (60) must be below activator.terminationGracePeriodSeconds (60)" \
+  --set activator.drainTimeoutSeconds=60 --set activator.terminationGracePeriodSeconds=60
+refuse "an activator drain longer than its grace period" \
+  "activator.drainTimeoutSeconds (90) must be below activator.terminationGracePeriodSeconds (60)" \
+  --set activator.drainTimeoutSeconds=90
+refuse "an activator admin port among the apps' ports (20000-29999)" "/activator/adminPort" --set activator.adminPort=20000
+refuse "a misspelt activator key" "additional properties 'replicas' not allowed" --set activator.replicas=3
+refuse "an unknown activator log format" "/activator/logging/format" --set activator.logging.format=xml
 
 echo "chart: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]

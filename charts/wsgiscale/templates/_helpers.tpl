@@ -54,6 +54,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* The operator's metrics Service (also where the activator pushes demand). */}}
+{{- define "wsgiscale.metricsServiceName" -}}
+{{- include "wsgiscale.fullname" . }}-metrics
+{{- end }}
+
 {{/* The name of the leader election Lease. */}}
 {{- define "wsgiscale.leaseName" -}}
 {{- include "wsgiscale.fullname" . }}
@@ -97,4 +102,82 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.activator.enabled }}
+# Each app's public EndpointSlice, written by the operator: the app's pods, or the ready
+# activators while the activator is in the app's path.
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+{{- end }}
+{{- end }}
+
+{{/*
+The activator: wsgiscale-activator from the operator's image, its own Deployment. Its names
+end in -activator; its pods carry their own app.kubernetes.io/name, so that the operator's
+selectors (Deployment, metrics Service, PodDisruptionBudget, ServiceMonitor) never match them.
+*/}}
+{{- define "wsgiscale.activator.fullname" -}}
+{{- printf "%s-activator" (include "wsgiscale.fullname" . | trunc 53 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The activator's name label. */}}
+{{- define "wsgiscale.activator.name" -}}
+{{- printf "%s-activator" (include "wsgiscale.name" . | trunc 53 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The ConfigMap holding the route table: the operator writes it, the activator reads it. */}}
+{{- define "wsgiscale.activator.routesName" -}}
+{{- include "wsgiscale.activator.fullname" . }}-routes
+{{- end }}
+
+{{/* Labels of the activator's objects. */}}
+{{- define "wsgiscale.activator.labels" -}}
+helm.sh/chart: {{ include "wsgiscale.chart" . }}
+{{ include "wsgiscale.activator.selectorLabels" . }}
+app.kubernetes.io/component: activator
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: wsgiscale
+{{- end }}
+
+{{/* Labels that select the activator pods; never the version. */}}
+{{- define "wsgiscale.activator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "wsgiscale.activator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The ServiceAccount the activator runs as. */}}
+{{- define "wsgiscale.activator.serviceAccountName" -}}
+{{- if .Values.activator.serviceAccount.create }}
+{{- default (include "wsgiscale.activator.fullname" .) .Values.activator.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.activator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The activator's rules on the apps' EndpointSlices, for a ClusterRole or a Role. */}}
+{{- define "wsgiscale.activator.endpointRules" -}}
+# Where each app's pods are, and which are ready: the EndpointSlices of its pods Service.
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{/* The operator's HTTP base URL, where the activator pushes demand: the metrics Service. */}}
+{{- define "wsgiscale.activator.operatorURL" -}}
+{{- printf "http://%s.%s.svc:%d" (include "wsgiscale.metricsServiceName" .) .Release.Namespace (int .Values.metrics.port) }}
+{{- end }}
+
+{{/*
+Checks of the activator's values that span keys (a schema checks each key alone); fails the
+install with the reason.
+*/}}
+{{- define "wsgiscale.activator.validate" -}}
+{{- $a := .Values.activator }}
+{{- if ge (int $a.drainTimeoutSeconds) (int $a.terminationGracePeriodSeconds) }}
+{{- fail (printf "activator.drainTimeoutSeconds (%d) must be below activator.terminationGracePeriodSeconds (%d): the kubelet kills the activator at the end of the grace period, dropping the requests it still holds" (int $a.drainTimeoutSeconds) (int $a.terminationGracePeriodSeconds)) }}
+{{- end }}
+{{- if not .Values.metrics.service.enabled }}
+{{- fail "activator.enabled needs metrics.service.enabled: the activator pushes the requests it holds to the operator through that Service, which is how an app at zero pods starts on its first request; set activator.enabled=false to run without the activator" }}
+{{- end }}
 {{- end }}
