@@ -106,7 +106,7 @@ ACTIVATOR_ENDPOINT_RULES = {("discovery.k8s.io", "endpointslices"): {"get", "lis
 # branch: the chart may pass them before cli.rs declares them (the operator ignores an
 # environment variable it does not know). Once cli.rs declares one, this check fails until
 # it is removed from here, so the allowance cannot outlive its reason.
-PENDING_OPERATOR_ENV = {"WSGISCALE_ACTIVATOR_SERVICE", "WSGISCALE_ACTIVATOR_ROUTES"}
+PENDING_OPERATOR_ENV: set = set()
 
 errors = []
 
