@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Runs `wsgiscale-operator simulate` on the four example traces under the wsgiscale,
-HPA-like and Knative-like policies, draws the wsgiscale runs to docs/img/sim-<trace>.png and
-prints a markdown table (cost in worker-seconds, p99 queue wait, scale events).
+"""Runs `wsgiscale-operator simulate` on the example traces under the wsgiscale, HPA-like
+and Knative-like policies and wsgiscale with the activator (and, on the internal tool's day,
+with scale to zero), draws the wsgiscale runs to docs/img/sim-<trace>.png (and a few activator
+runs to docs/img/sim-<trace>-<suffix>.png) and prints a markdown table (cost in worker- and
+pod-seconds, p50 and p99 wait, scale events, refusals, cold starts).
 
     python3 bench/autoscale/run.py [--bin PATH] [--out bench/RESULTS-autoscale.md]
 
@@ -14,14 +16,23 @@ import subprocess
 import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-TRACES = ["step", "spike", "ramp", "sawtooth"]
+TRACES = ["step", "spike", "ramp", "sawtooth", "internal-day"]
 RUNS = [
-    # (label, --policy-kind, policy file, plot suffix)
-    ("wsgiscale", "wsgiscale", "bench/autoscale/policy.yaml", "wsgiscale"),
-    ("wsgiscale, 50% target", "wsgiscale", "bench/autoscale/policy-headroom.yaml", "wsgiscale-50"),
-    ("HPA-like", "hpa", "bench/autoscale/policy.yaml", "hpa"),
-    ("Knative-like", "knative", "bench/autoscale/policy.yaml", "knative"),
+    # (label, --policy-kind, policy file, plot suffix, traces (None: all))
+    ("wsgiscale", "wsgiscale", "bench/autoscale/policy.yaml", "wsgiscale", None),
+    ("wsgiscale, 50% target", "wsgiscale", "bench/autoscale/policy-headroom.yaml", "wsgiscale-50", None),
+    ("HPA-like", "hpa", "bench/autoscale/policy.yaml", "hpa", None),
+    ("Knative-like", "knative", "bench/autoscale/policy.yaml", "knative", None),
+    ("wsgiscale+activator", "wsgiscale+activator", "bench/autoscale/policy.yaml", "activator", None),
+    ("wsgiscale+activator, hold 10,000", "wsgiscale+activator",
+     "bench/autoscale/policy-activator-hold.yaml", "activator-hold", ["step", "spike"]),
+    ("wsgiscale+activator+zero, idle 60 s", "wsgiscale+activator+zero",
+     "bench/autoscale/policy.yaml", "zero", ["internal-day"]),
+    ("wsgiscale+activator+zero, idle 15 min", "wsgiscale+activator+zero",
+     "bench/autoscale/policy-zero-15m.yaml", "zero-15m", ["internal-day"]),
 ]
+# The activator runs whose plots the repository keeps (beside every trace's wsgiscale run).
+KEPT_PLOTS = {("step", "activator"), ("spike", "activator"), ("internal-day", "zero-15m")}
 
 
 def simulate(binary, trace, kind, policy, plot):
@@ -42,23 +53,39 @@ def main():
     args = ap.parse_args()
     rows = []
     for trace in TRACES:
-        for label, kind, policy, suffix in RUNS:
-            # The repository keeps one plot per trace (the wsgiscale policy); --plots-dir
-            # draws every run.
+        for label, kind, policy, suffix, only in RUNS:
+            if only is not None and trace not in only:
+                continue
+            # The repository keeps one plot per trace (the wsgiscale policy) and a few
+            # activator runs; --plots-dir draws every run.
             if args.plots_dir:
                 plot = os.path.join(args.plots_dir, f"sim-{trace}-{suffix}.png")
-            elif suffix == "wsgiscale" and not args.no_plots:
+            elif args.no_plots:
+                plot = None
+            elif suffix == "wsgiscale":
                 plot = f"docs/img/sim-{trace}.png"
+            elif (trace, suffix) in KEPT_PLOTS:
+                plot = f"docs/img/sim-{trace}-{suffix}.png"
             else:
                 plot = None
             _, s = simulate(args.bin, trace, kind, policy, plot)
             rows.append((trace, label, s))
-    print("| trace | policy | worker-seconds (cost) | p99 queue wait (ms) | mean wait (ms) | scale events | max pods | pod-seconds | rejected (503) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| trace | policy | worker-seconds (cost) | pod-seconds | p50 wait (ms) | p99 wait (ms) | mean wait (ms) | scale events | max pods | rejected (503) | cold starts | first request of a cold start, wait (ms) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for trace, label, s in rows:
-        print(f"| {trace} | {label} | {s['worker_seconds']:.0f} | {s['p99_queue_wait_ms']:.1f} | "
+        a = s.get("activator")
+        if a and a["cold_starts"]:
+            waits = [w for w in a["cold_start_first_wait_ms"] if w is not None]
+            refused = len(a["cold_start_first_wait_ms"]) - len(waits)
+            first = (f"{min(waits):.0f} to {max(waits):.0f}" if waits else "-") + \
+                (f", {refused} refused" if refused else "")
+            cold = str(a["cold_starts"])
+        else:
+            cold, first = ("0", "-") if a else ("-", "-")
+        print(f"| {trace} | {label} | {s['worker_seconds']:.0f} | {s['pod_seconds']:.0f} | "
+              f"{s['p50_queue_wait_ms']:.1f} | {s['p99_queue_wait_ms']:.1f} | "
               f"{s['mean_queue_wait_ms']:.1f} | {s['scale_events']} | {s['max_replicas']} | "
-              f"{s['pod_seconds']:.0f} | {s['rejected']} |")
+              f"{s['rejected']} | {cold} | {first} |")
     return 0
 
 

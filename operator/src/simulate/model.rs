@@ -6,6 +6,10 @@
 //! thread of a ready worker takes it, so its wait is exact, not rounded to a step. The worker
 //! set changes only at the once-a-second checks and when a forked worker becomes ready, and
 //! every pod is advanced to a check's time before the check runs.
+//!
+//! A request the activator forwards ([`Pod::forward`]) reaches the pod one hop later and
+//! counts in the activator's in-flight figure for the pod until it ends; the pod keeps that
+//! figure, so it follows the pod when the pod leaves the Service and drains.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -62,6 +66,30 @@ pub struct ServerModel {
     pub max_queue: u32,
 }
 
+/// A request in a pod's queue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Queued {
+    /// The request's number in the run.
+    id: u64,
+    /// When the client sent it (its wait counts from here).
+    arrival: f64,
+    /// When it reaches the pod (later than `arrival` after the activator's hop).
+    available: f64,
+    /// Seconds of work.
+    service: f64,
+    /// Forwarded by the activator (counts in its in-flight figure until it ends).
+    via_activator: bool,
+}
+
+/// A request a worker thread took.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Started {
+    /// The request's number in the run.
+    pub id: u64,
+    /// Seconds from its arrival to a thread taking it.
+    pub wait: f32,
+}
+
 /// One pod.
 #[derive(Debug, Clone)]
 pub struct Pod {
@@ -72,7 +100,11 @@ pub struct Pod {
     /// Taken out of the Service: finishes its queue and in-flight requests, then goes.
     pub terminating: bool,
     workers: Vec<Worker>,
-    queue: VecDeque<(f64, f64)>,
+    queue: VecDeque<Queued>,
+    /// Requests the activator forwarded here that no thread has taken yet.
+    activator_unstarted: u32,
+    /// When the activator's requests that a thread took end (pruned as time passes).
+    activator_ends: Vec<f64>,
     cheaper: Cheaper,
     tracker: LoadTracker,
     /// The server's own worker pool policy: it carries out the plans, as in the server.
@@ -119,6 +151,8 @@ impl Pod {
             terminating: false,
             workers,
             queue: VecDeque::new(),
+            activator_unstarted: 0,
+            activator_ends: Vec::new(),
             cheaper: Cheaper::new(&model.scaling, &model.limits),
             tracker: LoadTracker::new(),
             pool,
@@ -138,41 +172,107 @@ impl Pod {
         self.queue.len()
     }
 
-    /// Queues a request that arrived at `at` needing `service` seconds; false when the queue
-    /// is full (the server answers 503).
-    pub fn offer(&mut self, at: f64, service: f64) -> bool {
+    /// Queues request `id` that arrived at `at` needing `service` seconds; false when the
+    /// queue is full (the server answers 503).
+    pub fn offer(&mut self, id: u64, at: f64, service: f64) -> bool {
+        self.enqueue(Queued {
+            id,
+            arrival: at,
+            available: at,
+            service,
+            via_activator: false,
+        })
+    }
+
+    /// Queues request `id` (arrived at the activator at `arrival`) that the activator
+    /// forwards so that it reaches the pod at `available`; it counts in
+    /// [`Pod::activator_in_flight`] until it ends. False when the queue is full.
+    pub fn forward(&mut self, id: u64, arrival: f64, available: f64, service: f64) -> bool {
+        let ok = self.enqueue(Queued {
+            id,
+            arrival,
+            available,
+            service,
+            via_activator: true,
+        });
+        if ok {
+            self.activator_unstarted += 1;
+        }
+        ok
+    }
+
+    fn enqueue(&mut self, q: Queued) -> bool {
         if self.queue.len() >= self.model.max_queue as usize {
             return false;
         }
-        self.queue.push_back((at, service));
+        self.queue.push_back(q);
         true
     }
 
-    /// Starts every queued request that a thread can take by `t`, oldest first, on the
-    /// earliest free thread; pushes each one's wait (seconds) into `waits`.
-    pub fn advance(&mut self, t: f64, waits: &mut Vec<f32>) {
-        while let Some(&(arrival, service)) = self.queue.front() {
-            let mut best: Option<(usize, usize, f64)> = None;
-            for (wi, w) in self.workers.iter().enumerate() {
-                for (ti, &b) in w.busy_until.iter().enumerate() {
-                    let free = b.max(w.ready_at);
-                    if best.is_none_or(|(_, _, f)| free < f) {
-                        best = Some((wi, ti, free));
-                    }
+    /// The earliest free thread of a (starting or ready) worker and the thread itself.
+    fn earliest_free(&self) -> Option<(usize, usize, f64)> {
+        let mut best: Option<(usize, usize, f64)> = None;
+        for (wi, w) in self.workers.iter().enumerate() {
+            for (ti, &b) in w.busy_until.iter().enumerate() {
+                let free = b.max(w.ready_at);
+                if best.is_none_or(|(_, _, f)| free < f) {
+                    best = Some((wi, ti, free));
                 }
             }
-            let Some((wi, ti, free)) = best else { break };
-            let start = free.max(arrival);
+        }
+        best
+    }
+
+    /// Starts every queued request that a thread can take by `t`, oldest first, on the
+    /// earliest free thread; pushes each one's number and wait (seconds) into `started`.
+    pub fn advance(&mut self, t: f64, started: &mut Vec<Started>) {
+        while let Some(&q) = self.queue.front() {
+            let Some((wi, ti, free)) = self.earliest_free() else {
+                break;
+            };
+            let start = free.max(q.available);
             if start > t {
                 break;
             }
             self.queue.pop_front();
-            waits.push((start - arrival) as f32);
+            started.push(Started {
+                id: q.id,
+                wait: (start - q.arrival) as f32,
+            });
             let w = &mut self.workers[wi];
-            w.busy_until[ti] = start + service;
-            w.assigned_busy += service;
+            w.busy_until[ti] = start + q.service;
+            w.assigned_busy += q.service;
             w.assigned += 1;
+            if q.via_activator {
+                self.activator_unstarted -= 1;
+                self.activator_ends.push(start + q.service);
+            }
         }
+        self.activator_ends.retain(|&end| end > t);
+    }
+
+    /// Requests the activator forwarded here that have not ended at `t` (queued, on the way,
+    /// or running), as the activator counts them. Exact for `t` at or after the last
+    /// [`Pod::advance`].
+    pub fn activator_in_flight(&self, t: f64) -> u32 {
+        self.activator_unstarted + self.activator_ends.iter().filter(|&&e| e > t).count() as u32
+    }
+
+    /// After [`Pod::advance`] to `t`: the next time after `t` at which the activator's count
+    /// here can change (one of its requests ends, or the queue's head starts, which may be
+    /// one of its requests or lets one move up), if any.
+    pub fn next_activator_change(&self, t: f64) -> Option<f64> {
+        let ends = self.activator_ends.iter().copied().filter(|&e| e > t);
+        let start = if self.activator_unstarted > 0 {
+            let head = self.queue.front().map(|q| q.available);
+            self.earliest_free()
+                .zip(head)
+                .map(|((_, _, free), available)| free.max(available))
+                .filter(|&s| s > t)
+        } else {
+            None
+        };
+        ends.chain(start).min_by(f64::total_cmp)
     }
 
     /// True when nothing is queued or running at `t` (a terminating pod can go).
@@ -223,7 +323,7 @@ impl Pod {
                 }
             })
             .collect();
-        let oldest = self.queue.front().map_or(0.0, |(a, _)| (t - a).max(0.0));
+        let oldest = self.queue.front().map_or(0.0, |q| (t - q.arrival).max(0.0));
         let sb = Scoreboard {
             now: Duration::from_secs_f64(t.max(0.0)),
             queue_depth: self.queue.len() as u32,
@@ -340,15 +440,43 @@ mod tests {
         let mut pod = Pod::new(0.0, 0.0, model(1, 1, Algorithm::Manual));
         let mut waits = vec![];
         // Three requests of 1 s at 0, 0.5, 0.6 on one thread: waits 0, 0.5, 1.4.
-        assert!(pod.offer(0.0, 1.0));
-        assert!(pod.offer(0.5, 1.0));
-        assert!(pod.offer(0.6, 1.0));
-        assert!(!pod.offer(0.7, 1.0), "the queue bound refuses the fourth");
+        assert!(pod.offer(0, 0.0, 1.0));
+        assert!(pod.offer(1, 0.5, 1.0));
+        assert!(pod.offer(2, 0.6, 1.0));
+        assert!(
+            !pod.offer(3, 0.7, 1.0),
+            "the queue bound refuses the fourth"
+        );
         pod.advance(10.0, &mut waits);
-        let w: Vec<f32> = waits.iter().map(|w| (w * 10.0).round() / 10.0).collect();
+        let w: Vec<f32> = waits
+            .iter()
+            .map(|s| (s.wait * 10.0).round() / 10.0)
+            .collect();
         assert_eq!(w, vec![0.0, 0.5, 1.4]);
         assert_eq!(pod.in_flight(2.5), 1);
         assert!(pod.is_drained(3.0));
+    }
+
+    #[test]
+    fn a_forwarded_request_arrives_one_hop_later_and_counts_until_it_ends() {
+        let mut pod = Pod::new(0.0, 0.0, model(1, 1, Algorithm::Manual));
+        let mut started = vec![];
+        // Held from 1.0, forwarded at 2.0, reaches the pod at 2.001; 1 s of work.
+        assert!(pod.forward(7, 1.0, 2.001, 1.0));
+        assert!(pod.offer(8, 2.0, 1.0));
+        assert_eq!(pod.activator_in_flight(2.0), 1);
+        pod.advance(2.0, &mut started);
+        assert!(started.is_empty(), "not there yet");
+        assert_eq!(pod.next_activator_change(2.0), Some(2.001));
+        pod.advance(2.5, &mut started);
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].id, 7);
+        assert!((started[0].wait - 1.001).abs() < 1e-6);
+        assert_eq!(pod.activator_in_flight(2.5), 1);
+        assert_eq!(pod.next_activator_change(2.5), Some(3.001));
+        pod.advance(3.5, &mut started);
+        assert_eq!(pod.activator_in_flight(3.5), 0);
+        assert_eq!(started.iter().map(|s| s.id).collect::<Vec<_>>(), [7, 8]);
     }
 
     #[test]
@@ -361,7 +489,7 @@ mod tests {
             if s <= 30 {
                 // Ten 1-second requests a second: everything busy.
                 for k in 0..10 {
-                    pod.offer(t - 1.0 + f64::from(k) * 0.1, 1.0);
+                    pod.offer(u64::from(s * 10 + k), t - 1.0 + f64::from(k) * 0.1, 1.0);
                 }
             }
             pod.advance(t, &mut waits);

@@ -67,6 +67,15 @@ fn panels(outcome: &Outcome) -> Vec<Panel> {
         unit: unit.into(),
         lines,
     };
+    let with_activator = outcome.summary.activator.is_some();
+    let mut queue_lines = vec![line("queued", (255, 127, 14), col(&|p| f64::from(p.queue)))];
+    if with_activator {
+        queue_lines.push(line(
+            "held at the activator",
+            (23, 190, 207),
+            col(&|p| f64::from(p.held)),
+        ));
+    }
     vec![
         panel(
             "arrivals",
@@ -95,9 +104,13 @@ fn panels(outcome: &Outcome) -> Vec<Panel> {
             )],
         ),
         panel(
-            "queue depth (all pods)",
+            if with_activator {
+                "queue depth (all pods) and requests held at the activator"
+            } else {
+                "queue depth (all pods)"
+            },
             "requests",
-            vec![line("queued", (255, 127, 14), col(&|p| f64::from(p.queue)))],
+            queue_lines,
         ),
         panel(
             "longest queue wait of the requests started each second",
