@@ -69,8 +69,8 @@ pub fn routes_of(cm: &ConfigMap) -> Option<Vec<Route>> {
     }
 }
 
-fn sync_endpoints(inner: &Arc<Inner>, slices: &Store<EndpointSlice>) {
-    let state = slices.state();
+fn sync_endpoints(inner: &Arc<Inner>, slices: &[Store<EndpointSlice>]) {
+    let state: Vec<Arc<EndpointSlice>> = slices.iter().flat_map(Store::state).collect();
     let apps: Vec<_> = inner
         .apps
         .lock()
@@ -97,16 +97,34 @@ pub async fn run(inner: Arc<Inner>, client: kube::Client, stop: CancellationToke
     )
     .default_backoff()
     .applied_objects();
-    let (slice_store, writer) = reflector::store::<EndpointSlice>();
-    let slices = reflector::reflector(
-        writer,
-        watcher(
-            Api::<EndpointSlice>::all(client),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .touched_objects();
+    // All namespaces, or one watch per namespace (an activator granted Roles in the apps'
+    // namespaces only cannot watch cluster-wide).
+    let apis: Vec<Api<EndpointSlice>> = if inner.config.namespaces.is_empty() {
+        vec![Api::all(client)]
+    } else {
+        inner
+            .config
+            .namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    let mut slice_stores = Vec::new();
+    let mut streams = Vec::new();
+    for api in apis {
+        let (store, writer) = reflector::store::<EndpointSlice>();
+        slice_stores.push(store);
+        streams.push(
+            reflector::reflector(
+                writer,
+                watcher(api, watcher::Config::default()).default_backoff(),
+            )
+            .touched_objects()
+            .boxed(),
+        );
+    }
+    let slices = futures::stream::select_all(streams);
+    let slice_store = slice_stores;
     let mut routes = std::pin::pin!(routes);
     let mut slices = std::pin::pin!(slices);
     let mut tick = tokio::time::interval(Duration::from_secs(5));

@@ -64,6 +64,8 @@ pub struct Config {
     pub pod_name: String,
     /// How long a drain may take after SIGTERM.
     pub drain_timeout: Duration,
+    /// The namespaces whose EndpointSlices it watches (empty: all, cluster-wide).
+    pub namespaces: Vec<String>,
 }
 
 /// An app's key: namespace and name.

@@ -45,6 +45,15 @@ struct Args {
     /// Seconds a drain may take after SIGTERM (keep it below terminationGracePeriodSeconds).
     #[arg(long, env = "WSGISCALE_ACTIVATOR_DRAIN_TIMEOUT_SECONDS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=3600))]
     drain_timeout_seconds: u64,
+    /// Namespaces of the apps whose pods it may forward to, comma-separated (one watch of
+    /// EndpointSlices each; for an activator granted Roles in those namespaces only). Empty:
+    /// all namespaces (a cluster-wide watch).
+    #[arg(
+        long,
+        env = "WSGISCALE_ACTIVATOR_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    watch_namespaces: Vec<String>,
     /// Log format.
     #[arg(long, env = "WSGISCALE_ACTIVATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     log_format: LogFormat,
@@ -91,6 +100,12 @@ async fn main() -> anyhow::Result<()> {
         operator_url: args.operator_url,
         pod_name,
         drain_timeout: Duration::from_secs(args.drain_timeout_seconds),
+        namespaces: args
+            .watch_namespaces
+            .into_iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect(),
     });
     let shutdown = CancellationToken::new();
     {

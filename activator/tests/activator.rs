@@ -188,6 +188,7 @@ async fn holds_until_ready_spreads_a_burst_expires_and_drains() {
         operator_url: None,
         pod_name: "activator-test".into(),
         drain_timeout: Duration::from_secs(30),
+        namespaces: Vec::new(),
     }));
     let shutdown = CancellationToken::new();
     let run = {

@@ -288,6 +288,13 @@ pub struct WsgiAppSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_to_zero: Option<ScaleToZeroSpec>,
 
+    /// What the activator may hold for this app while no pod can take a request (at zero
+    /// pods, or short of `autoscaling.burstCapacity`); past any bound it answers 503 with
+    /// Retry-After. Used when the operator runs with the activator. Default: 10000 requests,
+    /// 64Mi of bodies, 60 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activator: Option<ActivatorSpec>,
+
     /// Compute resources of the server container (the standard requests and limits). Memory
     /// not given here is derived from `memorySizing` when that is set. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1041,6 +1048,27 @@ pub struct AutoscalingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = -1, max = 100000))]
     pub burst_capacity: Option<i32>,
+}
+
+/// The activator's hold limits for one app.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivatorSpec {
+    /// Requests held at once. Default: 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_held_requests: Option<i32>,
+
+    /// Bytes of request bodies held at once, e.g. `64Mi`. Default: 64Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new(SIZE_RULE).message(SIZE_MESSAGE))]
+    pub max_held_bytes: Option<String>,
+
+    /// Seconds a request may wait for a pod. Default: 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub max_wait_seconds: Option<i32>,
 }
 
 /// Scale to zero when idle.

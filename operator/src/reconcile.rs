@@ -926,6 +926,19 @@ async fn apply_children(
         },
         _ => Routed::default(),
     };
+    if v.autoscaling.scale_to_zero.is_some() && ctx.routing.is_none() {
+        queue_event(
+            ctx,
+            app,
+            true,
+            "ScaleToZeroUnavailable",
+            "Reconcile",
+            "scaleToZero is on but the operator runs without the activator \
+             (--activator-service, the chart's activator.enabled): the app keeps at least 1 pod"
+                .into(),
+            None,
+        );
+    }
     let pods_svc_name = pods_service_name(&v.name);
     let observed_pods_svc = match &ctx.routing {
         Some(_) => observe(ctx, &cached.services, &services, ns, &pods_svc_name).await?,

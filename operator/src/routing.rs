@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
-use wsgiscale_core::activator::{Demand, HoldLimits, Route as TableRoute, RouteTable, ROUTES_KEY};
+use wsgiscale_core::activator::{Demand, Route as TableRoute, RouteTable, ROUTES_KEY};
 
 use crate::activation::{PathState, Route, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL};
 use crate::cache::Stores;
@@ -188,7 +188,7 @@ fn table_route(app: &ValidatedApp, port: u16) -> TableRoute {
             .max
             .max(1)
             .saturating_mul(app.workers.threads.max(1)),
-        hold: HoldLimits::default(),
+        hold: app.autoscaling.hold,
     }
 }
 

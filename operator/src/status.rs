@@ -297,11 +297,14 @@ pub fn compute_status(app: &WsgiApp, outcome: Outcome<'_>, now: Time) -> WsgiApp
 
             let (ready, reason, msg) = if complete && r.ready >= desired {
                 if desired == 0 {
-                    (
-                        true,
-                        reasons::SCALED_TO_ZERO,
-                        "no pods requested".to_string(),
-                    )
+                    let msg = match v.autoscaling.scale_to_zero {
+                        Some(idle) if v.autoscaling.enabled => format!(
+                            "no pods: idle for {} s, the activator holds the next request and wakes the app",
+                            idle.as_secs()
+                        ),
+                        _ => "no pods requested".to_string(),
+                    };
+                    (true, reasons::SCALED_TO_ZERO, msg)
                 } else {
                     let msg = format!("{} of {desired} pods ready", r.ready);
                     (true, reasons::AVAILABLE, msg)

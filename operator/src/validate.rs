@@ -351,6 +351,8 @@ pub struct Autoscaling {
     pub burst_capacity: Option<i32>,
     /// The idle period after which the app may go to zero pods (None: scale to zero off).
     pub scale_to_zero: Option<Duration>,
+    /// What the activator may hold for the app.
+    pub hold: wsgiscale_core::activator::HoldLimits,
 }
 
 /// A WsgiApp with every default resolved and every rule checked: what `render` needs, and
@@ -757,6 +759,34 @@ pub fn validate_app(app: &WsgiApp) -> Result<ValidatedApp, ValidationError> {
             );
         }
         autoscaling.scale_to_zero = Some(seconds(idle));
+    }
+    if let Some(a) = &spec.activator {
+        let d = wsgiscale_core::activator::HoldLimits::default();
+        let requests = errs.int(
+            "spec.activator.maxHeldRequests",
+            a.max_held_requests,
+            d.max_requests as i32,
+            1,
+            1_000_000,
+        );
+        let wait = errs.int(
+            "spec.activator.maxWaitSeconds",
+            a.max_wait_seconds,
+            (d.max_wait_ms / 1000) as i32,
+            1,
+            3600,
+        );
+        let bytes = match &a.max_held_bytes {
+            Some(v) => errs
+                .size("spec.activator.maxHeldBytes", v)
+                .unwrap_or(d.max_bytes),
+            None => d.max_bytes,
+        };
+        autoscaling.hold = wsgiscale_core::activator::HoldLimits {
+            max_requests: requests as u32,
+            max_bytes: bytes,
+            max_wait_ms: wait as u64 * 1000,
+        };
     }
     if autoscaling.enabled && replicas.min == 0 && autoscaling.scale_to_zero.is_none() {
         errs.push(
@@ -1395,6 +1425,7 @@ fn resolve_autoscaling(spec: Option<&AutoscalingSpec>, errs: &mut Errors) -> Aut
             .burst_capacity
             .map(|b| errs.int("spec.autoscaling.burstCapacity", Some(b), 0, -1, 100_000)),
         scale_to_zero: None,
+        hold: wsgiscale_core::activator::HoldLimits::default(),
     }
 }
 
@@ -1973,6 +2004,51 @@ mod tests {
         for bad in ["", "Shop", "2shop", "shop-", "sh.op", &"a".repeat(64)] {
             assert!(!is_dns1035_label(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn scale_to_zero_needs_autoscaling_and_allows_min_zero() {
+        use crate::crd::{ActivatorSpec, AutoscalingSpec, ReplicasSpec, ScaleToZeroSpec};
+        let with = |autoscaling: bool, zero: bool, min: i32| {
+            mk_app("shop").map(|a| {
+                a.spec.replicas = Some(ReplicasSpec {
+                    min: Some(min),
+                    max: Some(4),
+                    ..ReplicasSpec::default()
+                });
+                a.spec.autoscaling = Some(AutoscalingSpec {
+                    enabled: Some(autoscaling),
+                    ..AutoscalingSpec::default()
+                });
+                a.spec.scale_to_zero = zero.then(|| ScaleToZeroSpec {
+                    enabled: Some(true),
+                    idle_seconds: None,
+                });
+            })
+        };
+        let fields = |app: &WsgiApp| match validate_app(app) {
+            Ok(_) => Vec::new(),
+            Err(ValidationError::InvalidSpec(errs)) => errs.into_iter().map(|e| e.field).collect(),
+            Err(e) => vec![e.to_string()],
+        };
+        assert_eq!(fields(&with(true, false, 0)), ["spec.replicas.min"]);
+        let v = validate_app(&with(true, true, 0)).expect("min 0 with scaleToZero");
+        assert_eq!(v.autoscaling.scale_to_zero, Some(Duration::from_secs(300)));
+        assert_eq!(fields(&with(false, true, 1)), ["spec.scaleToZero.enabled"]);
+        // Hold limits: defaults, and the app's own.
+        assert_eq!(v.autoscaling.hold.max_requests, 10_000);
+        let held = with(true, true, 0).map(|a| {
+            a.spec.activator = Some(ActivatorSpec {
+                max_held_requests: Some(50),
+                max_held_bytes: Some("1Mi".into()),
+                max_wait_seconds: Some(5),
+            })
+        });
+        let h = validate_app(&held).expect("valid").autoscaling.hold;
+        assert_eq!(
+            (h.max_requests, h.max_bytes, h.max_wait_ms),
+            (50, 1 << 20, 5000)
+        );
     }
 
     #[test]

@@ -8,8 +8,12 @@
 //!   public Service has no selector), and a request through the Service is held, its demand
 //!   pushed, a pod started from zero and the request answered, with its time measured;
 //! - the ScaledUp Event says the activator's held requests caused it;
+//! - a step through the Service while one pod serves loses no request while the activator
+//!   enters the path, a second pod starts and the path goes back to the pods;
 //! - after the idle period the app goes back to zero pods, the activator in the path before
-//!   the last pod goes, and the next request wakes it again.
+//!   the last pod goes, and the next request wakes it again;
+//! - at zero with an image no node can pull, a held request gets 503 with Retry-After at its
+//!   deadline and the status names the image pull.
 //!
 //! Needs root (the stand-in node) and the envtest assets; elsewhere it says why and passes.
 
@@ -218,6 +222,7 @@ async fn scale_from_zero_through_the_activator_and_back_to_zero_when_idle() {
         operator_url: Some(format!("http://127.0.0.1:{http_port}")),
         pod_name: "activator-path-test".into(),
         drain_timeout: Duration::from_secs(10),
+        namespaces: vec![ns.name.clone()],
     }));
     let activator_stop = CancellationToken::new();
     let activator_run = {
@@ -281,6 +286,56 @@ async fn scale_from_zero_through_the_activator_and_back_to_zero_when_idle() {
     })
     .await;
 
+    // A step while one pod serves: 40 req/s of 100 ms requests for 15 s (4 in flight on
+    // average, twice one pod's 2 slots): the activator takes the path, a second pod comes,
+    // the path goes back to the pods. Not one request may fail on the way.
+    let arrivals: Vec<f64> = (0..600).map(|i| f64::from(i) / 40.0).collect();
+    let records = wsgiscale_envtest::load::run(
+        service,
+        &arrivals,
+        "/work?ms=100",
+        Duration::from_secs(60),
+        Arc::new(wsgiscale_envtest::load::Progress::default()),
+    )
+    .await;
+    let failed: Vec<_> = records.iter().filter(|r| !r.outcome.ok()).collect();
+    let mut latencies: Vec<f64> = records.iter().map(|r| r.latency).collect();
+    latencies.sort_by(f64::total_cmp);
+    eprintln!(
+        "step through the Service: {} requests, {} failed, p50 {:.0} ms, p99 {:.0} ms",
+        records.len(),
+        failed.len(),
+        latencies[latencies.len() / 2] * 1000.0,
+        latencies[latencies.len() * 99 / 100] * 1000.0
+    );
+    assert!(
+        failed.is_empty(),
+        "no request lost while the path switches: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    let reasons = |list: &[Event]| -> Vec<String> {
+        list.iter()
+            .filter_map(|e| {
+                let r = e.reason.clone()?;
+                (r.starts_with("Activator") || r.starts_with("Scaled"))
+                    .then(|| format!("{r}: {}", e.note.clone().unwrap_or_default()))
+            })
+            .collect()
+    };
+    let seen = eventually(
+        "the path to go back to the pods after the step",
+        60,
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let r = reasons(&list.items);
+            r.iter()
+                .any(|n| n.starts_with("ActivatorOutOfPath"))
+                .then_some(r)
+        },
+    )
+    .await;
+    eprintln!("events: {seen:#?}");
+
     // Idle for 30 s: the activator takes the path first, then the last pod goes.
     let t = Instant::now();
     eventually("the app back at zero pods", 180, || async {
@@ -308,6 +363,42 @@ async fn scale_from_zero_through_the_activator_and_back_to_zero_when_idle() {
         "the request after the second zero is answered: {text}"
     );
     eprintln!("second cold start: {} ms", took.as_millis());
+
+    // At zero with an image no node can pull: the held request gets 503 with Retry-After at
+    // its deadline (3 s here), not a hang, and the status says why the pods do not start.
+    let mut bad = app();
+    bad["spec"]["image"] = json!("registry.invalid/nothing:1");
+    bad["spec"]["activator"] = json!({"maxWaitSeconds": 3});
+    apps.patch("web", &pp, &Patch::Apply(bad))
+        .await
+        .expect("a bad image");
+    eventually(
+        "the app back at zero pods with the bad image",
+        180,
+        || async {
+            let zero = replicas(&deploys).await == Some(0)
+                && !standin.node.pods().iter().any(|p| p.namespace == ns.name);
+            zero.then_some(())
+        },
+    )
+    .await;
+    // The activator follows the new hold limit from the route table.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, took, text) = get(service, "/work?ms=10").await;
+    assert_eq!(code, 503, "held until the deadline: {text}");
+    assert!(text.to_ascii_lowercase().contains("retry-after"), "{text}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+        "answered at its deadline: {took:?}"
+    );
+    let why = eventually("a status naming the image pull", 60, || async {
+        let app = apps.get("web").await.ok()?;
+        let conditions = app.status?.conditions;
+        let text = serde_json::to_string(&conditions).ok()?;
+        text.contains("ImagePull").then_some(text)
+    })
+    .await;
+    eprintln!("status with the bad image: {why}");
 
     activator_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), activator_run).await;

@@ -451,6 +451,30 @@ async fn an_autoscaled_app_at_zero_pods_is_refused() {
         "{}",
         err.message
     );
+    // With scaleToZero it is what scale to zero means: accepted.
+    let mut zero = app.clone();
+    zero.spec.scale_to_zero = Some(wsgiscale_operator::crd::ScaleToZeroSpec {
+        enabled: Some(true),
+        idle_seconds: Some(600),
+    });
+    apps.create(&PostParams::default(), &zero)
+        .await
+        .expect("min 0 with scaleToZero is accepted");
+    // scaleToZero without autoscaling: refused, saying why.
+    let mut alone = zero.clone();
+    alone.metadata.name = Some("alone".into());
+    alone.spec.autoscaling = None;
+    alone.spec.replicas = None;
+    match apps.create(&PostParams::default(), &alone).await {
+        Err(kube::Error::Api(e)) => assert!(
+            e.code == 422
+                && e.message
+                    .contains("scaleToZero.enabled needs autoscaling.enabled"),
+            "{}",
+            e.message
+        ),
+        other => panic!("scaleToZero without autoscaling: {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

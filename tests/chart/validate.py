@@ -537,6 +537,9 @@ def check_activator(want, adocs, odocs, op_dep, op_container):
           == f"http://{fullname}-metrics.{NAMESPACE}.svc:{metrics[0]['spec']['ports'][0]['port']}",
           f"operator URL {value('WSGISCALE_ACTIVATOR_OPERATOR_URL')} is not the metrics Service")
     check(value("WSGISCALE_ACTIVATOR_ADMIN_BIND") == f"0.0.0.0:{a['admin_port']}", "activator admin bind")
+    # Namespaced mode: it watches EndpointSlices in the operator's namespaces only (its Roles).
+    check(value("WSGISCALE_ACTIVATOR_WATCH_NAMESPACES") == op_env.get("WSGISCALE_OPERATOR_NAMESPACES"),
+          f"activator watch namespaces {value('WSGISCALE_ACTIVATOR_WATCH_NAMESPACES')} differ from the operator's {op_env.get('WSGISCALE_OPERATOR_NAMESPACES')}")
     drain = int(value("WSGISCALE_ACTIVATOR_DRAIN_TIMEOUT_SECONDS") or 0)
     check(drain == a["drain"] and drain < spec["terminationGracePeriodSeconds"], f"drain timeout {drain}")
     check(value("WSGISCALE_ACTIVATOR_LOG_FORMAT") == a["log_format"], f"activator log format {value('WSGISCALE_ACTIVATOR_LOG_FORMAT')}")

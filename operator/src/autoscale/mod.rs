@@ -502,6 +502,12 @@ fn finish(
     }
     // The last pod goes only once the activator holds the path and the app has been idle
     // for its idle period (the driver says so in `zero_allowed`).
+    if desired == 0 && current > 0 && st.zero_allowed {
+        let _ = write!(
+            why,
+            "; idle for the scale-to-zero period with the activator in the path: to zero"
+        );
+    }
     if desired == 0 && current > 0 && !st.zero_allowed {
         desired = 1.min(policy.max_replicas);
         let _ = write!(
