@@ -66,6 +66,12 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// The namespaces whose EndpointSlices it watches (empty: all, cluster-wide).
     pub namespaces: Vec<String>,
+    /// After SIGTERM, how long it still takes new connections (with `/readyz` failing) while
+    /// the endpoints that lead to it catch up: a terminating pod leaves its Service's
+    /// EndpointSlices at once, but the operator rewrites the apps' slices and every
+    /// kube-proxy follows only after that, and a connection sent meanwhile must not be
+    /// refused.
+    pub drain_delay: Duration,
 }
 
 /// An app's key: namespace and name.
@@ -233,10 +239,15 @@ impl Activator {
         let upkeep_task = tokio::spawn(upkeep(inner.clone(), discovery_stop.clone()));
 
         shutdown.cancelled().await;
-        tracing::info!("SIGTERM: draining");
-        inner.draining.store(true, Ordering::SeqCst);
-        inner.stop_listening.cancel();
         let deadline = Instant::now() + inner.config.drain_timeout;
+        tracing::info!(
+            delay_seconds = inner.config.drain_delay.as_secs_f64(),
+            "SIGTERM: unready, taking connections until the endpoints follow, then draining"
+        );
+        inner.draining.store(true, Ordering::SeqCst);
+        tokio::time::sleep(inner.config.drain_delay.min(inner.config.drain_timeout / 2)).await;
+        tracing::info!("draining: no new connections");
+        inner.stop_listening.cancel();
         loop {
             let (held, in_flight) = inner.apps.lock().values().fold((0, 0), |(h, f), a| {
                 let a = a.lock();

@@ -54,6 +54,11 @@ struct Args {
         value_delimiter = ','
     )]
     watch_namespaces: Vec<String>,
+    /// Seconds it still takes connections after SIGTERM (unready) while the endpoints that
+    /// lead to it catch up; the drain proper follows. Keep the delay plus the drain below
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "WSGISCALE_ACTIVATOR_DRAIN_DELAY_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300))]
+    drain_delay_seconds: u64,
     /// Log format.
     #[arg(long, env = "WSGISCALE_ACTIVATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     log_format: LogFormat,
@@ -100,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         operator_url: args.operator_url,
         pod_name,
         drain_timeout: Duration::from_secs(args.drain_timeout_seconds),
+        drain_delay: Duration::from_secs(args.drain_delay_seconds),
         namespaces: args
             .watch_namespaces
             .into_iter()

@@ -189,6 +189,7 @@ async fn holds_until_ready_spreads_a_burst_expires_and_drains() {
         pod_name: "activator-test".into(),
         drain_timeout: Duration::from_secs(30),
         namespaces: Vec::new(),
+        drain_delay: Duration::ZERO,
     }));
     let shutdown = CancellationToken::new();
     let run = {

@@ -352,6 +352,29 @@ impl Routing {
         p
     }
 
+    /// The ready activators changed: every app behind the activator gets its slice
+    /// rewritten at once (a terminating activator must leave the apps' endpoints before its
+    /// drain delay ends), not at its next tick.
+    pub fn activators_changed(&self) {
+        let keys: Vec<AppKey> = self
+            .paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, p)| p.route == Route::Activator)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        self.demand
+            .urgent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(keys);
+        self.demand.wake.notify_one();
+    }
+
     /// Records `key`'s path.
     pub fn set_path(&self, key: &AppKey, p: PathState) {
         self.paths

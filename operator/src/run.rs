@@ -563,10 +563,16 @@ pub async fn run_controllers(
             );
             let stop = stop.clone();
             let health = ctx.health.clone();
+            let routing = routing.clone();
             futures::future::Either::Left(async move {
                 reflector(writer, resilient(events, health, name))
                     .take_until(stop.cancelled())
-                    .for_each(|_| ready(()))
+                    .for_each(|r| {
+                        if r.is_ok() {
+                            routing.activators_changed();
+                        }
+                        ready(())
+                    })
                     .await;
             })
         }

@@ -10,6 +10,8 @@
 //! - the ScaledUp Event says the activator's held requests caused it;
 //! - a step through the Service while one pod serves loses no request while the activator
 //!   enters the path, a second pod starts and the path goes back to the pods;
+//! - an activator replica rolled under load (its endpoint terminating, then SIGTERM) loses no
+//!   request and drains;
 //! - after the idle period the app goes back to zero pods, the activator in the path before
 //!   the last pod goes, and the next request wakes it again;
 //! - at zero with an image no node can pull, a held request gets 503 with Retry-After at its
@@ -85,6 +87,27 @@ fn app() -> serde_json::Value {
             "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}},
         },
     })
+}
+
+/// An activator replica on `ip` (its "pod" address), following the routes in `namespace` and
+/// pushing demand to the operator's port on loopback.
+fn activator_config(
+    ip: std::net::IpAddr,
+    namespace: &str,
+    operator_port: u16,
+    name: &str,
+) -> Config {
+    Config {
+        listen_ip: ip,
+        admin_bind: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        routes_namespace: namespace.into(),
+        routes_configmap: ROUTES.into(),
+        operator_url: Some(format!("http://127.0.0.1:{operator_port}")),
+        pod_name: name.into(),
+        drain_timeout: Duration::from_secs(20),
+        namespaces: vec![namespace.into()],
+        drain_delay: Duration::from_secs(3),
+    }
 }
 
 async fn replicas(deploys: &Api<Deployment>) -> Option<i32> {
@@ -214,16 +237,12 @@ async fn scale_from_zero_through_the_activator_and_back_to_zero_when_idle() {
     };
 
     // The activator, in-process, on the node's address.
-    let activator = Arc::new(Activator::new(Config {
-        listen_ip: node_ip.into(),
-        admin_bind: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        routes_namespace: ns.name.clone(),
-        routes_configmap: ROUTES.into(),
-        operator_url: Some(format!("http://127.0.0.1:{http_port}")),
-        pod_name: "activator-path-test".into(),
-        drain_timeout: Duration::from_secs(10),
-        namespaces: vec![ns.name.clone()],
-    }));
+    let activator = Arc::new(Activator::new(activator_config(
+        node_ip.into(),
+        &ns.name,
+        http_port,
+        "activator-path-test",
+    )));
     let activator_stop = CancellationToken::new();
     let activator_run = {
         let (a, c, s) = (activator.clone(), client.clone(), activator_stop.clone());
@@ -336,6 +355,120 @@ async fn scale_from_zero_through_the_activator_and_back_to_zero_when_idle() {
     .await;
     eprintln!("events: {seen:#?}");
 
+    // The activator rolled under load: a second replica on another address of the node, the
+    // activator always in the path (burstCapacity -1), 20 req/s; 4 s in, the first replica
+    // is deleted as the kubelet does it (its endpoint terminating, then SIGTERM). Not one
+    // request may fail, and the first replica drains and returns.
+    let mut always = app();
+    always["spec"]["autoscaling"]["burstCapacity"] = json!(-1);
+    apps.patch("web", &pp, &Patch::Apply(always))
+        .await
+        .expect("burstCapacity -1");
+    let second_ip = standin.node.add_host_address().expect("a second address");
+    let second = Arc::new(Activator::new(activator_config(
+        second_ip.into(),
+        &ns.name,
+        http_port,
+        "activator-path-test-2",
+    )));
+    let second_stop = CancellationToken::new();
+    let second_run = {
+        let (a, c, s) = (second.clone(), client.clone(), second_stop.clone());
+        tokio::spawn(async move { a.run(c, s).await })
+    };
+    let both = |first: serde_json::Value, second: serde_json::Value| {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "wsgiscale-activator-1",
+                         "labels": {"kubernetes.io/service-name": ACTIVATOR_SERVICE}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": [node_ip.to_string()], "conditions": first},
+                {"addresses": [second_ip.to_string()], "conditions": second},
+            ],
+            "ports": [{"name": "admin", "port": 9090, "protocol": "TCP"}],
+        })
+    };
+    let ready = json!({"ready": true, "serving": true, "terminating": false});
+    slices
+        .patch(
+            "wsgiscale-activator-1",
+            &pp,
+            &Patch::Apply(both(ready.clone(), ready.clone())),
+        )
+        .await
+        .expect("two activators");
+    eventually("the app's slice listing both activators", 60, || async {
+        let s = slices.get_opt("web-wsgiscale").await.ok().flatten()?;
+        let n = s.endpoints.as_ref().map_or(0, Vec::len);
+        (n == 2 && s.ports?.first()?.port == Some(port)).then_some(())
+    })
+    .await;
+    eventually("the second activator listening", 30, || async {
+        let addr = SocketAddr::from((second_ip, u16::try_from(port).ok()?));
+        tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+    })
+    .await;
+    let arrivals: Vec<f64> = (0..240).map(|i| f64::from(i) / 20.0).collect();
+    let load = {
+        let arrivals = arrivals.clone();
+        tokio::spawn(async move {
+            wsgiscale_envtest::load::run(
+                service,
+                &arrivals,
+                "/work?ms=100",
+                Duration::from_secs(60),
+                Arc::new(wsgiscale_envtest::load::Progress::default()),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    slices
+        .patch(
+            "wsgiscale-activator-1",
+            &pp,
+            &Patch::Apply(both(
+                json!({"ready": false, "serving": true, "terminating": true}),
+                ready.clone(),
+            )),
+        )
+        .await
+        .expect("the first activator terminating");
+    activator_stop.cancel();
+    let records = load.await.expect("load");
+    let failed: Vec<_> = records.iter().filter(|r| !r.outcome.ok()).collect();
+    eprintln!(
+        "activator rolled under load: {} requests, {} failed",
+        records.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "nothing lost while an activator is rolled: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    tokio::time::timeout(Duration::from_secs(30), activator_run)
+        .await
+        .expect("the first activator drains in time")
+        .expect("task")
+        .expect("the first activator ran and drained");
+    slices
+        .patch(
+            "wsgiscale-activator-1",
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "wsgiscale-activator-1",
+                             "labels": {"kubernetes.io/service-name": ACTIVATOR_SERVICE}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [second_ip.to_string()], "conditions": ready}],
+                "ports": [{"name": "admin", "port": 9090, "protocol": "TCP"}],
+            })),
+        )
+        .await
+        .expect("the first activator gone");
+
     // Idle for 30 s: the activator takes the path first, then the last pod goes.
     let t = Instant::now();
     eventually("the app back at zero pods", 180, || async {
@@ -400,8 +533,8 @@ async fn scale_from_zero_through_the_activator_and_back_to_zero_when_idle() {
     .await;
     eprintln!("status with the bad image: {why}");
 
-    activator_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(30), activator_run).await;
+    second_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), second_run).await;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), operator).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), http).await;

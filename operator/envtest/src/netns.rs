@@ -200,6 +200,29 @@ impl PodNetwork {
         Ipv4Addr::new(198, 18, self.x, 1)
     }
 
+    /// Another address of the root namespace on the bridge, as a second host-network
+    /// process has (a second activator replica): the next free address of the subnet, gone
+    /// with the bridge.
+    pub fn add_host_address(&self) -> Result<Ipv4Addr, NetError> {
+        let n = {
+            let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(n) = (2..=254u8).rev().find(|&n| !used[n as usize]) else {
+                return Err(NetError::Full(format!("198.18.{}", self.x)));
+            };
+            used[n as usize] = true;
+            n
+        };
+        let addr = Ipv4Addr::new(198, 18, self.x, n);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            &bridge_name(self.x),
+        ])?;
+        Ok(addr)
+    }
+
     /// Makes a pod's namespace and interface, with the next free address.
     pub fn add_pod(&self) -> Result<PodNet, NetError> {
         let n = {

@@ -358,6 +358,12 @@ impl StandInNode {
         self.inner.network.gateway()
     }
 
+    /// One more address of the node's own (root namespace) on the pod network, for a second
+    /// stand-in that needs an address of its own (a second activator replica).
+    pub fn add_host_address(&self) -> Result<Ipv4Addr, NodeError> {
+        Ok(self.inner.network.add_host_address()?)
+    }
+
     /// Starts binding and running the pods of `namespace` too.
     pub fn serve(&self, namespace: &str) {
         self.inner
