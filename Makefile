@@ -142,7 +142,7 @@ bench-operator:
 # The HPA showdown (bench/RESULTS-showdown.md): gunicorn and uWSGI under the real HPA against
 # wsgiscale, on the stand-in node, every trace and app kind (about 80 minutes; root).
 bench-showdown:
-	$(CARGO) build --release -p wsgiscale-sidecar -p wsgiscale-operator
+	$(CARGO) build --release -p wsgiscale-sidecar -p wsgiscale-operator -p wsgiscale-activator
 	bash bench/setup.sh
 	$(CARGO) run --release -p wsgiscale-operator --example showdown -- $(SHOWDOWN_ARGS)
 

@@ -24,7 +24,7 @@ RUNS = [
     ("HPA-like", "hpa", "bench/autoscale/policy.yaml", "hpa", None),
     ("Knative-like", "knative", "bench/autoscale/policy.yaml", "knative", None),
     ("wsgiscale+activator", "wsgiscale+activator", "bench/autoscale/policy.yaml", "activator", None),
-    ("wsgiscale+activator, hold 10,000", "wsgiscale+activator",
+    ("wsgiscale+activator, hold 1,000", "wsgiscale+activator",
      "bench/autoscale/policy-activator-hold.yaml", "activator-hold", ["step", "spike"]),
     ("wsgiscale+activator+zero, idle 60 s", "wsgiscale+activator+zero",
      "bench/autoscale/policy.yaml", "zero", ["internal-day"]),

@@ -55,11 +55,14 @@ pub struct ActivatorConfig {
 /// `namespace/name` of an app.
 pub type AppKey = (String, String);
 
+/// The latest report of each activator replica (by name) and when it came.
+type Reports = HashMap<String, (Demand, Instant)>;
+
 /// The latest demand each activator pushed, per app. Written by the HTTP server, read by the
 /// autoscaler's tick; a report with requests held wakes the autoscaler at once.
 #[derive(Debug, Default)]
 pub struct DemandBoard {
-    reports: Mutex<HashMap<AppKey, HashMap<String, (Demand, Instant)>>>,
+    reports: Mutex<HashMap<AppKey, Reports>>,
     /// Apps with requests held that the autoscaler has not looked at since.
     urgent: Mutex<HashSet<AppKey>>,
     /// Wakes the autoscaler.
@@ -373,6 +376,24 @@ impl Routing {
             .unwrap_or_else(|e| e.into_inner())
             .extend(keys);
         self.demand.wake.notify_one();
+    }
+
+    /// The pods of `key` changed state: its slice (when the app is routed) is rewritten at
+    /// once.
+    pub fn pods_changed(&self, key: &AppKey) {
+        let routed = self
+            .paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(key);
+        if routed {
+            self.demand
+                .urgent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone());
+            self.demand.wake.notify_one();
+        }
     }
 
     /// Records `key`'s path.

@@ -433,6 +433,14 @@ async fn run_pod_watch(
             if let Ok(event) = r {
                 pods.apply(scope.as_deref(), &event);
                 for app in wakes.apply(&event) {
+                    // A routed app's slice lists its ready pods: rewritten now, not at the
+                    // next tick.
+                    if let Some(r) = &ctx.routing {
+                        r.pods_changed(&(
+                            app.namespace.clone().unwrap_or_default(),
+                            app.name.clone(),
+                        ));
+                    }
                     // The controller is gone only when stopping.
                     let _ = wake.unbounded_send(app);
                 }

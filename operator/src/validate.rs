@@ -2020,7 +2020,7 @@ mod tests {
                     enabled: Some(autoscaling),
                     ..AutoscalingSpec::default()
                 });
-                a.spec.scale_to_zero = zero.then(|| ScaleToZeroSpec {
+                a.spec.scale_to_zero = zero.then_some(ScaleToZeroSpec {
                     enabled: Some(true),
                     idle_seconds: None,
                 });

@@ -38,29 +38,43 @@ pub fn pick_bin(given: &Option<PathBuf>, name: &str, flag: &str) -> anyhow::Resu
     Ok(release)
 }
 
+/// A free TCP port on loopback.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// The operator, as its own process (SIGTERM when dropped).
 pub struct Operator(Child);
 
 impl Operator {
-    /// Runs `bin run` against the cluster of `kubeconfig`, its log in `log`.
-    pub fn start(bin: &Path, kubeconfig: &Path, log: &Path) -> anyhow::Result<Operator> {
+    /// Runs `bin run` against the cluster of `kubeconfig` with `extra` flags, its log in
+    /// `log`.
+    pub fn start(
+        bin: &Path,
+        kubeconfig: &Path,
+        log: &Path,
+        extra: &[String],
+    ) -> anyhow::Result<Operator> {
         let out = std::fs::File::create(log)?;
         let mut cmd = Command::new(bin);
+        let bind = if extra.iter().any(|a| a == "--http-bind") {
+            Vec::new()
+        } else {
+            vec!["--http-bind".to_string(), "127.0.0.1:0".to_string()]
+        };
         cmd.arg("run")
-            .args([
-                "--http-bind",
-                "127.0.0.1:0",
-                "--leader-election",
-                "false",
-                "--log-format",
-                "plain",
-            ])
+            .args(bind)
+            .args(["--leader-election", "false", "--log-format", "plain"])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("WSGISCALE_OPERATOR_") {
+            let k_ = k.to_string_lossy();
+            if k_.starts_with("WSGISCALE_OPERATOR_") || k_.starts_with("WSGISCALE_ACTIVATOR_") {
                 cmd.env_remove(k);
             }
         }
@@ -69,6 +83,93 @@ impl Operator {
                 .with_context(|| format!("start {}", bin.display()))?,
         ))
     }
+
+    /// Runs `wsgiscale-activator` (`bin`) against the cluster of `kubeconfig`, listening for
+    /// the apps on `ip` (its "pod" address), its route table in `namespace`, pushing demand
+    /// to the operator on `operator_port`; its log in `log`.
+    pub fn start_activator(
+        bin: &Path,
+        kubeconfig: &Path,
+        log: &Path,
+        ip: std::net::Ipv4Addr,
+        namespace: &str,
+        operator_port: u16,
+    ) -> anyhow::Result<Operator> {
+        let out = std::fs::File::create(log)?;
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--listen-ip",
+            &ip.to_string(),
+            "--admin-bind",
+            &format!("127.0.0.1:{}", free_port()?),
+            "--namespace",
+            namespace,
+            "--operator-url",
+            &format!("http://127.0.0.1:{operator_port}"),
+            "--pod-name",
+            "stand-in-activator",
+            "--log-format",
+            "plain",
+        ])
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("WSGISCALE_ACTIVATOR_") {
+                cmd.env_remove(k);
+            }
+        }
+        Ok(Operator(
+            cmd.spawn()
+                .with_context(|| format!("start {}", bin.display()))?,
+        ))
+    }
+}
+
+/// The namespace of the activator's Service and route table on the stand-in cluster.
+pub const ACTIVATOR_NAMESPACE: &str = "wsgiscale-system";
+
+/// The activator's headless Service there, whose EndpointSlice lists the node's address (the
+/// activator runs on the node, as a host-network pod would).
+pub async fn publish_activator(client: &Client, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{Namespace, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let pp = PatchParams::apply("wsgiscale-examples").force();
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            ACTIVATOR_NAMESPACE,
+            &pp,
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ACTIVATOR_NAMESPACE},
+            })),
+        )
+        .await?;
+    Api::<Service>::namespaced(client.clone(), ACTIVATOR_NAMESPACE)
+        .patch(
+            "wsgiscale-activator",
+            &pp,
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": "wsgiscale-activator"},
+                "spec": {"clusterIP": "None", "ports": [{"name": "admin", "port": 9090}]},
+            })),
+        )
+        .await?;
+    Api::<EndpointSlice>::namespaced(client.clone(), ACTIVATOR_NAMESPACE)
+        .patch(
+            "wsgiscale-activator-1",
+            &pp,
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "wsgiscale-activator-1",
+                             "labels": {"kubernetes.io/service-name": "wsgiscale-activator"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
+                "ports": [{"name": "admin", "port": 9090, "protocol": "TCP"}],
+            })),
+        )
+        .await?;
+    Ok(())
 }
 
 impl Drop for Operator {
@@ -127,6 +228,8 @@ pub async fn install_crd(client: &Client, operator_bin: &Path) -> anyhow::Result
 /// Everything running: drop order stops the operator, then the stand-ins (with `stop`), then
 /// the control plane.
 pub struct Cluster {
+    /// The activator process, when the cluster has one.
+    pub activator: Option<Operator>,
     /// The operator process.
     pub operator: Option<Operator>,
     /// Node, kube-proxy, metrics-server.
@@ -153,6 +256,19 @@ impl Cluster {
         start_delay: Duration,
         operator_bin: &Path,
         operator_log: &Path,
+    ) -> anyhow::Result<Cluster> {
+        Self::start_with(node, images, start_delay, operator_bin, operator_log, None).await
+    }
+
+    /// As [`Cluster::start`], with the activator (`activator`: its binary and its log) when
+    /// given: the operator routes autoscaled apps through it.
+    pub async fn start_with(
+        node: &str,
+        images: BTreeMap<String, Image>,
+        start_delay: Duration,
+        operator_bin: &Path,
+        operator_log: &Path,
+        activator: Option<(&Path, &Path)>,
     ) -> anyhow::Result<Cluster> {
         wsgiscale_envtest::node::check_available()
             .map_err(|e| anyhow::anyhow!("the stand-in node cannot run here: {e}"))?;
@@ -185,12 +301,39 @@ impl Cluster {
             .await?,
         );
         install_crd(&client, operator_bin).await?;
+        let (extra, activator) = match activator {
+            Some((bin, log)) => {
+                let port = free_port()?;
+                let ip = standin.node.address();
+                publish_activator(&client, ip).await?;
+                let a = Operator::start_activator(
+                    bin,
+                    control_plane.kubeconfig(),
+                    log,
+                    ip,
+                    ACTIVATOR_NAMESPACE,
+                    port,
+                )?;
+                let extra = vec![
+                    "--http-bind".to_string(),
+                    format!("127.0.0.1:{port}"),
+                    "--activator-service".to_string(),
+                    "wsgiscale-activator".to_string(),
+                    "--activator-namespace".to_string(),
+                    ACTIVATOR_NAMESPACE.to_string(),
+                ];
+                (extra, Some(a))
+            }
+            None => (Vec::new(), None),
+        };
         let operator = Some(Operator::start(
             operator_bin,
             control_plane.kubeconfig(),
             operator_log,
+            &extra,
         )?);
         Ok(Cluster {
+            activator,
             operator,
             standin,
             client,
@@ -200,6 +343,7 @@ impl Cluster {
 
     /// Stops the operator and the stand-ins (the control plane stops when dropped).
     pub async fn stop(mut self) {
+        self.activator.take();
         self.operator.take();
         match Arc::try_unwrap(self.standin) {
             Ok(s) => s.stop().await,
