@@ -14,10 +14,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use wsgiscale_activator::{Activator, Config};
 use wsgiscale_core::activator::{HoldLimits, Route, RouteTable, ROUTES_KEY};
+use wsgiscale_envtest::load::{free_port, get_once as get};
 use wsgiscale_envtest::node::plan::Image;
 use wsgiscale_envtest::node::NodeConfig;
 use wsgiscale_envtest::standin::{StandIn, StandInConfig};
@@ -44,30 +44,6 @@ fn server_dir() -> PathBuf {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_default()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// GET `path` (one request per connection); the status and the time it took.
-async fn get(addr: SocketAddr, path: &str) -> (u16, Duration, String) {
-    let t = Instant::now();
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return (0, t.elapsed(), String::new());
-    };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return (0, t.elapsed(), String::new());
-    }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let code = wsgiscale_envtest::node::probe::parse_status_line(&buf).unwrap_or(0);
-    (code, t.elapsed(), text)
 }
 
 fn deployment(replicas: i32) -> serde_json::Value {

@@ -511,6 +511,17 @@ pub fn render_service(app: &ValidatedApp) -> KubeService {
     render_public_service(app, Routed::default())
 }
 
+/// A TCP Service port `port` named `name`, to the container port of the same name.
+fn service_port((name, port): (&str, i32)) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
 /// The headless pods Service of an app on the activator's path: the pods' HTTP and admin
 /// ports, selected by the app's labels; the endpointslice controller lists its pods.
 pub fn render_pods_service(app: &ValidatedApp) -> KubeService {
@@ -528,13 +539,7 @@ pub fn render_pods_service(app: &ValidatedApp) -> KubeService {
                     (ADMIN_PORT_NAME, app.admin_port),
                 ]
                 .into_iter()
-                .map(|(name, port)| ServicePort {
-                    name: Some(name.into()),
-                    port,
-                    target_port: Some(IntOrString::String(name.into())),
-                    protocol: Some("TCP".into()),
-                    ..ServicePort::default()
-                })
+                .map(service_port)
                 .collect(),
             ),
             ..KubeServiceSpec::default()
@@ -564,13 +569,7 @@ pub fn render_public_service(app: &ValidatedApp, routed: Routed) -> KubeService 
             ports: Some(
                 std::iter::once((HTTP_PORT_NAME, app.service.port))
                     .chain(app.tls.as_ref().map(|t| (HTTPS_PORT_NAME, t.service_port)))
-                    .map(|(name, port)| ServicePort {
-                        name: Some(name.into()),
-                        port,
-                        target_port: Some(IntOrString::String(name.into())),
-                        protocol: Some("TCP".into()),
-                        ..ServicePort::default()
-                    })
+                    .map(service_port)
                     .collect(),
             ),
             ..KubeServiceSpec::default()

@@ -353,23 +353,37 @@ impl Drop for Sources {
     }
 }
 
-/// A watch of the children of kind `K` labelled as the operator's in `scope`: its reflector
-/// store goes into `stores`, the stream of touched children (for `owns`) is returned.
-fn child_watch<K>(
-    ctx: &Context,
-    sources: &mut Sources,
-    stores: &mut Stores<K>,
-    scope: Option<&str>,
-) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
-where
+/// What a watched kind of child is.
+trait Watched:
+    kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
     K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
+}
+
+/// A watch of the children of kind `K` labelled as the operator's in `scope`: its reflector
+/// store goes into `stores`, the stream of touched children (for `owns`) is returned.
+fn child_watch<K: Watched>(
+    ctx: &Context,
+    sources: &mut Sources,
+    stores: &mut Stores<K>,
+    scope: Option<&str>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
     labelled_watch(
         ctx,
         sources,
@@ -380,22 +394,13 @@ where
 }
 
 /// A watch of the objects of kind `K` in `scope` matching `labels`, filed into `stores`.
-fn labelled_watch<K>(
+fn labelled_watch<K: Watched>(
     ctx: &Context,
     sources: &mut Sources,
     stores: &mut Stores<K>,
     scope: Option<&str>,
     labels: &str,
-) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
-where
-    K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
     let owned = watcher::Config::default()
         .labels(labels)
         .page_size(LIST_PAGE);

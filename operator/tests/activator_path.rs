@@ -30,9 +30,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use wsgiscale_activator::{Activator, Config};
+use wsgiscale_envtest::load::{free_port, get_once as get};
 use wsgiscale_envtest::node::plan::Image;
 use wsgiscale_envtest::node::NodeConfig;
 use wsgiscale_envtest::standin::{StandIn, StandInConfig};
@@ -49,29 +49,6 @@ const MANAGER: &str = "wsgiscale-activator-path-test";
 const IMAGE: &str = "wsgiscale:activator-path";
 const ACTIVATOR_SERVICE: &str = "wsgiscale-activator";
 const ROUTES: &str = "wsgiscale-activator-routes";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// GET `path` on a connection of its own: the status, the time it took and the response.
-async fn get(addr: SocketAddr, path: &str) -> (u16, Duration, String) {
-    let t = Instant::now();
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return (0, t.elapsed(), String::new());
-    };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return (0, t.elapsed(), String::new());
-    }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    let code = wsgiscale_envtest::node::probe::parse_status_line(&buf).unwrap_or(0);
-    (code, t.elapsed(), String::from_utf8_lossy(&buf).to_string())
-}
 
 fn app() -> serde_json::Value {
     json!({
@@ -108,6 +85,23 @@ fn activator_config(
         namespaces: vec![namespace.into()],
         drain_delay: Duration::from_secs(3),
     }
+}
+
+/// The activator Service's EndpointSlice listing `endpoints` (address, conditions), as the
+/// endpointslice controller writes it for the chart's headless Service.
+fn activator_slice(endpoints: &[(std::net::Ipv4Addr, serde_json::Value)]) -> serde_json::Value {
+    let endpoints: Vec<serde_json::Value> = endpoints
+        .iter()
+        .map(|(ip, c)| json!({"addresses": [ip.to_string()], "conditions": c}))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "wsgiscale-activator-1",
+                     "labels": {"kubernetes.io/service-name": ACTIVATOR_SERVICE}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "admin", "port": 9090, "protocol": "TCP"}],
+    })
 }
 
 async fn replicas(deploys: &Api<Deployment>) -> Option<i32> {
@@ -186,14 +180,7 @@ async fn scale_from_zero_through_the_activator_and_back_to_zero_when_idle() {
         .patch(
             "wsgiscale-activator-1",
             &pp,
-            &Patch::Apply(json!({
-                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": "wsgiscale-activator-1",
-                             "labels": {"kubernetes.io/service-name": ACTIVATOR_SERVICE}},
-                "addressType": "IPv4",
-                "endpoints": [{"addresses": [node_ip.to_string()], "conditions": {"ready": true}}],
-                "ports": [{"name": "admin", "port": 9090, "protocol": "TCP"}],
-            })),
+            &Patch::Apply(activator_slice(&[(node_ip, json!({"ready": true}))])),
         )
         .await
         .expect("activator slice");
@@ -377,17 +364,7 @@ async fn scale_from_zero_through_the_activator_and_back_to_zero_when_idle() {
         tokio::spawn(async move { a.run(c, s).await })
     };
     let both = |first: serde_json::Value, second: serde_json::Value| {
-        json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "wsgiscale-activator-1",
-                         "labels": {"kubernetes.io/service-name": ACTIVATOR_SERVICE}},
-            "addressType": "IPv4",
-            "endpoints": [
-                {"addresses": [node_ip.to_string()], "conditions": first},
-                {"addresses": [second_ip.to_string()], "conditions": second},
-            ],
-            "ports": [{"name": "admin", "port": 9090, "protocol": "TCP"}],
-        })
+        activator_slice(&[(node_ip, first), (second_ip, second)])
     };
     let ready = json!({"ready": true, "serving": true, "terminating": false});
     slices
@@ -457,14 +434,7 @@ async fn scale_from_zero_through_the_activator_and_back_to_zero_when_idle() {
         .patch(
             "wsgiscale-activator-1",
             &pp,
-            &Patch::Apply(json!({
-                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": "wsgiscale-activator-1",
-                             "labels": {"kubernetes.io/service-name": ACTIVATOR_SERVICE}},
-                "addressType": "IPv4",
-                "endpoints": [{"addresses": [second_ip.to_string()], "conditions": ready}],
-                "ports": [{"name": "admin", "port": 9090, "protocol": "TCP"}],
-            })),
+            &Patch::Apply(activator_slice(&[(second_ip, ready)])),
         )
         .await
         .expect("the first activator gone");

@@ -63,6 +63,31 @@ pub struct Progress {
     pub done: std::sync::atomic::AtomicU64,
 }
 
+/// A free TCP port on loopback (for a listener a test starts next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `GET path` on a connection of its own (`Connection: close`): the status (0 when none
+/// came), the time it took and the whole response as text.
+pub async fn get_once(addr: SocketAddr, path: &str) -> (u16, Duration, String) {
+    let t = Instant::now();
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, t.elapsed(), String::new());
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, t.elapsed(), String::new());
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let code = crate::node::probe::parse_status_line(&buf).unwrap_or(0);
+    (code, t.elapsed(), String::from_utf8_lossy(&buf).to_string())
+}
+
 /// Parses a whole HTTP/1.x response read to the connection's end: its status, if the body
 /// is complete (as long as its Content-Length says, or any length without one).
 pub fn parse_response(buf: &[u8]) -> Outcome {
