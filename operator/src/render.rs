@@ -92,9 +92,16 @@ pub struct Routed {
     pub public_slice: bool,
 }
 
+/// The suffix of an app's pods Service (with the selector; the activator reads its
+/// EndpointSlices).
+pub const PODS_SERVICE_SUFFIX: &str = "-pods";
+
+/// The suffix of the EndpointSlice the operator writes for an app's public Service.
+pub const PUBLIC_SLICE_SUFFIX: &str = "-wsgiscale";
+
 /// The name of the pods Service of the app `name`.
 pub fn pods_service_name(name: &str) -> String {
-    format!("{name}{}", crate::routing::PODS_SERVICE_SUFFIX)
+    format!("{name}{PODS_SERVICE_SUFFIX}")
 }
 
 /// The ConfigMap's name for the app `name`.

@@ -34,12 +34,7 @@ pub const DEMAND_FRESH: Duration = Duration::from_secs(3);
 /// How long the pods must cover the burst target before the activator leaves the path.
 pub const SETTLE: Duration = Duration::from_secs(10);
 
-/// The suffix of an app's pods Service (with the selector; the activator reads its
-/// EndpointSlices).
-pub const PODS_SERVICE_SUFFIX: &str = "-pods";
-
-/// The suffix of the EndpointSlice the operator writes for an app's public Service.
-pub const PUBLIC_SLICE_SUFFIX: &str = "-wsgiscale";
+pub use crate::render::{PODS_SERVICE_SUFFIX, PUBLIC_SLICE_SUFFIX};
 
 /// Where the activator is, from `--activator-service` and `--activator-routes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
