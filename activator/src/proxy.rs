@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, Assignment};
@@ -118,17 +119,44 @@ async fn serve_connection(
     inner.connections.fetch_sub(1, Ordering::SeqCst);
 }
 
-/// Removes a waiting request from its queue if the client goes away first.
-struct Abandon {
+/// A held request's wait for a pod. If the client goes away first (hyper drops the request's
+/// future), the request leaves the queue, and an assignment that was already made gives its
+/// pod's slot back: the pod never got it.
+struct Waiting {
+    inner: Arc<Inner>,
+    key: AppKey,
     app: Arc<Mutex<App>>,
     id: u64,
-    armed: bool,
+    rx: Option<oneshot::Receiver<Assignment>>,
 }
 
-impl Drop for Abandon {
+impl Waiting {
+    /// The request's assignment.
+    async fn assignment(&mut self) -> Result<Assignment, oneshot::error::RecvError> {
+        let got = self.rx.as_mut().expect("waiting for an assignment").await;
+        self.rx = None;
+        got
+    }
+}
+
+impl Drop for Waiting {
     fn drop(&mut self) {
-        if self.armed {
-            self.app.lock().abandon(self.id);
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let freed = {
+            let mut a = self.app.lock();
+            a.abandon(self.id);
+            match rx.try_recv() {
+                Ok(Assignment::Pod(addr)) => {
+                    a.finished(addr.ip());
+                    true
+                }
+                _ => false,
+            }
+        };
+        if freed {
+            self.inner.kick(&self.key, &self.app);
         }
     }
 }
@@ -136,25 +164,36 @@ impl Drop for Abandon {
 /// What ends a forwarded request's slot: the activator, the app and the pod.
 type Slot = (Arc<Inner>, AppKey, Arc<Mutex<App>>, IpAddr);
 
-/// Ends a forwarded request's slot when its response body ends (or is dropped).
-struct Tracked {
-    body: HttpBody,
-    done: Option<Slot>,
-}
+/// A forwarded request's slot at its pod, given back exactly once: when its response's body
+/// ends, or when it is dropped (the client went away while the request was at the pod, or
+/// the response failed), so a pod's free slots never leak.
+struct SlotGuard(Option<Slot>);
 
-impl Tracked {
-    fn finish(&mut self) {
-        if let Some((inner, key, app, pod)) = self.done.take() {
+impl SlotGuard {
+    /// Gives the slot back and dispatches what waits.
+    fn release(&mut self) {
+        if let Some((inner, key, app, pod)) = self.0.take() {
             app.lock().finished(pod);
             inner.kick(&key, &app);
         }
     }
+
+    /// Hands the slot to the caller, which ends it itself.
+    fn take(&mut self) -> Option<Slot> {
+        self.0.take()
+    }
 }
 
-impl Drop for Tracked {
+impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.finish();
+        self.release();
     }
+}
+
+/// The response's body, ending its slot when it ends (or is dropped).
+struct Tracked {
+    body: HttpBody,
+    slot: SlotGuard,
 }
 
 impl Body for Tracked {
@@ -167,7 +206,7 @@ impl Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let r = Pin::new(&mut self.body).poll_frame(cx);
         if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.finish();
+            self.slot.release();
         }
         r
     }
@@ -245,14 +284,14 @@ async fn handle(
     inner.kick(&key, &app);
     let labels = Inner::labels(&key);
     loop {
-        let mut guard = Abandon {
+        let mut waiting = Waiting {
+            inner: inner.clone(),
+            key: key.clone(),
             app: app.clone(),
             id,
-            armed: true,
+            rx: Some(rx),
         };
-        let assignment = rx.await;
-        guard.armed = false;
-        let target = match assignment {
+        let target = match waiting.assignment().await {
             Ok(Assignment::Pod(addr)) => addr,
             Ok(Assignment::Expired) => {
                 reject(&inner, &key, "deadline");
@@ -263,6 +302,8 @@ async fn handle(
                 return unavailable("this app is no longer served here\n");
             }
         };
+        // From here the pod's slot is this request's until the guard gives it back.
+        let mut slot = SlotGuard(Some((inner.clone(), key.clone(), app.clone(), target.ip())));
         let mut fwd = Request::builder()
             .method(parts.method.clone())
             .uri(format!(
@@ -296,12 +337,13 @@ async fn handle(
                 let (parts, body) = resp.into_parts();
                 let tracked = Tracked {
                     body: body.map_err(Into::into).boxed(),
-                    done: Some((inner.clone(), key.clone(), app.clone(), target.ip())),
+                    slot,
                 };
                 return Response::from_parts(parts, tracked.boxed());
             }
             Err(e) if e.is_connect() => {
                 // Never delivered: back to the head of the queue, for another pod.
+                let _ = slot.take();
                 let now = inner.now_ms();
                 {
                     let mut a = app.lock();
@@ -314,10 +356,7 @@ async fn handle(
                 inner.kick(&key, &app);
             }
             Err(e) => {
-                {
-                    app.lock().finished(target.ip());
-                }
-                inner.kick(&key, &app);
+                slot.release();
                 inner.metrics.failed.get_or_create(&labels).inc();
                 tracing::warn!(namespace = %key.0, app = %key.1, pod = %target.ip(), error = %e, "the pod failed after the request may have reached it: 502, not retried");
                 return full(

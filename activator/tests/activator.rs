@@ -284,6 +284,31 @@ async fn holds_until_ready_spreads_a_burst_expires_and_drains() {
         "the burst was spread over the workers of the pods: {pids:?}"
     );
 
+    // Clients that go away while their requests are at the pods (or just handed to them) give
+    // the pods' slots back: six clients of 1 s requests leave after 150 ms, more than the
+    // pods' 4 slots; then a request is answered (a slot lost for good would hold it until its
+    // deadline, and with all four lost the app would take nothing again).
+    let mut gone = Vec::new();
+    for _ in 0..6 {
+        gone.push(tokio::spawn(async move {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(150), get(addr, "/work?ms=1000")).await;
+        }));
+    }
+    for g in gone {
+        g.await.expect("task");
+    }
+    let after: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { get(addr, "/work?ms=10").await }))
+        .collect();
+    for a in after {
+        let (code, _, text) = a.await.expect("task");
+        assert_eq!(
+            code, 200,
+            "the slots of the clients that left came back: {text}"
+        );
+    }
+
     // SIGTERM while requests are held: they are delivered before the activator returns.
     deploys
         .patch("web", &pp, &Patch::Apply(deployment(0)))
