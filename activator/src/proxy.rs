@@ -265,15 +265,11 @@ async fn handle(
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     let bytes = body.len() as u64;
     let arrived = inner.now_ms();
-    let mut rx = {
+    let (mut rx, was_idle) = {
         let mut a = app.lock();
-        let was_empty = a.queue.is_empty() && a.in_flight == 0;
+        let was_idle = a.queue.is_empty() && a.in_flight == 0;
         match a.hold(id, bytes, arrived) {
-            Ok(rx) => {
-                drop(a);
-                inner.push_demand(&key, &app, was_empty);
-                rx
-            }
+            Ok(rx) => (rx, was_idle),
             Err(why) => {
                 drop(a);
                 reject(&inner, &key, why.as_str());
@@ -282,6 +278,11 @@ async fn handle(
         }
     };
     inner.kick(&key, &app);
+    // Still held after the dispatch (no pod had a free slot) where nothing waited or ran
+    // before: the first request for an app at zero pods, which the operator hears of at once.
+    // A request a ready pod took is no news: the report (of what is in flight) waits its turn.
+    let held_now = !app.lock().queue.is_empty();
+    inner.push_demand(&key, &app, was_idle && held_now);
     let labels = Inner::labels(&key);
     loop {
         let mut waiting = Waiting {
