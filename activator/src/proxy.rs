@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -61,20 +62,36 @@ fn unavailable(body: &'static str) -> Response<HttpBody> {
     r
 }
 
-/// Serves app `key` on `port` until `stop`.
+/// The longest pause between two attempts to listen on an app's port.
+const BIND_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Serves app `key` on `port` until `stop`. The port may still be held for a moment by the
+/// listener of an app that left it in the same route table change (the operator gives a
+/// freed port to the next new app), so a port that cannot be bound yet is tried again, 10 ms
+/// later and then less often, until it binds or the route goes.
 pub async fn listen(inner: Arc<Inner>, key: AppKey, port: u16, stop: CancellationToken) {
-    let listener = match tokio::net::TcpListener::bind(SocketAddr::new(
-        inner.config.listen_ip,
-        port,
-    ))
-    .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(namespace = %key.0, app = %key.1, port, error = %e, "cannot listen");
-            return;
+    let addr = SocketAddr::new(inner.config.listen_ip, port);
+    let mut pause = Duration::from_millis(10);
+    let mut failed = false;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                if !failed {
+                    tracing::warn!(namespace = %key.0, app = %key.1, port, error = %e, "cannot listen yet: trying again");
+                    failed = true;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(BIND_RETRY_MAX);
+            }
         }
     };
+    if failed {
+        tracing::info!(namespace = %key.0, app = %key.1, port, "listening");
+    }
     wsgiscale_net::accept_loop(
         "activator",
         &stop,
@@ -404,4 +421,49 @@ pub async fn serve_admin(
         });
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_apps_port_still_held_is_listened_on_once_it_is_free() {
+        let activator = crate::Activator::new(crate::Config {
+            listen_ip: "127.0.0.1".parse().expect("ip"),
+            admin_bind: "127.0.0.1:0".parse().expect("addr"),
+            routes_namespace: "ns".into(),
+            routes_configmap: "routes".into(),
+            operator_url: None,
+            pod_name: "test".into(),
+            drain_timeout: Duration::from_secs(1),
+        });
+        // The listener of the app that had the port, not closed yet.
+        let old = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = old.local_addr().expect("addr").port();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(listen(
+            activator.inner.clone(),
+            ("ns".into(), "new".into()),
+            port,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(old);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut served = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        let _ = task.await;
+        assert!(
+            served,
+            "the new app's port is served once the old listener closed"
+        );
+    }
 }
