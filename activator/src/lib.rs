@@ -128,7 +128,7 @@ impl Inner {
         }
     }
 
-    /// Tells the operator what is held for `key`, at most every 500 ms unless `now_or_never`.
+    /// Tells the operator what is held for `key`, at most every 500 ms unless `urgent`.
     fn push_demand(self: &Arc<Self>, key: &AppKey, app: &Mutex<App>, urgent: bool) {
         let Some(base) = self.config.operator_url.clone() else {
             return;

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -16,6 +17,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, Assignment};
@@ -60,20 +62,36 @@ fn unavailable(body: &'static str) -> Response<HttpBody> {
     r
 }
 
-/// Serves app `key` on `port` until `stop`.
+/// The longest pause between two attempts to listen on an app's port.
+const BIND_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Serves app `key` on `port` until `stop`. The port may still be held for a moment by the
+/// listener of an app that left it in the same route table change (the operator gives a
+/// freed port to the next new app), so a port that cannot be bound yet is tried again, 10 ms
+/// later and then less often, until it binds or the route goes.
 pub async fn listen(inner: Arc<Inner>, key: AppKey, port: u16, stop: CancellationToken) {
-    let listener = match tokio::net::TcpListener::bind(SocketAddr::new(
-        inner.config.listen_ip,
-        port,
-    ))
-    .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(namespace = %key.0, app = %key.1, port, error = %e, "cannot listen");
-            return;
+    let addr = SocketAddr::new(inner.config.listen_ip, port);
+    let mut pause = Duration::from_millis(10);
+    let mut failed = false;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                if !failed {
+                    tracing::warn!(namespace = %key.0, app = %key.1, port, error = %e, "cannot listen yet: trying again");
+                    failed = true;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(BIND_RETRY_MAX);
+            }
         }
     };
+    if failed {
+        tracing::info!(namespace = %key.0, app = %key.1, port, "listening");
+    }
     wsgiscale_net::accept_loop(
         "activator",
         &stop,
@@ -118,17 +136,44 @@ async fn serve_connection(
     inner.connections.fetch_sub(1, Ordering::SeqCst);
 }
 
-/// Removes a waiting request from its queue if the client goes away first.
-struct Abandon {
+/// A held request's wait for a pod. If the client goes away first (hyper drops the request's
+/// future), the request leaves the queue, and an assignment that was already made gives its
+/// pod's slot back: the pod never got it.
+struct Waiting {
+    inner: Arc<Inner>,
+    key: AppKey,
     app: Arc<Mutex<App>>,
     id: u64,
-    armed: bool,
+    rx: Option<oneshot::Receiver<Assignment>>,
 }
 
-impl Drop for Abandon {
+impl Waiting {
+    /// The request's assignment.
+    async fn assignment(&mut self) -> Result<Assignment, oneshot::error::RecvError> {
+        let got = self.rx.as_mut().expect("waiting for an assignment").await;
+        self.rx = None;
+        got
+    }
+}
+
+impl Drop for Waiting {
     fn drop(&mut self) {
-        if self.armed {
-            self.app.lock().abandon(self.id);
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let freed = {
+            let mut a = self.app.lock();
+            a.abandon(self.id);
+            match rx.try_recv() {
+                Ok(Assignment::Pod(addr)) => {
+                    a.finished(addr.ip());
+                    true
+                }
+                _ => false,
+            }
+        };
+        if freed {
+            self.inner.kick(&self.key, &self.app);
         }
     }
 }
@@ -136,25 +181,36 @@ impl Drop for Abandon {
 /// What ends a forwarded request's slot: the activator, the app and the pod.
 type Slot = (Arc<Inner>, AppKey, Arc<Mutex<App>>, IpAddr);
 
-/// Ends a forwarded request's slot when its response body ends (or is dropped).
-struct Tracked {
-    body: HttpBody,
-    done: Option<Slot>,
-}
+/// A forwarded request's slot at its pod, given back exactly once: when its response's body
+/// ends, or when it is dropped (the client went away while the request was at the pod, or
+/// the response failed), so a pod's free slots never leak.
+struct SlotGuard(Option<Slot>);
 
-impl Tracked {
-    fn finish(&mut self) {
-        if let Some((inner, key, app, pod)) = self.done.take() {
+impl SlotGuard {
+    /// Gives the slot back and dispatches what waits.
+    fn release(&mut self) {
+        if let Some((inner, key, app, pod)) = self.0.take() {
             app.lock().finished(pod);
             inner.kick(&key, &app);
         }
     }
+
+    /// Hands the slot to the caller, which ends it itself.
+    fn take(&mut self) -> Option<Slot> {
+        self.0.take()
+    }
 }
 
-impl Drop for Tracked {
+impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.finish();
+        self.release();
     }
+}
+
+/// The response's body, ending its slot when it ends (or is dropped).
+struct Tracked {
+    body: HttpBody,
+    slot: SlotGuard,
 }
 
 impl Body for Tracked {
@@ -167,7 +223,7 @@ impl Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let r = Pin::new(&mut self.body).poll_frame(cx);
         if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.finish();
+            self.slot.release();
         }
         r
     }
@@ -226,15 +282,11 @@ async fn handle(
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     let bytes = body.len() as u64;
     let arrived = inner.now_ms();
-    let mut rx = {
+    let (mut rx, was_idle) = {
         let mut a = app.lock();
-        let was_empty = a.queue.is_empty() && a.in_flight == 0;
+        let was_idle = a.queue.is_empty() && a.in_flight == 0;
         match a.hold(id, bytes, arrived) {
-            Ok(rx) => {
-                drop(a);
-                inner.push_demand(&key, &app, was_empty);
-                rx
-            }
+            Ok(rx) => (rx, was_idle),
             Err(why) => {
                 drop(a);
                 reject(&inner, &key, why.as_str());
@@ -243,16 +295,21 @@ async fn handle(
         }
     };
     inner.kick(&key, &app);
+    // Still held after the dispatch (no pod had a free slot) where nothing waited or ran
+    // before: the first request for an app at zero pods, which the operator hears of at once.
+    // A request a ready pod took is no news: the report (of what is in flight) waits its turn.
+    let held_now = !app.lock().queue.is_empty();
+    inner.push_demand(&key, &app, was_idle && held_now);
     let labels = Inner::labels(&key);
     loop {
-        let mut guard = Abandon {
+        let mut waiting = Waiting {
+            inner: inner.clone(),
+            key: key.clone(),
             app: app.clone(),
             id,
-            armed: true,
+            rx: Some(rx),
         };
-        let assignment = rx.await;
-        guard.armed = false;
-        let target = match assignment {
+        let target = match waiting.assignment().await {
             Ok(Assignment::Pod(addr)) => addr,
             Ok(Assignment::Expired) => {
                 reject(&inner, &key, "deadline");
@@ -263,6 +320,8 @@ async fn handle(
                 return unavailable("this app is no longer served here\n");
             }
         };
+        // From here the pod's slot is this request's until the guard gives it back.
+        let mut slot = SlotGuard(Some((inner.clone(), key.clone(), app.clone(), target.ip())));
         let mut fwd = Request::builder()
             .method(parts.method.clone())
             .uri(format!(
@@ -296,12 +355,13 @@ async fn handle(
                 let (parts, body) = resp.into_parts();
                 let tracked = Tracked {
                     body: body.map_err(Into::into).boxed(),
-                    done: Some((inner.clone(), key.clone(), app.clone(), target.ip())),
+                    slot,
                 };
                 return Response::from_parts(parts, tracked.boxed());
             }
             Err(e) if e.is_connect() => {
                 // Never delivered: back to the head of the queue, for another pod.
+                let _ = slot.take();
                 let now = inner.now_ms();
                 {
                     let mut a = app.lock();
@@ -314,10 +374,7 @@ async fn handle(
                 inner.kick(&key, &app);
             }
             Err(e) => {
-                {
-                    app.lock().finished(target.ip());
-                }
-                inner.kick(&key, &app);
+                slot.release();
                 inner.metrics.failed.get_or_create(&labels).inc();
                 tracing::warn!(namespace = %key.0, app = %key.1, pod = %target.ip(), error = %e, "the pod failed after the request may have reached it: 502, not retried");
                 return full(
@@ -364,4 +421,51 @@ pub async fn serve_admin(
         });
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_apps_port_still_held_is_listened_on_once_it_is_free() {
+        let activator = crate::Activator::new(crate::Config {
+            listen_ip: "127.0.0.1".parse().expect("ip"),
+            admin_bind: "127.0.0.1:0".parse().expect("addr"),
+            routes_namespace: "ns".into(),
+            routes_configmap: "routes".into(),
+            operator_url: None,
+            pod_name: "test".into(),
+            drain_timeout: Duration::from_secs(1),
+            namespaces: Vec::new(),
+            drain_delay: Duration::ZERO,
+        });
+        // The listener of the app that had the port, not closed yet.
+        let old = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = old.local_addr().expect("addr").port();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(listen(
+            activator.inner.clone(),
+            ("ns".into(), "new".into()),
+            port,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(old);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut served = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        let _ = task.await;
+        assert!(
+            served,
+            "the new app's port is served once the old listener closed"
+        );
+    }
 }

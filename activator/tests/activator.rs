@@ -8,15 +8,18 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use wsgiscale_activator::{Activator, Config};
-use wsgiscale_core::activator::{HoldLimits, Route, RouteTable, ROUTES_KEY};
+use wsgiscale_core::activator::{Demand, HoldLimits, Route, RouteTable, ROUTES_KEY};
 use wsgiscale_envtest::load::{free_port, get_once as get};
 use wsgiscale_envtest::node::plan::Image;
 use wsgiscale_envtest::node::NodeConfig;
@@ -44,6 +47,59 @@ fn server_dir() -> PathBuf {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_default()
+}
+
+/// A stand-in for the operator's demand endpoint: answers 202 and counts the reports that say
+/// requests are held.
+async fn demand_counter() -> (String, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let held = Arc::new(AtomicU64::new(0));
+    let count = held.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // The head, then as much body as its Content-Length says.
+                let body = loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break buf[end + 4..end + 4 + len].to_vec();
+                    }
+                };
+                if let Ok(d) = serde_json::from_slice::<Demand>(&body) {
+                    if d.held > 0 {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    (url, held)
 }
 
 fn deployment(replicas: i32) -> serde_json::Value {
@@ -156,12 +212,13 @@ async fn holds_until_ready_spreads_a_burst_expires_and_drains() {
     )
     .await
     .expect("routes");
-    let activator = std::sync::Arc::new(Activator::new(Config {
+    let (operator_url, held_reports) = demand_counter().await;
+    let activator = Arc::new(Activator::new(Config {
         listen_ip: "127.0.0.1".parse().expect("ip"),
         admin_bind: SocketAddr::from(([127, 0, 0, 1], free_port())),
         routes_namespace: ns.name.clone(),
         routes_configmap: "routes".into(),
-        operator_url: None,
+        operator_url: Some(operator_url),
         pod_name: "activator-test".into(),
         drain_timeout: Duration::from_secs(30),
         namespaces: Vec::new(),
@@ -193,6 +250,10 @@ async fn holds_until_ready_spreads_a_burst_expires_and_drains() {
     assert!(
         took >= Duration::from_secs(2),
         "held for its deadline: {took:?}"
+    );
+    assert!(
+        held_reports.load(Ordering::SeqCst) > 0,
+        "the operator heard of the held request"
     );
     // From now on a pod's start (the server's import, under a loaded machine) fits.
     let mut table = table;
@@ -260,6 +321,46 @@ async fn holds_until_ready_spreads_a_burst_expires_and_drains() {
     assert!(
         pids.len() >= 2,
         "the burst was spread over the workers of the pods: {pids:?}"
+    );
+
+    // Clients that go away while their requests are at the pods (or just handed to them) give
+    // the pods' slots back: six clients of 1 s requests leave after 150 ms, more than the
+    // pods' 4 slots; then a request is answered (a slot lost for good would hold it until its
+    // deadline, and with all four lost the app would take nothing again).
+    let mut gone = Vec::new();
+    for _ in 0..6 {
+        gone.push(tokio::spawn(async move {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(150), get(addr, "/work?ms=1000")).await;
+        }));
+    }
+    for g in gone {
+        g.await.expect("task");
+    }
+    let after: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { get(addr, "/work?ms=10").await }))
+        .collect();
+    for a in after {
+        let (code, _, text) = a.await.expect("task");
+        assert_eq!(
+            code, 200,
+            "the slots of the clients that left came back: {text}"
+        );
+    }
+
+    // A request that a ready pod takes at once is not reported to the operator as held (each
+    // such report makes the autoscaler tick the app at once).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = held_reports.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        let (code, _, text) = get(addr, "/work?ms=10").await;
+        assert_eq!(code, 200, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        held_reports.load(Ordering::SeqCst),
+        before,
+        "requests taken at once by a ready pod were reported held"
     );
 
     // SIGTERM while requests are held: they are delivered before the activator returns.
