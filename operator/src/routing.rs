@@ -55,11 +55,14 @@ pub struct ActivatorConfig {
 /// `namespace/name` of an app.
 pub type AppKey = (String, String);
 
+/// One app's latest report from each activator (by its name), with when it came.
+type Reports = HashMap<String, (Demand, Instant)>;
+
 /// The latest demand each activator pushed, per app. Written by the HTTP server, read by the
 /// autoscaler's tick; a report with requests held wakes the autoscaler at once.
 #[derive(Debug, Default)]
 pub struct DemandBoard {
-    reports: Mutex<HashMap<AppKey, HashMap<String, (Demand, Instant)>>>,
+    reports: Mutex<HashMap<AppKey, Reports>>,
     /// Apps with requests held that the autoscaler has not looked at since.
     urgent: Mutex<HashSet<AppKey>>,
     /// Wakes the autoscaler.
