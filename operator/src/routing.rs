@@ -112,6 +112,12 @@ impl DemandBoard {
             .or_default()
             .insert(demand.activator.clone(), (demand, now));
         if held > 0 {
+            tracing::debug!(
+                namespace = %key.0,
+                app = %key.1,
+                held,
+                "held demand reported: the autoscaler ticks at once"
+            );
             self.urgent
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
