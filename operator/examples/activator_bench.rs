@@ -1623,9 +1623,8 @@ fn cold_report(md: &mut String, cold: &[Cold], args: &Args) {
         md,
         "\nTotal {} ms; the pod's own start (node took it -> server ready) {} ms; overhead \
          (total less the pod's own start) {} ms (median, min–max). For comparison: the pod \
-         appeared in its pods Service's EndpointSlice {} ms after its process started, and the \
-         node's readiness probe (the kubelet's, which the EndpointSlice then follows) passed {} \
-         ms after the server was ready.\n",
+         appeared in its pods Service's EndpointSlice {} ms after its process started; the \
+         node's readiness probe (the kubelet's, which the EndpointSlice then follows) {}.\n",
         span(&total, 0),
         span(&own, 0),
         span(&over, 0),
@@ -1634,10 +1633,17 @@ fn cold_report(md: &mut String, cold: &[Cold], args: &Args) {
         } else {
             span(&in_slice, 0)
         },
-        if node_ready.is_empty() {
-            "–".into()
-        } else {
-            span(&node_ready, 0)
+        match node_ready.len() {
+            0 => "had passed for none of them 1.5 s after its response".to_string(),
+            n if n < cold.len() => format!(
+                "had passed for {n} of them 1.5 s after its response, {} ms after the server \
+                 was ready",
+                span(&node_ready, 0)
+            ),
+            _ => format!(
+                "passed {} ms after the server was ready",
+                span(&node_ready, 0)
+            ),
         },
     );
     let worst = over.iter().copied().fold(f64::NEG_INFINITY, f64::max);
