@@ -10,7 +10,7 @@ BIN := target/release/wsgiscale
 PORT ?= 8000
 ADMIN_PORT ?= 9191
 
-.PHONY: all build run demo bench-showdown test-showdown test test-rust test-chart test-wheel test-wheels wheel wheel-default inject-package images lint-docker lint-workflows release-dry-run tools build-tools venv lint fmt generate bench bench-operator e2e fuzz clean
+.PHONY: all build run demo bench-showdown test-showdown test test-rust test-chart test-wheel test-wheels wheel wheel-default inject-package images lint-docker lint-workflows release-dry-run tools build-tools venv lint fmt generate bench bench-operator bench-activator e2e fuzz clean
 
 all: build
 
@@ -138,6 +138,14 @@ bench: build
 bench-operator:
 	$(CARGO) build --release -p wsgiscale-operator
 	$(CARGO) run --release -p wsgiscale-operator --example scale -- $(BENCH_OPERATOR_ARGS)
+
+# The activator (bench/RESULTS-autoscale.md): its throughput, added latency and CPU in the
+# path against the direct path to the same pod, and the cold start from zero split into its
+# steps, on the stand-in node (root, envtest assets, wrk; about 5 minutes); report in
+# bench/results/activator-*.md.
+bench-activator:
+	$(CARGO) build --release -p wsgiscale-sidecar -p wsgiscale-activator
+	$(CARGO) run --release -p wsgiscale-operator --example activator_bench -- $(BENCH_ACTIVATOR_ARGS)
 
 # The HPA showdown (bench/RESULTS-showdown.md): gunicorn and uWSGI under the real HPA against
 # wsgiscale, on the stand-in node, every trace and app kind (about 80 minutes; root).

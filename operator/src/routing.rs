@@ -50,7 +50,7 @@ pub struct ActivatorConfig {
 /// `namespace/name` of an app.
 pub type AppKey = (String, String);
 
-/// The latest report of each activator replica (by name) and when it came.
+/// One app's latest report from each activator (by its name), with when it came.
 type Reports = HashMap<String, (Demand, Instant)>;
 
 /// The latest demand each activator pushed, per app. Written by the HTTP server, read by the
@@ -107,6 +107,12 @@ impl DemandBoard {
             .or_default()
             .insert(demand.activator.clone(), (demand, now));
         if held > 0 {
+            tracing::debug!(
+                namespace = %key.0,
+                app = %key.1,
+                held,
+                "held demand reported: the autoscaler ticks at once"
+            );
             self.urgent
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
