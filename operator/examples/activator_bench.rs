@@ -451,83 +451,88 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
     }
 }
 
+/// Runs `on` for every object `api`'s watch applies, until `stop`.
+fn follow<K>(api: Api<K>, stop: &CancellationToken, on: impl Fn(K) + Send + 'static)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let mut w = std::pin::pin!(watcher(api, watcher::Config::default())
+            .default_backoff()
+            .applied_objects());
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                o = w.next() => match o {
+                    Some(Ok(o)) => on(o),
+                    Some(Err(_)) => {}
+                    None => return,
+                },
+            }
+        }
+    });
+}
+
 /// Follows the Deployments, Pods and pods Services' EndpointSlices of the namespace, noting
 /// when each change arrives here.
 fn spawn_watches(client: &Client, stop: &CancellationToken) {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
-    let s = stop.clone();
-    tokio::spawn(async move {
-        let mut w = std::pin::pin!(watcher(deployments, watcher::Config::default())
-            .default_backoff()
-            .applied_objects());
-        loop {
-            tokio::select! {
-                _ = s.cancelled() => return,
-                d = w.next() => match d {
-                    Some(Ok(d)) => {
-                        let replicas = d.spec.replicas.unwrap_or(0);
-                        if replicas > 0 {
-                            note("deployment", &d.name_any(), replicas.to_string());
-                        }
-                    }
-                    Some(Err(_)) => {}
-                    None => return,
-                },
+    follow(
+        Api::<Deployment>::namespaced(client.clone(), NS),
+        stop,
+        |d| {
+            let replicas = d.spec.replicas.unwrap_or(0);
+            if replicas > 0 {
+                note("deployment", &d.name_any(), replicas.to_string());
             }
+        },
+    );
+    follow(Api::<Pod>::namespaced(client.clone(), NS), stop, |p| {
+        if let Some(app) = p.labels().get(APP_LABEL) {
+            note("pod", app, p.name_any());
         }
     });
-    let s = stop.clone();
-    tokio::spawn(async move {
-        let mut w = std::pin::pin!(watcher(pods, watcher::Config::default())
-            .default_backoff()
-            .applied_objects());
-        loop {
-            tokio::select! {
-                _ = s.cancelled() => return,
-                p = w.next() => match p {
-                    Some(Ok(p)) => {
-                        if let Some(app) = p.labels().get(APP_LABEL) {
-                            note("pod", app, p.name_any());
-                        }
-                    }
-                    Some(Err(_)) => {}
-                    None => return,
-                },
+    follow(
+        Api::<EndpointSlice>::namespaced(client.clone(), NS),
+        stop,
+        |e| {
+            let Some(svc) = e.labels().get("kubernetes.io/service-name") else {
+                return;
+            };
+            let Some(app) = svc.strip_suffix("-pods") else {
+                return;
+            };
+            let eps = e.endpoints.clone().unwrap_or_default();
+            if !eps.is_empty() {
+                note("slice", app, String::new());
             }
-        }
-    });
-    let s = stop.clone();
-    tokio::spawn(async move {
-        let mut w = std::pin::pin!(watcher(slices, watcher::Config::default())
-            .default_backoff()
-            .applied_objects());
-        loop {
-            tokio::select! {
-                _ = s.cancelled() => return,
-                e = w.next() => match e {
-                    Some(Ok(e)) => {
-                        let Some(svc) = e.labels().get("kubernetes.io/service-name") else {
-                            continue;
-                        };
-                        let Some(app) = svc.strip_suffix("-pods") else { continue };
-                        let eps = e.endpoints.clone().unwrap_or_default();
-                        if !eps.is_empty() {
-                            note("slice", app, String::new());
-                        }
-                        if eps.iter().any(|x| {
-                            x.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
-                        }) {
-                            note("slice_ready", app, String::new());
-                        }
-                    }
-                    Some(Err(_)) => {}
-                    None => return,
-                },
+            if eps
+                .iter()
+                .any(|x| x.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+            {
+                note("slice_ready", app, String::new());
             }
-        }
-    });
+        },
+    );
+}
+
+/// The two paths in the order round `round` runs them: alternating which goes first, so a
+/// drift of the machine hits both.
+fn paths_in_round(
+    round: usize,
+    direct: SocketAddr,
+    through: SocketAddr,
+) -> [(&'static str, SocketAddr); 2] {
+    if round.is_multiple_of(2) {
+        [("direct", direct), ("activator", through)]
+    } else {
+        [("activator", through), ("direct", direct)]
+    }
 }
 
 // ---- Processes and measurements ----------------------------------------------------------
@@ -972,11 +977,7 @@ impl Bench<'_> {
         let mut closed = Vec::new();
         for round in 0..args.rounds {
             // Alternate which path goes first, so a drift of the machine hits both.
-            let order = if round % 2 == 0 {
-                [("direct", direct), ("activator", through)]
-            } else {
-                [("activator", through), ("direct", direct)]
-            };
+            let order = paths_in_round(round, direct, through);
             for (path, addr) in order {
                 let (a0, p0) = self.cpu(&pod_name)?;
                 let wrk = run_wrk(
@@ -1026,11 +1027,7 @@ impl Bench<'_> {
         let demand_before = seen_count("demand", name);
         let mut open = Vec::new();
         for round in 0..args.rounds {
-            let order = if round % 2 == 0 {
-                [("direct", direct), ("activator", through)]
-            } else {
-                [("activator", through), ("direct", direct)]
-            };
+            let order = paths_in_round(round, direct, through);
             for (path, addr) in order {
                 let (a0, p0) = self.cpu(&pod_name)?;
                 let run = run_generator(
