@@ -570,11 +570,7 @@ impl ActivatorProcess {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("WSGISCALE_ACTIVATOR_") {
-                cmd.env_remove(k);
-            }
-        }
+        cluster::scrub_env(&mut cmd, &["WSGISCALE_ACTIVATOR_"]);
         let child = cmd
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;

@@ -38,6 +38,16 @@ pub fn pick_bin(given: &Option<PathBuf>, name: &str, flag: &str) -> anyhow::Resu
     Ok(release)
 }
 
+/// Removes from `cmd`'s environment every variable of this process whose name starts with one
+/// of `prefixes`: a setting of the caller's shell must not change the process a run starts.
+pub fn scrub_env(cmd: &mut Command, prefixes: &[&str]) {
+    for (k, _) in std::env::vars_os() {
+        if prefixes.iter().any(|p| k.to_string_lossy().starts_with(p)) {
+            cmd.env_remove(k);
+        }
+    }
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -72,12 +82,7 @@ impl Operator {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        for (k, _) in std::env::vars_os() {
-            let k_ = k.to_string_lossy();
-            if k_.starts_with("WSGISCALE_OPERATOR_") || k_.starts_with("WSGISCALE_ACTIVATOR_") {
-                cmd.env_remove(k);
-            }
-        }
+        scrub_env(&mut cmd, &["WSGISCALE_OPERATOR_", "WSGISCALE_ACTIVATOR_"]);
         Ok(Operator(
             cmd.spawn()
                 .with_context(|| format!("start {}", bin.display()))?,
@@ -115,11 +120,7 @@ impl Operator {
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("WSGISCALE_ACTIVATOR_") {
-                cmd.env_remove(k);
-            }
-        }
+        scrub_env(&mut cmd, &["WSGISCALE_ACTIVATOR_"]);
         Ok(Operator(
             cmd.spawn()
                 .with_context(|| format!("start {}", bin.display()))?,
