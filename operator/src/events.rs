@@ -298,7 +298,15 @@ impl Out<'_> {
             .plan(batch, now.as_millisecond());
         futures::stream::iter(plan)
             .for_each_concurrent(PUBLISH_CONCURRENCY, |(q, key, publish)| async move {
-                let result = self.one(&q, &publish, now).await;
+                let result = match self.one(&q, &publish, now).await {
+                    // The namespace is going and its Events with it: not a failure of the
+                    // Events API.
+                    Err(e) if crate::reconcile::namespace_terminating(&e) => {
+                        tracing::debug!(error = %e, "event dropped: its namespace is being deleted");
+                        Ok(())
+                    }
+                    other => other,
+                };
                 if result.is_err() {
                     // The next occurrence creates the Event again.
                     self.series

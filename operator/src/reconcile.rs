@@ -170,6 +170,22 @@ impl Error {
     }
 }
 
+/// Whether the API server refused a write because the object's namespace is being deleted
+/// (403 with the cause `NamespaceTerminating`): the app goes with its namespace, so there is
+/// nothing to retry and nothing wrong to report.
+pub fn namespace_terminating(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => {
+            status.code == 403
+                && status
+                    .details
+                    .as_ref()
+                    .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+        }
+        _ => false,
+    }
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     /// The API client.
@@ -471,6 +487,10 @@ async fn reconcile_app(app: &WsgiApp, ctx: &Context) -> Result<(Action, &'static
         Ok(Settled::Yes) => return Ok((Action::requeue(ctx.resync), "ok")),
         Ok(Settled::WatchPods) => {
             return Ok((Action::requeue(ctx.resync.min(INJECT_RECHECK)), "ok"))
+        }
+        Err(Refusal::Api(Error::ApplyObject { source, .. })) if namespace_terminating(&source) => {
+            debug!("the namespace is being deleted; the app goes with it");
+            return Ok((Action::await_change(), "deleting"));
         }
         Err(Refusal::Api(e)) => {
             let Some((kind, message)) = e.rejection() else {

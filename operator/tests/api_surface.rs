@@ -695,6 +695,11 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
     let Some(program) = helm_path() else {
         return;
     };
+    // The operator's warnings say which request was refused, should one be.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("wsgiscale_operator=warn")
+        .with_test_writer()
+        .try_init();
     let admin = cluster.client().await;
     install_crd(&admin, MANAGER).await;
     let release_ns = TestNamespace::create(cluster, "rbac-operator").await;
@@ -744,6 +749,12 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
         other => panic!("the chart's ServiceAccount listed Secrets: {other:?}"),
     }
+
+    // The API server's RBAC authorizer learns of new roles and bindings through its own watch,
+    // a moment after `helm install` returns (longer on a loaded machine): wait until it grants
+    // every rule the chart's ClusterRole lists, so that a refusal below is the chart's, not
+    // that delay's.
+    wait_until_granted(&admin, &operator, release, &app_ns.name).await;
 
     let leases: Api<Lease> = Api::namespaced(operator.clone(), &release_ns.name);
     let mut elector = LeaderElector::new(
@@ -830,4 +841,71 @@ async fn the_operator_works_with_exactly_the_charts_rbac() {
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), controllers).await;
     helm.ok(&["uninstall", release, "--namespace", &release_ns.name]);
+}
+
+/// Waits until the API server's authorizer grants `client` every verb on every resource that
+/// the ClusterRoles of `release` list (rules limited to resource names are checked without
+/// one, as the rule grants nothing else), in `namespace`: asked through
+/// SelfSubjectAccessReviews, which the same authorizer answers.
+async fn wait_until_granted(
+    admin: &kube::Client,
+    client: &kube::Client,
+    release: &str,
+    namespace: &str,
+) {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    use kube::api::ListParams;
+
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    let roles = roles
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={release}")))
+        .await
+        .expect("list the chart's ClusterRoles");
+    let mut asks = Vec::new();
+    for rule in roles.items.iter().flat_map(|r| r.rules.iter().flatten()) {
+        if rule.resource_names.as_ref().is_some_and(|n| !n.is_empty()) {
+            continue;
+        }
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    let (resource, subresource) = match resource.split_once('/') {
+                        Some((r, s)) => (r.to_string(), Some(s.to_string())),
+                        None => (resource.clone(), None),
+                    };
+                    asks.push(ResourceAttributes {
+                        namespace: Some(namespace.to_string()),
+                        group: Some(group.clone()),
+                        resource: Some(resource),
+                        subresource,
+                        verb: Some(verb.clone()),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+    assert!(!asks.is_empty(), "the chart's ClusterRole lists rules");
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    for ask in asks {
+        let what = format!("{ask:?}");
+        eventually(&format!("the authorizer to grant {what}"), 60, || {
+            let (reviews, ask) = (reviews.clone(), ask.clone());
+            async move {
+                let review = SelfSubjectAccessReview {
+                    spec: SelfSubjectAccessReviewSpec {
+                        resource_attributes: Some(ask),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                let answer = reviews.create(&PostParams::default(), &review).await.ok()?;
+                answer.status.is_some_and(|s| s.allowed).then_some(())
+            }
+        })
+        .await;
+    }
 }

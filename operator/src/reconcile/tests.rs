@@ -677,6 +677,57 @@ async fn an_object_the_api_server_refuses_is_reported_not_retried_hot() {
 }
 
 #[tokio::test]
+async fn an_app_in_a_namespace_being_deleted_is_left_to_go_with_it() {
+    let app = mk_app("shop");
+    let (result, ctx) = run(app, |mut s| async move {
+        s.get_missing(CM).await;
+        s.get_missing(DEP).await;
+        s.get_missing(SVC).await;
+        s.get_missing(PDB).await;
+        let (_, send) = s.expect(Method::PATCH, CM).await;
+        let mut refusal = api_status(
+            403,
+            "Forbidden",
+            "configmaps \"shop-config\" is forbidden: unable to create new content in namespace default because it is being terminated",
+        );
+        refusal["details"] = json!({
+            "name": "shop-config", "kind": "configmaps",
+            "causes": [{"reason": "NamespaceTerminating", "message": "namespace default is being terminated", "field": "metadata.namespace"}],
+        });
+        send.send_response(json_response(StatusCode::FORBIDDEN, &refusal));
+        // Nothing else: no retry, no status, no Event.
+        s
+    })
+    .await;
+    assert_eq!(result.expect("not an error"), Action::await_change());
+    assert!(queued_events(&ctx).is_empty());
+    let metrics = ctx.metrics.encode();
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("wsgiscale_operator_errors_total{") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn only_the_namespace_terminating_cause_counts_as_a_namespace_going() {
+    let refusal = |code: u16, causes: Value| {
+        let mut body = api_status(code, "Forbidden", "refused");
+        body["details"] = json!({ "causes": causes });
+        kube::Error::Api(serde_json::from_value(body).expect("a Status"))
+    };
+    let going = json!([{"reason": "NamespaceTerminating"}]);
+    assert!(namespace_terminating(&refusal(403, going.clone())));
+    assert!(!namespace_terminating(&refusal(403, json!([]))));
+    assert!(!namespace_terminating(&refusal(
+        403,
+        json!([{"reason": "FieldValueInvalid"}])
+    )));
+    assert!(!namespace_terminating(&refusal(409, going)));
+}
+
+#[tokio::test]
 async fn a_foreign_object_with_our_name_is_left_alone() {
     let app = mk_app("shop");
     let foreign = json!({
