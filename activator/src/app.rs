@@ -53,10 +53,20 @@ impl Pod {
         }
     }
 
-    /// Free slots at `now`: its capacity less what the activator has in flight there.
-    pub fn free(&self, slots_per_pod: u32, now: u64) -> u32 {
+    /// Requests the activator may have at it at once: its capacity, and `backlog_per_slot`
+    /// more per slot that wait in the pod's own queue, so that a worker that finishes finds
+    /// its next request there instead of idling for the round trip through the activator
+    /// (the response back to it, the next request out).
+    pub fn limit(&self, slots_per_pod: u32, backlog_per_slot: u32) -> u32 {
+        self.capacity(slots_per_pod)
+            .saturating_mul(backlog_per_slot.saturating_add(1))
+    }
+
+    /// Free slots at `now`: its limit less what the activator has in flight there.
+    pub fn free(&self, slots_per_pod: u32, backlog_per_slot: u32, now: u64) -> u32 {
         if self.usable(now) {
-            self.capacity(slots_per_pod).saturating_sub(self.in_flight)
+            self.limit(slots_per_pod, backlog_per_slot)
+                .saturating_sub(self.in_flight)
         } else {
             0
         }
@@ -91,6 +101,8 @@ pub struct App {
     pub in_flight: u32,
     /// When it last saw a request (ms).
     pub last_request: u64,
+    /// Requests per slot of a pod that may wait in the pod's own queue (see [`Pod::limit`]).
+    pub backlog_per_slot: u32,
 }
 
 /// A request handed to a pod.
@@ -105,8 +117,8 @@ pub struct Dispatched {
 }
 
 impl App {
-    /// A new app with no pods yet.
-    pub fn new(route: Route) -> App {
+    /// A new app with no pods yet; `backlog_per_slot` as in [`Pod::limit`].
+    pub fn new(route: Route, backlog_per_slot: u32) -> App {
         App {
             queue: Queue::new(route.hold),
             route,
@@ -114,6 +126,7 @@ impl App {
             waiters: HashMap::new(),
             in_flight: 0,
             last_request: 0,
+            backlog_per_slot,
         }
     }
 
@@ -159,7 +172,7 @@ impl App {
         let mut slots: Vec<Slot> = ips
             .iter()
             .map(|ip| Slot {
-                free: self.pods[ip].free(slots_per_pod, now),
+                free: self.pods[ip].free(slots_per_pod, self.backlog_per_slot, now),
             })
             .collect();
         let mut out = Vec::new();
@@ -271,9 +284,33 @@ mod tests {
         IpAddr::from([198, 18, 0, n])
     }
 
+    #[test]
+    fn a_backlog_lets_a_pod_queue_one_more_per_slot_and_new_pods_still_come_first() {
+        let mut app = App::new(route(2), 1);
+        app.set_endpoints(&[(ip(2), 8000, true, false)]);
+        let mut rx = Vec::new();
+        for id in 0..6 {
+            rx.push(app.hold(id, 0, 0).expect("held"));
+        }
+        // Two slots, one more each in the pod's own queue: four out, two held.
+        assert_eq!(app.dispatch(0).len(), 4);
+        assert_eq!(app.queue.len(), 2);
+        // A second pod comes: it has all four of its places free, so the held go there.
+        app.set_endpoints(&[(ip(2), 8000, true, false), (ip(3), 8000, true, false)]);
+        let out = app.dispatch(0);
+        assert_eq!(
+            out.iter().map(|d| d.pod).collect::<Vec<_>>(),
+            [ip(3), ip(3)]
+        );
+        assert_eq!(app.pods[&ip(2)].free(2, 1, 0), 0);
+        assert_eq!(app.pods[&ip(3)].free(2, 1, 0), 2);
+        // Without a backlog, a pod gets only what it runs.
+        assert_eq!(app.pods[&ip(3)].limit(2, 0), 2);
+    }
+
     #[tokio::test]
     async fn requests_wait_for_a_ready_pod_and_go_to_the_freest() {
-        let mut app = App::new(route(2));
+        let mut app = App::new(route(2), 0);
         let mut r1 = app.hold(1, 10, 0).expect("held");
         let _r2 = app.hold(2, 10, 0).expect("held");
         assert!(app.dispatch(1).is_empty(), "no pod yet");
@@ -299,7 +336,7 @@ mod tests {
 
     #[tokio::test]
     async fn deadlines_and_refusals() {
-        let mut app = App::new(route(1));
+        let mut app = App::new(route(1), 0);
         let mut r = app.hold(7, 0, 0).expect("held");
         assert_eq!(app.expire(100), vec![7]);
         assert!(matches!(r.try_recv(), Ok(Assignment::Expired)));
@@ -315,12 +352,12 @@ mod tests {
 
     #[test]
     fn pods_that_go_keep_their_requests_until_they_end() {
-        let mut app = App::new(route(4));
+        let mut app = App::new(route(4), 0);
         app.set_endpoints(&[(ip(2), 8000, true, false)]);
         app.pods.get_mut(&ip(2)).expect("pod").in_flight = 1;
         app.set_endpoints(&[]);
         assert!(app.pods[&ip(2)].gone);
-        assert_eq!(app.pods[&ip(2)].free(4, 0), 0);
+        assert_eq!(app.pods[&ip(2)].free(4, 0, 0), 0);
         app.finished(ip(2));
         assert!(app.pods.is_empty());
         // A draining server takes nothing new.
@@ -338,12 +375,12 @@ mod tests {
         .expect("a load report");
         app.pods.get_mut(&ip(3)).expect("pod").load = Some(load.clone());
         assert_eq!(
-            app.pods[&ip(3)].free(4, 0),
+            app.pods[&ip(3)].free(4, 0, 0),
             6,
             "MAX workers x threads from /load"
         );
         load.draining = true;
         app.pods.get_mut(&ip(3)).expect("pod").load = Some(load);
-        assert_eq!(app.pods[&ip(3)].free(4, 0), 0);
+        assert_eq!(app.pods[&ip(3)].free(4, 0, 0), 0);
     }
 }

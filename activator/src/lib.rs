@@ -8,7 +8,9 @@
 //! - It holds each app's requests in one FIFO bounded in requests, body bytes and wait
 //!   ([`queue`]; past a bound: 503 with `Retry-After`, counted and logged with the reason) and
 //!   hands each to the ready pod with the most free slots ([`app`]), never more than a pod can
-//!   run, so a burst is served first come first served by whichever pod frees first.
+//!   run plus a configured backlog per slot in the pod's own queue (one by default, so that a
+//!   worker never idles for the round trip), so a burst is served first come first served by
+//!   whichever pod frees first.
 //! - It learns that a pod is ready as soon as its server is: it follows the pods'
 //!   EndpointSlices and, while requests wait, probes not-yet-ready pods' `/readyz` every 25 ms.
 //! - A request that could not be delivered (the connection refused) goes to another pod; one
@@ -72,6 +74,12 @@ pub struct Config {
     /// kube-proxy follows only after that, and a connection sent meanwhile must not be
     /// refused.
     pub drain_delay: Duration,
+    /// Requests per worker slot of a pod that may wait in the pod's own queue beyond what it
+    /// runs at once (0: never more than it runs). See [`app::Pod::limit`].
+    pub backlog_per_slot: u32,
+    /// Open client connections, over every app, past which a new one is answered 503 and
+    /// closed: each costs memory whether or not it sends a request.
+    pub max_connections: u64,
 }
 
 /// An app's key: namespace and name.
@@ -322,7 +330,7 @@ fn apply_routes(inner: &Arc<Inner>, routes: Vec<Route>) {
                     continue;
                 }
                 let port = r.port;
-                let app = Arc::new(Mutex::new(App::new(r)));
+                let app = Arc::new(Mutex::new(App::new(r, inner.config.backlog_per_slot)));
                 apps.insert(k.clone(), app);
                 let stop = inner.stop_listening.child_token();
                 listeners.insert(port, (k.clone(), stop.clone()));

@@ -59,6 +59,17 @@ struct Args {
     /// terminationGracePeriodSeconds.
     #[arg(long, env = "WSGISCALE_ACTIVATOR_DRAIN_DELAY_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300))]
     drain_delay_seconds: u64,
+    /// Requests per worker slot of a pod (MAX workers x threads, from its /load) that may
+    /// wait in the pod's own queue beyond what it runs at once: with 1, a pod of 4 slots gets
+    /// up to 8 requests, and a worker that finishes finds the next one there instead of idling
+    /// for the round trip through the activator. 0: never more than it runs (the strictest
+    /// first come, first served across pods, at a cost in throughput).
+    #[arg(long, env = "WSGISCALE_ACTIVATOR_BACKLOG_PER_SLOT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
+    backlog_per_slot: u32,
+    /// Open client connections, over every app, past which a new one gets a 503 and is
+    /// closed (each costs memory, about 10-20 KiB, whether or not it sends a request).
+    #[arg(long, env = "WSGISCALE_ACTIVATOR_MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
     /// Log format.
     #[arg(long, env = "WSGISCALE_ACTIVATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     log_format: LogFormat,
@@ -106,6 +117,8 @@ async fn main() -> anyhow::Result<()> {
         pod_name,
         drain_timeout: Duration::from_secs(args.drain_timeout_seconds),
         drain_delay: Duration::from_secs(args.drain_delay_seconds),
+        backlog_per_slot: args.backlog_per_slot,
+        max_connections: args.max_connections,
         namespaces: args
             .watch_namespaces
             .into_iter()

@@ -24,7 +24,7 @@ pub struct RejectLabels {
     pub namespace: String,
     /// WsgiApp name.
     pub app: String,
-    /// `max_requests`, `max_bytes`, `deadline`, `draining`, `no_route`.
+    /// `max_requests`, `max_bytes`, `deadline`, `draining`, `no_route`, `max_connections`.
     pub reason: &'static str,
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
@@ -36,6 +36,9 @@ const HOP_BY_HOP: [&str; 8] = [
     "trailer",
     "upgrade",
 ];
+
+/// The answer to a connection past `--max-connections`.
+const OVER_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 43\r\n\r\nthe activator has too many connections now\n";
 
 /// How long a pod that refused a connection gets no request.
 const REFUSED_PAUSE_MS: u64 = 1000;
@@ -96,7 +99,14 @@ pub async fn listen(inner: Arc<Inner>, key: AppKey, port: u16, stop: Cancellatio
         "activator",
         &stop,
         || listener.accept(),
-        |(stream, peer)| {
+        |(stream, peer): (tokio::net::TcpStream, SocketAddr)| {
+            if inner.connections.load(Ordering::SeqCst) >= inner.config.max_connections {
+                // Every connection costs memory whether or not it sends a request: past the
+                // bound, a short 503 (written only if the socket takes it at once) and close.
+                let _ = stream.try_write(OVER_CONNECTIONS);
+                reject(&inner, &key, "max_connections");
+                return;
+            }
             let (inner, key) = (inner.clone(), key.clone());
             tokio::spawn(serve_connection(inner, key, stream, peer));
         },
@@ -237,6 +247,79 @@ impl Body for Tracked {
     }
 }
 
+/// Body bytes reserved against an app's byte bound while they arrive; given back when
+/// dropped unless disarmed (the bytes became held).
+struct Reservation {
+    app: Arc<Mutex<App>>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// The bytes reserved; the caller now accounts for them.
+    fn disarm(&mut self) -> u64 {
+        std::mem::take(&mut self.bytes)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.app.lock().queue.unreserve(self.bytes);
+        }
+    }
+}
+
+/// Why a request body was not received.
+enum BodyError {
+    /// It would pass the app's byte bound, with what is held and arriving.
+    OverBound,
+    /// The client's body failed (reset, malformed chunking).
+    Read,
+}
+
+/// Receives a whole request body, reserving each chunk against the app's byte bound first (a
+/// declared length that cannot fit is refused before a byte is read).
+async fn receive(
+    app: &Arc<Mutex<App>>,
+    mut body: Incoming,
+) -> Result<(Bytes, Reservation), BodyError> {
+    let mut reservation = Reservation {
+        app: app.clone(),
+        bytes: 0,
+    };
+    if let Some(declared) = body.size_hint().exact() {
+        if declared > app.lock().route.hold.max_bytes {
+            return Err(BodyError::OverBound);
+        }
+    }
+    let mut chunks: Vec<Bytes> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyError::Read)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers: not forwarded
+        };
+        let n = data.len() as u64;
+        app.lock()
+            .queue
+            .reserve(n)
+            .map_err(|_| BodyError::OverBound)?;
+        reservation.bytes += n;
+        chunks.push(data);
+    }
+    let body = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => {
+            let mut all = bytes::BytesMut::with_capacity(reservation.bytes as usize);
+            for c in chunks {
+                all.extend_from_slice(&c);
+            }
+            all.freeze()
+        }
+    };
+    Ok((body, reservation))
+}
+
 fn reject(inner: &Inner, key: &AppKey, reason: &'static str) {
     inner
         .metrics
@@ -260,19 +343,21 @@ async fn handle(
         reject(&inner, &key, "no_route");
         return full(StatusCode::NOT_FOUND, "no such app on this port\n");
     };
-    let max_bytes = app.lock().route.hold.max_bytes;
+    if let Err(why) = app.lock().queue.has_room() {
+        reject(&inner, &key, why.as_str());
+        return unavailable("this app holds as many requests as it may; retry\n");
+    }
     let (parts, body) = req.into_parts();
-    // The whole body first (bounded): a request is held, or forwarded, complete.
-    let body = match Limited::new(body, max_bytes as usize).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+    // The whole body first, each chunk reserved against the app's byte bound before it is
+    // kept: a request is held, or forwarded, complete, and what is buffered for an app stays
+    // within its bound however many clients send at once.
+    let (body, mut reservation) = match receive(&app, body).await {
+        Ok(got) => got,
+        Err(BodyError::OverBound) => {
             reject(&inner, &key, Reject::Bytes.as_str());
-            return unavailable("the request body is larger than this app may hold\n");
+            return unavailable("the request body is larger than this app may hold now; retry\n");
         }
-        Err(_) => {
+        Err(BodyError::Read) => {
             return full(
                 StatusCode::BAD_REQUEST,
                 "the request body could not be read\n",
@@ -284,6 +369,8 @@ async fn handle(
     let arrived = inner.now_ms();
     let (mut rx, was_idle) = {
         let mut a = app.lock();
+        // The reservation becomes held bytes (or goes, if the request is refused).
+        a.queue.unreserve(reservation.disarm());
         let was_idle = a.queue.is_empty() && a.in_flight == 0;
         match a.hold(id, bytes, arrived) {
             Ok(rx) => (rx, was_idle),
@@ -439,6 +526,8 @@ mod tests {
             drain_timeout: Duration::from_secs(1),
             namespaces: Vec::new(),
             drain_delay: Duration::ZERO,
+            backlog_per_slot: 1,
+            max_connections: 100,
         });
         // The listener of the app that had the port, not closed yet.
         let old = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -3,7 +3,8 @@
 //! Requests wait in one FIFO per app, bounded in count and in body bytes, each with a
 //! deadline. Whenever something changes (a request arrives, a pod frees a slot, a pod becomes
 //! ready), [`Queue::assign`] hands the oldest waiting requests, in order, to the pods with the
-//! most free slots, never more than a pod's free slots: a burst waits in this one queue and is
+//! most free slots, never more than a pod's free slots (its limit, [`crate::app::Pod::limit`],
+//! less what it has in flight): a burst waits in this one queue and is
 //! served first come first served by whichever pod frees first, instead of in the queue of
 //! whichever pod a random choice picked.
 
@@ -57,6 +58,9 @@ pub struct Queue {
     limits: HoldLimits,
     fifo: VecDeque<Waiting>,
     bytes: u64,
+    /// Bytes of bodies still being received, reserved against the byte bound before they are
+    /// read (see [`Queue::reserve`]).
+    receiving: u64,
 }
 
 impl Queue {
@@ -66,6 +70,7 @@ impl Queue {
             limits,
             fifo: VecDeque::new(),
             bytes: 0,
+            receiving: 0,
         }
     }
 
@@ -74,12 +79,46 @@ impl Queue {
         self.limits = limits;
     }
 
-    /// Holds request `id` with a body of `bytes`, arrived at `now` (ms), or says why not.
-    pub fn admit(&mut self, id: Id, bytes: u64, now: u64) -> Result<(), Reject> {
+    /// Whether a new request may come in at all (the request bound, checked before its body
+    /// is read; [`Queue::admit`] checks it again).
+    pub fn has_room(&self) -> Result<(), Reject> {
         if self.fifo.len() as u64 >= u64::from(self.limits.max_requests) {
             return Err(Reject::Requests);
         }
-        if self.bytes.saturating_add(bytes) > self.limits.max_bytes {
+        Ok(())
+    }
+
+    /// Reserves `n` more bytes of a body being received, or refuses them when the bodies held
+    /// and being received would pass the byte bound: what the activator buffers for an app,
+    /// held or still arriving, never exceeds `max_bytes`, however many clients send at once.
+    pub fn reserve(&mut self, n: u64) -> Result<(), Reject> {
+        let total = self.bytes.saturating_add(self.receiving).saturating_add(n);
+        if total > self.limits.max_bytes {
+            return Err(Reject::Bytes);
+        }
+        self.receiving += n;
+        Ok(())
+    }
+
+    /// Gives back `n` reserved bytes (the body was held, refused, or its client left).
+    pub fn unreserve(&mut self, n: u64) {
+        self.receiving = self.receiving.saturating_sub(n);
+    }
+
+    /// Bytes reserved by bodies being received.
+    pub fn receiving(&self) -> u64 {
+        self.receiving
+    }
+
+    /// Holds request `id` with a body of `bytes`, arrived at `now` (ms), or says why not. A
+    /// body received under a reservation is unreserved first ([`Queue::unreserve`]).
+    pub fn admit(&mut self, id: Id, bytes: u64, now: u64) -> Result<(), Reject> {
+        self.has_room()?;
+        let total = self
+            .bytes
+            .saturating_add(self.receiving)
+            .saturating_add(bytes);
+        if total > self.limits.max_bytes {
             return Err(Reject::Bytes);
         }
         self.fifo.push_back(Waiting {
@@ -238,7 +277,74 @@ mod tests {
         assert_eq!(q.assign(&mut pods)[0].0, 4);
     }
 
+    #[test]
+    fn bodies_being_received_count_against_the_byte_bound() {
+        let mut q = Queue::new(limits(10, 100, 1000));
+        assert_eq!(q.reserve(60), Ok(()));
+        assert_eq!(
+            q.reserve(50),
+            Err(Reject::Bytes),
+            "two clients cannot both send 50+60"
+        );
+        assert_eq!(
+            q.admit(1, 50, 0),
+            Err(Reject::Bytes),
+            "nor hold past the reservation"
+        );
+        // The first body arrives whole: its reservation becomes held bytes.
+        q.unreserve(60);
+        assert_eq!(q.admit(2, 60, 0), Ok(()));
+        assert_eq!((q.bytes(), q.receiving()), (60, 0));
+        assert_eq!(q.reserve(41), Err(Reject::Bytes));
+        assert_eq!(q.reserve(40), Ok(()));
+        // Its client leaves: the reservation is given back.
+        q.unreserve(40);
+        assert_eq!(q.receiving(), 0);
+    }
+
     proptest! {
+        /// However many bodies are received at once, in whatever chunks, and whichever are
+        /// held, refused or abandoned: held plus reserved bytes never pass the bound, and every
+        /// reservation is given back.
+        #[test]
+        fn held_and_arriving_bytes_stay_bounded(
+            ops in proptest::collection::vec((0u8..4, 0usize..8, 0u64..60), 1..300),
+            max_bytes in 1u64..400,
+        ) {
+            let mut q = Queue::new(limits(1000, max_bytes, 1_000_000));
+            // Reserved bytes of each body being received.
+            let mut arriving = [0u64; 8];
+            let mut next = 0u64;
+            for (op, body, n) in ops {
+                match op {
+                    // A chunk of body `body` arrives.
+                    0 | 1 => {
+                        if q.reserve(n).is_ok() {
+                            arriving[body] += n;
+                        } else {
+                            // Refused: the client gets its 503 and its reservation goes.
+                            q.unreserve(arriving[body]);
+                            arriving[body] = 0;
+                        }
+                    }
+                    // Body `body` is complete: held (or refused).
+                    2 => {
+                        let got = std::mem::take(&mut arriving[body]);
+                        q.unreserve(got);
+                        next += 1;
+                        let _ = q.admit(next, got, 0);
+                    }
+                    // Its client leaves mid-body.
+                    _ => {
+                        q.unreserve(arriving[body]);
+                        arriving[body] = 0;
+                    }
+                }
+                prop_assert!(q.bytes() + q.receiving() <= max_bytes);
+                prop_assert_eq!(q.receiving(), arriving.iter().sum::<u64>());
+            }
+        }
+
         /// Whatever arrives, frees and expires: requests leave in arrival order, no pod gets
         /// more than its free slots, the bounds hold, and every request is accounted for once.
         #[test]

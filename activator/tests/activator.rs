@@ -223,6 +223,9 @@ async fn holds_until_ready_spreads_a_burst_expires_and_drains() {
         drain_timeout: Duration::from_secs(30),
         namespaces: Vec::new(),
         drain_delay: Duration::ZERO,
+        // Strict: the slot counts below are the pods' own.
+        backlog_per_slot: 0,
+        max_connections: 10_000,
     }));
     let shutdown = CancellationToken::new();
     let run = {
@@ -375,6 +378,69 @@ async fn holds_until_ready_spreads_a_burst_expires_and_drains() {
         assert!(Instant::now() < deadline, "the pods did not go");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Bodies still arriving count against the app's byte bound (1 MiB here): eight clients
+    // each declare 300 KiB and send 150 KiB, then stall. Their 1,200 KiB cannot all be
+    // buffered: some are refused (503) while every one of them is still sending.
+    let stalled: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                s.write_all(
+                    b"POST /work?ms=1 HTTP/1.1\r\nhost: web\r\ncontent-length: 307200\r\n\r\n",
+                )
+                .await
+                .expect("head");
+                let _ = s.write_all(&[b'x'; 150 * 1024]).await;
+                let mut buf = [0u8; 12];
+                let answered =
+                    tokio::time::timeout(Duration::from_millis(1500), s.read_exact(&mut buf))
+                        .await
+                        .is_ok_and(|r| r.is_ok());
+                (
+                    answered.then(|| String::from_utf8_lossy(&buf).to_string()),
+                    s,
+                )
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    let mut streams = Vec::new();
+    for t in stalled {
+        let (line, s) = t.await.expect("task");
+        if let Some(line) = line {
+            assert_eq!(line, "HTTP/1.1 503", "a refused body gets a 503");
+            refused += 1;
+        }
+        streams.push(s);
+    }
+    assert!(
+        (1..8).contains(&refused),
+        "part of the eight stalled bodies was refused at the byte bound: {refused}"
+    );
+    assert!(
+        activator.metrics_text().contains("reason=\"max_bytes\""),
+        "{}",
+        activator.metrics_text()
+    );
+    // Their clients leave: the reservations are given back, and a body of 900 KiB (which
+    // fits the bound only if they were) is held (no pod: no answer), not refused.
+    drop(streams);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /work?ms=1 HTTP/1.1\r\nhost: web\r\ncontent-length: 921600\r\n\r\n")
+        .await
+        .expect("head");
+    s.write_all(&vec![b'x'; 900 * 1024]).await.expect("body");
+    let mut buf = [0u8; 12];
+    let answer = tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut buf)).await;
+    assert!(
+        answer.is_err(),
+        "a body that fits once the reservations are back was refused: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    drop(s);
+
     let held = tokio::spawn(async move { get(addr, "/work?ms=10").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     shutdown.cancel();

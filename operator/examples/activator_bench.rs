@@ -155,6 +155,12 @@ struct Args {
     /// Leave out part 2 (the cold start).
     #[arg(long)]
     skip_cold_start: bool,
+    /// Skip part 3 (the activator's memory under a flood).
+    #[arg(long)]
+    skip_flood: bool,
+    /// Part 3: clients that send a request at once to an app that cannot start.
+    #[arg(long, default_value_t = 3000)]
+    flood_clients: usize,
     /// Where the report goes. [default: bench/results]
     #[arg(long)]
     out: Option<PathBuf>,
@@ -541,6 +547,7 @@ fn paths_in_round(
 struct ActivatorProcess {
     child: Child,
     log: PathBuf,
+    admin: SocketAddr,
 }
 
 impl ActivatorProcess {
@@ -577,6 +584,7 @@ impl ActivatorProcess {
         Ok(ActivatorProcess {
             child,
             log: log.to_path_buf(),
+            admin,
         })
     }
 
@@ -1682,6 +1690,316 @@ struct Results {
     machine_at_end: String,
     path: Vec<PathResults>,
     cold: Vec<Cold>,
+    floods: Vec<Flood>,
+}
+
+// ---- Part 3: the activator's memory under a flood -----------------------------------------
+
+/// What the flood app may hold: small bounds, so that passing them is cheap to show.
+const FLOOD_MAX_REQUESTS: u32 = 2000;
+const FLOOD_MAX_BYTES_MIB: u64 = 8;
+const FLOOD_WAIT_SECONDS: u64 = 10;
+
+fn flood_app(name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "wsgiscale.dev/v1alpha1", "kind": "WsgiApp", "metadata": {"name": name},
+        "spec": {
+            // No node can pull it: the app's requests are held until their deadline.
+            "image": "registry.invalid/nothing:1", "app": "basic:hello", "chdir": "/app",
+            "workers": {"min": 1, "max": 2},
+            "replicas": {"min": 0, "max": 1},
+            "autoscaling": {"enabled": true, "tickSeconds": 1},
+            "scaleToZero": {"enabled": true, "idleSeconds": 600},
+            "activator": {
+                "maxHeldRequests": FLOOD_MAX_REQUESTS,
+                "maxHeldBytes": format!("{FLOOD_MAX_BYTES_MIB}Mi"),
+                "maxWaitSeconds": FLOOD_WAIT_SECONDS,
+            },
+            "service": {"port": 80},
+        },
+    })
+}
+
+/// One flood: `clients` connections at once, each with one request of `body` bytes.
+#[derive(Debug, Clone, Serialize)]
+struct Flood {
+    what: &'static str,
+    clients: usize,
+    body: usize,
+    /// The activator's RSS (KiB) before, at its peak while the requests were held, and 2 s
+    /// after the last answer.
+    rss_before: u64,
+    rss_peak: u64,
+    rss_after: u64,
+    /// Answered 503 before the deadline (refused at a bound).
+    refused: usize,
+    /// Answered 503 at or after the deadline (held until then).
+    held: usize,
+    /// Anything else (connection errors, other statuses).
+    other: usize,
+    /// The activator's rejections by reason during this flood.
+    reasons: Vec<(String, f64)>,
+    seconds: f64,
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The activator's rejected requests by reason, from its /metrics.
+async fn rejections(admin: SocketAddr) -> Vec<(String, f64)> {
+    let Ok(text) = fetch_text(admin, "/metrics").await else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("wsgiscale_activator_rejected_total{"))
+    {
+        let reason = line
+            .split("reason=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("?")
+            .to_string();
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        match out.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, v)) => *v += value,
+            None => out.push((reason, value)),
+        }
+    }
+    out
+}
+
+async fn fetch_text(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map_or(text.clone(), |(_, b)| b.to_string()))
+}
+
+/// Sends one request with a `body`-byte body on a new connection; its status (0: failed)
+/// and seconds to the answer.
+async fn one_request(addr: SocketAddr, body: usize) -> (u16, f64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = Instant::now();
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let head = if body == 0 {
+            "GET / HTTP/1.1\r\nhost: flood\r\n\r\n".to_string()
+        } else {
+            format!("POST / HTTP/1.1\r\nhost: flood\r\ncontent-type: application/octet-stream\r\ncontent-length: {body}\r\n\r\n")
+        };
+        s.write_all(head.as_bytes()).await?;
+        if body > 0 {
+            // A refusal may come (and the connection close) before the body is all sent.
+            let _ = s.write_all(&vec![b'x'; body]).await;
+        }
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let line = String::from_utf8_lossy(&got).to_string();
+        anyhow::Ok(
+            line.split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
+        )
+    };
+    let limit = Duration::from_secs(FLOOD_WAIT_SECONDS + 30);
+    let status = tokio::time::timeout(limit, attempt)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    (status, start.elapsed().as_secs_f64())
+}
+
+impl Bench<'_> {
+    /// Floods an app that cannot start: `clients` requests at once with `body`-byte bodies,
+    /// while the activator's RSS is sampled every 20 ms.
+    async fn flood(
+        &self,
+        what: &'static str,
+        addr: SocketAddr,
+        clients: usize,
+        body: usize,
+    ) -> anyhow::Result<Flood> {
+        let pid = self.activator.pid();
+        let before_reasons = rejections(self.activator.admin).await;
+        let rss_before = rss_kib(pid);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| tokio::spawn(one_request(addr, body)))
+            .collect();
+        let all = futures::future::join_all(tasks);
+        tokio::pin!(all);
+        let mut rss_peak = rss_before;
+        let results = loop {
+            tokio::select! {
+                r = &mut all => break r,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    rss_peak = rss_peak.max(rss_kib(pid));
+                }
+            }
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss_after = rss_kib(pid);
+        let (mut refused, mut held, mut other) = (0, 0, 0);
+        for (status, took) in results.into_iter().filter_map(Result::ok) {
+            match status {
+                503 if took < FLOOD_WAIT_SECONDS as f64 - 0.5 => refused += 1,
+                503 if took >= FLOOD_WAIT_SECONDS as f64 - 0.5 => held += 1,
+                _ => other += 1,
+            }
+        }
+        let after_reasons = rejections(self.activator.admin).await;
+        let reasons = after_reasons
+            .into_iter()
+            .map(|(r, v)| {
+                let b = before_reasons
+                    .iter()
+                    .find(|(x, _)| *x == r)
+                    .map_or(0.0, |(_, v)| *v);
+                (r, v - b)
+            })
+            .filter(|(_, v)| *v > 0.0)
+            .collect();
+        Ok(Flood {
+            what,
+            clients,
+            body,
+            rss_before,
+            rss_peak,
+            rss_after,
+            refused,
+            held,
+            other,
+            reasons,
+            seconds,
+        })
+    }
+
+    /// Part 3: the app that cannot start, then its floods.
+    async fn floods(&self) -> anyhow::Result<Vec<Flood>> {
+        let name = "flood";
+        let pp = PatchParams::apply(MANAGER).force();
+        let apps: Api<WsgiApp> = Api::namespaced(self.client.clone(), NS);
+        apps.patch(name, &pp, &Patch::Apply(flood_app(name)))
+            .await
+            .context("the flood WsgiApp")?;
+        let port = until("the flood app's port on the activator", 60, || {
+            activator_port(&self.client, name)
+        })
+        .await?;
+        let addr = SocketAddr::from((self.standin.node.address(), port));
+        until(
+            "the activator listening on the flood app's port",
+            60,
+            || async { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) },
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let clients = self.args.flood_clients;
+        let mut out = Vec::new();
+        out.push(
+            self.flood(
+                "requests without a body, past the request bound",
+                addr,
+                clients,
+                0,
+            )
+            .await?,
+        );
+        eprintln!("activator-bench: flood 1: {:?}", out.last());
+        out.push(
+            self.flood("256 KiB bodies, past the byte bound", addr, 200, 256 * 1024)
+                .await?,
+        );
+        eprintln!("activator-bench: flood 2: {:?}", out.last());
+        apps.delete(name, &DeleteParams::default()).await?;
+        Ok(out)
+    }
+}
+
+fn flood_report(md: &mut String, floods: &[Flood]) {
+    let _ = writeln!(
+        md,
+        "## 3. The activator's memory under a flood\n\n\
+         One app that cannot start (its image cannot be pulled), held at \
+         `maxHeldRequests: {FLOOD_MAX_REQUESTS}`, `maxHeldBytes: {FLOOD_MAX_BYTES_MIB}Mi`, \
+         `maxWaitSeconds: {FLOOD_WAIT_SECONDS}`; each client opens its own connection and sends \
+         one request, all at once; the activator's RSS (VmRSS) sampled every 20 ms. \
+         \"Refused\" is a 503 before the deadline (a bound), \"held\" a 503 at the deadline.\n\n\
+         | flood | clients | body | refused | held | other | rejections by reason | RSS before MiB | peak MiB | after MiB | peak growth per held request KiB |\n\
+         |---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    );
+    for f in floods {
+        let mib = |k: u64| k as f64 / 1024.0;
+        let growth = f.rss_peak.saturating_sub(f.rss_before) as f64;
+        let per = if f.held > 0 {
+            format!("{:.1}", growth / f.held as f64)
+        } else {
+            "–".into()
+        };
+        let reasons = f
+            .reasons
+            .iter()
+            .map(|(r, v)| format!("{r} {v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} |",
+            f.what,
+            f.clients,
+            f.body,
+            f.refused,
+            f.held,
+            f.other,
+            reasons,
+            mib(f.rss_before),
+            mib(f.rss_peak),
+            mib(f.rss_after),
+            per
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThe bound: what the activator buffers for an app, held or still arriving, stays within \
+         `maxHeldBytes` ({FLOOD_MAX_BYTES_MIB} MiB here), and each held request costs its \
+         connection and its waiting task besides (the per-request growth above); connections \
+         past `--max-connections` are answered 503 at once.\n"
+    );
 }
 
 // ---- Main --------------------------------------------------------------------------------
@@ -1906,7 +2224,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         activator: &activator,
         ticks: clock_ticks(),
     };
-    let result: anyhow::Result<(Vec<PathResults>, Vec<Cold>)> = async {
+    let result: anyhow::Result<(Vec<PathResults>, Vec<Cold>, Vec<Flood>)> = async {
         let mut path = Vec::new();
         if !args.skip_path {
             for &w in &args.workers {
@@ -1928,7 +2246,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 cold.push(c);
             }
         }
-        Ok((path, cold))
+        let floods = if args.skip_flood {
+            Vec::new()
+        } else {
+            bench.floods().await?
+        };
+        Ok((path, cold, floods))
     }
     .await;
 
@@ -1940,7 +2263,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     standin.node.stop_at_once(NS);
     standin.stop().await;
     let keep_log = out_dir.join(format!("activator-{stamp}.activator.log"));
-    let (path, cold) = match result {
+    let (path, cold, floods) = match result {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::copy(work.join("activator.log"), &keep_log);
@@ -1969,6 +2292,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         machine_at_end: machine(),
         path,
         cold,
+        floods,
     };
     let mut md = String::new();
     let _ = writeln!(
@@ -1985,6 +2309,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     if !results.cold.is_empty() {
         cold_report(&mut md, &results.cold, &args);
+    }
+    if !results.floods.is_empty() {
+        flood_report(&mut md, &results.floods);
     }
     let md_path = out_dir.join(format!("activator-{stamp}.md"));
     std::fs::write(&md_path, &md)?;

@@ -84,6 +84,8 @@ fn activator_config(
         drain_timeout: Duration::from_secs(20),
         namespaces: vec![namespace.into()],
         drain_delay: Duration::from_secs(3),
+        backlog_per_slot: 1,
+        max_connections: 20_000,
     }
 }
 
