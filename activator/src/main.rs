@@ -67,8 +67,9 @@ struct Args {
     #[arg(long, env = "WSGISCALE_ACTIVATOR_BACKLOG_PER_SLOT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
     backlog_per_slot: u32,
     /// Open client connections, over every app, past which a new one gets a 503 and is
-    /// closed (each costs memory, about 10-20 KiB, whether or not it sends a request).
-    #[arg(long, env = "WSGISCALE_ACTIVATOR_MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// closed: each costs memory whether or not it sends a request (about 18 KiB with a held
+    /// request, measured by `make bench-activator`; 10,000 of them about 180 MiB).
+    #[arg(long, env = "WSGISCALE_ACTIVATOR_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
     /// Log format.
     #[arg(long, env = "WSGISCALE_ACTIVATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]

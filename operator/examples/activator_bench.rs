@@ -158,6 +158,10 @@ struct Args {
     /// Skip part 3 (the activator's memory under a flood).
     #[arg(long)]
     skip_flood: bool,
+    /// The activator's `--backlog-per-slot` (requests per worker slot that may wait in a
+    /// pod's own queue).
+    #[arg(long, default_value_t = 1)]
+    backlog_per_slot: u32,
     /// Part 3: clients that send a request at once to an app that cannot start.
     #[arg(long, default_value_t = 3000)]
     flood_clients: usize,
@@ -559,6 +563,7 @@ impl ActivatorProcess {
         admin: SocketAddr,
         kubeconfig: &Path,
         operator_url: &str,
+        backlog_per_slot: u32,
         log: &Path,
     ) -> anyhow::Result<ActivatorProcess> {
         let out = std::fs::File::create(log)?;
@@ -570,6 +575,7 @@ impl ActivatorProcess {
             .args(["--admin-bind", &admin.to_string()])
             .args(["--namespace", NS, "--routes", ROUTES])
             .args(["--operator-url", operator_url])
+            .args(["--backlog-per-slot", &backlog_per_slot.to_string()])
             .args(["--pod-name", "activator-bench", "--log-format", "json"])
             .args(["--log-level", "wsgiscale_activator=debug,warn"])
             .env("KUBECONFIG", kubeconfig)
@@ -1309,13 +1315,15 @@ fn path_report(md: &mut String, p: &PathResults, args: &Args, first: bool) {
     let _ = writeln!(
         md,
         "One pod of bench/apps `basic:hello` (13 bytes), {} worker processes of 1 thread (the \
-         activator sends it at most that many requests at once), no CPU \
+         activator sends it at most {} requests at once: `--backlog-per-slot {}`), no CPU \
          limit; its {} processes pinned to core {}, the load generators (wrk, and this \
          program's open-loop generator) to core {} ({}), the release `wsgiscale-activator` to \
          core {} (`taskset`). Direct: {}; through the activator: {} (its port for the app on \
          the node's address). The paths alternate, {} rounds of {} s each; medians with \
          (min–max) over the rounds.\n",
         p.workers,
+        p.workers * (args.backlog_per_slot + 1),
+        args.backlog_per_slot,
         p.pinned_processes,
         args.pod_cpu,
         args.generator_cpu(),
@@ -2214,6 +2222,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         SocketAddr::from(([127, 0, 0, 1], free_port()?)),
         &kubeconfig,
         &format!("http://127.0.0.1:{http_port}"),
+        args.backlog_per_slot,
         &work.join("activator.log"),
     )?;
 

@@ -85,7 +85,7 @@ fn activator_config(
         namespaces: vec![namespace.into()],
         drain_delay: Duration::from_secs(3),
         backlog_per_slot: 1,
-        max_connections: 20_000,
+        max_connections: 10_000,
     }
 }
 
