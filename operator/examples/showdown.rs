@@ -492,7 +492,9 @@ async fn run_one(
         std::fs::read_to_string(repo().join(format!("bench/showdown/contenders/{}.yaml", c.name)))?;
     apply_manifests(client, &ns, &fill(&template, vars)).await?;
 
-    // Ready to serve: the Service answers through the proxy with the minimum pods behind it.
+    // Ready to serve: the Service answers through the proxy with the minimum pods behind it,
+    // and those pods are ready (with an activator, the operator lists it in the Service while
+    // no pod is ready, so an endpoint alone does not mean a ready pod).
     let deadline = Instant::now() + Duration::from_secs(180);
     let target: SocketAddr = loop {
         if Instant::now() >= deadline {
@@ -515,7 +517,15 @@ async fn run_one(
             );
         }
         if let Some(addr) = standin.proxy.address(&ns, "app") {
-            if standin.proxy.endpoints(&ns, "app").len() >= pods.min as usize {
+            let ready_pods = standin
+                .node
+                .pods()
+                .into_iter()
+                .filter(|p| p.namespace == ns && p.ready && !p.terminating)
+                .count();
+            if standin.proxy.endpoints(&ns, "app").len() >= pods.min as usize
+                && ready_pods >= pods.min as usize
+            {
                 break SocketAddr::from((addr, 80));
             }
         }
