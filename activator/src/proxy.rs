@@ -287,7 +287,8 @@ async fn receive(
         app: app.clone(),
         bytes: 0,
     };
-    if let Some(declared) = body.size_hint().exact() {
+    // (No body, the common case: nothing to check, no lock taken.)
+    if let Some(declared) = body.size_hint().exact().filter(|&n| n > 0) {
         if declared > app.lock().route.hold.max_bytes {
             return Err(BodyError::OverBound);
         }

@@ -1766,46 +1766,31 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// The activator's rejected requests by reason, from its /metrics.
 async fn rejections(admin: SocketAddr) -> Vec<(String, f64)> {
-    let Ok(text) = fetch_text(admin, "/metrics").await else {
+    let (_, _, response) = wsgiscale_envtest::load::get_once(admin, "/metrics").await;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let Ok(scrape) = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+    else {
         return Vec::new();
     };
     let mut out: Vec<(String, f64)> = Vec::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("wsgiscale_activator_rejected_total{"))
+    for s in scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "wsgiscale_activator_rejected_total")
     {
-        let reason = line
-            .split("reason=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap_or("?")
-            .to_string();
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
+        // OpenMetrics declares the type without `_total`: the sample comes back untyped.
+        let (prometheus_parse::Value::Counter(value) | prometheus_parse::Value::Untyped(value)) =
+            s.value
+        else {
+            continue;
+        };
+        let reason = s.labels.get("reason").unwrap_or("?").to_string();
         match out.iter_mut().find(|(r, _)| *r == reason) {
             Some((_, v)) => *v += value,
             None => out.push((reason, value)),
         }
     }
     out
-}
-
-async fn fetch_text(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    Ok(text
-        .split_once("\r\n\r\n")
-        .map_or(text.clone(), |(_, b)| b.to_string()))
 }
 
 /// Sends one request with a `body`-byte body on a new connection; its status (0: failed)
