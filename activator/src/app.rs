@@ -3,13 +3,92 @@
 //! requests waiting for an assignment, and the dispatch that joins them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 
 use tokio::sync::oneshot;
 use wsgiscale_core::activator::Route;
 use wsgiscale_core::load::LoadReport;
 
 use crate::queue::{Id, Queue, Reject, Slot};
+
+/// How many requests per worker slot of a pod may wait in the pod's own queue beyond what it
+/// runs at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backlog {
+    /// This many, whatever the pod (0: never more than it runs).
+    Fixed(u32),
+    /// As many as cover the hop through the activator, pod by pod ([`covering_backlog`]).
+    Auto,
+}
+
+/// The most a fixed backlog may be.
+pub const FIXED_MAX: u32 = 16;
+
+/// The most [`Backlog::Auto`] gives a slot: with requests this much faster than the hop the
+/// activator is the limit, not the pod's idle time.
+pub const AUTO_MAX: u32 = 8;
+
+impl FromStr for Backlog {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Backlog, String> {
+        if s == "auto" {
+            return Ok(Backlog::Auto);
+        }
+        match s.parse::<u32>() {
+            Ok(n) if n <= FIXED_MAX => Ok(Backlog::Fixed(n)),
+            _ => Err(format!(
+                "`{s}` is neither `auto` nor a whole number from 0 to {FIXED_MAX}"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Backlog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backlog::Fixed(n) => write!(f, "{n}"),
+            Backlog::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// Requests per slot that keep a pod's workers busy across the hop, by Little's law: a slot
+/// that finishes waits one round trip through the activator (`hop_ms`) for its next request,
+/// time in which it serves `hop_ms / service_ms` requests; that many waiting in the pod's own
+/// queue cover the hop, and they wait there no longer than the hop itself. At least 1 (a
+/// request slower than the hop still finds its successor in the pod), at most [`AUTO_MAX`];
+/// 1 until both figures are known.
+pub fn covering_backlog(hop_ms: Option<f64>, service_ms: Option<f64>) -> u32 {
+    match (hop_ms, service_ms) {
+        (Some(hop), Some(service)) if hop.is_finite() && service.is_finite() && service > 0.0 => {
+            let n = (hop.max(0.0) / service).ceil();
+            if n >= f64::from(AUTO_MAX) {
+                AUTO_MAX
+            } else {
+                (n as u32).max(1)
+            }
+        }
+        _ => 1,
+    }
+}
+
+/// A slot's mean service time (ms) by the pod's own `/load` over its last 10 s: the busy
+/// thread time per completed request. None when it completed too few to tell.
+pub fn service_ms(load: &LoadReport) -> Option<f64> {
+    let w = load.rates.s10;
+    if w.requests_per_second < 1.0 || !w.utilization.is_finite() || w.utilization <= 0.0 {
+        return None;
+    }
+    let running = load.workers.busy.saturating_add(load.workers.idle).max(1);
+    let slots = f64::from(running) * f64::from(load.workers.threads.max(1));
+    Some(1000.0 * w.utilization.min(1.0) * slots / w.requests_per_second)
+}
+
+/// Weight of a new round trip in [`Pod::hop_ms`].
+const HOP_WEIGHT: f64 = 0.25;
 
 /// A pod of the app, as the activator knows it.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +111,8 @@ pub struct Pod {
     pub unreachable_until: u64,
     /// A `/readyz` probe is on its way.
     pub probing: bool,
+    /// The round trip to it (ms): a moving average of its `/load` requests' times.
+    pub hop_ms: Option<f64>,
 }
 
 impl Pod {
@@ -53,19 +134,37 @@ impl Pod {
         }
     }
 
-    /// Requests the activator may have at it at once: its capacity, and `backlog_per_slot`
-    /// more per slot that wait in the pod's own queue, so that a worker that finishes finds
-    /// its next request there instead of idling for the round trip through the activator
-    /// (the response back to it, the next request out).
-    pub fn limit(&self, slots_per_pod: u32, backlog_per_slot: u32) -> u32 {
+    /// Records a round trip to it of `ms`.
+    pub fn observe_hop(&mut self, ms: f64) {
+        if ms.is_finite() && ms >= 0.0 {
+            self.hop_ms = Some(match self.hop_ms {
+                Some(h) => h + HOP_WEIGHT * (ms - h),
+                None => ms,
+            });
+        }
+    }
+
+    /// Requests per slot that may wait in its own queue under `rule`.
+    pub fn backlog(&self, rule: Backlog) -> u32 {
+        match rule {
+            Backlog::Fixed(n) => n,
+            Backlog::Auto => covering_backlog(self.hop_ms, self.load.as_ref().and_then(service_ms)),
+        }
+    }
+
+    /// Requests the activator may have at it at once: its capacity, and the backlog more per
+    /// slot that wait in the pod's own queue, so that a worker that finishes finds its next
+    /// request there instead of idling for the round trip through the activator (the
+    /// response back to it, the next request out).
+    pub fn limit(&self, slots_per_pod: u32, rule: Backlog) -> u32 {
         self.capacity(slots_per_pod)
-            .saturating_mul(backlog_per_slot.saturating_add(1))
+            .saturating_mul(self.backlog(rule).saturating_add(1))
     }
 
     /// Free slots at `now`: its limit less what the activator has in flight there.
-    pub fn free(&self, slots_per_pod: u32, backlog_per_slot: u32, now: u64) -> u32 {
+    pub fn free(&self, slots_per_pod: u32, rule: Backlog, now: u64) -> u32 {
         if self.usable(now) {
-            self.limit(slots_per_pod, backlog_per_slot)
+            self.limit(slots_per_pod, rule)
                 .saturating_sub(self.in_flight)
         } else {
             0
@@ -102,7 +201,7 @@ pub struct App {
     /// When it last saw a request (ms).
     pub last_request: u64,
     /// Requests per slot of a pod that may wait in the pod's own queue (see [`Pod::limit`]).
-    pub backlog_per_slot: u32,
+    pub backlog: Backlog,
 }
 
 /// A request handed to a pod.
@@ -117,8 +216,8 @@ pub struct Dispatched {
 }
 
 impl App {
-    /// A new app with no pods yet; `backlog_per_slot` as in [`Pod::limit`].
-    pub fn new(route: Route, backlog_per_slot: u32) -> App {
+    /// A new app with no pods yet; `backlog` as in [`Pod::limit`].
+    pub fn new(route: Route, backlog: Backlog) -> App {
         App {
             queue: Queue::new(route.hold),
             route,
@@ -126,7 +225,7 @@ impl App {
             waiters: HashMap::new(),
             in_flight: 0,
             last_request: 0,
-            backlog_per_slot,
+            backlog,
         }
     }
 
@@ -172,7 +271,7 @@ impl App {
         let mut slots: Vec<Slot> = ips
             .iter()
             .map(|ip| Slot {
-                free: self.pods[ip].free(slots_per_pod, self.backlog_per_slot, now),
+                free: self.pods[ip].free(slots_per_pod, self.backlog, now),
             })
             .collect();
         let mut out = Vec::new();
@@ -284,9 +383,104 @@ mod tests {
         IpAddr::from([198, 18, 0, n])
     }
 
+    /// A `/load` of a pod with `workers` of 1 thread, `rps` completed a second over 10 s at
+    /// `utilization`.
+    fn load_of(workers: u32, rps: f64, utilization: f64) -> LoadReport {
+        let w = serde_json::json!({"requests_per_second": rps, "utilization": utilization, "concurrency": 0.0});
+        serde_json::from_value(serde_json::json!({
+            "version": 1, "time_unix_ms": 0,
+            "workers": {"min": 1, "max": workers, "total": workers, "busy": 0, "idle": workers, "starting": 0, "retiring": 0, "threads": 1},
+            "queue": {"depth": 0, "oldest_wait_ms": 0, "max": 100},
+            "in_flight": 0,
+            "rates": {"1s": w, "10s": w, "60s": w},
+            "saturated": false, "draining": false,
+        }))
+        .expect("a load report")
+    }
+
+    #[test]
+    fn the_backlog_parses_from_auto_or_a_number() {
+        assert_eq!("auto".parse::<Backlog>(), Ok(Backlog::Auto));
+        assert_eq!("0".parse::<Backlog>(), Ok(Backlog::Fixed(0)));
+        assert_eq!("16".parse::<Backlog>(), Ok(Backlog::Fixed(16)));
+        for bad in ["17", "-1", "", "Auto", "1.5"] {
+            let e = bad.parse::<Backlog>().expect_err(bad);
+            assert!(e.contains("auto") && e.contains("16"), "{e}");
+        }
+        assert_eq!(Backlog::Auto.to_string(), "auto");
+        assert_eq!(Backlog::Fixed(3).to_string(), "3");
+    }
+
+    #[test]
+    fn the_service_time_is_busy_thread_time_per_request() {
+        // 2 slots, 80% busy, 20,000 a second: 0.08 ms each.
+        let s = service_ms(&load_of(2, 20_000.0, 0.8)).expect("known");
+        assert!((s - 0.08).abs() < 1e-9, "{s}");
+        // 4 slots half busy at 40 a second: 50 ms each.
+        let s = service_ms(&load_of(4, 40.0, 0.5)).expect("known");
+        assert!((s - 50.0).abs() < 1e-9, "{s}");
+        assert_eq!(service_ms(&load_of(4, 0.5, 0.5)), None, "too few to tell");
+        assert_eq!(service_ms(&load_of(4, 10.0, 0.0)), None);
+        let mut odd = load_of(4, 10.0, 0.5);
+        odd.rates.s10.utilization = f64::NAN;
+        assert_eq!(service_ms(&odd), None);
+    }
+
+    #[test]
+    fn auto_covers_the_hop_for_fast_requests_and_keeps_one_for_slow_ones() {
+        // Unknown: one per slot.
+        assert_eq!(covering_backlog(None, Some(0.1)), 1);
+        assert_eq!(covering_backlog(Some(0.3), None), 1);
+        // A 0.3 ms hop, 0.08 ms requests: 4 cover it.
+        assert_eq!(covering_backlog(Some(0.3), Some(0.08)), 4);
+        // Requests far slower than the hop: 1.
+        assert_eq!(covering_backlog(Some(0.3), Some(50.0)), 1);
+        // Far faster: capped.
+        assert_eq!(covering_backlog(Some(2.0), Some(0.001)), AUTO_MAX);
+        assert_eq!(covering_backlog(Some(f64::INFINITY), Some(0.1)), 1);
+
+        let mut pod = Pod {
+            ready: true,
+            ..Pod::default()
+        };
+        assert_eq!(pod.backlog(Backlog::Auto), 1, "nothing measured yet");
+        pod.observe_hop(0.4);
+        pod.observe_hop(0.2);
+        assert!((pod.hop_ms.expect("hop") - 0.35).abs() < 1e-9);
+        pod.load = Some(load_of(2, 20_000.0, 0.8));
+        assert_eq!(pod.backlog(Backlog::Auto), 5, "ceil(0.35 / 0.08)");
+        assert_eq!(pod.limit(2, Backlog::Auto), 12);
+        assert_eq!(
+            pod.backlog(Backlog::Fixed(2)),
+            2,
+            "a fixed rule ignores the figures"
+        );
+        pod.load = Some(load_of(2, 40.0, 1.0));
+        assert_eq!(pod.limit(2, Backlog::Auto), 4, "50 ms requests: one each");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn auto_stays_within_bounds_and_follows_the_ratio(
+            hop in 0.0f64..100.0,
+            service in 0.0001f64..1000.0,
+            more in 0.0f64..10.0,
+        ) {
+            let b = covering_backlog(Some(hop), Some(service));
+            proptest::prop_assert!((1..=AUTO_MAX).contains(&b));
+            // A longer hop never lowers it, a slower request never raises it.
+            proptest::prop_assert!(covering_backlog(Some(hop + more), Some(service)) >= b);
+            proptest::prop_assert!(covering_backlog(Some(hop), Some(service + more)) <= b);
+            // Below the cap, the backlog's service time covers the hop.
+            if b < AUTO_MAX {
+                proptest::prop_assert!(f64::from(b) * service >= hop - 1e-9);
+            }
+        }
+    }
+
     #[test]
     fn a_backlog_lets_a_pod_queue_one_more_per_slot_and_new_pods_still_come_first() {
-        let mut app = App::new(route(2), 1);
+        let mut app = App::new(route(2), Backlog::Fixed(1));
         app.set_endpoints(&[(ip(2), 8000, true, false)]);
         let mut rx = Vec::new();
         for id in 0..6 {
@@ -302,15 +496,15 @@ mod tests {
             out.iter().map(|d| d.pod).collect::<Vec<_>>(),
             [ip(3), ip(3)]
         );
-        assert_eq!(app.pods[&ip(2)].free(2, 1, 0), 0);
-        assert_eq!(app.pods[&ip(3)].free(2, 1, 0), 2);
+        assert_eq!(app.pods[&ip(2)].free(2, Backlog::Fixed(1), 0), 0);
+        assert_eq!(app.pods[&ip(3)].free(2, Backlog::Fixed(1), 0), 2);
         // Without a backlog, a pod gets only what it runs.
-        assert_eq!(app.pods[&ip(3)].limit(2, 0), 2);
+        assert_eq!(app.pods[&ip(3)].limit(2, Backlog::Fixed(0)), 2);
     }
 
     #[tokio::test]
     async fn requests_wait_for_a_ready_pod_and_go_to_the_freest() {
-        let mut app = App::new(route(2), 0);
+        let mut app = App::new(route(2), Backlog::Fixed(0));
         let mut r1 = app.hold(1, 10, 0).expect("held");
         let _r2 = app.hold(2, 10, 0).expect("held");
         assert!(app.dispatch(1).is_empty(), "no pod yet");
@@ -336,7 +530,7 @@ mod tests {
 
     #[tokio::test]
     async fn deadlines_and_refusals() {
-        let mut app = App::new(route(1), 0);
+        let mut app = App::new(route(1), Backlog::Fixed(0));
         let mut r = app.hold(7, 0, 0).expect("held");
         assert_eq!(app.expire(100), vec![7]);
         assert!(matches!(r.try_recv(), Ok(Assignment::Expired)));
@@ -352,12 +546,12 @@ mod tests {
 
     #[test]
     fn pods_that_go_keep_their_requests_until_they_end() {
-        let mut app = App::new(route(4), 0);
+        let mut app = App::new(route(4), Backlog::Fixed(0));
         app.set_endpoints(&[(ip(2), 8000, true, false)]);
         app.pods.get_mut(&ip(2)).expect("pod").in_flight = 1;
         app.set_endpoints(&[]);
         assert!(app.pods[&ip(2)].gone);
-        assert_eq!(app.pods[&ip(2)].free(4, 0, 0), 0);
+        assert_eq!(app.pods[&ip(2)].free(4, Backlog::Fixed(0), 0), 0);
         app.finished(ip(2));
         assert!(app.pods.is_empty());
         // A draining server takes nothing new.
@@ -375,12 +569,12 @@ mod tests {
         .expect("a load report");
         app.pods.get_mut(&ip(3)).expect("pod").load = Some(load.clone());
         assert_eq!(
-            app.pods[&ip(3)].free(4, 0, 0),
+            app.pods[&ip(3)].free(4, Backlog::Fixed(0), 0),
             6,
             "MAX workers x threads from /load"
         );
         load.draining = true;
         app.pods.get_mut(&ip(3)).expect("pod").load = Some(load);
-        assert_eq!(app.pods[&ip(3)].free(4, 0, 0), 0);
+        assert_eq!(app.pods[&ip(3)].free(4, Backlog::Fixed(0), 0), 0);
     }
 }

@@ -8,9 +8,9 @@
 //! - It holds each app's requests in one FIFO bounded in requests, body bytes and wait
 //!   ([`queue`]; past a bound: 503 with `Retry-After`, counted and logged with the reason) and
 //!   hands each to the ready pod with the most free slots ([`app`]), never more than a pod can
-//!   run plus a configured backlog per slot in the pod's own queue (one by default, so that a
-//!   worker never idles for the round trip), so a burst is served first come first served by
-//!   whichever pod frees first.
+//!   run plus a backlog per slot in the pod's own queue (by default as many as cover the
+//!   round trip through the activator, measured pod by pod, so that a worker never idles for
+//!   it), so a burst is served first come first served by whichever pod frees first.
 //! - It learns that a pod is ready as soon as its server is: it follows the pods'
 //!   EndpointSlices and, while requests wait, probes not-yet-ready pods' `/readyz` every 25 ms.
 //! - A request that could not be delivered (the connection refused) goes to another pod; one
@@ -75,8 +75,9 @@ pub struct Config {
     /// refused.
     pub drain_delay: Duration,
     /// Requests per worker slot of a pod that may wait in the pod's own queue beyond what it
-    /// runs at once (0: never more than it runs). See [`app::Pod::limit`].
-    pub backlog_per_slot: u32,
+    /// runs at once: a number (0: never more than it runs) or as many as cover the hop. See
+    /// [`app::Pod::limit`].
+    pub backlog_per_slot: app::Backlog,
     /// Open client connections, over every app, past which a new one is answered 503 and
     /// closed: each costs memory whether or not it sends a request.
     pub max_connections: u64,
@@ -362,8 +363,16 @@ async fn upkeep(inner: Arc<Inner>, stop: CancellationToken) {
             .collect();
         for (key, app) in apps {
             let labels = Inner::labels(&key);
-            let (expired, probe, scrape, held, bytes, waiting) = {
+            let (expired, probe, scrape, held, bytes, waiting, backlog) = {
                 let mut a = app.lock();
+                let rule = a.backlog;
+                let backlog = a
+                    .pods
+                    .values()
+                    .filter(|p| p.usable(now))
+                    .map(|p| p.backlog(rule))
+                    .max()
+                    .unwrap_or(0);
                 let expired = a.expire(now);
                 let waiting = !a.queue.is_empty();
                 let admin = a.route.admin_port;
@@ -393,6 +402,7 @@ async fn upkeep(inner: Arc<Inner>, stop: CancellationToken) {
                     a.queue.len(),
                     a.queue.bytes(),
                     waiting,
+                    backlog,
                 )
             };
             if !expired.is_empty() {
@@ -408,6 +418,11 @@ async fn upkeep(inner: Arc<Inner>, stop: CancellationToken) {
                 .held_bytes
                 .get_or_create(&labels)
                 .set(bytes as i64);
+            inner
+                .metrics
+                .backlog_per_slot
+                .get_or_create(&labels)
+                .set(i64::from(backlog));
             inner.kick(&key, &app);
             if waiting {
                 inner.push_demand(&key, &app, false);
@@ -466,12 +481,16 @@ async fn probe_ready(inner: Arc<Inner>, key: AppKey, app: Arc<Mutex<App>>, admin
     }
 }
 
-/// A pod's `/load`, for its capacity and whether it drains.
+/// A pod's `/load`, for its capacity, its service time and whether it drains; the request's
+/// round trip is the pod's hop (see [`app::covering_backlog`]).
 async fn scrape_load(inner: Arc<Inner>, app: Arc<Mutex<App>>, admin: SocketAddr) {
+    let sent = Instant::now();
     if let Some((200, body)) = get(&inner, admin, "/load", Duration::from_millis(500)).await {
+        let rtt_ms = sent.elapsed().as_secs_f64() * 1000.0;
         if let Ok(load) = serde_json::from_slice::<LoadReport>(&body) {
             if let Some(p) = app.lock().pods.get_mut(&admin.ip()) {
                 p.load = Some(load);
+                p.observe_hop(rtt_ms);
             }
         }
     }

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use wsgiscale_activator::app::Backlog;
 use wsgiscale_activator::{Activator, Config};
 use wsgiscale_core::config::LogFormat;
 
@@ -60,12 +61,19 @@ struct Args {
     #[arg(long, env = "WSGISCALE_ACTIVATOR_DRAIN_DELAY_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300))]
     drain_delay_seconds: u64,
     /// Requests per worker slot of a pod (MAX workers x threads, from its /load) that may
-    /// wait in the pod's own queue beyond what it runs at once: with 1, a pod of 4 slots gets
-    /// up to 8 requests, and a worker that finishes finds the next one there instead of idling
-    /// for the round trip through the activator. 0: never more than it runs (the strictest
-    /// first come, first served across pods, at a cost in throughput).
-    #[arg(long, env = "WSGISCALE_ACTIVATOR_BACKLOG_PER_SLOT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
-    backlog_per_slot: u32,
+    /// wait in the pod's own queue beyond what it runs at once, so that a worker that finishes
+    /// finds the next one there instead of idling for the round trip through the activator.
+    /// `auto`: as many as cover that round trip, pod by pod (its /load's service time against
+    /// the measured round trip to it; 1 for requests slower than the hop, at most 8). A number
+    /// from 0 to 16 fixes it: with 1, a pod of 4 slots gets up to 8 requests; 0 never gives a
+    /// pod more than it runs (the strictest first come, first served across pods, at a cost in
+    /// throughput).
+    #[arg(
+        long,
+        env = "WSGISCALE_ACTIVATOR_BACKLOG_PER_SLOT",
+        default_value = "auto"
+    )]
+    backlog_per_slot: Backlog,
     /// Open client connections, over every app, past which a new one gets a 503 and is
     /// closed: each costs memory whether or not it sends a request (about 18 KiB with a held
     /// request, measured by `make bench-activator`; 10,000 of them about 180 MiB).

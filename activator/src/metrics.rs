@@ -41,6 +41,9 @@ pub struct Metrics {
     pub held: Family<AppLabels, Gauge>,
     /// Body bytes held now.
     pub held_bytes: Family<AppLabels, Gauge>,
+    /// Requests per worker slot its pods may queue beyond what they run (the most over its
+    /// ready pods).
+    pub backlog_per_slot: Family<AppLabels, Gauge>,
     /// Time from arrival to being handed to a pod.
     pub wait: Family<AppLabels, Histogram, fn() -> Histogram>,
     /// Requests handed to a pod.
@@ -62,6 +65,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("wsgiscale_activator");
         let held = Family::<AppLabels, Gauge>::default();
         let held_bytes = Family::<AppLabels, Gauge>::default();
+        let backlog_per_slot = Family::<AppLabels, Gauge>::default();
         let wait =
             Family::<AppLabels, Histogram, fn() -> Histogram>::new_with_constructor(wait_histogram);
         let forwarded = Family::<AppLabels, Counter>::default();
@@ -75,6 +79,11 @@ impl Metrics {
             held.clone(),
         );
         registry.register("held_bytes", "Request body bytes held", held_bytes.clone());
+        registry.register(
+            "backlog_per_slot",
+            "Requests per worker slot the app's ready pods may queue beyond what they run (the most over them)",
+            backlog_per_slot.clone(),
+        );
         registry.register(
             "wait_seconds",
             "Time from arrival to being handed to a pod",
@@ -104,6 +113,7 @@ impl Metrics {
         Metrics {
             held,
             held_bytes,
+            backlog_per_slot,
             wait,
             forwarded,
             retried,

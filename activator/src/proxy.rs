@@ -527,7 +527,7 @@ mod tests {
             drain_timeout: Duration::from_secs(1),
             namespaces: Vec::new(),
             drain_delay: Duration::ZERO,
-            backlog_per_slot: 1,
+            backlog_per_slot: crate::app::Backlog::Fixed(1),
             max_connections: 100,
         });
         // The listener of the app that had the port, not closed yet.

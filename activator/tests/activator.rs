@@ -224,7 +224,7 @@ async fn holds_until_ready_spreads_a_burst_expires_and_drains() {
         namespaces: Vec::new(),
         drain_delay: Duration::ZERO,
         // Strict: the slot counts below are the pods' own.
-        backlog_per_slot: 0,
+        backlog_per_slot: wsgiscale_activator::app::Backlog::Fixed(0),
         max_connections: 10_000,
     }));
     let shutdown = CancellationToken::new();

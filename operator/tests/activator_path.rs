@@ -84,7 +84,7 @@ fn activator_config(
         drain_timeout: Duration::from_secs(20),
         namespaces: vec![namespace.into()],
         drain_delay: Duration::from_secs(3),
-        backlog_per_slot: 1,
+        backlog_per_slot: wsgiscale_activator::app::Backlog::Auto,
         max_connections: 10_000,
     }
 }

@@ -89,6 +89,8 @@ refuse "an activator drain longer than its grace period" \
   --set activator.drainTimeoutSeconds=90
 refuse "an activator admin port among the apps' ports (20000-29999)" "/activator/adminPort" --set activator.adminPort=20000
 refuse "a misspelt activator key" "additional properties 'replicas' not allowed" --set activator.replicas=3
+refuse "an activator backlog per slot above 16" "/activator/backlogPerSlot" --set activator.backlogPerSlot=17
+refuse "an activator backlog per slot that is neither auto nor a number" "/activator/backlogPerSlot" --set activator.backlogPerSlot=fast
 refuse "an unknown activator log format" "/activator/logging/format" --set activator.logging.format=xml
 
 echo "chart: $passed passed, $failed failed"

@@ -68,7 +68,7 @@ CASES = {
                           dashboards="monitoring",
                           activator=dict(replicas=3, sa="edge", admin_port=9191, drain=20, grace=30,
                                          log_format="json", log_level="wsgiscale_activator=debug,info",
-                                         pdb="50%", sa_created=False)),
+                                         pdb="50%", sa_created=False, backlog="2")),
     "external-rbac": dict(fullname="wsgiscale", replicas=2, crd=True, keep=True, cluster_rbac=None,
                           lease=None, pdb=True, metrics_service=False, service_monitor=False,
                           sa="preexisting-operator", image="ghcr.io/wsgiscale/wsgiscale-operator:{app}",
@@ -544,6 +544,8 @@ def check_activator(want, adocs, odocs, op_dep, op_container):
     check(drain == a["drain"] and drain < spec["terminationGracePeriodSeconds"], f"drain timeout {drain}")
     check(value("WSGISCALE_ACTIVATOR_LOG_FORMAT") == a["log_format"], f"activator log format {value('WSGISCALE_ACTIVATOR_LOG_FORMAT')}")
     check(value("WSGISCALE_ACTIVATOR_LOG_LEVEL") == a["log_level"], f"activator log level {value('WSGISCALE_ACTIVATOR_LOG_LEVEL')}")
+    check(value("WSGISCALE_ACTIVATOR_BACKLOG_PER_SLOT") == a.get("backlog", "auto"),
+          f"activator backlog per slot {value('WSGISCALE_ACTIVATOR_BACKLOG_PER_SLOT')}")
 
     # Spread: every constraint selects pods (the chart fills in the activator's own selector).
     tscs = spec.get("topologySpreadConstraints", [])
