@@ -45,6 +45,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use tracing::instrument::WithSubscriber as _;
 
 /// How long the API server may take to answer `/readyz` with `ok` (5-15 s is usual on 2 cores).
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -519,7 +520,9 @@ impl ControlPlane {
         let kubeconfig = self.kubeconfig.clone();
         let log = self.dir.join("kube-apiserver.log");
         let started = Instant::now();
-        self.block_on(async move {
+        // Refused connections and 500s are what a starting API server answers: kube's client
+        // would log each as an ERROR. The last one is in the error if it never gets ready.
+        let wait = async move {
             let client = client_from(&kubeconfig).await?;
             let mut last = String::new();
             while started.elapsed() < READY_TIMEOUT {
@@ -536,7 +539,8 @@ impl ControlPlane {
                 READY_TIMEOUT.as_secs(),
                 log_tail(&log)
             )))
-        })
+        };
+        self.block_on(wait.with_subscriber(tracing::subscriber::NoSubscriber::default()))
     }
 
     fn wait_for_default_service_account(&self) -> Result<(), Error> {
