@@ -236,7 +236,12 @@ impl Activator {
     ) -> anyhow::Result<()> {
         let inner = self.inner.clone();
         let admin = tokio::net::TcpListener::bind(inner.config.admin_bind).await?;
-        tracing::info!(addr = %inner.config.admin_bind, "serving /healthz, /readyz and /metrics");
+        tracing::info!(
+            addr = %inner.config.admin_bind,
+            backlog_per_slot = %inner.config.backlog_per_slot,
+            max_connections = inner.config.max_connections,
+            "serving /healthz, /readyz and /metrics"
+        );
         let admin_stop = CancellationToken::new();
         let admin_task = tokio::spawn(proxy::serve_admin(inner.clone(), admin, admin_stop.clone()));
         let discovery_stop = CancellationToken::new();
