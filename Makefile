@@ -148,8 +148,10 @@ bench-activator:
 	$(CARGO) run --release -p wsgiscale-operator --example activator_bench -- $(BENCH_ACTIVATOR_ARGS)
 
 # The HPA showdown (bench/RESULTS-showdown.md): gunicorn and uWSGI under the real HPA against
-# wsgiscale, on the stand-in node, every trace and app kind (about 80 minutes; root).
-bench-showdown:
+# wsgiscale, on the stand-in node, every trace and app kind (about 80 minutes; root). The pods
+# run wsgiscale as pip installs it into the bench venv, so the wheel is built from this source
+# first (bench/setup.sh installs it when it changed).
+bench-showdown: wheel-default
 	$(CARGO) build --release -p wsgiscale-sidecar -p wsgiscale-operator -p wsgiscale-activator
 	bash bench/setup.sh
 	$(CARGO) run --release -p wsgiscale-operator --example showdown -- $(SHOWDOWN_ARGS)

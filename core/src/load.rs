@@ -83,4 +83,14 @@ pub struct Window {
     pub utilization: f64,
     /// Average requests in the server (running plus queued): the demand.
     pub concurrency: f64,
+    /// Requests that reached the server per second: queued, run, or refused because the
+    /// queue was full. Unlike completions it is not capped by the workers: with
+    /// `service_seconds`, the offered load (Little's law). 0 from servers that predate it.
+    #[serde(default)]
+    pub arrivals_per_second: f64,
+    /// Mean thread time per completed request, seconds (busy thread time over completions;
+    /// 0 when none completed). Time a request waits for the CPU or the GIL counts: it is
+    /// what a request costs this pod's threads. 0 from servers that predate it.
+    #[serde(default)]
+    pub service_seconds: f64,
 }

@@ -33,12 +33,14 @@ pub struct LoadSample {
     pub capacity_threads: u32,
     /// Requests in the server now: running plus queued.
     pub in_system: u32,
+    /// Requests that reached the server so far, refused ones included.
+    pub arrived_requests: u64,
 }
 
 impl LoadSample {
     /// A sample with the instantaneous parts (`now`, capacity, requests in the server) taken
-    /// from `sb`, and the two lifetime counters from the caller.
-    pub fn observe(sb: &Scoreboard, completed_requests: u64, busy_time: Duration) -> Self {
+    /// from `sb`, and the lifetime counters from the caller.
+    pub fn observe(sb: &Scoreboard, totals: Totals) -> Self {
         let mut capacity = 0u32;
         let mut running = 0u32;
         for w in &sb.workers {
@@ -51,12 +53,24 @@ impl LoadSample {
         }
         LoadSample {
             now: sb.now,
-            completed_requests,
-            busy_time,
+            completed_requests: totals.completed,
+            busy_time: totals.busy,
             capacity_threads: capacity,
             in_system: running.saturating_add(sb.queue_depth),
+            arrived_requests: totals.arrived,
         }
     }
+}
+
+/// A server's lifetime counters, as its dispatcher keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    /// Requests completed.
+    pub completed: u64,
+    /// Thread time spent on requests, across all workers (live and exited).
+    pub busy: Duration,
+    /// Requests that reached the server, refused ones included.
+    pub arrived: u64,
 }
 
 /// A minute of [`LoadSample`]s.
@@ -130,6 +144,8 @@ impl LoadTracker {
                 requests_per_second: 0.0,
                 utilization: finite(ratio(running, cap)),
                 concurrency: f64::from(last.in_system),
+                arrivals_per_second: 0.0,
+                service_seconds: 0.0,
             };
         }
 
@@ -145,10 +161,13 @@ impl LoadTracker {
             capacity += dt * f64::from(a.capacity_threads + b.capacity_threads) / 2.0;
             demand += dt * f64::from(a.in_system + b.in_system) / 2.0;
         }
+        let arrived = last.arrived_requests.saturating_sub(base.arrived_requests);
         Window {
             requests_per_second: finite(completed as f64 / elapsed),
             utilization: finite(ratio(busy, capacity).min(1.0)),
             concurrency: finite(demand / elapsed),
+            arrivals_per_second: finite(arrived as f64 / elapsed),
+            service_seconds: finite(ratio(busy, completed as f64)),
         }
     }
 
@@ -244,6 +263,7 @@ mod tests {
             busy_time: secs(busy),
             capacity_threads: capacity,
             in_system,
+            arrived_requests: completed,
         }
     }
 
@@ -279,7 +299,9 @@ mod tests {
             Window {
                 requests_per_second: 0.0,
                 utilization: 1.0,
-                concurrency: 6.0
+                concurrency: 6.0,
+                arrivals_per_second: 0.0,
+                service_seconds: 0.0,
             }
         );
         // No capacity at all (every worker starting).
@@ -300,6 +322,8 @@ mod tests {
             assert_eq!(w.requests_per_second, 50.0, "{span}");
             assert_eq!(w.utilization, 0.75, "{span}");
             assert_eq!(w.concurrency, 5.0, "{span}");
+            assert_eq!(w.arrivals_per_second, 50.0, "{span}");
+            assert_eq!(w.service_seconds, 0.06, "{span}");
         }
         // A minute and one sample of base.
         assert_eq!(t.len(), 61);
@@ -323,6 +347,29 @@ mod tests {
         assert_eq!(s10.concurrency, 1.9);
         assert!((s60.requests_per_second - 200.0 / 60.0).abs() < 1e-9);
         assert!((s60.utilization - 20.0 / 120.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn arrivals_are_counted_beyond_what_the_threads_complete() {
+        // 2 threads busy all the time, 40 completions a second (50 ms each), while 100 a
+        // second arrive: the offered load is 100 x 0.05 = 5 threads, not the 2 running.
+        let mut t = LoadTracker::new();
+        for s in 0..=10 {
+            t.record(LoadSample {
+                arrived_requests: 100 * s,
+                ..sample(s, 40 * s, 2 * s, 2, 2)
+            });
+        }
+        let w = t.window(secs(10));
+        assert_eq!(w.arrivals_per_second, 100.0);
+        assert_eq!(w.requests_per_second, 40.0);
+        assert!((w.service_seconds - 0.05).abs() < 1e-12, "{w:?}");
+        assert!((w.arrivals_per_second * w.service_seconds - 5.0).abs() < 1e-9);
+        // Nothing completed: no service time, never NaN.
+        let mut idle = LoadTracker::new();
+        idle.record(sample(0, 0, 0, 2, 0));
+        idle.record(sample(1, 0, 1, 2, 1));
+        assert_eq!(idle.window(secs(1)).service_seconds, 0.0);
     }
 
     #[test]
@@ -384,7 +431,14 @@ mod tests {
                 slot(4, SlotState::Retiring, 2, 1),
             ],
         };
-        let s = LoadSample::observe(&sb, 7, secs(3));
+        let s = LoadSample::observe(
+            &sb,
+            Totals {
+                completed: 7,
+                busy: secs(3),
+                arrived: 7,
+            },
+        );
         assert_eq!(s, sample(9, 7, 3, 5, 8));
     }
 
@@ -457,22 +511,24 @@ mod tests {
         #[test]
         fn reports_are_always_finite_and_bounded(
             steps in proptest::collection::vec(
-                (0u64..3000, 0u64..1000, 0u64..5000, 0u32..64, 0u32..200),
+                (0u64..3000, 0u64..1000, 0u64..5000, 0u32..64, 0u32..200, 0u64..2000),
                 0..150,
             ),
         ) {
             let mut t = LoadTracker::new();
-            let (mut now, mut done, mut busy) = (0u64, 0u64, 0u64);
-            for (dt_ms, dn, db_ms, cap, in_sys) in steps {
+            let (mut now, mut done, mut busy, mut arrived) = (0u64, 0u64, 0u64, 0u64);
+            for (dt_ms, dn, db_ms, cap, in_sys, da) in steps {
                 now += dt_ms;
                 done += dn;
                 busy += db_ms;
+                arrived += da;
                 t.record(LoadSample {
                     now: Duration::from_millis(now),
                     completed_requests: done,
                     busy_time: Duration::from_millis(busy),
                     capacity_threads: cap,
                     in_system: in_sys,
+                    arrived_requests: arrived,
                 });
                 prop_assert!(t.len() <= MAX_SAMPLES);
             }
@@ -483,6 +539,8 @@ mod tests {
                 prop_assert!(w.requests_per_second >= 0.0 && w.requests_per_second.is_finite());
                 prop_assert!((0.0..=1.0).contains(&w.utilization));
                 prop_assert!(w.concurrency >= 0.0 && w.concurrency <= 200.0);
+                prop_assert!(w.arrivals_per_second >= 0.0 && w.arrivals_per_second.is_finite());
+                prop_assert!(w.service_seconds >= 0.0 && w.service_seconds.is_finite());
             }
         }
     }

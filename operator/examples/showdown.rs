@@ -460,6 +460,109 @@ async fn check_history(client: &Client, ns: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The newest modification time of the files under `dir`.
+fn newest_under(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_under(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// The pods put `python_bin` first on their PATH, so when that venv has wsgiscale installed
+/// they run it, not `--server-bin`: refuses to measure one built before the server's source
+/// last changed (a stale wheel measured an old server while the operator was new).
+fn check_venv_server(python_bin: &Path) -> anyhow::Result<()> {
+    if !python_bin.join("wsgiscale").exists() {
+        return Ok(());
+    }
+    let Some(lib) = python_bin.parent().map(|v| v.join("lib")) else {
+        return Ok(());
+    };
+    let installed = std::fs::read_dir(&lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("site-packages/wsgiscale"))
+        .find(|p| p.is_dir())
+        .and_then(|p| newest_under(&p));
+    let source = ["sidecar/src", "core/src"]
+        .iter()
+        .filter_map(|d| newest_under(&repo().join(d)))
+        .max();
+    if let (Some(installed), Some(source)) = (installed, source) {
+        ensure!(
+            installed >= source,
+            "the wsgiscale installed in {} is older than the server's source (sidecar/src, core/src): \
+             the pods would run a stale server; build and install the wheel first \
+             (`make wheel-default && bash bench/setup.sh`, or `make bench-showdown`)",
+            python_bin.display()
+        );
+    }
+    Ok(())
+}
+
+/// What the API server says about the pods of `ns` (each container's state, last state and
+/// restarts) and the namespace's Warning Events: why a run found no ready pod, for its report.
+async fn why_not_ready(client: &Client, ns: &str) -> String {
+    use k8s_openapi::api::core::v1::Event;
+    let mut out = String::new();
+    match Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+    {
+        Ok(list) => {
+            for p in list {
+                let name = p.metadata.name.unwrap_or_default();
+                let status = p.status.unwrap_or_default();
+                let _ = write!(out, "pod {name} phase {:?}:", status.phase);
+                for c in status.container_statuses.unwrap_or_default() {
+                    let state = serde_json::to_string(&c.state).unwrap_or_default();
+                    let last = serde_json::to_string(&c.last_state).unwrap_or_default();
+                    let _ = write!(
+                        out,
+                        " container {} ready {} restarts {} state {state} last {last};",
+                        c.name, c.ready, c.restart_count
+                    );
+                }
+            }
+        }
+        Err(e) => {
+            let _ = write!(out, "pods not listed: {e};");
+        }
+    }
+    match Api::<Event>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+    {
+        Ok(list) => {
+            for e in list
+                .items
+                .iter()
+                .filter(|e| e.type_.as_deref() == Some("Warning"))
+            {
+                let _ = write!(
+                    out,
+                    " event {} {}: {};",
+                    e.involved_object.name.as_deref().unwrap_or(""),
+                    e.reason.as_deref().unwrap_or(""),
+                    e.message.as_deref().unwrap_or("")
+                );
+            }
+        }
+        Err(e) => {
+            let _ = write!(out, " events not listed: {e};");
+        }
+    }
+    out
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_one(
     client: &Client,
@@ -511,9 +614,10 @@ async fn run_one(
                 })
                 .collect();
             bail!(
-                "{ns}: no ready pods behind the Service after 180 s; the node runs: [{}]; the proxy has {} endpoints",
+                "{ns}: no ready pods behind the Service after 180 s; the node runs: [{}]; the proxy has {} endpoints; {}",
                 seen.join(", "),
-                standin.proxy.endpoints(&ns, "app").len()
+                standin.proxy.endpoints(&ns, "app").len(),
+                why_not_ready(client, &ns).await
             );
         }
         if let Some(addr) = standin.proxy.address(&ns, "app") {
@@ -880,6 +984,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| repo().join("bench/.venv/bin"));
     // Absolute, without resolving the venv's symlinked python (it must run as the venv's).
     let python_bin = std::path::absolute(&python_bin)?;
+    check_venv_server(&python_bin)?;
     let contenders: Vec<Contender> = args
         .contenders
         .iter()

@@ -343,7 +343,7 @@ mod tests {
         );
         assert_eq!(post(Ok(report), true, Some(&board)), StatusCode::ACCEPTED);
         let key = ("ns".to_string(), "web".to_string());
-        assert_eq!(board.of(&key, Instant::now()).0, 2);
+        assert_eq!(board.of(&key, Instant::now()).held, 2);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use kube::{Client, ResourceExt};
 use wsgiscale_core::activator::{Demand, Route as TableRoute, RouteTable, ROUTES_KEY};
 
 use crate::activation::{PathState, Route, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL};
+use crate::autoscale::held_arrivals;
 use crate::cache::Stores;
 use crate::validate::ValidatedApp;
 
@@ -67,17 +68,29 @@ pub struct DemandBoard {
     accepting: AtomicBool,
 }
 
-/// What the activators hold for one app, from fresh reports: (held, in flight at the pods).
-/// Pure.
+/// What the activators hold for one app, summed over their fresh reports.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct HeldSum {
+    /// Requests waiting for a pod.
+    pub held: u32,
+    /// Requests forwarded and not yet answered.
+    pub in_flight: u32,
+    /// Requests per second joining the activators' queues ([`held_arrivals`] of each).
+    pub arrivals: f64,
+}
+
+/// What the activators hold for one app, from fresh reports. Pure.
 pub fn sum_fresh<'a>(
     reports: impl IntoIterator<Item = &'a (Demand, Instant)>,
     now: Instant,
-) -> (u32, u32) {
+) -> HeldSum {
     reports
         .into_iter()
         .filter(|(_, at)| now.saturating_duration_since(*at) < DEMAND_FRESH)
-        .fold((0u32, 0u32), |(h, f), (d, _)| {
-            (h.saturating_add(d.held), f.saturating_add(d.in_flight))
+        .fold(HeldSum::default(), |s, (d, _)| HeldSum {
+            held: s.held.saturating_add(d.held),
+            in_flight: s.in_flight.saturating_add(d.in_flight),
+            arrivals: s.arrivals + held_arrivals(d.held, Duration::from_millis(d.oldest_wait_ms)),
         })
 }
 
@@ -122,13 +135,13 @@ impl DemandBoard {
         true
     }
 
-    /// (held, in flight) for `key` at `now`, over the fresh reports of every activator.
-    pub fn of(&self, key: &AppKey, now: Instant) -> (u32, u32) {
+    /// What the activators hold for `key` at `now`, over the fresh reports of every one.
+    pub fn of(&self, key: &AppKey, now: Instant) -> HeldSum {
         let reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
         reports
             .get(key)
             .map(|r| sum_fresh(r.values(), now))
-            .unwrap_or((0, 0))
+            .unwrap_or_default()
     }
 
     /// The apps with requests held since the last call.
@@ -531,6 +544,24 @@ mod tests {
     }
 
     #[test]
+    fn the_arrival_rate_is_each_activators_held_over_its_oldest_wait() {
+        let t0 = Instant::now();
+        let a = Demand {
+            oldest_wait_ms: 2000,
+            ..demand("a", 600)
+        };
+        let b = Demand {
+            oldest_wait_ms: 500,
+            ..demand("b", 100)
+        };
+        let reports = [(a, t0), (b, t0)];
+        let sum = sum_fresh(reports.iter(), t0);
+        // 600 over 2 s, and 100 over (at least) 1 s.
+        assert_eq!((sum.held, sum.in_flight), (700, 2));
+        assert!((sum.arrivals - 400.0).abs() < 1e-9, "{sum:?}");
+    }
+
+    #[test]
     fn demand_sums_fresh_reports_of_every_activator_and_wakes_on_held() {
         let board = DemandBoard::default();
         let t0 = Instant::now();
@@ -542,13 +573,17 @@ mod tests {
         assert!(board.record(demand("a", 3), t0));
         assert!(board.record(demand("b", 2), t0));
         let key = ("ns".to_string(), "web".to_string());
-        assert_eq!(board.of(&key, t0), (5, 2));
+        let sum = |t| {
+            let s = board.of(&key, t);
+            (s.held, s.in_flight)
+        };
+        assert_eq!(sum(t0), (5, 2));
         assert_eq!(board.take_urgent(), HashSet::from([key.clone()]));
         assert!(board.take_urgent().is_empty());
         // A newer report replaces the activator's older one; stale ones stop counting.
         assert!(board.record(demand("a", 0), t0 + Duration::from_secs(2)));
-        assert_eq!(board.of(&key, t0 + Duration::from_secs(2)), (2, 2));
-        assert_eq!(board.of(&key, t0 + Duration::from_secs(4)), (0, 1));
+        assert_eq!(sum(t0 + Duration::from_secs(2)), (2, 2));
+        assert_eq!(sum(t0 + Duration::from_secs(4)), (0, 1));
         assert!(board.take_urgent().is_empty(), "held 0 is not urgent");
     }
 

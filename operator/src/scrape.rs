@@ -382,6 +382,8 @@ pub struct Step {
 pub struct HeldDemand {
     /// Requests waiting at the activators.
     pub held: u32,
+    /// Requests per second joining the activators' queues.
+    pub arrivals: f64,
     /// Requests the activators forwarded and have not seen answered.
     pub in_flight: u32,
     /// The idle period of scale to zero (None: off, or the operator has no activator).
@@ -447,9 +449,7 @@ pub fn compute_step(
         .collect();
     let mut tick = compute_tick(at, ready.len() as u32, &samples, policy);
     // Held requests are demand the pods have not seen yet.
-    tick.held = activator.held;
-    tick.demand_up += f64::from(activator.held);
-    tick.demand_down += f64::from(activator.held);
+    tick.add_held(activator.held, activator.arrivals, policy.panic_window);
     let active = activator.held > 0
         || activator.in_flight > 0
         || results
@@ -693,10 +693,11 @@ impl Autoscaler {
         let key2 = (ns.clone(), name.clone());
         let held = match routing {
             Some(r) => {
-                let (held, in_flight) = r.demand.of(&key2, now);
+                let sum = r.demand.of(&key2, now);
                 HeldDemand {
-                    held,
-                    in_flight,
+                    held: sum.held,
+                    in_flight: sum.in_flight,
+                    arrivals: sum.arrivals,
                     scale_to_zero: validated.autoscaling.scale_to_zero,
                     route: r.path(&key2, activator_port).route,
                 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
+use wsgiscale_core::loadtrack::Totals;
 use wsgiscale_core::scoreboard::{Scoreboard, SlotState, WorkerSlot};
 
 use crate::proto::Head;
@@ -192,6 +193,8 @@ struct State {
     completed: u64,
     busy_time_retired: Duration,
     tickets: u64,
+    /// Requests submitted, refused ones included (the load report's arrivals).
+    arrived: u64,
 }
 
 /// The queue and the lanes. Cheap to share (`Arc`); every method takes the lock briefly.
@@ -233,6 +236,7 @@ impl Dispatcher {
     pub fn submit(&self, mut job: Job) -> Result<(), Box<Job>> {
         let mut st = self.state.lock();
         let st = &mut *st;
+        st.arrived += 1;
         while let Some(id) = st.idle.pop() {
             let Some(slot) = st.workers.get_mut(&id) else {
                 continue;
@@ -467,8 +471,9 @@ impl Dispatcher {
         waiting_locked(&self.state.lock())
     }
 
-    /// Total requests completed, and total busy thread-time including exited workers.
-    pub fn totals(&self) -> (u64, Duration) {
+    /// Requests completed, busy thread-time including exited workers, and requests
+    /// submitted (refused ones included), over the dispatcher's life.
+    pub fn totals(&self) -> Totals {
         let st = self.state.lock();
         let now = Instant::now();
         let live: Duration = st
@@ -476,7 +481,11 @@ impl Dispatcher {
             .values()
             .map(|s| s.busy_time + s.running(now))
             .sum();
-        (st.completed, st.busy_time_retired + live)
+        Totals {
+            completed: st.completed,
+            busy: st.busy_time_retired + live,
+            arrived: st.arrived,
+        }
     }
 
     /// Whether any worker can take requests.
@@ -673,13 +682,13 @@ mod tests {
         d.submit(a).expect("dispatched");
         let a = inbox.try_recv().expect("sent");
         d.finish(1, a.ticket, Ended::Abandoned);
-        assert_eq!(d.totals().0, 0);
+        assert_eq!(d.totals().completed, 0);
         assert_eq!(d.snapshot().workers[0].requests, 0);
         let (b, _rb) = job();
         d.submit(b).expect("dispatched");
         let b = inbox.try_recv().expect("sent");
         d.finish(1, b.ticket, Ended::Served);
-        assert_eq!(d.totals().0, 1);
+        assert_eq!(d.totals().completed, 1);
         assert_eq!(d.snapshot().workers[0].requests, 1);
     }
 
@@ -690,6 +699,8 @@ mod tests {
         let (b, _rb) = job();
         d.submit(a).expect("queued");
         assert!(d.submit(b).is_err());
+        // Both count as arrivals: a refused request is demand the server could not take.
+        assert_eq!(d.totals().arrived, 2);
     }
 
     #[test]
@@ -848,7 +859,11 @@ mod tests {
             AfterFinish::Idle
         ));
         assert_eq!(d.queue_depth(), 0);
-        assert_eq!(d.totals().0, 1, "a revoked request is not a completed one");
+        assert_eq!(
+            d.totals().completed,
+            1,
+            "a revoked request is not a completed one"
+        );
         drop(second);
     }
 

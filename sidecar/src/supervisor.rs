@@ -771,11 +771,11 @@ impl Supervisor {
         }
         let sb = self.shared.dispatcher.snapshot();
         self.shared.metrics.observe_scoreboard(&sb);
-        let (completed, busy) = self.shared.dispatcher.totals();
+        let totals = self.shared.dispatcher.totals();
         self.shared
             .load
             .lock()
-            .record(LoadSample::observe(&sb, completed, busy));
+            .record(LoadSample::observe(&sb, totals));
         let usage: Vec<_> = sb
             .workers
             .iter()

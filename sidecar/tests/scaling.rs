@@ -393,7 +393,13 @@ fn load_report_matches_its_documented_schema() {
     for w in ["1s", "10s", "60s"] {
         assert_eq!(
             keys(&l["rates"][w]),
-            ["concurrency", "requests_per_second", "utilization"]
+            [
+                "arrivals_per_second",
+                "concurrency",
+                "requests_per_second",
+                "service_seconds",
+                "utilization"
+            ]
         );
         let u = l["rates"][w]["utilization"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&u));

@@ -241,6 +241,10 @@ impl PodNetwork {
         let result = (|| {
             let (ns, veth) = (pod.ns.as_str(), veth_name(self.x, n));
             let _ = ip(&["netns", "del", ns]);
+            // The kernel destroys a deleted namespace's interfaces later, in the background:
+            // the host end of the last pod in this slot may still hold the name (the veth
+            // add then fails with "File exists"). Deleting it here frees the name at once.
+            let _ = ip(&["link", "del", &veth]);
             ip(&["netns", "add", ns])?;
             ip(&[
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
@@ -277,8 +281,11 @@ impl PodNetwork {
         }
     }
 
-    /// Removes a pod's namespace (its veth pair goes with it) and frees its address.
+    /// Removes a pod's interface and namespace and frees its address. The veth pair is
+    /// deleted first, at once: left to the namespace's deletion it goes only when the kernel
+    /// gets round to it, and the next pod in the slot found its name taken.
     pub fn remove_pod(&self, pod: PodNet) {
+        let _ = ip(&["link", "del", &veth_name(self.x, pod.n)]);
         let _ = ip(&["netns", "del", &pod.ns]);
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
         used[pod.n as usize] = false;

@@ -37,6 +37,8 @@ fn report() -> LoadReport {
         requests_per_second: 5.0,
         utilization: 0.5,
         concurrency: 1.0,
+        arrivals_per_second: 5.0,
+        service_seconds: 0.2,
     };
     LoadReport {
         version: LOAD_REPORT_VERSION,

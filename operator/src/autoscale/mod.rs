@@ -7,15 +7,21 @@
 //! The policy, in short (docs/autoscaling.md has the reasoning and a worked example):
 //!
 //! * **Demand** is the requests in the servers, running plus queued (concurrency), summed over
-//!   the ready pods (extrapolated from a sample above `max_pods_scraped`).
+//!   the ready pods (extrapolated from a sample above `max_pods_scraped`). A saturated
+//!   pod's queue, and the activator's, count by their [`QueueTrend`]: while one grows, what
+//!   arrives (arrivals x service time) and the threads that would clear the backlog within
+//!   the panic window, since a growing queue counted as requests in flight asked for
+//!   replicas.max whenever one pod saturated; while it stays (a closed loop of clients), in
+//!   full up to what the pods run.
 //! * **Capacity** of a pod is `workers.max x threads x target utilization`: the worker level
 //!   inside each pod (uWSGI "cheaper") grows and shrinks its workers between workers.min and
 //!   workers.max by itself, so the pod level sizes for what a pod carries at its max workers,
 //!   and a pod with few busy workers below its max is not "full".
 //! * **Desired pods** = ceil(demand / capacity), from the stable window (60 s), or from the
 //!   panic window (6 s) in panic mode. Panic starts when the panic window needs at least
-//!   `panic_threshold x ready pods`; it never scales down and ends after a full stable window
-//!   below the threshold (Knative's rule).
+//!   `panic_threshold x ready pods`; it never scales down, and ends a panic window after the
+//!   last tick above the threshold once the stable window asks for as many pods as the panic
+//!   window (it has taken the burst in), at the latest a full stable window after it.
 //! * **Scaling up** follows the stable window (or the panic window while a burst is on);
 //!   changes of at most `tolerance` x the current pods are ignored (one pod always counts);
 //!   pods that did not answer count as idle (the HPA's rule).
@@ -34,8 +40,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 pub use sample::{
-    compute_pod_demand, compute_tick, compute_weight, pick_sample, PodLoad, PodSample, Samples,
-    SplitMix64, TickSample, WindowAverage,
+    backlog_demand, compute_pod_demand, compute_tick, compute_weight, held_arrivals, pick_sample,
+    PodLoad, PodSample, QueueTrend, Samples, SplitMix64, TickSample, WindowAverage, MIN_HELD_WAIT,
 };
 
 use crate::validate::ValidatedApp;
@@ -252,7 +258,13 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
     };
     let ready = latest.ready_pods;
     let stable = samples.average(now, policy.stable_window);
-    let panic = samples.average(now, policy.panic_window);
+    let mut panic = samples.average(now, policy.panic_window);
+    if latest.held > 0 || latest.saturated_pods > 0 {
+        // Requests are waiting for capacity (held by the activator, or queued in a pod at
+        // workers.max): the newest tick's demand is a measured arrival rate, not noise to
+        // average away, and the short window takes it at once rather than over its ticks.
+        panic.demand_up = panic.demand_up.max(latest.demand_up);
+    }
     // Scale-down looks at the highest of: the stable window, the panic window, and where the
     // stable window's trend is now (on a ramp the mean lags by half a window).
     let down_demand = stable
@@ -291,16 +303,21 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
     }
 
     // Panic mode (Knative): enter when the short window needs threshold x the ready pods,
-    // stay while it does, leave after a full stable window below it.
+    // stay while it does. Leave once a whole panic window has passed below it and the stable
+    // window asks for at least what the panic window does (its mean has taken the burst in,
+    // so normal decisions, with their scale-down delay, keep what the load still needs), or
+    // at the latest after a full stable window below it (Knative's rule, which alone held
+    // every burst's count for a minute after it ended).
     // Compared unrounded: with one pod, ceil() would call any second above target a burst.
     let over = panic.demand_up / per_pod >= policy.panic_threshold * f64::from(ready);
+    let calm_for = st.panic_last_over.map(|last| now.saturating_sub(last));
     if over {
         st.panic_since.get_or_insert(now);
         st.panic_last_over = Some(now);
-    } else if st
-        .panic_last_over
-        .is_some_and(|last| now.saturating_sub(last) >= policy.stable_window)
-    {
+    } else if calm_for.is_some_and(|calm| {
+        calm >= policy.stable_window
+            || (calm >= policy.panic_window && fig.stable_pods >= fig.panic_pods)
+    }) {
         st.panic_since = None;
         st.panic_last_over = None;
     }
@@ -358,6 +375,24 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
                 per_pod,
                 raw
             );
+            // What the demand is made of, when requests wait for capacity.
+            if latest.held > 0 {
+                let _ = write!(
+                    why,
+                    "; {} held at the activator, joining at {:.0}/s",
+                    latest.held, latest.held_arrivals
+                );
+            }
+            if latest.saturated_pods > 0 {
+                let _ = write!(why, "; {} pods saturated", latest.saturated_pods);
+            }
+            if latest.service > 0.0 && (latest.held > 0 || latest.saturated_pods > 0) {
+                let _ = write!(
+                    why,
+                    "; {:.0} ms of a thread per request",
+                    latest.service * 1000.0
+                );
+            }
         } else {
             why = stable_text(raw);
         }
@@ -577,6 +612,9 @@ pub(crate) mod testkit {
             queue_depth: 0,
             saturated_pods: 0,
             held: 0,
+            held_arrivals: 0.0,
+            service: 0.0,
+            completions: 0.0,
         }
     }
 }

@@ -35,6 +35,14 @@ pub struct PodLoad {
     pub threads: u32,
     /// At workers.max, every worker busy, and requests queueing: the pod cannot grow by itself.
     pub saturated: bool,
+    /// Requests reaching the server per second over the last second, refused ones included
+    /// (`rates.1s.arrivals_per_second`).
+    pub arrivals: f64,
+    /// Mean thread time per completed request over the last 10 s, seconds (0 when unknown:
+    /// nothing completed, or a server that predates the field).
+    pub service: f64,
+    /// Requests completed per second over the last second.
+    pub completions: f64,
 }
 
 impl PodLoad {
@@ -64,8 +72,85 @@ impl PodLoad {
             max_workers: report.workers.max,
             threads,
             saturated: report.saturated,
+            arrivals: nonneg(report.rates.s1.arrivals_per_second),
+            service: nonneg(report.rates.s10.service_seconds),
+            completions: nonneg(report.rates.s1.requests_per_second),
         }
     }
+
+    /// The threads what arrives at this pod keeps busy (arrivals x service time, Little's
+    /// law), when the service time is known.
+    pub fn offered(&self) -> Option<f64> {
+        (self.service > 0.0).then_some(self.arrivals * self.service)
+    }
+}
+
+/// `x` when finite and positive, else 0 (a report is not trusted to be sane).
+fn nonneg(x: f64) -> f64 {
+    if x.is_finite() && x > 0.0 {
+        x
+    } else {
+        0.0
+    }
+}
+
+/// How far arrivals and completions may differ for a queue to count as steady: a tenth, or
+/// [`QUEUE_STEADY_MIN_RATE`] at low rates (a second's counts are noisy).
+pub const QUEUE_STEADY_SHARE: f64 = 0.1;
+
+/// See [`QUEUE_STEADY_SHARE`]: requests per second.
+pub const QUEUE_STEADY_MIN_RATE: f64 = 2.0;
+
+/// Where a queue is going, from the rate requests join it and the rate they leave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueTrend {
+    /// More arrive than complete: an open-loop burst. Counted as a queue, it would grow with
+    /// the wait and ask for ever more pods; what arrives is the demand.
+    Growing,
+    /// As many arrive as complete: the queue stays, as in a closed loop of clients (a load
+    /// test with N connections, a worker pool calling the app), where every waiting request
+    /// is a client more capacity would serve at once.
+    Steady,
+    /// Fewer arrive than complete: the queue clears by itself.
+    Draining,
+}
+
+impl QueueTrend {
+    /// The trend of a queue joined at `arrivals` and left at `completions` per second.
+    pub fn of(arrivals: f64, completions: f64) -> QueueTrend {
+        let slack = (completions * QUEUE_STEADY_SHARE).max(QUEUE_STEADY_MIN_RATE);
+        if arrivals > completions + slack {
+            QueueTrend::Growing
+        } else if arrivals < completions - slack {
+            QueueTrend::Draining
+        } else {
+            QueueTrend::Steady
+        }
+    }
+}
+
+/// The shortest wait [`held_arrivals`] divides by: below it a handful of requests held for a
+/// moment would read as thousands a second.
+pub const MIN_HELD_WAIT: Duration = Duration::from_secs(1);
+
+/// Requests per second joining a FIFO that holds `held` requests, the oldest of which has
+/// waited `oldest_wait`: while the queue stays non-empty every arrival joins it, and all the
+/// held requests arrived within the oldest one's wait (Little's law on the queue), so
+/// `held / oldest_wait` is the arrival rate. The wait is taken as at least [`MIN_HELD_WAIT`].
+pub fn held_arrivals(held: u32, oldest_wait: Duration) -> f64 {
+    f64::from(held) / oldest_wait.max(MIN_HELD_WAIT).as_secs_f64()
+}
+
+/// The threads that would clear a backlog of `requests`, each needing `service` seconds of a
+/// thread, within `drain`. A backlog is not a load that stays: counting each queued request
+/// as a thread (as for a request that runs) sizes for clearing the whole queue within one
+/// service time, and a saturated queue grows with the wait (Little's law), so that count
+/// reached replicas.max whenever one pod saturated.
+pub fn backlog_demand(requests: f64, service: f64, drain: Duration) -> f64 {
+    if drain.is_zero() {
+        return requests;
+    }
+    requests * service / drain.as_secs_f64()
 }
 
 /// One ready pod in one tick: its age and its load, or `None` when it did not answer (timeout,
@@ -107,8 +192,52 @@ pub struct TickSample {
     /// Pods that answered saturated (at workers.max, all busy, queueing).
     pub saturated_pods: u32,
     /// Requests the activator holds for the app (waiting for a pod), included in both
-    /// demands: held requests are demand the pods have not seen yet.
+    /// demands ([`TickSample::add_held`]): demand the pods have not seen yet.
     pub held: u32,
+    /// Requests per second joining the activator's queue, while it holds any.
+    pub held_arrivals: f64,
+    /// Mean thread time per request over the pods that know it, seconds (0 when none does).
+    pub service: f64,
+    /// Requests completed per second by the ready pods (extrapolated from those that
+    /// answered, as the demand is).
+    pub completions: f64,
+}
+
+impl TickSample {
+    /// Adds what the activators hold: `held` requests waiting, joining their queue at
+    /// `arrivals` per second and leaving it as the pods complete requests. By that queue's
+    /// [`QueueTrend`]: steady, each held request counts as one in flight (a closed loop of
+    /// clients waiting for capacity), at most as many as the pods' own demand (the count at
+    /// most doubles a tick); growing, every request of the app passes through the
+    /// queue, so the app's whole offered load is `arrivals x service` threads, of which the
+    /// pods' own demand is the part they already carry, and the backlog counts as the
+    /// threads that clear it within `drain` ([`backlog_demand`]); draining, the backlog
+    /// only. Without a service time (no pod has completed a request yet) each held request
+    /// counts as one in flight.
+    pub fn add_held(&mut self, held: u32, arrivals: f64, drain: Duration) {
+        self.held = held;
+        if held == 0 {
+            return;
+        }
+        self.held_arrivals = nonneg(arrivals);
+        let service = self.service;
+        let trend = QueueTrend::of(nonneg(arrivals), self.completions);
+        let held_f = f64::from(held);
+        let extra = |pods: f64| {
+            if service <= 0.0 {
+                return held_f;
+            }
+            let backlog = backlog_demand(held_f, service, drain);
+            match trend {
+                QueueTrend::Steady => held_f.min(pods).max(1.0),
+                QueueTrend::Growing => (nonneg(arrivals) * service - pods).max(0.0) + backlog,
+                QueueTrend::Draining => backlog,
+            }
+        };
+        let (up, down) = (extra(self.demand_up), extra(self.demand_down));
+        self.demand_up += up;
+        self.demand_down += down;
+    }
 }
 
 /// How much a pod of age `age` counts in the averages that extrapolate a sample: its age over
@@ -131,13 +260,30 @@ pub fn compute_weight(age: Duration, startup: Duration) -> f64 {
 ///   boundary flaps).
 /// * Requests queued in a pod that can still add threads (below workers.max) are the worker
 ///   level's business up to that headroom: its own algorithm spawns workers for them within
-///   seconds. Only what queues beyond the headroom counts, and all of it once the pod is
-///   saturated (at workers.max and queueing).
+///   seconds. Only what queues beyond the headroom counts.
+/// * A saturated pod (at workers.max and queueing) counts its queue by the queue's
+///   [`QueueTrend`]: a steady queue in full up to what the pod runs (a closed loop of
+///   clients, each sending its next request when the last one returns: the waiting requests
+///   are clients more capacity would serve at once; bounded so, the count at most doubles a
+///   tick, and a backlog that merely stays under a critical load does not ask for a pod per
+///   request); a growing one by what arrives, arrivals x service time (Little's
+///   law: the threads that load keeps busy, which its running requests stop showing once
+///   every thread is taken), plus the threads that clear the queue within `drain`
+///   ([`backlog_demand`]); a draining one by those threads only. A server that does not
+///   report arrivals and service time counts running plus queued.
 /// * A young pod (weight below 1) that is not saturated is still growing from workers.initial
 ///   while it takes its full share of the traffic: its excess counts only by its weight.
-pub fn compute_pod_demand(load: &PodLoad, weight: f64, full: f64) -> f64 {
+pub fn compute_pod_demand(load: &PodLoad, weight: f64, full: f64, drain: Duration) -> f64 {
     if load.saturated {
-        return load.running + load.queued;
+        let Some(offered) = load.offered() else {
+            return load.running + load.queued;
+        };
+        let backlog = backlog_demand(load.queued, load.service, drain);
+        return match QueueTrend::of(load.arrivals, load.completions) {
+            QueueTrend::Steady => load.running + load.queued.min(load.running),
+            QueueTrend::Growing => load.running.max(offered) + backlog,
+            QueueTrend::Draining => load.running + backlog,
+        };
     }
     let headroom = (full - load.running).max(0.0);
     let excess = (load.queued - headroom).max(0.0);
@@ -165,13 +311,20 @@ pub fn compute_tick(
     let full = policy.pod_capacity;
     let (mut sum_up, mut sum_down) = (0.0, 0.0);
     let (mut wsum, mut wup, mut wdown) = (0.0, 0.0, 0.0);
+    let (mut service_sum, mut service_n) = (0.0, 0u32);
+    let mut completions = 0.0;
     for p in pods {
         let w = compute_weight(p.age, policy.startup_period);
         wsum += w;
         match &p.load {
             Some(l) => {
                 t.answered += 1;
-                let c = compute_pod_demand(l, w, full);
+                let c = compute_pod_demand(l, w, full, policy.panic_window);
+                if l.service > 0.0 {
+                    service_sum += l.service;
+                    service_n += 1;
+                }
+                completions += l.completions;
                 t.in_flight = t.in_flight.saturating_add(l.in_flight);
                 t.threads = t
                     .threads
@@ -190,6 +343,12 @@ pub fn compute_tick(
                 wdown += w * full;
             }
         }
+    }
+    if service_n > 0 {
+        t.service = service_sum / f64::from(service_n);
+    }
+    if t.answered > 0 {
+        t.completions = completions * f64::from(ready_pods) / f64::from(t.answered);
     }
     if pods.is_empty() {
         return t;
@@ -414,6 +573,16 @@ mod tests {
         assert_eq!(PodLoad::from_report(&r).concurrency, 7.0);
         r.rates.s1.concurrency = f64::NAN;
         assert_eq!(PodLoad::from_report(&r).concurrency, 15.0);
+        // Arrivals from the last second, service time from the last 10 s; nonsense is 0.
+        r.rates.s1.arrivals_per_second = 30.0;
+        r.rates.s10.service_seconds = 0.25;
+        let l = PodLoad::from_report(&r);
+        assert_eq!(
+            (l.arrivals, l.service, l.offered()),
+            (30.0, 0.25, Some(7.5))
+        );
+        r.rates.s10.service_seconds = f64::INFINITY;
+        assert_eq!(PodLoad::from_report(&r).offered(), None);
     }
 
     #[test]
@@ -483,13 +652,141 @@ mod tests {
             ..PodLoad::default()
         };
         // 2 running of 4 at max, 1 queued: the worker level takes it, 2 count.
-        assert_eq!(compute_pod_demand(&l(2.0, 1.0, false), 1.0, 4.0), 2.0);
+        assert_eq!(
+            compute_pod_demand(&l(2.0, 1.0, false), 1.0, 4.0, DRAIN),
+            2.0
+        );
         // 40 queued: 2 of them fit the headroom, 38 count.
-        assert_eq!(compute_pod_demand(&l(2.0, 40.0, false), 1.0, 4.0), 40.0);
+        assert_eq!(
+            compute_pod_demand(&l(2.0, 40.0, false), 1.0, 4.0, DRAIN),
+            40.0
+        );
         // A brand-new pod: a tenth of the excess.
-        assert!((compute_pod_demand(&l(2.0, 40.0, false), 0.1, 4.0) - 5.8).abs() < 1e-9);
-        // Saturated: everything, young or not.
-        assert_eq!(compute_pod_demand(&l(4.0, 3.0, true), 0.1, 4.0), 7.0);
+        assert!((compute_pod_demand(&l(2.0, 40.0, false), 0.1, 4.0, DRAIN) - 5.8).abs() < 1e-9);
+        // Saturated, from a server that does not report its service time: everything,
+        // young or not.
+        assert_eq!(compute_pod_demand(&l(4.0, 3.0, true), 0.1, 4.0, DRAIN), 7.0);
+    }
+
+    const DRAIN: Duration = Duration::from_secs(6);
+
+    #[test]
+    fn a_saturated_pod_counts_its_arrivals_and_the_threads_that_clear_its_queue() {
+        // 8 threads, 50 ms a request (160 a second at most), 300 arriving a second, 600
+        // queued: the load keeps 15 threads busy, and the queue needs 5 more to clear in 6 s.
+        let l = PodLoad {
+            running: 8.0,
+            queued: 600.0,
+            concurrency: 608.0,
+            saturated: true,
+            arrivals: 300.0,
+            completions: 160.0,
+            service: 0.05,
+            ..PodLoad::default()
+        };
+        assert_eq!(
+            QueueTrend::of(l.arrivals, l.completions),
+            QueueTrend::Growing
+        );
+        let d = compute_pod_demand(&l, 1.0, 8.0, DRAIN);
+        assert!((d - 20.0).abs() < 1e-9, "{d}");
+        // Counting the queue as requests in flight would have said 608.
+        assert!(d < l.concurrency / 30.0);
+        // The burst ended: the queue drains by itself, only the threads that clear it count.
+        let draining = PodLoad {
+            arrivals: 10.0,
+            ..l
+        };
+        assert!((compute_pod_demand(&draining, 1.0, 8.0, DRAIN) - 13.0).abs() < 1e-9);
+        // A closed loop: 14 clients on 8 threads, as many arrive as complete; the 6 waiting
+        // are clients that more capacity would serve at once: they count in full...
+        let closed = PodLoad {
+            queued: 6.0,
+            arrivals: 158.0,
+            ..l
+        };
+        assert_eq!(QueueTrend::of(158.0, 160.0), QueueTrend::Steady);
+        assert_eq!(compute_pod_demand(&closed, 1.0, 8.0, DRAIN), 14.0);
+        // ...up to what the pod runs: the count at most doubles a tick.
+        let more = PodLoad {
+            queued: 600.0,
+            ..closed
+        };
+        assert_eq!(compute_pod_demand(&more, 1.0, 8.0, DRAIN), 16.0);
+        // A zero drain counts the queue in full.
+        assert_eq!(backlog_demand(600.0, 0.05, Duration::ZERO), 600.0);
+    }
+
+    #[test]
+    fn held_requests_add_the_offered_load_beyond_the_pods_and_their_backlog() {
+        // One saturated pod carrying 8 threads' worth; 314 requests held, the oldest for 1 s:
+        // 314 a second join the queue, which at 50 ms each is 15.7 threads in all, 7.7 beyond
+        // what the pod carries; the backlog adds 314 x 0.05 / 6 = 2.6.
+        let mut t = TickSample {
+            demand_up: 8.0,
+            demand_down: 8.0,
+            service: 0.05,
+            completions: 160.0,
+            ..TickSample::default()
+        };
+        let rate = held_arrivals(314, Duration::from_secs(1));
+        assert_eq!(rate, 314.0);
+        t.add_held(314, rate, DRAIN);
+        assert_eq!(t.held, 314);
+        let want = 8.0 + (15.7 - 8.0) + 314.0 * 0.05 / 6.0;
+        assert!((t.demand_up - want).abs() < 1e-9, "{t:?}");
+        assert_eq!(t.demand_up, t.demand_down);
+        // A closed loop through the activator: requests join the queue as fast as the pods
+        // complete them; the held ones are clients waiting for capacity, one each.
+        let pods = TickSample {
+            demand_up: 8.0,
+            demand_down: 8.0,
+            service: 0.05,
+            completions: 160.0,
+            ..TickSample::default()
+        };
+        let mut closed = pods;
+        closed.add_held(6, 155.0, DRAIN);
+        assert_eq!(closed.demand_up, 14.0);
+        // At most doubling what the pods count for.
+        let mut many = pods;
+        many.add_held(90, 155.0, DRAIN);
+        assert_eq!(many.demand_up, 16.0);
+        // No service time known yet (no pod completed a request): one each.
+        let mut cold = TickSample::default();
+        cold.add_held(5, 100.0, DRAIN);
+        assert_eq!((cold.demand_up, cold.demand_down), (5.0, 5.0));
+        // A handful held for a moment is not thousands a second.
+        assert_eq!(held_arrivals(3, Duration::from_millis(2)), 3.0);
+        assert_eq!(held_arrivals(0, Duration::ZERO), 0.0);
+    }
+
+    #[test]
+    fn queue_trends_allow_a_tenth_or_two_a_second_of_noise() {
+        assert_eq!(QueueTrend::of(100.0, 100.0), QueueTrend::Steady);
+        assert_eq!(QueueTrend::of(109.0, 100.0), QueueTrend::Steady);
+        assert_eq!(QueueTrend::of(111.0, 100.0), QueueTrend::Growing);
+        assert_eq!(QueueTrend::of(89.0, 100.0), QueueTrend::Draining);
+        assert_eq!(QueueTrend::of(3.0, 1.0), QueueTrend::Steady);
+        assert_eq!(QueueTrend::of(4.0, 1.0), QueueTrend::Growing);
+    }
+
+    #[test]
+    fn the_tick_averages_the_service_time_of_the_pods_that_know_it() {
+        let p = policy();
+        let with = |service: f64| {
+            Some(PodLoad {
+                service,
+                ..load(1.0).expect("load")
+            })
+        };
+        let pods = [
+            pod(100, with(0.02)),
+            pod(100, with(0.04)),
+            pod(100, with(0.0)),
+        ];
+        let t = compute_tick(Duration::from_secs(10), 3, &pods, &p);
+        assert!((t.service - 0.03).abs() < 1e-12, "{t:?}");
     }
 
     #[test]

@@ -236,15 +236,18 @@ fn panic_scales_up_from_the_short_window_and_never_down_until_a_stable_window_pa
     assert_eq!(d.desired, 8, "{}", d.reason);
     assert!(d.reason.starts_with("panic: "), "{}", d.reason);
     state = d.state;
-    // The burst stops at once; the pods come up. Panic holds the count for a stable window.
+    // The burst stops at once; the pods come up. Panic holds the count for a panic window,
+    // until the stable window (whose mean took the burst in) asks for as many pods as the
+    // panic window does.
     let mut held = 0;
     loop {
         at += 2;
         samples.push(tick(at, state.current, 1.0), s(60));
         let d = decide(&p, &samples, &state, s(at));
         if !d.panic {
-            // Left panic a full stable window after the last tick above the threshold.
-            assert_eq!(at, 102 + 60);
+            assert_eq!(at, 102 + 6);
+            // Out of panic, the scale-down delay still holds the burst's count.
+            assert_eq!(d.desired, 8, "{}", d.reason);
             break;
         }
         assert!(
@@ -255,7 +258,33 @@ fn panic_scales_up_from_the_short_window_and_never_down_until_a_stable_window_pa
         state = d.state;
         held += 1;
     }
-    assert_eq!(held, 29);
+    assert_eq!(held, 2);
+}
+
+#[test]
+fn panic_lasts_while_the_stable_window_lags_the_burst() {
+    let p = policy();
+    let mut samples = flat(100, 60, 2, 3.0);
+    let mut state = State::new(2);
+    // A burst that stays: 56 requests on whatever is ready (2 pods, as new ones start).
+    let mut at = 100;
+    let mut left = None;
+    while at < 200 {
+        at += 2;
+        samples.push(tick(at, 2, 56.0), s(60));
+        let d = decide(&p, &samples, &state, s(at));
+        assert!(
+            d.desired >= state.current,
+            "down during the burst: {}",
+            d.reason
+        );
+        if !d.panic && left.is_none() {
+            left = Some(at);
+        }
+        state = d.state;
+    }
+    // Over the threshold on every tick: panic all along.
+    assert_eq!(left, None);
 }
 
 #[test]

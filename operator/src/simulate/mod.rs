@@ -41,7 +41,9 @@ use wsgiscale_core::config::{Algorithm, ScalingConfig, WorkerLimits};
 use wsgiscale_core::activator::HoldLimits;
 
 use crate::activation::{decide_path, may_scale_to_zero, PathInputs, PathState, Route};
-use crate::autoscale::{self, compute_tick, pick_sample, PodLoad, PodSample, Samples, SplitMix64};
+use crate::autoscale::{
+    self, compute_tick, held_arrivals, pick_sample, PodLoad, PodSample, Samples, SplitMix64,
+};
 use crate::crd::{AutoscalingSpec, ReplicasSpec, WorkersSpec, WsgiApp, WsgiAppSpec};
 use crate::validate::validate_app;
 use activator::{compute_push_replicas, Activator, ActivatorConfig, Held};
@@ -885,10 +887,16 @@ pub fn run(trace: &Trace, cfg: &SimConfig, kind: PolicyKind) -> Outcome {
                     let now = Duration::from_secs_f64(t1);
                     let mut sample = compute_tick(now, ready, &sampled, &p);
                     // What the activator holds is demand no pod reports (it pushes it).
-                    if held > 0 {
-                        sample.demand_up += f64::from(held);
-                        sample.demand_down += f64::from(held);
-                    }
+                    let waited = sim
+                        .act
+                        .as_ref()
+                        .and_then(Activator::oldest)
+                        .map_or(0.0, |h| (t1 - h.arrival).max(0.0));
+                    sample.add_held(
+                        held,
+                        held_arrivals(held, Duration::from_secs_f64(waited)),
+                        p.panic_window,
+                    );
                     samples.push(sample, p.stable_window);
                     if sim.replicas == 0 {
                         // At zero only the activator's push starts pods (decide would hold

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use wsgiscale_core::config::{LifecycleConfig, LiveConfig, ScalingConfig, WorkerLimits};
 use wsgiscale_core::load::LoadReport;
-use wsgiscale_core::loadtrack::{LoadSample, LoadTracker};
+use wsgiscale_core::loadtrack::{LoadSample, LoadTracker, Totals};
 use wsgiscale_core::pool::{Action, Gone, Pool};
 use wsgiscale_core::scaling::{drive, Cheaper, DriveInputs};
 use wsgiscale_core::scoreboard::{Scoreboard, SlotState, WorkerSlot};
@@ -112,6 +112,8 @@ pub struct Pod {
     /// Busy time and requests of the workers that have exited.
     gone_busy: f64,
     gone_requests: u64,
+    /// Requests offered or forwarded here, refused ones included.
+    arrived: u64,
     model: ServerModel,
 }
 
@@ -158,6 +160,7 @@ impl Pod {
             pool,
             gone_busy: 0.0,
             gone_requests: 0,
+            arrived: 0,
             model,
         }
     }
@@ -202,6 +205,7 @@ impl Pod {
     }
 
     fn enqueue(&mut self, q: Queued) -> bool {
+        self.arrived += 1;
         if self.queue.len() >= self.model.max_queue as usize {
             return false;
         }
@@ -341,8 +345,11 @@ impl Pod {
         let (sb, completed, busy) = self.scoreboard(t);
         self.tracker.record(LoadSample::observe(
             &sb,
-            completed,
-            Duration::from_secs_f64(busy),
+            Totals {
+                completed,
+                busy: Duration::from_secs_f64(busy),
+                arrived: self.arrived,
+            },
         ));
         if self.terminating || self.ready_at > t {
             return 0;

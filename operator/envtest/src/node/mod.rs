@@ -892,6 +892,12 @@ impl ProbeKind {
     }
 }
 
+/// How long after its `attempt`-th failure a pod's sandbox is tried again: 1 s, doubling, at
+/// most 10 s (the kubelet retries on its next pod sync).
+pub fn sandbox_retry_delay(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.clamp(1, 5).saturating_sub(1)).min(Duration::from_secs(10))
+}
+
 /// The kubelet's restart back-off: 10 s, doubling, at most 5 minutes.
 pub fn restart_delay(restarts: i32) -> Duration {
     let exp = (restarts.max(1) - 1).min(5) as u32;
@@ -1157,17 +1163,24 @@ async fn run_pod_inner(t: &mut PodTask, stop: &mut watch::Receiver<Stop>) -> Opt
         return Some(s);
     }
 
-    // Network, cgroup, volumes.
-    let net = match t.inner.network.add_pod() {
-        Ok(n) => n,
-        Err(e) => {
-            for c in t.state.containers.iter_mut() {
-                c.state = waiting("ContainerCreating", &format!("pod network: {e}"));
+    // Network, cgroup, volumes. A failed sandbox is tried again, as the kubelet does on its
+    // next sync, rather than left Pending for good.
+    let mut attempt = 0u32;
+    let net = loop {
+        match t.inner.network.add_pod() {
+            Ok(n) => break n,
+            Err(e) => {
+                for c in t.state.containers.iter_mut() {
+                    c.state = waiting("ContainerCreating", &format!("pod network: {e}"));
+                }
+                t.write_status().await;
+                t.event(EventType::Warning, "FailedCreatePodSandBox", e.to_string())
+                    .await;
+                attempt += 1;
+                if let Some(s) = sleep_or_stop(sandbox_retry_delay(attempt), stop).await {
+                    return Some(s);
+                }
             }
-            t.write_status().await;
-            t.event(EventType::Warning, "FailedCreatePodSandBox", e.to_string())
-                .await;
-            return None;
         }
     };
     t.state.pod_ip = Some(net.ip.to_string());
@@ -2171,6 +2184,12 @@ async fn finish(t: &mut PodTask, how: Stop) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_sandbox_is_retried_within_ten_seconds() {
+        let d: Vec<u64> = (1..=6).map(|n| sandbox_retry_delay(n).as_secs()).collect();
+        assert_eq!(d, [1, 2, 4, 8, 10, 10]);
+    }
 
     #[test]
     fn back_off_doubles_to_five_minutes() {
