@@ -40,8 +40,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 pub use sample::{
-    backlog_demand, compute_pod_demand, compute_tick, compute_weight, held_arrivals, pick_sample,
-    PodLoad, PodSample, QueueTrend, Samples, SplitMix64, TickSample, WindowAverage, MIN_HELD_WAIT,
+    compute_pod_demand, compute_tick, compute_weight, held_arrivals, pick_sample, PodLoad,
+    PodSample, QueueTrend, Samples, SplitMix64, TickSample, WindowAverage,
 };
 
 use crate::validate::ValidatedApp;

@@ -129,6 +129,30 @@ impl QueueTrend {
     }
 }
 
+/// The demand of `carried` threads' worth of running work with `queued` requests waiting
+/// behind it, by the queue's `trend`: steady, the queue in full up to what is carried (at
+/// least one), so the count at most doubles a tick; growing, `offered` (arrivals x service
+/// time) where it exceeds what is carried, plus the threads that clear the queue within
+/// `drain` ([`backlog_demand`]); draining, those threads only. Without an offered load (no
+/// service time known), the queue in full.
+pub fn queue_demand(
+    carried: f64,
+    queued: f64,
+    trend: QueueTrend,
+    offered: Option<f64>,
+    service: f64,
+    drain: Duration,
+) -> f64 {
+    let Some(offered) = offered else {
+        return carried + queued;
+    };
+    match trend {
+        QueueTrend::Steady => carried + queued.min(carried.max(1.0)),
+        QueueTrend::Growing => carried.max(offered) + backlog_demand(queued, service, drain),
+        QueueTrend::Draining => carried + backlog_demand(queued, service, drain),
+    }
+}
+
 /// The shortest wait [`held_arrivals`] divides by: below it a handful of requests held for a
 /// moment would read as thousands a second.
 pub const MIN_HELD_WAIT: Duration = Duration::from_secs(1);
@@ -219,24 +243,14 @@ impl TickSample {
         if held == 0 {
             return;
         }
-        self.held_arrivals = nonneg(arrivals);
-        let service = self.service;
-        let trend = QueueTrend::of(nonneg(arrivals), self.completions);
-        let held_f = f64::from(held);
-        let extra = |pods: f64| {
-            if service <= 0.0 {
-                return held_f;
-            }
-            let backlog = backlog_demand(held_f, service, drain);
-            match trend {
-                QueueTrend::Steady => held_f.min(pods).max(1.0),
-                QueueTrend::Growing => (nonneg(arrivals) * service - pods).max(0.0) + backlog,
-                QueueTrend::Draining => backlog,
-            }
-        };
-        let (up, down) = (extra(self.demand_up), extra(self.demand_down));
-        self.demand_up += up;
-        self.demand_down += down;
+        let arrivals = nonneg(arrivals);
+        self.held_arrivals = arrivals;
+        let trend = QueueTrend::of(arrivals, self.completions);
+        let offered = (self.service > 0.0).then_some(arrivals * self.service);
+        let (service, held) = (self.service, f64::from(held));
+        let total = |pods| queue_demand(pods, held, trend, offered, service, drain);
+        self.demand_up = total(self.demand_up);
+        self.demand_down = total(self.demand_down);
     }
 }
 
@@ -275,15 +289,14 @@ pub fn compute_weight(age: Duration, startup: Duration) -> f64 {
 ///   while it takes its full share of the traffic: its excess counts only by its weight.
 pub fn compute_pod_demand(load: &PodLoad, weight: f64, full: f64, drain: Duration) -> f64 {
     if load.saturated {
-        let Some(offered) = load.offered() else {
-            return load.running + load.queued;
-        };
-        let backlog = backlog_demand(load.queued, load.service, drain);
-        return match QueueTrend::of(load.arrivals, load.completions) {
-            QueueTrend::Steady => load.running + load.queued.min(load.running),
-            QueueTrend::Growing => load.running.max(offered) + backlog,
-            QueueTrend::Draining => load.running + backlog,
-        };
+        return queue_demand(
+            load.running,
+            load.queued,
+            QueueTrend::of(load.arrivals, load.completions),
+            load.offered(),
+            load.service,
+            drain,
+        );
     }
     let headroom = (full - load.running).max(0.0);
     let excess = (load.queued - headroom).max(0.0);
