@@ -22,7 +22,9 @@
 //!   `panic_threshold x ready pods`; it never scales down, and ends a panic window after the
 //!   last tick above the threshold once the stable window asks for as many pods as the panic
 //!   window (it has taken the burst in), at the latest a full stable window after it.
-//! * **Scaling up** follows the stable window (or the panic window while a burst is on);
+//! * **Scaling up** follows the stable window, or where its trend ends when that is higher
+//!   (capped by the panic window: a ramp, which the mean lags by half a window), or the panic
+//!   window while a burst is on;
 //!   changes of at most `tolerance` x the current pods are ignored (one pod always counts);
 //!   pods that did not answer count as idle (the HPA's rule).
 //! * **Scaling down** needs the demand of both windows and of the stable window's trend
@@ -337,10 +339,14 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
 
     // The short window raises the count only while the burst is on; during the rest of panic
     // mode the stable window does, and nothing lowers it.
+    // On a ramp the stable mean lags by half a window: scale up to where its trend ends
+    // now, as scale-down already looks there, capped by what the panic window measured (a
+    // line through noise must not run ahead of the load).
+    let ramp_pods = pods_for(stable.trend_up.min(panic.demand_up), per_pod);
     let up_wanted = if over {
         fig.stable_pods.max(fig.panic_pods)
     } else {
-        fig.stable_pods
+        fig.stable_pods.max(ramp_pods)
     };
     // Hysteresis: pods go only while the remaining ones stay below the target by the
     // tolerance too, so a load near a boundary does not add a pod and take it back.
@@ -393,6 +399,17 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
                     latest.service * 1000.0
                 );
             }
+        } else if raw > fig.stable_pods {
+            why = format!(
+                "demand rising: {:.1} in flight where the {} trend ends (the last {} say {:.1}; the mean {:.1}), capacity {:.1}/pod -> {} pods",
+                stable.trend_up.min(panic.demand_up),
+                secs(policy.stable_window),
+                secs(policy.panic_window),
+                panic.demand_up,
+                stable.demand_up,
+                per_pod,
+                raw
+            );
         } else {
             why = stable_text(raw);
         }

@@ -185,6 +185,22 @@ fn a_ramp_is_not_scaled_down_on_its_lagging_mean() {
 }
 
 #[test]
+fn a_ramp_is_scaled_up_on_its_trend_not_its_lagging_mean() {
+    let p = policy();
+    // 3 pods; the demand climbed steadily from 2 to 14 over the minute. The minute's mean
+    // (about 8) needs 3 pods; where the climb is now (14, as the last 6 s say too) needs 5.
+    let mut samples = Samples::new();
+    for k in 0..30u64 {
+        samples.push(tick(60 + 2 * k, 3, 2.0 + 12.0 * k as f64 / 29.0), s(60));
+    }
+    let d = decide(&p, &samples, &State::new(3), s(118));
+    let stable = samples.average(s(118), s(60));
+    assert_eq!(stable.demand_up.div_euclid(2.8), 2.0, "{stable:?}");
+    assert_eq!(d.desired, 5, "{}", d.reason);
+    assert!(d.reason.contains("rising"), "{}", d.reason);
+}
+
+#[test]
 fn silent_pods_are_idle_going_up_and_full_going_down() {
     let p = policy();
     let mut samples = Samples::new();
