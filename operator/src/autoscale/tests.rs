@@ -20,6 +20,19 @@ fn flat(now: u64, len: u64, ready: u32, demand: f64) -> Samples {
     samples
 }
 
+/// Ticks every 2 s from 60 s with `ready` pods, the demand climbing in a line from `from` at
+/// the first to `to` at the 30th (118 s); only the first `ticks` of them.
+fn climbing(ticks: u64, ready: u32, from: f64, to: f64) -> Samples {
+    let mut samples = Samples::new();
+    for k in 0..ticks {
+        samples.push(
+            tick(60 + 2 * k, ready, from + (to - from) * k as f64 / 29.0),
+            s(60),
+        );
+    }
+    samples
+}
+
 #[test]
 fn the_issue_example_demand_37_gives_14_pods() {
     let p = policy();
@@ -170,10 +183,7 @@ fn a_ramp_is_not_scaled_down_on_its_lagging_mean() {
     // 5 pods; the demand climbed from 2 to 10 over the minute, and the last three ticks dip to
     // 6 (noise). The minute's mean (about 6) would leave 3 pods and the panic window does not
     // see the climb; the trend, at about 10 now, keeps 4.
-    let mut samples = Samples::new();
-    for k in 0..27u64 {
-        samples.push(tick(60 + 2 * k, 5, 2.0 + 8.0 * k as f64 / 29.0), s(60));
-    }
+    let mut samples = climbing(27, 5, 2.0, 10.0);
     for at in [114, 116, 118] {
         samples.push(tick(at, 5, 6.0), s(60));
     }
@@ -189,10 +199,7 @@ fn a_ramp_is_scaled_up_on_its_trend_not_its_lagging_mean() {
     let p = policy();
     // 3 pods; the demand climbed steadily from 2 to 14 over the minute. The minute's mean
     // (about 8) needs 3 pods; where the climb is now (14, as the last 6 s say too) needs 5.
-    let mut samples = Samples::new();
-    for k in 0..30u64 {
-        samples.push(tick(60 + 2 * k, 3, 2.0 + 12.0 * k as f64 / 29.0), s(60));
-    }
+    let samples = climbing(30, 3, 2.0, 14.0);
     let d = decide(&p, &samples, &State::new(3), s(118));
     let stable = samples.average(s(118), s(60));
     assert_eq!(stable.demand_up.div_euclid(2.8), 2.0, "{stable:?}");
