@@ -261,7 +261,8 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
     let ready = latest.ready_pods;
     let stable = samples.average(now, policy.stable_window);
     let mut panic = samples.average(now, policy.panic_window);
-    if latest.held > 0 || latest.saturated_pods > 0 {
+    let waiting = latest.held > 0 || latest.saturated_pods > 0;
+    if waiting {
         // Requests are waiting for capacity (held by the activator, or queued in a pod at
         // workers.max): the newest tick's demand is a measured arrival rate, not noise to
         // average away, and the short window takes it at once rather than over its ticks.
@@ -342,7 +343,8 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
     // On a ramp the stable mean lags by half a window: scale up to where its trend ends
     // now, as scale-down already looks there, capped by what the panic window measured (a
     // line through noise must not run ahead of the load).
-    let ramp_pods = pods_for(stable.trend_up.min(panic.demand_up), per_pod);
+    let ramp_demand = stable.trend_up.min(panic.demand_up);
+    let ramp_pods = pods_for(ramp_demand, per_pod);
     let up_wanted = if over {
         fig.stable_pods.max(fig.panic_pods)
     } else {
@@ -392,7 +394,7 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
             if latest.saturated_pods > 0 {
                 let _ = write!(why, "; {} pods saturated", latest.saturated_pods);
             }
-            if latest.service > 0.0 && (latest.held > 0 || latest.saturated_pods > 0) {
+            if latest.service > 0.0 && waiting {
                 let _ = write!(
                     why,
                     "; {:.0} ms of a thread per request",
@@ -402,7 +404,7 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
         } else if raw > fig.stable_pods {
             why = format!(
                 "demand rising: {:.1} in flight where the {} trend ends (the last {} say {:.1}; the mean {:.1}), capacity {:.1}/pod -> {} pods",
-                stable.trend_up.min(panic.demand_up),
+                ramp_demand,
                 secs(policy.stable_window),
                 secs(policy.panic_window),
                 panic.demand_up,

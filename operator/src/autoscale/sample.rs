@@ -81,8 +81,14 @@ impl PodLoad {
     /// The threads what arrives at this pod keeps busy (arrivals x service time, Little's
     /// law), when the service time is known.
     pub fn offered(&self) -> Option<f64> {
-        (self.service > 0.0).then_some(self.arrivals * self.service)
+        offered(self.arrivals, self.service)
     }
+}
+
+/// The threads a load of `arrivals` per second keeps busy at `service` seconds each (Little's
+/// law), or `None` while the service time is unknown (0: nothing has completed).
+fn offered(arrivals: f64, service: f64) -> Option<f64> {
+    (service > 0.0).then_some(arrivals * service)
 }
 
 /// `x` when finite and positive, else 0 (a report is not trusted to be sane).
@@ -246,8 +252,8 @@ impl TickSample {
         let arrivals = nonneg(arrivals);
         self.held_arrivals = arrivals;
         let trend = QueueTrend::of(arrivals, self.completions);
-        let offered = (self.service > 0.0).then_some(arrivals * self.service);
         let (service, held) = (self.service, f64::from(held));
+        let offered = offered(arrivals, service);
         let total = |pods| queue_demand(pods, held, trend, offered, service, drain);
         self.demand_up = total(self.demand_up);
         self.demand_down = total(self.demand_down);
