@@ -347,6 +347,48 @@ impl App {
         self.pods.retain(|_, p| !p.gone || p.in_flight > 0);
     }
 
+    /// The pods whose `/readyz` to probe now, each marked as probed: while requests wait,
+    /// those in the slices that are neither ready there nor probed ready, not terminating and
+    /// not already probed by a probe on its way.
+    pub fn start_probes(&mut self) -> Vec<IpAddr> {
+        if self.queue.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (ip, p) in &mut self.pods {
+            if !p.ready && !p.probed_ready && !p.probing && !p.terminating && !p.gone {
+                p.probing = true;
+                out.push(*ip);
+            }
+        }
+        out
+    }
+
+    /// Whether the probe of `pod` goes on after a `/readyz` that was not 200: while requests
+    /// wait and the pod is still one [`App::start_probes`] would pick. When not, its probe
+    /// ends (a later [`App::start_probes`] may start another).
+    pub fn keep_probing(&mut self, pod: IpAddr) -> bool {
+        let waiting = !self.queue.is_empty();
+        match self.pods.get_mut(&pod) {
+            Some(p) => {
+                let go_on = waiting && !p.ready && !p.probed_ready && !p.terminating && !p.gone;
+                p.probing = go_on;
+                go_on
+            }
+            None => false,
+        }
+    }
+
+    /// The probe of `pod` got 200 from its `/readyz`: it takes requests before the slices
+    /// say it is ready.
+    pub fn probed_ready(&mut self, pod: IpAddr) {
+        if let Some(p) = self.pods.get_mut(&pod) {
+            p.probing = false;
+            p.probed_ready = true;
+            p.unreachable_until = 0;
+        }
+    }
+
     /// Every waiter is told its route is gone.
     pub fn close(&mut self) {
         for (_, w) in self.waiters.drain() {
@@ -500,6 +542,44 @@ mod tests {
         assert_eq!(app.pods[&ip(3)].free(2, Backlog::Fixed(1), 0), 2);
         // Without a backlog, a pod gets only what it runs.
         assert_eq!(app.pods[&ip(3)].limit(2, Backlog::Fixed(0)), 2);
+    }
+
+    #[test]
+    fn a_pod_is_probed_once_at_a_time_while_requests_wait_and_until_it_is_ready() {
+        let mut app = App::new(route(2), Backlog::Fixed(0));
+        app.set_endpoints(&[
+            (ip(2), 8000, false, false),
+            (ip(3), 8000, true, false),
+            (ip(4), 8000, false, true),
+        ]);
+        assert!(app.start_probes().is_empty(), "nothing waits: no probe");
+        let _r = app.hold(1, 10, 0).expect("held");
+        // Only the pod that is neither ready nor terminating, and only once.
+        assert_eq!(app.start_probes(), vec![ip(2)]);
+        assert!(app.start_probes().is_empty(), "its probe is on its way");
+        assert!(app.keep_probing(ip(2)), "still not ready, a request waits");
+        assert!(app.start_probes().is_empty());
+        // The slices say ready: the probe ends, and no new one starts.
+        app.set_endpoints(&[(ip(2), 8000, true, false), (ip(3), 8000, true, false)]);
+        assert!(!app.keep_probing(ip(2)));
+        assert!(!app.keep_probing(ip(4)), "gone from the slices");
+        assert!(app.start_probes().is_empty());
+        // A new unready pod; its probe finds it ready: usable at once.
+        app.set_endpoints(&[(ip(5), 8000, false, false)]);
+        assert_eq!(app.start_probes(), vec![ip(5)]);
+        app.unreachable(ip(5), 0, 100);
+        app.probed_ready(ip(5));
+        assert!(app.pods[&ip(5)].usable(0) && !app.pods[&ip(5)].probing);
+        assert!(!app.keep_probing(ip(5)) && app.start_probes().is_empty());
+        // Nothing waits any more: a probe on its way stops after its answer.
+        app.set_endpoints(&[(ip(6), 8000, false, false)]);
+        assert_eq!(app.start_probes(), vec![ip(6)]);
+        app.close();
+        assert!(!app.keep_probing(ip(6)));
+        assert!(
+            !app.pods[&ip(6)].probing,
+            "a later start_probes may start another"
+        );
     }
 
     #[tokio::test]

@@ -84,6 +84,9 @@ fn sync_endpoints(inner: &Arc<Inner>, slices: &[Store<EndpointSlice>]) {
             a.set_endpoints(&eps);
         }
         inner.kick(&key, &app);
+        // A pod that just appeared, while requests wait for one: probe it now, not at the
+        // next upkeep tick.
+        crate::start_probes(inner, &key, &app);
     }
 }
 

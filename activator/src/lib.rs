@@ -12,7 +12,7 @@
 //!   round trip through the activator, measured pod by pod, so that a worker never idles for
 //!   it), so a burst is served first come first served by whichever pod frees first.
 //! - It learns that a pod is ready as soon as its server is: it follows the pods'
-//!   EndpointSlices and, while requests wait, probes not-yet-ready pods' `/readyz` every 25 ms.
+//!   EndpointSlices and, while requests wait, probes not-yet-ready pods' `/readyz` every 5 ms.
 //! - A request that could not be delivered (the connection refused) goes to another pod; one
 //!   that may have reached the app is never sent twice (502).
 //! - It tells the operator's autoscaler about held demand at once (a push to the operator's
@@ -205,9 +205,14 @@ impl Activator {
         let client = HttpClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector.clone());
+        // A connection to a pod takes well under a millisecond; a SYN that was lost is sent
+        // again by the kernel only a second later. A probe gives up on the connection sooner
+        // and the next one, 5 ms later, tries a new one.
+        let mut probe_connector = connector;
+        probe_connector.set_connect_timeout(Some(PROBE_CONNECT_TIMEOUT));
         let probe_client = HttpClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(5))
-            .build(connector);
+            .build(probe_connector);
         Activator {
             inner: Arc::new(Inner {
                 config,
@@ -347,8 +352,8 @@ fn apply_routes(inner: &Arc<Inner>, routes: Vec<Route>) {
     }
 }
 
-/// Every 25 ms: deadlines, dispatch, readiness probes of pods while requests wait, demand
-/// pushes while requests wait, gauges; every second, the `/load` of pods of active apps.
+/// Every 25 ms: deadlines, dispatch, the start of readiness probes of pods while requests wait,
+/// demand pushes while requests wait, gauges; every second, the `/load` of pods of active apps.
 async fn upkeep(inner: Arc<Inner>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(25));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -368,7 +373,7 @@ async fn upkeep(inner: Arc<Inner>, stop: CancellationToken) {
             .collect();
         for (key, app) in apps {
             let labels = Inner::labels(&key);
-            let (expired, probe, scrape, held, bytes, waiting, backlog) = {
+            let (expired, scrape, held, bytes, waiting, backlog) = {
                 let mut a = app.lock();
                 let rule = a.backlog;
                 let backlog = a
@@ -381,15 +386,6 @@ async fn upkeep(inner: Arc<Inner>, stop: CancellationToken) {
                 let expired = a.expire(now);
                 let waiting = !a.queue.is_empty();
                 let admin = a.route.admin_port;
-                let mut probe = Vec::new();
-                if waiting {
-                    for (ip, p) in a.pods.iter_mut() {
-                        if !p.ready && !p.probed_ready && !p.probing && !p.terminating && !p.gone {
-                            p.probing = true;
-                            probe.push(SocketAddr::new(*ip, admin));
-                        }
-                    }
-                }
                 let active = now.saturating_sub(a.last_request) < 60_000 || a.in_flight > 0;
                 let scrape: Vec<SocketAddr> = if n.is_multiple_of(40) && active {
                     a.pods
@@ -402,7 +398,6 @@ async fn upkeep(inner: Arc<Inner>, stop: CancellationToken) {
                 };
                 (
                     expired,
-                    probe,
                     scrape,
                     a.queue.len(),
                     a.queue.bytes(),
@@ -432,9 +427,7 @@ async fn upkeep(inner: Arc<Inner>, stop: CancellationToken) {
             if waiting {
                 inner.push_demand(&key, &app, false);
             }
-            for addr in probe {
-                tokio::spawn(probe_ready(inner.clone(), key.clone(), app.clone(), addr));
-            }
+            start_probes(&inner, &key, &app);
             for addr in scrape {
                 tokio::spawn(scrape_load(inner.clone(), app.clone(), addr));
             }
@@ -464,25 +457,53 @@ async fn get(
     Some((status, body))
 }
 
-/// A not-yet-ready pod's `/readyz`: 200 makes it ready for the activator at once.
-async fn probe_ready(inner: Arc<Inner>, key: AppKey, app: Arc<Mutex<App>>, admin: SocketAddr) {
-    let ok = matches!(
-        get(&inner, admin, "/readyz", Duration::from_millis(300)).await,
-        Some((200, _))
-    );
-    {
+/// How often a pod that is not ready yet is probed while requests wait for it: the wait
+/// between the server's readiness and the activator's knowing it is at most this (a refused
+/// connection or a 503 comes back in well under a millisecond on a pod's network).
+const PROBE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How long a probe or a `/load` request waits for its connection to a pod.
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Starts a `/readyz` probe of each pod that requests wait for (see [`App::start_probes`]).
+fn start_probes(inner: &Arc<Inner>, key: &AppKey, app: &Arc<Mutex<App>>) {
+    let (ips, admin) = {
         let mut a = app.lock();
-        if let Some(p) = a.pods.get_mut(&admin.ip()) {
-            p.probing = false;
-            if ok {
-                p.probed_ready = true;
-                p.unreachable_until = 0;
-            }
-        }
+        (a.start_probes(), a.route.admin_port)
+    };
+    for ip in ips {
+        tokio::spawn(probe_until_ready(
+            inner.clone(),
+            key.clone(),
+            app.clone(),
+            SocketAddr::new(ip, admin),
+        ));
     }
-    if ok {
-        tracing::debug!(namespace = %key.0, app = %key.1, pod = %admin.ip(), "pod ready by its /readyz");
-        inner.kick(&key, &app);
+}
+
+/// A not-yet-ready pod's `/readyz`, every [`PROBE_INTERVAL`] while requests wait for it: 200
+/// makes it ready for the activator at once, ahead of its EndpointSlice.
+async fn probe_until_ready(
+    inner: Arc<Inner>,
+    key: AppKey,
+    app: Arc<Mutex<App>>,
+    admin: SocketAddr,
+) {
+    loop {
+        let ok = matches!(
+            get(&inner, admin, "/readyz", Duration::from_millis(300)).await,
+            Some((200, _))
+        );
+        if ok {
+            app.lock().probed_ready(admin.ip());
+            tracing::debug!(namespace = %key.0, app = %key.1, pod = %admin.ip(), "pod ready by its /readyz");
+            inner.kick(&key, &app);
+            return;
+        }
+        if !app.lock().keep_probing(admin.ip()) {
+            return;
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
     }
 }
 

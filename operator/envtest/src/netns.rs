@@ -5,6 +5,13 @@
 //! benchmarking range of RFC 2544: the API server accepts it in EndpointSlices (it refuses
 //! loopback addresses), and nothing outside this machine is ever addressed.
 //!
+//! A pod's `eth0` has a MAC address derived from its IP address (as Docker's bridge gives its
+//! containers), so that the root namespace's neighbour entry for an address stays right when
+//! the address passes to a new pod: with a random MAC, the entry the last pod in the slot left
+//! (reachable for up to 45 s, then stale for 5 s more before the kernel probes it again) sent
+//! the new pod's packets to a MAC no port had, and the pod was unreachable for 2 to 12 s
+//! after its server was ready.
+//!
 //! X is allocated per network across processes through a lock file in
 //! `/run/wsgiscale-standin/` holding the owner's pid; a network whose owner died (a test
 //! killed mid-run) is cleaned up by the next process that allocates. Everything made here is
@@ -63,6 +70,12 @@ fn alive(pid: u32) -> bool {
 /// The names of subnet `x`'s devices and namespaces.
 fn bridge_name(x: u8) -> String {
     format!("wsgiscale-{x}")
+}
+
+/// The MAC address of the pod with address 198.18.`x`.`n`: locally administered, unicast, one
+/// per address.
+fn pod_mac(x: u8, n: u8) -> String {
+    format!("02:77:c6:12:{x:02x}:{n:02x}")
 }
 
 fn netns_name(x: u8, n: u8) -> String {
@@ -247,7 +260,18 @@ impl PodNetwork {
             let _ = ip(&["link", "del", &veth]);
             ip(&["netns", "add", ns])?;
             ip(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+                "link",
+                "add",
+                &veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "address",
+                &pod_mac(self.x, n),
+                "netns",
+                ns,
             ])?;
             ip(&["link", "set", &veth, "master", &bridge_name(self.x)])?;
             ip(&["link", "set", &veth, "up"])?;
@@ -287,6 +311,15 @@ impl PodNetwork {
     pub fn remove_pod(&self, pod: PodNet) {
         let _ = ip(&["link", "del", &veth_name(self.x, pod.n)]);
         let _ = ip(&["netns", "del", &pod.ns]);
+        // The next pod in the slot has the same MAC; the entry goes anyway, so that nothing
+        // is sent to an address no pod holds as if it were still reachable.
+        let _ = ip(&[
+            "neigh",
+            "del",
+            &pod.ip.to_string(),
+            "dev",
+            &bridge_name(self.x),
+        ]);
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
         used[pod.n as usize] = false;
     }
@@ -349,5 +382,20 @@ mod tests {
         assert!(bridge_name(255).len() <= 15);
         assert!(veth_name(255, 254).len() <= 15);
         assert_eq!(netns_name(3, 7), "wsgiscale-pod-3-7");
+    }
+
+    #[test]
+    fn a_pods_mac_is_unicast_local_and_one_per_address() {
+        assert_eq!(pod_mac(224, 3), "02:77:c6:12:e0:03");
+        let mut seen = std::collections::HashSet::new();
+        for x in [0u8, 1, 224, 255] {
+            for n in 2..=254u8 {
+                let mac = pod_mac(x, n);
+                let first = u8::from_str_radix(&mac[..2], 16).expect("hex");
+                // Bit 0 clear: unicast; bit 1 set: locally administered.
+                assert_eq!(first & 0b11, 0b10, "{mac}");
+                assert!(seen.insert(mac));
+            }
+        }
     }
 }
