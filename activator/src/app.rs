@@ -125,6 +125,12 @@ impl Pod {
             && !self.load.as_ref().is_some_and(|l| l.draining)
     }
 
+    /// Whether it is one to probe at its `/readyz`: in the slices, neither ready there nor
+    /// probed ready, and not terminating.
+    fn awaits_readiness(&self) -> bool {
+        !self.ready && !self.probed_ready && !self.terminating && !self.gone
+    }
+
     /// Requests it can run at once: MAX workers x threads from its `/load` (the pod's own
     /// worker scaling reaches MAX within milliseconds of a queue), else the route's figure.
     pub fn capacity(&self, slots_per_pod: u32) -> u32 {
@@ -356,7 +362,7 @@ impl App {
         }
         let mut out = Vec::new();
         for (ip, p) in &mut self.pods {
-            if !p.ready && !p.probed_ready && !p.probing && !p.terminating && !p.gone {
+            if p.awaits_readiness() && !p.probing {
                 p.probing = true;
                 out.push(*ip);
             }
@@ -371,7 +377,7 @@ impl App {
         let waiting = !self.queue.is_empty();
         match self.pods.get_mut(&pod) {
             Some(p) => {
-                let go_on = waiting && !p.ready && !p.probed_ready && !p.terminating && !p.gone;
+                let go_on = waiting && p.awaits_readiness();
                 p.probing = go_on;
                 go_on
             }
