@@ -249,6 +249,8 @@ pub struct Caches {
     pub children: ChildStores,
     /// The pods, by app.
     pub pods: PodCache,
+    /// The autoscaler's newest recommendations, before their status write comes back.
+    pub recommendations: Arc<crate::handoff::Recommendations>,
 }
 
 #[cfg(test)]

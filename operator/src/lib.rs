@@ -23,6 +23,7 @@ pub mod dependency;
 pub mod drift;
 pub mod events;
 pub mod explain;
+pub mod handoff;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -930,11 +930,14 @@ async fn apply_children(
     );
     let (observed_cm, observed_dep, observed_svc, observed_pdb) =
         (observed_cm?, observed_dep?, observed_svc?, observed_pdb?);
-    let recommended = app
-        .status
-        .as_ref()
-        .and_then(|s| s.autoscaler.as_ref())
-        .and_then(|a| a.recommended_replicas);
+    // The autoscaler's newest recommendation: handed over in memory before its status write
+    // comes back through the watch (crate::handoff), else the status'.
+    let recommended = caches.recommendations.of(ns, &v.name).or_else(|| {
+        app.status
+            .as_ref()
+            .and_then(|s| s.autoscaler.as_ref())
+            .and_then(|a| a.recommended_replicas)
+    });
     let current = observed_dep.as_ref().and_then(|d| d.spec.replicas);
     let replicas = compute_replicas(v, recommended, current);
     // On the activator's path: a pods Service, and the public one without a selector once

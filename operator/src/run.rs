@@ -494,6 +494,8 @@ pub async fn run_controllers(
         let c = &mut caches.children;
         // A pod whose state changes wakes its app (the status says why pods are not ready).
         let (wake, woken) = futures::channel::mpsc::unbounded();
+        // So does a new recommendation of the autoscaler.
+        caches.recommendations.add_wake(scope, wake.clone());
         let controller = Controller::for_stream(apps, reader)
             .reconcile_on(woken)
             .with_config(ControllerConfig::default().concurrency(concurrency))
@@ -592,11 +594,13 @@ pub async fn run_controllers(
         None => futures::future::Either::Right(ready(())),
     };
     let pods = caches.pods.clone();
+    let recommendations = caches.recommendations.clone();
     ctx.set_caches(caches);
     ctx.metrics.set_app_stores(app_stores.clone());
 
     // Pod autoscaling from the servers' load reports, for the apps that enable it. It writes
-    // only its recommendation to the status; the reconcilers apply it to the Deployments.
+    // only its recommendation (to the status, and handed over in memory); the reconcilers
+    // apply it to the Deployments.
     let autoscaler = Arc::new(
         Autoscaler::new(
             ctx.client.clone(),
@@ -604,7 +608,8 @@ pub async fn run_controllers(
             ctx.metrics.clone(),
             pods,
         )
-        .with_routing(ctx.routing.clone()),
+        .with_routing(ctx.routing.clone())
+        .with_recommendations(recommendations),
     );
     let events = async {
         // Published by this term's task; the receiver goes back for the next term.

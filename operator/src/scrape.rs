@@ -8,8 +8,10 @@
 //! changed beyond a threshold, or every [`STATUS_HEARTBEAT`] ([`compute_write`]).
 //!
 //! One owner for the Deployment's replicas: this module never writes the Deployment. It
-//! writes `status.autoscaler.recommendedReplicas`; the status change wakes the reconciler,
-//! which applies the count within replicas.min..max ([`crate::status::compute_replicas`]) with
+//! writes `status.autoscaler.recommendedReplicas` and hands a new recommendation to the
+//! reconciler in memory at the same time ([`crate::handoff`]: the app's reconcile is woken at
+//! once, not when the status write comes back through the watch); the reconciler applies the
+//! count within replicas.min..max ([`crate::status::compute_replicas`]) with
 //! its field manager, as it applies `spec.replicas.desired` (the scale subresource that
 //! `kubectl scale`, an HPA or KEDA drive) when autoscaling is off. While autoscaling is off
 //! this module does nothing at all.
@@ -42,6 +44,7 @@ use crate::cache::PodCache;
 use crate::crd::{AutoscalerStatus, LoadSummary, WsgiApp};
 use crate::dependency::Dependency;
 use crate::events::{EventSink, Queued, Reporting};
+use crate::handoff::Recommendations;
 use crate::metrics::Metrics;
 use crate::routing::{self, Routing};
 use crate::validate::{validate_app, ValidatedApp};
@@ -509,6 +512,8 @@ pub struct Autoscaler {
     writes: std::sync::Mutex<Dependency>,
     /// The activator's path, when the operator has an activator.
     routing: Option<Arc<Routing>>,
+    /// Where each new recommendation is handed to the reconciler before its status write.
+    recommendations: Arc<Recommendations>,
 }
 
 /// An app's policy, admin port and validated spec (None: its spec is invalid or not
@@ -531,7 +536,15 @@ impl Autoscaler {
             policies: std::sync::Mutex::new(HashMap::new()),
             writes: std::sync::Mutex::new(Dependency::new("autoscaler status writes")),
             routing: None,
+            recommendations: Arc::default(),
         }
+    }
+
+    /// The same autoscaler, handing its recommendations to the reconcilers that read
+    /// `recommendations` (the board of the term's [`crate::cache::Caches`]).
+    pub fn with_recommendations(mut self, recommendations: Arc<Recommendations>) -> Self {
+        self.recommendations = recommendations;
+        self
     }
 
     /// The same autoscaler, routing its apps through the activator when `routing` is set.
@@ -636,6 +649,8 @@ impl Autoscaler {
                     .observe(error);
             })
             .await;
+        self.recommendations
+            .retain(&keep.iter().map(String::as_str).collect());
         let mut states = self.apps.lock().await;
         states.retain(|k, _| {
             let kept = keep.contains(k);
@@ -747,6 +762,17 @@ impl Autoscaler {
             self.metrics.count_scrape(&ns, &name, result, took);
         }
         self.publish_decision(app, &step);
+        // The reconciler applies a new recommendation now, while its status write is on the
+        // way (the write would otherwise wake it only once it came back through the watch).
+        if let Some(replicas) = step.status.recommended_replicas {
+            let published = app
+                .status
+                .as_ref()
+                .and_then(|s| s.autoscaler.as_ref())
+                .and_then(|a| a.recommended_replicas);
+            self.recommendations
+                .hand_over(&ns, &name, replicas, published);
+        }
         let Some(cause) = step.write else {
             return Ok(step);
         };

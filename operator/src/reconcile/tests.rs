@@ -1022,3 +1022,35 @@ fn one_event_per_verb_names_every_child() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_recommendation_handed_over_moves_the_deployment_before_its_status_write() {
+    let app = scaled_app().map(|a| {
+        a.spec.autoscaling = Some(crate::crd::AutoscalingSpec {
+            enabled: Some(true),
+            ..Default::default()
+        })
+    });
+    let (served, status) = served_children(app.clone()).await;
+    // The status still publishes 2 pods; the autoscaler has just decided 5 and handed it over
+    // (its status write is on its way).
+    let app = app.with_status(WsgiAppStatus {
+        autoscaler: Some(crate::crd::AutoscalerStatus {
+            recommended_replicas: Some(2),
+            ..Default::default()
+        }),
+        ..status
+    });
+    let caches = caches_of(&served);
+    assert!(caches
+        .recommendations
+        .hand_over("default", "shop", 5, Some(2)));
+    let (result, _) = run_with(caches, app, |mut s| async move {
+        let applied = s.apply(DEP).await;
+        assert_eq!(applied["spec"]["replicas"], 5, "the handed-over count");
+        assert_eq!(s.status().await.desired_replicas, Some(5));
+        s
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+}
