@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::oneshot;
 use wsgiscale_core::activator::Route;
@@ -113,6 +114,9 @@ pub struct Pod {
     pub probing: bool,
     /// The round trip to it (ms): a moving average of its `/load` requests' times.
     pub hop_ms: Option<f64>,
+    /// Which pod this is, of those that had its address: a new number each time the address
+    /// comes back to the slices after it had left them ([`PodTarget`]).
+    pub instance: u64,
 }
 
 impl Pod {
@@ -178,11 +182,57 @@ impl Pod {
     }
 }
 
+/// Where a request goes: a pod's address, and which pod had it when the request was handed
+/// over (an address passes to a new pod once its pod goes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodTarget {
+    /// The pod's HTTP address.
+    pub addr: SocketAddr,
+    /// The activator's number for this pod ([`Pod::instance`]).
+    pub instance: u64,
+}
+
+/// The host name a request to `target` is sent to: the pod's address and its instance
+/// number, which [`parse_pod_host`] reads back. The HTTP client pools connections by host and
+/// port, so a pod's connections are never handed to a later pod at the same address: a
+/// connection to a pod that vanished without closing it (its node lost, its network torn
+/// down first) would otherwise carry the new pod's first request into a reset, a 502 for a
+/// request no app ever saw.
+pub fn pod_host(target: &PodTarget) -> String {
+    let hex = match target.addr.ip() {
+        IpAddr::V4(ip) => format!("{:08x}", u32::from(ip)),
+        IpAddr::V6(ip) => format!("{:032x}", u128::from(ip)),
+    };
+    format!("pod-{hex}-{}", target.instance)
+}
+
+/// The address in a host name of [`pod_host`] (None: not one).
+pub fn parse_pod_host(host: &str) -> Option<IpAddr> {
+    let mut parts = host.strip_prefix("pod-")?.split('-');
+    let (hex, instance) = (parts.next()?, parts.next()?);
+    if parts.next().is_some() || instance.parse::<u64>().is_err() {
+        return None;
+    }
+    match hex.len() {
+        8 => u32::from_str_radix(hex, 16)
+            .ok()
+            .map(|n| IpAddr::from(n.to_be_bytes())),
+        32 => u128::from_str_radix(hex, 16)
+            .ok()
+            .map(|n| IpAddr::from(n.to_be_bytes())),
+        _ => None,
+    }
+}
+
+/// The next [`Pod::instance`], over every app: a pod of a new app at an address an old app's
+/// pod had is a new instance too.
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
 /// What a waiting request is told.
 #[derive(Debug)]
 pub enum Assignment {
     /// Forward to this pod.
-    Pod(SocketAddr),
+    Pod(PodTarget),
     /// Its deadline passed.
     Expired,
     /// The route went away, or the activator stops.
@@ -290,8 +340,11 @@ impl App {
             let Some(w) = self.waiters.remove(&id) else {
                 continue;
             };
-            let addr = SocketAddr::new(ip, pod.http_port);
-            if w.tx.send(Assignment::Pod(addr)).is_ok() {
+            let target = PodTarget {
+                addr: SocketAddr::new(ip, pod.http_port),
+                instance: pod.instance,
+            };
+            if w.tx.send(Assignment::Pod(target)).is_ok() {
                 pod.in_flight += 1;
                 self.in_flight += 1;
                 out.push(Dispatched {
@@ -341,7 +394,10 @@ impl App {
             p.gone = true;
         }
         for &(ip, port, ready, terminating) in endpoints {
-            let p = self.pods.entry(ip).or_default();
+            let p = self.pods.entry(ip).or_insert_with(|| Pod {
+                instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+                ..Pod::default()
+            });
             p.gone = false;
             p.http_port = port;
             p.ready = ready;
@@ -601,7 +657,7 @@ mod tests {
             vec![ip(3), ip(3)]
         );
         assert!(
-            matches!(r1.try_recv(), Ok(Assignment::Pod(a)) if a == SocketAddr::new(ip(3), 8000))
+            matches!(r1.try_recv(), Ok(Assignment::Pod(a)) if a.addr == SocketAddr::new(ip(3), 8000))
         );
         // A third waits: the only ready pod is full until one ends.
         let mut r3 = app.hold(3, 0, 3).expect("held");
@@ -628,6 +684,53 @@ mod tests {
             "a pod that refused waits out its pause"
         );
         assert_eq!(app.dispatch(1010).len(), 1);
+    }
+
+    #[test]
+    fn a_pod_that_comes_back_to_an_address_is_a_new_instance_with_a_host_of_its_own() {
+        let mut app = App::new(route(4), Backlog::Fixed(0));
+        app.set_endpoints(&[(ip(2), 8000, true, false)]);
+        let first = app.pods[&ip(2)].instance;
+        app.set_endpoints(&[(ip(2), 8000, true, false)]);
+        assert_eq!(
+            app.pods[&ip(2)].instance,
+            first,
+            "the same pod while it stays"
+        );
+        app.set_endpoints(&[]);
+        app.set_endpoints(&[(ip(2), 8000, true, false)]);
+        let second = app.pods[&ip(2)].instance;
+        assert_ne!(second, first, "a new pod at the address");
+        // Another app's pod at that address is another instance too.
+        let mut other = App::new(route(4), Backlog::Fixed(0));
+        other.set_endpoints(&[(ip(2), 8000, true, false)]);
+        assert!(![first, second].contains(&other.pods[&ip(2)].instance));
+
+        let target = |instance| PodTarget {
+            addr: SocketAddr::new(ip(2), 8000),
+            instance,
+        };
+        assert_ne!(pod_host(&target(first)), pod_host(&target(second)));
+        for addr in [ip(2), "fd00::7:1".parse().expect("v6")] {
+            let t = PodTarget {
+                addr: SocketAddr::new(addr, 8000),
+                instance: 42,
+            };
+            let host = pod_host(&t);
+            assert_eq!(parse_pod_host(&host), Some(addr), "{host}");
+            let uri: http::Uri = format!("http://{host}:8000/x").parse().expect("a URI");
+            assert_eq!(uri.host(), Some(host.as_str()));
+        }
+        for not in [
+            "example.com",
+            "pod-zz-1",
+            "pod-0a000001",
+            "pod-0a000001-x",
+            "pod-0a000001-1-2",
+            "pod-0a0001-1",
+        ] {
+            assert_eq!(parse_pod_host(not), None, "{not}");
+        }
     }
 
     #[test]

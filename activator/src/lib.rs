@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
@@ -95,7 +96,7 @@ pub struct Inner {
     apps: Mutex<HashMap<AppKey, Arc<Mutex<App>>>>,
     listeners: Mutex<HashMap<u16, (AppKey, CancellationToken)>>,
     metrics: Metrics,
-    client: HttpClient<HttpConnector, Full<Bytes>>,
+    client: HttpClient<HttpConnector<PodResolver>, Full<Bytes>>,
     probe_client: HttpClient<HttpConnector, Empty<Bytes>>,
     next_id: AtomicU64,
     epoch: Instant,
@@ -191,6 +192,44 @@ impl Inner {
     }
 }
 
+/// Resolves a pod's host name ([`app::pod_host`]) to its address without a lookup, and any
+/// other name through the system's resolver.
+#[derive(Clone)]
+struct PodResolver {
+    system: GaiResolver,
+}
+
+type Resolved = std::vec::IntoIter<SocketAddr>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Name> for PodResolver {
+    type Response = Resolved;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Resolved, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.system.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        if let Some(ip) = app::parse_pod_host(name.as_str()) {
+            // The connector puts the URI's port on it.
+            return Box::pin(std::future::ready(Ok(
+                vec![SocketAddr::new(ip, 0)].into_iter()
+            )));
+        }
+        let lookup = self.system.call(name);
+        Box::pin(async move {
+            let addrs = lookup.await?;
+            Ok(addrs.collect::<Vec<_>>().into_iter())
+        })
+    }
+}
+
 /// The activator.
 pub struct Activator {
     inner: Arc<Inner>,
@@ -199,16 +238,22 @@ pub struct Activator {
 impl Activator {
     /// A new activator (nothing runs until [`Activator::run`]).
     pub fn new(config: Config) -> Activator {
-        let mut connector = HttpConnector::new();
+        // Requests go to pods by a host name of the pod's address and instance
+        // (app::pod_host), so no pooled connection passes from a pod to the next one at its
+        // address; other names (the operator's) are looked up as usual.
+        let mut connector = HttpConnector::new_with_resolver(PodResolver {
+            system: GaiResolver::new(),
+        });
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         connector.set_nodelay(true);
         let client = HttpClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector.clone());
+            .build(connector);
         // A connection to a pod takes well under a millisecond; a SYN that was lost is sent
         // again by the kernel only a second later. A probe gives up on the connection sooner
         // and the next one, 5 ms later, tries a new one.
-        let mut probe_connector = connector;
+        let mut probe_connector = HttpConnector::new();
+        probe_connector.set_nodelay(true);
         probe_connector.set_connect_timeout(Some(PROBE_CONNECT_TIMEOUT));
         let probe_client = HttpClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(5))

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{App, Assignment};
+use crate::app::{pod_host, App, Assignment};
 use crate::metrics::RejectLabels;
 use crate::queue::Reject;
 use crate::{AppKey, HttpBody, Inner};
@@ -175,8 +175,8 @@ impl Drop for Waiting {
             let mut a = self.app.lock();
             a.abandon(self.id);
             match rx.try_recv() {
-                Ok(Assignment::Pod(addr)) => {
-                    a.finished(addr.ip());
+                Ok(Assignment::Pod(target)) => {
+                    a.finished(target.addr.ip());
                     true
                 }
                 _ => false,
@@ -398,7 +398,7 @@ async fn handle(
             rx: Some(rx),
         };
         let target = match waiting.assignment().await {
-            Ok(Assignment::Pod(addr)) => addr,
+            Ok(Assignment::Pod(target)) => target,
             Ok(Assignment::Expired) => {
                 reject(&inner, &key, "deadline");
                 return unavailable("no pod of this app was ready in time; retry\n");
@@ -409,11 +409,14 @@ async fn handle(
             }
         };
         // From here the pod's slot is this request's until the guard gives it back.
-        let mut slot = SlotGuard(Some((inner.clone(), key.clone(), app.clone(), target.ip())));
+        let pod = target.addr.ip();
+        let mut slot = SlotGuard(Some((inner.clone(), key.clone(), app.clone(), pod)));
         let mut fwd = Request::builder()
             .method(parts.method.clone())
             .uri(format!(
-                "http://{target}{}",
+                "http://{}:{}{}",
+                pod_host(&target),
+                target.addr.port(),
                 parts.uri.path_and_query().map_or("/", |p| p.as_str())
             ))
             .version(http::Version::HTTP_11);
@@ -421,6 +424,10 @@ async fn handle(
             if !HOP_BY_HOP.contains(&name.as_str()) {
                 fwd = fwd.header(name, value);
             }
+        }
+        // The client's Host, or the pod's address (never the pool's host name for it).
+        if !parts.headers.contains_key(header::HOST) {
+            fwd = fwd.header(header::HOST, target.addr.to_string());
         }
         // The client's address for the app, after any the client sent.
         let xff = match parts
@@ -453,18 +460,18 @@ async fn handle(
                 let now = inner.now_ms();
                 {
                     let mut a = app.lock();
-                    a.finished(target.ip());
-                    a.unreachable(target.ip(), now, REFUSED_PAUSE_MS);
+                    a.finished(pod);
+                    a.unreachable(pod, now, REFUSED_PAUSE_MS);
                     rx = a.hold_again(id, bytes, arrived);
                 }
                 inner.metrics.retried.get_or_create(&labels).inc();
-                tracing::info!(namespace = %key.0, app = %key.1, pod = %target.ip(), error = %e, "pod refused the connection: the request goes to another");
+                tracing::info!(namespace = %key.0, app = %key.1, pod = %pod, error = %e, "pod refused the connection: the request goes to another");
                 inner.kick(&key, &app);
             }
             Err(e) => {
                 slot.release();
                 inner.metrics.failed.get_or_create(&labels).inc();
-                tracing::warn!(namespace = %key.0, app = %key.1, pod = %target.ip(), error = %e, "the pod failed after the request may have reached it: 502, not retried");
+                tracing::warn!(namespace = %key.0, app = %key.1, pod = %pod, error = %e, "the pod failed after the request may have reached it: 502, not retried");
                 return full(
                     StatusCode::BAD_GATEWAY,
                     "the app's pod failed while answering\n",

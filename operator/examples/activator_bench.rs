@@ -1693,13 +1693,23 @@ fn cold_report(md: &mut String, cold: &[Cold], args: &Args) {
         },
     );
     let worst = over.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let _ = writeln!(
+    // A cold start answered with anything but 200 failed, however fast.
+    let failed: Vec<String> = cold
+        .iter()
+        .filter(|c| c.status != 200)
+        .map(|c| format!("{} ({})", c.app, c.status))
+        .collect();
+    let _ =
+        writeln!(
         md,
         "Against the target (cold start no more than the pod's own start plus 100 ms): overhead \
-         {:.0} ms median, {:.0} ms at worst: {}.\n",
+         {:.0} ms median, {:.0} ms at worst; not answered 200: {}: {}.\n",
         median(&over),
         worst,
-        verdict(!over.is_empty() && worst <= 100.0 && over.len() == cold.len())
+        if failed.is_empty() { "none".into() } else { failed.join(", ") },
+        verdict(
+            !over.is_empty() && worst <= 100.0 && over.len() == cold.len() && failed.is_empty()
+        )
     );
 }
 
