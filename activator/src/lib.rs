@@ -566,3 +566,38 @@ async fn scrape_load(inner: Arc<Inner>, app: Arc<Mutex<App>>, admin: SocketAddr)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tower_service::Service;
+
+    use super::*;
+
+    async fn resolve(name: &str) -> Vec<SocketAddr> {
+        let mut r = PodResolver {
+            system: GaiResolver::new(),
+        };
+        let name: Name = name.parse().expect("a name");
+        std::future::poll_fn(|cx| r.poll_ready(cx))
+            .await
+            .expect("ready");
+        r.call(name).await.expect("resolved").collect()
+    }
+
+    #[tokio::test]
+    async fn pod_names_resolve_to_their_address_and_other_names_through_the_system() {
+        let target = app::PodTarget {
+            addr: "198.18.3.7:8000".parse().expect("addr"),
+            instance: 9,
+        };
+        assert_eq!(
+            resolve(&app::pod_host(&target)).await,
+            vec!["198.18.3.7:0".parse::<SocketAddr>().expect("addr")]
+        );
+        // The operator's Service name in a cluster; here the machine's own name for itself.
+        assert!(resolve("localhost")
+            .await
+            .iter()
+            .any(|a| a.ip().is_loopback()));
+    }
+}
