@@ -51,8 +51,8 @@ use crate::metrics::Metrics;
 use crate::render::{config_map_name, pods_service_name, render_routed_children, Routed};
 use crate::status::{
     compute_hpas_targeting, compute_replicas, compute_status, compute_unservable,
-    needs_scale_writers, ready_transition, reconciler_fields, warning_transition, Outcome,
-    DEGRADED, SCALE_CONFLICT,
+    needs_scale_writers, published_recommendation, ready_transition, reconciler_fields,
+    warning_transition, Outcome, DEGRADED, SCALE_CONFLICT,
 };
 use crate::validate::{validate_app, ValidatedApp, ValidationError};
 
@@ -360,11 +360,7 @@ pub fn compute_trigger_hash(app: &WsgiApp) -> Option<u64> {
     app.metadata.uid.hash(&mut h);
     app.metadata.generation.hash(&mut h);
     app.metadata.deletion_timestamp.is_some().hash(&mut h);
-    app.status
-        .as_ref()
-        .and_then(|s| s.autoscaler.as_ref())
-        .and_then(|a| a.recommended_replicas)
-        .hash(&mut h);
+    published_recommendation(app).hash(&mut h);
     Some(h.finish())
 }
 
@@ -932,12 +928,10 @@ async fn apply_children(
         (observed_cm?, observed_dep?, observed_svc?, observed_pdb?);
     // The autoscaler's newest recommendation: handed over in memory before its status write
     // comes back through the watch (crate::handoff), else the status'.
-    let recommended = caches.recommendations.of(ns, &v.name).or_else(|| {
-        app.status
-            .as_ref()
-            .and_then(|s| s.autoscaler.as_ref())
-            .and_then(|a| a.recommended_replicas)
-    });
+    let recommended = caches
+        .recommendations
+        .of(ns, &v.name)
+        .or_else(|| published_recommendation(app));
     let current = observed_dep.as_ref().and_then(|d| d.spec.replicas);
     let replicas = compute_replicas(v, recommended, current);
     // On the activator's path: a pods Service, and the public one without a selector once

@@ -765,13 +765,12 @@ impl Autoscaler {
         // The reconciler applies a new recommendation now, while its status write is on the
         // way (the write would otherwise wake it only once it came back through the watch).
         if let Some(replicas) = step.status.recommended_replicas {
-            let published = app
-                .status
-                .as_ref()
-                .and_then(|s| s.autoscaler.as_ref())
-                .and_then(|a| a.recommended_replicas);
-            self.recommendations
-                .hand_over(&ns, &name, replicas, published);
+            self.recommendations.hand_over(
+                &ns,
+                &name,
+                replicas,
+                crate::status::published_recommendation(app),
+            );
         }
         let Some(cause) = step.write else {
             return Ok(step);

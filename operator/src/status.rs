@@ -532,6 +532,14 @@ pub fn compute_replicas(app: &ValidatedApp, recommended: Option<i32>, current: O
     r.clamp(wanted)
 }
 
+/// The autoscaler's recommendation as `app`'s status publishes it, if any.
+pub fn published_recommendation(app: &WsgiApp) -> Option<i32> {
+    app.status
+        .as_ref()
+        .and_then(|s| s.autoscaler.as_ref())
+        .and_then(|a| a.recommended_replicas)
+}
+
 /// The condition of `type_`, if set.
 pub fn condition<'a>(status: &'a WsgiAppStatus, type_: &str) -> Option<&'a Condition> {
     status.conditions.iter().find(|c| c.type_ == type_)
