@@ -22,9 +22,9 @@
 //!   `panic_threshold x ready pods`; it never scales down, and ends a panic window after the
 //!   last tick above the threshold once the stable window asks for as many pods as the panic
 //!   window (it has taken the burst in), at the latest a full stable window after it.
-//! * **Scaling up** follows the stable window, or where its trend ends when that is higher
-//!   (capped by the panic window: a ramp, which the mean lags by half a window), or the panic
-//!   window while a burst is on;
+//! * **Scaling up** follows the stable window, or where its trend ends when that is above
+//!   the mean by twice the tolerance (capped by the panic window: a ramp, which the mean lags by
+//!   half a window), or the panic window while a burst is on;
 //!   changes of at most `tolerance` x the current pods are ignored (one pod always counts);
 //!   pods that did not answer count as idle (the HPA's rule).
 //! * **Scaling down** needs the demand of both windows and of the stable window's trend
@@ -47,6 +47,10 @@ pub use sample::{
 };
 
 use crate::validate::ValidatedApp;
+
+/// Standard errors of the stable window's mean added to the demand scale-down checks: 2, so a
+/// flat noisy load's mean overstates it less than 2.3% of the time.
+pub const DOWN_ERRORS: f64 = 2.0;
 
 /// How long a new pod weighs less in the extrapolation of a sample, unless the policy says
 /// otherwise: about the time a Python server takes to import its app and grow its workers.
@@ -343,8 +347,19 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
     // On a ramp the stable mean lags by half a window: scale up to where its trend ends
     // now, as scale-down already looks there, capped by what the panic window measured (a
     // line through noise must not run ahead of the load).
+    // The trend counts only when it ends above the mean by twice the tolerance (a load
+    // rising by half over the window): through a flat load with noise the line's end wanders
+    // around the mean by several per cent, and followed with no margin (or one tolerance) it
+    // added back the pod a low stretch of noise had just removed (flaps the property test
+    // found: 9 in 20,000 cases with no margin, 2 with one tolerance, none in 200,000 with
+    // two). A steeper ramp is followed where its trend ends; a gentler one by the mean.
     let ramp_demand = stable.trend_up.min(panic.demand_up);
-    let ramp_pods = pods_for(ramp_demand, per_pod);
+    let rising = stable.trend_up > stable.demand_up * (1.0 + 2.0 * policy.tolerance);
+    let ramp_pods = if rising {
+        pods_for(ramp_demand, per_pod)
+    } else {
+        0
+    };
     let up_wanted = if over {
         fig.stable_pods.max(fig.panic_pods)
     } else {
@@ -469,21 +484,32 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
     // What is recorded is the count the demand asks for going down (`down_pods`), not the
     // decision: holds for other reasons (rising load, saturation) do not extend the wait.
     let delay = policy.scale_down_delay.max(policy.stable_window / 2);
+    // The oldest recommendation kept is the newest one at or before the window's start, so
+    // that the history shows it spans the delay (ticks need not fall on its start).
     st.recommendations.push_back((now, down_pods));
     while st
         .recommendations
-        .front()
-        .is_some_and(|(t, _)| t.saturating_add(delay) < now)
-        && st.recommendations.len() > 1
+        .get(1)
+        .is_some_and(|(t, _)| t.saturating_add(delay) <= now)
     {
         st.recommendations.pop_front();
     }
-    let delayed = st
+    // A lower count must have been recommended for the whole delay: with a shorter history
+    // (the autoscaler just started, or a new leader took over) the count in force is kept.
+    let seen_for = st
         .recommendations
-        .iter()
-        .map(|(_, r)| *r)
-        .max()
-        .unwrap_or(raw);
+        .front()
+        .map_or(Duration::ZERO, |(t, _)| now.saturating_sub(*t));
+    let delayed = if seen_for < delay {
+        current
+    } else {
+        st.recommendations
+            .iter()
+            .filter(|(t, _)| t.saturating_add(delay) >= now)
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(raw)
+    };
     if delayed > raw && raw < current {
         let _ = write!(
             why,
@@ -491,6 +517,9 @@ pub fn decide(policy: &Policy, samples: &Samples, state: &State, now: Duration) 
             delayed.min(current),
             secs(delay)
         );
+        if seen_for < delay {
+            let _ = write!(why, " (recommendations seen for {})", secs(seen_for));
+        }
         raw = delayed.min(current);
     }
     // Rate limits, relative to the ready pods (Knative).
