@@ -48,10 +48,6 @@ pub use sample::{
 
 use crate::validate::ValidatedApp;
 
-/// Standard errors of the stable window's mean added to the demand scale-down checks: 2, so a
-/// flat noisy load's mean overstates it less than 2.3% of the time.
-pub const DOWN_ERRORS: f64 = 2.0;
-
 /// How long a new pod weighs less in the extrapolation of a sample, unless the policy says
 /// otherwise: about the time a Python server takes to import its app and grow its workers.
 pub const DEFAULT_STARTUP_PERIOD: Duration = Duration::from_secs(30);
