@@ -6,6 +6,9 @@
 //! environment are both seen by clap and arrive here as `Some`; the file fills what they left
 //! `None`. [`resolve`] is pure: it never touches the file system, so the live-reload path can
 //! call it again with a re-read file and the original flags.
+//!
+//! Two parts of the settings have modules of their own: the server hooks ([`hooks`]) and the
+//! front's TLS and HTTP/2 settings ([`protocols`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -14,9 +17,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hooks::{HookSpec, Hooks};
-use crate::protocols::{resolve_protocols, Cidr, ClientVerify, ProtocolConfig, ProtocolSettings};
 use crate::units::{format_duration, parse_duration, parse_size};
+use hooks::{HookSpec, Hooks};
+use protocols::{resolve_protocols, Cidr, ClientVerify, ProtocolConfig, ProtocolSettings};
+
+pub mod hooks;
+pub mod protocols;
 
 /// Errors found while resolving the configuration; each names the key at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -751,7 +757,7 @@ pub struct Settings {
     )]
     pub access_log: Option<bool>,
 
-    // Server hooks (`crate::hooks`): each is `MODULE:FUNCTION`, or `PATH:FUNCTION` for a
+    // Server hooks ([`hooks`]): each is `MODULE:FUNCTION`, or `PATH:FUNCTION` for a
     // Python file loaded by path (a gunicorn.conf.py); a function may take fewer arguments
     // than it is offered. A hook that raises has its traceback logged.
     /// Hook run in the fork server once it has imported the app (when preloading), before it
@@ -792,7 +798,7 @@ pub struct Settings {
     #[arg(long, env = "WSGISCALE_POST_REQUEST", value_name = "MODULE:FUNCTION")]
     pub post_request: Option<HookSpec>,
 
-    // TLS and HTTP/2 (`crate::protocols`).
+    // TLS and HTTP/2 ([`protocols`]).
     /// Address to serve HTTPS on: `host:port` or `unix:/path`. Repeatable; comma-separated in
     /// the environment. Needs --tls-cert and --tls-key.
     #[arg(
@@ -982,7 +988,7 @@ impl Settings {
             tls_client_verify: Some(ClientVerify::Off),
             http2: Some(true),
             h2c: Some(false),
-            h2c_allow_ips: crate::protocols::H2C_ALLOW_IPS
+            h2c_allow_ips: protocols::H2C_ALLOW_IPS
                 .iter()
                 .map(|c| c.parse().expect("the default h2c networks parse"))
                 .collect(),

@@ -15,9 +15,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::config::hooks::{Hook, HookSpec};
+use crate::config::protocols::{Cidr, ClientVerify};
 use crate::config::{BindAddr, ByteSize, Dur, LogFormat, Settings, WorkerRange};
-use crate::hooks::{Hook, HookSpec};
-use crate::protocols::{Cidr, ClientVerify};
 
 /// How gunicorn's command line takes a setting (argparse's action).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -69,10 +69,10 @@ use wsgiscale_envtest::node::{NodeConfig, StandInNode};
 use wsgiscale_envtest::standin::{StandIn, StandInConfig};
 use wsgiscale_envtest::{ControlPlane, Options};
 use wsgiscale_operator::crd::WsgiApp;
+use wsgiscale_operator::layout::APP_LABEL;
 use wsgiscale_operator::metrics::Metrics;
 use wsgiscale_operator::reconcile::Context;
 use wsgiscale_operator::routing::{ActivatorConfig, DemandBoard, Routing};
-use wsgiscale_operator::validate::APP_LABEL;
 
 // Each example uses part of the shared cluster module.
 #[allow(dead_code)]

@@ -21,7 +21,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
-use crate::validate::APP_LABEL;
+use crate::layout::APP_LABEL;
 
 /// The reflector stores of one kind, one per watched scope (a namespace, or `None` for all).
 #[derive(Clone)]

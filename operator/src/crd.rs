@@ -20,8 +20,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+pub use wsgiscale_core::config::protocols::ClientVerify;
 pub use wsgiscale_core::config::{Algorithm, ForwardedHeaders, LogFormat, OutsideRootPath};
-pub use wsgiscale_core::protocols::ClientVerify;
 
 /// API group of the resource.
 pub const GROUP: &str = "wsgiscale.dev";

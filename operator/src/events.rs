@@ -16,6 +16,7 @@ use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::api_error::namespace_terminating;
 use crate::dependency::Dependency;
 use crate::metrics::Metrics;
 
@@ -48,6 +49,17 @@ pub enum Reporting {
     Reconciler,
     /// The pod autoscaler (`wsgiscale-autoscaler`).
     Autoscaler,
+}
+
+impl Reporting {
+    /// Its name: the Events' `reportingController`, and the field manager of its writes
+    /// ([`crate::reconcile::FIELD_MANAGER`], [`crate::scrape::FIELD_MANAGER`]).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reporting::Reconciler => "wsgiscale-operator",
+            Reporting::Autoscaler => "wsgiscale-autoscaler",
+        }
+    }
 }
 
 /// One event to publish.
@@ -301,7 +313,7 @@ impl Out<'_> {
                 let result = match self.one(&q, &publish, now).await {
                     // The namespace is going and its Events with it: not a failure of the
                     // Events API.
-                    Err(e) if crate::reconcile::namespace_terminating(&e) => {
+                    Err(e) if namespace_terminating(&e) => {
                         tracing::debug!(error = %e, "event dropped: its namespace is being deleted");
                         Ok(())
                     }
@@ -362,10 +374,7 @@ impl Out<'_> {
         count: i32,
         now: k8s_openapi::jiff::Timestamp,
     ) -> K8sEvent {
-        let controller = match q.reporting {
-            Reporting::Reconciler => crate::reconcile::FIELD_MANAGER,
-            Reporting::Autoscaler => crate::scrape::FIELD_MANAGER,
-        };
+        let controller = q.reporting.name();
         K8sEvent {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),

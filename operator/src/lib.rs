@@ -11,10 +11,13 @@
 //! shutdown), [`leader`] (Lease-based leader election), [`http`] and [`metrics`] (`/healthz`,
 //! `/readyz`, `/metrics`), [`telemetry`] (logs), [`activation`] (pure) and [`routing`] (its I/O: the
 //! activator's path, route table and demand reports). [`crd`] holds the resource's types and
-//! generates the CRD. It depends on `wsgiscale-core` for the server's command line and config
-//! file, never on the server itself, so it does not link libpython.
+//! generates the CRD, [`layout`] the names of the pod's parts (label, container, ports,
+//! volumes, mount paths), [`api_error`] how the API server's refusals are told apart. It
+//! depends on `wsgiscale-core` for the server's command line and config file, never on the
+//! server itself, so it does not link libpython.
 
 pub mod activation;
+pub mod api_error;
 pub mod autoscale;
 pub mod cache;
 pub mod cli;
@@ -25,9 +28,9 @@ pub mod events;
 pub mod explain;
 pub mod handoff;
 pub mod http;
+pub mod layout;
 pub mod leader;
 pub mod metrics;
-pub mod overrides;
 pub mod pods;
 pub mod reconcile;
 pub mod render;

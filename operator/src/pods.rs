@@ -11,7 +11,7 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 
 use crate::crd::WsgiApp;
-use crate::validate::APP_LABEL;
+use crate::layout::APP_LABEL;
 
 /// Which apps a pod event wakes: those of pods whose state (status, deletion) changed since
 /// last seen. The first list wakes nothing (every app is reconciled at start); a relist after

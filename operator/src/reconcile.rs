@@ -38,6 +38,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::api_error::namespace_terminating;
 use crate::cache::{Caches, Stores};
 use crate::crd::WsgiApp;
 use crate::drift::{
@@ -56,8 +57,9 @@ use crate::status::{
 };
 use crate::validate::{validate_app, ValidatedApp, ValidationError};
 
-/// The one field manager of every write the reconciler makes.
-pub const FIELD_MANAGER: &str = "wsgiscale-operator";
+/// The one field manager of every write the reconciler makes (also the `reportingController`
+/// of its Events).
+pub const FIELD_MANAGER: &str = Reporting::Reconciler.name();
 
 /// Why a reconcile failed and will be retried.
 #[derive(Debug, thiserror::Error)]
@@ -167,22 +169,6 @@ impl Error {
             } if status.code == 400 || status.code == 422 => Some((kind, status.message.clone())),
             _ => None,
         }
-    }
-}
-
-/// Whether the API server refused a write because the object's namespace is being deleted
-/// (403 with the cause `NamespaceTerminating`): the app goes with its namespace, so there is
-/// nothing to retry and nothing wrong to report.
-pub fn namespace_terminating(error: &kube::Error) -> bool {
-    match error {
-        kube::Error::Api(status) => {
-            status.code == 403
-                && status
-                    .details
-                    .as_ref()
-                    .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
-        }
-        _ => false,
     }
 }
 

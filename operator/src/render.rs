@@ -31,30 +31,14 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use wsgiscale_core::config::Settings;
 
 use crate::crd::InjectSource;
-use crate::overrides::merge_pod_template;
-use crate::validate::{
-    Inject, ProbeTiming, ValidatedApp, APP_LABEL, CLIENT_CA_DIR, CONFIG_DIR, CONFIG_KEY,
-    INJECT_DIR, TLS_DIR, TMP_DIR,
+use crate::layout::{
+    ADMIN_PORT_NAME, APP_LABEL, CLIENT_CA_DIR, CLIENT_CA_VOLUME, CONFIG_DIR, CONFIG_KEY,
+    CONFIG_VOLUME, CONTAINER_NAME, HTTPS_PORT_NAME, HTTP_PORT_NAME, INJECT_DIR, INJECT_VOLUME,
+    TLS_DIR, TLS_VOLUME, TMP_DIR, TMP_VOLUME,
 };
+use crate::validate::overrides::merge_pod_template;
+use crate::validate::{Inject, ProbeTiming, ValidatedApp};
 
-/// The name of the server container.
-pub const CONTAINER_NAME: &str = "app";
-/// Volume holding the ConfigMap.
-pub const CONFIG_VOLUME: &str = "wsgiscale-config";
-/// Volume backing /tmp.
-pub const TMP_VOLUME: &str = "wsgiscale-tmp";
-/// Name of the HTTP container port (the Service targets it by name).
-pub const HTTP_PORT_NAME: &str = "http";
-/// Name of the admin container port (probes and scraping use it by name).
-pub const ADMIN_PORT_NAME: &str = "admin";
-/// Volume holding the injected package (spec.inject).
-pub const INJECT_VOLUME: &str = "wsgiscale-inject";
-/// Volume holding spec.tls's Secret.
-pub const TLS_VOLUME: &str = "wsgiscale-tls";
-/// Volume holding spec.tls's client CA Secret.
-pub const CLIENT_CA_VOLUME: &str = "wsgiscale-client-ca";
-/// Name of the HTTPS container and Service port.
-pub const HTTPS_PORT_NAME: &str = "https";
 /// The start command of an injected pod: checks the image's Python, then runs the package.
 pub const INJECT_START: &str = "/wsgiscale/bin/wsgiscale-start";
 /// The init container that copies the package (inject.source Copy).

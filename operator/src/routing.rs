@@ -198,7 +198,7 @@ fn table_route(app: &ValidatedApp, port: u16) -> TableRoute {
         app: app.name.clone(),
         port,
         pods_service: format!("{}{PODS_SERVICE_SUFFIX}", app.name),
-        http_port_name: crate::render::HTTP_PORT_NAME.into(),
+        http_port_name: crate::layout::HTTP_PORT_NAME.into(),
         admin_port: u16::try_from(app.admin_port).unwrap_or(9191),
         slots_per_pod: app
             .workers

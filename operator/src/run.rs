@@ -35,13 +35,13 @@ use crate::cli::RunArgs;
 use crate::crd::WsgiApp;
 use crate::events::publish_events;
 use crate::http::{self, Health};
+use crate::layout::APP_LABEL;
 use crate::leader::{LeaderElector, LeaseTiming};
 use crate::metrics::{ApiLatencyLayer, Metrics};
 use crate::pods::PodWakes;
 use crate::reconcile::{compute_trigger_hash, error_policy, reconcile, Context};
 use crate::routing::{public_slice_selector, ActivatorConfig, DemandBoard, Routing, RoutingStores};
 use crate::scrape::{run_autoscaler, Autoscaler};
-use crate::validate::APP_LABEL;
 use crate::watch::{objects, resilient, QUIET};
 
 /// Objects per page of a watch's (re)list: a page is held whole while its objects are filed,

@@ -49,8 +49,9 @@ use crate::metrics::Metrics;
 use crate::routing::{self, Routing};
 use crate::validate::{validate_app, ValidatedApp};
 
-/// The field manager of the autoscaler's status writes (`status.load`, `status.autoscaler`).
-pub const FIELD_MANAGER: &str = "wsgiscale-autoscaler";
+/// The field manager of the autoscaler's status writes (`status.load`, `status.autoscaler`;
+/// also the `reportingController` of its Events).
+pub const FIELD_MANAGER: &str = Reporting::Autoscaler.name();
 
 /// Largest load report read, bytes.
 const MAX_REPORT_BYTES: usize = 256 << 10;
@@ -833,7 +834,7 @@ impl Autoscaler {
             &v.namespace,
             &v.name,
             &v.owner,
-            crate::render::HTTP_PORT_NAME,
+            crate::layout::HTTP_PORT_NAME,
             decided.route,
             &pods,
             Some(v.port),

@@ -11,7 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{WsgiApp, WsgiAppStatus};
 use crate::explain::PodIssue;
-use crate::render::{selector_string, CONTAINER_NAME};
+use crate::layout::CONTAINER_NAME;
+use crate::render::selector_string;
 use crate::validate::{ValidatedApp, ValidationError};
 
 /// Condition type: the app runs every desired pod, up to date and ready.

@@ -17,12 +17,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
+use wsgiscale_core::config::hooks::Hooks;
+use wsgiscale_core::config::protocols::ClientVerify;
 use wsgiscale_core::config::{
     resolve, Algorithm, AppSpec, BindAddr, ByteSize, Dur, HeaderLimits, LogFormat, LogHeader,
     ProxyConfig, ProxyList, Settings, StaticConfig, StaticMount, UrlPrefix, WorkerRange,
 };
-use wsgiscale_core::hooks::Hooks;
-use wsgiscale_core::protocols::ClientVerify;
 use wsgiscale_core::shutdown::ShutdownBudget;
 use wsgiscale_core::units::parse_size;
 
@@ -31,23 +31,15 @@ use crate::crd::{
     ProbesSpec, ProxySpec, PullPolicy, ReplicasSpec, ServiceSpec, ServiceType, StaticSpec,
     WorkersSpec, WsgiApp,
 };
-use crate::overrides::{validate_pod_overrides, Owned};
-
+pub mod overrides;
 mod serving;
-pub use serving::{Http2, Tls, CLIENT_CA_DIR, TLS_DIR};
 
-/// The pod label that selects an app's pods; reserved in `spec.pod.labels`.
-pub const APP_LABEL: &str = "wsgiscale.dev/app";
-/// Prefix of volume names the operator reserves.
-pub const RESERVED_VOLUME_PREFIX: &str = "wsgiscale-";
-/// Where the server's config file is mounted.
-pub const CONFIG_DIR: &str = "/etc/wsgiscale";
-/// The writable emptyDir for the read-only root filesystem.
-pub const TMP_DIR: &str = "/tmp";
-/// Where spec.inject mounts the package in the app container.
-pub const INJECT_DIR: &str = "/wsgiscale";
-/// The config file's key in the ConfigMap (and so its file name in [`CONFIG_DIR`]).
-pub const CONFIG_KEY: &str = "config.yaml";
+use crate::layout::{
+    APP_LABEL, CLIENT_CA_DIR, CONFIG_DIR, CONFIG_KEY, INJECT_DIR, RESERVED_VOLUME_PREFIX, TLS_DIR,
+    TMP_DIR,
+};
+use overrides::{validate_pod_overrides, Owned};
+pub use serving::{Http2, Tls};
 
 /// The defaults of every optional field. Those of server settings are the server's own
 /// (`wsgiscale_core::config::defaults`), not copies; a test checks the CRD's `Default:` texts

@@ -85,7 +85,7 @@ fn a_gunicorn_migration_is_a_valid_wsgiapp_that_runs_the_same_settings() {
     assert_eq!(tls.binds, ours.protocols.tls.expect("tls").binds);
     assert_eq!(
         tls.client_verify,
-        wsgiscale_core::protocols::ClientVerify::Optional
+        wsgiscale_core::config::protocols::ClientVerify::Optional
     );
     assert!(cfg.protocols.http2);
     assert_eq!(manifest["spec"]["env"][0]["name"], "A");

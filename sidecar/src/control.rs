@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
+use wsgiscale_core::config::hooks::Hooks;
 use wsgiscale_core::config::LogFormat;
-use wsgiscale_core::hooks::Hooks;
 
 /// The largest control message.
 pub const MAX_MESSAGE: usize = 256 * 1024;

@@ -27,8 +27,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use wsgiscale_core::config::protocols::ProtocolConfig;
 use wsgiscale_core::config::{BindAddr, HttpConfig};
-use wsgiscale_core::protocols::ProtocolConfig;
 
 use crate::access::{self, Logged, Pending, Record, Source};
 use crate::dispatch::{Failure, Job, Reply};

@@ -1,4 +1,4 @@
-//! Running the server hooks ([`wsgiscale_core::hooks`]): the fork server imports every
+//! Running the server hooks ([`wsgiscale_core::config::hooks`]): the fork server imports every
 //! configured function once, after the app (so the workers inherit them with it), runs
 //! `post-load` and, in the fork server of a reload, `on-reload`; a worker runs `post-fork`,
 //! `post-worker-init`, `worker-exit` and, around each request, `pre-request` and
@@ -15,9 +15,9 @@ use std::ffi::CString;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
-use wsgiscale_core::hooks::{Hook, HookSpec, HookTarget, Hooks};
+use wsgiscale_core::config::hooks::{Hook, HookSpec, HookTarget, Hooks};
 
-use crate::worker::wsgi::format_traceback;
+use crate::python::format_traceback;
 
 /// The Python half: loading the functions, and the objects hooks are given.
 const SUPPORT: &str = r#"

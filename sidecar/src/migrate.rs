@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use wsgiscale_core::migrate::{self, GunicornConfig, Migration};
 
-use crate::worker::wsgi::format_traceback;
+use crate::python::format_traceback;
 
 /// `wsgiscale migrate`'s arguments.
 #[derive(Debug, clap::Args)]

@@ -25,8 +25,8 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use wsgiscale_core::config::protocols::{PlainProtocols, ProtocolConfig};
 use wsgiscale_core::config::HttpConfig;
-use wsgiscale_core::protocols::{PlainProtocols, ProtocolConfig};
 
 use crate::tls::Certs;
 

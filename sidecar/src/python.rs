@@ -1,12 +1,11 @@
-//! Setting up the interpreter: sys.path, importing the app, and the hooks a worker needs (stack dumps on SIGUSR1, atexit on exit).
+//! Setting up the interpreter: sys.path, importing the app, the hooks a worker needs (stack dumps on SIGUSR1, atexit on exit), and the one way Python errors are told with their traceback.
 
 use std::ffi::CString;
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyString};
 
 use crate::control::ZygoteInit;
-use crate::worker::wsgi::format_traceback;
 
 const SETUP: &str = r#"
 import os, sys
@@ -107,4 +106,18 @@ pub fn freeze_for_fork(py: Python<'_>) {
     if let Err(e) = py.import("gc").and_then(|gc| gc.call_method0("freeze")) {
         tracing::warn!(error = %e, "gc.freeze() failed; workers will share less memory");
     }
+}
+
+/// Formats an exception with its traceback, as Python would print it.
+pub fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
+    let formatted = (|| -> PyResult<String> {
+        let tb = py.import("traceback")?;
+        let lines = tb.call_method1(
+            "format_exception",
+            (err.get_type(py), err.value(py), err.traceback(py)),
+        )?;
+        let joined = PyString::new(py, "").call_method1("join", (lines,))?;
+        Ok(joined.extract::<String>()?.trim_end().to_string())
+    })();
+    formatted.unwrap_or_else(|_| err.to_string())
 }

@@ -18,7 +18,7 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
-use wsgiscale_core::protocols::{ClientVerify, TlsConfig};
+use wsgiscale_core::config::protocols::{ClientVerify, TlsConfig};
 
 /// Why a TLS configuration cannot be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -126,7 +126,8 @@ fn a_django_gunicorn_conf_migrates_parses_back_and_its_hooks_run_under_wsgiscale
     assert_eq!(cfg.live.lifecycle.max_requests, 2000);
     assert!(cfg.http.access_log.enabled && cfg.python.preload);
     assert_eq!(cfg.log.level, "warn");
-    let hook = |h: &Option<wsgiscale_core::hooks::HookSpec>| h.as_ref().map(ToString::to_string);
+    let hook =
+        |h: &Option<wsgiscale_core::config::hooks::HookSpec>| h.as_ref().map(ToString::to_string);
     assert_eq!(
         hook(&cfg.python.hooks.post_fork),
         Some(format!("{}:post_fork", conf.display()))

@@ -710,23 +710,6 @@ async fn an_app_in_a_namespace_being_deleted_is_left_to_go_with_it() {
     );
 }
 
-#[test]
-fn only_the_namespace_terminating_cause_counts_as_a_namespace_going() {
-    let refusal = |code: u16, causes: Value| {
-        let mut body = api_status(code, "Forbidden", "refused");
-        body["details"] = json!({ "causes": causes });
-        kube::Error::Api(serde_json::from_value(body).expect("a Status"))
-    };
-    let going = json!([{"reason": "NamespaceTerminating"}]);
-    assert!(namespace_terminating(&refusal(403, going.clone())));
-    assert!(!namespace_terminating(&refusal(403, json!([]))));
-    assert!(!namespace_terminating(&refusal(
-        403,
-        json!([{"reason": "FieldValueInvalid"}])
-    )));
-    assert!(!namespace_terminating(&refusal(409, going)));
-}
-
 #[tokio::test]
 async fn a_foreign_object_with_our_name_is_left_alone() {
     let app = mk_app("shop");
@@ -935,7 +918,7 @@ async fn an_injected_apps_pods_are_read_from_the_pod_cache() {
         },
         spec: Some(PodSpec {
             containers: vec![Container {
-                name: crate::render::CONTAINER_NAME.into(),
+                name: crate::layout::CONTAINER_NAME.into(),
                 image: Some(app.spec.image.clone()),
                 ..Container::default()
             }],
@@ -943,7 +926,7 @@ async fn an_injected_apps_pods_are_read_from_the_pod_cache() {
         }),
         status: Some(PodStatus {
             container_statuses: Some(vec![ContainerStatus {
-                name: crate::render::CONTAINER_NAME.into(),
+                name: crate::layout::CONTAINER_NAME.into(),
                 last_state: Some(ContainerState {
                     terminated: Some(ContainerStateTerminated {
                         exit_code: 3,

@@ -1,17 +1,13 @@
 //! `validate` for the spec's hooks, TLS and HTTP/2: each field parsed with the server's own
-//! parser (`wsgiscale_core::hooks`, `wsgiscale_core::protocols`), so that what the operator
+//! parser (`wsgiscale_core::config::hooks`, `wsgiscale_core::config::protocols`), so that what the operator
 //! accepts the server accepts.
 
-use wsgiscale_core::hooks::{HookSpec, Hooks};
-use wsgiscale_core::protocols::{Cidr, ClientVerify, H2C_ALLOW_IPS};
+use wsgiscale_core::config::hooks::{HookSpec, Hooks};
+use wsgiscale_core::config::protocols::{Cidr, ClientVerify, H2C_ALLOW_IPS};
 
 use super::Errors;
 use crate::crd::{HooksSpec, Http2Spec, TlsSpec};
 
-/// Where the TLS Secret is mounted.
-pub const TLS_DIR: &str = "/etc/wsgiscale-tls";
-/// Where the client CA Secret is mounted.
-pub const CLIENT_CA_DIR: &str = "/etc/wsgiscale-client-ca";
 /// Default HTTPS container port.
 pub const TLS_PORT: i32 = 8443;
 /// Default HTTPS Service port.

@@ -85,7 +85,7 @@ pub fn run(
     let mut ctx = match Ctx::new(py, app, init, writer.clone()) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(traceback = %wsgi::format_traceback(py, &e), "worker setup failed");
+            tracing::error!(traceback = %crate::python::format_traceback(py, &e), "worker setup failed");
             return EXIT_IMPORT_FAILED;
         }
     };

@@ -16,6 +16,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use super::conn::{Body, Job, Writer};
 use super::flow::{Flow, Wait};
 use crate::proto::{self, Kind};
+use crate::python::format_traceback;
 
 /// Most distinct environ keys kept as interned Python strings.
 const KEY_CACHE_LIMIT: usize = 512;
@@ -979,18 +980,4 @@ fn send_file(
         }
     }
     sr.finish(py)
-}
-
-/// Formats an exception with its traceback, as Python would print it.
-pub fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
-    let formatted = (|| -> PyResult<String> {
-        let tb = py.import("traceback")?;
-        let lines = tb.call_method1(
-            "format_exception",
-            (err.get_type(py), err.value(py), err.traceback(py)),
-        )?;
-        let joined = PyString::new(py, "").call_method1("join", (lines,))?;
-        Ok(joined.extract::<String>()?.trim_end().to_string())
-    })();
-    formatted.unwrap_or_else(|_| err.to_string())
 }

@@ -32,14 +32,14 @@ use k8s_openapi::api::core::v1::{Container, PodTemplateSpec, Probe};
 use k8s_openapi::DeepMerge;
 use serde_json::Value;
 
-use crate::render::{ADMIN_PORT_NAME, CONTAINER_NAME, HTTP_PORT_NAME};
-use crate::validate::{FieldError, CONFIG_DIR, INJECT_DIR, RESERVED_VOLUME_PREFIX, TMP_DIR};
+use super::FieldError;
+use crate::layout::{
+    ADMIN_PORT_NAME, CONFIG_DIR, CONTAINER_NAME, HTTP_PORT_NAME, INJECT_DIR, RESERVED_LABEL_PREFIX,
+    RESERVED_VOLUME_PREFIX, TMP_DIR,
+};
 
 /// The field the overrides come from, as errors name it.
 pub const FIELD: &str = "spec.podOverrides";
-
-/// Label keys under this prefix are the operator's.
-pub const RESERVED_LABEL_PREFIX: &str = "wsgiscale.dev/";
 
 /// What the overrides must leave alone: the server's ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
