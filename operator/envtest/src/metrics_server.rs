@@ -252,11 +252,19 @@ pub fn respond(method: &str, path: &str, query: &str, metrics: &[PodMetric]) -> 
         },
         None => Selector(Vec::new()),
     };
-    let parts: Vec<&str> = path
+    // Segments percent-decoded: client-go escapes the `*` of "every object" as `%2A` (Go's
+    // url.URL escapes it in a path), and that is how the HPA controller asks for a Pods metric.
+    let decoded: Vec<String> = path
         .trim_end_matches('/')
         .split('/')
         .filter(|p| !p.is_empty())
+        .map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect();
+    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match parts.as_slice() {
         ["apis", "metrics.k8s.io", "v1beta1"] => (
             200,
@@ -778,6 +786,15 @@ mod tests {
         assert_eq!(code, 200);
         assert_eq!(v["items"][0]["value"], "1500m");
         assert_eq!(v["items"][0]["describedObject"]["name"], "a");
+        // As the HPA controller asks (client-go escapes the `*`): the same answer.
+        let (code, escaped) = respond(
+            "GET",
+            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/ns/pods/%2A/requests_in_flight",
+            "labelSelector=app%3Dweb&metricLabelSelector=",
+            &m,
+        );
+        assert_eq!(code, 200);
+        assert_eq!(escaped, v);
         assert_eq!(
             respond(
                 "GET",

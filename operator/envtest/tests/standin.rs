@@ -322,6 +322,44 @@ async fn pods_run_limited_ready_routed_measured_and_scaled() {
         .await
         .expect("the custom metrics API answers");
     assert!(raw.contains("MetricValueList"), "{raw}");
+    // And the real HPA controller reads it: an HPA on it becomes ScalingActive with a current
+    // value. (It asks for `pods/%2A/...`; before the stand-in decoded the path, it got an empty
+    // list, "no metrics returned from custom metrics API", and never scaled.)
+    hpa_api
+        .patch(
+            "web",
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": "web"},
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                    "minReplicas": 1, "maxReplicas": 2,
+                    "metrics": [{"type": "Pods", "pods": {
+                        "metric": {"name": "requests_in_flight"},
+                        "target": {"type": "AverageValue", "averageValue": "10"},
+                    }}],
+                },
+            })),
+        )
+        .await
+        .expect("hpa on requests in flight");
+    let current = wait(
+        "the HPA on requests in flight to read the metric",
+        Duration::from_secs(90),
+        async || {
+            let h = hpa_api.get("web").await.ok()?;
+            let status = h.data.get("status")?;
+            let active = status["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "ScalingActive" && c["status"] == "True");
+            let value = status["currentMetrics"][0]["pods"]["current"]["averageValue"].as_str()?;
+            active.then(|| value.to_string())
+        },
+    )
+    .await;
+    assert!(!current.is_empty());
 
     // A bad image waits in ErrImagePull / ImagePullBackOff, never starts.
     let reason = wait(

@@ -1,6 +1,6 @@
 //! `validate` for the spec's hooks, TLS and HTTP/2: each field parsed with the server's own
-//! parser (`wsgiscale_core::config::hooks`, `wsgiscale_core::config::protocols`), so that what the operator
-//! accepts the server accepts.
+//! parser (`wsgiscale_core::config::hooks`, `wsgiscale_core::config::protocols`), so that
+//! what the operator accepts the server accepts.
 
 use wsgiscale_core::config::hooks::{HookSpec, Hooks};
 use wsgiscale_core::config::protocols::{Cidr, ClientVerify, H2C_ALLOW_IPS};
