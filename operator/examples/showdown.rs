@@ -872,6 +872,19 @@ fn markdown(results: &[RunResult], args: &Args, pods: &Pods, header: &str) -> St
             starved.join(", ")
         );
     }
+    let blind: Vec<String> = results
+        .iter()
+        .filter_map(|r| {
+            hpa_blind(r).map(|why| format!("{} {} {} ({why})", r.kind, r.trace, r.contender))
+        })
+        .collect();
+    if !blind.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n**Void: the HPA read no metric by the end of the run**, so it never scaled and the run measured a fixed pod count, not an HPA; left out of the comparison below: {}.",
+            blind.join("; ")
+        );
+    }
     let _ = writeln!(md, "\n### Against the target\n");
     let _ = writeln!(
         md,
@@ -887,7 +900,7 @@ fn markdown(results: &[RunResult], args: &Args, pods: &Pods, header: &str) -> St
                 .collect();
             let others: Vec<&&RunResult> = runs
                 .iter()
-                .filter(|r| !r.contender.starts_with("wsgiscale"))
+                .filter(|r| !r.contender.starts_with("wsgiscale") && hpa_blind(r).is_none())
                 .collect();
             if others.is_empty() {
                 continue;
@@ -1243,6 +1256,38 @@ fn describe_errors(s: &Summary) -> String {
     format!("{} ({})", s.errors, kinds.join(", "))
 }
 
+/// Whether an HPA's status shows a metric it computed (a current utilization or average
+/// value): without one it never scaled, and its run measured a fixed pod count.
+fn hpa_read_metric(status: &Value) -> bool {
+    status["currentMetrics"].as_array().is_some_and(|m| {
+        m.iter().any(|x| {
+            x["resource"]["current"]["averageUtilization"].is_number()
+                || x["resource"]["current"]["averageValue"].is_string()
+                || x["pods"]["current"]["averageValue"].is_string()
+        })
+    })
+}
+
+/// Why an HPA could not scale, from its `ScalingActive` condition, when it read no metric.
+fn hpa_blind(r: &RunResult) -> Option<String> {
+    let h = r.hpa_status.as_ref()?;
+    if hpa_read_metric(h) {
+        return None;
+    }
+    let why = h["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "ScalingActive"))
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c["reason"].as_str().unwrap_or("?"),
+                c["message"].as_str().unwrap_or("")
+            )
+        })
+        .unwrap_or_else(|| "no ScalingActive condition".into());
+    Some(why)
+}
+
 /// What `make test` checks of a short run: the harness worked end to end.
 fn smoke_check(results: &[RunResult]) -> anyhow::Result<()> {
     ensure!(!results.is_empty(), "no run");
@@ -1260,15 +1305,11 @@ fn smoke_check(results: &[RunResult]) -> anyhow::Result<()> {
             r.contender
         );
         if let Some(h) = &r.hpa_status {
-            // A metric the HPA computed: a current utilization or average value.
-            let read = h["currentMetrics"].as_array().is_some_and(|m| {
-                m.iter().any(|x| {
-                    x["resource"]["current"]["averageUtilization"].is_number()
-                        || x["resource"]["current"]["averageValue"].is_string()
-                        || x["pods"]["current"]["averageValue"].is_string()
-                })
-            });
-            ensure!(read, "{}: the HPA read no metric: {h}", r.contender);
+            ensure!(
+                hpa_read_metric(h),
+                "{}: the HPA read no metric: {h}",
+                r.contender
+            );
         }
     }
     eprintln!("showdown: smoke checks passed");
