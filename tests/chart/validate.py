@@ -175,8 +175,8 @@ def monitoring_schemas():
 
 
 def operator_const(name):
-    """A string constant of the operator's Rust source (render.rs)."""
-    src = open(os.path.join(ROOT, "operator/src/render.rs")).read()
+    """A string constant of the operator's Rust source (layout.rs: the pod's names)."""
+    src = open(os.path.join(ROOT, "operator/src/layout.rs")).read()
     m = re.search(rf'pub const {name}: &str = "([^"]*)";', src)
     return m.group(1) if m else None
 
