@@ -210,6 +210,9 @@ struct PodLive {
     ip: Option<Ipv4Addr>,
     ready: bool,
     terminating: bool,
+    /// Its processes are stopped and what it held released; the task is confirming the
+    /// deletion and is about to end (the next sync forgets it).
+    gone: bool,
     cgroup: Option<Arc<PodCgroup>>,
     container: String,
     labels: BTreeMap<String, String>,
@@ -403,13 +406,18 @@ impl StandInNode {
             .insert(namespace.to_string());
     }
 
-    /// Every pod the node runs now.
+    /// Every pod the node runs now (not one whose processes are already stopped and whose
+    /// deletion is being confirmed: that one is gone from the node before it is gone from the
+    /// API server).
     pub fn pods(&self) -> Vec<PodSample> {
         let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
         running
             .values()
-            .map(|p| {
+            .filter_map(|p| {
                 let live = p.live.lock().unwrap_or_else(|e| e.into_inner());
+                if live.gone {
+                    return None;
+                }
                 let (cpu_ns, memory, processes) = match &live.cgroup {
                     Some(cg) => (
                         cg.cpu_usage_ns().unwrap_or(0),
@@ -418,7 +426,7 @@ impl StandInNode {
                     ),
                     None => (0, 0, 0),
                 };
-                PodSample {
+                Some(PodSample {
                     namespace: p.namespace.clone(),
                     name: p.name.clone(),
                     labels: live.labels.clone(),
@@ -429,7 +437,7 @@ impl StandInNode {
                     cpu_ns,
                     memory,
                     processes,
-                }
+                })
             })
             .collect()
     }
@@ -2171,6 +2179,7 @@ async fn finish(t: &mut PodTask, how: Stop) {
     if let Some(net) = t.net.take() {
         t.inner.network.remove_pod(net);
     }
+    t.live.lock().unwrap_or_else(|e| e.into_inner()).gone = true;
     let _ = std::fs::remove_dir_all(&t.dir);
     t.inner.record(&t.uid, |r| {
         r.deleting.get_or_insert(unix_now());
