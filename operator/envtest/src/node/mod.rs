@@ -210,8 +210,8 @@ struct PodLive {
     ip: Option<Ipv4Addr>,
     ready: bool,
     terminating: bool,
-    /// Its processes are stopped and what it held released; the task is confirming the
-    /// deletion and is about to end (the next sync forgets it).
+    /// Its processes are stopped and its cgroup removed; the task is releasing the rest and
+    /// confirming the deletion, and is about to end (the next sync forgets it).
     gone: bool,
     cgroup: Option<Arc<PodCgroup>>,
     container: String,
@@ -2175,11 +2175,11 @@ async fn finish(t: &mut PodTask, how: Stop) {
         live.cgroup = None;
         live.ready = false;
         live.terminating = true;
+        live.gone = true;
     }
     if let Some(net) = t.net.take() {
         t.inner.network.remove_pod(net);
     }
-    t.live.lock().unwrap_or_else(|e| e.into_inner()).gone = true;
     let _ = std::fs::remove_dir_all(&t.dir);
     t.inner.record(&t.uid, |r| {
         r.deleting.get_or_insert(unix_now());
