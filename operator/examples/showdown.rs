@@ -45,6 +45,7 @@ use kube::core::GroupVersionKind;
 use kube::Client;
 use serde_json::{json, Value};
 use wsgiscale_core::trace::{AzureFunction, Trace};
+use wsgiscale_envtest::bound::{least_pod_seconds, lowest_p99, PodModel};
 use wsgiscale_envtest::load::{self, Progress, Record};
 use wsgiscale_envtest::node::plan::Image;
 use wsgiscale_envtest::report::{self, Sample, Summary};
@@ -154,6 +155,12 @@ struct Args {
     /// its metric and that the report and plots were written; exits 1 otherwise.
     #[arg(long)]
     smoke: bool,
+    /// Runs nothing: reads DIR/results.json of an earlier run and writes DIR/bound.md, the
+    /// least pod-seconds any policy could have spent on each of its runs (the report's last
+    /// section, for runs made before it existed). The other arguments must be the run's
+    /// (trace length, seed, pods, worker slots); the defaults are the default table's.
+    #[arg(long, value_name = "DIR")]
+    bound_from: Option<PathBuf>,
 }
 
 /// How old the pods that are there before a trace starts look (the stand-in node's `backdate`).
@@ -201,8 +208,10 @@ fn contender(name: &str) -> anyhow::Result<Contender> {
         "gunicorn-cpu-tcp" => ("gunicorn + HPA (CPU 70%), TCP probes", 1, true),
         "wsgiscale" => ("wsgiscale (operator's autoscaler)", 2, false),
         "wsgiscale-activator" => ("wsgiscale + activator (burst target one pod)", 2, false),
+        // A sensitivity run outside the table: wsgiscale-activator with a 20 s stable window.
+        "wsgiscale-activator-w20" => ("wsgiscale + activator, 20 s stable window", 2, false),
         other => {
-            bail!("unknown contender {other:?} (gunicorn-cpu, uwsgi-cpu, gunicorn-rif, wsgiscale, wsgiscale-activator, gunicorn-cpu-tcp)")
+            bail!("unknown contender {other:?} (gunicorn-cpu, uwsgi-cpu, gunicorn-rif, wsgiscale, wsgiscale-activator, gunicorn-cpu-tcp, wsgiscale-activator-w20)")
         }
     };
     Ok(Contender {
@@ -315,7 +324,7 @@ fn unix_now() -> f64 {
 }
 
 /// One run's results.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 struct RunResult {
     kind: String,
     trace: String,
@@ -909,16 +918,7 @@ fn markdown(results: &[RunResult], args: &Args, pods: &Pods, header: &str) -> St
                 continue;
             }
             for w in runs.iter().filter(|r| r.contender.starts_with("wsgiscale")) {
-                let fails = |r: &RunResult| r.summary.rejected_503 + r.summary.errors;
-                let best_p99 = others
-                    .iter()
-                    .map(|r| r.summary.p99_ms)
-                    .fold(f64::INFINITY, f64::min);
-                let min_pods = others
-                    .iter()
-                    .map(|r| r.summary.pod_seconds)
-                    .fold(f64::INFINITY, f64::min);
-                let min_fail = others.iter().map(|r| fails(r)).min().unwrap_or(0);
+                let (best_p99, min_pods, min_fail) = hpa_marks(&others);
                 let ws = &w.summary;
                 let p99_ok = ws.p99_ms < best_p99;
                 let pods_ok = ws.pod_seconds <= min_pods;
@@ -957,7 +957,148 @@ fn markdown(results: &[RunResult], args: &Args, pods: &Pods, header: &str) -> St
         "\nPods: {}..{} replicas, CPU {} (request = limit), memory {} (limit {}); start-up delay {} s; seed {}.",
         pods.min, pods.max, pods.cpu, pods.memory, pods.memory_limit, args.start_delay, args.seed
     );
+    match bound_section(results, args) {
+        Ok(section) => md.push_str(&section),
+        Err(e) => {
+            let _ = writeln!(
+                md,
+                "\n(The least pod-seconds of any policy could not be computed: {e:#}.)"
+            );
+        }
+    }
     md
+}
+
+/// A run's failures: 503s and errors.
+fn fails(r: &RunResult) -> usize {
+    r.summary.rejected_503 + r.summary.errors
+}
+
+/// What the HPA contenders of a cell set for the target: the best p99 (ms), the fewest
+/// pod-seconds and the fewest failures.
+fn hpa_marks(others: &[&&RunResult]) -> (f64, f64, usize) {
+    let best_p99 = others
+        .iter()
+        .map(|r| r.summary.p99_ms)
+        .fold(f64::INFINITY, f64::min);
+    let cheapest = others
+        .iter()
+        .map(|r| r.summary.pod_seconds)
+        .fold(f64::INFINITY, f64::min);
+    let fewest = others.iter().map(|r| fails(r)).min().unwrap_or(0);
+    (best_p99, cheapest, fewest)
+}
+
+/// The report's section on what any policy could do: for each app and trace, the least
+/// pod-seconds (wsgiscale_envtest::bound, a clairvoyant policy whose pods start at once)
+/// that reach the best HPA contender's p99 with its fewest failures, against the cheapest
+/// HPA contender's pod-seconds; and each wsgiscale run's pod-seconds against the least that
+/// reach its own p99 and failures.
+fn bound_section(results: &[RunResult], args: &Args) -> anyhow::Result<String> {
+    let cpu_millis = wsgiscale_envtest::node::plan::parse_cpu_millis(&args.cpu).context("--cpu")?;
+    let slots = args.workers_fixed * args.threads_fixed;
+    let mut md = String::new();
+    let _ = writeln!(md, "\n### What any policy could do\n");
+    let _ = writeln!(
+        md,
+        "The least pod-seconds that serve a run's arrivals (the same seed) at a given p99 with a given number of failures, for a policy that knows the future, whose pods start at once and are bought by the request-second (`wsgiscale_envtest::bound`: a lower bound for every real policy), and its inverse, the lowest p99 any policy could keep within a number of pod-seconds. Where the least pod-seconds for the best HPA contender's p99 are above the cheapest HPA contender's pod-seconds, no policy can meet the target on that run.\n"
+    );
+    let _ = writeln!(md, "| app | trace | cheapest HPA pod-s | least pod-s for the best HPA p99, fewest HPA failures | can any policy meet the target? | the same with no failure | lowest p99 any policy keeps with no failure at the cheapest HPA pod-s | wsgiscale run: p99, pod-s | least pod-s for wsgiscale's p99 and failures | wsgiscale / least |");
+    let _ = writeln!(md, "|---|---|---:|---:|---|---:|---:|---:|---:|---:|");
+    let mut cells: Vec<(&str, &str)> = Vec::new();
+    for r in results {
+        if !cells.contains(&(r.kind.as_str(), r.trace.as_str())) {
+            cells.push((r.kind.as_str(), r.trace.as_str()));
+        }
+    }
+    for (kind_name, trace_name) in cells {
+        let kind = KINDS
+            .iter()
+            .find(|k| k.name == kind_name)
+            .with_context(|| format!("unknown kind {kind_name:?}"))?;
+        let runs: Vec<&RunResult> = results
+            .iter()
+            .filter(|r| r.kind == kind_name && r.trace == trace_name)
+            .collect();
+        let Some(first) = runs.first() else { continue };
+        let (trace, _) = load_trace(args, trace_name, kind, first.peak_rps)?;
+        let arrivals = trace.arrivals(args.seed);
+        // The arrivals rebuilt from the arguments must be the ones the run sent.
+        ensure!(
+            runs.iter().all(|r| r.summary.requests == arrivals.len()),
+            "{kind_name} {trace_name}: the run sent {} requests, the arguments give {} (pass the run's --seconds, --seed and pod arguments)",
+            first.summary.requests,
+            arrivals.len()
+        );
+        let model = PodModel {
+            min: args.min_replicas,
+            capacity: pod_capacity(kind, cpu_millis, slots),
+            slots: f64::from(slots),
+        };
+        let least = |p99_ms: f64, failures: usize| {
+            least_pod_seconds(&arrivals, args.seconds, model, p99_ms / 1000.0, failures)
+        };
+        let others: Vec<&&RunResult> = runs
+            .iter()
+            .filter(|r| !r.contender.starts_with("wsgiscale") && hpa_blind(r).is_none())
+            .collect();
+        let hpa_cols = if others.is_empty() {
+            "– | – | no HPA run | – | –".to_string()
+        } else {
+            let (best_p99, cheapest, fewest) = hpa_marks(&others);
+            let (with_fewest, with_none) = (least(best_p99, fewest), least(best_p99, 0));
+            let verdict = if with_fewest > cheapest {
+                format!("**no**: {:.2}x", with_fewest / cheapest)
+            } else {
+                "yes".to_string()
+            };
+            let lowest = lowest_p99(&arrivals, args.seconds, model, cheapest, 0).map_or(
+                "none".to_string(),
+                |p| {
+                    if p > 0.0 {
+                        format!("{p:.1} s")
+                    } else {
+                        "none waits".to_string()
+                    }
+                },
+            );
+            format!("{cheapest:.0} | {with_fewest:.0} | {verdict} | {with_none:.0} | {lowest}")
+        };
+        let mut ours = runs
+            .iter()
+            .filter(|r| r.contender.starts_with("wsgiscale"))
+            .peekable();
+        if ours.peek().is_none() {
+            let _ = writeln!(
+                md,
+                "| {kind_name} | {trace_name} | {hpa_cols} | – | – | – |"
+            );
+        }
+        for w in ours {
+            let own = least(w.summary.p99_ms, fails(w));
+            let _ = writeln!(
+                md,
+                "| {kind_name} | {trace_name} | {hpa_cols} | {}: {:.1} s, {:.0} | {own:.0} | {:.2}x |",
+                w.contender,
+                w.summary.p99_ms / 1000.0,
+                w.summary.pod_seconds,
+                w.summary.pod_seconds / own
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nPer pod: {} (the lesser of CPU and worker slots per request), {slots} slots; at least {} pods; {} s of trace, seed {}.",
+        KINDS
+            .iter()
+            .map(|k| format!("{} app {:.0} req/s", k.name, pod_capacity(k, cpu_millis, slots)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.min_replicas,
+        args.seconds,
+        args.seed
+    );
+    Ok(md)
 }
 
 fn timestamp() -> String {
@@ -970,6 +1111,21 @@ fn timestamp() -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.bound_from {
+        let text = std::fs::read_to_string(dir.join("results.json"))
+            .with_context(|| format!("{}/results.json", dir.display()))?;
+        let results: Vec<RunResult> = serde_json::from_str(&text)
+            .with_context(|| format!("{}/results.json", dir.display()))?;
+        let md = format!(
+            "## What any policy could do on run {}\n\nComputed afterwards from its results.json: `{}`\n{}",
+            dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+            std::env::args().collect::<Vec<_>>().join(" "),
+            bound_section(&results, &args)?
+        );
+        std::fs::write(dir.join("bound.md"), &md)?;
+        println!("{md}");
+        return Ok(());
+    }
     // `make test` runs the smoke everywhere: where the stand-in node cannot run (not root, no
     // cgroups) or there is no control plane to start, it says why and passes, as the envtest
     // tests do. A full run needs both and fails without them.
@@ -1071,7 +1227,10 @@ async fn main() -> anyhow::Result<()> {
         workdir: Some("/app".into()),
         ..Image::default()
     };
-    let activator_bin = if contenders.iter().any(|c| c.name == "wsgiscale-activator") {
+    let activator_bin = if contenders
+        .iter()
+        .any(|c| c.name.starts_with("wsgiscale-activator"))
+    {
         Some(pick_bin(
             &args.activator_bin,
             "wsgiscale-activator",

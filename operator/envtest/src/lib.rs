@@ -18,6 +18,7 @@
 //! [`TestNamespace`] gives each test a namespace that is deleted when the guard drops, also
 //! when the test panics.
 
+pub mod bound;
 pub mod cgroup;
 pub mod fdlimit;
 pub mod load;

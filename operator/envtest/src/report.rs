@@ -9,7 +9,7 @@ use crate::load::{Outcome, Record};
 use crate::node::PodRecord;
 
 /// One second of a run, as the harness sampled it.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Sample {
     /// Seconds from the run's start.
     pub t: f64,
@@ -26,7 +26,7 @@ pub struct Sample {
 }
 
 /// The figures of one run.
-#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     /// Requests sent.
     pub requests: usize,
