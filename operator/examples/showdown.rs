@@ -910,10 +910,7 @@ fn markdown(results: &[RunResult], args: &Args, pods: &Pods, header: &str) -> St
                 .iter()
                 .filter(|r| &r.kind == kind && &r.trace == trace)
                 .collect();
-            let others: Vec<&&RunResult> = runs
-                .iter()
-                .filter(|r| !r.contender.starts_with("wsgiscale") && hpa_blind(r).is_none())
-                .collect();
+            let others = hpa_runs(&runs);
             if others.is_empty() {
                 continue;
             }
@@ -972,6 +969,14 @@ fn markdown(results: &[RunResult], args: &Args, pods: &Pods, header: &str) -> St
 /// A run's failures: 503s and errors.
 fn fails(r: &RunResult) -> usize {
     r.summary.rejected_503 + r.summary.errors
+}
+
+/// The HPA contenders' runs of a cell that the target is held against (a run whose HPA read
+/// no metric is void).
+fn hpa_runs<'a>(runs: &'a [&'a RunResult]) -> Vec<&'a &'a RunResult> {
+    runs.iter()
+        .filter(|r| !r.contender.starts_with("wsgiscale") && hpa_blind(r).is_none())
+        .collect()
 }
 
 /// What the HPA contenders of a cell set for the target: the best p99 (ms), the fewest
@@ -1038,10 +1043,7 @@ fn bound_section(results: &[RunResult], args: &Args) -> anyhow::Result<String> {
         let least = |p99_ms: f64, failures: usize| {
             least_pod_seconds(&arrivals, args.seconds, model, p99_ms / 1000.0, failures)
         };
-        let others: Vec<&&RunResult> = runs
-            .iter()
-            .filter(|r| !r.contender.starts_with("wsgiscale") && hpa_blind(r).is_none())
-            .collect();
+        let others = hpa_runs(&runs);
         let hpa_cols = if others.is_empty() {
             "– | – | no HPA run | – | –".to_string()
         } else {
